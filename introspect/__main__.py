@@ -1,0 +1,5 @@
+import sys
+
+from introspect.cli import main
+
+sys.exit(main())

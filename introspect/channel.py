@@ -1,0 +1,214 @@
+"""The channel between CLI and agent: a private run directory, a request, a wait, a result.
+
+The run directory lives in the *target's* ``/tmp`` (reached through ``/proc/PID/root`` so a target
+in its own mount namespace works), is owned by the target's user with mode 0700, and is removed
+when we are done. The request carries a nonce and a deadline: a bootstrap that runs after the CLI
+gave up finds either no directory (removed) or an expired deadline, and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from introspect import errors
+from introspect.agent import agent_source
+from introspect.target import Target
+
+MAGIC = "#introspect-bootstrap"
+# Poll period while waiting for the agent: short enough to notice a dead target "at once".
+POLL_S = 0.02
+
+
+@dataclass
+class RunDir:
+    target: Target
+    nonce: str
+    path: str  # as the target sees it
+    removed: bool = False
+
+    @property
+    def host(self) -> str:
+        return self.target.host_path(self.path)
+
+    def file(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def host_file(self, name: str) -> str:
+        return f"{self.host}/{name}"
+
+    def write(self, name: str, data: bytes, mode: int = 0o600) -> str:
+        """Write a file the target will read; return its path as the target sees it."""
+        dest = self.host_file(name)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            os.write(fd, data)
+            if os.geteuid() == 0:
+                os.fchown(fd, self.target.uid, self.target.gid)
+        finally:
+            os.close(fd)
+        return self.file(name)
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(self.host_file(name))
+
+    def read_json(self, name: str) -> Any:
+        fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            return json.loads(f.read().decode("utf-8", "replace"))
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        # rmtree is symlink-safe (fd based) on Linux: a hostile target cannot redirect it.
+        shutil.rmtree(self.host, ignore_errors=True)
+
+
+def make_run_dir(target: Target) -> RunDir:
+    nonce = secrets.token_hex(8)
+    tmp = "/tmp"
+    path = f"{tmp}/introspect-{target.pid}-{nonce}"
+    host = target.host_path(path)
+    try:
+        os.mkdir(host, 0o700)
+    except FileNotFoundError:
+        if not target.is_alive():
+            raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
+        raise errors.InjectionFailed(
+            f"the target has no {tmp} directory we can reach through {target.root}",
+            pid=target.pid,
+            name=target.name,
+            help="introspect needs a writable /tmp inside the target's filesystem.",
+        ) from None
+    except PermissionError:
+        raise errors.AccessDenied(
+            f"cannot create a run directory in the target's {tmp} ({target.root}{tmp})",
+            pid=target.pid,
+            name=target.name,
+            help="Run introspect as root (sudo -E introspect ...) or as the process's own user.",
+        ) from None
+    run = RunDir(target, nonce, path)
+    try:
+        if os.geteuid() == 0 and target.uid != 0:
+            os.chown(host, target.uid, target.gid)
+        st = os.lstat(host)
+        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o700:
+            raise errors.InjectionFailed(f"run directory {host} is not a private directory")
+    except BaseException:
+        run.remove()
+        raise
+    return run
+
+
+@dataclass
+class Request:
+    command: str
+    params: dict[str, Any]
+    timeout: float
+    run: RunDir
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = time.time() + self.timeout
+
+    def literal(self) -> dict[str, Any]:
+        return {
+            "nonce": self.run.nonce,
+            "deadline": self.deadline,
+            "dir": self.run.path,
+            "command": self.command,
+            "params": self.params,
+        }
+
+
+def bootstrap_source(agent_path: str, request: Request) -> str:
+    """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
+
+    A raising bootstrap would make ``PyRun_SimpleString`` return -1 and the target's *own* code
+    fail with SystemError (DESIGN.md), so everything is inside try/except; the agent runs in a
+    fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
+    """
+    globs = {"__name__": "__introspect_agent__", "__file__": agent_path, "REQUEST": request.literal()}
+    return (
+        f"{MAGIC}\n"
+        f"try:exec(compile(open({agent_path!r},'rb').read(),{agent_path!r},'exec'),{globs!r})\n"
+        "except BaseException:pass\n"
+    )
+
+
+def prepare(
+    target: Target, command: str, params: dict[str, Any], timeout: float, files: dict[str, bytes] | None = None
+) -> tuple[Request, str]:
+    """Create the run dir with the agent (and ``files``, whose target paths go into ``params``
+    under their names); return the request and the bootstrap text."""
+    run = make_run_dir(target)
+    try:
+        agent_path = run.write("agent.py", agent_source(), 0o400)
+        params = dict(params)
+        for name, data in (files or {}).items():
+            params[name] = run.write(name, data, 0o400)
+        request = Request(command, params, timeout, run)
+        return request, bootstrap_source(agent_path, request)
+    except BaseException:
+        run.remove()
+        raise
+
+
+Progress = Callable[[str], None]
+
+
+def wait_for_result(
+    request: Request,
+    *,
+    on_stall: Callable[[float], None] | None = None,
+    stall_after: float = 2.0,
+) -> dict[str, Any]:
+    """Wait for the agent's result; notice at once when the target exits; respect the deadline."""
+    run = request.run
+    target = run.target
+    stalled = False
+    started_seen = False
+    t_start = time.monotonic()
+    while True:
+        if run.exists("result.json"):
+            try:
+                result: dict[str, Any] = run.read_json("result.json")
+            except (OSError, ValueError) as exc:
+                raise errors.AgentError(f"unreadable result from the agent: {exc}", pid=target.pid) from None
+            if result.get("nonce") != run.nonce:
+                raise errors.AgentError("result does not carry our nonce; refusing it", pid=target.pid)
+            return result
+        if not target.is_alive():
+            raise errors.TargetExited("the process exited while introspect waited for it", pid=target.pid, name=target.name)
+        started_seen = started_seen or run.exists("started")
+        waited = time.monotonic() - t_start
+        if not started_seen and not stalled and waited > stall_after and on_stall is not None:
+            stalled = True
+            on_stall(waited)
+        if time.time() > request.deadline:
+            if started_seen:
+                raise errors.TimeoutExpired(
+                    f"the agent started but did not finish within {request.timeout:g} s",
+                    pid=target.pid,
+                    name=target.name,
+                    help="The heap may be very large: try again with a larger --timeout.",
+                )
+            raise errors.TimeoutExpired(
+                f"the target did not run our code within {request.timeout:g} s",
+                pid=target.pid,
+                name=target.name,
+                help=(
+                    "Its main thread never reached a safe point (blocked in C code or a system call?). "
+                    "The queued request is now void and will do nothing if it runs later. "
+                    "Try again with a larger --timeout, or while the process is busy."
+                ),
+            )
+        time.sleep(POLL_S)

@@ -1,0 +1,74 @@
+"""One module per subcommand. Each exposes a ``Command`` class: its docstring is its help,
+``prepare_parser(parser)`` adds its options, ``run(args) -> int`` does the work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Protocol
+
+from introspect.inject import METHODS
+from introspect.render.output import OutputDir
+from introspect.runner import Outcome
+
+
+class Command(Protocol):
+    name: str
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    group.add_argument("-o", "--output", metavar="DIR",
+                       help="write result files into DIR (default: a new introspect-<cmd>-<pid>-<time>/)")
+    group.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=int, help="process id of the live Python process")
+    group = parser.add_argument_group("injection")
+    group.add_argument("--method", choices=METHODS, default="auto",
+                       help="how to get inside: pep768 (sys.remote_exec, 3.14+, no stop) or gdb "
+                            "(3.8+, stops the target for milliseconds); default: auto")
+    group.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                       help="give up (and void the request) after S seconds (default: 30)")
+    add_output_options(parser)
+
+
+def logger(args: argparse.Namespace) -> Any:
+    verbose = getattr(args, "verbose", False)
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"introspect: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def emit(args: argparse.Namespace, out: OutputDir, doc: dict[str, Any], text: str) -> None:
+    """Write ``<cmd>.json`` and ``<cmd>.txt``; print text or JSON on stdout, the path on stderr."""
+    json_path = out.write_json(f"{out.command}.json", doc)
+    out.write_text(f"{out.command}.txt", text + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    print(f"introspect: results written to {json_path.parent}/", file=sys.stderr)
+
+
+def header(outcome: Outcome) -> str:
+    m = outcome.meta()
+    return (f"pid {m['pid']} ({m['name']}), Python {m['python']}, via {m['method']}; "
+            f"target paused {m['paused_s'] * 1000:.1f} ms")
+
+
+def all_commands() -> list[Command]:
+    from introspect.commands import exec_, top
+
+    return [top.Command(), exec_.Command()]

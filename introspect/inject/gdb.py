@@ -1,0 +1,185 @@
+"""gdb injector for CPython 3.8+ (stripped distro builds included).
+
+Rules learnt the hard way (DESIGN.md):
+- every call is made through an explicit function-pointer cast of a pre-resolved address: a
+  stripped build has no debug info and gdb refuses "unknown return type" calls;
+- no string literal is ever handed to a target function (gdb would malloc it *inside* the target,
+  which deadlocks if the stopped thread holds the allocator's lock): the text goes into a page we
+  ``mmap`` and fill with ``restore``;
+- ``Py_AddPendingCall(PyRun_SimpleString, page)`` runs the bootstrap on the main thread, between
+  bytecodes; the bootstrap cannot raise (see ``channel.bootstrap_source``);
+- no symbol loading (``auto-solib-add off``, ``--readnever``): the target stays stopped for
+  milliseconds only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from introspect import errors
+from introspect.channel import RunDir
+from introspect.inject import Injection
+from introspect.inject import symbols
+from introspect.target import Target, explain_ptrace_denied
+
+GDB_TIMEOUT_S = 20.0
+PAGE = 4096
+_PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString"]
+_LIBC_FUNCS = ["mmap", "munmap"]
+_PROT_RW = 0x3
+_MAP_PRIVATE_ANON = 0x22
+
+_PREAMBLE = """\
+set auto-solib-add off
+set unwindonsignal on
+set confirm off
+set pagination off
+set width 0
+"""
+
+
+def gdb_path() -> str:
+    path = shutil.which("gdb")
+    if path is None:
+        raise errors.InjectionFailed(
+            "gdb is not installed, and this target needs it (CPython < 3.14, or remote debugging unavailable)",
+            help="Install it: `apt-get install gdb` (Debian/Ubuntu), `dnf install gdb` (Fedora/RHEL), `apk add gdb` (Alpine).",
+        )
+    return path
+
+
+class GdbInjector:
+    name = "gdb"
+
+    def _addresses(self, target: Target) -> dict[str, int]:
+        if target.capi_object is None or target.libc_object is None:
+            raise errors.InjectionFailed(
+                "cannot find the Python C API or libc in the target's memory map",
+                pid=target.pid,
+                name=target.name,
+                help="Is this a static or unusual build? `--method pep768` works for 3.14+.",
+            )
+        try:
+            addrs = symbols.resolve(target.pid, target.mappings, target.capi_object, _PY_FUNCS)
+            addrs.update(symbols.resolve(target.pid, target.mappings, target.libc_object, _LIBC_FUNCS))
+        except (LookupError, OSError) as exc:
+            raise errors.InjectionFailed(f"cannot resolve functions in the target: {exc}", pid=target.pid, name=target.name) from None
+        return addrs
+
+    def _run(self, target: Target, script: str) -> tuple[str, float]:
+        """Run a gdb script attached to the target; return its output and how long it was stopped."""
+        gdb = gdb_path()
+        timing = 'python import time; print("INTROSPECT_T0 %r" % time.monotonic())\n'
+        timing_end = 'python print("INTROSPECT_T1 %r" % time.monotonic())\n'
+        for with_timing in (True, False):
+            body = _PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + script + "detach\n" + (timing_end if with_timing else "")
+            with tempfile.NamedTemporaryFile("w", prefix="introspect-gdb-", suffix=".gdb") as f:
+                f.write(body)
+                f.flush()
+                t0 = time.monotonic()
+                try:
+                    proc = subprocess.run(
+                        [gdb, "-nx", "-nh", "-batch", "--readnever", "-x", f.name],
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        text=True,
+                        timeout=GDB_TIMEOUT_S,
+                        env={**os.environ, "LC_ALL": "C"},
+                    )
+                except subprocess.TimeoutExpired:
+                    raise errors.InjectionFailed(
+                        f"gdb did not finish within {GDB_TIMEOUT_S:g} s",
+                        pid=target.pid,
+                        name=target.name,
+                        help="The process may be in an uninterruptible state (D); check `cat /proc/PID/stack`.",
+                    ) from None
+                wall = time.monotonic() - t0
+            out = proc.stdout + proc.stderr
+            if with_timing and "Python scripting is not supported" in out:
+                continue  # a gdb built without Python: stopped before attach, retry untimed
+            self._check(target, out)
+            m0 = re.search(r"INTROSPECT_T0 ([\d.]+)", out)
+            m1 = re.search(r"INTROSPECT_T1 ([\d.]+)", out)
+            pause = float(m1.group(1)) - float(m0.group(1)) if m0 and m1 else wall
+            return out, pause
+        raise AssertionError("unreachable")
+
+    def _check(self, target: Target, out: str) -> None:
+        if "ptrace: Operation not permitted" in out:
+            if target.tracer_pid or _traced_now(target.pid):
+                raise errors.BadTargetState("another tracer attached to the process", pid=target.pid, name=target.name,
+                                            help="Detach the other debugger or strace first.")
+            raise explain_ptrace_denied(target)
+        if "ptrace: No such process" in out or "The program is not being run" in out:
+            raise errors.TargetExited("the process exited before gdb could attach", pid=target.pid, name=target.name)
+        if "INTROSPECT_ATTACHED" not in out:
+            raise errors.InjectionFailed(f"gdb could not attach: {_last_lines(out)}", pid=target.pid, name=target.name)
+
+    def inject(self, target: Target, run: RunDir, bootstrap: str) -> Injection:
+        addrs = self._addresses(target)
+        text = bootstrap.encode() + b"\0"
+        size = (len(text) + PAGE - 1) // PAGE * PAGE
+        text_path = run.host_file("bootstrap.txt")
+        with open(text_path, "wb") as f:
+            f.write(text)
+        # restore writes the file into target memory directly: nothing is allocated inside it.
+        script = (
+            'printf "INTROSPECT_ATTACHED\\n"\n'
+            f"set $buf = (unsigned long)((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
+            f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
+            'printf "INTROSPECT_BUF %lu\\n", $buf\n'
+            "if $buf != (unsigned long)-1\n"
+            f"  restore {text_path} binary $buf\n"
+            f"  set $rc = (int)((int(*)(void*,void*)){addrs['Py_AddPendingCall']})((void*){addrs['PyRun_SimpleString']}, (void*)$buf)\n"
+            '  printf "INTROSPECT_RC %d\\n", $rc\n'
+            "  if $rc != 0\n"
+            f"    call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*)$buf, {size})\n"
+            "  end\n"
+            "end\n"
+        )
+        out, pause = self._run(target, script)
+        os.unlink(text_path)
+        buf = re.search(r"INTROSPECT_BUF (\d+)", out)
+        rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
+        if not buf or int(buf.group(1)) in (0, 2**64 - 1):
+            raise errors.InjectionFailed(f"could not map memory in the target: {_last_lines(out)}", pid=target.pid, name=target.name)
+        if not rc or int(rc.group(1)) != 0:
+            raise errors.InjectionFailed(
+                "Py_AddPendingCall refused the request (its queue is full or the interpreter is finalizing)",
+                pid=target.pid,
+                name=target.name,
+                help="Try again in a moment.",
+            )
+        return Injection("gdb", pause, "Py_AddPendingCall(PyRun_SimpleString) on the main thread", page=(int(buf.group(1)), size))
+
+    def release(self, target: Target, injection: Injection) -> None:
+        """Unmap the bootstrap page. Only call once the agent has started: the text is parsed by then."""
+        if injection.page is None or not target.is_alive():
+            return
+        addrs = self._addresses(target)
+        addr, size = injection.page
+        script = (
+            'printf "INTROSPECT_ATTACHED\\n"\n'
+            f"call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*){addr}, {size})\n"
+        )
+        _out, pause = self._run(target, script)
+        injection.attach_pause_s += pause
+        injection.page = None
+
+
+def _traced_now(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+    except OSError:
+        return False
+
+
+def _last_lines(out: str, n: int = 3) -> str:
+    lines = [ln for ln in out.strip().splitlines() if ln and not ln.startswith("INTROSPECT_")]
+    return " / ".join(lines[-n:]) or "(no output)"

@@ -1,0 +1,1 @@
+"""Display: text tables, JSON documents, output files, graphs. Pure formatting, no target access."""

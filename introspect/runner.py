@@ -1,0 +1,159 @@
+"""Run one agent command inside a target: facts -> run dir -> inject -> wait -> clean up.
+
+This is the one path every subcommand takes, so every safety rule lives here once: refuse bad
+states before touching the target, one injection at a time per target, the run dir always
+removed, the gdb bootstrap page always released once it is safe to.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from introspect import errors
+from introspect.channel import prepare, wait_for_result
+from introspect.inject import Injection, choose
+from introspect.target import Target, check_injectable, inspect_target
+
+LOCK_DIR = "/tmp/introspect-locks"
+
+# x86_64 syscall numbers a blocked main thread usually sits in.
+_SYSCALLS = {
+    0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom", 61: "wait4",
+    202: "futex", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
+    281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
+}
+
+
+@dataclass
+class Outcome:
+    target: Target
+    injection: Injection
+    envelope: dict[str, Any]
+    wall_s: float
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.envelope.get("result") or {}
+
+    @property
+    def paused_s(self) -> float:
+        """Time the target could not run its own code: gdb attached, plus the agent's run."""
+        return self.injection.attach_pause_s + float(self.envelope.get("agent_s", 0.0))
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "pid": self.target.pid,
+            "name": self.target.name,
+            "python": self.envelope.get("python") or self.target.version_str,
+            "method": self.injection.method,
+            "paused_s": round(self.paused_s, 6),
+            "attach_pause_s": round(self.injection.attach_pause_s, 6),
+            "agent_s": round(float(self.envelope.get("agent_s", 0.0)), 6),
+            "wall_s": round(self.wall_s, 6),
+        }
+
+
+def main_thread_activity(pid: int) -> str:
+    """What the main thread is doing, from /proc: used to explain a request that does not run."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        fields = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        wchan = ""
+    if not fields or fields[0] == "running":
+        return "running (busy in C code that does not return to the interpreter?)"
+    try:
+        nr = int(fields[0])
+    except ValueError:
+        return fields[0]
+    name = _SYSCALLS.get(nr, f"syscall {nr}")
+    return f"blocked in {name}()" + (f" [{wchan}]" if wchan and wchan != "0" else "")
+
+
+class _TargetLock:
+    """One injection at a time per target: a second introspect waits for the first."""
+
+    def __init__(self, target: Target) -> None:
+        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        self.path = f"{LOCK_DIR}/{target.pid}-{int(target.create_time)}.lock"
+        self.fd = -1
+
+    def __enter__(self) -> _TargetLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def run_agent(
+    pid: int,
+    command: str,
+    params: dict[str, Any],
+    *,
+    method: str = "auto",
+    timeout: float = 30.0,
+    log: Callable[[str], None] = lambda s: None,
+    files: dict[str, bytes] | None = None,
+) -> Outcome:
+    """Run ``command`` in the target and return its result envelope. Raises IntrospectError."""
+    t0 = time.monotonic()
+    target = inspect_target(pid)
+    check_injectable(target)
+    injectors = choose(target, method)
+    with _TargetLock(target):
+        request, bootstrap = prepare(target, command, params, timeout, files)
+        run = request.run
+        injection: Injection | None = None
+        injector = None
+        try:
+            last_error: errors.IntrospectError | None = None
+            for injector in injectors:
+                try:
+                    log(f"injecting with {injector.name} into pid {pid} (Python {target.version_str})")
+                    injection = injector.inject(target, run, bootstrap)
+                    break
+                except errors.InjectionFailed as exc:
+                    last_error = exc
+                    if "remote debugging disabled" in exc.msg or injector is injectors[-1]:
+                        raise
+                    log(f"{injector.name} failed ({exc.msg}); trying the next method")
+            if injection is None:
+                assert last_error is not None
+                raise last_error
+            log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
+
+            def on_stall(waited: float) -> None:
+                log(f"the main thread has not run our request after {waited:.1f} s: it is "
+                    f"{main_thread_activity(pid)}; waiting up to --timeout {timeout:g} s")
+
+            envelope = wait_for_result(request, on_stall=on_stall)
+        finally:
+            started = run.exists("started") or run.exists("result.json")
+            run.remove()
+            if injection is not None and injector is not None and started:
+                try:
+                    injector.release(target, injection)
+                except errors.IntrospectError as exc:
+                    log(f"could not release the bootstrap page: {exc}")
+    if not envelope.get("ok"):
+        err = envelope.get("error") or {}
+        raise errors.AgentError(
+            f"the agent failed inside the target: {err.get('type')}: {err.get('message')}",
+            pid=pid,
+            name=target.name,
+            help="This is a bug in introspect; the target was not harmed. Please report it.",
+        )
+    return Outcome(target, injection, envelope, time.monotonic() - t0)
