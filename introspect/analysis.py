@@ -21,3 +21,39 @@ def rank_types(counts: dict[str, int], limit: int = 0) -> list[TypeCount]:
     if limit > 0:
         rows = rows[:limit]
     return [TypeCount(t, n) for t, n in rows]
+
+
+@dataclass(frozen=True)
+class GrowthRow:
+    type: str
+    count: int
+    delta: int
+    since_baseline: int
+
+
+def growth_rows(types: dict[str, list[int]], limit: int = 0) -> list[GrowthRow]:
+    """Largest change since the previous look first (by size, growth before shrink).
+
+    >>> growth_rows({"a.X": [10, 5, 8], "dict": [3, -4, 0], "list": [1, 0, 0]}, 2)
+    [GrowthRow(type='a.X', count=10, delta=5, since_baseline=8), GrowthRow(type='dict', count=3, delta=-4, since_baseline=0)]
+    """
+    rows = [GrowthRow(t, v[0], v[1], v[2]) for t, v in types.items()]
+    rows.sort(key=lambda r: (-abs(r.delta), -r.delta, -abs(r.since_baseline), r.type))
+    if limit > 0:
+        rows = rows[:limit]
+    return rows
+
+
+def steady_growers(looks: list[dict[str, list[int]]]) -> list[str]:
+    """Types whose count rose in every interval, biggest total rise first.
+
+    >>> steady_growers([{"a": [5, 2, 2], "b": [1, 1, 1]}, {"a": [7, 2, 4], "b": [1, 0, 1]}])
+    ['a']
+    """
+    if not looks:
+        return []
+    names = set(looks[0])
+    for look in looks[1:]:
+        names &= set(look)
+    steady = [n for n in names if all(look[n][1] > 0 for look in looks)]
+    return sorted(steady, key=lambda n: (-sum(look[n][1] for look in looks), n))

@@ -150,8 +150,9 @@ def run_agent(
                     log(f"could not release the bootstrap page: {exc}")
     if not envelope.get("ok"):
         err = envelope.get("error") or {}
+        where = "; ".join(f"{os.path.basename(f)}:{line} in {fn}" for f, line, fn in err.get("frames", [])[-3:])
         raise errors.AgentError(
-            f"the agent failed inside the target: {err.get('type')}: {err.get('message')}",
+            f"the agent failed inside the target: {err.get('type')}: {err.get('message')} [{where}]",
             pid=pid,
             name=target.name,
             help="This is a bug in introspect; the target was not harmed. Please report it.",

@@ -238,7 +238,497 @@ def cmd_exec(params):  # type: (dict) -> dict
     }
 
 
-COMMANDS = {"top": cmd_top, "exec": cmd_exec}
+
+def _state():  # type: () -> dict
+    """The one small state module we leave in the target: plain names and counts, no objects."""
+    mod = sys.modules.get(STATE_MODULE)
+    if mod is None:
+        mod = type(sys)(STATE_MODULE, "introspect: growth baselines (names and counts only)")
+        sys.modules[STATE_MODULE] = mod
+    return mod.__dict__  # type: ignore[no-any-return]
+
+
+def cmd_growth(params):  # type: (dict) -> dict
+    """Counts per type, signed change since the previous call and since the baseline."""
+    t0 = time.perf_counter()
+    if params.get("collect"):
+        gc.collect()
+    objs = gc.get_objects()
+    try:
+        total = len(objs) - len(_own_objects())
+        counts = _count_types(objs)
+    finally:
+        del objs
+    scan_s = time.perf_counter() - t0
+    state = _state()
+    now = time.time()
+    fresh = bool(params.get("reset")) or "baseline" not in state
+    if fresh:
+        state["baseline"] = counts
+        state["baseline_time"] = now
+        state["previous"] = counts
+        state["previous_time"] = now
+    baseline = state["baseline"]
+    previous = state["previous"]
+    rows = {}
+    for name in set(counts) | set(previous) | set(baseline):
+        n = counts.get(name, 0)
+        rows[name] = [n, n - previous.get(name, 0), n - baseline.get(name, 0)]
+    result = {
+        "objects": total,
+        "types": rows,
+        "baseline_recorded": fresh,
+        "baseline_time": state["baseline_time"],
+        "previous_time": state["previous_time"],
+        "now": now,
+        "gc": _gc_facts(),
+        "scan_s": scan_s,
+    }
+    state["previous"] = counts
+    state["previous_time"] = now
+    return result
+
+
+# --- backrefs -------------------------------------------------------------------------------
+
+_FrameType = type(sys._getframe())
+_ModuleType = type(sys)
+
+
+def _cell_type():  # type: () -> type
+    x = 0
+
+    def f():  # type: () -> int
+        return x
+
+    return type(f.__closure__[0])  # type: ignore[index]
+
+
+_CellType = _cell_type()
+_MethodType = type(_Capture(None, 0).write)
+
+
+def _key_label(k):  # type: (object) -> str
+    # Only builtin str/int keys are shown: repr() of a user object could run code or leak secrets.
+    if type(k) is str:
+        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
+    if type(k) is int:
+        return "[%d]" % k
+    return "[<%s key>]" % type_name(type(k))
+
+
+def _via(holder, child):  # type: (object, object) -> str
+    """How ``holder`` references ``child``: attribute, key, index, closure variable..."""
+    th = type(holder)
+    try:
+        if isinstance(holder, dict):
+            for k, v in dict.items(holder):
+                if v is child:
+                    return _key_label(k)
+                if k is child:
+                    return "(key)"
+            return "(item)"
+        if th is list or th is tuple:
+            for i, v in enumerate(holder):  # type: ignore[arg-type]
+                if v is child:
+                    return "[%d]" % i
+            return "(item)"
+        if th is _CellType:
+            return "cell_contents"
+        if th is _ModuleType:
+            return "__dict__"
+        if th is _FunctionType:
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
+                if getattr(holder, attr, None) is child:
+                    return attr
+            return "(function)"
+        if th is _MethodType:
+            return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
+        if isinstance(holder, type):
+            if type(child) is dict and "__module__" in child:  # type: ignore[operator]
+                return "__dict__"
+            if child in type.__dict__["__bases__"].__get__(holder, type):
+                return "__bases__"
+            return "__mro__" if type(child) is tuple else "(type)"
+        if isinstance(holder, (set, frozenset)):
+            return "{member}"
+        try:
+            d = object.__getattribute__(holder, "__dict__")
+        except Exception:
+            d = None
+        if d is child:
+            return "__dict__"
+        if type(d) is dict:
+            for k, v in d.items():
+                if v is child and type(k) is str:
+                    return "." + k
+        for klass in type.__dict__["__mro__"].__get__(th, type):
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                desc = klass.__dict__.get(name)
+                if desc is not None and type(desc).__name__ == "member_descriptor":
+                    try:
+                        if desc.__get__(holder, th) is child:
+                            return "." + name
+                    except AttributeError:
+                        pass
+    except Exception:
+        pass
+    return "(referent)"
+
+
+def _collapse(steps):  # type: (list) -> list
+    """Turn (X, __dict__)(dict, ['k']) into (X, .k) and function closures into one named step."""
+    out = []  # type: list
+    i = 0
+    while i < len(steps):
+        obj, tname, via = steps[i]
+        if via == "__dict__" and i + 1 < len(steps) and steps[i + 1][1] == "dict":
+            nxt = steps[i + 1][2]
+            if nxt.startswith("['") and nxt.endswith("']"):
+                out.append((obj, tname, "." + nxt[2:-2]))
+                i += 2
+                continue
+        if via == "__closure__" and i + 2 < len(steps) and steps[i + 2][1] == "cell":
+            idx = steps[i + 1][2]
+            name = "?"
+            try:
+                name = obj.__code__.co_freevars[int(idx.strip("[]"))]
+            except Exception:
+                pass
+            out.append((obj, tname, "closure var " + name))
+            i += 3
+            continue
+        out.append((obj, tname, via))
+        i += 1
+    return out
+
+
+def _frame_roots(agent_file):  # type: (str) -> dict
+    """id(obj) -> description, for locals of every running function frame of every thread.
+
+    A local held only by a running frame has no gc referrer, so these are roots of their own.
+    Our own frames (the agent's, and the bootstrap's just below them) are skipped; module-level
+    frames are too: their "locals" are the module's globals, reached through sys.modules.
+    """
+    roots = {}  # type: dict
+    threading = sys.modules.get("threading")
+    names = {}
+    if threading is not None:
+        try:
+            for ident, th in list(getattr(threading, "_active", {}).items()):
+                names[ident] = th.name
+        except Exception:
+            pass
+    me = _thread.get_ident()
+    for ident, frame in sys._current_frames().items():
+        tname = names.get(ident, "thread-%d" % ident)
+        f = frame
+        if ident == me:
+            while f is not None and f.f_code.co_filename == agent_file:
+                f = f.f_back
+            if f is not None:
+                f = f.f_back  # the bootstrap line itself
+        while f is not None:
+            code = f.f_code
+            if code.co_flags & 1:  # CO_OPTIMIZED: a function frame
+                try:
+                    items = list(f.f_locals.items())
+                except Exception:
+                    items = []
+                for var, val in items:
+                    if type(var) is str and id(val) not in roots:
+                        roots[id(val)] = "thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var)
+            f = f.f_back
+        del f
+    return roots
+
+
+def _match_types(counts_by_type, query):  # type: (dict, str) -> list
+    exact = []
+    loose = []
+    for t in counts_by_type:
+        full = type_name(t)
+        if full == query:
+            exact.append(t)
+            continue
+        qual = _type_qualname.__get__(t, type)
+        if qual == query or type.__dict__["__name__"].__get__(t, type) == query:
+            loose.append(t)
+    return exact or loose
+
+
+def cmd_backrefs(params):  # type: (dict) -> dict
+    t0 = time.perf_counter()
+    budget = float(params.get("budget", 5.0))
+    max_depth = int(params.get("max_depth", 12))
+    want = int(params.get("samples", 10))
+    query = params["type"]
+    try:
+        gens = [gc.get_objects(g) for g in (0, 1, 2)]  # oldest last: newest instances first
+    except TypeError:  # pragma: no cover - generation= exists since 3.8
+        gens = [gc.get_objects()]
+    counts = {}  # type: dict
+    for objs in gens:
+        if _count_elements is not None:
+            _count_elements(counts, map(type, objs))
+    matched = _match_types(counts, query)
+    if not matched:
+        named = {}  # type: dict
+        for t, n in counts.items():
+            named[type_name(t)] = named.get(type_name(t), 0) + n
+        del gens
+        return {"status": "unknown", "query": query, "names": sorted(named, key=lambda k: -named[k])[:5000]}
+    names = sorted(set(type_name(t) for t in matched))
+    if len(names) > 1:
+        del gens
+        return {"status": "ambiguous", "query": query, "candidates": [[n, sum(counts[t] for t in matched if type_name(t) == n)] for n in names]}
+    tset = set(matched)
+    found = 0
+    sample = []  # type: list
+    for objs in gens:
+        for o in reversed(objs):
+            if type(o) in tset:
+                found += 1
+                if len(sample) < want:
+                    sample.append(o)
+    del gens, objs, o, counts, tset, matched
+    scan_s = time.perf_counter() - t0
+    try:
+        return _search(sample, names[0], found, budget, max_depth, t0, scan_s)
+    finally:
+        del sample[:]
+
+
+def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list, str, int, float, int, float, float) -> dict
+    module_dicts = {}
+    modules = {}
+    for name, mod in list(sys.modules.items()):
+        if type(mod) is _ModuleType or isinstance(mod, _ModuleType):
+            try:
+                module_dicts[id(object.__getattribute__(mod, "__dict__"))] = name
+                modules[id(mod)] = name
+            except Exception:
+                pass
+    frames = _frame_roots(_G.get("__file__", "\0"))
+    nodes = {}  # id -> object: everything discovered (keeps them alive only while we run)
+    down = {}  # id(holder) -> [id(child)]: referrer edges among discovered objects
+    roots = {}  # id(root node) -> description; frame roots are virtual: "frame:<id>"
+    for o in sample:
+        nodes[id(o)] = o
+    own = {id(sample), id(nodes), id(down), id(roots), id(module_dicts), id(modules), id(frames), id(_G)}
+    partial = False
+    reason = ""
+    levels = 0
+    frontier = list(sample)
+    own.add(id(frontier))
+
+    def note_roots(objs):  # type: (list) -> None
+        for x in objs:
+            xid = id(x)
+            if xid in module_dicts:
+                roots[xid] = "module " + module_dicts[xid]
+            elif xid in modules:
+                roots[xid] = "module " + modules[xid]
+            if xid in frames:
+                key = "frame:%d" % xid
+                roots[key] = frames[xid]
+                down.setdefault(key, []).append(xid)
+
+    note_roots(frontier)
+    while frontier:
+        if _rooted(sample, roots, down) >= len(sample):
+            break
+        if levels >= max_depth:
+            partial, reason = True, "max depth %d reached" % max_depth
+            break
+        if time.perf_counter() - t0 > budget:
+            partial, reason = True, "budget of %gs spent" % budget
+            break
+        levels += 1
+        fset = set(id(x) for x in frontier if id(x) not in roots)
+        args = tuple(x for x in frontier if id(x) not in roots)
+        own.add(id(args))
+        own.add(id(fset))
+        refs = gc.get_referrers(*args)
+        own.add(id(refs))
+        nxt = []
+        own.add(id(nxt))
+        for r in refs:
+            rid = id(r)
+            if rid in own or type(r) is _FrameType:
+                continue
+            if type(r) is tuple and len(r) == len(args) and r and r[0] is args[0]:
+                continue  # the argument tuple of get_referrers itself
+            rtype = type(r)
+            held = []
+            for c in gc.get_referents(r):
+                cid = id(c)
+                if cid in fset and c is not rtype:
+                    held.append(cid)
+            if not held:
+                continue
+            down.setdefault(rid, []).extend(held)
+            if rid not in nodes:
+                nodes[rid] = r
+                nxt.append(r)
+        del refs, args, fset
+        note_roots(nxt)
+        frontier[:] = nxt
+        del nxt
+    search_s = time.perf_counter() - t0 - scan_s
+    chains = _chains(sample, roots, down, nodes, tname)
+    graph = _graph(chains, nodes, roots, tname)
+    grouped = {}  # type: dict
+    for ch in chains:
+        key = (ch["root"], tuple((s["type"], _shape(s["via"])) for s in ch["path"]))
+        if key in grouped:
+            grouped[key]["count"] += 1
+        else:
+            grouped[key] = {"root": ch["root"], "count": 1, "path": ch["path"]}
+    unrooted = len(sample) - len(chains)
+    for ch in grouped.values():
+        for s in ch["path"]:
+            s.pop("_id", None)
+    nodes.clear()
+    down.clear()
+    return {
+        "status": "ok",
+        "type": tname,
+        "found": found,
+        "sampled": len(sample),
+        "unrooted": unrooted,
+        "chains": sorted(grouped.values(), key=lambda c: -c["count"]),
+        "graph": graph,
+        "partial": partial,
+        "reason": reason,
+        "levels": levels,
+        "scan_s": scan_s,
+        "search_s": search_s,
+    }
+
+
+def _shape(via):  # type: (str | None) -> str | None
+    if via and via.startswith("[") and via.endswith("]"):
+        return "[]"
+    return via
+
+
+def _rooted(sample, roots, down):  # type: (list, dict, dict) -> int
+    reach = set()  # type: set
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        for c in down.get(n, ()):
+            if c not in reach:
+                reach.add(c)
+                stack.append(c)
+    return sum(1 for o in sample if id(o) in reach)
+
+
+def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict, str) -> list
+    """Shortest root->instance path for each sampled instance, over the discovered edges."""
+    parent = {}  # type: dict
+    queue = list(roots)
+    for r in queue:
+        parent[r] = None
+    i = 0
+    while i < len(queue):
+        n = queue[i]
+        i += 1
+        for c in down.get(n, ()):
+            if c not in parent:
+                parent[c] = n
+                queue.append(c)
+    chains = []
+    for o in sample:
+        oid = id(o)
+        if oid not in parent:
+            continue
+        ids = []
+        n = oid
+        while n is not None:
+            ids.append(n)
+            n = parent[n]
+        ids.reverse()  # root first
+        root_key = ids[0]
+        steps = []
+        for k, nid in enumerate(ids):
+            if isinstance(nid, str):
+                continue  # virtual frame root: described by its text
+            obj = nodes[nid]
+            nxt_obj = nodes[ids[k + 1]] if k + 1 < len(ids) else None
+            via = _via(obj, nxt_obj) if nxt_obj is not None else ""
+            steps.append((obj, type_name(type(obj)), via))
+        steps = _collapse(steps)
+        path = []
+        for obj, name, via in steps:
+            step = {"type": name, "via": via or None, "_id": id(obj)}
+            label = _object_name(obj)
+            if label:
+                step["name"] = label
+            path.append(step)
+        if path and path[0]["_id"] in module_dict_ids(roots):
+            path[0]["type"] = "module"
+            path[0]["name"] = roots[path[0]["_id"]][len("module "):]
+            via = path[0]["via"] or ""
+            if via.startswith("['") and via.endswith("']"):
+                path[0]["via"] = "." + via[2:-2]
+        desc = roots[root_key]
+        chains.append({"root": desc, "path": path})
+    return chains
+
+
+def _object_name(obj):  # type: (object) -> str
+    """A name for classes, functions and modules: read from C-level slots, never by user code."""
+    try:
+        if isinstance(obj, type):
+            return type_name(obj)  # type: ignore[arg-type]
+        if type(obj) is _FunctionType:
+            return obj.__qualname__  # type: ignore[attr-defined, no-any-return]
+        if type(obj) is _ModuleType:
+            name = obj.__dict__.get("__name__")
+            return name if isinstance(name, str) else ""
+    except Exception:
+        pass
+    return ""
+
+
+def module_dict_ids(roots):  # type: (dict) -> set
+    return set(k for k, v in roots.items() if isinstance(k, int) and v.startswith("module "))
+
+
+def _graph(chains, nodes, roots, tname):  # type: (list, dict, dict, str) -> dict
+    ids = {}  # type: dict
+    gnodes = []  # type: list
+    edges = []  # type: list
+    seen_edges = set()  # type: set
+    for ch in chains:
+        prev = None
+        if ch["path"] and ch["path"][0]["_id"] not in module_dict_ids(roots):
+            key = "root:" + ch["root"]
+            if key not in ids:
+                ids[key] = "n%d" % len(ids)
+                gnodes.append({"id": ids[key], "label": ch["root"], "role": "root", "type": "root"})
+            prev = (ids[key], "")
+        for k, step in enumerate(ch["path"]):
+            key = step["_id"]
+            last = k == len(ch["path"]) - 1
+            if key not in ids:
+                ids[key] = "n%d" % len(ids)
+                role = "target" if last else ("root" if k == 0 and prev is None else ("holder" if k == len(ch["path"]) - 2 else "path"))
+                label = ch["root"] if role == "root" else (step["type"] + (" " + step["name"] if step.get("name") else ""))
+                gnodes.append({"id": ids[key], "label": label, "role": role, "type": step["type"]})
+            if prev is not None:
+                e = (prev[0], ids[key], prev[1])
+                if e not in seen_edges:
+                    seen_edges.add(e)
+                    edges.append({"src": e[0], "dst": e[1], "label": e[2]})
+            prev = (ids[key], step["via"] or "")
+    return {"nodes": gnodes, "edges": edges}
+
+
+COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": cmd_backrefs}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,6 +69,6 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import exec_, top
+    from introspect.commands import backrefs, exec_, growth, top
 
-    return [top.Command(), exec_.Command()]
+    return [top.Command(), growth.Command(), backrefs.Command(), exec_.Command()]
