@@ -137,11 +137,14 @@ def bootstrap_source(agent_path: str, request: Request) -> str:
     fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
     """
     globs = {"__name__": "__introspect_agent__", "__file__": agent_path, "REQUEST": request.literal()}
-    return (
-        f"{MAGIC}\n"
-        f"try:exec(compile(open({agent_path!r},'rb').read(),{agent_path!r},'exec'),{globs!r})\n"
-        "except BaseException:pass\n"
+    # Stage 1 runs in its own fresh dict: the file handle and source bind there, not in __main__,
+    # and the file is closed (an unclosed file's ResourceWarning would plant __warningregistry__
+    # in __main__).
+    stage1 = (
+        f"with open({agent_path!r},'rb') as f:s=f.read()\n"
+        f"exec(compile(s,{agent_path!r},'exec'),{globs!r})\n"
     )
+    return f"{MAGIC}\ntry:exec({stage1!r},{{}})\nexcept BaseException:pass\n"
 
 
 def prepare(

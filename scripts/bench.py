@@ -131,6 +131,7 @@ class Sample:
     main_max_s: float = 0.0  # its longest single gap
     thread_gap_s: float = 0.0  # ticker's longest gap
     thread_lost_s: float = 0.0
+    stalls_s: list[float] = field(default_factory=list)  # the main thread's longest gaps, for the breakdown
     error: str = ""
     timeout: bool = False
     reported: dict[str, Any] = field(default_factory=dict)  # introspect's own numbers / objgraph's
@@ -149,16 +150,22 @@ def _window(target: Target, operation: Any) -> tuple[Any, dict[str, Any]]:
 
 def _sample_from(report: dict[str, Any], **kw: Any) -> Sample:
     return Sample(pause_s=report["main"]["lost_s"], main_max_s=report["main"]["max_s"],
-                  thread_gap_s=report["ticker"]["max_s"], thread_lost_s=report["ticker"]["lost_s"], **kw)
+                  thread_gap_s=report["ticker"]["max_s"], thread_lost_s=report["ticker"]["lost_s"],
+                  stalls_s=report["main"]["stalls_s"], **kw)
 
 
 def _cli_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's error paragraph (it is wrapped over several lines), or its last words."""
     lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
-    picked = [ln for ln in lines if "error" in ln.lower()] or lines or [f"exit status {proc.returncode}"]
-    msg = picked[-1]
+    start = next((n for n, ln in enumerate(lines) if ln.startswith("introspect: error:") or ln.startswith("usage:")), None)
+    if start is not None:
+        picked = [ln for ln in lines[start:] if not ln.startswith("introspect: results")]
+    else:
+        picked = lines[-2:] or [f"exit status {proc.returncode}"]
+    msg = " ".join(picked)
     if msg.startswith("introspect: error: "):
         msg = msg[len("introspect: error: "):]
-    return f"exit {proc.returncode}: {msg}"[:160]
+    return f"exit {proc.returncode}: {msg}"
 
 
 class Introspect:
@@ -226,6 +233,21 @@ OPERATIONS = [
 ]
 
 
+def _measure_introspect(
+    intro: Introspect, target: Target, iargs: list[str], names: dict[str, str], retry_qualified: bool
+) -> Sample:
+    args = [a.format(**names) for a in iargs]
+    s = intro.measure(target, [args[0], str(target.pid), *args[1:]])
+    if not s.ok and retry_qualified and args[0] == "backrefs" and "." not in args[1] and args[1] in s.error:
+        # the short type name was refused: try module.qualname once, and keep it if it works
+        qualified = "__main__." + args[1]
+        s2 = intro.measure(target, [args[0], str(target.pid), qualified])
+        if s2.ok:
+            names["leaf" if "{leaf}" in iargs else "holder"] = qualified
+            return s2
+    return s
+
+
 def bench_size(size: int, opts: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
     sizedir = Path(tempfile.mkdtemp(prefix=f"size-{size}-", dir=workdir))
     shutil.copy(opts.objgraph_py, sizedir / "objgraph.py")
@@ -241,7 +263,6 @@ def bench_size(size: int, opts: argparse.Namespace, workdir: Path, log: Any) -> 
             f"(max gap {baseline['main_max_s'] * 1000:.1f} ms), ticker max gap {baseline['thread_gap_s'] * 1000:.1f} ms")
 
         intro = Introspect(opts.cli_python, opts.method, sizedir, opts.timeout)
-        pid = str(target.pid)
         names = {"leaf": opts.leaf_type, "holder": "Holder"}
         slow = size > GOAL_SIZE
         chain_repeat = 0 if (slow and opts.skip_slow) else (opts.slow_repeat if slow else opts.repeat)
@@ -250,7 +271,7 @@ def bench_size(size: int, opts: argparse.Namespace, workdir: Path, log: Any) -> 
 
         # Baselines: growth's first call (both tools) is not a measurement.
         warm: dict[str, Any] = {}
-        doc, err = intro.run(["growth", pid])
+        doc, err = intro.run(["growth", str(target.pid)])
         warm["introspect_growth_1st"] = doc and {k: doc.get(k) for k in ("paused_s", "attach_pause_s", "agent_s")} or err
         warm["objgraph_growth_1st"] = measure_objgraph(target, "objgraph_growth", 300).as_json()
         log(f"growth baselines taken (introspect: {'ok' if doc else err})")
@@ -261,24 +282,21 @@ def bench_size(size: int, opts: argparse.Namespace, workdir: Path, log: Any) -> 
         for r in range(opts.repeat):
             for row, iargs, ocmd, _goal in OPERATIONS:
                 if row not in failed:
-                    args = [a.format(**names) for a in iargs]
-                    s = intro.measure(target, [args[0], pid, *args[1:]])
-                    if not s.ok and args[0] == "backrefs" and r == 0 and "." not in args[1]:
-                        # the short name refused: try the qualified module.qualname once
-                        key = "leaf" if "{leaf}" in iargs else "holder"
-                        names[key] = "__main__." + args[1]
-                        s = intro.measure(target, [args[0], pid, names[key]])
+                    s = _measure_introspect(intro, target, iargs, names, retry_qualified=(r == 0))
                     samples[row]["introspect"].append(s)
                     if not s.ok:
                         failed[row] = s.error
-                    log(f"[{r + 1}/{opts.repeat}] introspect {row}: "
-                        + (f"{s.pause_s * 1000:.0f} ms (reports {s.reported.get('paused_s', 0) * 1000:.0f} ms)" if s.ok else s.error))
+                    said = s.error
+                    if s.ok:
+                        said = f"{s.pause_s * 1000:.0f} ms (reports {s.reported.get('paused_s', 0) * 1000:.0f} ms)"
+                    log(f"[{r + 1}/{opts.repeat}] introspect {row}: {said}")
                 if ocmd == "objgraph_chain":
+                    # one chain search serves both backrefs rows
                     if row != "backrefs BenchLeaf" or len(chain_samples) >= chain_repeat:
                         continue
                     s = measure_objgraph(target, f"objgraph_chain {opts.chain_timeout:g}", opts.chain_timeout + 60)
                     chain_samples.append(s)
-                elif ocmd:
+                else:
                     s = measure_objgraph(target, ocmd, 300)
                     samples[row]["objgraph"].append(s)
                 log(f"[{r + 1}/{opts.repeat}] objgraph {ocmd}: "
@@ -367,7 +385,8 @@ def _cell(side: dict[str, Any], chain_timeout: float) -> str:
 def render_table(result: dict[str, Any], chain_timeout: float, repeat: int) -> str:
     b = result["baseline"]
     lines = [
-        f"== {result['objects']:,} gc-tracked objects (target Python {result['python']}, heap built in {result['build_s']:.1f} s; "
+        f"== {result['objects']:,} gc-tracked objects (target Python {result['python']}, "
+        f"heap built in {result['build_s']:.1f} s; "
         f"median of {repeat}) ==",
         f"baseline, {BASELINE_S:g} s idle: main thread lost {_ms(b['pause_s'])} (max gap {_ms(b['main_max_s'])}), "
         f"ticker max gap {_ms(b['thread_gap_s'])}",
@@ -392,7 +411,9 @@ def render_table(result: dict[str, Any], chain_timeout: float, repeat: int) -> s
         reported = "-"
         if i["status"] == "ok" and "paused_s" in i:
             reported = f"{_ms(i['paused_s'])} ({_ms(i.get('attach_pause_s', 0))} + {_ms(i.get('agent_s', 0))})"
-        gaps = f"{_ms(i['thread_gap_s']) if i['status'] == 'ok' else '-'} / {_ms(o['thread_gap_s']) if o['status'] in ('ok', 'timeout') else '-'}"
+        igap = _ms(i["thread_gap_s"]) if i["status"] == "ok" else "-"
+        ogap = _ms(o["thread_gap_s"]) if o["status"] in ("ok", "timeout") else "-"
+        gaps = f"{igap} / {ogap}"
         rows.append([row, icell, ocell, ratio, goal, reported, gaps])
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     for n, r in enumerate(rows):
@@ -416,7 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="interpreter that runs introspect itself (default: %(default)s)")
     p.add_argument("--sizes", default="1000000,5000000", help="heap sizes in gc-tracked objects (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help=f"only {GOAL_SIZE:,} objects (where the goals apply)")
-    p.add_argument("--repeat", type=int, default=3, metavar="N", help="measurements per operation; the median is reported (default: 3)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="measurements per operation; the median is reported (default: 3)")
     p.add_argument("--slow-repeat", type=int, default=1, metavar="N",
                    help=f"objgraph chain measurements above {GOAL_SIZE:,} objects (~60 s each at 5M; default: 1)")
     p.add_argument("--skip-slow", action="store_true", help=f"skip objgraph's chain search above {GOAL_SIZE:,} objects")
@@ -424,9 +446,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chain-timeout", type=float, default=120.0, metavar="S",
                    help="interrupt objgraph's chain search after S s and report '>S s (timeout)' (default: 120)")
     p.add_argument("--method", default="auto", help="introspect --method (default: auto)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="introspect --timeout (default: 60)")
+    p.add_argument("--timeout", type=float, default=20.0, metavar="S", help="introspect --timeout (default: 20)")
     p.add_argument("--leaf-type", default="BenchLeaf", help="type name given to `introspect backrefs` (default: %(default)s)")
-    p.add_argument("--results-dir", default=str(REPO / "bench-results"), metavar="DIR", help="where the JSON goes (default: %(default)s)")
+    p.add_argument("--results-dir", default=str(REPO / "bench-results"), metavar="DIR",
+                   help="where the JSON goes (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     opts = p.parse_args(argv)
     try:
@@ -461,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         opts.objgraph_py = find_objgraph()
         if not shutil.which(opts.python) and not Path(opts.python).exists():
             raise BenchError(f"--python {opts.python}: not found")
+        load0 = os.getloadavg()[0]
+        if load0 > 0.5 * (os.cpu_count() or 1):
+            log(f"warning: load average {load0:.1f} on {os.cpu_count()} CPUs: other work competes with the target, "
+                "expect noisy numbers")
         results = []
         with tempfile.TemporaryDirectory(prefix="introspect-bench-") as tmp:
             for size in opts.size_list:
@@ -480,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print("pause = main-thread time lost in the window (what the target's own code could not run); "
           "thread gap = longest stall of another thread (1 ms ticker).")
-    print(f"whole run: {took:.0f} s")
+    print(f"whole run: {took:.0f} s; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+          f"({os.cpu_count()} CPUs)")
 
     doc = {
         "started": started,
@@ -491,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         "method": opts.method,
         "repeat": opts.repeat,
         "cpus": os.cpu_count(),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg()[0],
         "git": _git_head(),
         "goals": {k: v for k, v in GOALS.items()},
         "goal_size": GOAL_SIZE,

@@ -43,29 +43,29 @@ mono = time.monotonic
 # ------------------------------------------------------------------------------------------------
 # the heap
 
-class Rec(object):
+class Rec:
     def __init__(self, i):
         self.i = i
         self.name = "rec"
 
 
-class Holder(object):
+class Holder:
     """One instance, 100 referrers (Ref), a few steps below a module: objgraph's slow case."""
 
 
-class Ref(object):
+class Ref:
     def __init__(self, holder):
         self.holder = holder
 
 
-class BenchLeaf(object):
+class BenchLeaf:
     """A unique type with a few instances, reachable from a module global through a few levels."""
 
     def __init__(self, i):
         self.i = i
 
 
-class Node(object):
+class Node:
     def __init__(self, child):
         self.child = child
 
@@ -98,7 +98,7 @@ def build(n_objects):
 # ------------------------------------------------------------------------------------------------
 # gap statistics
 
-class Gaps(object):
+class Gaps:
     """Gaps between wake-ups of one loop; ``lost`` sums what exceeds the loop's own period."""
 
     def __init__(self, period, slack):
@@ -183,7 +183,7 @@ def handle(line):
                 "objects": len(gc.get_objects()) if arg == "count" else None}
     fn = globals().get("cmd_" + cmd)
     if fn is None:
-        return {"ok": False, "error": "unknown command %r" % cmd}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
     t0 = time.perf_counter()
     result = fn(arg)
     result.update(ok=True, elapsed_s=round(time.perf_counter() - t0, 6))
@@ -216,7 +216,7 @@ def serve():
             try:
                 reply(handle(line.decode()))
             except Exception as exc:  # report, keep serving
-                reply({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)})
+                reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         # No reset of `last` here: objgraph's run on this thread is a stall, measured like the agent's.
 
 
@@ -228,7 +228,7 @@ def main(argv):
     objects = build(int(argv[1]))
     threading.Thread(target=ticker, name="ticker", daemon=True).start()
     reply({"ready": True, "pid": os.getpid(), "objects": objects, "build_s": round(time.perf_counter() - t0, 3),
-           "python": "%d.%d.%d" % sys.version_info[:3]})
+           "python": ".".join(map(str, sys.version_info[:3]))})
     serve()
     return 0
 

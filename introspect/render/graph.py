@@ -15,6 +15,8 @@ import graphviz
 
 from introspect.render.output import OutputDir
 
+# Beyond this many sampled instances under one holder, the rest are folded into one "+N more" box.
+MAX_TARGETS_PER_HOLDER = 4
 COLORS = {"target": "#9ecae1", "holder": "#fdae6b", "root": "#a1d99b", "path": "#f0f0f0"}
 FORMATS = ("svg", "png", "dot")
 
@@ -23,11 +25,27 @@ def to_dot(graph: dict[str, Any], title: str) -> graphviz.Digraph:
     dot = graphviz.Digraph("backrefs", graph_attr={"rankdir": "TB", "label": title, "labelloc": "t", "fontsize": "12"},
                            node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"},
                            edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    roles = {n["id"]: n.get("role", "path") for n in graph.get("nodes", [])}
+    shown: dict[str, int] = {}
+    folded: dict[str, int] = {}
+    hidden = set()
+    for edge in graph.get("edges", []):
+        if roles.get(edge["dst"]) == "target":
+            shown[edge["src"]] = shown.get(edge["src"], 0) + 1
+            if shown[edge["src"]] > MAX_TARGETS_PER_HOLDER:
+                folded[edge["src"]] = folded.get(edge["src"], 0) + 1
+                hidden.add(edge["dst"])
     for node in graph.get("nodes", []):
+        if node["id"] in hidden:
+            continue
         dot.node(node["id"], node["label"], fillcolor=COLORS.get(node.get("role", "path"), COLORS["path"]),
                  penwidth="2" if node.get("role") in ("target", "holder") else "1")
     for edge in graph.get("edges", []):
-        dot.edge(edge["src"], edge["dst"], label=edge.get("label") or "")
+        if edge["dst"] not in hidden:
+            dot.edge(edge["src"], edge["dst"], label=edge.get("label") or "")
+    for src, n in folded.items():
+        dot.node(f"{src}_more", f"+{n} more", shape="plaintext", style="")
+        dot.edge(src, f"{src}_more", style="dashed")
     return dot
 
 

@@ -37,7 +37,6 @@ app.conf.update(
     # No pidbox/broadcast queue: fewer connections and threads, nothing anyone else could drive.
     worker_enable_remote_control=False,
     worker_send_task_events=False,
-    worker_prefetch_multiplier=1,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -1,0 +1,173 @@
+"""Shared test rig: every interpreter on this machine, real victim processes, the real CLI."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import objgraph
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VICTIMS = Path(__file__).resolve().parent / "victims"
+PYTHONS_DIR = Path(os.environ.get("INTROSPECT_PYTHONS_DIR", "/opt/introspect/pythons"))
+
+
+@dataclass(frozen=True)
+class Interp:
+    id: str  # e.g. pyenv-3.8, debian-3.11, sid-3.14
+    path: str
+    version: tuple[int, int]
+
+    @property
+    def methods(self) -> list[str]:
+        return ["gdb", "pep768"] if self.version >= (3, 14) else ["gdb"]
+
+
+def _pyenv_root() -> Path:
+    try:
+        out = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=10).stdout.strip()
+        if out:
+            return Path(out)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return Path.home() / ".pyenv"
+
+
+def discover() -> list[Interp]:
+    found = []
+    for minor in range(8, 14):
+        for d in sorted(glob.glob(str(_pyenv_root() / "versions" / f"3.{minor}.*"))):
+            exe = Path(d) / "bin" / f"python3.{minor}"
+            if exe.exists():
+                found.append(Interp(f"pyenv-3.{minor}", str(exe), (3, minor)))
+                break
+    if Path("/usr/bin/python3.11").exists():
+        found.append(Interp("debian-3.11", "/usr/bin/python3.11", (3, 11)))
+    for minor in (14, 15):
+        exe = PYTHONS_DIR / f"3.{minor}" / "bin" / f"python3.{minor}"
+        if exe.exists():
+            found.append(Interp(f"sid-3.{minor}", os.path.realpath(exe), (3, minor)))
+    return found
+
+
+INTERPS = discover()
+EXPECTED = ["pyenv-3.8", "pyenv-3.9", "pyenv-3.10", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13",
+            "debian-3.11", "sid-3.14", "sid-3.15"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [i for i in EXPECTED if i not in {x.id for x in INTERPS}]
+    if missing and os.environ.get("CI"):
+        raise pytest.UsageError(f"CI must run the whole interpreter matrix; missing: {', '.join(missing)} "
+                                "(scripts/setup provisions 3.14/3.15; pyenv versions come with the machine)")
+
+
+def interp_params() -> list[Any]:
+    return [pytest.param(i, id=i.id) for i in INTERPS]
+
+
+def interp_method_params() -> list[Any]:
+    return [pytest.param(i, m, id=f"{i.id}-{m}") for i in INTERPS for m in i.methods]
+
+
+@pytest.fixture(scope="session")
+def oracle_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory holding only objgraph.py, for victims' PYTHONPATH (they have nothing of ours)."""
+    d = tmp_path_factory.mktemp("oracle")
+    shutil.copy(objgraph.__file__, d / "objgraph.py")
+    return str(d)
+
+
+class Victim:
+    """A real process of a given interpreter running a victim script; always killed and reaped."""
+
+    def __init__(self, interp: Interp, script: str, oracle: str, env: dict[str, str] | None = None) -> None:
+        self.interp = interp
+        self.errlog = tempfile.NamedTemporaryFile(prefix="victim-err-", suffix=".log", delete=False)
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": oracle, "LC_ALL": "C.UTF-8"}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([interp.path, str(VICTIMS / script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errlog, env=full_env, cwd=tempfile.gettempdir())
+        self.pid = self.proc.pid
+        line = self._readline(timeout=20)
+        assert line.startswith("ready"), f"victim did not start: {line!r} {self.stderr()}"
+
+    def _readline(self, timeout: float) -> str:
+        import selectors
+
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout):
+                raise TimeoutError(f"victim {self.pid} did not answer within {timeout}s; stderr: {self.stderr()}")
+        finally:
+            sel.close()
+        return self.proc.stdout.readline().decode()
+
+    def ask(self, command: str, timeout: float = 20) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((command + "\n").encode())
+        self.proc.stdin.flush()
+        return json.loads(self._readline(timeout))
+
+    def stderr(self) -> str:
+        return Path(self.errlog.name).read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.errlog.close()
+        os.unlink(self.errlog.name)
+
+
+@pytest.fixture
+def spawn(oracle_path: str) -> Iterator[Any]:
+    victims: list[Victim] = []
+
+    def _spawn(interp: Interp, script: str = "busy.py", env: dict[str, str] | None = None) -> Victim:
+        v = Victim(interp, script, oracle_path, env)
+        victims.append(v)
+        return v
+
+    yield _spawn
+    for v in victims:
+        v.close()
+
+
+@dataclass
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def introspect(*args: str, timeout: float = 90, cwd: str | None = None) -> Run:
+    """Run the real CLI in a subprocess, as a user would."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "introspect", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or tempfile.gettempdir(),
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)

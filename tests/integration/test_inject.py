@@ -1,0 +1,130 @@
+"""The injection core against every interpreter kind on this machine × every method.
+
+Real victims, real gdb, real sys.remote_exec; objgraph (run inside the victim) is the oracle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Interp, interp_method_params, introspect
+
+pytestmark = pytest.mark.parametrize(("interp", "method"), interp_method_params())
+
+USER_TYPES = ["__main__.Widget", "__main__.Outer.Inner", "__main__.Cached", "__main__.Closured", "__main__.FrameHeld"]
+
+
+def _residue_ok(before: dict, after: dict, allowed_new: set[str]) -> None:
+    assert after["main_names"] == before["main_names"]
+    assert after["sys_path"] == before["sys_path"]
+    assert set(after["modules"]) - set(before["modules"]) <= allowed_new
+    assert after["threads"] == before["threads"]
+    assert after["fds"] == before["fds"]
+    assert after["errors"] == []
+    assert after["threads_alive"]
+
+
+def test_top_agrees_with_objgraph(interp: Interp, method: str, spawn, tmp_path: Path) -> None:
+    # GIVEN a busy 4-thread victim
+    victim = spawn(interp)
+    oracle = victim.ask("objgraph")
+    before = victim.ask("state")
+    # WHEN introspect counts its heap from outside
+    run = introspect("top", str(victim.pid), "--json", "-n", "0", "--method", method, "-o", str(tmp_path))
+    # THEN the answer is correct and complete
+    assert run.rc == 0, run.stderr
+    doc = run.json()
+    assert doc["pid"] == victim.pid and doc["method"] == method
+    assert doc["python"].startswith("%d.%d." % interp.version)
+    counts = {t["type"]: t["count"] for t in doc["types"]}
+    # objgraph names builtins "builtins.X" and uses __name__; our user types here have no nesting
+    # ambiguity except Outer.Inner, which objgraph calls __main__.Inner.
+    assert counts["__main__.Widget"] == oracle["__main__.Widget"] == 1239
+    assert counts["__main__.Outer.Inner"] == oracle["__main__.Inner"] == 321
+    assert counts["__main__.Cached"] == oracle["__main__.Cached"] == 7
+    assert counts["__main__.FrameHeld"] == oracle["__main__.FrameHeld"] == 1
+    # builtins move with the busy threads; they must still be in the same ballpark as the oracle
+    assert abs(counts["function"] - oracle["builtins.function"]) <= 50
+    assert abs(doc["objects"] - sum(oracle.values())) <= 0.1 * doc["objects"]
+    assert doc["paused_s"] > 0
+    # files: JSON + readable text, in the directory asked for
+    assert (tmp_path / "top.json").exists() and "__main__.Widget" in (tmp_path / "top.txt").read_text()
+    # AND the victim is unharmed: nothing of ours left, nothing broken
+    after = victim.ask("state")
+    _residue_ok(before, after, allowed_new=set())
+    assert victim.stderr() == ""
+    assert victim.alive()
+
+
+def test_exec_returns_output_and_exception(interp: Interp, method: str, spawn, tmp_path: Path) -> None:
+    victim = spawn(interp)
+    before = victim.ask("state")
+    ok = tmp_path / "ok.py"
+    ok.write_text("import __main__, sys\nprint('widgets', len(__main__.widgets))\nprint('to stderr', file=sys.stderr)\n")
+    run = introspect("exec", str(victim.pid), str(ok), "--method", method, "-o", str(tmp_path / "o1"))
+    assert run.rc == 0, run.stderr
+    assert run.stdout == "widgets 1234\n"
+    assert "to stderr" in run.stderr
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    return {}['missing']\n\nprint('before')\nf()\n")
+    run = introspect("exec", str(victim.pid), str(bad), "--json", "--method", method, "-o", str(tmp_path / "o2"))
+    assert run.rc == 12, run.stderr
+    doc = run.json()
+    assert doc["stdout"] == "before\n"
+    assert doc["exception"]["type"] == "KeyError"
+    assert "return {}['missing']" in doc["traceback"] and "line 2, in f" in doc["traceback"]
+    after = victim.ask("state")
+    _residue_ok(before, after, allowed_new=set())
+    assert victim.stderr() == ""
+
+
+def test_growth_signed_deltas(interp: Interp, method: str, spawn, tmp_path: Path) -> None:
+    victim = spawn(interp)
+    before = victim.ask("state")
+    first = introspect("growth", str(victim.pid), "--json", "--method", method, "-o", str(tmp_path / "a"))
+    assert first.rc == 0, first.stderr
+    assert first.json()["baseline_recorded"] is True
+    victim.ask("grow 500")
+    second = introspect("growth", str(victim.pid), "--json", "-n", "0", "--method", method, "-o", str(tmp_path / "b"))
+    assert second.rc == 0, second.stderr
+    rows = {t["type"]: t for t in second.json()["types"]}
+    assert rows["__main__.Leaky"]["delta"] == 500 and rows["__main__.Leaky"]["since_baseline"] == 500
+    victim.ask("shrink 200")
+    third = introspect("growth", str(victim.pid), "--json", "-n", "0", "--method", method, "-o", str(tmp_path / "c"))
+    rows = {t["type"]: t for t in third.json()["types"]}
+    assert rows["__main__.Leaky"]["count"] == 300
+    assert rows["__main__.Leaky"]["delta"] == -200 and rows["__main__.Leaky"]["since_baseline"] == 300
+    after = victim.ask("state")
+    _residue_ok(before, after, allowed_new={"__introspect_state__"})
+
+
+def test_backrefs_names_holders(interp: Interp, method: str, spawn, tmp_path: Path) -> None:
+    victim = spawn(interp)
+    victim.ask("grow 40")
+    holders = {
+        "Leaky": ("module __main__", ".leaks"),
+        "Cached": ("module __main__", "._cache"),
+        "Closured": ("module __main__", "closure var held"),
+        "Widget": ("module __main__", ".items"),  # 5 of 1239 sit in the class attribute Registry.items
+    }
+    for name, (root, via) in holders.items():
+        run = introspect("backrefs", str(victim.pid), name, "--json", "--samples", "2000", "--method", method,
+                         "-o", str(tmp_path / name))
+        assert run.rc == 0, run.stderr
+        doc = run.json()
+        assert doc["found"] > 0 and not doc["partial"]
+        vias = [s["via"] for c in doc["chains"] for s in c["path"]]
+        assert any(c["root"] == root for c in doc["chains"]), doc["chains"]
+        assert via in vias, (name, doc["chains"])
+        assert (tmp_path / name / "backrefs.dot").exists()
+    run = introspect("backrefs", str(victim.pid), "FrameHeld", "--json", "--method", method, "-o", str(tmp_path / "fh"))
+    chain = run.json()["chains"][0]
+    assert chain["root"].startswith("thread keeper, keeper() line") and chain["root"].endswith("local mine")
+    # an unknown name is refused with a suggestion
+    run = introspect("backrefs", str(victim.pid), "Widgit", "--method", method, "-o", str(tmp_path / "unk"))
+    assert run.rc == 13 and "Did you mean" in run.stderr and "__main__.Widget" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert victim.stderr() == ""
