@@ -20,6 +20,8 @@ from introspect.inject import Injection, choose
 from introspect.target import Target, check_injectable, inspect_target
 
 LOCK_DIR = "/tmp/introspect-locks"
+# A pending call normally runs within milliseconds; after this long the main thread is parked.
+STALL_S = 1.0
 
 # x86_64 syscall numbers a blocked main thread usually sits in.
 _SYSCALLS = {
@@ -136,10 +138,28 @@ def run_agent(
             log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
 
             def on_stall(waited: float) -> None:
-                log(f"the main thread has not run our request after {waited:.1f} s: it is "
-                    f"{main_thread_activity(pid)}; waiting up to --timeout {timeout:g} s")
+                activity = main_thread_activity(pid)
+                log(f"the main thread has not run our request after {waited:.1f} s: it is {activity}")
+                if not activity.startswith("blocked in") or method == "pep768" or "futex" in activity:
+                    log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
+                    return
+                from introspect.inject.gdb import GdbInjector
 
-            envelope = wait_for_result(request, on_stall=on_stall)
+                try:
+                    parked = GdbInjector().run_parked(target, run, bootstrap)
+                except errors.InjectionFailed as exc:
+                    log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
+                    return
+                assert injection is not None
+                # The queued pending call still points at its page: it must stay mapped (4 KiB)
+                # until that call runs, finds no agent file, and does nothing.
+                injection.page = None
+                injection.attach_pause_s += parked.attach_pause_s
+                injection.detail += f"; idle, so ran via {parked.detail}"
+                log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms, agent included); "
+                    "the queued request will find nothing to do when the thread next runs Python")
+
+            envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S)
         finally:
             started = run.exists("started") or run.exists("result.json")
             run.remove()

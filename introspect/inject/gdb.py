@@ -29,7 +29,16 @@ from introspect.target import Target, explain_ptrace_denied
 
 GDB_TIMEOUT_S = 20.0
 PAGE = 4096
-_PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString"]
+_PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyGILState_Ensure", "PyGILState_Release"]
+# x86_64 syscalls in which a thread parks with the GIL released (Python wraps each in
+# Py_BEGIN_ALLOW_THREADS), never inside the allocator. futex is left out on purpose: a thread
+# waiting *for the GIL* sits in futex too.
+BLOCKING_SYSCALLS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept", 45: "recvfrom",
+                     47: "recvmsg", 61: "wait4", 230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid",
+                     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2"}
+# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK, -EINTR: the values rax
+# holds when ptrace stopped a thread inside a blocking syscall.
+_RESTART = (-512, -513, -514, -516, -4)
 _LIBC_FUNCS = ["mmap", "munmap"]
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
@@ -156,6 +165,62 @@ class GdbInjector:
                 help="Try again in a moment.",
             )
         return Injection("gdb", pause, "Py_AddPendingCall(PyRun_SimpleString) on the main thread", page=(int(buf.group(1)), size))
+
+    def run_parked(self, target: Target, run: RunDir, bootstrap: str) -> Injection:
+        """Run the bootstrap *now* on the main thread, parked in a blocking syscall (an idle worker).
+
+        The legal "C callback re-enters Python" pattern: PyGILState_Ensure, run, Release. gdb checks
+        at the stopped moment that the thread sits in a blocking syscall (so not in the allocator)
+        and does not hold the GIL; otherwise it touches nothing. The target stays stopped while the
+        agent runs; other threads are resumed by gdb during the call, so a GIL holder can finish.
+        """
+        addrs = self._addresses(target)
+        text = bootstrap.encode() + b"\0"
+        size = (len(text) + PAGE - 1) // PAGE * PAGE
+        text_path = run.host_file("bootstrap-parked.txt")
+        with open(text_path, "wb") as f:
+            f.write(text)
+        parked = " || ".join(f"$nr == {n}" for n in BLOCKING_SYSCALLS)
+        restart = " || ".join(f"$ret == {n}" for n in _RESTART)
+        script = (
+            'printf "INTROSPECT_ATTACHED\\n"\n'
+            "set $nr = (long)$orig_rax\n"
+            "set $ret = (long)$rax\n"
+            'printf "INTROSPECT_SYSCALL %ld %ld\\n", $nr, $ret\n'
+            f"if ({parked}) && ({restart})\n"
+            f"  set $held = (int)((int(*)(void)){addrs['PyGILState_Check']})()\n"
+            '  printf "INTROSPECT_HELD %d\\n", $held\n'
+            "  if $held == 0\n"
+            f"    set $buf = (unsigned long)((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
+            f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
+            "    if $buf != (unsigned long)-1\n"
+            f"      restore {text_path} binary $buf\n"
+            f"      set $st = (int)((int(*)(void)){addrs['PyGILState_Ensure']})()\n"
+            f"      set $rc = (int)((int(*)(void*)){addrs['PyRun_SimpleString']})((void*)$buf)\n"
+            f"      call (void)((void(*)(int)){addrs['PyGILState_Release']})($st)\n"
+            '      printf "INTROSPECT_RC %d\\n", $rc\n'
+            f"      call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*)$buf, {size})\n"
+            "    end\n"
+            "  end\n"
+            "end\n"
+        )
+        out, pause = self._run(target, script)
+        os.unlink(text_path)
+        sysc = re.search(r"INTROSPECT_SYSCALL (-?\d+) (-?\d+)", out)
+        held = re.search(r"INTROSPECT_HELD (\d+)", out)
+        rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
+        if rc is None:
+            if held and held.group(1) != "0":
+                why = "the main thread holds the GIL"
+            elif sysc:
+                nr = int(sysc.group(1))
+                why = f"the main thread is not parked in a blocking system call (syscall {BLOCKING_SYSCALLS.get(nr, nr)})"
+            else:
+                why = "gdb could not read the main thread's registers"
+            raise errors.InjectionFailed(f"cannot run on the parked main thread: {why}", pid=target.pid, name=target.name)
+        nr = int(sysc.group(1)) if sysc else -1
+        return Injection("gdb", pause, f"PyGILState_Ensure + PyRun_SimpleString on the main thread parked in "
+                                       f"{BLOCKING_SYSCALLS.get(nr, nr)}()")
 
     def release(self, target: Target, injection: Injection) -> None:
         """Unmap the bootstrap page. Only call once the agent has started: the text is parsed by then."""
