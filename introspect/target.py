@@ -160,8 +160,7 @@ def inspect_target(pid: int) -> Target:
         raise errors.NoSuchProcess("no such process", pid=pid) from None
     except PermissionError:
         raise errors.AccessDenied(
-            "permission denied reading /proc/%d/maps: the process belongs to another user or is "
-            "not dumpable" % pid,
+            f"permission denied reading /proc/{pid}/maps: the process belongs to another user or is not dumpable",
             pid=pid,
             name=name,
             help="Run introspect as root (sudo -E introspect ...) or as the process's own user.",

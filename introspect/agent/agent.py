@@ -11,11 +11,19 @@
 import sys
 
 _G = globals()
-_NEW_MODULES = []  # builtin modules this run imported; popped again from sys.modules at the end
+# Builtin C modules this run had to import (gc, time, _collections if the target never did). They
+# stay imported: importing a builtin module runs no code, and popping it again would leak a fresh
+# module object on every run (measured: each re-import creates another that never goes away).
+_NEW_MODULES = []  # type: list
 STATE_MODULE = "__introspect_state__"
 
 
-def _builtin(name):  # type: (str) -> object
+MYPY = False
+if MYPY:  # seen by the type checker only: the agent imports nothing at run time
+    from typing import Any  # noqa: F401
+
+
+def _builtin(name):  # type: (str) -> Any
     mod = sys.modules.get(name)
     if mod is None:
         mod = __import__(name)
@@ -112,7 +120,7 @@ def type_name(t):  # type: (type) -> str
 
 def _own_objects():  # type: () -> list
     """Objects of the agent itself that gc tracks: subtracted so counts describe the target."""
-    own = [_G]
+    own = [_G]  # type: list
     for v in _G.values():
         if type(v) is _FunctionType:
             own.append(v)
@@ -173,28 +181,6 @@ def cmd_top(params):  # type: (dict) -> dict
     }
 
 
-class _Capture(object):
-    """sys.stdout/sys.stderr stand-in: keeps what *our* thread writes, passes other threads' on."""
-
-    def __init__(self, orig, tid):  # type: (object, int) -> None
-        self._orig = orig
-        self._tid = tid
-        self.parts = []  # type: list
-
-    def write(self, s):  # type: (str) -> int
-        if _thread.get_ident() == self._tid:
-            self.parts.append(str(s))
-            return len(s)
-        return self._orig.write(s)  # type: ignore[attr-defined, no-any-return]
-
-    def flush(self):  # type: () -> None
-        if _thread.get_ident() != self._tid and self._orig is not None:
-            self._orig.flush()  # type: ignore[attr-defined]
-
-    def __getattr__(self, name):  # type: (str) -> object
-        return getattr(self._orig, name)
-
-
 def _exc_record(exc, skip_file):  # type: (BaseException, str) -> dict
     frames = []
     tb = exc.__traceback__
@@ -210,7 +196,35 @@ def _exc_record(exc, skip_file):  # type: (BaseException, str) -> dict
     return {"type": type_name(type(exc)), "message": message, "frames": frames}
 
 
+def _capture_class():  # type: () -> type
+    # Made per exec call, not at agent load: a class is cyclic garbage once we are done, and the
+    # commands that count objects must not leave one behind for growth to report.
+    class _Capture(object):
+        """sys.stdout/sys.stderr stand-in: keeps what *our* thread writes, passes other threads' on."""
+
+        def __init__(self, orig, tid):  # type: (object, int) -> None
+            self._orig = orig
+            self._tid = tid
+            self.parts = []  # type: list
+
+        def write(self, s):  # type: (str) -> int
+            if _thread.get_ident() == self._tid:
+                self.parts.append(str(s))
+                return len(s)
+            return self._orig.write(s)  # type: ignore[attr-defined, no-any-return]
+
+        def flush(self):  # type: () -> None
+            if _thread.get_ident() != self._tid and self._orig is not None:
+                self._orig.flush()  # type: ignore[attr-defined]
+
+        def __getattr__(self, name):  # type: (str) -> object
+            return getattr(self._orig, name)
+
+    return _Capture
+
+
 def cmd_exec(params):  # type: (dict) -> dict
+    _Capture = _capture_class()
     with open(params["payload"], "rb") as f:
         source = f.read()
     tid = _thread.get_ident()
@@ -305,7 +319,7 @@ def _cell_type():  # type: () -> type
 
 
 _CellType = _cell_type()
-_MethodType = type(_Capture(None, 0).write)
+_MethodType = type(_dump.__get__(0))
 
 
 def _key_label(k):  # type: (object) -> str
@@ -423,7 +437,7 @@ def _frame_roots(agent_file):  # type: (str) -> dict
     me = _thread.get_ident()
     for ident, frame in sys._current_frames().items():
         tname = names.get(ident, "thread-%d" % ident)
-        f = frame
+        f = frame  # type: Any
         if ident == me:
             while f is not None and f.f_code.co_filename == agent_file:
                 f = f.f_back
@@ -501,8 +515,8 @@ def cmd_backrefs(params):  # type: (dict) -> dict
 
 
 def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list, str, int, float, int, float, float) -> dict
-    module_dicts = {}
-    modules = {}
+    module_dicts = {}  # type: dict
+    modules = {}  # type: dict
     for name, mod in list(sys.modules.items()):
         if type(mod) is _ModuleType or isinstance(mod, _ModuleType):
             try:
@@ -512,8 +526,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
                 pass
     frames = _frame_roots(_G.get("__file__", "\0"))
     nodes = {}  # id -> object: everything discovered (keeps them alive only while we run)
-    down = {}  # id(holder) -> [id(child)]: referrer edges among discovered objects
-    roots = {}  # id(root node) -> description; frame roots are virtual: "frame:<id>"
+    down = {}  # type: dict  # id(holder) -> [id(child)]: referrer edges among discovered objects
+    roots = {}  # type: dict  # id(root node) -> description; frame roots are virtual: "frame:<id>"
     for o in sample:
         nodes[id(o)] = o
     own = {id(sample), id(nodes), id(down), id(roots), id(module_dicts), id(modules), id(frames), id(_G)}
@@ -552,7 +566,7 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         own.add(id(fset))
         refs = gc.get_referrers(*args)
         own.add(id(refs))
-        nxt = []
+        nxt = []  # type: list
         own.add(id(nxt))
         for r in refs:
             rid = id(r)
@@ -663,7 +677,7 @@ def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict
         steps = _collapse(steps)
         path = []
         for obj, name, via in steps:
-            step = {"type": name, "via": via or None, "_id": id(obj)}
+            step = {"type": name, "via": via or None, "_id": id(obj)}  # type: dict
             label = _object_name(obj)
             if label:
                 step["name"] = label
@@ -755,21 +769,16 @@ def run(request):  # type: (dict) -> None
         exc.__traceback__ = None
     envelope["agent_s"] = time.perf_counter() - t0
     envelope["python"] = "%d.%d.%d" % sys.version_info[:3]
+    envelope["imported"] = list(_NEW_MODULES)
     try:
         _write_json(rundir + "/result.json", envelope)
     except OSError:
         pass
 
 
-def _finish():  # type: () -> None
-    for name in _NEW_MODULES:
-        sys.modules.pop(name, None)
-
-
 if "REQUEST" in _G:
     try:
         run(_G["REQUEST"])
     finally:
-        _finish()
         # Break the function<->globals cycles now, so nothing of ours waits for the next collection.
         _G.clear()

@@ -23,8 +23,7 @@ import time
 
 from introspect import errors
 from introspect.channel import RunDir
-from introspect.inject import Injection
-from introspect.inject import symbols
+from introspect.inject import Injection, symbols
 from introspect.target import Target, explain_ptrace_denied
 
 GDB_TIMEOUT_S = 20.0

@@ -79,7 +79,7 @@ class RemoteExecInjector:
                 return Injection("pep768", 0.0, f"sys.remote_exec via {exe}")
             if proc.returncode == 4:
                 self._raise_for(target, err)
-            tried.append(f"{exe}: {err.splitlines()[-1] if err else 'exit %d' % proc.returncode}")
+            tried.append(f"{exe}: {err.splitlines()[-1] if err else f'exit {proc.returncode}'}")
         raise errors.InjectionFailed(
             f"no Python {target.version_str} interpreter runnable from here to drive sys.remote_exec"
             + (f" (tried {'; '.join(tried)})" if tried else ""),

@@ -44,7 +44,7 @@ def exports(path: str, name: str) -> bool:
         return False
 
 
-def resolve(pid: int, mappings: "list[object] | tuple[object, ...]", path: str, names: list[str]) -> dict[str, int]:
+def resolve(pid: int, mappings: list[object] | tuple[object, ...], path: str, names: list[str]) -> dict[str, int]:
     """Runtime addresses of ``names`` exported by ``path`` (a mapped file, target's view)."""
     from introspect.target import Mapping
 

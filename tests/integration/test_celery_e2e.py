@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,16 @@ from typing import Any
 
 import pytest
 
-from tests.integration.celery_rig import POOL_MODULES, POOLS, REPO_ROOT, CeleryWorker, RedisServer
+from tests.integration.celery_rig import (
+    IDLE_SYSCALL_X86_64,
+    POOL_MODULES,
+    POOLS,
+    REPO_ROOT,
+    CeleryWorker,
+    RedisServer,
+    main_thread_syscall,
+    wait_until,
+)
 
 celery = pytest.importorskip("celery", reason="celery not installed: run scripts/setup (or pip install -e '.[test]')")
 
@@ -36,9 +46,10 @@ STORE_N = 500
 CACHE_N = 300
 TASK_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 30.0
-# An idle prefork child sits in read() on its pool pipe: its main thread never reaches a safe point
-# and a pending call waits for the next task. Until introspect falls back to another thread, cheap
-# tasks keep it busy while we look (harmless once the fallback exists).
+# An idle prefork child sits in read() on its pool pipe, so a pending call never runs and introspect
+# falls back to PyGILState_Ensure on the parked main thread. Both paths are real: the top/growth
+# tests keep a prefork child busy with cheap tasks (pending-call path, a task may start mid-look),
+# test_idle_task_process_answers leaves every pool idle (fallback path for prefork).
 TICK_INTERVAL_S = 0.05
 
 
@@ -234,19 +245,22 @@ def test_growth_and_backrefs_find_leaks(pool: str, worker: CeleryWorker, client:
     assert_unharmed(client, worker, task_pid)
 
 
-@pytest.mark.parametrize("pool", [
-    pytest.param(p, marks=pytest.mark.xfail(
-        reason="an idle prefork child blocks in read() on its pipe: needs the blocked-main-thread fallback",
-        strict=False)) if p == "prefork" else p
-    for p in POOLS])
+@pytest.mark.parametrize("pool", POOLS)
 def test_idle_task_process_answers(pool: str, worker: CeleryWorker, client: Any, cli: Cli) -> None:
-    # GIVEN a worker that has done one task and now waits for work (no traffic at all)
+    # GIVEN a worker that has done one task and now waits for work (no traffic at all), its task
+    # process's main thread parked in a system call
     task_pid = warm_up(client, worker)
     run_task(client, worker, "leak_cache", 10)
+    if platform.machine() == "x86_64":
+        idle = IDLE_SYSCALL_X86_64[pool]
+        wait_until(lambda: main_thread_syscall(task_pid) == idle, 5.0,
+                   f"the main thread of {task_pid} to block in syscall {idle}",
+                   on_timeout=lambda: f" (it is in {main_thread_syscall(task_pid)})")
 
     # WHEN introspect looks inside the idle task process
     doc = cli("top", str(task_pid), "-n", "0", timeout=10)
 
-    # THEN it answers anyway: the other pools' main threads wake from epoll_wait every 1-2 s
+    # THEN it answers anyway (prefork: the child never wakes by itself, so only introspect's
+    # blocked-main-thread fallback gets in) and counts exactly
     assert counts(doc).get(CUSTOM) == 10
     assert_unharmed(client, worker, task_pid)
