@@ -44,12 +44,12 @@ class UsageError(IntrospectError):
 
 class NoSuchProcess(IntrospectError):
     exit_code = 3
-    help_text = "Check the pid with `ps -ef` or `introspect ps`; the process may have exited."
+    help_text = "Check the pid with `ps -ef`; the process may have exited."
 
 
 class NotPython(IntrospectError):
     exit_code = 4
-    help_text = "Point introspect at a CPython 3.8+ process (`introspect ps` lists them)."
+    help_text = "Point introspect at a CPython 3.8+ process (`ps -eo pid,user,cmd | grep -i python` lists them)."
 
 
 class AccessDenied(IntrospectError):

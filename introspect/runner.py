@@ -160,6 +160,11 @@ def run_agent(
                     "the queued request will find nothing to do when the thread next runs Python")
 
             envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S)
+        except OSError as exc:
+            # The run dir lives under /proc/PID/root: it vanishes with the target.
+            if not target.is_alive():
+                raise errors.TargetExited("the process exited while introspect was working on it", pid=pid, name=target.name) from None
+            raise errors.InjectionFailed(f"I/O error in the run directory {run.host}: {exc}", pid=pid, name=target.name) from None
         finally:
             started = run.exists("started") or run.exists("result.json")
             run.remove()

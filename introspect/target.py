@@ -119,7 +119,7 @@ def inspect_target(pid: int) -> Target:
         raise errors.BadTargetState(
             "refusing to attach to PID 1 (init): stopping it, even briefly, can hang the machine",
             pid=pid,
-            help="Pick the worker process itself: `introspect ps` lists Python processes.",
+            help="Pick the worker process itself: `ps -eo pid,user,cmd | grep -i python` lists Python processes.",
         )
     try:
         proc = psutil.Process(pid)

@@ -14,6 +14,7 @@ Rules learnt the hard way (DESIGN.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -151,7 +152,8 @@ class GdbInjector:
             "end\n"
         )
         out, pause = self._run(target, script)
-        os.unlink(text_path)
+        with contextlib.suppress(OSError):
+            os.unlink(text_path)
         buf = re.search(r"INTROSPECT_BUF (\d+)", out)
         rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
         if not buf or int(buf.group(1)) in (0, 2**64 - 1):
@@ -204,7 +206,8 @@ class GdbInjector:
             "end\n"
         )
         out, pause = self._run(target, script)
-        os.unlink(text_path)
+        with contextlib.suppress(OSError):
+            os.unlink(text_path)
         sysc = re.search(r"INTROSPECT_SYSCALL (-?\d+) (-?\d+)", out)
         held = re.search(r"INTROSPECT_HELD (\d+)", out)
         rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
