@@ -1,0 +1,92 @@
+"""The agent is a real module: exercised here in-process (no injection), against objgraph."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from typing import Any
+
+import objgraph
+import pytest
+
+from introspect.agent import AGENT_PATH
+
+
+@pytest.fixture(scope="module")
+def agent() -> dict[str, Any]:
+    # Loaded without REQUEST: only definitions run, nothing is executed or written.
+    return runpy.run_path(str(AGENT_PATH))
+
+
+def test_json_writer_round_trips(agent: dict[str, Any]) -> None:
+    doc = {"s": 'quote " back \\ nl \n tab \t ctl \x01 é ☃', "i": -3, "f": 1.5, "nan": float("nan"),
+           "l": [1, [2, None]], "t": (True, False), "d": {"k": {}}}
+    out: list[str] = []
+    agent["_dump"](doc, out)
+    back = json.loads("".join(out))
+    assert back["s"] == doc["s"] and back["nan"] is None and back["t"] == [True, False]
+    assert back["l"] == [1, [2, None]] and back["d"] == {"k": {}}
+
+
+def test_type_name_never_runs_user_code(agent: dict[str, Any]) -> None:
+    class Meta(type):
+        def __getattribute__(cls, name: str) -> Any:
+            raise RuntimeError("user code ran")
+
+    class Sneaky(metaclass=Meta):
+        pass
+
+    assert agent["type_name"](Sneaky).endswith("test_type_name_never_runs_user_code.<locals>.Sneaky")
+    assert agent["type_name"](dict) == "dict"
+
+
+def test_top_counts_match_objgraph_in_process(agent: dict[str, Any]) -> None:
+    class Probe:
+        pass
+
+    probes = [Probe() for _ in range(321)]
+    result = agent["cmd_top"]({})
+    name = agent["type_name"](Probe)
+    assert result["types"][name] == 321 == objgraph.count(Probe.__qualname__.rsplit(".", 1)[-1])
+    assert abs(result["types"]["function"] - objgraph.count("function")) <= 60
+    del probes
+
+
+def test_backrefs_finds_a_closure_holder(agent: dict[str, Any]) -> None:
+    class Kept:
+        pass
+
+    def make() -> Any:
+        held = [Kept()]
+
+        def f() -> Any:
+            return held
+
+        return f
+
+    holder = {"fn": make()}
+    globals()["_HOLDER_FOR_TEST"] = holder
+    try:
+        res = agent["cmd_backrefs"]({"type": agent["type_name"](Kept), "samples": 5})
+        assert res["status"] == "ok" and res["found"] == 1
+        vias = [s["via"] for c in res["chains"] for s in c["path"]]
+        assert "._HOLDER_FOR_TEST" in vias and "closure var held" in vias
+    finally:
+        del globals()["_HOLDER_FOR_TEST"]
+
+
+def test_backrefs_unknown_and_ambiguous(agent: dict[str, Any]) -> None:
+    assert agent["cmd_backrefs"]({"type": "NoSuchTypeAnywhere"})["status"] == "unknown"
+
+    def make(n: int) -> Any:
+        class Twin:
+            pass
+
+        Twin.__module__ = f"mod{n}"
+        Twin.__qualname__ = "Twin"
+        return Twin()
+
+    twins = [make(1), make(2)]
+    res = agent["cmd_backrefs"]({"type": "Twin"})
+    assert res["status"] == "ambiguous" and [c[0] for c in res["candidates"]] == ["mod1.Twin", "mod2.Twin"]
+    del twins
