@@ -145,3 +145,30 @@ def test_target_dies_mid_run(spawn, tmp_path: Path) -> None:
 def test_unknown_command_line(tmp_path: Path) -> None:
     run = introspect("top", "not-a-pid")
     assert run.rc == 2 and "Traceback" not in run.stderr
+
+
+def test_two_at_once_both_succeed(spawn, tmp_path: Path) -> None:
+    victim = spawn(PY)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    clis = [subprocess.Popen([sys.executable, "-m", "introspect", cmd, str(victim.pid), "-o", str(tmp_path / cmd)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            for cmd in ("top", "growth")]
+    for cli in clis:
+        _, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+    assert victim.ask("state")["errors"] == [] and victim.stderr() == ""
+
+
+def test_idle_worker_answers(spawn, tmp_path: Path) -> None:
+    # GIVEN a worker whose only thread is parked in os.read (an idle Celery prefork child)
+    victim = spawn(PY, "idle.py")
+    # WHEN we ask for its types
+    t0 = time.monotonic()
+    run = introspect("top", str(victim.pid), "--json", "-v", "-n", "0", "-o", str(tmp_path))
+    # THEN it answers within 10 s, through the parked-thread path, and the worker still works
+    assert run.rc == 0, run.stderr
+    assert time.monotonic() - t0 < 10
+    assert "parked in read()" in run.stderr
+    assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Job"] == 77
+    assert victim.ask("job") == {"jobs": 77}
+    assert victim.stderr() == ""
