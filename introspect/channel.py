@@ -36,7 +36,9 @@ class RunDir:
 
     @property
     def host(self) -> str:
-        return self.target.host_path(self.path)
+        # Same filesystem view as ours: use the plain path, which (unlike /proc/PID/root) still
+        # works for clean-up after the target has died.
+        return self.path if self.target.same_root else self.target.host_path(self.path)
 
     def file(self, name: str) -> str:
         return f"{self.path}/{name}"

@@ -85,9 +85,9 @@ def main_thread_activity(pid: int) -> str:
 class _TargetLock:
     """One injection at a time per target: a second introspect waits for the first."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, pid: int) -> None:
         os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-        self.path = f"{LOCK_DIR}/{target.pid}-{int(target.create_time)}.lock"
+        self.path = f"{LOCK_DIR}/{pid}.lock"
         self.fd = -1
 
     def __enter__(self) -> _TargetLock:
@@ -112,10 +112,13 @@ def run_agent(
 ) -> Outcome:
     """Run ``command`` in the target and return its result envelope. Raises IntrospectError."""
     t0 = time.monotonic()
-    target = inspect_target(pid)
-    check_injectable(target)
-    injectors = choose(target, method)
-    with _TargetLock(target):
+    inspect_target(pid)  # plain errors (no such pid, zombie...) before we wait on any lock
+    # Facts are read again under the lock: while another introspect holds it, its gdb is the
+    # target's tracer, and that must not be mistaken for a foreign debugger.
+    with _TargetLock(pid):
+        target = inspect_target(pid)
+        check_injectable(target)
+        injectors = choose(target, method)
         request, bootstrap = prepare(target, command, params, timeout, files)
         run = request.run
         injection: Injection | None = None

@@ -46,6 +46,9 @@ class Target:
     capi_object: str | None
     libc_object: str | None
     mappings: tuple[Mapping, ...]
+    # The target sees the same filesystem root as we do (not in a container): read once, because
+    # /proc/PID/root is gone as soon as the target dies and clean-up must still work.
+    same_root: bool = True
 
     @property
     def root(self) -> str:
@@ -184,7 +187,16 @@ def inspect_target(pid: int) -> Target:
         capi_object=capi,
         libc_object=libc,
         mappings=tuple(maps),
+        same_root=_same_root(pid),
     )
+
+
+def _same_root(pid: int) -> bool:
+    try:
+        a, b = os.stat(f"/proc/{pid}/root"), os.stat("/")
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    except OSError:
+        return False
 
 
 def _find_capi_object(maps: list[Mapping], exe: str, pid: int) -> str | None:

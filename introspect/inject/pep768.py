@@ -34,18 +34,10 @@ except BaseException as exc:
 """
 
 
-def _same_root(target: Target) -> bool:
-    try:
-        a, b = os.stat(target.root), os.stat("/")
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-    except OSError:
-        return False
-
-
 def controllers(target: Target) -> list[str]:
     """Interpreters that may match the target's version, best first."""
     out = []
-    if _same_root(target):
+    if target.same_root:
         out.append(target.exe)
     else:
         out.append(target.host_path(target.exe))

@@ -172,3 +172,41 @@ def test_idle_worker_answers(spawn, tmp_path: Path) -> None:
     assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Job"] == 77
     assert victim.ask("job") == {"jobs": 77}
     assert victim.stderr() == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser to start a victim as nobody")
+def test_other_user_worker(tmp_path: Path) -> None:
+    # GIVEN a worker running as an unprivileged user, introspect as root
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="introspect-test-other-user-"))  # pytest's tmp is 0700 root
+    shared.chmod(0o755)
+    script = shared / "idle.py"
+    shutil.copy(Path(__file__).resolve().parents[1] / "victims" / "idle.py", script)
+    script.chmod(0o644)
+    proc = subprocess.Popen(["runuser", "-u", "nobody", "--", PY.path, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline().split()[1])
+        # WHEN we look inside it
+        run = introspect("top", str(pid), "--json", "-n", "0", "-o", str(tmp_path / "o"))
+        # THEN it works, and our run directory was private to the worker's user and is gone
+        assert run.rc == 0, run.stderr
+        assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Job"] == 77
+        assert not list(Path("/tmp").glob(f"introspect-{pid}-*"))
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_remote_debug_disabled_is_refused_not_bypassed(spawn, tmp_path: Path) -> None:
+    py314 = next((i for i in INTERPS if i.version >= (3, 14)), None)
+    if py314 is None:
+        pytest.skip("no CPython 3.14+ here: run scripts/setup to provision it")
+    victim = spawn(py314, env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"})
+    run = introspect("top", str(victim.pid), "-o", str(tmp_path / "a"))
+    _plain(run, 9, "remote debugging disabled", "--method gdb")
+    run = introspect("top", str(victim.pid), "--method", "gdb", "-o", str(tmp_path / "b"))
+    assert run.rc == 0, run.stderr
+    assert victim.ask("state")["errors"] == []
