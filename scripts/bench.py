@@ -362,8 +362,8 @@ def summarize(samples: dict[str, dict[str, list[Sample]]], size: int, chain_time
         if i["status"] == "ok" and o["status"] in ("ok", "timeout") and o["pause_s"] > 0:
             entry["ratio"] = i["pause_s"] / o["pause_s"]
             entry["ratio_is_upper_bound"] = o["status"] == "timeout"
-            if entry["goal"] is not None:
-                entry["goal_met"] = entry["ratio"] <= entry["goal"]
+            if entry["goal"] is not None and (entry["ratio"] <= entry["goal"] or not entry["ratio_is_upper_bound"]):
+                entry["goal_met"] = entry["ratio"] <= entry["goal"]  # unknown when objgraph timed out above it
         summary[row] = entry
     return summary
 
@@ -407,7 +407,7 @@ def render_table(result: dict[str, Any], chain_timeout: float, repeat: int) -> s
             ratio = ("<" if entry["ratio_is_upper_bound"] else "") + f"{entry['ratio']:.2f}x"
         goal = "-"
         if entry["goal"] is not None:
-            goal = f"<={entry['goal']:g}x " + ({True: "MET", False: "NOT MET"}.get(entry.get("goal_met"), "n/a"))
+            goal = f"<={entry['goal']:g}x " + {True: "MET", False: "NOT MET"}.get(entry.get("goal_met"), "n/a")
         reported = "-"
         if i["status"] == "ok" and "paused_s" in i:
             reported = f"{_ms(i['paused_s'])} ({_ms(i.get('attach_pause_s', 0))} + {_ms(i.get('agent_s', 0))})"

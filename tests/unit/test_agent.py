@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
+import sys
 from typing import Any
 
 import objgraph
@@ -52,27 +54,24 @@ def test_top_counts_match_objgraph_in_process(agent: dict[str, Any]) -> None:
     del probes
 
 
-def test_backrefs_finds_a_closure_holder(agent: dict[str, Any]) -> None:
-    class Kept:
-        pass
-
-    def make() -> Any:
-        held = [Kept()]
-
-        def f() -> Any:
-            return held
-
-        return f
-
-    holder = {"fn": make()}
-    globals()["_HOLDER_FOR_TEST"] = holder
-    try:
-        res = agent["cmd_backrefs"]({"type": agent["type_name"](Kept), "samples": 5})
-        assert res["status"] == "ok" and res["found"] == 1
-        vias = [s["via"] for c in res["chains"] for s in c["path"]]
-        assert "._HOLDER_FOR_TEST" in vias and "closure var held" in vias
-    finally:
-        del globals()["_HOLDER_FOR_TEST"]
+def test_backrefs_finds_a_closure_holder() -> None:
+    # In a fresh interpreter: the chain must not depend on what pytest's own heap holds.
+    code = f"""
+import json, runpy
+agent = runpy.run_path({str(AGENT_PATH)!r})
+class Kept: pass
+def make():
+    held = [Kept()]
+    def f(): return held
+    return f
+_HOLDER_FOR_TEST = {{"fn": make()}}
+res = agent["cmd_backrefs"]({{"type": agent["type_name"](Kept), "samples": 5}})
+print(json.dumps(res))
+"""
+    res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert res["status"] == "ok" and res["found"] == 1 and not res["partial"]
+    vias = [s["via"] for c in res["chains"] for s in c["path"]]
+    assert "._HOLDER_FOR_TEST" in vias and "closure var held" in vias
 
 
 def test_backrefs_unknown_and_ambiguous(agent: dict[str, Any]) -> None:
