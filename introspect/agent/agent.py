@@ -163,7 +163,8 @@ def _gc_facts():  # type: () -> dict
 # commands: each takes the request params and returns a JSON-able dict
 
 
-def cmd_top(params):  # type: (dict) -> dict
+def _snapshot(params):  # type: (dict) -> tuple
+    """(objects counted, {type name: count}, seconds): one pass over gc.get_objects()."""
     t0 = time.perf_counter()
     if params.get("collect"):
         gc.collect()
@@ -173,11 +174,16 @@ def cmd_top(params):  # type: (dict) -> dict
         counts = _count_types(objs)
     finally:
         del objs
+    return total, counts, time.perf_counter() - t0
+
+
+def cmd_top(params):  # type: (dict) -> dict
+    total, counts, scan_s = _snapshot(params)
     return {
         "objects": total,
         "types": counts,
         "gc": _gc_facts(),
-        "scan_s": time.perf_counter() - t0,
+        "scan_s": scan_s,
     }
 
 
@@ -264,16 +270,7 @@ def _state():  # type: () -> dict
 
 def cmd_growth(params):  # type: (dict) -> dict
     """Counts per type, signed change since the previous call and since the baseline."""
-    t0 = time.perf_counter()
-    if params.get("collect"):
-        gc.collect()
-    objs = gc.get_objects()
-    try:
-        total = len(objs) - len(_own_objects())
-        counts = _count_types(objs)
-    finally:
-        del objs
-    scan_s = time.perf_counter() - t0
+    total, counts, scan_s = _snapshot(params)
     state = _state()
     now = time.time()
     fresh = bool(params.get("reset")) or "baseline" not in state
