@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 from introspect import errors
 from introspect.channel import RunDir
@@ -118,6 +119,17 @@ class GdbInjector:
             return out, pause
         raise AssertionError("unreachable")
 
+    def _run_staged(self, target: Target, run: RunDir, name: str, bootstrap: str, script: Callable[[str], str]) -> tuple[str, float]:
+        """Write the bootstrap text (NUL-terminated) where gdb's `restore` reads it, run the script."""
+        text_path = run.host_file(name)
+        with open(text_path, "wb") as f:
+            f.write(bootstrap.encode() + b"\0")
+        try:
+            return self._run(target, script(text_path))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(text_path)
+
     def _check(self, target: Target, out: str) -> None:
         if "ptrace: Operation not permitted" in out:
             if target.tracer_pid or _traced_now(target.pid):
@@ -131,13 +143,11 @@ class GdbInjector:
 
     def inject(self, target: Target, run: RunDir, bootstrap: str) -> Injection:
         addrs = self._addresses(target)
-        text = bootstrap.encode() + b"\0"
-        size = (len(text) + PAGE - 1) // PAGE * PAGE
-        text_path = run.host_file("bootstrap.txt")
-        with open(text_path, "wb") as f:
-            f.write(text)
+        size = _page_size(bootstrap)
+
         # restore writes the file into target memory directly: nothing is allocated inside it.
-        script = (
+        def script(text_path: str) -> str:
+            return (
             'printf "INTROSPECT_ATTACHED\\n"\n'
             f"set $buf = (unsigned long)((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
             f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
@@ -150,10 +160,9 @@ class GdbInjector:
             f"    call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*)$buf, {size})\n"
             "  end\n"
             "end\n"
-        )
-        out, pause = self._run(target, script)
-        with contextlib.suppress(OSError):
-            os.unlink(text_path)
+            )
+
+        out, pause = self._run_staged(target, run, "bootstrap.txt", bootstrap, script)
         buf = re.search(r"INTROSPECT_BUF (\d+)", out)
         rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
         if not buf or int(buf.group(1)) in (0, 2**64 - 1):
@@ -176,14 +185,11 @@ class GdbInjector:
         agent runs; other threads are resumed by gdb during the call, so a GIL holder can finish.
         """
         addrs = self._addresses(target)
-        text = bootstrap.encode() + b"\0"
-        size = (len(text) + PAGE - 1) // PAGE * PAGE
-        text_path = run.host_file("bootstrap-parked.txt")
-        with open(text_path, "wb") as f:
-            f.write(text)
+        size = _page_size(bootstrap)
         parked = " || ".join(f"$nr == {n}" for n in BLOCKING_SYSCALLS)
         restart = " || ".join(f"$ret == {n}" for n in _RESTART)
-        script = (
+        def script(text_path: str) -> str:
+            return (
             'printf "INTROSPECT_ATTACHED\\n"\n'
             "set $nr = (long)$orig_rax\n"
             "set $ret = (long)$rax\n"
@@ -204,10 +210,9 @@ class GdbInjector:
             "    end\n"
             "  end\n"
             "end\n"
-        )
-        out, pause = self._run(target, script)
-        with contextlib.suppress(OSError):
-            os.unlink(text_path)
+            )
+
+        out, pause = self._run_staged(target, run, "bootstrap-parked.txt", bootstrap, script)
         sysc = re.search(r"INTROSPECT_SYSCALL (-?\d+) (-?\d+)", out)
         held = re.search(r"INTROSPECT_HELD (\d+)", out)
         rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
@@ -237,6 +242,11 @@ class GdbInjector:
         _out, pause = self._run(target, script)
         injection.attach_pause_s += pause
         injection.page = None
+
+
+def _page_size(bootstrap: str) -> int:
+    """Bytes to mmap for the NUL-terminated bootstrap text: whole pages."""
+    return (len(bootstrap.encode()) + 1 + PAGE - 1) // PAGE * PAGE
 
 
 def _traced_now(pid: int) -> bool:
