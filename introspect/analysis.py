@@ -24,6 +24,26 @@ def rank_types(counts: dict[str, int], limit: int = 0) -> list[TypeCount]:
 
 
 @dataclass(frozen=True)
+class TypeSize:
+    type: str
+    tracked: int
+    untracked: int
+    bytes: int
+
+
+def rank_sizes(sizes: dict[str, list[int]], limit: int = 0) -> list[TypeSize]:
+    """Most bytes first, from the agent's {type: [tracked, untracked, bytes]}; ties by name.
+
+    >>> rank_sizes({"str": [0, 90, 5000], "a.B": [10, 0, 560], "bytes": [0, 2, 5000]}, 2)
+    [TypeSize(type='bytes', tracked=0, untracked=2, bytes=5000), TypeSize(type='str', tracked=0, untracked=90, bytes=5000)]
+    """
+    rows = sorted(sizes.items(), key=lambda kv: (-kv[1][2], kv[0]))
+    if limit > 0:
+        rows = rows[:limit]
+    return [TypeSize(t, v[0], v[1], v[2]) for t, v in rows]
+
+
+@dataclass(frozen=True)
 class GrowthRow:
     type: str
     count: int

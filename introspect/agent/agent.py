@@ -178,12 +178,141 @@ def _snapshot(params):  # type: (dict) -> tuple
 
 
 def cmd_top(params):  # type: (dict) -> dict
+    if params.get("sizes"):
+        return _sizes(params)
     total, counts, scan_s = _snapshot(params)
     return {
         "objects": total,
         "types": counts,
         "gc": _gc_facts(),
         "scan_s": scan_s,
+    }
+
+
+# --- sizes: shallow bytes per type, untracked referents included -----------------------------
+
+_SIZEOF_C = type(object.__dict__["__sizeof__"])  # method_descriptor: a __sizeof__ written in C
+_type_mro = type.__dict__["__mro__"]
+_type_dict = type.__dict__["__dict__"]
+
+
+def _c_sizeof(t):  # type: (type) -> bool
+    """True when t's __sizeof__ is C code: sys.getsizeof(o) then runs no Python code of the target."""
+    try:
+        for k in _type_mro.__get__(t, type):
+            d = _type_dict.__get__(k, type)
+            if "__sizeof__" in d:
+                return type(d["__sizeof__"]) is _SIZEOF_C
+    except Exception:
+        pass
+    return False
+
+
+def _gc_head():  # type: () -> int
+    probe = []  # type: list
+    return sys.getsizeof(probe) - probe.__sizeof__()
+
+
+def _tally(objs, nbytes, counts, sizers, gc_head, unique, seen, frontier):
+    # type: (list, dict, dict, dict, int, int, dict, list) -> int
+    """Add objs' shallow sizes per type. With ``unique`` (the refcount an object has when the
+    list being walked is its only other owner), untracked objects are de-duplicated: one owned
+    once is counted directly, a shared one is remembered by id. Returns the largest refcount seen."""
+    getsizeof = sys.getsizeof
+    getrefcount = sys.getrefcount
+    is_tracked = gc.is_tracked
+    most = 0
+    for o in objs:
+        if unique:
+            if is_tracked(o):
+                continue
+            rc = getrefcount(o)
+            if rc > unique:
+                i = id(o)
+                if i in seen:
+                    continue
+                seen[i] = None
+            frontier.append(o)
+        else:
+            rc = getrefcount(o)
+        if rc > most:
+            most = rc
+        t = type(o)
+        c = sizers.get(t)
+        if c is None:
+            c = sizers[t] = _c_sizeof(t)
+        try:
+            b = getsizeof(o) if c else object.__sizeof__(o) + gc_head
+        except Exception:
+            b = 0
+        nbytes[t] = nbytes.get(t, 0) + b
+        counts[t] = counts.get(t, 0) + 1
+    return most
+
+
+def _sizes(params):  # type: (dict) -> dict
+    """top --by size: every gc-tracked object, plus the objects gc does not track (str, bytes,
+    int, float, atomic-only dicts and tuples...) reached as their referents, each counted once,
+    sized as sys.getsizeof does. A Python-level __sizeof__ is user code and is not called: those
+    objects count their basic size. Stops at params["budget"] seconds with partial=True."""
+    t0 = time.perf_counter()
+    budget = float(params.get("budget", 10.0))
+    if params.get("collect"):
+        gc.collect()
+    sizers = {}  # type: dict
+    gc_head = _gc_head()
+    tb, tc, ub, uc = {}, {}, {}, {}  # type: dict, dict, dict, dict
+    # Calibrate: the refcount of an object whose only owners are one container and the list walked.
+    probe = [[float(posix.getpid()) + 0.5]]  # type: ignore[attr-defined]
+    unique = _tally(gc.get_referents(*probe), {}, {}, sizers, gc_head, 0, {}, [])
+    del probe
+    objs = gc.get_objects()
+    own = _own_objects()
+    seen = {}  # type: dict
+    partial = False
+    untracked = 0
+    try:
+        _tally(objs, tb, tc, sizers, gc_head, 0, seen, [])
+        for o in own:
+            t = type(o)
+            if tc.get(t, 0) > 0:
+                tc[t] -= 1
+                tb[t] -= sys.getsizeof(o)
+        frontier = objs
+        objs = None
+        # Level by level: referents of tracked objects, then of the untracked containers among them.
+        while frontier:
+            if time.perf_counter() - t0 > budget:
+                partial = True
+                break
+            nxt = []  # type: list
+            step = 65536  # bounded temporary lists: get_referents of everything at once doubles the peak
+            for k in range(0, len(frontier), step):
+                refs = gc.get_referents(*frontier[k:k + step])
+                _tally(refs, ub, uc, sizers, gc_head, unique, seen, nxt)
+                refs = None
+            untracked += len(nxt)
+            frontier = nxt
+    finally:
+        objs = frontier = nxt = refs = None  # type: ignore[assignment]
+        seen.clear()
+    del own
+    types = {}  # type: dict
+    for counts, nbytes, slot in ((tc, tb, 0), (uc, ub, 1)):
+        for t, n in counts.items():
+            if n <= 0:
+                continue
+            row = types.setdefault(type_name(t), [0, 0, 0])
+            row[slot] += n
+            row[2] += nbytes.get(t, 0)
+    return {
+        "objects": sum(r[0] for r in types.values()),
+        "untracked_objects": untracked,
+        "types": {name: r[0] + r[1] for name, r in types.items()},
+        "sizes": types,
+        "partial": partial,
+        "gc": _gc_facts(),
+        "scan_s": time.perf_counter() - t0,
     }
 
 

@@ -1,6 +1,12 @@
 """Most common types in a live Python process: gc-tracked objects counted by type.
 
-Example: introspect top 1234 --limit 20
+With --by size, types are ranked by shallow bytes (as sys.getsizeof counts them), and the objects
+the garbage collector does not track (str, bytes, int, float, atomic-only dicts and tuples) are
+counted too, reached as referents of tracked ones; this walk costs several times a plain count.
+
+Examples:
+  introspect top 1234 --limit 20
+  introspect top 1234 --by size
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ from typing import Any
 from introspect import analysis
 from introspect.commands import add_target_options, emit, header, logger
 from introspect.render.output import OutputDir
-from introspect.render.text import table
-from introspect.runner import run_agent
+from introspect.render.text import human_bytes, table
+from introspect.runner import Outcome, run_agent
 
 
 class Command:
@@ -22,27 +28,69 @@ class Command:
         add_target_options(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N most common types (default: 25; 0 = all)")
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target first (off by default: it hides evidence and costs time)")
+        parser.add_argument("--by", choices=("count", "size"), default="count",
+                            help="rank by object count (default) or by shallow bytes, untracked objects included")
+        parser.add_argument("--budget", type=float, default=10.0, metavar="S",
+                            help="with --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
 
     def run(self, args: argparse.Namespace) -> int:
         out = OutputDir(self.name, args.pid, args.output)
-        outcome = run_agent(args.pid, "top", {"collect": args.collect}, method=args.method, timeout=args.timeout, log=logger(args))
-        rows = analysis.rank_types(outcome.result["types"], args.limit)
-        doc: dict[str, Any] = {
-            **outcome.meta(),
-            "objects": outcome.result["objects"],
-            "distinct_types": len(outcome.result["types"]),
-            "gc": outcome.result["gc"],
-            "scan_s": round(outcome.result["scan_s"], 6),
-            "types": [{"type": r.type, "count": r.count} for r in rows],
-        }
-        text = "\n".join([
-            header(outcome),
-            f"{doc['objects']:,} gc-tracked objects of {doc['distinct_types']:,} types" + _frozen_note(doc["gc"]),
-            "",
-            table(["type", "count"], [(r.type, r.count) for r in rows]),
-        ])
+        params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
+        outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=logger(args))
+        doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)
         emit(args, out, doc, text)
         return 0
+
+
+def by_count(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
+    rows = analysis.rank_types(outcome.result["types"], limit)
+    doc: dict[str, Any] = {
+        **outcome.meta(),
+        "by": "count",
+        "objects": outcome.result["objects"],
+        "distinct_types": len(outcome.result["types"]),
+        "gc": outcome.result["gc"],
+        "scan_s": round(outcome.result["scan_s"], 6),
+        "types": [{"type": r.type, "count": r.count} for r in rows],
+    }
+    text = "\n".join([
+        header(outcome),
+        f"{doc['objects']:,} gc-tracked objects of {doc['distinct_types']:,} types" + _frozen_note(doc["gc"]),
+        "",
+        table(["type", "count"], [(r.type, r.count) for r in rows]),
+    ])
+    return doc, text
+
+
+def by_size(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
+    res = outcome.result
+    rows = analysis.rank_sizes(res["sizes"], limit)
+    total = sum(v[2] for v in res["sizes"].values())
+    doc: dict[str, Any] = {
+        **outcome.meta(),
+        "by": "size",
+        "objects": res["objects"],
+        "untracked_objects": res["untracked_objects"],
+        "bytes": total,
+        "partial": res["partial"],
+        "distinct_types": len(res["sizes"]),
+        "gc": res["gc"],
+        "scan_s": round(res["scan_s"], 6),
+        "types": [{"type": r.type, "count": r.tracked + r.untracked, "tracked": r.tracked, "untracked": r.untracked,
+                   "bytes": r.bytes} for r in rows],
+    }
+    lines = [
+        header(outcome),
+        f"{human_bytes(total)} in {res['objects']:,} gc-tracked objects and {res['untracked_objects']:,} untracked ones "
+        f"they reference, {doc['distinct_types']:,} types (shallow sizes: a container's contents count under their own types)"
+        + _frozen_note(doc["gc"]),
+    ]
+    if res["partial"]:
+        lines.append("partial: the walk stopped at --budget; untracked objects are undercounted (raise --budget to see all)")
+    lines += ["", table(["type", "bytes", "count", "untracked", "avg"],
+                        [(r.type, human_bytes(r.bytes), r.tracked + r.untracked, r.untracked,
+                          human_bytes(r.bytes / max(1, r.tracked + r.untracked))) for r in rows])]
+    return doc, "\n".join(lines)
 
 
 def _frozen_note(gc: dict[str, Any]) -> str:

@@ -132,3 +132,25 @@ def test_backrefs_names_holders(interp: Interp, method: str, spawn, tmp_path: Pa
     assert run.rc == 13 and "Did you mean" in run.stderr and "__main__.Widget" in run.stderr
     assert "Traceback" not in run.stderr
     assert victim.stderr() == ""
+
+
+def test_top_by_size_counts_untracked_referents(interp: Interp, method: str, spawn, tmp_path: Path) -> None:
+    # GIVEN a victim holding 400 dicts of 20 KB bytes: gc tracks none of the bytes (nor, before
+    # 3.14, the dicts), so a plain count cannot see them
+    victim = spawn(interp)
+    made = victim.ask("payloads 400 20000")
+    before = victim.ask("state")
+    # WHEN top ranks by size
+    run = introspect("top", str(victim.pid), "--by", "size", "--json", "-n", "0", "--method", method, "-o", str(tmp_path))
+    # THEN bytes is the biggest type, each payload counted once at its sys.getsizeof size
+    assert run.rc == 0, run.stderr
+    doc = run.json()
+    rows = {t["type"]: t for t in doc["types"]}
+    assert doc["by"] == "size" and not doc["partial"]
+    assert doc["types"][0]["type"] == "bytes", doc["types"][:3]
+    assert 400 <= rows["bytes"]["untracked"] <= 400 + 0.2 * rows["bytes"]["untracked"] + 500
+    assert 400 * made["bytes_each"] <= rows["bytes"]["bytes"] <= 400 * made["bytes_each"] + 2_000_000
+    assert rows["__main__.Widget"]["count"] == 1239 and rows["__main__.Widget"]["untracked"] == 0
+    assert doc["untracked_objects"] >= 400 and doc["bytes"] >= rows["bytes"]["bytes"]
+    # AND the victim is unharmed
+    _residue_ok(before, victim.ask("state"), allowed_new=set())

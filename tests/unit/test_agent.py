@@ -89,3 +89,32 @@ def test_backrefs_unknown_and_ambiguous(agent: dict[str, Any]) -> None:
     res = agent["cmd_backrefs"]({"type": "Twin"})
     assert res["status"] == "ambiguous" and [c[0] for c in res["candidates"]] == ["mod1.Twin", "mod2.Twin"]
     del twins
+
+
+def test_sizes_count_shared_objects_once_and_never_call_user_sizeof() -> None:
+    # In a fresh interpreter, so the totals describe only what this test made.
+    code = f"""
+import json, os, runpy, sys
+agent = runpy.run_path({str(AGENT_PATH)!r})
+class Holder: pass
+class Liar:
+    def __sizeof__(self):
+        raise RuntimeError("user __sizeof__ ran")
+big = "s" * 1_000_000
+holders = []
+for _ in range(500):
+    h = Holder(); h.text = big; holders.append(h)
+payloads = [{{"p": os.urandom(3000)}} for _ in range(200)]
+liars = [Liar() for _ in range(3)]
+res = agent["cmd_top"]({{"sizes": True}})
+print(json.dumps({{"res": res, "big": sys.getsizeof(big), "each": sys.getsizeof(payloads[0]["p"])}}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout)
+    sizes, big = out["res"]["sizes"], out["big"]
+    # the 1 MB string held by 500 objects is counted once, not 500 times
+    assert big <= sizes["str"][2] < big + 2_000_000
+    # each distinct untracked payload is counted, at its sys.getsizeof size
+    assert sizes["bytes"][1] >= 200 and sizes["bytes"][2] >= 200 * out["each"]
+    # a Python-level __sizeof__ is never called: basic size instead
+    assert sizes["__main__.Liar"][0] == 3 and sizes["__main__.Liar"][2] > 0
+    assert sizes["__main__.Holder"][0] == 500 and not out["res"]["partial"]

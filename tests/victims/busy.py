@@ -3,7 +3,7 @@
 Protocol: prints "ready <pid>" on stdout once set up; then reads one command per line on stdin
 and answers one JSON line on stdout. The main thread polls stdin every 10 ms, so it reaches the
 interpreter's safe points often (the idle case has its own victim, idle.py).
-Commands: state | objgraph | grow N | shrink N | quit
+Commands: state | objgraph | grow N | shrink N | payloads N SIZE | quit
 """
 
 import gc
@@ -49,6 +49,7 @@ class FrameHeld:
 widgets = [Widget() for _ in range(1234)]
 inners = [Outer.Inner() for _ in range(321)]
 leaks = []
+payloads = []  # {"payload": bytes}: dicts of atomic values only, so gc tracks neither dict nor bytes
 _cache = {}
 errors = []
 
@@ -128,6 +129,10 @@ def handle(line):
     if cmd == "shrink":
         del leaks[: int(words[1])]
         return {"leaks": len(leaks)}
+    if cmd == "payloads":
+        n, size = int(words[1]), int(words[2])
+        payloads.extend({"payload": os.urandom(size)} for _ in range(n))
+        return {"tracked": gc.is_tracked(payloads[-1]), "bytes_each": sys.getsizeof(payloads[-1]["payload"])}
     if cmd == "quit":
         stop.set()
         return {"bye": True}
