@@ -175,6 +175,7 @@ def wait_for_result(
     *,
     on_stall: Callable[[float], None] | None = None,
     stall_after: float = 2.0,
+    on_tick: Callable[[float, bool], None] | None = None,
 ) -> dict[str, Any]:
     """Wait for the agent's result; notice at once when the target exits; respect the deadline."""
     run = request.run
@@ -195,6 +196,8 @@ def wait_for_result(
             raise errors.TargetExited("the process exited while introspect waited for it", pid=target.pid, name=target.name)
         started_seen = started_seen or run.exists("started")
         waited = time.monotonic() - t_start
+        if on_tick is not None:
+            on_tick(waited, started_seen)
         if not started_seen and not stalled and waited > stall_after and on_stall is not None:
             stalled = True
             on_stall(waited)

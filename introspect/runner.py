@@ -17,6 +17,7 @@ from typing import Any
 from introspect import errors
 from introspect.channel import prepare, wait_for_result
 from introspect.inject import Injection, choose
+from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
 
 LOCK_DIR = "/tmp/introspect-locks"
@@ -140,7 +141,10 @@ def run_agent(
                 raise last_error
             log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
 
+            progress = Progress()
+
             def on_stall(waited: float) -> None:
+                progress.done()  # the verbose log lines below start on a clean line
                 activity = main_thread_activity(pid)
                 log(f"the main thread has not run our request after {waited:.1f} s: it is {activity}")
                 if not activity.startswith("blocked in") or method == "pep768" or "futex" in activity:
@@ -162,7 +166,14 @@ def run_agent(
                 log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms, agent included); "
                     "the queued request will find nothing to do when the thread next runs Python")
 
-            envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S)
+            def on_tick(waited: float, started: bool) -> None:
+                doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers"}.get(command, "running")
+                progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: waiting for the main thread to reach a safe point")
+
+            try:
+                envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S, on_tick=on_tick)
+            finally:
+                progress.done()
         except OSError as exc:
             # The run dir lives under /proc/PID/root: it vanishes with the target.
             if not target.is_alive():
