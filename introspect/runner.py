@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,8 +88,15 @@ class _TargetLock:
     """One injection at a time per target: a second introspect waits for the first."""
 
     def __init__(self, pid: int) -> None:
-        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-        self.path = f"{LOCK_DIR}/{pid}.lock"
+        # Root's lock dir is 0700: any other user keeps its own, or it could not lock at all.
+        euid = os.geteuid()
+        lock_dir = LOCK_DIR if euid == 0 else f"{LOCK_DIR}-{euid}"
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        st = os.lstat(lock_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
+            raise errors.AccessDenied(f"{lock_dir} is not a directory of ours (uid {euid})",
+                                      help=f"Remove it (rm -r {lock_dir}) and run introspect again.")
+        self.path = f"{lock_dir}/{pid}.lock"
         self.fd = -1
 
     def __enter__(self) -> _TargetLock:

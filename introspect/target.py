@@ -6,6 +6,7 @@ Nothing here stops or touches the target; these facts choose the backend and wor
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from dataclasses import dataclass
 
@@ -162,12 +163,8 @@ def inspect_target(pid: int) -> Target:
     except FileNotFoundError:
         raise errors.NoSuchProcess("no such process", pid=pid) from None
     except PermissionError:
-        raise errors.AccessDenied(
-            f"permission denied reading /proc/{pid}/maps: the process belongs to another user or is not dumpable",
-            pid=pid,
-            name=name,
-            help="Run introspect as root (sudo -E introspect ...) or as the process's own user.",
-        ) from None
+        # The same ptrace access check guards /proc/PID/exe and /maps as attaching does.
+        raise access_denied(pid, name, uids.real, f"reading /proc/{pid}/maps") from None
     exe = exe.removesuffix(" (deleted)")
     version = python_version_from_maps(maps, exe)
     capi = _find_capi_object(maps, exe, pid)
@@ -192,11 +189,14 @@ def inspect_target(pid: int) -> Target:
 
 
 def _same_root(pid: int) -> bool:
+    """Same root directory *and* same mount namespace: a container that shares our root but mounts
+    its own /tmp (``unshare --mount``) has the same root inode, yet its /tmp is not ours."""
     try:
         a, b = os.stat(f"/proc/{pid}/root"), os.stat("/")
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        ns_a, ns_b = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
     except OSError:
         return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and (ns_a.st_dev, ns_a.st_ino) == (ns_b.st_dev, ns_b.st_ino)
 
 
 def _find_capi_object(maps: list[Mapping], exe: str, pid: int) -> str | None:
@@ -258,39 +258,101 @@ def _our_capabilities() -> int:
         return 0
 
 
+YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+
+
+def yama_ptrace_scope() -> int | None:
+    """``kernel.yama.ptrace_scope``, or None when the kernel has no Yama LSM (the file is absent)."""
+    try:
+        with open(YAMA_SCOPE) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_dumpable(pid: int, uid: int) -> bool:
+    """False for a process that is not dumpable (prctl(PR_SET_DUMPABLE, 0), or it changed uid).
+
+    The kernel then makes its /proc/PID *files* owned by root; the /proc/PID directory keeps the
+    task's uid (so ``ps`` shows the right user), so the directory tells nothing.
+    """
+    try:
+        return uid == 0 or os.stat(f"/proc/{pid}/maps").st_uid == uid
+    except OSError:
+        return True
+
+
+def login_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def user_name(uid: int) -> str:
+    """'nobody (uid 65534)': the name an on-call engineer knows, and the number."""
+    login = login_name(uid)
+    return f"{login} (uid {uid})" if login else f"uid {uid}"
+
+
+def _capabilities(pid: int, field: str) -> int:
+    try:
+        return int(_status_field(pid, field), 16)
+    except ValueError:
+        return 0
+
+
+def ptrace_denied_cause(
+    *, me: int, target_uid: int, has_cap: bool, yama: int | None, dumpable: bool, caps_exceed: bool = False
+) -> tuple[str, str]:
+    """(cause, fix) for a ptrace refusal, from the facts alone: the kernel's rules in order.
+
+    ``caps_exceed``: the process holds permitted capabilities we lack (the commoncap rule: only a
+    tracer whose permitted set covers the tracee's, or with CAP_SYS_PTRACE, may attach).
+    """
+    if me != target_uid and not has_cap:
+        if me == 0:
+            return ("introspect runs as root but without CAP_SYS_PTRACE (in a container?), and the process "
+                    f"runs as another user, {user_name(target_uid)}",
+                    "Give introspect the capability (docker run --cap-add=SYS_PTRACE ..., or kubernetes "
+                    "securityContext.capabilities.add: [SYS_PTRACE]), or run it on the host with sudo -E.")
+        return (f"the process runs as {user_name(target_uid)} and introspect as {user_name(me)}",
+                "Run introspect as root (sudo -E introspect ...) or as the process's own user "
+                f"(sudo -u {login_name(target_uid) or f'#{target_uid}'} ...).")
+    if yama is not None and yama >= 3:
+        return ("kernel.yama.ptrace_scope is 3: no process may attach to another until reboot",
+                "Nothing short of a reboot with ptrace_scope < 3 allows it.")
+    if yama == 2 and not has_cap:
+        return ("kernel.yama.ptrace_scope is 2: only root (CAP_SYS_PTRACE) may attach",
+                "Run introspect with sudo -E, or `sysctl kernel.yama.ptrace_scope=1`.")
+    if yama == 1 and not has_cap:
+        return ("kernel.yama.ptrace_scope is 1: only a parent may attach to its descendants",
+                "Run introspect with sudo -E, or `sysctl kernel.yama.ptrace_scope=0` (less safe).")
+    cap_fix = "Give introspect CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE ...) or run it on the host with sudo -E."
+    if not dumpable and not has_cap:
+        return ("the process is not dumpable (it changed uid or called prctl(PR_SET_DUMPABLE, 0)), "
+                "so only a tracer with CAP_SYS_PTRACE may attach",
+                cap_fix if me == 0 else "Run introspect as root (sudo -E introspect ...).")
+    if caps_exceed and not has_cap:
+        return ("the process holds capabilities introspect lacks (introspect runs without CAP_SYS_PTRACE, "
+                "in a container?); only a tracer with at least the same capabilities may attach", cap_fix)
+    return ("the kernel refused ptrace (a seccomp or LSM policy?)",
+            "Run introspect as root on the host with CAP_SYS_PTRACE (sudo -E, --cap-add=SYS_PTRACE).")
+
+
+def access_denied(pid: int, name: str, uid: int, doing: str) -> errors.AccessDenied:
+    """Say which ptrace rule refused us ``doing`` something to the process, and how to lift it."""
+    cause, fix = ptrace_denied_cause(
+        me=os.geteuid(),
+        target_uid=uid,
+        has_cap=bool(_our_capabilities() & (1 << CAP_SYS_PTRACE)),
+        yama=yama_ptrace_scope(),
+        dumpable=is_dumpable(pid, uid),
+        caps_exceed=bool(_capabilities(pid, "CapPrm") & ~_capabilities(os.getpid(), "CapPrm")),
+    )
+    return errors.AccessDenied(f"permission denied {doing}: {cause}", pid=pid, name=name, help=fix)
+
+
 def explain_ptrace_denied(target: Target) -> errors.AccessDenied:
     """Say which ptrace rule refused us, and how to lift it."""
-    me = os.geteuid()
-    has_cap = bool(_our_capabilities() & (1 << CAP_SYS_PTRACE))
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            yama = int(f.read().strip())
-    except (OSError, ValueError):
-        yama = -1
-    try:
-        # A non-dumpable process has its /proc/PID entries owned by root.
-        dumpable = os.stat(f"/proc/{target.pid}").st_uid == target.uid or target.uid == 0
-    except OSError:
-        dumpable = True
-    if me != 0 and me != target.uid:
-        cause = f"the process runs as uid {target.uid} and introspect as uid {me}"
-        fix = "Run introspect as root (sudo -E introspect ...) or as the process's own user."
-    elif me == 0 and not has_cap:
-        cause = "introspect runs as root but without CAP_SYS_PTRACE (a container?)"
-        fix = "Give the container the capability (docker run --cap-add=SYS_PTRACE ...) or run from the host."
-    elif yama >= 3:
-        cause = "kernel.yama.ptrace_scope is 3: no process may attach to another until reboot"
-        fix = "Nothing short of a reboot with ptrace_scope < 3 allows it."
-    elif yama == 2 and not has_cap:
-        cause = "kernel.yama.ptrace_scope is 2: only root (CAP_SYS_PTRACE) may attach"
-        fix = "Run introspect with sudo -E, or `sysctl kernel.yama.ptrace_scope=1`."
-    elif yama == 1 and not has_cap:
-        cause = "kernel.yama.ptrace_scope is 1: only a parent may attach to its descendants"
-        fix = "Run introspect with sudo -E, or `sysctl kernel.yama.ptrace_scope=0` (less safe)."
-    elif not dumpable:
-        cause = "the process is not dumpable (it changed uid or called prctl(PR_SET_DUMPABLE, 0))"
-        fix = "Run introspect as root (sudo -E introspect ...)."
-    else:
-        cause = "the kernel refused ptrace (a seccomp or LSM policy?)"
-        fix = "Run introspect as root on the host with CAP_SYS_PTRACE (sudo -E, --cap-add=SYS_PTRACE)."
-    return errors.AccessDenied(f"permission denied attaching to the process: {cause}", pid=target.pid, name=target.name, help=fix)
+    return access_denied(target.pid, target.name, target.uid, "attaching to the process")

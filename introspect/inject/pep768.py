@@ -4,13 +4,19 @@
 Python 3.14 process to a Python 3.15 process"), so we drive it with the target's own executable
 when it is runnable from here, else a ``python3.X`` on PATH. The target is never stopped: the
 script path is written into its thread state and it runs the file at its next safe point.
+
+Containers (own mount namespace): ``sys.remote_exec`` checks that the script exists in the
+*caller's* filesystem, yet the target opens the path in its own; and it finds ``PyRuntime`` by
+opening the ELF files named in /proc/PID/maps, again in the caller's filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 from introspect import errors
 from introspect.channel import RunDir
@@ -56,13 +62,14 @@ class RemoteExecInjector:
         tried = []
         for exe in controllers(target):
             try:
-                proc = subprocess.run(
-                    [exe, "-I", "-S", "-c", _CONTROLLER, str(target.pid), boot_path, target.version_str],
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=TIMEOUT_S,
-                )
+                with _stand_in(target, boot_path):
+                    proc = subprocess.run(
+                        [exe, "-I", "-S", "-c", _CONTROLLER, str(target.pid), boot_path, target.version_str],
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        text=True,
+                        timeout=TIMEOUT_S,
+                    )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 tried.append(f"{exe}: {exc}")
                 continue
@@ -94,7 +101,38 @@ class RemoteExecInjector:
             raise explain_ptrace_denied(target)
         if "no such process" in low:
             raise errors.TargetExited("the process exited", pid=target.pid, name=target.name)
+        if not target.same_root and ("pyruntime" in low or "elf file" in low):
+            # sys.remote_exec opens the target's binary by the path in /proc/PID/maps, here.
+            where = "does not exist at that path here" if not os.path.exists(target.exe) else "is another file here"
+            raise errors.InjectionFailed(
+                "sys.remote_exec cannot read the target's Python binary: the target runs in a container "
+                f"(its own filesystem) and {target.exe} {where}",
+                pid=target.pid,
+                name=target.name,
+                help="Use `--method gdb` (or --method auto, which falls back to it), or run introspect inside the container.",
+            )
         raise errors.InjectionFailed(f"sys.remote_exec failed: {err.splitlines()[-1] if err else '?'}", pid=target.pid, name=target.name)
 
     def release(self, target: Target, injection: Injection) -> None:
         return None
+
+
+@contextlib.contextmanager
+def _stand_in(target: Target, boot_path: str) -> Iterator[None]:
+    """An empty file at ``boot_path`` in *our* filesystem while ``sys.remote_exec`` runs.
+
+    It only checks that the script exists here; the target then opens the same path in its own
+    mount namespace and runs the real bootstrap. The stand-in is private (0700 directory, empty)
+    and removed at once. Nothing is done when the path already exists here (same filesystem).
+    """
+    run_dir = os.path.dirname(boot_path)
+    if target.same_root or os.path.lexists(run_dir):
+        yield
+        return
+    os.mkdir(run_dir, 0o700)
+    try:
+        fd = os.open(boot_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        os.close(fd)
+        yield
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

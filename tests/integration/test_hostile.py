@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import INTERPS, introspect
+from introspect import errors
+from tests.conftest import INTERPS, REPO, Interp, Run, Victim, introspect
+from tests.integration.boxed_rig import BOXED, WrappedVictim, proc_state
 
 PY = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0] if INTERPS else None)
 pytestmark = pytest.mark.skipif(PY is None, reason="no Python interpreter found to victimise")
@@ -210,3 +213,194 @@ def test_remote_debug_disabled_is_refused_not_bypassed(spawn, tmp_path: Path) ->
     run = introspect("top", str(victim.pid), "--method", "gdb", "-o", str(tmp_path / "b"))
     assert run.rc == 0, run.stderr
     assert victim.ask("state")["errors"] == []
+
+
+# -- permission denied, each cause named with its fix; gdb missing ----------------------------------
+# Each ends with the victim running, not stopped (its /proc/PID/stat state) and unharmed.
+
+NOBODY = "nobody"
+
+
+def _cli(args: list[str], *, prefix: tuple[str, ...] | list[str] = (), python: str = sys.executable,
+         env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
+    """The real CLI under a wrapper (runuser, setpriv) and/or another environment."""
+    t0 = time.monotonic()
+    proc = subprocess.run([*prefix, python, "-m", "introspect", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd or "/", env=env if env is not None else {**os.environ, "PYTHONPATH": str(REPO)})
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+def _refused(run: Run, exc: type[errors.IntrospectError], *words: str) -> None:
+    _plain(run, exc.exit_code, *words)
+    assert errors.EXIT_CODES[run.rc].startswith("permission denied" if exc is errors.AccessDenied else "injection failed")
+
+
+def _spawned_unharmed(victim: Victim) -> None:
+    assert proc_state(victim.pid) in "RSD", proc_state(victim.pid)
+    assert victim.ask("state")["errors"] == [] and victim.stderr() == ""
+
+
+class Nobody:
+    """Victims and the CLI run as nobody, from a world-readable scratch directory."""
+
+    def __init__(self, shared: Path) -> None:
+        self.shared = shared
+        self.victims: list[WrappedVictim] = []
+        self.script = shared / "boxed.py"
+        shutil.copy(BOXED, self.script)
+        self.script.chmod(0o644)
+        self._n = 0
+
+    def victim(self, interp: Interp, *argv: str) -> WrappedVictim:
+        probe = subprocess.run(["runuser", "-u", NOBODY, "--", interp.path, "-c", "pass"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"{NOBODY} cannot run {interp.path}: {probe.stderr.strip()}")
+        v = WrappedVictim(["runuser", "-u", NOBODY, "--", interp.path, str(self.script), *argv])
+        self.victims.append(v)
+        return v
+
+    def out(self) -> str:
+        """A fresh output directory nobody may create (-o DIR)."""
+        self._n += 1
+        d = self.shared / f"out{self._n}"
+        d.mkdir()
+        shutil.chown(d, NOBODY)
+        return str(d / "o")
+
+    def cli(self, *args: str) -> Run:
+        python, pythonpath = _nobody_python()
+        return _cli([*args], prefix=["runuser", "-u", NOBODY, "--"], python=python,
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": pythonpath, "LC_ALL": "C.UTF-8"})
+
+
+def _nobody_python() -> tuple[str, str]:
+    """An interpreter of the venv's version that nobody may run, and a PYTHONPATH with introspect and
+    its dependencies (the venv's base interpreter may sit under root's 0700 home)."""
+    import sysconfig
+
+    pythonpath = f"{REPO}:{sysconfig.get_paths()['purelib']}"
+    want = sys.version_info[:2]
+    candidates = [i.path for i in INTERPS if i.version == want] + [f"/usr/bin/python{want[0]}.{want[1]}", sys.executable]
+    for exe in dict.fromkeys(candidates):
+        probe = subprocess.run(["runuser", "-u", NOBODY, "--", exe, "-c", "import introspect.cli, psutil, elftools"],
+                               capture_output=True, text=True, cwd="/",
+                               env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": pythonpath})
+        if probe.returncode == 0:
+            return exe, pythonpath
+    pytest.skip(f"no Python {want[0]}.{want[1]} that {NOBODY} may run with introspect's dependencies "
+                f"(tried {', '.join(dict.fromkeys(candidates))})")
+
+
+@pytest.fixture
+def nobody() -> Iterator[Nobody]:
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser (util-linux) to run victims and the CLI as nobody")
+    shared = Path(tempfile.mkdtemp(prefix="introspect-test-nobody-"))  # pytest's tmp is 0700 root
+    shared.chmod(0o755)
+    rig = Nobody(shared)
+    try:
+        yield rig
+    finally:
+        for v in rig.victims:
+            v.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_non_dumpable_same_user_is_refused(nobody: Nobody) -> None:
+    # GIVEN two workers of the same user, nobody; the second made itself non-dumpable
+    plain = nobody.victim(PY)
+    sealed = nobody.victim(PY, "nodump")
+    # WHEN nobody's introspect looks at each
+    run = nobody.cli("top", str(plain.pid), "--json", "-n", "0", "-o", nobody.out())
+    # THEN the dumpable one answers (same user may ptrace: the refusal below is not about users)
+    assert run.rc == 0, run.stderr
+    assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Boxed"] == plain.ask()["boxed"]
+    # AND the non-dumpable one is refused, the cause named, sudo as the fix
+    run = nobody.cli("top", str(sealed.pid), "-o", nobody.out())
+    _refused(run, errors.AccessDenied, "not dumpable", "PR_SET_DUMPABLE", "sudo -E")
+    plain.assert_unharmed()
+    sealed.assert_unharmed()
+
+
+def test_non_dumpable_root_may_attach(nobody: Nobody, tmp_path: Path) -> None:
+    # GIVEN a non-dumpable worker running as nobody; WHEN root (CAP_SYS_PTRACE) looks inside
+    sealed = nobody.victim(PY, "nodump")
+    run = _cli(["top", str(sealed.pid), "--json", "-n", "0", "-o", str(tmp_path / "o")])
+    # THEN it works: CAP_SYS_PTRACE is what non-dumpable asks for
+    assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
+    assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Boxed"] == sealed.ask()["boxed"]
+    sealed.assert_unharmed()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed: run scripts/setup")
+def test_root_without_cap_sys_ptrace_is_refused(nobody: Nobody, tmp_path: Path) -> None:
+    # GIVEN a worker of another user, and introspect as root with CAP_SYS_PTRACE dropped (a container)
+    victim = nobody.victim(PY)
+    drop = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"]
+    run = _cli(["top", str(victim.pid), "-o", str(tmp_path / "o")], prefix=drop)
+    # THEN refused: the missing capability named, the docker flag and sudo said
+    _refused(run, errors.AccessDenied, "CAP_SYS_PTRACE", "--cap-add=SYS_PTRACE", "sudo -E", "nobody (uid")
+    victim.assert_unharmed()
+
+
+def test_other_user_without_privileges_is_refused(nobody: Nobody, spawn) -> None:
+    # GIVEN a worker of root, and introspect as nobody
+    victim = spawn(PY)
+    run = nobody.cli("top", str(victim.pid), "-o", nobody.out())
+    # THEN refused: both users named, sudo said
+    _refused(run, errors.AccessDenied, "runs as root (uid 0)", f"introspect as {NOBODY} (uid", "sudo -E")
+    _spawned_unharmed(victim)
+
+
+YAMA = "/proc/sys/kernel/yama/ptrace_scope"
+
+
+@pytest.mark.skipif(not os.path.exists(YAMA), reason=f"kernel has no Yama LSM: {YAMA} absent")
+def test_yama_ptrace_scope_1_is_named(nobody: Nobody) -> None:
+    # GIVEN ptrace_scope 1 (only an ancestor may attach), a worker of nobody and nobody's introspect,
+    # which is not its ancestor
+    with open(YAMA) as f:
+        saved = f.read().strip()
+    victim = nobody.victim(PY)
+    try:
+        with open(YAMA, "w") as f:
+            f.write("1")
+        run = nobody.cli("top", str(victim.pid), "-o", nobody.out())
+    finally:
+        with open(YAMA, "w") as f:
+            f.write(saved)
+    # THEN refused, the sysctl named with its fix
+    _refused(run, errors.AccessDenied, "kernel.yama.ptrace_scope is 1", "sysctl kernel.yama.ptrace_scope=0")
+    victim.assert_unharmed()
+
+
+@pytest.fixture
+def no_gdb_env(tmp_path: Path) -> dict[str, str]:
+    """Our environment with a PATH that holds no gdb (only an empty directory)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return {**os.environ, "PATH": str(empty), "PYTHONPATH": str(REPO)}
+
+
+def test_gdb_missing_is_said(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) -> None:
+    # GIVEN a 3.8-3.13 worker and no gdb on PATH
+    victim = spawn(PY)
+    run = _cli(["top", str(victim.pid), "-o", str(tmp_path / "o")], env=no_gdb_env)
+    # THEN a plain message: gdb is needed, and how to install it
+    _refused(run, errors.InjectionFailed, "gdb is not installed", "apt-get install gdb")
+    _spawned_unharmed(victim)
+
+
+def test_gdb_missing_314_auto_uses_pep768(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) -> None:
+    py314 = next((i for i in INTERPS if i.version >= (3, 14)), None)
+    if py314 is None:
+        pytest.skip("no CPython 3.14+ here: run scripts/setup to provision it")
+    # GIVEN a 3.14 worker and no gdb on PATH; WHEN --method auto
+    victim = spawn(py314)
+    run = _cli(["top", str(victim.pid), "--json", "--method", "auto", "-o", str(tmp_path / "o")], env=no_gdb_env)
+    # THEN it works without gdb, through sys.remote_exec
+    assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.json()["method"] == "pep768"
+    _spawned_unharmed(victim)
