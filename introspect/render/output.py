@@ -1,4 +1,7 @@
-"""Result files: a predictable directory, nothing overwritten silently, the path printed."""
+"""Result files: a predictable directory, nothing overwritten silently, the path printed.
+
+Results can name a target's types, modules, keys and locals, so they are private: a directory we
+create is 0700, each file 0600 (as the agent's own files in the run directory are)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class OutputDir:
                 n += 1
                 self.path = Path(f"introspect-{command}-{pid}-{stamp}-{n}")
         try:
-            self.path.mkdir(parents=True, exist_ok=bool(requested))
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=bool(requested))
             probe = self.path / f".introspect-probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -47,17 +50,14 @@ class OutputDir:
         return self.path / f"{stem}-{n}{dot}{ext}"
 
     def write_text(self, name: str, text: str) -> Path:
-        dest = self._free(name)
-        try:
-            dest.write_text(text)
-        except OSError as exc:
-            raise errors.OutputError(f"cannot write {dest}: {exc.strerror or exc}") from None
-        return dest
+        return self.write_bytes(name, text.encode())
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         dest = self._free(name)
         try:
-            dest.write_bytes(data)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         except OSError as exc:
             raise errors.OutputError(f"cannot write {dest}: {exc.strerror or exc}") from None
         return dest
