@@ -77,3 +77,31 @@ def steady_growers(looks: list[dict[str, list[int]]]) -> list[str]:
         names &= set(look)
     steady = [n for n in names if all(look[n][1] > 0 for look in looks)]
     return sorted(steady, key=lambda n: (-sum(look[n][1] for look in looks), n))
+
+
+def grown_since_baseline(types: dict[str, list[int]], limit: int = 0) -> list[GrowthRow]:
+    """Types with more live objects than at the baseline, biggest rise first.
+
+    >>> grown_since_baseline({"a.X": [10, 5, 8], "dict": [30, -4, 20], "list": [1, 0, -2]})
+    [GrowthRow(type='dict', count=30, delta=-4, since_baseline=20), GrowthRow(type='a.X', count=10, delta=5, since_baseline=8)]
+    """
+    rows = [GrowthRow(t, v[0], v[1], v[2]) for t, v in types.items() if v[2] > 0]
+    rows.sort(key=lambda r: (-r.since_baseline, r.type))
+    return rows[:limit] if limit > 0 else rows
+
+
+def backref_candidates(rows: list[GrowthRow], steady: list[str], n: int) -> list[str]:
+    """Which grown types to trace first (``rows`` as from grown_since_baseline).
+
+    Module-qualified types (classes some code defines: ``tasks.Job``, ``kombu.Message``) come
+    before builtins (``dict``, ``list``): a growing builtin is usually the *contents* of a leak
+    whose holder the qualified type's chain already shows, and its newest instances are mostly
+    short-lived scratch objects. Builtins are not hidden, only traced after. Within each group,
+    types that grew in every interval come first, then the biggest rise.
+
+    >>> rows = grown_since_baseline({"dict": [900, 9, 500], "a.Job": [50, 5, 40], "b.Tmp": [9, -1, 60]})
+    >>> backref_candidates(rows, ["a.Job", "dict"], 3)
+    ['a.Job', 'b.Tmp', 'dict']
+    """
+    ranked = sorted(rows, key=lambda r: ("." not in r.type, r.type not in steady, -r.since_baseline, r.type))
+    return [r.type for r in ranked[:max(n, 0)]]

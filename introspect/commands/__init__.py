@@ -69,6 +69,7 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, exec_, growth, top
+    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top
 
-    return [top.Command(), growth.Command(), backrefs.Command(), exec_.Command()]
+    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
+            exec_.Command()]

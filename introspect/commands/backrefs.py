@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from introspect import errors
-from introspect.commands import add_target_options, emit, header, logger
+from introspect.commands import add_target_options, emit, fanout, header, logger
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
@@ -26,6 +27,7 @@ class Command:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_target_options(parser)
+        fanout.add_children_option(parser)
         parser.add_argument("type", metavar="TYPE", help="type name: module.qualname, qualname or short name")
         parser.add_argument("--samples", type=int, default=10, metavar="N", help="instances to trace, newest first (default: 10)")
         parser.add_argument("--max-depth", type=int, default=12, metavar="D", help="give up on chains longer than D (default: 12)")
@@ -36,40 +38,50 @@ class Command:
     def run(self, args: argparse.Namespace) -> int:
         if args.samples < 1 or args.max_depth < 1 or args.budget <= 0:
             raise errors.UsageError("--samples and --max-depth must be >= 1 and --budget > 0")
+        if (code := fanout.divert(self, args)) is not None:
+            return code
         out = OutputDir(self.name, args.pid, args.output)
-        params = {"type": args.type, "samples": args.samples, "max_depth": args.max_depth, "budget": args.budget}
-        outcome = run_agent(args.pid, "backrefs", params, method=args.method,
-                            timeout=max(args.timeout, args.budget + 10), log=logger(args))
-        res = outcome.result
-        check_found(args, res)
-        files = write_graph(out, "backrefs", res["graph"], f"who keeps {res['type']} alive (pid {args.pid})", args.format)
-        doc: dict[str, Any] = {
-            **outcome.meta(),
-            "type": res["type"],
-            "found": res["found"],
-            "sampled": res["sampled"],
-            "unrooted": res["unrooted"],
-            "partial": res["partial"],
-            "reason": res["reason"] or None,
-            "levels": res["levels"],
-            "chains": res["chains"],
-            "graph": res["graph"],
-            "files": files,
-        }
+        outcome, doc = trace(out, args.pid, args.type, samples=args.samples, max_depth=args.max_depth, budget=args.budget,
+                             fmt=args.format, method=args.method, timeout=args.timeout, log=logger(args))
         emit(args, out, doc, render(outcome, doc))
         return 0
 
 
-def check_found(args: argparse.Namespace, res: dict[str, Any]) -> None:
+def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_depth: int = 12, budget: float = 5.0,
+          fmt: str = "svg", method: str = "auto", timeout: float = 30.0, log: Callable[[str], None] = lambda s: None,
+          stem: str = "backrefs") -> tuple[Outcome, dict[str, Any]]:
+    """Run the agent's backrefs search and write ``<stem>.dot`` (+ graph): the command's data, reused by `report`."""
+    params = {"type": type_name, "samples": samples, "max_depth": max_depth, "budget": budget}
+    outcome = run_agent(pid, "backrefs", params, method=method, timeout=max(timeout, budget + 10), log=log)
+    res = outcome.result
+    check_found(type_name, pid, res)
+    files = write_graph(out, stem, res["graph"], f"who keeps {res['type']} alive (pid {pid})", fmt)
+    doc: dict[str, Any] = {
+        **outcome.meta(),
+        "type": res["type"],
+        "found": res["found"],
+        "sampled": res["sampled"],
+        "unrooted": res["unrooted"],
+        "partial": res["partial"],
+        "reason": res["reason"] or None,
+        "levels": res["levels"],
+        "chains": res["chains"],
+        "graph": res["graph"],
+        "files": files,
+    }
+    return outcome, doc
+
+
+def check_found(type_name: str, pid: int, res: dict[str, Any]) -> None:
     if res["status"] == "unknown":
-        close = difflib.get_close_matches(args.type, res["names"], n=5, cutoff=0.5)
+        close = difflib.get_close_matches(type_name, res["names"], n=5, cutoff=0.5)
         short = {n.rsplit(".", 1)[-1]: n for n in res["names"]}
-        close += [short[s] for s in difflib.get_close_matches(args.type, list(short), n=5, cutoff=0.6) if short[s] not in close]
+        close += [short[s] for s in difflib.get_close_matches(type_name, list(short), n=5, cutoff=0.6) if short[s] not in close]
         hint = f"Did you mean: {', '.join(close[:5])}?" if close else "`introspect top PID` lists the types present."
-        raise errors.UnknownType(f"no live object of type {args.type!r} in the process", pid=args.pid, help=hint)
+        raise errors.UnknownType(f"no live object of type {type_name!r} in the process", pid=pid, help=hint)
     if res["status"] == "ambiguous":
         cands = ", ".join(f"{name} ({count:,})" for name, count in res["candidates"])
-        raise errors.UnknownType(f"{args.type!r} matches several types: {cands}", pid=args.pid,
+        raise errors.UnknownType(f"{type_name!r} matches several types: {cands}", pid=pid,
                                  help="Give the full module.qualname.")
 
 

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from introspect import analysis
-from introspect.commands import add_target_options, emit, header, logger
+from introspect.commands import add_target_options, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import signed, table
 from introspect.runner import Outcome, run_agent
@@ -29,6 +29,7 @@ class Command:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_target_options(parser)
+        fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N types that changed most (default: 25; 0 = all)")
         parser.add_argument("--reset", action="store_true", help="forget the baseline and record a new one")
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target before counting (off by default)")
@@ -40,6 +41,8 @@ class Command:
             from introspect.errors import UsageError
 
             raise UsageError("--samples N needs N >= 1, and --interval S > 0 when N > 1")
+        if (code := fanout.divert(self, args)) is not None:
+            return code
         out = OutputDir(self.name, args.pid, args.output)
         log = logger(args)
         looks: list[Outcome] = []

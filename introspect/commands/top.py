@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 from introspect import analysis
-from introspect.commands import add_target_options, emit, header, logger
+from introspect.commands import add_target_options, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
@@ -26,6 +26,7 @@ class Command:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_target_options(parser)
+        fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N most common types (default: 25; 0 = all)")
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target first (off by default: it hides evidence and costs time)")
         parser.add_argument("--by", choices=("count", "size"), default="count",
@@ -34,6 +35,8 @@ class Command:
                             help="with --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
 
     def run(self, args: argparse.Namespace) -> int:
+        if (code := fanout.divert(self, args)) is not None:
+            return code
         out = OutputDir(self.name, args.pid, args.output)
         params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
         outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=logger(args))

@@ -83,6 +83,18 @@ def leak_cache(n: int) -> dict[str, int]:
         return {"pid": os.getpid(), "cached": n, "total": len(_object_cache)}
 
 
+@app.task(name="tests.celery_leak.tasks.leak_heavy", ignore_result=True)
+def leak_heavy(kib: int) -> None:
+    """Keep one ``MyCustomObject`` holding ``kib`` KiB in ``_object_cache``: enough per call that
+    RSS visibly climbs (``introspect monitor`` / ``report`` tests), while gc still sees the holder."""
+    global _next_key
+    with _lock:
+        obj = MyCustomObject(_next_key)
+        obj.blob = b"h" * (kib * 1024)
+        _object_cache[_next_key] = obj
+        _next_key += 1
+
+
 @app.task(name="tests.celery_leak.tasks.whoami")
 def whoami() -> dict[str, Any]:
     """The pid and thread that run tasks: the process ``introspect`` must be pointed at."""

@@ -147,16 +147,19 @@ class RedisServer:
 
 
 class CeleryWorker:
-    """One ``celery worker --pool=<pool> --concurrency=1`` on its own queue; a context manager.
+    """One ``celery worker --pool=<pool> --concurrency=1`` (or ``concurrency``) on its own queue; a context manager.
 
     A fresh queue name per worker means a task left over from an earlier (failed) test can never be
     run by this worker and skew its counts.
     """
 
-    def __init__(self, pool: str, redis_url: str, startup_timeout: float = 30.0, stop_timeout: float = 15.0) -> None:
+    def __init__(self, pool: str, redis_url: str, startup_timeout: float = 30.0, stop_timeout: float = 15.0,
+                 concurrency: int = 1) -> None:
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; one of {', '.join(POOLS)}")
         self.pool = pool
+        # More than one prefork child: task_pid() is then ambiguous (use children()).
+        self.concurrency = concurrency
         self.redis_url = redis_url
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -183,7 +186,7 @@ class CeleryWorker:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", TASKS_MODULE, "worker", f"--pool={self.pool}",
-                "--concurrency=1", "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                f"--concurrency={self.concurrency}", "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-Q", self.queue, "-n", self.hostname]
 
     def start(self) -> CeleryWorker:
@@ -278,12 +281,14 @@ class CeleryWorker:
 
     def _prefork_child(self) -> int | None:
         kids = self.children()
-        return kids[0] if len(kids) == 1 else None
+        return kids[0] if len(kids) == self.concurrency else None
 
     def task_pid(self) -> int:
         """The process that executes tasks: the one prefork child, else the worker itself."""
         if self.pool != "prefork":
             return self.pid
+        if self.concurrency != 1:
+            raise RigError(f"{self.concurrency} prefork children: any of them may run a task (use children())")
         child = self._prefork_child()
         if child is None:
             raise RigError(f"expected exactly one prefork child of worker {self.pid}, found {self.children()}")

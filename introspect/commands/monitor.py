@@ -1,0 +1,293 @@
+"""Watch a process's memory from the outside: RSS, VMS and USS over time, the trend and a verdict.
+
+Nothing is injected and the process is never attached to or stopped: samples come from /proc
+through psutil, so any process can be watched (not only Python). Stop with Ctrl-C (the normal way,
+unless --duration is given): what was sampled is always written out: monitor.csv, monitor.png
+(memory over time with the least-squares trend line), monitor.json and monitor.txt.
+
+Verdict (a line fitted through RSS): "steady growth" when RSS rises by 1 MiB or more over the
+window and the line explains at least 80% of the variance (r² >= 0.8); "shrinking" the same,
+falling; "flat" when both the change and the scatter stay under 1 MiB; "noisy" otherwise;
+"too few samples" below 5 samples. MB means MiB (2**20 bytes).
+
+Examples:
+  introspect monitor 1234                         # every second until Ctrl-C
+  introspect monitor 1234 --interval 5 --duration 600 --children
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from introspect import errors
+from introspect.commands import add_output_options, emit
+from introspect.render.output import OutputDir
+from introspect.trend import MIB, Trend, memory_trend
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # seconds since the first sample
+    rss: int  # with --children: summed over the process and its children
+    vms: int
+    uss: int | None  # None when it could not be read (another user's process without privileges)
+    children: dict[int, int] = field(default_factory=dict)  # child pid -> its RSS (with --children)
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"t": round(self.t, 3), "rss": self.rss, "vms": self.vms, "uss": self.uss}
+        if self.children:
+            doc["children"] = {str(pid): rss for pid, rss in self.children.items()}
+        return doc
+
+
+def open_process(pid: int) -> psutil.Process:
+    """The process to watch, or a plain error. No ptrace rule applies: only /proc is read."""
+    if pid <= 0:
+        raise errors.NoSuchProcess(f"{pid} is not a valid pid", pid=pid)
+    try:
+        proc = psutil.Process(pid)
+        status = proc.status()
+        name = proc.name()
+    except psutil.ZombieProcess:
+        status, name = psutil.STATUS_ZOMBIE, "?"
+    except psutil.NoSuchProcess:
+        raise errors.NoSuchProcess("no such process", pid=pid) from None
+    except psutil.AccessDenied:
+        raise errors.AccessDenied("cannot read the process's details", pid=pid,
+                                  help="Run introspect as the process's user or as root (sudo -E introspect ...).") from None
+    if status == psutil.STATUS_ZOMBIE:
+        raise errors.BadTargetState("the process is a zombie: it has exited and waits for its parent to reap it",
+                                    pid=pid, name=name, help="There is no memory left to watch. Look at its parent.")
+    return proc
+
+
+class Sampler:
+    """Reads memory figures from /proc through psutil; the first reading is t = 0."""
+
+    def __init__(self, pid: int, children: bool) -> None:
+        self.proc = open_process(pid)
+        self.pid = pid
+        self.name = self.proc.name()
+        self.with_children = children
+        self.uss_note: str | None = None
+        self.t0: float | None = None
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else time.monotonic() - self.t0
+
+    def _memory(self, proc: psutil.Process) -> tuple[int, int, int | None]:
+        if self.uss_note is None:
+            try:
+                full = proc.memory_full_info()
+                return full.rss, full.vms, full.uss
+            except psutil.AccessDenied:
+                # USS needs /proc/PID/smaps, which only the owner (or root) may read.
+                self.uss_note = ("USS unavailable (reading /proc/PID/smaps was denied: another user's process); "
+                                 "RSS and VMS only. Run as the process's user or root to get USS.")
+        info = proc.memory_info()
+        return info.rss, info.vms, None
+
+    def take(self) -> Sample:
+        """One sample; raises TargetExited once the process is gone (or a zombie)."""
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        t = now - self.t0
+        try:
+            if self.proc.status() == psutil.STATUS_ZOMBIE:
+                raise psutil.ZombieProcess(self.pid)
+            rss, vms, uss = self._memory(self.proc)
+            kids = self.proc.children(recursive=True) if self.with_children else []
+        except psutil.NoSuchProcess:  # ZombieProcess included
+            raise errors.TargetExited(f"the process exited {t:.1f} s after monitoring started", pid=self.pid,
+                                      name=self.name, help="What was sampled until then has been written.") from None
+        per_child: dict[int, int] = {}
+        for kid in kids:
+            try:
+                k_rss, k_vms, k_uss = self._memory(kid)
+            except psutil.NoSuchProcess:
+                continue  # a child that ended between listing and reading (a recycled prefork child)
+            per_child[kid.pid] = k_rss
+            rss += k_rss
+            vms += k_vms
+            uss = None if uss is None or k_uss is None else uss + k_uss
+        if self.uss_note is not None:
+            uss = None
+        return Sample(t, rss, vms, uss, per_child)
+
+
+def mb(n: float) -> str:
+    return f"{n / MIB:,.1f} MB"
+
+
+class Progress:
+    """One updating line on stderr, only when stderr is a terminal; silent otherwise."""
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty()
+        self.dirty = False
+
+    def show(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write(f"\r\x1b[Kintrospect: {text}")
+            sys.stderr.flush()
+            self.dirty = True
+
+    def done(self) -> None:
+        if self.dirty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.dirty = False
+
+
+def sample_loop(sampler: Sampler, interval: float, duration: float | None,
+                on_sample: Callable[[Sample], None] = lambda s: None) -> tuple[list[Sample], str, errors.TargetExited | None]:
+    """Sample every ``interval`` s until ``duration`` (or Ctrl-C, or the target's exit).
+
+    Returns the samples, why sampling stopped ("duration", "interrupted", "target exited") and the
+    exit error to raise once the outputs are written. Ctrl-C is the normal way to stop: never lost.
+    """
+    samples: list[Sample] = []
+    try:
+        next_t = 0.0
+        while True:
+            samples.append(sampler.take())
+            on_sample(samples[-1])
+            if duration is not None and samples[-1].t >= duration - 1e-6:
+                return samples, "duration", None
+            next_t += interval
+            if duration is not None:
+                next_t = min(next_t, duration)
+            delay = next_t - sampler.elapsed()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_t = sampler.elapsed()  # a slow read: skip the missed slots, keep the real times
+    except KeyboardInterrupt:
+        return samples, "interrupted", None
+    except errors.TargetExited as exc:
+        return samples, "target exited", exc
+
+
+def csv_text(samples: list[Sample], children: bool) -> str:
+    """t, rss, vms, uss in bytes (uss empty when unavailable), then rss_<pid> per child ever seen."""
+    kids = sorted({pid for s in samples for pid in s.children}) if children else []
+    lines = [",".join(["t", "rss", "vms", "uss", *(f"rss_{pid}" for pid in kids)])]
+    for s in samples:
+        row = [f"{s.t:.3f}", str(s.rss), str(s.vms), "" if s.uss is None else str(s.uss)]
+        row += [str(s.children[pid]) if pid in s.children else "" for pid in kids]
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"
+
+
+def trend_of(samples: list[Sample]) -> Trend:
+    return memory_trend([s.t for s in samples], [s.rss for s in samples])
+
+
+def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend) -> tuple[str, str | None, list[str]]:
+    """monitor.csv and monitor.png; returns their paths (png None when it could not be drawn) and notes."""
+    notes: list[str] = []
+    csv_path = str(out.write_text("monitor.csv", csv_text(samples, sampler.with_children)))
+    what = "RSS of the process and its children" if sampler.with_children else "RSS"
+    title = (f"pid {sampler.pid} ({sampler.name}): {what} {trend.slope_mb_per_hour:+,.1f} MB/hour "
+             f"(r² {trend.r2:.2f}): {trend.verdict}")
+    try:
+        from introspect.render.plot import memory_png
+
+        data = memory_png([s.t for s in samples], [s.rss for s in samples], [s.uss for s in samples], trend, title,
+                          rss_label="RSS (with children)" if sampler.with_children else "RSS")
+    except ImportError as exc:
+        notes.append(f"no PNG: matplotlib is not installed ({exc}); pip install matplotlib")
+        return csv_path, None, notes
+    return csv_path, str(out.write_bytes("monitor.png", data)), notes
+
+
+def trend_fields(trend: Trend) -> dict[str, Any]:
+    return {
+        "slope_bytes_per_s": round(trend.slope_bytes_per_s, 3),
+        "slope_mb_per_hour": round(trend.slope_mb_per_hour, 3),
+        "r2": round(trend.r2, 4),
+        "verdict": trend.verdict,
+        "change_bytes": round(trend.change_bytes),
+        "noise_bytes": round(trend.noise_bytes),
+    }
+
+
+def trend_line(trend: Trend, what: str = "RSS") -> str:
+    """The slope and verdict, with the numbers the verdict was drawn from."""
+    return (f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} MB/hour: "
+            f"{trend.verdict} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
+            f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})")
+
+
+class Command:
+    name = "monitor"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("pid", type=int, help="process id to watch (any process; nothing is injected)")
+        parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between samples (default: 1)")
+        parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
+        parser.add_argument("--children", action="store_true",
+                            help="sum over the process and all its children (per-child RSS columns in the CSV)")
+        add_output_options(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
+            raise errors.UsageError("--interval and --duration must be > 0 seconds")
+        sampler = Sampler(args.pid, args.children)
+        out = OutputDir(self.name, args.pid, args.output)
+        progress = Progress()
+
+        until = "  (Ctrl-C to stop)" if args.duration is None else f" of {args.duration:g} s"
+
+        def show(s: Sample) -> None:
+            progress.show(f"pid {args.pid}: {s.t:.1f} s{until}, RSS {mb(s.rss)}" + (f", USS {mb(s.uss)}" if s.uss is not None else ""))
+
+        samples, stopped, exited = sample_loop(sampler, args.interval, args.duration, show)
+        progress.done()
+        trend = trend_of(samples)
+        csv_path, png_path, notes = write_outputs(out, sampler, samples, trend)
+        if sampler.uss_note:
+            notes.insert(0, sampler.uss_note)
+        doc: dict[str, Any] = {
+            "pid": args.pid,
+            "name": sampler.name,
+            "interval_s": args.interval,
+            "duration_s": round(samples[-1].t, 3) if samples else 0.0,
+            "children": args.children,
+            "stopped": stopped,
+            "samples": [s.as_json() for s in samples],
+            **trend_fields(trend),
+            "csv": csv_path,
+            "png": png_path,
+            "notes": notes,
+        }
+        emit(args, out, doc, render(doc, trend, samples))
+        if exited is not None:
+            raise exited
+        return 0
+
+
+def render(doc: dict[str, Any], trend: Trend, samples: list[Sample]) -> str:
+    what = "RSS (process + children)" if doc["children"] else "RSS"
+    lines = [f"pid {doc['pid']} ({doc['name']}): {len(samples)} samples over {doc['duration_s']:.1f} s, "
+             f"every {doc['interval_s']:g} s" + ("" if doc["stopped"] == "duration" else f"; stopped: {doc['stopped']}")]
+    if samples:
+        first, last = samples[0], samples[-1]
+        span = f"{what} {mb(first.rss)} -> {mb(last.rss)}"
+        if first.uss is not None and last.uss is not None:
+            span += f", USS {mb(first.uss)} -> {mb(last.uss)}"
+        lines.append(span)
+    lines.append(trend_line(trend, what))
+    lines += doc["notes"]
+    lines.append(f"csv: {doc['csv']}")
+    if doc["png"]:
+        lines.append(f"png: {doc['png']}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""One command for the ticket: watch memory, find the types that grow, show who holds them.
+
+For --duration seconds it samples memory from /proc (as `monitor` does) and takes --looks heap
+counts (as `growth` does: the first one records a fresh baseline). It then traces up to --backrefs
+of the grown types (as `backrefs` does), module-qualified types (classes some code defines) before
+builtins, and writes a directory: index.html (summary, memory verdict, growing types, chains and
+graphs, the memory plot), monitor.csv, monitor.png, growth.json, backrefs-<type>.json and graphs,
+report.json. If the process exits (or a step fails) midway, what was collected is still written and
+index.html says the report is incomplete.
+
+Example: introspect report 1234 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from introspect import analysis, errors
+from introspect.commands import add_target_options, emit, logger
+from introspect.commands.backrefs import chain_text, trace
+from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
+from introspect.render.html import report_html
+from introspect.render.output import OutputDir
+from introspect.runner import Outcome, run_agent
+from introspect.trend import MIB
+
+
+@dataclass
+class Collected:
+    """What the report has gathered so far: kept even when a later step fails."""
+
+    samples: list[Sample] = field(default_factory=list)
+    looks: list[tuple[float, Outcome]] = field(default_factory=list)
+    traced: list[tuple[Outcome, dict[str, Any]]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    problem: errors.IntrospectError | None = None
+    interrupted: bool = False
+
+
+def slug(type_name: str) -> str:
+    """A file-name-safe form of a type name.
+
+    >>> slug("tests.celery_leak.tasks.MyCustomObject")
+    'tests_celery_leak_tasks_MyCustomObject'
+    >>> slug("a.<locals>.B")
+    'a_locals_B'
+    """
+    return re.sub(r"[^A-Za-z0-9-]+", "_", type_name).strip("_")[:100] or "type"
+
+
+class Command:
+    name = "report"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        add_target_options(parser)
+        parser.add_argument("--duration", type=float, default=30.0, metavar="S", help="watch for S seconds (default: 30)")
+        parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between memory samples (default: 1)")
+        parser.add_argument("--looks", type=int, default=3, metavar="N",
+                            help="heap counts spread over the duration, the first one the baseline (default: 3, at least 2)")
+        parser.add_argument("--top", type=int, default=15, metavar="N", help="grown types listed (default: 15)")
+        parser.add_argument("--backrefs", type=int, default=3, metavar="N", help="grown types traced to their holders (default: 3; 0 = none)")
+        parser.add_argument("--budget", type=float, default=5.0, metavar="S", help="search time per traced type inside the target (default: 5)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.duration <= 0 or args.interval <= 0 or args.looks < 2 or args.top < 1 or args.backrefs < 0 or args.budget <= 0:
+            raise errors.UsageError("--duration, --interval and --budget must be > 0, --looks >= 2, --top >= 1, --backrefs >= 0")
+        sampler = Sampler(args.pid, children=False)
+        out = OutputDir(self.name, args.pid, args.output)
+        progress = Progress()
+        got = Collected()
+        try:
+            watch(args, sampler, got, progress)
+            trace_grown(args, out, got, progress)
+        except errors.IntrospectError as exc:
+            if not got.looks:
+                raise  # not even the baseline: nothing worth a report, the plain error says why
+            got.problem = exc
+        except KeyboardInterrupt:
+            if not got.looks:
+                raise
+            got.interrupted = True
+        finally:
+            progress.done()
+        doc = write_report(args, out, sampler, got)
+        emit(args, out, doc, render(doc))
+        if got.problem is not None:
+            raise got.problem
+        if got.interrupted:
+            raise KeyboardInterrupt
+        return 0
+
+
+def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: Progress) -> None:
+    """Memory every --interval s and heap looks at evenly spread times, from 0 to --duration."""
+    look_at = [i * args.duration / (args.looks - 1) for i in range(args.looks)]
+    log = logger(args)
+    next_sample = 0.0
+    got.samples.append(sampler.take())
+    while True:
+        now = sampler.elapsed()
+        if len(got.looks) < len(look_at) and now >= look_at[len(got.looks)]:
+            progress.show(f"pid {args.pid}: {now:.0f}/{args.duration:g} s, heap look {len(got.looks) + 1}/{args.looks}")
+            look = run_agent(args.pid, "growth", {"reset": not got.looks, "collect": False}, method=args.method,
+                             timeout=args.timeout, log=log)
+            got.looks.append((sampler.elapsed(), look))
+            continue
+        if now >= next_sample:
+            got.samples.append(sampler.take())
+            s = got.samples[-1]
+            progress.show(f"pid {args.pid}: {s.t:.0f}/{args.duration:g} s, RSS {mb(s.rss)}, {len(got.looks)}/{args.looks} looks")
+            next_sample = min(max(next_sample + args.interval, now), args.duration)
+            if next_sample <= now:
+                next_sample = now + args.interval
+            continue
+        if len(got.looks) == len(look_at):
+            return
+        time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
+
+
+def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progress: Progress) -> None:
+    """backrefs on the grown types picked by analysis.backref_candidates; a vanished type is skipped."""
+    if args.backrefs == 0 or len(got.looks) < 2:
+        return
+    rows, steady = growth_of(got)
+    names = analysis.backref_candidates(rows, steady, args.backrefs)
+    for i, name in enumerate(names, 1):
+        progress.show(f"pid {args.pid}: tracing {name} ({i}/{len(names)})")
+        try:
+            outcome, doc = trace(out, args.pid, name, budget=args.budget, method=args.method, timeout=args.timeout,
+                                 log=logger(args), stem=f"backrefs-{slug(name)}")
+        except errors.UnknownType as exc:  # all freed since the last look, or two classes of one name
+            got.skipped.append({"type": name, "reason": exc.msg})
+            continue
+        doc["json"] = str(out.write_json(f"backrefs-{slug(name)}.json", doc))
+        got.traced.append((outcome, doc))
+
+
+def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
+    """Grown types at the last look, and those that grew in every interval."""
+    if len(got.looks) < 2:
+        return [], []
+    types = got.looks[-1][1].result["types"]
+    steady = analysis.steady_growers([lk.result["types"] for _, lk in got.looks[1:]])
+    return analysis.grown_since_baseline(types), steady
+
+
+def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
+    """growth.json, monitor.csv/png and index.html; returns the report document."""
+    trend = trend_of(got.samples)
+    csv_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    if sampler.uss_note:
+        notes.insert(0, sampler.uss_note)
+    rows, steady = growth_of(got)
+    outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced]
+    meta = got.looks[-1][1].meta()
+    looks = [{"t": round(t, 3), "objects": lk.result["objects"], "baseline_recorded": lk.result["baseline_recorded"]}
+             for t, lk in got.looks]
+    growth_doc = {
+        **meta,
+        "paused_s": round(sum(lk.paused_s for _, lk in got.looks), 6),
+        "looks": looks,
+        "grew_every_interval": steady,
+        "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
+                  for r in analysis.growth_rows(got.looks[-1][1].result["types"]) if r.delta or r.since_baseline],
+    }
+    growth_path = str(out.write_json("growth.json", growth_doc))
+    problem = None
+    if got.problem is not None:
+        problem = str(got.problem)
+    elif got.interrupted:
+        problem = "interrupted by Ctrl-C"
+    doc: dict[str, Any] = {
+        "pid": args.pid,
+        "name": sampler.name,
+        "python": meta["python"],
+        "method": meta["method"],
+        "paused_s": round(sum(o.paused_s for o in outcomes), 6),
+        "complete": problem is None,
+        "problem": problem,
+        "duration_s": round(got.samples[-1].t, 3) if got.samples else 0.0,
+        "interval_s": args.interval,
+        "memory": {
+            "samples": len(got.samples),
+            "first_rss_mb": round(got.samples[0].rss / MIB, 3) if got.samples else 0.0,
+            "last_rss_mb": round(got.samples[-1].rss / MIB, 3) if got.samples else 0.0,
+            **trend_fields(trend),
+            "notes": notes,
+        },
+        "looks": looks,
+        "grew_every_interval": steady,
+        "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
+                    for r in rows[:args.top]],
+        "backrefs": [{k: d[k] for k in ("type", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")}
+                     for _, d in got.traced],
+        "skipped": got.skipped,
+        "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
+    }
+    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
+    doc["memory"]["summary"] = trend_line(trend)
+    return doc
+
+
+def _held_by(ref: dict[str, Any]) -> str:
+    if not ref["chains"]:
+        return f"{ref['type']}: no chain to a root found"
+    top = ref["chains"][0]
+    via = top["path"][0]["via"] if top["path"] else None
+    return f"{ref['type']}: {top['count']} of {ref['sampled']} held by {top['root']}" + (f" via {via}" if via else "")
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The 3-5 line summary for stdout."""
+    mem = doc["memory"]
+    lines = [f"report: {Path(doc['files']['index']).resolve()}",
+             f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
+    if doc["growing"]:
+        lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
+    elif len(doc["looks"]) >= 2:
+        lines.append("no type grew since the baseline")
+    if doc["backrefs"]:
+        lines.append("; ".join(_held_by(r) for r in doc["backrefs"][:2]))
+    if not doc["complete"]:
+        lines.append(f"INCOMPLETE: {doc['problem']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,118 @@
+"""The `report` command's index.html: one self-contained page to attach to a ticket.
+
+Everything that comes from the target (type names, chain labels, process name) is HTML-escaped.
+Images are embedded as data: URIs in <img> tags, each linked to its file in the same directory: the
+page alone carries the pictures, and an SVG shown through <img> can never run script.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import Any
+
+MIME = {".png": "image/png", ".svg": "image/svg+xml"}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: left; border-bottom: 1px solid #eee; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap; }
+.incomplete { background: #fde0dc; border: 1px solid #e57373; padding: 8px 12px; }
+.verdict { font-weight: bold; } img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _link(path: str | None) -> str:
+    if not path:
+        return ""
+    name = Path(path).name
+    return f'<a href="{_e(name)}">{_e(name)}</a>'
+
+
+def _image(path: str | None, alt: str) -> str:
+    """<img> with the file's bytes inline, wrapped in a link to the file next to index.html."""
+    if not path:
+        return ""
+    p = Path(path)
+    try:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+    except OSError:
+        return f"<p>({_e(p.name)} could not be read)</p>"
+    mime = MIME.get(p.suffix, "application/octet-stream")
+    return f'<a href="{_e(p.name)}"><img src="data:{mime};base64,{data}" alt="{_e(alt)}"></a>'
+
+
+def _signed(n: int) -> str:
+    return f"{n:+,}" if n else "0"
+
+
+def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]) -> str:
+    """The page for a ``report`` document; ``chain_text(chain)`` spells one backrefs chain."""
+    mem = doc["memory"]
+    title = f"introspect report: pid {doc['pid']} ({doc['name']})"
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{_e(title)}</title>",
+           f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    if not doc["complete"]:
+        out.append(f'<p class="incomplete"><b>Incomplete report:</b> {_e(doc["problem"])}. '
+                   "Everything collected before that is below.</p>")
+    summary = [
+        ("process", f"pid {doc['pid']} ({doc['name']}), Python {doc['python'] or '?'}"),
+        ("watched", f"{doc['duration_s']:.1f} s: {mem['samples']} memory samples every {doc['interval_s']:g} s, "
+                    f"{len(doc['looks'])} heap looks"),
+        ("RSS", f"{mem['first_rss_mb']:,.1f} MB → {mem['last_rss_mb']:,.1f} MB"),
+        ("memory slope", f"{mem['slope_bytes_per_s']:+,.0f} bytes/s = {mem['slope_mb_per_hour']:+,.1f} MB/hour "
+                         f"(r² {mem['r2']:.2f})"),
+        ("target paused", f"{doc['paused_s'] * 1000:,.1f} ms in total by introspect ({doc['method'] or '?'})"),
+    ]
+    out.append("<table>")
+    out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary]
+    out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr></table>')
+    if doc["grew_every_interval"]:
+        out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
+
+    out.append("<h2>Types that grew since the baseline</h2>")
+    if doc["growing"]:
+        out.append("<table><tr><th>type</th><th>count</th><th>since baseline</th><th>last interval</th></tr>")
+        for row in doc["growing"]:
+            out.append(f"<tr><td>{_e(row['type'])}</td><td class=n>{row['count']:,}</td>"
+                       f"<td class=n>{_e(_signed(row['since_baseline']))}</td><td class=n>{_e(_signed(row['delta']))}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>No type has more live objects than at the baseline"
+                   + (" (only the baseline look was taken)." if len(doc["looks"]) < 2 else ".") + "</p>")
+
+    out.append("<h2>Who keeps them alive</h2>")
+    if not doc["backrefs"] and not doc["skipped"]:
+        out.append("<p>No type was traced.</p>")
+    for ref in doc["backrefs"]:
+        out.append(f"<h3>{_e(ref['type'])}</h3>")
+        out.append(f"<p>{ref['found']:,} live objects; traced {ref['sampled']} (newest first). "
+                   f"Raw data: {_link(ref['json'])}</p>")
+        if ref["partial"]:
+            out.append(f"<p><b>Partial:</b> {_e(ref['reason'])}</p>")
+        lines = [f"{c['count']} of {ref['sampled']} held by: {c['root']}\n  {chain_text(c)}" for c in ref["chains"]]
+        if ref["unrooted"]:
+            lines.append(f"{ref['unrooted']} of {ref['sampled']} not traced to a root (held from C code, by a "
+                         "reference cycle only, or beyond the depth limit)")
+        out.append(f"<pre>{_e(chr(10).join(lines) or 'no chain found')}</pre>")
+        graph = ref["files"].get("svg") or ref["files"].get("png")
+        out.append(_image(graph, f"reference graph of {ref['type']}") if graph else f"<p>{_e(ref['files'].get('note', ''))}</p>")
+        out.append(f"<p>DOT source: {_link(ref['files'].get('dot'))}</p>")
+    for skip in doc["skipped"]:
+        out.append(f"<p>{_e(skip['type'])}: not traced: {_e(skip['reason'])}</p>")
+
+    out.append("<h2>Memory over time</h2>")
+    out.append(_image(doc["files"].get("png"), "RSS over time") or f"<p>{_e('; '.join(mem['notes']) or 'no plot')}</p>")
+    out.append("<h2>Raw files</h2><ul>")
+    raw = [doc["files"].get("csv"), doc["files"].get("growth"), *(r["json"] for r in doc["backrefs"])]
+    out += [f"<li>{_link(p)}</li>" for p in raw if p]
+    out.append("</ul></body></html>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,122 @@
+"""The memory verdict on synthetic series, and the pure parts of `monitor` and `report` output."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from introspect.commands.backrefs import chain_text
+from introspect.commands.monitor import Sample, csv_text
+from introspect.render.html import report_html
+from introspect.trend import MIB, fit_line, memory_trend
+
+RNG_SEED = 20240601
+
+
+def series(n: int, step: float, f: Any) -> tuple[list[float], list[float]]:
+    ts = [i * step for i in range(n)]
+    return ts, [f(t) for t in ts]
+
+
+def test_linear_growth_with_rss_jitter_is_steady_growth() -> None:
+    # GIVEN 1 MiB/s of growth over 20 s, with +-64 KiB of page-level jitter
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(101, 0.2, lambda t: 200 * MIB + MIB * t + rng.uniform(-64, 64) * 1024)
+    trend = memory_trend(ts, ys)
+    # THEN the slope is recovered and the verdict is steady growth
+    assert trend.verdict == "steady growth"
+    assert trend.slope_bytes_per_s == pytest.approx(MIB, rel=0.02)
+    assert trend.slope_mb_per_hour == pytest.approx(3600, rel=0.02)
+    assert trend.r2 > 0.99 and trend.samples == 101 and trend.span_s == pytest.approx(20)
+
+
+def test_flat_with_small_noise_is_flat() -> None:
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(60, 1.0, lambda t: 80 * MIB + rng.gauss(0, 100 * 1024))
+    trend = memory_trend(ts, ys)
+    assert trend.verdict == "flat", trend
+    assert abs(trend.change_bytes) < MIB and trend.noise_bytes < MIB
+
+
+def test_flat_with_large_noise_is_noisy() -> None:
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(60, 1.0, lambda t: 80 * MIB + rng.gauss(0, 4 * MIB))
+    assert memory_trend(ts, ys).verdict == "noisy"
+
+
+def test_sawtooth_is_noisy_not_growth() -> None:
+    # GIVEN a cache filled by 2 MiB/s for 10 s, then cleared, five times over
+    ts, ys = series(250, 0.2, lambda t: 100 * MIB + 2 * MIB * (t % 10))
+    trend = memory_trend(ts, ys)
+    # THEN it moves a lot, but not like a line: noisy
+    assert trend.verdict == "noisy", trend
+    assert trend.r2 < 0.8
+
+
+def test_sawtooth_riding_a_leak_is_still_growth_when_the_line_dominates() -> None:
+    ts, ys = series(300, 1.0, lambda t: 100 * MIB + 0.5 * MIB * t + 2 * MIB * (t % 10 >= 5))
+    trend = memory_trend(ts, ys)
+    assert trend.verdict == "steady growth" and trend.r2 >= 0.8
+
+
+def test_shrinking() -> None:
+    ts, ys = series(30, 1.0, lambda t: 500 * MIB - 3 * MIB * t)
+    trend = memory_trend(ts, ys)
+    assert trend.verdict == "shrinking" and trend.slope_bytes_per_s == pytest.approx(-3 * MIB)
+
+
+def test_single_step_is_noisy() -> None:
+    # One allocation burst and nothing after: memory moved, but it is not a trend.
+    ts, ys = series(40, 1.0, lambda t: 100 * MIB + (20 * MIB if t >= 35 else 0))
+    assert memory_trend(ts, ys).verdict == "noisy"
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4])
+def test_too_few_samples(n: int) -> None:
+    ts, ys = series(n, 1.0, lambda t: MIB * 10 * t)
+    assert memory_trend(ts, ys).verdict == "too few samples"
+
+
+def test_one_timestamp_is_too_few_samples() -> None:
+    assert memory_trend([5.0] * 8, [float(MIB * i) for i in range(8)]).verdict == "too few samples"
+
+
+def test_fit_line_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError):
+        fit_line([0, 1], [1])
+
+
+def test_csv_has_a_column_per_child_ever_seen() -> None:
+    samples = [Sample(0.0, 300, 900, 100, {11: 100}), Sample(0.5, 500, 1000, None, {11: 150, 12: 200})]
+    assert csv_text(samples, children=True).splitlines() == [
+        "t,rss,vms,uss,rss_11,rss_12",
+        "0.000,300,900,100,100,",
+        "0.500,500,1000,,150,200",
+    ]
+    assert csv_text(samples, children=False).splitlines()[0] == "t,rss,vms,uss"
+
+
+def test_report_html_escapes_what_comes_from_the_target() -> None:
+    # GIVEN a document whose type names, chain labels and process name carry HTML
+    evil = '<script>alert("x")</script>'
+    chain = {"root": f"module {evil}", "count": 1, "path": [{"type": "module", "via": f".{evil}"}, {"type": evil, "via": None}]}
+    doc: dict[str, Any] = {
+        "pid": 42, "name": evil, "python": "3.11.2", "method": "gdb", "paused_s": 0.01, "complete": False,
+        "problem": f"exited {evil}", "duration_s": 3.0, "interval_s": 1.0,
+        "memory": {"samples": 4, "first_rss_mb": 1.0, "last_rss_mb": 2.0, "slope_bytes_per_s": 1.0,
+                   "slope_mb_per_hour": 0.0, "r2": 0.5, "verdict": "too few samples", "notes": []},
+        "looks": [{}, {}], "grew_every_interval": [evil],
+        "growing": [{"type": evil, "count": 3, "delta": 1, "since_baseline": 2}],
+        "backrefs": [{"type": evil, "found": 3, "sampled": 1, "unrooted": 0, "partial": True, "reason": evil,
+                      "chains": [chain], "files": {"note": evil}, "json": f"/x/backrefs-{evil}.json"}],
+        "skipped": [{"type": evil, "reason": evil}],
+        "files": {"csv": "/x/monitor.csv", "png": None, "growth": "/x/growth.json"},
+    }
+    # WHEN the page is rendered
+    html = report_html(doc, chain_text)
+    # THEN no markup from the target survives, but the names are all there, escaped
+    assert "<script" not in html
+    assert html.count("&lt;script&gt;") >= 8
+    assert "Incomplete report" in html
