@@ -41,6 +41,7 @@ except (ImportError, AttributeError):  # pragma: no cover - every CPython 3.8+ h
     _count_elements = None
 
 _FunctionType = type(_builtin)
+_CodeType = type(_builtin.__code__)
 _type_module = type.__dict__["__module__"]
 _type_qualname = type.__dict__["__qualname__"]
 
@@ -119,16 +120,37 @@ def type_name(t):  # type: (type) -> str
 
 
 def _own_objects():  # type: () -> list
-    """Objects of the agent itself that gc tracks: subtracted so counts describe the target."""
+    """Objects of the agent itself that gc tracks: subtracted so counts describe the target.
+
+    That is our globals, functions, their defaults, and the tuples of names and constants our code
+    objects hold (nested code included, and the module code still running us) that are still
+    tracked: _settle's young pass untracks most of them, this catches the rest."""
     own = [_G]  # type: list
+    codes = []  # type: list
+    frame = sys._getframe()  # type: Any
+    while frame is not None:  # the module-level code that is executing this agent
+        if frame.f_globals is _G:
+            codes.append(frame.f_code)
+        frame = frame.f_back
     for v in _G.values():
         if type(v) is _FunctionType:
             own.append(v)
-            own.append(v.__code__)
+            codes.append(v.__code__)
             if v.__defaults__:
                 own.append(v.__defaults__)
         elif isinstance(v, (dict, list, tuple)):
             own.append(v)
+    seen = {}  # type: dict
+    while codes:
+        code = codes.pop()
+        if id(code) in seen:
+            continue
+        seen[id(code)] = None
+        own.append(code)
+        for r in gc.get_referents(code):
+            if type(r) is tuple:
+                own.append(r)
+                codes.extend(c for c in r if type(c) is _CodeType)
     return [o for o in own if gc.is_tracked(o)]
 
 
@@ -163,11 +185,21 @@ def _gc_facts():  # type: () -> dict
 # commands: each takes the request params and returns a JSON-able dict
 
 
+def _settle(params):  # type: (dict) -> None
+    """gc.collect() when asked; else a young-generation pass only. Compiling this agent made a few
+    hundred tuples of names and constants; whether the collector had untracked them yet depended on
+    where its allocation counter stood, so counts moved by ~150 tuples between otherwise equal runs.
+    Our own allocations trigger these young passes anyway: it collects nothing old, hides no leak."""
+    if params.get("collect"):
+        gc.collect()
+    elif gc.isenabled():
+        gc.collect(0)
+
+
 def _snapshot(params):  # type: (dict) -> tuple
     """(objects counted, {type name: count}, seconds): one pass over gc.get_objects()."""
     t0 = time.perf_counter()
-    if params.get("collect"):
-        gc.collect()
+    _settle(params)
     objs = gc.get_objects()
     try:
         total = len(objs) - len(_own_objects())
@@ -257,8 +289,7 @@ def _sizes(params):  # type: (dict) -> dict
     objects count their basic size. Stops at params["budget"] seconds with partial=True."""
     t0 = time.perf_counter()
     budget = float(params.get("budget", 10.0))
-    if params.get("collect"):
-        gc.collect()
+    _settle(params)
     sizers = {}  # type: dict
     gc_head = _gc_head()
     tb, tc, ub, uc = {}, {}, {}, {}  # type: dict, dict, dict, dict
@@ -393,16 +424,19 @@ def _state():  # type: () -> dict
     mod = sys.modules.get(STATE_MODULE)
     if mod is None:
         mod = type(sys)(STATE_MODULE, "introspect: growth baselines (names and counts only)")
+        # A container value makes the module dict gc-tracked now, before the first count, not
+        # after it (an untracked dict turning tracked would read as growth of one dict).
+        mod.__dict__["baseline"] = {}
         sys.modules[STATE_MODULE] = mod
     return mod.__dict__  # type: ignore[no-any-return]
 
 
 def cmd_growth(params):  # type: (dict) -> dict
     """Counts per type, signed change since the previous call and since the baseline."""
+    state = _state()  # first: made after the count, the state module would show up as growth
     total, counts, scan_s = _snapshot(params)
-    state = _state()
     now = time.time()
-    fresh = bool(params.get("reset")) or "baseline" not in state
+    fresh = bool(params.get("reset")) or "baseline_time" not in state
     if fresh:
         state["baseline"] = counts
         state["baseline_time"] = now
