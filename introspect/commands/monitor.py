@@ -29,7 +29,7 @@ import psutil
 from introspect import errors
 from introspect.commands import add_output_options, emit
 from introspect.render.output import OutputDir
-from introspect.trend import MIB, Trend, memory_trend
+from introspect.trend import MIB, MIN_CHANGE_BYTES, R2_STEADY, Trend, memory_trend
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,19 @@ def trend_line(trend: Trend, what: str = "RSS") -> str:
     """The slope and verdict, with the numbers the verdict was drawn from."""
     return (f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} MB/hour: "
             f"{trend.verdict} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
-            f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})")
+            f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})" + _watch_longer(trend))
+
+
+def _watch_longer(trend: Trend) -> str:
+    """A flat window with a clean rising line may be a slow leak: say how long would tell.
+
+    >>> _watch_longer(Trend(11, 5.0, 10_000.0, 0.0, 0.98, 50_000.0, 1_000.0, "flat"))
+    '; but it rises steadily: 1 MB more would take 105 s at this slope, so watch for longer'
+    """
+    if trend.verdict != "flat" or trend.slope_bytes_per_s <= 0 or trend.r2 < R2_STEADY:
+        return ""
+    need_s = MIN_CHANGE_BYTES / trend.slope_bytes_per_s
+    return f"; but it rises steadily: 1 MB more would take {need_s:,.0f} s at this slope, so watch for longer"
 
 
 class Command:
