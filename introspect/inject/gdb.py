@@ -44,6 +44,34 @@ _LIBC_FUNCS = ["mmap", "munmap"]
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
 
+# gdb before 14 reads and writes the AVX-512 parts of the XSAVE area at Intel's offsets; AMD Zen 3+
+# lays them out elsewhere (no MPX gap). An inferior call then "restores" zmm16-31/k0-7 with wrong
+# values: a thread stopped inside glibc's EVEX memset/memcpy resumes with zeroed vector registers
+# and writes zeros (measured: a dict's index table zeroed, the target spinning in dictresize; a
+# SIGSEGV). Our calls (mmap, Py_AddPendingCall, munmap) use no AVX-512, and across the parked
+# thread's libc call every vector register is dead by the ABI, so gdb is told to leave those
+# registers alone: the target description it uses is its own minus the avx512 and pkeys features.
+# It needs gdb's Python; never raises (a failing python block would end the script).
+_TRIM_TDESC = """\
+python
+try:
+    import os as _os, re as _re, tempfile as _tf
+    _x = gdb.execute("maint print xml-tdesc", to_string=True)
+    _y = _re.sub(r'[ \\t]*<feature name="org\\.gnu\\.gdb\\.i386\\.(?:avx512|pkeys)">.*?</feature>\\n', '', _x, flags=_re.S)
+    if _y != _x and "<?xml" in _y:
+        _fd, _p = _tf.mkstemp(prefix="introspect-tdesc-", suffix=".xml")
+        try:
+            _os.write(_fd, _y[_y.index("<?xml"):].encode())
+            _os.close(_fd)
+            gdb.execute("set tdesc filename " + _p)
+        finally:
+            _os.unlink(_p)
+        print("INTROSPECT_TDESC trimmed")
+except Exception as _e:
+    print("INTROSPECT_TDESC failed: %s" % _e)
+end
+"""
+
 _PREAMBLE = """\
 set auto-solib-add off
 set unwindonsignal on
@@ -87,7 +115,8 @@ class GdbInjector:
         timing = 'python import time; print("INTROSPECT_T0 %r" % time.monotonic())\n'
         timing_end = 'python print("INTROSPECT_T1 %r" % time.monotonic())\n'
         for with_timing in (True, False):
-            body = _PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + script + "detach\n" + (timing_end if with_timing else "")
+            body = (_PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + (_TRIM_TDESC if with_timing else "")
+                    + script + "detach\n" + (timing_end if with_timing else ""))
             with tempfile.NamedTemporaryFile("w", prefix="introspect-gdb-", suffix=".gdb") as f:
                 f.write(body)
                 f.flush()
