@@ -81,6 +81,16 @@ set width 0
 """
 
 
+def _amd_avx512() -> bool:
+    """An AMD CPU with AVX-512: where gdb < 14 misplaces the AVX-512 state (see _TRIM_TDESC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            head = f.read(8192)
+    except OSError:
+        return True  # cannot tell: assume the risk
+    return "AuthenticAMD" in head and " avx512f" in head
+
+
 def gdb_path() -> str:
     path = shutil.which("gdb")
     if path is None:
@@ -140,7 +150,18 @@ class GdbInjector:
                 wall = time.monotonic() - t0
             out = proc.stdout + proc.stderr
             if with_timing and "Python scripting is not supported" in out:
-                continue  # a gdb built without Python: stopped before attach, retry untimed
+                # A gdb built without Python stopped before attaching. Untimed it works, but it
+                # cannot trim the target description, so refuse where that trim is what keeps the
+                # target's AVX-512 registers intact.
+                if _amd_avx512():
+                    raise errors.InjectionFailed(
+                        "this gdb has no Python support, which introspect needs on this AMD CPU with AVX-512 "
+                        "(without it, gdb before 14 corrupts vector registers of the target when it calls a function)",
+                        pid=target.pid,
+                        name=target.name,
+                        help="Install a gdb built with Python (Debian's and Ubuntu's gdb package is), or gdb 14 or newer.",
+                    )
+                continue  # retry untimed
             self._check(target, out)
             m0 = re.search(r"INTROSPECT_T0 ([\d.]+)", out)
             m1 = re.search(r"INTROSPECT_T1 ([\d.]+)", out)
