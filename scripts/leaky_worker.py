@@ -1,7 +1,8 @@
 """A small leaky worker for scripts/demo: every 50 ms it 'handles a job' and forgets to let go.
 
-Two leaks, as in the classic Celery case: dicts holding 1 KiB of bytes appended to a module-level
-list, and MyCustomObject instances kept in an unbounded module-level cache.
+Two leaks, as in the classic Celery case: dicts holding 64 KiB of bytes appended to a module-level
+list (about 1.3 MB/s: gc tracks neither the dicts nor the bytes, so only `top --by size` and the
+memory trend see them), and MyCustomObject instances kept in an unbounded module-level cache.
 """
 
 import os
@@ -19,7 +20,7 @@ _object_cache = {}
 
 
 def handle(n):
-    global_data_store.append({"job": n, "payload": b"x" * 1024})
+    global_data_store.append({"job": n, "payload": os.urandom(64 * 1024)})
     _object_cache["job-%d" % n] = MyCustomObject(n)
 
 
