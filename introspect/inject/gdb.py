@@ -69,6 +69,8 @@ try:
         print("INTROSPECT_TDESC trimmed")
 except Exception as _e:
     print("INTROSPECT_TDESC failed: %s" % _e)
+    if STRICT:  # where the trim is what protects the target: stop here (gdb skips the rest, detaches)
+        raise gdb.GdbError("introspect: stopping before any call into the target")
 end
 """
 
@@ -125,7 +127,8 @@ class GdbInjector:
         timing = 'python import time; print("INTROSPECT_T0 %r" % time.monotonic())\n'
         timing_end = 'python print("INTROSPECT_T1 %r" % time.monotonic())\n'
         for with_timing in (True, False):
-            body = (_PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + (_TRIM_TDESC if with_timing else "")
+            trim = _TRIM_TDESC.replace("STRICT", repr(_amd_avx512())) if with_timing else ""
+            body = (_PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + trim
                     + script + "detach\n" + (timing_end if with_timing else ""))
             with tempfile.NamedTemporaryFile("w", prefix="introspect-gdb-", suffix=".gdb") as f:
                 f.write(body)
@@ -181,6 +184,16 @@ class GdbInjector:
                 os.unlink(text_path)
 
     def _check(self, target: Target, out: str) -> None:
+        if "INTROSPECT_TDESC failed" in out and _amd_avx512():
+            why = out.split("INTROSPECT_TDESC failed:", 1)[1].splitlines()[0].strip()
+            raise errors.InjectionFailed(
+                f"gdb could not be kept away from the target's AVX-512 registers ({why}); it stopped before calling "
+                "anything, and the target was left as it was",
+                pid=target.pid,
+                name=target.name,
+                help="On this AMD CPU gdb before 14 corrupts those registers when it calls a function in the target. "
+                     "Use gdb 14 or newer, or `--method pep768` for Python 3.14+.",
+            )
         if "ptrace: Operation not permitted" in out:
             if target.tracer_pid or _traced_now(target.pid):
                 raise errors.BadTargetState("another tracer attached to the process", pid=target.pid, name=target.name,

@@ -404,3 +404,38 @@ def test_gdb_missing_314_auto_uses_pep768(spawn, tmp_path: Path, no_gdb_env: dic
     assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
     assert run.json()["method"] == "pep768"
     _spawned_unharmed(victim)
+
+
+def _small_anon_maps(pid: int) -> set[str]:
+    """Anonymous mappings of 64 KiB or less (where gdb's bootstrap page would be), by address range."""
+    out = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if len(fields) < 6 and end - start <= 65536:
+            out.add(fields[0])
+    return out
+
+
+@pytest.mark.skipif(not __import__("introspect.inject.gdb", fromlist=["_amd_avx512"])._amd_avx512(),
+                    reason="not an AMD CPU with AVX-512: the gdb register trim is not what protects the target here")
+def test_failed_register_trim_stops_before_any_call(spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN gdb cannot produce its target description (a fault put in its script on purpose)
+    from introspect.inject import gdb as gdb_mod
+    from introspect.runner import run_agent
+
+    monkeypatch.setattr(gdb_mod, "_TRIM_TDESC", gdb_mod._TRIM_TDESC.replace("maint print xml-tdesc", "maint print no-such-tdesc"))
+    victim = spawn(PY)
+    before = victim.ask("state")
+    pages_before = _small_anon_maps(victim.pid)
+    # WHEN introspect injects through gdb
+    with pytest.raises(errors.InjectionFailed, match="AVX-512") as caught:
+        run_agent(victim.pid, "top", {}, method="gdb", timeout=10)
+    # THEN it refused, naming the way out, and gdb called nothing in the target: no page mapped,
+    # no run dir left, the victim running as it was
+    assert "gdb 14" in (caught.value.help or "")
+    assert _small_anon_maps(victim.pid) <= pages_before
+    assert not list(Path(f"/proc/{victim.pid}/root/tmp").glob(f"introspect-{victim.pid}-*"))
+    assert proc_state(victim.pid) in ("R", "S")
+    after = victim.ask("state")
+    assert after["modules"] == before["modules"] and after["errors"] == [] and victim.stderr() == ""
