@@ -41,7 +41,6 @@ except (ImportError, AttributeError):  # pragma: no cover - every CPython 3.8+ h
     _count_elements = None
 
 _FunctionType = type(_builtin)
-_CodeType = type(_builtin.__code__)
 _type_module = type.__dict__["__module__"]
 _type_qualname = type.__dict__["__qualname__"]
 
@@ -121,40 +120,19 @@ def type_name(t):  # type: (type) -> str
 
 def _own_objects():  # type: () -> list
     """Objects of the agent itself that gc tracks: subtracted so counts describe the target.
-
-    That is our globals, functions, their defaults, and the tuples of names and constants our code
-    objects hold (nested code included, and the module code still running us) that are still
-    tracked: _settle's young pass untracks most of them, this catches the rest."""
+    (Code objects are never gc-tracked, 3.8 to 3.15; the tuples they hold are left to _settle.)"""
     own = [_G]  # type: list
-    codes = []  # type: list
-    frame = sys._getframe()  # type: Any
-    while frame is not None:  # the module-level code that is executing this agent
-        if frame.f_globals is _G:
-            codes.append(frame.f_code)
-        frame = frame.f_back
     for v in _G.values():
         if type(v) is _FunctionType:
             own.append(v)
-            codes.append(v.__code__)
             if v.__defaults__:
                 own.append(v.__defaults__)
         elif isinstance(v, (dict, list, tuple)):
             own.append(v)
-    seen = {}  # type: dict
-    while codes:
-        code = codes.pop()
-        if id(code) in seen:
-            continue
-        seen[id(code)] = None
-        own.append(code)
-        for r in gc.get_referents(code):
-            if type(r) is tuple:
-                own.append(r)
-                codes.extend(c for c in r if type(c) is _CodeType)
     return [o for o in own if gc.is_tracked(o)]
 
 
-def _count_types(objs):  # type: (list) -> dict
+def _count_types(objs, own):  # type: (list, list) -> dict
     counts = {}  # type: dict
     if _count_elements is not None:
         _count_elements(counts, map(type, objs))
@@ -162,7 +140,7 @@ def _count_types(objs):  # type: (list) -> dict
         for o in objs:
             t = type(o)
             counts[t] = counts.get(t, 0) + 1
-    for o in _own_objects():
+    for o in own:
         t = type(o)
         if counts.get(t, 0) > 0:
             counts[t] -= 1
@@ -202,8 +180,9 @@ def _snapshot(params):  # type: (dict) -> tuple
     _settle(params)
     objs = gc.get_objects()
     try:
-        total = len(objs) - len(_own_objects())
-        counts = _count_types(objs)
+        own = _own_objects()
+        total = len(objs) - len(own)
+        counts = _count_types(objs, own)
     finally:
         del objs
     return total, counts, time.perf_counter() - t0

@@ -36,25 +36,6 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if RedisServer.executable() is None:
-        pytest.skip("redis-server not installed: run scripts/setup (or apt-get install redis-server)")
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(redis_server: RedisServer) -> Iterator[Any]:
-    app = celery.Celery("introspect-tests-ps", broker=redis_server.url, backend=redis_server.url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    broker_connection_retry_on_startup=True, broker_connection_timeout=5)
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-@pytest.fixture(scope="module")
 def worker(redis_server: RedisServer) -> Iterator[CeleryWorker]:
     if importlib.util.find_spec("billiard") is None:
         pytest.skip("billiard not installed (needed by the prefork pool): run scripts/setup (or pip install -e '.[test]')")

@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import INTERPS, REPO, introspect
 from tests.integration.celery_rig import CeleryWorker, RedisServer
 
-celery = pytest.importorskip("celery", reason="celery not installed: run scripts/setup (or pip install -e '.[test]')")
+pytest.importorskip("celery", reason="celery not installed: run scripts/setup (or pip install -e '.[test]')")
 
 LEAK_MODULE = "tests.celery_leak.tasks"
 CUSTOM = f"{LEAK_MODULE}.MyCustomObject"
@@ -35,25 +35,6 @@ LEAK_KIB = 100
 SEND_EVERY_S = 0.05
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PY = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0] if INTERPS else None)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if RedisServer.executable() is None:
-        pytest.skip("redis-server not installed: run scripts/setup (or apt-get install redis-server)")
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(redis_server: RedisServer) -> Iterator[Any]:
-    app = celery.Celery("introspect-workflow-tests", broker=redis_server.url, backend=redis_server.url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    broker_connection_retry_on_startup=True, broker_connection_timeout=5)
-    try:
-        yield app
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")
