@@ -169,6 +169,24 @@ def prepare(
 
 Progress = Callable[[str], None]
 
+# The steps the agent marks (agent.py _phase), as the timeout message names them.
+PHASES = {
+    "collect": "a full gc.collect() (--collect)",
+    "settle": "a young-generation collection",
+    "walk": "the walk over the heap (by size)",
+    "referrers": "the referrer search",
+}
+
+
+def last_phase(run: RunDir) -> str:
+    """The last step the agent marked in the run dir ('' if none)."""
+    try:
+        names = [n[len("phase-"):] for n in os.listdir(run.host) if n.startswith("phase-")]
+    except OSError:
+        return ""
+    order = list(PHASES)
+    return max(names, key=lambda n: order.index(n) if n in order else -1, default="")
+
 
 def wait_for_result(
     request: Request,
@@ -203,11 +221,19 @@ def wait_for_result(
             on_stall(waited)
         if time.time() > request.deadline:
             if started_seen:
+                phase = last_phase(run)
                 raise errors.TimeoutExpired(
-                    f"the agent started but did not finish within {request.timeout:g} s",
+                    f"the agent started but did not finish within {request.timeout:g} s"
+                    + (f": it was in {PHASES.get(phase, phase)}" if phase else ""),
                     pid=target.pid,
                     name=target.name,
-                    help="The heap may be very large: try again with a larger --timeout.",
+                    help=(
+                        "The request is now void: the agent stops at its next check and leaves nothing behind. "
+                        + ("A full collection is one call that cannot be interrupted: leave out --collect, "
+                           "or run it when the process is quieter." if phase == "collect" else
+                           "Its walks check their --budget between batches, so one step ran far longer than a batch should "
+                           "(a main thread starved by other threads?): run it again; `-v` shows the timings.")
+                    ),
                 )
             raise errors.TimeoutExpired(
                 f"the target did not run our code within {request.timeout:g} s",

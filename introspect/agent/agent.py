@@ -5,6 +5,18 @@
 # return (we would create the leak we hunt), never repr() user objects unless asked, never raise
 # out of here (the bootstrap swallows, but the result file is how the CLI learns what happened).
 #
+# The traverse rule (CPython gh-122695): gc.get_referents(x) runs x's tp_traverse and takes a new
+# reference to everything it visits. A traverse function may visit objects that are not live
+# references: 3.12.0-3.12.5's _asyncio module visits its free list of dead FutureIter objects, and
+# the list get_referents returns then deallocates them a second time -- the free list becomes a
+# cycle, the target loops allocating forever or crashes. So inside the target we call
+# gc.get_referents() only on objects whose traverse is CPython's own code for live references
+# (_trusted(): core containers, functions, cells, frames, types, and Python classes built on them),
+# reach a module's contents through its __dict__, and treat every other C type as opaque (counted
+# and reported, never traversed). gc.get_referrers() only compares pointers: it is safe on anything.
+# Every loop checks the budget and the request's deadline (_stopped()), and the agent's own tables
+# are capped: a walk that cannot finish returns what it has, marked partial, with the reason.
+#
 # The bootstrap executes this file in a fresh dict holding REQUEST (a literal written by the CLI):
 #   {"nonce", "deadline" (time.time()), "dir" (run dir, target's view), "command", "params"}
 # Results go to DIR/result.json (written to a temp name, then renamed); DIR/started marks the start.
@@ -118,6 +130,167 @@ def type_name(t):  # type: (type) -> str
     return mod + "." + qual
 
 
+# ---------------------------------------------------------------------------------------------
+# the traverse rule: which objects gc.get_referents() may be called on (see the header)
+
+_HEAPTYPE = 1 << 9
+_IMMUTABLETYPE = 1 << 8  # 3.10+: set on C types made from a spec (_asyncio.Future...), never on a class statement's
+_HAVE_GC = 1 << 14
+_type_flags = type.__dict__["__flags__"]
+_type_base = type.__dict__["__base__"]
+_ModuleType = type(sys)
+_module_dict = _ModuleType.__dict__["__dict__"]  # type: ignore[index]  # a member descriptor: a plain read of md_dict
+
+
+def _core_types():  # type: () -> set
+    """Types whose tp_traverse is CPython's own and visits live references only."""
+    def gen():  # type: () -> Any
+        yield 1
+
+    async def coro():  # type: () -> None
+        pass
+
+    async def agen():  # type: () -> Any
+        yield 1
+
+    x = 0
+
+    def cellf():  # type: () -> int
+        return x
+
+    c = coro()
+    core = set([list, tuple, dict, set, frozenset, type, object, property, classmethod, staticmethod, super,
+                enumerate, zip, map, filter, reversed, range, slice, bytearray, memoryview,
+                type(cellf), type(cellf.__closure__[0]), type(sys._getframe()), type(gen()), type(c),  # type: ignore[index]
+                type(agen()), type(len), type(_dump.__get__(0)), type([].append), type(list.append),
+                type(object.__init__), type(type.__dict__["__dict__"]), type(_module_dict),
+                type(dict.__dict__["fromkeys"]), type(type.__dict__), type({}.keys()), type({}.values()),
+                type({}.items()), type(iter([])), type(iter(())), type(iter({})), type(iter(set())), type(iter(range(1))),
+                type(iter(lambda: 0, 1)), type(reversed([])), type(sys.implementation), type(object().__str__)])
+    c.close()
+    core.update((int, bool, float, complex, str, bytes))  # no traverse of their own: a subclass walks its __dict__
+    if sys.version_info >= (3, 9):
+        core.add(type(list[int]))  # types.GenericAlias
+    if sys.version_info >= (3, 10):
+        core.add(type(int | str))  # types.UnionType (typing.Union on 3.14+)
+    b = _G.get("__builtins__")  # type: Any  # the builtins module, or its dict under exec()
+    for v in (b if type(b) is dict else vars(b)).values():
+        if type(v) is type and issubclass(v, BaseException):
+            core.add(v)
+    # CPython's own C modules whose traverse visits live references only (read, not assumed: _asyncio
+    # is CPython's own too, and its module traverse is the gh-122695 bug).
+    for modname, names in (("_collections", ("deque", "defaultdict", "OrderedDict", "_deque_iterator", "_tuplegetter")),
+                           ("_functools", ("partial", "_lru_cache_wrapper")), ("_abc", ("_abc_data",)),
+                           ("_weakref", ("ref", "ReferenceType", "ProxyType", "CallableProxyType"))):
+        mod = sys.modules.get(modname)  # looked up, never imported: a builtin the target already has
+        if mod is not None:
+            for n in names:
+                t = getattr(mod, n, None)
+                if type(t) is type:
+                    core.add(t)
+    return core
+
+
+_CORE = _core_types()
+_TRUST = {}  # type: dict  # type -> bool, filled as types are met
+
+
+def _extension_type(t):  # type: (type) -> bool
+    """True when t's __module__ names a builtin or compiled extension module (a C type)."""
+    try:
+        name = _type_module.__get__(t, type)
+        if type(name) is not str or name in sys.builtin_module_names:
+            return True
+        mod = sys.modules.get(name)
+        if mod is None or not issubclass(type(mod), _ModuleType):
+            return name != "__main__" and mod is not None
+        f = _module_dict.__get__(mod, _ModuleType).get("__file__")
+        return type(f) is str and f.endswith((".so", ".pyd"))
+    except Exception:
+        return True
+
+
+def _judge(t):  # type: (type) -> bool
+    """True when gc.get_referents() may be called on instances of t: t is core, or a Python class
+    (its traverse is CPython's subtype_traverse) whose C base, reached through __base__, is core."""
+    for _ in range(64):
+        if t in _CORE:
+            return True
+        if t is None or issubclass(t, _ModuleType):
+            return False  # modules: their contents are reached through __dict__
+        flags = _type_flags.__get__(t, type)
+        if not flags & _HEAPTYPE or flags & _IMMUTABLETYPE or _extension_type(t):
+            return False
+        t = _type_base.__get__(t, type)
+    return False
+
+
+def _trusted(t):  # type: (type) -> bool
+    r = _TRUST.get(t)
+    if r is None:
+        r = _TRUST[t] = _judge(t)
+    return r
+
+
+def _opaque(t):  # type: (type) -> bool
+    """A gc-capable type whose traverse we will not run: what it holds is not walked."""
+    return not _trusted(t) and bool(_type_flags.__get__(t, type) & _HAVE_GC) and not issubclass(t, _ModuleType)
+
+
+def _walkable(objs, opaque):  # type: (list, dict) -> list
+    """The objects of objs that gc.get_referents() may see; opaque ones are counted by type."""
+    trust = _TRUST
+    out = [o for o in objs if trust.get(type(o)) or (trust.get(type(o)) is None and _trusted(type(o)))]
+    if len(out) < len(objs):
+        for o in objs:
+            t = type(o)
+            if not trust[t] and _opaque(t):
+                opaque[t] = opaque.get(t, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# budget, deadline and cancellation: every loop asks _stopped()
+
+_LIMIT = {"stop": float("inf"), "kind": "", "deadline": float("inf"), "dir": "", "next_check": 0.0}  # type: dict
+_DIR_CHECK_S = 0.25  # how often a long walk looks whether the CLI gave up (it removes the run dir)
+_ANSWER_S = 1.0  # kept free before the request's deadline to write the (partial) answer
+
+
+def _start_clock(budget):  # type: (float) -> None
+    now = time.perf_counter()
+    left = _LIMIT["deadline"] - time.time() - _ANSWER_S
+    if budget <= left:
+        _LIMIT["stop"], _LIMIT["kind"] = now + budget, "budget"
+    else:
+        _LIMIT["stop"], _LIMIT["kind"] = now + max(0.0, left), "deadline"
+    _LIMIT["next_check"] = now + _DIR_CHECK_S
+
+
+def _stopped():  # type: () -> str
+    """'' while the walk may go on; else why it must stop: budget, deadline or cancelled."""
+    now = time.perf_counter()
+    if now > _LIMIT["stop"]:
+        return _LIMIT["kind"]  # type: ignore[return-value]
+    if _LIMIT["dir"] and now > _LIMIT["next_check"]:
+        _LIMIT["next_check"] = now + _DIR_CHECK_S
+        try:
+            posix.stat(_LIMIT["dir"])  # type: ignore[attr-defined]
+        except OSError:
+            _LIMIT["stop"], _LIMIT["kind"] = 0.0, "cancelled"
+            return "cancelled"
+    return ""
+
+
+def _phase(name):  # type: (str) -> None
+    """Mark the step we enter, for the CLI's message should the deadline pass during it."""
+    if _LIMIT["dir"]:
+        try:
+            _write_file(_LIMIT["dir"] + "/phase-" + name, b"")
+        except OSError:
+            pass
+
+
 def _own_objects():  # type: () -> list
     """Objects of the agent itself that gc tracks: subtracted so counts describe the target.
     (Code objects are never gc-tracked, 3.8 to 3.15; the tuples they hold are left to _settle.)"""
@@ -224,16 +397,23 @@ def _gc_head():  # type: () -> int
     return sys.getsizeof(probe) - probe.__sizeof__()
 
 
+_STEP = 65536  # objects per batch: bounded temporary lists, and the budget is checked between batches
+_MAX_SEEN = 500000  # shared untracked objects remembered for de-duplication: ~40 MiB at most
+
+
 def _tally(objs, nbytes, counts, sizers, gc_head, unique, seen, frontier):
     # type: (list, dict, dict, dict, int, int, dict, list) -> int
     """Add objs' shallow sizes per type. With ``unique`` (the refcount an object has when the
     list being walked is its only other owner), untracked objects are de-duplicated: one owned
-    once is counted directly, a shared one is remembered by id. Returns the largest refcount seen."""
+    once is counted directly, a shared one is remembered by id. Untracked objects that can hold
+    references go to ``frontier``. Returns the largest refcount seen."""
     getsizeof = sys.getsizeof
     getrefcount = sys.getrefcount
     is_tracked = gc.is_tracked
+    flags = _type_flags
     most = 0
     for o in objs:
+        t = type(o)
         if unique:
             if is_tracked(o):
                 continue
@@ -243,12 +423,12 @@ def _tally(objs, nbytes, counts, sizers, gc_head, unique, seen, frontier):
                 if i in seen:
                     continue
                 seen[i] = None
-            frontier.append(o)
+            if flags.__get__(t, type) & _HAVE_GC:
+                frontier.append(o)  # an untracked dict or tuple: its contents come next
         else:
             rc = getrefcount(o)
         if rc > most:
             most = rc
-        t = type(o)
         c = sizers.get(t)
         if c is None:
             c = sizers[t] = _c_sizeof(t)
@@ -265,24 +445,33 @@ def _sizes(params):  # type: (dict) -> dict
     """top --by size: every gc-tracked object, plus the objects gc does not track (str, bytes,
     int, float, atomic-only dicts and tuples...) reached as their referents, each counted once,
     sized as sys.getsizeof does. A Python-level __sizeof__ is user code and is not called: those
-    objects count their basic size. Stops at params["budget"] seconds with partial=True."""
+    objects count their basic size. Only trusted objects are traversed (the header's rule): what
+    opaque C objects hold is not walked, and they are reported by type. Stops at the budget, the
+    request's deadline, a cancelled request or the memory cap, with partial=True and the reason."""
     t0 = time.perf_counter()
-    budget = float(params.get("budget", 10.0))
+    _start_clock(float(params.get("budget", 10.0)))
+    _phase("collect" if params.get("collect") else "settle")
     _settle(params)
+    _phase("walk")
     sizers = {}  # type: dict
     gc_head = _gc_head()
     tb, tc, ub, uc = {}, {}, {}, {}  # type: dict, dict, dict, dict
+    opaque = {}  # type: dict
     # Calibrate: the refcount of an object whose only owners are one container and the list walked.
     probe = [[float(posix.getpid()) + 0.5]]  # type: ignore[attr-defined]
-    unique = _tally(gc.get_referents(*probe), {}, {}, sizers, gc_head, 0, {}, [])
+    unique = _tally(gc.get_referents(*probe), {}, {}, sizers, gc_head, 0, {}, [])  # a list: core traverse
     del probe
     objs = gc.get_objects()
     own = _own_objects()
     seen = {}  # type: dict
-    partial = False
-    untracked = 0
+    stopped = ""
+    tracked_total = len(objs)
+    walked = 0  # tracked objects whose referents were walked
+    levels = 0
+    frontier = nxt = chunk = refs = None  # type: Any
     try:
-        _tally(objs, tb, tc, sizers, gc_head, 0, seen, [])
+        for k in range(0, len(objs), _STEP):
+            _tally(objs[k:k + _STEP], tb, tc, sizers, gc_head, 0, seen, [])
         for o in own:
             t = type(o)
             if tc.get(t, 0) > 0:
@@ -291,20 +480,24 @@ def _sizes(params):  # type: (dict) -> dict
         frontier = objs
         objs = None
         # Level by level: referents of tracked objects, then of the untracked containers among them.
-        while frontier:
-            if time.perf_counter() - t0 > budget:
-                partial = True
-                break
-            nxt = []  # type: list
-            step = 65536  # bounded temporary lists: get_referents of everything at once doubles the peak
-            for k in range(0, len(frontier), step):
-                refs = gc.get_referents(*frontier[k:k + step])
+        while frontier and not stopped:
+            nxt = []
+            for k in range(0, len(frontier), _STEP):
+                stopped = _stopped() or ("memory" if len(seen) > _MAX_SEEN else "")
+                if stopped:
+                    break
+                chunk = _walkable(frontier[k:k + _STEP], opaque)
+                refs = gc.get_referents(*chunk)
+                if not levels:
+                    walked += min(_STEP, len(frontier) - k)
+                chunk = None
                 _tally(refs, ub, uc, sizers, gc_head, unique, seen, nxt)
                 refs = None
-            untracked += len(nxt)
+            levels += 1
             frontier = nxt
+            nxt = None
     finally:
-        objs = frontier = nxt = refs = None  # type: ignore[assignment]
+        objs = frontier = nxt = chunk = refs = None
         seen.clear()
     del own
     types = {}  # type: dict
@@ -315,12 +508,21 @@ def _sizes(params):  # type: (dict) -> dict
             row = types.setdefault(type_name(t), [0, 0, 0])
             row[slot] += n
             row[2] += nbytes.get(t, 0)
+    opaque_named = {}  # type: dict
+    for t, n in opaque.items():
+        name = type_name(t)
+        opaque_named[name] = opaque_named.get(name, 0) + n
     return {
         "objects": sum(r[0] for r in types.values()),
-        "untracked_objects": untracked,
+        "untracked_objects": sum(r[1] for r in types.values()),
         "types": {name: r[0] + r[1] for name, r in types.items()},
         "sizes": types,
-        "partial": partial,
+        "opaque": opaque_named,
+        "partial": bool(stopped),
+        "stopped": stopped,
+        "walked": walked,
+        "tracked_total": tracked_total,
+        "budget": float(params.get("budget", 10.0)),
         "gc": _gc_facts(),
         "scan_s": time.perf_counter() - t0,
     }
@@ -445,7 +647,6 @@ def cmd_growth(params):  # type: (dict) -> dict
 # --- backrefs -------------------------------------------------------------------------------
 
 _FrameType = type(sys._getframe())
-_ModuleType = type(sys)
 
 
 def _cell_type():  # type: () -> type
@@ -474,8 +675,8 @@ def _via(holder, child):  # type: (object, object) -> str
     """How ``holder`` references ``child``: attribute, key, index, closure variable..."""
     th = type(holder)
     try:
-        if isinstance(holder, dict):
-            for k, v in dict.items(holder):
+        if issubclass(th, dict):  # issubclass(type(x)), never isinstance(): that may run a __class__ property
+            for k, v in dict.items(holder):  # type: ignore
                 if v is child:
                     return _key_label(k)
                 if k is child:
@@ -497,13 +698,13 @@ def _via(holder, child):  # type: (object, object) -> str
             return "(function)"
         if th is _MethodType:
             return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
-        if isinstance(holder, type):
+        if issubclass(th, type):
             if type(child) is dict and "__module__" in child:  # type: ignore[operator]
                 return "__dict__"
-            if child in type.__dict__["__bases__"].__get__(holder, type):
+            if any(b is child for b in type.__dict__["__bases__"].__get__(holder, type)):
                 return "__bases__"
             return "__mro__" if type(child) is tuple else "(type)"
-        if isinstance(holder, (set, frozenset)):
+        if issubclass(th, (set, frozenset)):
             return "{member}"
         try:
             d = object.__getattribute__(holder, "__dict__")
@@ -639,14 +840,18 @@ def cmd_backrefs(params):  # type: (dict) -> dict
     tset = set(matched)
     found = 0
     sample = []  # type: list
+    hits = None  # type: Any
     for objs in gens:
-        for o in reversed(objs):
-            if type(o) in tset:
-                found += 1
-                if len(sample) < want:
-                    sample.append(o)
-    del gens, objs, o, counts, tset, matched
+        hits = [o for o in objs if type(o) in tset]
+        found += len(hits)
+        if len(sample) < want:
+            sample.extend(hits[::-1][:want - len(sample)])
+        hits = None
+    del gens, counts, tset, matched
+    objs = None
     scan_s = time.perf_counter() - t0
+    _start_clock(max(0.0, budget - scan_s))
+    _phase("referrers")
     try:
         return _search(sample, names[0], found, budget, max_depth, t0, scan_s)
     finally:
@@ -657,9 +862,9 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
     module_dicts = {}  # type: dict
     modules = {}  # type: dict
     for name, mod in list(sys.modules.items()):
-        if type(mod) is _ModuleType or isinstance(mod, _ModuleType):
+        if issubclass(type(mod), _ModuleType):  # not isinstance(): that may run a lazy proxy's __class__
             try:
-                module_dicts[id(object.__getattribute__(mod, "__dict__"))] = name
+                module_dicts[id(_module_dict.__get__(mod, _ModuleType))] = name
                 modules[id(mod)] = name
             except Exception:
                 pass
@@ -673,6 +878,7 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
     partial = False
     reason = ""
     levels = 0
+    opaque = {}  # type: dict  # type -> referrers of a C type whose traverse we did not run
     frontier = list(sample)
     own.add(id(frontier))
 
@@ -689,46 +895,57 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
                 down.setdefault(key, []).append(xid)
 
     note_roots(frontier)
+    args = refs = nxt = fset = ambiguous = r = None  # type: Any
     while frontier:
         if _rooted(sample, roots, down) >= len(sample):
             break
         if levels >= max_depth:
             partial, reason = True, "max depth %d reached" % max_depth
             break
-        if time.perf_counter() - t0 > budget:
-            partial, reason = True, "budget of %gs spent" % budget
+        why = _stopped() or ("memory" if len(nodes) > _MAX_NODES else "")
+        if why:
+            partial, reason = True, _STOP_REASONS[why] % {"budget": budget}
             break
         levels += 1
-        fset = set(id(x) for x in frontier if id(x) not in roots)
         args = tuple(x for x in frontier if id(x) not in roots)
+        fset = set(id(x) for x in args)
         own.add(id(args))
         own.add(id(fset))
-        refs = gc.get_referrers(*args)
+        refs = gc.get_referrers(*args)  # compares pointers only: safe whatever the referrer
         own.add(id(refs))
-        nxt = []  # type: list
+        nxt = []
         own.add(id(nxt))
+        ambiguous = []  # opaque referrers holding more than one candidate: resolved below
+        own.add(id(ambiguous))
         for r in refs:
             rid = id(r)
             if rid in own or type(r) is _FrameType:
                 continue
             if type(r) is tuple and len(r) == len(args) and r and r[0] is args[0]:
                 continue  # the argument tuple of get_referrers itself
-            rtype = type(r)
-            held = []
-            for c in gc.get_referents(r):
-                cid = id(c)
-                if cid in fset and c is not rtype:
-                    held.append(cid)
-            if not held:
+            held = _held(r, fset, args, opaque)
+            if held is None:
+                ambiguous.append(r)
                 continue
-            down.setdefault(rid, []).extend(held)
-            if rid not in nodes:
-                nodes[rid] = r
-                nxt.append(r)
-        del refs, args, fset
+            if held:
+                down.setdefault(rid, []).extend(held)
+                if rid not in nodes:
+                    nodes[rid] = r
+                    nxt.append(r)
+        r = None
+        refs = None
+        if ambiguous:
+            for rid, held in _resolve(ambiguous, args, own).items():
+                down.setdefault(rid, []).extend(held)
+                if rid not in nodes:
+                    for x in ambiguous:
+                        if id(x) == rid:
+                            nodes[rid] = x
+                            nxt.append(x)
+        ambiguous = args = fset = None
         note_roots(nxt)
         frontier[:] = nxt
-        del nxt
+        nxt = None
     search_s = time.perf_counter() - t0 - scan_s
     chains = _chains(sample, roots, down, nodes, tname)
     graph = _graph(chains, nodes, roots, tname)
@@ -740,6 +957,10 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         else:
             grouped[key] = {"root": ch["root"], "count": 1, "path": ch["path"]}
     unrooted = len(sample) - len(chains)
+    opaque_named = {}  # type: dict
+    for t, n in opaque.items():
+        opaque_named[type_name(t)] = opaque_named.get(type_name(t), 0) + n
+    opaque.clear()
     for ch in grouped.values():
         for s in ch["path"]:
             s.pop("_id", None)
@@ -755,10 +976,57 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         "graph": graph,
         "partial": partial,
         "reason": reason,
+        "opaque": opaque_named,
         "levels": levels,
         "scan_s": scan_s,
         "search_s": search_s,
     }
+
+
+_MAX_NODES = 200000  # objects a backrefs search may hold at once
+_STOP_REASONS = {"budget": "budget of %(budget)gs spent", "deadline": "the request's deadline (--timeout) came first",
+                 "cancelled": "the CLI gave up", "memory": "memory cap reached (200,000 objects held by the search)"}
+
+
+def _held(r, fset, args, opaque):  # type: (object, set, tuple, dict) -> Any
+    """ids of the candidates (fset) that referrer r holds, without running r's traverse unless
+    it is trusted (the header's rule); None when r is opaque and which candidate it holds is
+    unknown (more than one)."""
+    rtype = type(r)
+    if _trusted(rtype):
+        return [id(c) for c in gc.get_referents(r) if id(c) in fset and c is not rtype]
+    if issubclass(rtype, _ModuleType):
+        try:
+            d = _module_dict.__get__(r, _ModuleType)
+        except Exception:
+            return []
+        return [id(d)] if id(d) in fset else []
+    opaque[rtype] = opaque.get(rtype, 0) + 1
+    if len(args) == 1:
+        return [id(args[0])]  # get_referrers found r: it holds the only candidate
+    return None
+
+
+def _resolve(ambiguous, args, own):  # type: (list, tuple, set) -> dict
+    """Which candidates each opaque referrer holds, by bisecting the candidates with
+    gc.get_referrers (pointer comparisons only): about 2*log2(len(args)) heap scans."""
+    out = {}  # type: dict
+    stack = [(ambiguous, args)]
+    own.add(id(stack))
+    while stack and not _stopped():
+        rs, cs = stack.pop()
+        if len(cs) == 1:
+            for x in rs:
+                out.setdefault(id(x), []).append(id(cs[0]))
+            continue
+        mid = len(cs) // 2
+        for part in (cs[:mid], cs[mid:]):
+            hit = set(id(h) for h in gc.get_referrers(*part))
+            sub = [x for x in rs if id(x) in hit]
+            if sub:
+                stack.append((sub, part))
+    del stack[:]
+    return out
 
 
 def _shape(via):  # type: (str | None) -> str | None
@@ -893,6 +1161,7 @@ def run(request):  # type: (dict) -> None
     if wall0 > request["deadline"]:
         return  # the CLI gave up on this request: do nothing, leave nothing
     rundir = request["dir"]
+    _LIMIT["deadline"], _LIMIT["dir"] = request["deadline"], rundir
     t0 = time.perf_counter()
     try:
         _write_file(rundir + "/started", b"")

@@ -64,6 +64,7 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         "unrooted": res["unrooted"],
         "partial": res["partial"],
         "reason": res["reason"] or None,
+        "opaque": res.get("opaque", {}),
         "levels": res["levels"],
         "chains": res["chains"],
         "graph": res["graph"],
@@ -105,6 +106,11 @@ def render(outcome: Outcome, doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{chain['count']} of {doc['sampled']} held by: {chain['root']}")
         lines.append("  " + chain_text(chain))
+    if doc.get("opaque"):
+        n = sum(doc["opaque"].values())
+        lines.append("")
+        lines.append(f"{n:,} referrers of C types ({', '.join(sorted(doc['opaque'])[:4])}) were not traversed inside the target "
+                     "(CPython gh-122695): which object each holds was found by pointer comparison")
     if doc["unrooted"]:
         lines.append("")
         lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root (held from C code, by a reference cycle only, or beyond --max-depth)")

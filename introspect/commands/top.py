@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from introspect import analysis
+from introspect import analysis, errors
 from introspect.commands import add_target_options, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
@@ -38,6 +38,8 @@ class Command:
         if (code := fanout.divert(self, args)) is not None:
             return code
         out = OutputDir(self.name, args.pid, args.output)
+        if args.budget <= 0:
+            raise errors.UsageError("--budget must be > 0")
         params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
         outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=logger(args))
         doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)
@@ -76,6 +78,8 @@ def by_size(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
         "untracked_objects": res["untracked_objects"],
         "bytes": total,
         "partial": res["partial"],
+        "stopped": res.get("stopped") or None,
+        "opaque": res.get("opaque", {}),
         "distinct_types": len(res["sizes"]),
         "gc": res["gc"],
         "scan_s": round(res["scan_s"], 6),
@@ -89,11 +93,31 @@ def by_size(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
         + _frozen_note(doc["gc"]),
     ]
     if res["partial"]:
-        lines.append("partial: the walk stopped at --budget; untracked objects are undercounted (raise --budget to see all)")
+        lines.append(partial_note(res))
+    if doc["opaque"]:
+        n = sum(doc["opaque"].values())
+        worst = ", ".join(f"{t} {c:,}" for t, c in sorted(doc["opaque"].items(), key=lambda kv: -kv[1])[:3])
+        lines.append(f"not walked: what {n:,} objects of {len(doc['opaque']):,} C types hold ({worst}...); their own size is counted. "
+                     "introspect never runs a C extension's traverse inside the target (CPython gh-122695)")
     lines += ["", table(["type", "bytes", "count", "untracked", "avg"],
                         [(r.type, human_bytes(r.bytes), r.tracked + r.untracked, r.untracked,
                           human_bytes(r.bytes / max(1, r.tracked + r.untracked))) for r in rows])]
     return doc, "\n".join(lines)
+
+
+def partial_note(res: dict[str, Any]) -> str:
+    """Why the size walk stopped early, in the user's terms."""
+    why = res.get("stopped") or "budget"
+    done = f"after the tracked objects and {res.get('walked', 0):,} of {res.get('tracked_total', 0):,} of their referent lists"
+    if why == "budget":
+        return (f"PARTIAL: the agent was stopped by its budget of {res.get('budget', 0):g} s {done}; "
+                "untracked objects are undercounted (raise --budget to see all)")
+    if why == "deadline":
+        return f"PARTIAL: the agent stopped {done} to answer before the request's deadline; raise --timeout above --budget"
+    if why == "memory":
+        return (f"PARTIAL: the agent stopped {done}: its table of shared untracked objects reached its cap "
+                "(the agent bounds its own memory inside the target)")
+    return f"PARTIAL: the agent stopped ({why}) {done}"
 
 
 def _frozen_note(gc: dict[str, Any]) -> str:
