@@ -237,10 +237,11 @@ def _opaque(t):  # type: (type) -> bool
     return not _trusted(t) and bool(_type_flags.__get__(t, type) & _HAVE_GC) and not issubclass(t, _ModuleType)
 
 
-def _walkable(objs, opaque):  # type: (list, dict) -> list
-    """The objects of objs that gc.get_referents() may see; opaque ones are counted by type."""
+def _walkable(objs, opaque, skip):  # type: (list, dict, set) -> list
+    """The objects of objs that gc.get_referents() may see; opaque ones are counted by type;
+    those whose id is in skip (the agent's own) are left out."""
     trust = _TRUST
-    out = [o for o in objs if trust.get(type(o)) or (trust.get(type(o)) is None and _trusted(type(o)))]
+    out = [o for o in objs if (trust.get(type(o)) or (trust.get(type(o)) is None and _trusted(type(o)))) and id(o) not in skip]
     if len(out) < len(objs):
         for o in objs:
             t = type(o)
@@ -398,6 +399,7 @@ def _gc_head():  # type: () -> int
 
 
 _STEP = 65536  # objects per batch: bounded temporary lists, and the budget is checked between batches
+_SLICE = 16384  # objects tallied between two budget checks
 _MAX_SEEN = 500000  # shared untracked objects remembered for de-duplication: ~40 MiB at most
 
 
@@ -406,39 +408,114 @@ def _tally(objs, nbytes, counts, sizers, gc_head, unique, seen, frontier):
     """Add objs' shallow sizes per type. With ``unique`` (the refcount an object has when the
     list being walked is its only other owner), untracked objects are de-duplicated: one owned
     once is counted directly, a shared one is remembered by id. Untracked objects that can hold
-    references go to ``frontier``. Returns the largest refcount seen."""
+    references go to ``frontier``. Returns the largest refcount seen. Checks _stopped() every
+    _SLICE objects: one container may hold millions."""
     getsizeof = sys.getsizeof
     getrefcount = sys.getrefcount
     is_tracked = gc.is_tracked
     flags = _type_flags
     most = 0
+    for k in range(0, len(objs), _SLICE):
+        if k and _stopped():
+            break
+        for o in objs[k:k + _SLICE]:
+            t = type(o)
+            if unique:
+                if is_tracked(o):
+                    continue
+                rc = getrefcount(o)
+                if rc > unique:
+                    i = id(o)
+                    if i in seen:
+                        continue
+                    seen[i] = None
+                if flags.__get__(t, type) & _HAVE_GC:
+                    frontier.append(o)  # an untracked dict or tuple: its contents come next
+            else:
+                rc = getrefcount(o)
+            if rc > most:
+                most = rc
+            c = sizers.get(t)
+            if c is None:
+                c = sizers[t] = _c_sizeof(t)
+            try:
+                b = getsizeof(o) if c else object.__sizeof__(o) + gc_head
+            except Exception:
+                b = 0
+            nbytes[t] = nbytes.get(t, 0) + b
+            counts[t] = counts.get(t, 0) + 1
+    return most
+
+
+_SIZED = (list, tuple, dict, set, frozenset)
+
+
+def _referent_batches(objs):  # type: (list) -> Any
+    """Referent lists of objs (all walkable), each of about _STEP objects or fewer: one big
+    container is taken in slices of _SLICE, not as one list of millions (a multi-MiB temporary
+    list would stay in the target's malloc arena, raising its RSS after we are gone).
+    Every list holds each referent once more than its container does, as gc.get_referents'
+    own list would: the refcount calibration of _tally holds for all of them."""
+    acc = []  # type: list
+    n = 0
     for o in objs:
         t = type(o)
-        if unique:
-            if is_tracked(o):
-                continue
-            rc = getrefcount(o)
-            if rc > unique:
-                i = id(o)
-                if i in seen:
-                    continue
-                seen[i] = None
-            if flags.__get__(t, type) & _HAVE_GC:
-                frontier.append(o)  # an untracked dict or tuple: its contents come next
-        else:
-            rc = getrefcount(o)
-        if rc > most:
-            most = rc
-        c = sizers.get(t)
-        if c is None:
-            c = sizers[t] = _c_sizeof(t)
-        try:
-            b = getsizeof(o) if c else object.__sizeof__(o) + gc_head
-        except Exception:
-            b = 0
-        nbytes[t] = nbytes.get(t, 0) + b
-        counts[t] = counts.get(t, 0) + 1
-    return most
+        size = len(o) if t in _SIZED else 8  # exact core containers only: len() runs no user code
+        if size > _SLICE:
+            if acc:
+                yield gc.get_referents(*acc)
+                acc, n = [], 0
+            if t is list or t is tuple:
+                for k in range(0, size, _SLICE):
+                    yield list(o[k:k + _SLICE])  # type: ignore[index]
+            else:
+                part = []  # type: list
+                try:
+                    for x in (dict.items(o) if t is dict else o):  # type: ignore[call-overload, attr-defined]
+                        if t is dict:
+                            part.append(x[0])
+                            part.append(x[1])
+                        else:
+                            part.append(x)
+                        if len(part) >= _SLICE:
+                            yield part
+                            part = []
+                except RuntimeError:
+                    pass  # another thread resized it meanwhile: what was seen is counted
+                if part:
+                    yield part
+            continue
+        acc.append(o)
+        n += size
+        if n >= _STEP:
+            yield gc.get_referents(*acc)
+            acc, n = [], 0
+    if acc:
+        yield gc.get_referents(*acc)
+
+
+def _walk(batch, depth, ctx):  # type: (list, int, tuple) -> str
+    """Tally the untracked referents of batch, then (depth first, so that the agent's temporary
+    lists stay small whatever the heap holds) those of the untracked containers among them.
+    Returns why the walk must stop, or ''."""
+    ub, uc, sizers, gc_head, unique, seen, opaque, pending, deepest, skip = ctx
+    if depth > deepest[0]:
+        deepest[0] = depth
+    for refs in _referent_batches(_walkable(batch, opaque, skip)):
+        why = _stopped() or ("memory" if len(seen) > _MAX_SEEN else "")
+        if why:
+            return why
+        nxt = []  # type: list
+        _tally(refs, ub, uc, sizers, gc_head, unique, seen, nxt)
+        refs = None
+        if nxt:
+            pending.append((nxt, depth + 1))
+        while pending:
+            below, d = pending.pop()
+            why = _walk(below, d, ctx)
+            if why:
+                return why
+    return _stopped()
 
 
 def _sizes(params):  # type: (dict) -> dict
@@ -468,36 +545,40 @@ def _sizes(params):  # type: (dict) -> dict
     tracked_total = len(objs)
     walked = 0  # tracked objects whose referents were walked
     levels = 0
-    frontier = nxt = chunk = refs = None  # type: Any
+    pending = []  # type: list  # batches (<= _STEP) of untracked containers still to walk
+    deepest = [0]
+    ctx = None  # type: Any
+    # The agent's own frames (gc-tracked objects before 3.11) reference its tables: never walked.
+    skip = set()  # type: set
+    f = sys._getframe()  # type: Any
+    while f is not None:
+        if f.f_code.co_filename == _G.get("__file__", "\0") or f.f_globals is _G:
+            skip.add(id(f))
+        f = f.f_back
+    f = None
     try:
         for k in range(0, len(objs), _STEP):
+            stopped = _stopped()
+            if stopped:
+                break  # the tracked counts themselves are partial: said by "walked" == 0
             _tally(objs[k:k + _STEP], tb, tc, sizers, gc_head, 0, seen, [])
         for o in own:
             t = type(o)
             if tc.get(t, 0) > 0:
                 tc[t] -= 1
                 tb[t] -= sys.getsizeof(o)
-        frontier = objs
-        objs = None
-        # Level by level: referents of tracked objects, then of the untracked containers among them.
-        while frontier and not stopped:
-            nxt = []
-            for k in range(0, len(frontier), _STEP):
-                stopped = _stopped() or ("memory" if len(seen) > _MAX_SEEN else "")
+        o = None
+        ctx = (ub, uc, sizers, gc_head, unique, seen, opaque, pending, deepest, skip)
+        if not stopped:
+            for k in range(0, tracked_total, _STEP):
+                stopped = _walk(objs[k:k + _STEP], 1, ctx)
                 if stopped:
                     break
-                chunk = _walkable(frontier[k:k + _STEP], opaque)
-                refs = gc.get_referents(*chunk)
-                if not levels:
-                    walked += min(_STEP, len(frontier) - k)
-                chunk = None
-                _tally(refs, ub, uc, sizers, gc_head, unique, seen, nxt)
-                refs = None
-            levels += 1
-            frontier = nxt
-            nxt = None
+                walked += min(_STEP, tracked_total - k)
+        levels = deepest[0]
     finally:
-        objs = frontier = nxt = chunk = refs = None
+        objs = ctx = None
+        del pending[:]
         seen.clear()
     del own
     types = {}  # type: dict
@@ -521,6 +602,7 @@ def _sizes(params):  # type: (dict) -> dict
         "partial": bool(stopped),
         "stopped": stopped,
         "walked": walked,
+        "levels": levels,
         "tracked_total": tracked_total,
         "budget": float(params.get("budget", 10.0)),
         "gc": _gc_facts(),

@@ -79,6 +79,10 @@ def by_size(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
         "bytes": total,
         "partial": res["partial"],
         "stopped": res.get("stopped") or None,
+        "walked": res.get("walked"),
+        "levels": res.get("levels"),
+        "tracked_total": res.get("tracked_total"),
+        "budget": res.get("budget"),
         "opaque": res.get("opaque", {}),
         "distinct_types": len(res["sizes"]),
         "gc": res["gc"],
@@ -108,7 +112,10 @@ def by_size(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:
 def partial_note(res: dict[str, Any]) -> str:
     """Why the size walk stopped early, in the user's terms."""
     why = res.get("stopped") or "budget"
-    done = f"after the tracked objects and {res.get('walked', 0):,} of {res.get('tracked_total', 0):,} of their referent lists"
+    walked, total = res.get("walked", 0), res.get("tracked_total", 0)
+    done = (f"after counting {res.get('objects', 0):,} of {total:,} gc-tracked objects" if not walked
+            else f"after walking what {walked:,} of {total:,} gc-tracked objects reference" if walked < total
+            else f"after {res.get('levels', 0):,} levels of untracked containers below the {total:,} gc-tracked objects")
     if why == "budget":
         return (f"PARTIAL: the agent was stopped by its budget of {res.get('budget', 0):g} s {done}; "
                 "untracked objects are undercounted (raise --budget to see all)")

@@ -3,7 +3,7 @@
 Protocol: prints "ready <pid>" on stdout once set up; then reads one command per line on stdin
 and answers one JSON line on stdout. The main thread polls stdin every 10 ms, so it reaches the
 interpreter's safe points often (the idle case has its own victim, idle.py).
-Commands: state | objgraph | grow N | shrink N | payloads N SIZE | quit
+Commands: state | objgraph | grow N | shrink N | payloads N SIZE | tuples N K | rss | quit
 """
 
 import gc
@@ -49,6 +49,7 @@ class FrameHeld:
 widgets = [Widget() for _ in range(1234)]
 inners = [Outer.Inner() for _ in range(321)]
 leaks = []
+chains = []  # lists of untracked tuples (the budget tests)
 payloads = []  # {"payload": bytes}: dicts of atomic values only, so gc tracks neither dict nor bytes
 _cache = {}
 errors = []
@@ -133,6 +134,15 @@ def handle(line):
         n, size = int(words[1]), int(words[2])
         payloads.extend({"payload": os.urandom(size)} for _ in range(n))
         return {"tracked": gc.is_tracked(payloads[-1]), "bytes_each": sys.getsizeof(payloads[-1]["payload"])}
+    if cmd == "tuples":
+        # N tuples of K small ints: untracked after their first collection, walked K referents each
+        n, k = int(words[1]), int(words[2])
+        chains.append([tuple(range(i % 7, i % 7 + k)) for i in range(n)])
+        gc.collect()
+        return {"tracked": gc.is_tracked(chains[-1][-1])}
+    if cmd == "rss":
+        with open("/proc/self/statm") as f:
+            return {"rss": int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")}
     if cmd == "quit":
         stop.set()
         return {"bye": True}
