@@ -85,7 +85,13 @@ def main_thread_activity(pid: int) -> str:
 
 
 class _TargetLock:
-    """One injection at a time per target: a second introspect waits for the first."""
+    """One injection at a time per target: a second introspect waits for the first.
+
+    The lock file is removed by its holder on the way out, and files of pids that no longer exist
+    (left by an introspect that was killed) by the next run. Removing is safe because a file is
+    only unlinked while its flock is held, and a locker checks after ``flock`` that its file is
+    still the one at the path (or starts over): it never holds a lock on an unlinked file.
+    """
 
     def __init__(self, pid: int) -> None:
         # Root's lock dir is 0700: any other user keeps its own, or it could not lock at all.
@@ -96,17 +102,67 @@ class _TargetLock:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
             raise errors.AccessDenied(f"{lock_dir} is not a directory of ours (uid {euid})",
                                       help=f"Remove it (rm -r {lock_dir}) and run introspect again.")
+        self.dir = lock_dir
         self.path = f"{lock_dir}/{pid}.lock"
         self.fd = -1
 
     def __enter__(self) -> _TargetLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+        sweep_locks(self.dir)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, self.path):
+                self.fd = fd
+                return self
+            os.close(fd)  # its holder removed it while we waited: lock the new file instead
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            os.unlink(self.path)  # still holding the lock: no one else holds this file
+        except OSError:
+            pass
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def sweep_locks(lock_dir: str) -> list[str]:
+    """Remove ``<pid>.lock`` files of pids that no longer exist; a file someone holds is left alone."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        return removed
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if not (stem.isdigit() and dot and ext == "lock") or os.path.exists(f"/proc/{stem}"):
+            continue
+        path = f"{lock_dir}/{name}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live introspect holds it
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def run_agent(
