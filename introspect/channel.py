@@ -259,9 +259,9 @@ def wait_for_result(
                 pid=target.pid,
                 name=target.name,
                 help=(
-                    "Its main thread never reached a safe point (blocked in C code or a system call?). "
-                    "The queued request is now void and will do nothing if it runs later. "
-                    "Try again with a larger --timeout, or while the process is busy."
+                    "Its main thread never reached a point where Python code can run (a long call in C code, or "
+                    "waiting for a lock). The queued request is now void and will do nothing if it runs later. "
+                    "Try again when that call has returned; a larger --timeout helps only if it returns soon."
                 ),
             )
         time.sleep(POLL_S)

@@ -24,11 +24,14 @@ from introspect.target import Target, check_injectable, inspect_target
 LOCK_DIR = "/tmp/introspect-locks"
 # A pending call normally runs within milliseconds; after this long the main thread is parked.
 STALL_S = 1.0
+# Once we know the request can only run when the parked main thread wakes up (traffic), how long
+# to keep waiting for that before failing with the cause, instead of the whole --timeout.
+WAKE_GRACE_S = 4.0
 
 # x86_64 syscall numbers a blocked main thread usually sits in.
 _SYSCALLS = {
     0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom", 61: "wait4",
-    202: "futex", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
+    202: "futex", 219: "restart_syscall", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
     281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
 }
 
@@ -206,36 +209,64 @@ def run_agent(
             log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
 
             progress = Progress()
+            stall: dict[str, Any] = {}  # what the main thread was doing, and when to give up on it waking
 
             def on_stall(waited: float) -> None:
                 progress.done()  # the verbose log lines below start on a clean line
                 activity = main_thread_activity(pid)
+                stall["activity"] = activity
                 log(f"the main thread has not run our request after {waited:.1f} s: it is {activity}")
-                if not activity.startswith("blocked in") or method == "pep768" or "futex" in activity:
+                parked = activity.startswith("blocked in") and "futex" not in activity
+                if parked and method == "pep768":
+                    stall["why"] = (f"its main thread is {activity} and --method pep768 runs code only when that thread "
+                                    "runs Python again", "--method gdb can run the agent on a parked main thread.")
+                if not parked or method == "pep768":
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
                 from introspect.inject.gdb import GdbInjector
 
                 try:
-                    parked = GdbInjector().run_parked(target, run, bootstrap)
+                    parked_run = GdbInjector().run_parked(target, run, bootstrap)
                 except errors.InjectionFailed as exc:
+                    if "holds the GIL" in exc.msg:
+                        stall["why"] = (
+                            f"its main thread is {activity} while holding the GIL: no Python code, ours included, can run "
+                            "in this process until that call returns",
+                            "An idle server loop that keeps the GIL while it waits does this (uWSGI without "
+                            "--enable-threads, for one). Run introspect while the process serves traffic (send it a "
+                            "request), or enable threads in the server.")
+                        log(f"{exc.msg}; waiting {WAKE_GRACE_S:g} s for it to wake up")
+                        return
                     log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
                     return
                 assert injection is not None
                 # The queued pending call still points at its page: it must stay mapped (4 KiB)
                 # until that call runs, finds no agent file, and does nothing.
                 injection.page = None
-                injection.attach_pause_s += parked.attach_pause_s
-                injection.detail += f"; idle, so ran via {parked.detail}"
-                log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms, agent included); "
+                injection.attach_pause_s += parked_run.attach_pause_s
+                injection.detail += f"; idle, so ran via {parked_run.detail}"
+                log(f"ran via {parked_run.detail} (target stopped {parked_run.attach_pause_s * 1000:.1f} ms, agent included); "
                     "the queued request will find nothing to do when the thread next runs Python")
 
             def on_tick(waited: float, started: bool) -> None:
+                if not started and "why" in stall:
+                    # Waiting cannot help unless the process wakes up by itself: a short grace, then the cause.
+                    stall.setdefault("give_up", waited + WAKE_GRACE_S)
+                    if waited >= stall["give_up"]:
+                        why, fix = stall["why"]
+                        raise errors.BadTargetState(
+                            f"cannot run code in the process now: {why} (still so after {waited:.0f} s)", pid=pid,
+                            name=target.name, help=f"{fix} Nothing was done to it; the queued request is void.")
                 doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers"}.get(command, "running")
-                progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: waiting for the main thread to reach a safe point")
+                waiting = f"waiting for the main thread ({stall['activity']})" if "activity" in stall else "waiting for the main thread to reach a safe point"
+                progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: {waiting}")
 
             try:
                 envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S, on_tick=on_tick)
+            except errors.TimeoutExpired as exc:
+                if "activity" in stall and not run.exists("started"):
+                    exc.msg += f"; its main thread was {stall['activity']}"
+                raise
             finally:
                 progress.done()
         except OSError as exc:
