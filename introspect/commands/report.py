@@ -232,7 +232,7 @@ def _held_by(ref: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """The 3-5 line summary for stdout."""
+    """A short summary for stdout: a line each for memory, growth and every traced type."""
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
@@ -241,7 +241,7 @@ def render(doc: dict[str, Any]) -> str:
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
     if doc["backrefs"]:
-        lines.append("; ".join(_held_by(r) for r in doc["backrefs"][:2]))
+        lines += [_held_by(r) for r in doc["backrefs"]]
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)
