@@ -205,8 +205,12 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
                 break
             waited = time.monotonic() - t0
             if waited > limit:
+                doing = {c.pid: c.last_line() for c in pending}
+                _stop(pending, interrupt=True)
                 for c in pending:
-                    c.result = ChildResult(c.pid, None, _stop(c, waited))
+                    c.result = ChildResult(c.pid, None, errors.TimeoutExpired(
+                        f"still pending after {waited:.0f} s, the deadline for all children: {doing[c.pid]}", pid=c.pid,
+                        help="Its request was withdrawn. Run the command on that pid alone to see why."))
                 break
             progress.update(f"{name} --children: {len(children) - len(pending)}/{len(children)} done; waiting for "
                             + "; ".join(f"pid {c.pid} ({c.last_line()})" for c in pending))
@@ -217,10 +221,9 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
                     print(f"introspect: still waiting for child {c.pid}: {c.last_line()}", file=sys.stderr, flush=True)
             time.sleep(_POLL_S)
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to the children too: each withdraws its request and cleans up.
-        for c in children:
-            if c.result is None:
-                _stop(c, time.monotonic() - t0, interrupt=False)
+        # A terminal's Ctrl-C reached the children too: each withdraws its request and cleans up.
+        # A second SIGINT could cut that short, so they only get one if they outlast the grace.
+        _stop([c for c in children if c.result is None], interrupt=False)
         raise
     finally:
         progress.done()
@@ -235,18 +238,22 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
     return [c.result for c in children if c.result is not None]
 
 
-def _stop(c: _Child, waited: float, *, interrupt: bool = True) -> errors.IntrospectError:
-    """Stop a child introspect we started: SIGINT (it withdraws its request), then SIGKILL; reap it."""
-    doing = c.last_line()
-    if interrupt and c.proc.poll() is None:
-        c.proc.send_signal(signal.SIGINT)
-    try:
-        c.proc.wait(_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        c.proc.kill()
-        c.proc.wait(_STOP_GRACE_S)
-    return errors.TimeoutExpired(f"still pending after {waited:.0f} s, the deadline for all children: {doing}", pid=c.pid,
-                                 help="Its request was withdrawn. Run the command on that pid alone to see why.")
+def _stop(children: list[_Child], *, interrupt: bool) -> None:
+    """Stop child introspects we started: SIGINT (each withdraws its request and cleans up), a grace,
+    then SIGKILL; all reaped. With ``interrupt`` False they are presumed to have had their SIGINT."""
+    for step in ("interrupt", "kill"):
+        running = [c for c in children if c.proc.poll() is None]
+        if not running:
+            return
+        if step == "kill" or interrupt:
+            for c in running:
+                c.proc.send_signal(signal.SIGKILL if step == "kill" else signal.SIGINT)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for c in running:
+            try:
+                c.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _collect(c: _Child) -> ChildResult:
