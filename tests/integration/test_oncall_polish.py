@@ -6,7 +6,8 @@ fast it gives up when waiting cannot help.
   SIGKILL) are removed by the next run, unless someone holds them;
 - a run directory left in the target's /tmp by a killed introspect is removed by the next run;
 - the permanent generation is not blamed on the application (3.12.1 starts with 375 objects there);
-- a main thread blocked in C while holding the GIL fails at once with the cause, not after --timeout.
+- a main thread blocked in C while holding the GIL fails at once with the cause, not after --timeout;
+- a main thread idle in poll() (resumed as restart_syscall after a ptrace stop) is reached at once.
 """
 
 from __future__ import annotations
@@ -143,3 +144,19 @@ def test_gil_held_while_blocked_fails_fast(interp: Interp, method: str, spawn: A
     assert took < 30, f"took {took:.1f} s"
     assert victim.alive()
     assert not list(Path("/tmp").glob(f"introspect-{victim.pid}-*"))
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_idle_in_poll_is_reached_at_once(interp: Interp, spawn: Any, tmp_path: Path) -> None:
+    # GIVEN a main thread idle in poll() with the GIL released (resumed as restart_syscall once
+    # gdb has stopped it)
+    victim = spawn(interp, "poll_idle.py")
+    # WHEN top is asked
+    t0 = time.monotonic()
+    run = introspect("top", str(victim.pid), "-n", "3", "--timeout", "30", "-v", "-o", str(tmp_path / "top"))
+    took = time.monotonic() - t0
+    # THEN the parked-thread path answers, without waiting out the timeout
+    assert run.rc == 0, run.stderr
+    assert "ran via PyGILState_Ensure" in run.stderr, run.stderr
+    assert took < 15, f"took {took:.1f} s"
+    assert victim.alive()
