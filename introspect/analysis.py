@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import sysconfig
 from dataclasses import dataclass
 
 
@@ -90,18 +94,88 @@ def grown_since_baseline(types: dict[str, list[int]], limit: int = 0) -> list[Gr
     return rows[:limit] if limit > 0 else rows
 
 
+# Packages whose classes are rarely the leak itself: the application's objects pass through them.
+# A growing framework type is still traced, after the application's own types.
+FRAMEWORKS = frozenset("""
+    aiohttp amqp anyio asgiref attr attrs billiard celery certifi charset_normalizer click django eventlet fastapi
+    flask gevent google greenlet grpc gunicorn h11 h2 httpcore httptools httpx idna IPython ipykernel itsdangerous
+    jinja2 jupyter_client kombu markupsafe multidict opentelemetry pip pkg_resources pluggy prometheus_client
+    prompt_toolkit psycopg psycopg2 pydantic pydantic_core pygments pymysql pytest _pytest redis requests rest_framework
+    sentry_sdk setuptools six sniffio sqlalchemy starlette tornado traitlets twisted typing_extensions urllib3 uvicorn
+    uvloop uwsgi uwsgidecorators vine websockets werkzeug yarl zmq zope
+""".split())
+ORIGINS = ("application", "framework", "stdlib", "builtin")
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_names() -> frozenset[str]:
+    names = set(getattr(sys, "stdlib_module_names", ()))  # 3.10+
+    if not names:  # 3.9: what the standard library directory holds
+        names.update(sys.builtin_module_names)
+        try:
+            for entry in os.listdir(sysconfig.get_paths()["stdlib"]):
+                names.add(entry[:-3] if entry.endswith(".py") else entry.split(".")[0])
+        except OSError:
+            pass
+    return frozenset(names)
+
+
+def origin(type_name: str) -> str:
+    """Where a type comes from, judged by its module's top-level package name.
+
+    >>> [origin(t) for t in ("app4.PageView", "__main__.Job", "gunicorn.http.wsgi.Response", "weakref.ReferenceType",
+    ...                      "_asyncio.Task", "functools.partial", "dict")]
+    ['application', 'application', 'framework', 'stdlib', 'stdlib', 'stdlib', 'builtin']
+    """
+    if "." not in type_name:
+        return "builtin"
+    top = type_name.split(".", 1)[0]
+    if top == "__main__":
+        return "application"
+    if top in FRAMEWORKS:
+        return "framework"
+    if top in _stdlib_names() or top == "builtins":
+        return "stdlib"
+    return "application"
+
+
 def backref_candidates(rows: list[GrowthRow], steady: list[str], n: int) -> list[str]:
     """Which grown types to trace first (``rows`` as from grown_since_baseline).
 
-    Module-qualified types (classes some code defines: ``tasks.Job``, ``kombu.Message``) come
-    before builtins (``dict``, ``list``): a growing builtin is usually the *contents* of a leak
-    whose holder the qualified type's chain already shows, and its newest instances are mostly
-    short-lived scratch objects. Builtins are not hidden, only traced after. Within each group,
-    types that grew in every interval come first, then the biggest rise.
+    The application's own classes come first, then those of common frameworks, then the standard
+    library's (``weakref.ReferenceType``, ``_asyncio.Task``, ``functools.partial``), then builtins
+    (``dict``, ``list``): a growing library or builtin type is usually the *contents* or the
+    bookkeeping of a leak whose holder the application type's chain already shows. Nothing is
+    hidden, only traced after. Within each group, types that grew in every interval come first,
+    then the biggest rise.
 
-    >>> rows = grown_since_baseline({"dict": [900, 9, 500], "a.Job": [50, 5, 40], "b.Tmp": [9, -1, 60]})
-    >>> backref_candidates(rows, ["a.Job", "dict"], 3)
-    ['a.Job', 'b.Tmp', 'dict']
+    >>> rows = grown_since_baseline({"dict": [900, 9, 500], "a.Job": [50, 5, 40], "b.Tmp": [9, -1, 60],
+    ...                              "weakref.ReferenceType": [700, 9, 600]})
+    >>> backref_candidates(rows, ["a.Job", "dict", "weakref.ReferenceType"], 3)
+    ['a.Job', 'b.Tmp', 'weakref.ReferenceType']
     """
-    ranked = sorted(rows, key=lambda r: ("." not in r.type, r.type not in steady, -r.since_baseline, r.type))
+    ranked = sorted(rows, key=lambda r: (ORIGINS.index(origin(r.type)), r.type not in steady, -r.since_baseline, r.type))
     return [r.type for r in ranked[:max(n, 0)]]
+
+
+def why_picked(row: GrowthRow, steady: list[str]) -> str:
+    """Why ``backref_candidates`` chose a type, in words.
+
+    >>> why_picked(GrowthRow("app4.PageView", 120, 10, 100), ["app4.PageView"])
+    "the application's class (module app4), grew in every interval, +100 since the baseline"
+    >>> why_picked(GrowthRow("dict", 900, -3, 50), [])
+    'a builtin type (no grown class of the application was left to trace), +50 since the baseline'
+    """
+    kind = origin(row.type)
+    module = row.type.split(".", 1)[0]
+    what = {"application": f"the application's class (module {module})",
+            "framework": f"a framework's class ({module})",
+            "stdlib": f"a standard-library type ({module})",
+            "builtin": "a builtin type"}[kind]
+    if kind != "application":
+        what += " (no grown class of the application was left to trace)"
+    parts = [what]
+    if row.type in steady:
+        parts.append("grew in every interval")
+    parts.append(f"{row.since_baseline:+,} since the baseline")
+    return ", ".join(parts)

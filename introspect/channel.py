@@ -8,8 +8,10 @@ gave up finds either no directory (removed) or an expired deadline, and does not
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -23,6 +25,9 @@ from introspect.agent import agent_source
 from introspect.target import Target
 
 MAGIC = "#introspect-bootstrap"
+# A run directory's name; its CLI holds an flock on CLI_LOCK inside it for as long as it lives.
+RUN_DIR_RE = re.compile(r"introspect-\d+-[0-9a-f]{16}")
+CLI_LOCK = "cli.lock"
 # Poll period while waiting for the agent: short enough to notice a dead target "at once".
 POLL_S = 0.02
 
@@ -33,6 +38,7 @@ class RunDir:
     nonce: str
     path: str  # as the target sees it
     removed: bool = False
+    lock_fd: int = -1  # flock held on CLI_LOCK: tells a later run that this directory is in use
 
     @property
     def host(self) -> str:
@@ -72,6 +78,40 @@ class RunDir:
         self.removed = True
         # rmtree is symlink-safe (fd based) on Linux: a hostile target cannot redirect it.
         shutil.rmtree(self.host, ignore_errors=True)
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def sweep_run_dirs(tmp_host: str) -> list[str]:
+    """Remove run directories left in ``tmp_host`` by an introspect that was killed (SIGKILL, a
+    closed terminal): those whose CLI_LOCK nobody holds. A directory without one (being made
+    right now, or by an older introspect) and anything not ours is left alone."""
+    removed: list[str] = []
+    euid = os.geteuid()
+    try:
+        entries = list(os.scandir(tmp_host))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not RUN_DIR_RE.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or (euid != 0 and st.st_uid != euid):
+                continue
+            fd = os.open(f"{entry.path}/{CLI_LOCK}", os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its introspect is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
 
 
 def make_run_dir(target: Target) -> RunDir:
@@ -79,6 +119,7 @@ def make_run_dir(target: Target) -> RunDir:
     tmp = "/tmp"
     path = f"{tmp}/introspect-{target.pid}-{nonce}"
     host = target.host_path(path)
+    sweep_run_dirs(target.host_path(tmp))
     try:
         os.mkdir(host, 0o700)
     except FileNotFoundError:
@@ -104,6 +145,10 @@ def make_run_dir(target: Target) -> RunDir:
         st = os.lstat(host)
         if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o700:
             raise errors.InjectionFailed(f"run directory {host} is not a private directory")
+        run.lock_fd = os.open(f"{host}/{CLI_LOCK}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(run.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.geteuid() == 0:
+            os.fchown(run.lock_fd, target.uid, target.gid)
     except BaseException:
         run.remove()
         raise
@@ -240,9 +285,9 @@ def wait_for_result(
                 pid=target.pid,
                 name=target.name,
                 help=(
-                    "Its main thread never reached a safe point (blocked in C code or a system call?). "
-                    "The queued request is now void and will do nothing if it runs later. "
-                    "Try again with a larger --timeout, or while the process is busy."
+                    "Its main thread never reached a point where Python code can run (a long call in C code, or "
+                    "waiting for a lock). The queued request is now void and will do nothing if it runs later. "
+                    "Try again when that call has returned; a larger --timeout helps only if it returns soon."
                 ),
             )
         time.sleep(POLL_S)

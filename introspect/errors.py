@@ -102,7 +102,7 @@ EXIT_CODES: dict[int, str] = {
     3: "no such process",
     4: "not a (supported) Python process",
     5: "permission denied (ptrace rules, other user, non-dumpable)",
-    6: "target in a state we refuse to touch (zombie, stopped, traced by another tool)",
+    6: "target in a state we refuse to touch (zombie, stopped, traced by another tool), or that cannot run Python code now",
     7: "timed out waiting for the target",
     8: "target exited while we waited",
     9: "injection failed (gdb missing, remote debugging disabled, no backend)",

@@ -24,11 +24,14 @@ from introspect.target import Target, check_injectable, inspect_target
 LOCK_DIR = "/tmp/introspect-locks"
 # A pending call normally runs within milliseconds; after this long the main thread is parked.
 STALL_S = 1.0
+# Once we know the request can only run when the parked main thread wakes up (traffic), how long
+# to keep waiting for that before failing with the cause, instead of the whole --timeout.
+WAKE_GRACE_S = 4.0
 
 # x86_64 syscall numbers a blocked main thread usually sits in.
 _SYSCALLS = {
     0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom", 61: "wait4",
-    202: "futex", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
+    202: "futex", 219: "restart_syscall", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
     281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
 }
 
@@ -85,7 +88,13 @@ def main_thread_activity(pid: int) -> str:
 
 
 class _TargetLock:
-    """One injection at a time per target: a second introspect waits for the first."""
+    """One injection at a time per target: a second introspect waits for the first.
+
+    The lock file is removed by its holder on the way out, and files of pids that no longer exist
+    (left by an introspect that was killed) by the next run. Removing is safe because a file is
+    only unlinked while its flock is held, and a locker checks after ``flock`` that its file is
+    still the one at the path (or starts over): it never holds a lock on an unlinked file.
+    """
 
     def __init__(self, pid: int) -> None:
         # Root's lock dir is 0700: any other user keeps its own, or it could not lock at all.
@@ -96,17 +105,67 @@ class _TargetLock:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
             raise errors.AccessDenied(f"{lock_dir} is not a directory of ours (uid {euid})",
                                       help=f"Remove it (rm -r {lock_dir}) and run introspect again.")
+        self.dir = lock_dir
         self.path = f"{lock_dir}/{pid}.lock"
         self.fd = -1
 
     def __enter__(self) -> _TargetLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+        sweep_locks(self.dir)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, self.path):
+                self.fd = fd
+                return self
+            os.close(fd)  # its holder removed it while we waited: lock the new file instead
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            os.unlink(self.path)  # still holding the lock: no one else holds this file
+        except OSError:
+            pass
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def sweep_locks(lock_dir: str) -> list[str]:
+    """Remove ``<pid>.lock`` files of pids that no longer exist; a file someone holds is left alone."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        return removed
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if not (stem.isdigit() and dot and ext == "lock") or os.path.exists(f"/proc/{stem}"):
+            continue
+        path = f"{lock_dir}/{name}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live introspect holds it
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def run_agent(
@@ -150,36 +209,64 @@ def run_agent(
             log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
 
             progress = Progress()
+            stall: dict[str, Any] = {}  # what the main thread was doing, and when to give up on it waking
 
             def on_stall(waited: float) -> None:
                 progress.done()  # the verbose log lines below start on a clean line
                 activity = main_thread_activity(pid)
+                stall["activity"] = activity
                 log(f"the main thread has not run our request after {waited:.1f} s: it is {activity}")
-                if not activity.startswith("blocked in") or method == "pep768" or "futex" in activity:
+                parked = activity.startswith("blocked in") and "futex" not in activity
+                if parked and method == "pep768":
+                    stall["why"] = (f"its main thread is {activity} and --method pep768 runs code only when that thread "
+                                    "runs Python again", "--method gdb can run the agent on a parked main thread.")
+                if not parked or method == "pep768":
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
                 from introspect.inject.gdb import GdbInjector
 
                 try:
-                    parked = GdbInjector().run_parked(target, run, bootstrap)
+                    parked_run = GdbInjector().run_parked(target, run, bootstrap)
                 except errors.InjectionFailed as exc:
+                    if "holds the GIL" in exc.msg:
+                        stall["why"] = (
+                            f"its main thread is {activity} while holding the GIL: no Python code, ours included, can run "
+                            "in this process until that call returns",
+                            "An idle server loop that keeps the GIL while it waits does this (uWSGI without "
+                            "--enable-threads, for one). Run introspect while the process serves traffic (send it a "
+                            "request), or enable threads in the server.")
+                        log(f"{exc.msg}; waiting {WAKE_GRACE_S:g} s for it to wake up")
+                        return
                     log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
                     return
                 assert injection is not None
                 # The queued pending call still points at its page: it must stay mapped (4 KiB)
                 # until that call runs, finds no agent file, and does nothing.
                 injection.page = None
-                injection.attach_pause_s += parked.attach_pause_s
-                injection.detail += f"; idle, so ran via {parked.detail}"
-                log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms, agent included); "
+                injection.attach_pause_s += parked_run.attach_pause_s
+                injection.detail += f"; idle, so ran via {parked_run.detail}"
+                log(f"ran via {parked_run.detail} (target stopped {parked_run.attach_pause_s * 1000:.1f} ms, agent included); "
                     "the queued request will find nothing to do when the thread next runs Python")
 
             def on_tick(waited: float, started: bool) -> None:
+                if not started and "why" in stall:
+                    # Waiting cannot help unless the process wakes up by itself: a short grace, then the cause.
+                    stall.setdefault("give_up", waited + WAKE_GRACE_S)
+                    if waited >= stall["give_up"]:
+                        why, fix = stall["why"]
+                        raise errors.BadTargetState(
+                            f"cannot run code in the process now: {why} (still so after {waited:.0f} s)", pid=pid,
+                            name=target.name, help=f"{fix} Nothing was done to it; the queued request is void.")
                 doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers"}.get(command, "running")
-                progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: waiting for the main thread to reach a safe point")
+                waiting = f"waiting for the main thread ({stall['activity']})" if "activity" in stall else "waiting for the main thread to reach a safe point"
+                progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: {waiting}")
 
             try:
                 envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S, on_tick=on_tick)
+            except errors.TimeoutExpired as exc:
+                if "activity" in stall and not run.exists("started"):
+                    exc.msg += f"; its main thread was {stall['activity']}"
+                raise
             finally:
                 progress.done()
         except OSError as exc:

@@ -874,10 +874,19 @@ def _frame_roots(agent_file):  # type: (str) -> dict
                     items = []
                 for var, val in items:
                     if type(var) is str and id(val) not in roots:
-                        roots[id(val)] = "thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var)
+                        roots[id(val)] = "thread %s, %s() in %s line %d, local %s" % (
+                            tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var)
             f = f.f_back
         del f
     return roots
+
+
+def _short_file(path):  # type: (str) -> str
+    """The file's name, with its directory when the name alone says little (a package's __init__.py)."""
+    parts = str(path).rsplit("/", 2)
+    if len(parts) >= 2 and parts[-1] in ("__init__.py", "__main__.py"):
+        return parts[-2] + "/" + parts[-1]
+    return parts[-1]
 
 
 def _match_types(counts_by_type, query):  # type: (dict, str) -> list
@@ -978,9 +987,15 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
 
     note_roots(frontier)
     args = refs = nxt = fset = ambiguous = r = None  # type: Any
+    extra = 0
     while frontier:
         if _rooted(sample, roots, down) >= len(sample):
-            break
+            # All rooted: a couple more levels (within half the budget) if the module that defines
+            # a holder's class is not among the roots yet; _chains then prefers the chain from it.
+            if (extra >= _OWNER_LEVELS or levels >= max_depth or time.perf_counter() - t0 > budget / 2
+                    or not _owners_missing(sample, roots, down, nodes, module_dicts)):
+                break
+            extra += 1
         if levels >= max_depth:
             partial, reason = True, "max depth %d reached" % max_depth
             break
@@ -1129,10 +1144,13 @@ def _rooted(sample, roots, down):  # type: (list, dict, dict) -> int
     return sum(1 for o in sample if id(o) in reach)
 
 
-def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict, str) -> list
-    """Shortest root->instance path for each sampled instance, over the discovered edges."""
+_OWNER_LEVELS = 2
+
+
+def _parents(starts, down):  # type: (list, dict) -> dict
+    """Breadth-first parent links from ``starts`` along the discovered referrer edges."""
     parent = {}  # type: dict
-    queue = list(roots)
+    queue = list(starts)
     for r in queue:
         parent[r] = None
     i = 0
@@ -1143,17 +1161,70 @@ def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict
             if c not in parent:
                 parent[c] = n
                 queue.append(c)
+    return parent
+
+
+def _path_ids(oid, parent):  # type: (int, dict) -> list
+    ids = []
+    n = oid  # type: Any
+    while n is not None:
+        ids.append(n)
+        n = parent[n]
+    ids.reverse()  # root first
+    return ids
+
+
+def _owner_module(ids, nodes):  # type: (list, dict) -> str
+    """The module defining the class of the nearest holder on a path that is not a builtin
+    container (for a class object: the module defining that class); "" when there is none."""
+    for nid in reversed(ids[:-1]):
+        if isinstance(nid, str):
+            continue
+        obj = nodes[nid]
+        try:
+            t = obj if issubclass(type(obj), type) else type(obj)  # never isinstance(): a __class__ property is user code
+            mod = _type_module.__get__(t, type)
+        except Exception:
+            continue
+        if isinstance(mod, str) and mod != "builtins":
+            return mod
+    return ""
+
+
+def _owners_missing(sample, roots, down, nodes, module_dicts):  # type: (list, dict, dict, dict, dict) -> bool
+    """Is some sample's owner module (see _owner_module) loaded but not reached by the search yet?"""
+    found = set(v for v in roots.values() if v.startswith("module "))
+    loaded = set(module_dicts.values())
+    parent = _parents(list(roots), down)
+    for o in sample:
+        if id(o) in parent:
+            owner = _owner_module(_path_ids(id(o), parent), nodes)
+            if owner and owner in loaded and "module " + owner not in found:
+                return True
+    return False
+
+
+def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict, str) -> list
+    """Shortest root->instance path for each sampled instance, over the discovered edges; when the
+    module that defines the holder's class is a root too, the shortest path from that module."""
+    parent = _parents(list(roots), down)
+    module_roots = {}  # type: dict
+    for key, desc in roots.items():
+        if isinstance(key, int) and desc.startswith("module "):
+            module_roots.setdefault(desc, key)
+    from_owner = {}  # type: dict
     chains = []
     for o in sample:
         oid = id(o)
         if oid not in parent:
             continue
-        ids = []
-        n = oid
-        while n is not None:
-            ids.append(n)
-            n = parent[n]
-        ids.reverse()  # root first
+        ids = _path_ids(oid, parent)
+        owner = "module " + _owner_module(ids, nodes)
+        if owner in module_roots and roots.get(ids[0]) != owner:
+            if owner not in from_owner:
+                from_owner[owner] = _parents([module_roots[owner]], down)
+            if oid in from_owner[owner]:
+                ids = _path_ids(oid, from_owner[owner])
         root_key = ids[0]
         steps = []
         for k, nid in enumerate(ids):
@@ -1185,7 +1256,7 @@ def _chains(sample, roots, down, nodes, tname):  # type: (list, dict, dict, dict
 def _object_name(obj):  # type: (object) -> str
     """A name for classes, functions and modules: read from C-level slots, never by user code."""
     try:
-        if isinstance(obj, type):
+        if issubclass(type(obj), type):
             return type_name(obj)  # type: ignore[arg-type]
         if type(obj) is _FunctionType:
             return obj.__qualname__  # type: ignore[attr-defined, no-any-return]

@@ -21,11 +21,12 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def add_output_options(parser: argparse.ArgumentParser) -> None:
+def add_output_options(parser: argparse.ArgumentParser, *, files_by_default: bool = True) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     group.add_argument("-o", "--output", metavar="DIR",
-                       help="write result files into DIR (default: a new introspect-<cmd>-<pid>-<time>/)")
+                       help="write result files into DIR (default: a new introspect-<cmd>-<pid>-<time>/)" if files_by_default
+                       else "also write the result files into DIR (default: none are written)")
     group.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
 
 
@@ -50,16 +51,20 @@ def logger(args: argparse.Namespace) -> Any:
     return log
 
 
-def emit(args: argparse.Namespace, out: OutputDir, doc: dict[str, Any], text: str) -> None:
-    """Write ``<cmd>.json`` and ``<cmd>.txt``; print text or JSON on stdout, the path on stderr."""
-    json_path = out.write_json(f"{out.command}.json", doc)
-    out.write_text(f"{out.command}.txt", text + "\n")
+def emit(args: argparse.Namespace, out: OutputDir | None, doc: dict[str, Any], text: str) -> None:
+    """Write ``<cmd>.json`` and ``<cmd>.txt`` (unless ``out`` is None); print text or JSON on stdout,
+    the path on stderr."""
+    json_path = None
+    if out is not None:
+        json_path = out.write_json(f"{out.command}.json", doc)
+        out.write_text(f"{out.command}.txt", text + "\n")
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         sys.stdout.write(text + "\n")
     sys.stdout.flush()
-    print(f"introspect: results written to {json_path.parent}/", file=sys.stderr)
+    if json_path is not None:
+        print(f"introspect: results written to {json_path.parent}/", file=sys.stderr)
 
 
 def header(outcome: Outcome) -> str:

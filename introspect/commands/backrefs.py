@@ -86,9 +86,29 @@ def check_found(type_name: str, pid: int, res: dict[str, Any]) -> None:
                                  help="Give the full module.qualname.")
 
 
+def _merge_class_steps(path: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A class reached by attribute and left by attribute reads as one step: `.Logger.manager`."""
+    out: list[dict[str, Any]] = []
+    for step in path:
+        prev = out[-1] if out else None
+        if (prev is not None and step["type"] == "type" and (prev.get("via") or "").startswith(".")
+                and (step.get("via") or "").startswith(".")):
+            out[-1] = {**prev, "via": prev["via"] + step["via"]}
+            continue
+        out.append(step)
+    return out
+
+
 def chain_text(chain: dict[str, Any]) -> str:
+    """One chain on one line, from its root to the instance.
+
+    >>> chain_text({"root": "module logging", "count": 1, "path": [
+    ...     {"type": "module", "via": ".Logger", "name": "logging"}, {"type": "type", "via": ".manager", "name": "logging.Logger"},
+    ...     {"type": "logging.Manager", "via": ".loggerDict"}, {"type": "dict", "via": "['req-7']"}, {"type": "logging.Logger", "via": None}]})
+    "module logging --.Logger.manager--> logging.Manager --.loggerDict--> dict --['req-7']--> logging.Logger"
+    """
     parts = []
-    for step in chain["path"]:
+    for step in _merge_class_steps(chain["path"]):
         name = step.get("name")
         parts.append(f"{step['type']} {name}" if name and step["type"] != "module" else (chain["root"] if step["type"] == "module" else step["type"]))
         if step["via"]:

@@ -5,10 +5,11 @@ through psutil, so any process can be watched (not only Python). Stop with Ctrl-
 unless --duration is given): what was sampled is always written out: monitor.csv, monitor.png
 (memory over time with the least-squares trend line), monitor.json and monitor.txt.
 
-Verdict (a line fitted through RSS): "steady growth" when RSS rises by 1 MiB or more over the
-window and the line explains at least 80% of the variance (r² >= 0.8); "shrinking" the same,
-falling; "flat" when both the change and the scatter stay under 1 MiB; "noisy" otherwise;
-"too few samples" below 5 samples. MB means MiB (2**20 bytes).
+Verdict (a line fitted through RSS): "steady growth" when the slope is significant (at least 4
+times its standard error), the line explains at least 80% of the variance (r² >= 0.8) and it rose
+by 64 KiB or more (a short window is judged by its slope, and the projection per hour and per day
+is stated); "shrinking" the same, falling; "flat" when both the change and the scatter stay under
+1 MiB; "noisy" otherwise; "too few samples" below 5 samples. MB means MiB (2**20 bytes).
 
 Examples:
   introspect monitor 1234                         # every second until Ctrl-C
@@ -29,7 +30,7 @@ import psutil
 from introspect import errors
 from introspect.commands import add_output_options, emit
 from introspect.render.output import OutputDir
-from introspect.trend import MIB, MIN_CHANGE_BYTES, R2_STEADY, Trend, memory_trend
+from introspect.trend import MIB, MIN_STEADY_BYTES, R2_STEADY, Trend, memory_trend
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def trend_fields(trend: Trend) -> dict[str, Any]:
     return {
         "slope_bytes_per_s": round(trend.slope_bytes_per_s, 3),
         "slope_mb_per_hour": round(trend.slope_mb_per_hour, 3),
+        "slope_mb_per_day": round(trend.slope_mb_per_day, 3),
         "r2": round(trend.r2, 4),
         "verdict": trend.verdict,
         "change_bytes": round(trend.change_bytes),
@@ -221,22 +223,38 @@ def trend_fields(trend: Trend) -> dict[str, Any]:
 
 
 def trend_line(trend: Trend, what: str = "RSS") -> str:
-    """The slope and verdict, with the numbers the verdict was drawn from."""
+    """The slope and verdict, with the numbers the verdict was drawn from.
+
+    >>> print(trend_line(Trend(21, 20.0, 11_646.0, 0.0, 0.97, 232_920.0, 9_000.0, "steady growth", 25.0)))
+    RSS slope +11,646 bytes/s = +40.0 MB/hour: steady growth, +960 MB/day at this rate (fitted change +0.2 MB over 20.0 s, r² 0.97, noise 0.0 MB)
+    """
+    projection = f", {_per_day(trend.slope_mb_per_day)} at this rate" if trend.verdict in ("steady growth", "shrinking") else ""
     return (f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} MB/hour: "
-            f"{trend.verdict} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
+            f"{trend.verdict}{projection} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
             f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})" + _watch_longer(trend))
 
 
-def _watch_longer(trend: Trend) -> str:
-    """A flat window with a clean rising line may be a slow leak: say how long would tell.
+def _per_day(mb_per_day: float) -> str:
+    """MB/day, or GB/day once that reads better.
 
-    >>> _watch_longer(Trend(11, 5.0, 10_000.0, 0.0, 0.98, 50_000.0, 1_000.0, "flat"))
-    '; but it rises steadily: 1 MB more would take 105 s at this slope, so watch for longer'
+    >>> _per_day(960.2), _per_day(-25_000.0)
+    ('+960 MB/day', '-24.4 GB/day')
+    """
+    if abs(mb_per_day) >= 10_000:
+        return f"{mb_per_day / 1024:+,.1f} GB/day"
+    return f"{mb_per_day:+,.0f} MB/day"
+
+
+def _watch_longer(trend: Trend) -> str:
+    """A flat window whose line rises cleanly but by too little to tell: say how long would tell.
+
+    >>> _watch_longer(Trend(11, 5.0, 2_000.0, 0.0, 0.98, 10_000.0, 1_000.0, "flat"))
+    '; it rises steadily but by too little to tell: watch for 33 s or more (the time to rise 64 KiB at this slope)'
     """
     if trend.verdict != "flat" or trend.slope_bytes_per_s <= 0 or trend.r2 < R2_STEADY:
         return ""
-    need_s = MIN_CHANGE_BYTES / trend.slope_bytes_per_s
-    return f"; but it rises steadily: 1 MB more would take {need_s:,.0f} s at this slope, so watch for longer"
+    need_s = MIN_STEADY_BYTES / trend.slope_bytes_per_s
+    return f"; it rises steadily but by too little to tell: watch for {need_s:,.0f} s or more (the time to rise 64 KiB at this slope)"
 
 
 class Command:

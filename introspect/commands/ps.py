@@ -5,6 +5,8 @@ gunicorn and uWSGI masters from their workers. Nothing is attached, stopped or i
 sorted by RSS, largest first, so a leaking worker stands out. USS (memory only that process holds)
 needs the right to read its smaps: "-" when we lack it.
 
+Nothing is written unless -o DIR is given (then ps.json and ps.txt).
+
 Examples:
   introspect ps                      # every Python process
   introspect ps --role celery        # Celery masters, children and workers only
@@ -34,11 +36,11 @@ class Command:
         parser.add_argument("--user", metavar="USER", help="only processes of USER (name or uid)")
         parser.add_argument("--role", metavar="ROLE",
                             help=f"only this role, or a family (celery, gunicorn, uwsgi): {', '.join(procs.ROLES)}")
-        add_output_options(parser)
+        add_output_options(parser, files_by_default=False)
 
     def run(self, args: argparse.Namespace) -> int:
-        # ps has no target: the default directory is named after introspect's own pid.
-        out = OutputDir(self.name, os.getpid(), args.output)
+        # ps only looks: it writes files only when asked to (-o DIR).
+        out = OutputDir(self.name, os.getpid(), args.output) if args.output else None
         found = procs.select(procs.discover(), user=args.user, role=args.role, pattern=args.pattern)
         now = time.time()
         ordered = procs.forest(found)

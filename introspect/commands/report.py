@@ -2,8 +2,9 @@
 
 For --duration seconds it samples memory from /proc (as `monitor` does) and takes --looks heap
 counts (as `growth` does: the first one records a fresh baseline). It then traces up to --backrefs
-of the grown types (as `backrefs` does), module-qualified types (classes some code defines) before
-builtins, and writes a directory: index.html (summary, memory verdict, growing types, chains and
+of the grown types (as `backrefs` does): the application's own classes first, then those of common
+frameworks, then the standard library's and builtins, steady growers first within each (the page
+says why each was picked); and writes a directory: index.html (summary, memory verdict, growing types, chains and
 graphs, the memory plot), monitor.csv, monitor.png, growth.json, backrefs-<type>.json and graphs,
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
@@ -128,14 +129,16 @@ def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progre
         return
     rows, steady = growth_of(got)
     names = analysis.backref_candidates(rows, steady, args.backrefs)
+    why = {r.type: analysis.why_picked(r, steady) for r in rows if r.type in names}
     for i, name in enumerate(names, 1):
         progress.show(f"pid {args.pid}: tracing {name} ({i}/{len(names)})")
         try:
             outcome, doc = trace(out, args.pid, name, budget=args.budget, method=args.method, timeout=args.timeout,
                                  log=logger(args), stem=f"backrefs-{slug(name)}")
         except errors.UnknownType as exc:  # all freed since the last look, or two classes of one name
-            got.skipped.append({"type": name, "reason": exc.msg})
+            got.skipped.append({"type": name, "reason": exc.msg, "why": why[name]})
             continue
+        doc["why"] = why[name]
         doc["json"] = str(out.write_json(f"backrefs-{slug(name)}.json", doc))
         got.traced.append((outcome, doc))
 
@@ -195,7 +198,7 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "grew_every_interval": steady,
         "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
                     for r in rows[:args.top]],
-        "backrefs": [{k: d[k] for k in ("type", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")}
+        "backrefs": [{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")}
                      for _, d in got.traced],
         "skipped": got.skipped,
         "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
@@ -206,15 +209,30 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
 
 
 def _held_by(ref: dict[str, Any]) -> str:
-    if not ref["chains"]:
-        return f"{ref['type']}: no chain to a root found"
-    top = ref["chains"][0]
-    via = top["path"][0]["via"] if top["path"] else None
-    return f"{ref['type']}: {top['count']} of {ref['sampled']} held by {top['root']}" + (f" via {via}" if via else "")
+    """Where every traced instance went: the top roots, the rest, and those not traced to a root.
+
+    >>> chain = {"root": "module app", "count": 3, "path": [{"type": "module", "via": ".cache"}, {"type": "list", "via": None}]}
+    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "chains": [chain]})
+    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root'
+    """
+    sampled = ref["sampled"]
+    held: dict[str, int] = {}
+    for chain in ref["chains"]:
+        via = chain["path"][0]["via"] if chain["path"] else None
+        label = chain["root"] + (f" via {via}" if via else "")
+        held[label] = held.get(label, 0) + chain["count"]
+    top = sorted(held.items(), key=lambda kv: -kv[1])
+    parts = [f"{n} of {sampled} held by {label}" for label, n in top[:2]]
+    rest = sum(n for _, n in top[2:])
+    if rest:
+        parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
+    if ref.get("unrooted"):
+        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root")
+    return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 
 def render(doc: dict[str, Any]) -> str:
-    """The 3-5 line summary for stdout."""
+    """A short summary for stdout: a line each for memory, growth and every traced type."""
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
@@ -223,7 +241,7 @@ def render(doc: dict[str, Any]) -> str:
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
     if doc["backrefs"]:
-        lines.append("; ".join(_held_by(r) for r in doc["backrefs"][:2]))
+        lines += [_held_by(r) for r in doc["backrefs"]]
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)

@@ -36,7 +36,9 @@ _PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyG
 # waiting *for the GIL* sits in futex too.
 BLOCKING_SYSCALLS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept", 45: "recvfrom",
                      47: "recvmsg", 61: "wait4", 230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid",
-                     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2"}
+                     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
+                     # poll/nanosleep interrupted by a ptrace stop (our own first attach) resume as this
+                     219: "restart_syscall"}
 # -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK, -EINTR: the values rax
 # holds when ptrace stopped a thread inside a blocking syscall.
 _RESTART = (-512, -513, -514, -516, -4)

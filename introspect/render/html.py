@@ -68,8 +68,9 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
         ("watched", f"{doc['duration_s']:.1f} s: {mem['samples']} memory samples every {doc['interval_s']:g} s, "
                     f"{len(doc['looks'])} heap looks"),
         ("RSS", f"{mem['first_rss_mb']:,.1f} MB → {mem['last_rss_mb']:,.1f} MB"),
-        ("memory slope", f"{mem['slope_bytes_per_s']:+,.0f} bytes/s = {mem['slope_mb_per_hour']:+,.1f} MB/hour "
-                         f"(r² {mem['r2']:.2f})"),
+        ("memory slope", f"{mem['slope_bytes_per_s']:+,.0f} bytes/s = {mem['slope_mb_per_hour']:+,.1f} MB/hour"
+                         + (f" = {mem['slope_mb_per_day']:+,.0f} MB/day" if "slope_mb_per_day" in mem else "")
+                         + f" (r² {mem['r2']:.2f})"),
         ("target paused", f"{doc['paused_s'] * 1000:,.1f} ms in total by introspect ({doc['method'] or '?'})"),
     ]
     out.append("<table>")
@@ -94,6 +95,8 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
         out.append("<p>No type was traced.</p>")
     for ref in doc["backrefs"]:
         out.append(f"<h3>{_e(ref['type'])}</h3>")
+        if ref.get("why"):
+            out.append(f"<p>Traced because it is {_e(ref['why'])}.</p>")
         out.append(f"<p>{ref['found']:,} live objects; traced {ref['sampled']} (newest first). "
                    f"Raw data: {_link(ref['json'])}</p>")
         if ref["partial"]:

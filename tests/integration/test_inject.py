@@ -126,7 +126,7 @@ def test_backrefs_names_holders(interp: Interp, method: str, spawn, tmp_path: Pa
         assert (tmp_path / name / "backrefs.dot").exists()
     run = introspect("backrefs", str(victim.pid), "FrameHeld", "--json", "--method", method, "-o", str(tmp_path / "fh"))
     chain = run.json()["chains"][0]
-    assert chain["root"].startswith("thread keeper, keeper() line") and chain["root"].endswith("local mine")
+    assert chain["root"].startswith("thread keeper, keeper() in busy.py line") and chain["root"].endswith("local mine")
     # an unknown name is refused with a suggestion
     run = introspect("backrefs", str(victim.pid), "Widgit", "--method", method, "-o", str(tmp_path / "unk"))
     assert run.rc == 13 and "Did you mean" in run.stderr and "__main__.Widget" in run.stderr

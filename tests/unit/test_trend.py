@@ -120,3 +120,29 @@ def test_report_html_escapes_what_comes_from_the_target() -> None:
     assert "<script" not in html
     assert html.count("&lt;script&gt;") >= 8
     assert "Incomplete report" in html
+
+
+def test_a_slow_leak_on_a_short_window_is_growth() -> None:
+    # GIVEN 1 GB a day (12 KB/s) sampled every second for 20 s, RSS moving in whole pages
+    ts, ys = series(21, 1.0, lambda t: 300 * MIB + 4096 * int(12_000 * t / 4096))
+    trend = memory_trend(ts, ys)
+    # THEN under 1 MiB was added, but the clean, significant slope is growth, projected per day
+    assert trend.change_bytes < MIB
+    assert trend.verdict == "steady growth", trend
+    assert 900 < trend.slope_mb_per_day < 1100
+
+
+def test_a_few_page_faults_are_not_a_trend() -> None:
+    # GIVEN a flat process that touched two new pages during the window
+    ts, ys = series(20, 1.0, lambda t: 80 * MIB + (4096 if t >= 8 else 0) + (4096 if t >= 15 else 0))
+    # THEN that is flat: 8 KiB cannot make a trend, however well a line fits it
+    assert memory_trend(ts, ys).verdict == "flat"
+
+
+def test_five_samples_need_a_significant_slope() -> None:
+    # GIVEN five samples whose line explains 80 % of the variance but whose slope is only ~3.5
+    # standard errors: a chance alignment is not called growth
+    ts = [0.0, 1.0, 2.0, 3.0, 4.0]
+    ys = [100 * MIB + v * 1024 for v in (0, 300, 100, 500, 400)]
+    trend = memory_trend(ts, ys)
+    assert trend.t_value < 4.0 and trend.verdict != "steady growth", trend
