@@ -118,3 +118,55 @@ print(json.dumps({{"res": res, "big": sys.getsizeof(big), "each": sys.getsizeof(
     # a Python-level __sizeof__ is never called: basic size instead
     assert sizes["__main__.Liar"][0] == 3 and sizes["__main__.Liar"][2] > 0
     assert sizes["__main__.Holder"][0] == 500 and not out["res"]["partial"]
+
+
+def test_traverse_rule_trusts_core_and_python_classes_only(agent: dict[str, Any]) -> None:
+    import _asyncio
+    import collections
+    import decimal
+    import sys as _sys
+
+    class Plain:
+        pass
+
+    class Rows(list):  # type: ignore[type-arg]
+        pass
+
+    Point = collections.namedtuple("Point", "x y")
+    trusted, opaque = agent["_trusted"], agent["_opaque"]
+    for t in (list, tuple, dict, set, frozenset, type, collections.deque, collections.OrderedDict, Plain, Rows, Point,
+              type(lambda: 0), ValueError):
+        assert trusted(t), t
+    # modules are reached through __dict__; C types of extension modules are opaque; Python
+    # subclasses of a C type are as opaque as their base
+    assert not trusted(type(_sys)) and not opaque(type(_sys))
+    assert not trusted(_asyncio.Future) and opaque(_asyncio.Future)
+
+    class MyFuture(_asyncio.Future):  # type: ignore[misc]
+        pass
+
+    assert not trusted(MyFuture) and opaque(MyFuture)
+    # a C type that is not gc-capable holds no references to walk: not "opaque"
+    assert not trusted(decimal.Decimal) and not opaque(decimal.Decimal)
+
+
+def test_stop_reasons(agent: dict[str, Any], tmp_path: Any) -> None:
+    import time
+
+    g = agent["_stopped"].__globals__
+    saved = dict(g["_LIMIT"])
+    try:
+        g["_LIMIT"].update(deadline=time.time() + 100, dir="")
+        agent["_start_clock"](0.0)
+        time.sleep(0.01)
+        assert agent["_stopped"]() == "budget"
+        g["_LIMIT"].update(deadline=time.time() + 1.2)  # one second is kept to answer
+        agent["_start_clock"](50.0)
+        assert g["_LIMIT"]["kind"] == "deadline"
+        g["_LIMIT"].update(deadline=time.time() + 100, dir=str(tmp_path / "gone"))
+        agent["_start_clock"](50.0)
+        g["_LIMIT"]["next_check"] = 0.0
+        assert agent["_stopped"]() == "cancelled"  # the CLI removed the run dir: it gave up
+    finally:
+        g["_LIMIT"].clear()
+        g["_LIMIT"].update(saved)
