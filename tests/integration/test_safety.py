@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,10 @@ import pytest
 
 from introspect.agent import AGENT_PATH
 from tests.conftest import Interp, Victim, interp_params, introspect
+from tests.integration.celery_rig import free_loopback_port, wait_until
 
-GEVENT_DIR = Path(os.environ.get("INTROSPECT_GEVENT_DIR", "/opt/introspect/gevent"))
+VICTIM_DEPS = Path(os.environ.get("INTROSPECT_VICTIM_DEPS", "/opt/introspect/victim-deps"))
+VICTIMS = Path(__file__).resolve().parents[1] / "victims"
 # RSS may move a little for reasons of the program's own (allocator pools, the event loop's
 # buffers); a leak of the gh-122695 kind grows by GiB within seconds.
 RSS_SLACK = 8 << 20
@@ -35,7 +41,7 @@ C_TYPE = {"asyncio": "_asyncio.Future", "gevent": "greenlet.greenlet", "cext": "
 def _env(interp: Interp, mode: str, oracle: str) -> dict[str, str]:
     env = {"SAFETY_MODE": mode}
     if mode == "gevent":
-        deps = GEVENT_DIR / f"{interp.version[0]}.{interp.version[1]}"
+        deps = VICTIM_DEPS / "gevent" / f"{interp.version[0]}.{interp.version[1]}"
         if not (deps / ".done").exists():
             pytest.skip(f"gevent for Python {interp.version[0]}.{interp.version[1]} not provisioned in {deps}: run scripts/setup")
         env["PYTHONPATH"] = f"{oracle}:{deps}"
@@ -98,6 +104,82 @@ def test_every_command_leaves_the_program_unharmed(interp: Interp, mode: str, sp
     assert collected["s"] < 30
     assert _until_progress(victim, after["progress"])["progress"] > after["progress"]
     assert victim.stderr() == "", victim.stderr()[-2000:]
+
+
+def _sequence(pid: str, out: Path, c_type: str, alive: Any) -> None:
+    """Every command, `top --by size` three times, `top --collect` last; the target alive after each."""
+    def check(run: Any, what: str) -> Any:
+        assert run.rc == 0, f"{what}: rc={run.rc}\n{run.stderr}"
+        assert alive(), f"target died during {what}"
+        return run
+
+    check(introspect("top", pid, "-o", str(out)), "top")
+    for k in range(3):
+        doc = check(introspect("top", pid, "--by", "size", "--json", "-o", str(out)), f"top --by size #{k + 1}").json()
+        assert doc["types"] and not doc["partial"], doc.get("stopped")
+    check(introspect("growth", pid, "-o", str(out)), "growth")
+    check(introspect("growth", pid, "-o", str(out)), "growth again")
+    assert check(introspect("backrefs", pid, "AppRecord", "--json", "-o", str(out)), "backrefs AppRecord").json()["found"] == 500
+    run = introspect("backrefs", pid, c_type, "--json", "-o", str(out))
+    assert alive() and run.rc in (0, 13), f"backrefs {c_type}: {run.stderr}"
+    check(introspect("report", pid, "--duration", "2", "--interval", "0.5", "--looks", "2", "--backrefs", "1",
+                     "-o", str(out / "report")), "report")
+    check(introspect("top", pid, "--collect", "-o", str(out)), "top --collect")
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_uvicorn_app_keeps_answering(interp: Interp, tmp_path: Path) -> None:
+    # GIVEN a real uvicorn serving an asyncio ASGI app whose background task awaits bursts of futures
+    deps = VICTIM_DEPS / "uvicorn" / f"{interp.version[0]}.{interp.version[1]}"
+    if not (deps / ".done").exists():
+        pytest.skip(f"uvicorn for Python {interp.version[0]}.{interp.version[1]} not provisioned in {deps}: run scripts/setup")
+    port = free_loopback_port()
+    errlog = tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log", delete=False)
+
+    def cap() -> None:  # runs in the child before exec: a runaway allocation ends in MemoryError
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    proc = subprocess.Popen([interp.path, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+                             "--loop", "asyncio", "--http", "h11", "--lifespan", "on", "--no-access-log",
+                             "--log-level", "warning"], cwd=str(VICTIMS), stdout=subprocess.DEVNULL, stderr=errlog,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(deps), "LC_ALL": "C.UTF-8"},
+                            preexec_fn=cap)
+
+    def get(path: str, timeout: float = 5.0) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def answers() -> bool:
+        try:
+            return bool(get("/health", 1.0)["ok"])
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, 30, "uvicorn to answer /health", on_timeout=lambda: Path(errlog.name).read_text()[-2000:])
+        for _ in range(50):
+            get("/row")
+        time.sleep(0.5)
+        before = get("/state")
+        # WHEN every command runs against it
+        _sequence(str(proc.pid), tmp_path, "_asyncio.Future", lambda: proc.poll() is None)
+        # THEN it still serves, its background task still runs, its memory where it was
+        assert answers(), "the app stopped answering /health"
+        after = wait_until(lambda: (st := get("/state"))["progress"] > before["progress"] and st, 10, "progress")
+        assert after["n_errors"] == 0, after["errors"]
+        assert after["rss"] - before["rss"] < RSS_SLACK, f"RSS grew by {(after['rss'] - before['rss']) >> 10} KiB"
+        assert get("/collect", 30)["s"] < 30
+        assert answers()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        errlog.close()
+        os.unlink(errlog.name)
 
 
 def _buggy_312(interp: Interp) -> bool:
