@@ -136,7 +136,9 @@ def test_target_dies_mid_run(spawn, tmp_path: Path) -> None:
         _, err = cli.communicate(timeout=20)
         assert time.monotonic() - t0 < 10
         assert "Traceback" not in err
-        assert cli.returncode in (0, 8), err
+        # 8: it died while introspect worked on it; 3: under load the CLI first looked after the kill
+        # ("no such process"); either names the cause truthfully
+        assert cli.returncode in (0, 3, 8), err
         if cli.returncode == 8:
             assert "exited" in err
     finally:
