@@ -5,7 +5,8 @@ tests/victims/stress_victim.py, runs: three threads allocate and free dicts, lis
 objects without pause while the main thread recomputes checksums it knows and counts any mismatch
 or exception. Each round runs the real CLI once, in turn
 
-  introspect top PID  /  introspect growth PID  /  introspect backrefs PID StressItem
+  introspect top PID  /  introspect growth PID  /  introspect backrefs PID StressItem  /
+  introspect top PID --by size
 
 and counts, per kind:
 
@@ -57,7 +58,7 @@ from introspect.runner import LOCK_DIR  # noqa: E402
 from tests.conftest import Interp, Victim, discover  # noqa: E402 - needs REPO on sys.path
 
 VICTIM = "stress_victim.py"
-COMMANDS = ("top", "growth", "backrefs")
+COMMANDS = ("top", "growth", "backrefs", "size")  # size: top --by size, the walk of untracked objects
 # What the agent may leave imported, as tests/integration/test_inject.py allows: the growth
 # baseline module, and builtin C modules it had to import once (importing one runs no code).
 ALLOWED_MODULES = {"__introspect_state__", "gc", "time", "_collections"}
@@ -270,7 +271,9 @@ def residue(victim: Victim, base: Baseline) -> list[str]:
 
 def cli_args(command: str, pid: int, method: str, outdir: str) -> list[str]:
     args = [command, str(pid)]
-    if command == "backrefs":
+    if command == "size":
+        args = ["top", str(pid), "--by", "size", "-n", "0"]
+    elif command == "backrefs":
         # Few samples, shallow: the chain module __main__ -> pools -> list -> StressItem is short.
         args += ["StressItem", "--samples", "3", "--max-depth", "6", "--format", "dot"]
     else:
@@ -280,10 +283,12 @@ def cli_args(command: str, pid: int, method: str, outdir: str) -> list[str]:
 
 def check_answer(command: str, doc: dict[str, Any]) -> str | None:
     """Why the CLI's answer is wrong, or None: the injection must also give right results."""
-    if command == "top":
+    if command in ("top", "size"):
         counts = {t["type"]: t["count"] for t in doc.get("types", [])}
         if counts.get("__main__.StressItem", 0) <= 0:
-            return "top: no __main__.StressItem counted"
+            return f"{command}: no __main__.StressItem counted"
+        if command == "size" and doc.get("partial"):
+            return f"size: partial walk ({doc.get('stopped')})"
     elif command == "growth":
         if "types" not in doc:
             return "growth: no types in the answer"
