@@ -176,6 +176,9 @@ class Request:
         }
 
 
+BOOTSTRAP_NAME = "<introspect-bootstrap>"
+
+
 def bootstrap_source(agent_path: str, request: Request) -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
@@ -191,7 +194,9 @@ def bootstrap_source(agent_path: str, request: Request) -> str:
         f"with open({agent_path!r},'rb') as f:s=f.read()\n"
         f"exec(compile(s,{agent_path!r},'exec'),{globs!r})\n"
     )
-    return f"{MAGIC}\ntry:exec({stage1!r},{{}})\nexcept BaseException:pass\n"
+    # Stage 1 is compiled under its own name: tracemalloc attributes the agent's source and code
+    # objects to it, and `trace show` leaves them out (a plain exec would file them under <string>).
+    return f"{MAGIC}\ntry:exec(compile({stage1!r},{BOOTSTRAP_NAME!r},'exec'),{{}})\nexcept BaseException:pass\n"
 
 
 def prepare(

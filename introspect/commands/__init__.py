@@ -74,7 +74,7 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top
+    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top, trace
 
     return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
-            exec_.Command()]
+            trace.Command(), exec_.Command()]
