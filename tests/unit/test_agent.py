@@ -50,7 +50,9 @@ def test_top_counts_match_objgraph_in_process(agent: dict[str, Any]) -> None:
     result = agent["cmd_top"]({})
     name = agent["type_name"](Probe)
     assert result["types"][name] == 321 == objgraph.count(Probe.__qualname__.rsplit(".", 1)[-1])
-    assert abs(result["types"]["function"] - objgraph.count("function")) <= 60
+    # the agent leaves its own functions out; objgraph counts them
+    own = sum(1 for v in agent.values() if type(v) is type(test_top_counts_match_objgraph_in_process))
+    assert abs(result["types"]["function"] + own - objgraph.count("function")) <= 20
     del probes
 
 
