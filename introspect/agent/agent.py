@@ -1503,7 +1503,7 @@ def cmd_trace_show(params):  # type: (dict) -> dict
         _LIMIT["budget_s"] = budget
         _start_clock(budget)
         facts.update(_trace_sites(tm, max(1, int(params.get("traceback", 1))), str(_G.get("__file__", "")),
-                                  int(params.get("max_traces", 1000000))))
+                                  int(params.get("max_traces", 200000))))
     return facts
 
 
