@@ -220,7 +220,9 @@ class _Session:
             if walker is None:
                 raise StreamError("the stream carried no walker facts")
             self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s")
-            return self.analyse(snap, walker)
+            stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
+                     "walker_pid": walker.pid}
+            return self.analyse(snap, walker), stats
         except TimeoutError:
             raise errors.TimeoutExpired(f"the forked snapshot did not finish within {self.timeout:g} s (its walker was killed)",
                                         help="Try a larger --timeout, or --in-process.") from None
@@ -265,9 +267,10 @@ def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | Non
 
 
 def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
-             collect: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[Outcome, T | None]:
+             collect: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[Outcome, T | None, dict[str, Any]]:
     """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
-    Returns (outcome, None) when the agent could not fork (outcome.result["error"] says why)."""
+    Returns (outcome, value, walker stats); value is None when the agent could not fork
+    (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
     params = {"collect": collect, "child_deadline": time.time() + timeout}
     outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
@@ -275,4 +278,23 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
     res = outcome.result
     if res.get("forked"):
         log(f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the fork (agent start to fork return)")
-    return outcome, outcome.extra
+    value, stats = outcome.extra if outcome.extra is not None else (None, {})
+    return outcome, value, stats
+
+
+def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
+         collect: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+    """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
+    The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
+    why = fork_or_reason(pid, mode, log)
+    if why is not None:
+        log(f"collecting in-process: {why}")
+        return None, None, {"path": "in-process", "why": why}
+    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log)
+    res = outcome.result
+    if not res.get("forked"):
+        why = str(res.get("error") or "the agent did not fork")
+        log(f"collecting in-process: {why}")
+        return None, None, {"path": "in-process", "why": why}
+    return outcome, value, {"path": "fork", "why": "--fork given" if mode == "fork" else "memory headroom available",
+                            "fork_pause_s": round(float(res["pause_s"]), 6), **stats}
