@@ -26,9 +26,18 @@ class Look:
                     {k: list(v) for k, v in doc.get("holders", {}).items()})
 
 
+def _unique(holders: list[Holder]) -> dict[str, Holder]:
+    """Holders by path, where the path names one holder only: two "held from C (dict)" cannot be
+    told apart between snapshots, so they get no change figures."""
+    seen: dict[str, int] = {}
+    for h in holders:
+        seen[h.path] = seen.get(h.path, 0) + 1
+    return {h.path: h for h in holders if seen[h.path] == 1}
+
+
 def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder]) -> Look:
     return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
-                {h.path: [h.items, h.retained_bytes] for h in holders})
+                {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()})
 
 
 def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, Any]]:
@@ -76,8 +85,9 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
     [('module __main__ .store', 2000), ('module m .x', None)]
     """
     out: list[dict[str, Any]] = []
+    unique = _unique(holders)
     for h in holders:
-        prev = previous.holders.get(h.path) if previous else None
+        prev = previous.holders.get(h.path) if previous and h.path in unique else None
         doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
                     "items_delta": h.items - prev[0] if prev else None,
                     "retained_bytes": h.retained_bytes,
