@@ -273,7 +273,7 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     groups: dict[tuple[object, ...], list[int]] = {}
     for p in inst[heap.reachable[inst]].tolist()[:200_000]:
         path = heap.path(p)
-        key = (path[0], tuple(int(snap.type_of[q]) for q in path))
+        key = (heap.root_name.get(path[0], ""), tuple(int(snap.type_of[q]) for q in path))
         g = groups.setdefault(key, [0, p])
         g[0] += 1
     ranked = sorted(groups.values(), key=lambda g: -g[0])[:samples]
