@@ -1,6 +1,7 @@
 """The seeds' leak, exactly as written there: dicts of atomic values (untracked by gc) holding
 1 KiB of bytes each, appended to a module-level list. Commands on stdin (one JSON line back):
   leak N    append N records   |   count   len(global_data_store)   |   threads N  start N idle threads
+  ballast N   N more objects, half gc-tracked (lists), half not (dicts of atomic values)
 Set IGNORE_SIGCHLD=1 to run with SIGCHLD ignored, WARN=1 to print warnings' state at start.
 """
 
@@ -14,6 +15,7 @@ if os.environ.get("IGNORE_SIGCHLD"):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
 global_data_store = []
+ballast = []
 
 
 def process_item(item_id):
@@ -37,6 +39,10 @@ for line in sys.stdin:
             process_item(next_id)
             next_id += 1
         out = {"count": len(global_data_store)}
+    elif cmd[0] == "ballast":
+        for i in range(int(cmd[1]) // 2):
+            ballast.append([{"n": i}])
+        out = {"ballast": len(ballast)}
     elif cmd[0] == "threads":
         for _ in range(int(cmd[1])):
             threading.Thread(target=park, args=(stop,), daemon=True).start()
