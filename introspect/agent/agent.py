@@ -925,13 +925,18 @@ def cmd_snapshot(params):  # type: (dict) -> dict
     t0 = time.perf_counter()
     if params.get("collect"):
         gc.collect()
-    # Held across the fork: other threads die in the child, their frames (and locals) must not.
+    # Read before the fork: other threads die in the child, and their frames with them (3.14+
+    # frees their stacks: a held frame object then points at unmapped memory). Their locals are
+    # held across the fork instead, with the ids of every running frame (never walked as objects).
     frames = sys._current_frames()
+    frame_roots, frame_ids = _snap_frames(frames)
+    del frames
     # 3.12+ warns about fork() in a multi-threaded process (under -W error 3.15 raises it in the
     # parent, after the child exists). The warning is attributed to this module's name: an exact
     # "ignore" filter for that name alone silences it without touching anyone else's warnings.
     flt = _snap_filters()
     entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
+    frame_ids.append(id(entry))
     if flt is not None:
         flt.insert(0, entry)
     try:
@@ -947,14 +952,14 @@ def cmd_snapshot(params):  # type: (dict) -> dict
     if pid == 0:
         try:
             if posix.fork() == 0:  # type: ignore[attr-defined]
-                _snap_walker(params, frames)
+                _snap_walker(params, frame_roots, frame_ids)
         finally:
             posix._exit(0)  # type: ignore[attr-defined]
     try:
         posix.waitpid(pid, 0)  # type: ignore[attr-defined]
     except OSError:
         pass  # SIGCHLD ignored (the kernel reaped it) or the target's own waitpid(-1) won the race
-    del frames
+    del frame_roots[:]
     return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0}
 
 
@@ -970,7 +975,7 @@ def _snap_json(obj):  # type: (object) -> bytes
     return "".join(out).encode("utf-8", "backslashreplace")
 
 
-def _snap_quiet(deadline):  # type: (float) -> None
+def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
     """Out of the target's way: lowest priority, first for the OOM killer, a hard deadline, no
     inherited descriptor kept open (a held pipe or socket would delay EOF seen by its peer)."""
     try:
@@ -993,17 +998,19 @@ def _snap_quiet(deadline):  # type: (float) -> None
         posix.dup2(null, k)  # type: ignore[attr-defined]
     for name in posix.listdir("/proc/self/fd"):  # type: ignore[attr-defined]
         k = int(name)
-        if k > 2:
+        if k > 2 and k != keep_fd:
             try:
                 posix.close(k)  # type: ignore[attr-defined]
             except OSError:
                 pass
 
 
-def _snap_own(frames, mods):  # type: (dict, list) -> dict
-    """ids of our own objects (the agent's namespace, the bootstrap's, the held frames): never
+def _snap_own(frame_ids, mods):  # type: (list, list) -> dict
+    """ids of our own objects (the agent's namespace, the bootstrap's, running frames): never
     recorded, never followed; the frames of running threads are described as roots instead."""
-    own = {id(_G): None, id(frames): None}  # type: dict
+    own = {id(_G): None}  # type: dict
+    for i in frame_ids:
+        own[i] = None
     stack = list(_G.values())
     while stack:
         v = stack.pop()
@@ -1017,26 +1024,12 @@ def _snap_own(frames, mods):  # type: (dict, list) -> dict
             stack.extend(v.values() if type(v) is dict else v)
         elif type(v) is _CellType:
             own[id(v)] = None
-    module_dicts = set(id(m.__dict__) for _, m in mods if hasattr(m, "__dict__"))
-    me = _thread.get_ident()
-    agent_file = _G.get("__file__", "\0")
-    for ident, f in frames.items():
-        ours = ident == me
-        while f is not None:
-            own[id(f)] = None
-            code = f.f_code
-            if ours:
-                if code.co_filename == agent_file or (code.co_filename == "<string>" and not code.co_flags & 1):
-                    if id(f.f_globals) not in module_dicts:
-                        own[id(f.f_globals)] = None  # the bootstrap's fresh dict (agent source, file)
-                else:
-                    ours = False
-            f = f.f_back
     return own
 
 
-def _snap_frame_roots(frames):  # type: (dict) -> list
-    """[(description, value)] for the locals of running function frames, ours skipped."""
+def _snap_frames(frames):  # type: (dict) -> tuple
+    """In the target, before the fork: ([(description, value)] for the locals of running function
+    frames, ours skipped; [ids of every running frame and of the bootstrap's namespace])."""
     names = {}
     threading = sys.modules.get("threading")
     if threading is not None:
@@ -1045,15 +1038,24 @@ def _snap_frame_roots(frames):  # type: (dict) -> list
                 names[ident] = th.name
         except Exception:
             pass
+    module_dicts = set()
+    for m in list(sys.modules.values()):
+        d = getattr(m, "__dict__", None)
+        if type(d) is dict:
+            module_dicts.add(id(d))
     me = _thread.get_ident()
     agent_file = _G.get("__file__", "\0")
-    out = []
+    roots = []
+    ids = [id(frames)]
     for ident, f in frames.items():
         tname = names.get(ident, "thread-%d" % ident)
         ours = ident == me
         while f is not None:
+            ids.append(id(f))
             code = f.f_code
             if ours and (code.co_filename == agent_file or (code.co_filename == "<string>" and not code.co_flags & 1)):
+                if id(f.f_globals) not in module_dicts:
+                    ids.append(id(f.f_globals))  # the bootstrap's fresh dict (agent source, file)
                 f = f.f_back
                 continue
             ours = False
@@ -1064,42 +1066,47 @@ def _snap_frame_roots(frames):  # type: (dict) -> list
                     items = []
                 for var, val in items:
                     if type(var) is str:
-                        out.append(("thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var), val))
+                        roots.append(("thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var), val))
             f = f.f_back
-    return out
+    ids.append(id(roots))
+    return roots, ids
 
 
-def _snap_walker(params, frames):  # type: (dict, dict) -> None
+def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) -> None
     """The grandchild: walk every object once, stream it, answer label questions, never return."""
     gc.disable()  # a collection here would run the target's finalizers (its __del__ may do I/O)
     t0 = time.perf_counter()
     deadline = float(params.get("child_deadline", time.time() + 300))
-    mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)]
-    keep = []  # type: list  # every object recorded: alive until _exit
-    hold = []  # type: list  # our own objects met on the way: alive too, never recorded
-    index = {}  # type: dict  # id -> position
-    objs = gc.get_objects()
-    _snap_quiet(deadline)
-    marshal = _builtin("marshal")
-    own = _snap_own(frames, mods)
-    for x in (keep, hold, index, objs, mods, own):
-        own[id(x)] = None
-    known = set(id(v) for _, v in mods)
-    for m in list(sys.modules.values()):  # anything this child imported is ours
-        if id(m) not in known:
-            own[id(m)] = None
-            d = getattr(m, "__dict__", None)
-            if type(d) is dict:
-                own[id(d)] = None
+    # First: with the stream open, any failure below reaches the CLI as an "X" frame at once.
     fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)  # type: ignore[attr-defined]
     posix.set_blocking(fd, True)  # type: ignore[attr-defined]
+    sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # type: ignore[attr-defined]  # < PIPE_BUF: atomic
     err = None
     try:
-        _snap_stream(fd, params, frames, mods, keep, hold, index, objs, own, marshal, t0, deadline)
+        mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)]
+        keep = []  # type: list  # every object recorded: alive until _exit
+        hold = []  # type: list  # our own objects met on the way: alive too, never recorded
+        index = {}  # type: dict  # id -> position
+        objs = gc.get_objects()
+        _snap_quiet(deadline, fd)
+        marshal = _builtin("marshal")
+        own = _snap_own(frame_ids, mods)
+        for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
+            own[id(x)] = None
+        known = set(id(v) for _, v in mods)
+        for m in list(sys.modules.values()):  # anything this child imported is ours
+            if id(m) not in known:
+                own[id(m)] = None
+                d = getattr(m, "__dict__", None)
+                if type(d) is dict:
+                    own[id(d)] = None
+        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline)
     except BaseException as exc:  # reported to the CLI, never raised anywhere
         err = exc
     if err is not None:
         try:
+            if not sent_magic:
+                posix.write(fd, SNAP_MAGIC)  # type: ignore[attr-defined]
             _snap_send(fd, b"X", _snap_json({"error": _exc_record(err, "")}))
         except Exception:
             pass
@@ -1107,11 +1114,8 @@ def _snap_walker(params, frames):  # type: (dict, dict) -> None
     _snap_answer(fd, params, keep)
 
 
-def _snap_stream(fd, params, frames, mods, keep, hold, index, objs, own, marshal, t0, deadline):
-    # type: (int, dict, dict, list, list, list, dict, list, dict, Any, float, float) -> None
-    data = memoryview(SNAP_MAGIC)
-    while data:
-        data = data[posix.write(fd, data):]  # type: ignore[attr-defined]
+def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline):
+    # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
     facts = _gc_facts()
     _snap_send(fd, b"M", _snap_json({
         "format": 1, "pid": posix.getpid(),  # type: ignore[attr-defined]
@@ -1131,7 +1135,7 @@ def _snap_stream(fd, params, frames, mods, keep, hold, index, objs, own, marshal
     for name, m in mods:
         if id(m) not in own:
             roots.append(["module", name, place(m)])
-    for desc, val in _snap_frame_roots(frames):
+    for desc, val in frame_roots:
         if id(val) not in own:
             roots.append(["frame", desc, place(val)])
         else:
