@@ -902,7 +902,8 @@ COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": 
 # [first position, refcount excess] (the object's refcount minus our own holds); "E" end JSON;
 # "X" error JSON; "L" answers to the CLI's label questions. Positions number objects in the order
 # of first discovery. After "E" the walker answers lines read from the control FIFO:
-# "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "Q": exit.
+# "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "V p ...": free
+# variable names of functions; "Q": exit.
 
 SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
 SNAP_BATCH = 32768
@@ -1249,8 +1250,11 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             if not parts or parts[0] == b"Q":
                 return
             nums = [int(x) for x in parts[1:]]
+            answer = []  # type: list
             if parts[0] == b"L":
                 answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
+            elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
+                answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))

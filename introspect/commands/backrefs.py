@@ -18,16 +18,18 @@ from __future__ import annotations
 import argparse
 import difflib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from introspect import errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
-from introspect.snapshot import collect, heap
-from introspect.snapshot.collect import Walker
-from introspect.snapshot.records import Snapshot
+from introspect.snapshot import collect
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -93,6 +95,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
 
 
 def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samples: int) -> dict[str, Any]:
+    from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
     names = heap.match_type(snap, type_name)
     if not names:
         present = sorted(set(snap.types))
@@ -101,7 +105,7 @@ def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samp
         rows = heap.type_rows(snap)
         check_found(type_name, pid, {"status": "ambiguous", "candidates": [[n, rows[n].count] for n in names]})
     h = heap.analyse(snap)
-    chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples)
+    chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples, walker.freevars)
     return {"type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,
             "partial": False, "reason": None, "levels": max((len(c["path"]) for c in chains), default=0),  # type: ignore[arg-type]
             "chains": chains, "graph": chain_graph(chains, names[0]),

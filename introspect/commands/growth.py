@@ -19,17 +19,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
-from introspect.snapshot import collect, heap, state, views
-from introspect.snapshot.collect import Walker
-from introspect.snapshot.records import Snapshot
+from introspect.snapshot import collect, state, views
 from introspect.target import inspect_target
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -160,6 +162,8 @@ def _analyser(saved: dict[str, Any] | None) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
         found = heap.holders(h, walker.labels, 50)

@@ -17,16 +17,18 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
-from introspect.snapshot import collect, heap, views
-from introspect.snapshot.collect import Walker
-from introspect.snapshot.records import Snapshot
+from introspect.snapshot import collect, views
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -51,8 +53,10 @@ class Command:
         limit = args.limit
 
         def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+            from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
             rows = heap.type_rows(snap)
-            doc: dict[str, Any] = {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()),
+            doc: dict[str, Any] = {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "partial": False,
                                    "bytes": int(snap.size.sum()), "distinct_types": len(rows), "gc": snap.meta.get("gc", {})}
             if args.by == "retained":
                 h = heap.analyse(snap)

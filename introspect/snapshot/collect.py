@@ -15,12 +15,14 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from introspect import errors
 from introspect.channel import RunDir
 from introspect.runner import Outcome, run_agent
-from introspect.snapshot.records import Reader, Snapshot, StreamError, read_snapshot
+
+if TYPE_CHECKING:
+    from introspect.snapshot.records import Reader, Snapshot
 
 T = TypeVar("T")
 # The walker's RSS reached about 2x the parent's (DESIGN.md, "Forked snapshot"): it copies each page
@@ -141,7 +143,7 @@ class Walker:
         self.deadline = deadline
         self.cfd = -1
 
-    def _ask(self, line: str) -> list[str]:
+    def _ask(self, line: str) -> list[Any]:
         if self.cfd < 0:
             while True:  # the walker opens its end after its last frame; never block on a dead one
                 try:
@@ -150,11 +152,13 @@ class Walker:
                     break
                 except OSError as exc:
                     if exc.errno != errno.ENXIO or time.monotonic() > self.deadline or not self.alive():
+                        from introspect.snapshot.records import StreamError
+
                         raise StreamError("the snapshot walker stopped answering") from None
                     time.sleep(0.005)
         os.write(self.cfd, line.encode() + b"\n")
         _kind, payload = self.reader.frame()
-        answer: list[str] = json.loads(payload)
+        answer: list[Any] = json.loads(payload)
         return answer
 
     def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
@@ -168,6 +172,12 @@ class Walker:
         out: list[str] = []
         for k in range(0, len(positions), 4000):
             out += self._ask("N " + " ".join(str(p) for p in positions[k:k + 4000]))
+        return out
+
+    def freevars(self, positions: Sequence[int]) -> list[list[str]]:
+        out: list[list[str]] = []
+        for k in range(0, len(positions), 4000):
+            out += self._ask("V " + " ".join(str(p) for p in positions[k:k + 4000]))
         return out
 
     def alive(self) -> bool:
@@ -207,6 +217,8 @@ class _Session:
         res = envelope.get("result") or {}
         if not res.get("forked"):
             return None
+        from introspect.snapshot.records import Reader, StreamError, read_snapshot  # numpy: only when a snapshot comes
+
         reader = Reader(self.fd, time.monotonic() + self.timeout)
 
         def on_meta(meta: dict[str, Any]) -> None:

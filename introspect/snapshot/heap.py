@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import igraph  # type: ignore[import-untyped]
 import numpy as np
 
 from introspect.snapshot.records import IMMORTAL, Snapshot
+from introspect.snapshot.views import Holder, TypeRow
 
 # Types whose instances hold items: the candidates for "holder".
 CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collections.deque", "collections.OrderedDict",
@@ -27,15 +27,6 @@ CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collection
 Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 # positions -> names of modules, classes and functions ("" for anything else).
 Namer = Callable[[Sequence[int]], list[str]]
-
-
-@dataclass(frozen=True)
-class TypeRow:
-    type: str
-    count: int
-    tracked: int
-    untracked: int
-    bytes: int
 
 
 def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
@@ -90,6 +81,8 @@ def analyse(snap: Snapshot) -> Heap:
     refcount exceeds the references found are roots "held from C". (An object both reachable and
     also held by C code is attributed to its Python path: the graph cannot see C's references.)
     """
+    import igraph  # 0.7 s to import: only when a graph is analysed, not on every CLI start
+
     n = snap.n
     counts = np.diff(snap.offsets)
     indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
@@ -135,15 +128,6 @@ def analyse(snap: Snapshot) -> Heap:
         ok = dom >= 0
         np.add.at(retained, dom[ok], retained[layer[ok]])
     return Heap(snap, retained, idom, parent, reachable, root_name, held)
-
-
-@dataclass(frozen=True)
-class Holder:
-    pos: int
-    path: str
-    type: str
-    items: int
-    retained_bytes: int
 
 
 def _items(snap: Snapshot, pos: int) -> int:
@@ -240,13 +224,21 @@ def match_type(snap: Snapshot, query: str) -> list[str]:
 
 
 def _collapse(steps: list[dict[str, object]]) -> list[dict[str, object]]:
-    """(X --__dict__--> dict --['k']--> Y) becomes (X --.k--> Y)."""
+    """(X --__dict__--> dict --['k']--> Y) becomes (X --.k--> Y); (function --__closure__--> tuple
+    --[i]--> cell --cell_contents--> Y) becomes (function --closure var NAME--> Y)."""
     out: list[dict[str, object]] = []
     i = 0
     while i < len(steps):
         st = dict(steps[i])
         nxt = steps[i + 1] if i + 1 < len(steps) else None
         via = nxt.get("via") if nxt else None
+        freevars = st.pop("_freevars", None)
+        if st.get("via") == "__closure__" and i + 2 < len(steps) and steps[i + 2]["type"] == "cell" and isinstance(via, str) \
+                and via[1:-1].isdigit() and isinstance(freevars, list) and int(via[1:-1]) < len(freevars):
+            st["via"] = "closure var " + str(freevars[int(via[1:-1])])
+            out.append(st)
+            i += 3
+            continue
         if st.get("via") == "__dict__" and nxt is not None and nxt["type"] == "dict" and isinstance(via, str) \
                 and via.startswith("['") and via.endswith("']"):
             st["via"] = "." + via[2:-2]
@@ -257,7 +249,8 @@ def _collapse(steps: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10) -> tuple[list[dict[str, object]], int, int]:
+def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
+           freevars: Callable[[Sequence[int]], list[list[str]]] | None = None) -> tuple[list[dict[str, object]], int, int]:
     """Reference chains from a root to instances of ``type_name``, grouped by shape.
 
     Every reachable instance is grouped by its root and the types along its shortest path from it;
@@ -281,6 +274,8 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     flat = ask(edges_of(paths))
     want = sorted({q for path in paths for q in path})
     named = dict(zip(want, names(want)))
+    funcs = [q for q in want if snap.type_name(q) == "function"]
+    free = dict(zip(funcs, freevars(funcs))) if freevars is not None and funcs else {}
     out: list[dict[str, object]] = []
     k = 0
     for (count, _rep), path in zip(ranked, paths):
@@ -291,6 +286,8 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
             step: dict[str, object] = {"type": snap.type_name(q), "via": labs[i] if i < len(labs) else None}
             if named.get(q):
                 step["name"] = named[q]
+            if q in free:
+                step["_freevars"] = free[q]
             steps.append(step)
         root = heap.root_name.get(path[0], snap.type_name(path[0]))
         out.append({"root": root, "count": count, "path": _collapse(steps)})

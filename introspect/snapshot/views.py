@@ -6,7 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from introspect.snapshot.heap import Holder, TypeRow
+
+@dataclass(frozen=True)
+class TypeRow:
+    type: str
+    count: int
+    tracked: int
+    untracked: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Holder:
+    pos: int
+    path: str
+    type: str
+    items: int
+    retained_bytes: int
 
 
 @dataclass(frozen=True)
