@@ -907,6 +907,13 @@ COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": 
 
 SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
 SNAP_BATCH = 32768
+_CodeType = type(_builtin.__code__)
+# Code objects are not gc containers (no tp_traverse): their references are read from the stored
+# attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
+# new objects of the walker's own).
+_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable", "co_exceptiontable")
+               if sys.version_info >= (3, 11) else
+               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename", "co_name", "co_code", "co_lnotab"))
 
 
 def _snap_filters():  # type: () -> Any
@@ -1012,7 +1019,7 @@ def _snap_own(frame_ids, mods):  # type: (list, list) -> dict
     own = {id(_G): None}  # type: dict
     for i in frame_ids:
         own[i] = None
-    stack = list(_G.values())
+    stack = [v for k, v in _G.items() if k != "__builtins__"]  # exec put the target's builtins there
     while stack:
         v = stack.pop()
         if id(v) in own:
@@ -1169,7 +1176,10 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
         except Exception:
             b = 0
         k = 0
-        for r in getrefs(o):
+        refs = getrefs(o)
+        if t is _CodeType:
+            refs = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
+        for r in refs:
             i = id(r)
             p = index.get(i)
             if p is None:
@@ -1195,6 +1205,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
             start = pos
             if time.time() > deadline:
                 raise RuntimeError("deadline reached after %d objects" % pos)
+    refs = None
     walk_s = time.perf_counter() - t0
     # Refcount excess: references the walk could not see (C code, running frames' stacks).
     # Each object is held here by keep, the loop variable and getrefcount's argument; the
@@ -1288,6 +1299,11 @@ def _snap_via(holder, child):  # type: (object, object) -> str
             return "cell_contents"
         if th is _ModuleType:
             return "__dict__"
+        if th is _CodeType:
+            for attr in _CODE_ATTRS:
+                if getattr(holder, attr, None) is child:
+                    return "." + attr
+            return "(code)"
         if th is _FunctionType:
             for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
                 if getattr(holder, attr, None) is child:

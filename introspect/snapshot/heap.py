@@ -185,8 +185,8 @@ def edges_of(paths: list[list[int]]) -> list[tuple[int, int]]:
     return out
 
 
-def holders(heap: Heap, label: Labeler, limit: int = 10) -> list[Holder]:
-    picks = holder_positions(heap, limit)
+def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024) -> list[Holder]:
+    picks = holder_positions(heap, limit, min_bytes)
     paths = [heap.path(p) for p in picks]
     flat = label(edges_of(paths))
     out = []
@@ -255,7 +255,7 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
 
     Every reachable instance is grouped by its root and the types along its shortest path from it;
     a group's count covers all its instances (up to 200,000 looked at). The biggest ``samples``
-    groups are shown, each with the labels of one representative: its first instance in walk
+    groups are shown (those rooted in modules and frames before those held from C), each with the labels of one representative: its first instance in walk
     order (roots first, then breadth first: "newest first" cannot be known from a snapshot).
     Returns (chains, instances found, instances not reachable from any root).
     """
@@ -269,7 +269,13 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
         key = (heap.root_name.get(path[0], ""), tuple(int(snap.type_of[q]) for q in path))
         g = groups.setdefault(key, [0, p])
         g[0] += 1
-    ranked = sorted(groups.values(), key=lambda g: -g[0])[:samples]
+    def rank(g: list[int]) -> tuple[bool, int]:
+        # Paths from modules and frames first: a group "held from C" (code objects' name tuples and
+        # kind bytes on 3.11+, interned and immortal objects) is rarely what a person looks for.
+        root = heap.root_name.get(heap.path(g[1])[0], "")
+        return (root.startswith(("held from C", "immortal")), -g[0])
+
+    ranked = sorted(groups.values(), key=rank)[:samples]
     paths = [heap.path(rep) for _, rep in ranked]
     flat = ask(edges_of(paths))
     want = sorted({q for path in paths for q in path})
