@@ -963,12 +963,41 @@ def cmd_snapshot(params):  # type: (dict) -> dict
                 _snap_walker(params, frame_roots, frame_ids)
         finally:
             posix._exit(0)  # type: ignore[attr-defined]
-    try:
-        posix.waitpid(pid, 0)  # type: ignore[attr-defined]
-    except OSError:
-        pass  # SIGCHLD ignored (the kernel reaped it) or the target's own waitpid(-1) won the race
+    reaped = _snap_reap(pid)
     del frame_roots[:]
-    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0}
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "reaped": reaped}
+
+
+def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
+    # type: (int, Any, Any) -> None
+    """The reaper thread's body: names bound as defaults, so it looks nothing up in our globals
+    (cleared when the agent returns) and cannot print (the target's waitpid(-1) may win: ECHILD)."""
+    try:
+        waitpid(pid, 0)
+    except error:
+        pass
+
+
+def _snap_reap(pid):  # type: (int) -> str
+    """Reap the intermediate child, which exits once it has forked the walker (its fork of the whole
+    address space and its exit take about as long as ours did). SIGCHLD ignored: the kernel reaps it.
+    Default disposition: a short-lived thread waits for it, so the target does not. A handler of the
+    target's own (it may reap children itself), or a _thread replaced by gevent/eventlet: we wait."""
+    sig = _builtin("_signal")
+    try:
+        disposition = sig.getsignal(sig.SIGCHLD)
+    except Exception:
+        disposition = None
+    if disposition == sig.SIG_IGN:
+        return "by the kernel (SIGCHLD ignored)"
+    if disposition == sig.SIG_DFL and type(_thread.start_new_thread).__name__ == "builtin_function_or_method":
+        try:
+            _thread.start_new_thread(_reap, (pid,))
+            return "by a short-lived thread"
+        except Exception:
+            pass
+    _reap(pid)
+    return "waited for"
 
 
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
