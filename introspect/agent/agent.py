@@ -1529,6 +1529,514 @@ COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": 
 
 
 # ---------------------------------------------------------------------------------------------
+# forked snapshot: the target pays for a fork; a grandchild walks every object and streams it.
+#
+# The parent (the target) forks at its safe point, reaps the intermediate child at once (it exits
+# right after forking the walker, so the walker is an orphan adopted by init or a subreaper: no
+# zombie whatever the target does with SIGCHLD) and returns. The walker is a frozen copy: it may
+# call gc.get_referents on anything, because nothing it does reaches the target, but it keeps
+# every object it touched alive until os._exit (a refcount reaching zero would run a foreign
+# deallocator in a half-copied world, see gh-122695) and never runs a finalizer (gc disabled).
+#
+# Stream (format 1), written to a FIFO the CLI created in the run dir (a pipe: nothing lands on
+# the target's filesystem): SNAP_MAGIC, then frames of kind (1 byte) + length (4 bytes, little
+# endian) + payload. "M" meta JSON; "T" new types JSON [[index, name]]; "O" objects: marshal
+# (version 2) of [first position, types, sizes, gc-tracked flags, reference counts per object,
+# referenced positions]; "R" roots JSON [[kind, description, position]]; "C" marshal of
+# [first position, refcount excess] (the object's refcount minus our own holds); "E" end JSON;
+# "X" error JSON; "L" answers to the CLI's label questions. Positions number objects in the order
+# of first discovery. After "E" the walker answers lines read from the control FIFO:
+# "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "V p ...": free
+# variable names of functions; "Q": exit.
+
+SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
+SNAP_BATCH = 32768
+_CodeType = type(_builtin.__code__)
+# Code objects are not gc containers (no tp_traverse): their references are read from the stored
+# attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
+# new objects of the walker's own).
+_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable", "co_exceptiontable")
+               if sys.version_info >= (3, 11) else
+               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename", "co_name", "co_code", "co_lnotab"))
+
+
+def _snap_filters():  # type: () -> Any
+    """The live warnings filter list (warnings.filters, or _warnings.filters before warnings is
+    imported), read through module dicts so no module __getattr__ runs."""
+    for name in ("warnings", "_warnings"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            flt = mod.__dict__.get("filters")
+            if type(flt) is list:
+                return flt
+    return None
+
+
+def cmd_snapshot(params):  # type: (dict) -> dict
+    """Fork; the grandchild walks and streams (see above). Returns the parent's pause."""
+    t0 = time.perf_counter()
+    if params.get("collect"):
+        gc.collect()
+    # Read before the fork: other threads die in the child, and their frames with them (3.14+
+    # frees their stacks: a held frame object then points at unmapped memory). Their locals are
+    # held across the fork instead, with the ids of every running frame (never walked as objects).
+    frames = sys._current_frames()
+    frame_roots, frame_ids = _snap_frames(frames)
+    del frames
+    # 3.12+ warns about fork() in a multi-threaded process (under -W error 3.15 raises it in the
+    # parent, after the child exists). The warning is attributed to this module's name: an exact
+    # "ignore" filter for that name alone silences it without touching anyone else's warnings.
+    flt = _snap_filters()
+    entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
+    frame_ids.append(id(entry))
+    if flt is not None:
+        flt.insert(0, entry)
+    try:
+        pid = posix.fork()  # type: ignore[attr-defined]
+    except OSError as exc:
+        return {"forked": False, "error": "fork failed: %s" % (exc,), "pause_s": time.perf_counter() - t0}
+    finally:
+        if flt is not None:
+            for k in range(len(flt)):
+                if flt[k] is entry:
+                    del flt[k]
+                    break
+    if pid == 0:
+        try:
+            if posix.fork() == 0:  # type: ignore[attr-defined]
+                _snap_walker(params, frame_roots, frame_ids)
+        finally:
+            posix._exit(0)  # type: ignore[attr-defined]
+    reaped = _snap_reap(pid)
+    del frame_roots[:]
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "reaped": reaped}
+
+
+def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
+    # type: (int, Any, Any) -> None
+    """The reaper thread's body: names bound as defaults, so it looks nothing up in our globals
+    (cleared when the agent returns) and cannot print (the target's waitpid(-1) may win: ECHILD)."""
+    try:
+        waitpid(pid, 0)
+    except error:
+        pass
+
+
+def _snap_reap(pid):  # type: (int) -> str
+    """Reap the intermediate child, which exits once it has forked the walker (its fork of the whole
+    address space and its exit take about as long as ours did). SIGCHLD ignored: the kernel reaps it.
+    Default disposition: a short-lived thread waits for it, so the target does not. A handler of the
+    target's own (it may reap children itself), or a _thread replaced by gevent/eventlet: we wait."""
+    sig = _builtin("_signal")
+    try:
+        disposition = sig.getsignal(sig.SIGCHLD)
+    except Exception:
+        disposition = None
+    if disposition == sig.SIG_IGN:
+        return "by the kernel (SIGCHLD ignored)"
+    if disposition == sig.SIG_DFL and type(_thread.start_new_thread).__name__ == "builtin_function_or_method":
+        try:
+            _thread.start_new_thread(_reap, (pid,))
+            return "by a short-lived thread"
+        except Exception:
+            pass
+    _reap(pid)
+    return "waited for"
+
+
+def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
+    data = memoryview(kind + len(payload).to_bytes(4, "little") + payload)
+    while data:
+        data = data[posix.write(fd, data):]  # type: ignore[attr-defined]
+
+
+def _snap_json(obj):  # type: (object) -> bytes
+    out = []  # type: list
+    _dump(obj, out)
+    return "".join(out).encode("utf-8", "backslashreplace")
+
+
+def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
+    """Out of the target's way: lowest priority, first for the OOM killer, a hard deadline, no
+    inherited descriptor kept open (a held pipe or socket would delay EOF seen by its peer)."""
+    try:
+        posix.nice(19)  # type: ignore[attr-defined]
+    except OSError:
+        pass
+    try:
+        fd = posix.open("/proc/self/oom_score_adj", posix.O_WRONLY)  # type: ignore[attr-defined]
+        try:
+            posix.write(fd, b"1000")  # type: ignore[attr-defined]
+        finally:
+            posix.close(fd)  # type: ignore[attr-defined]
+    except OSError:
+        pass
+    sig = _builtin("_signal")
+    sig.signal(sig.SIGALRM, sig.SIG_DFL)
+    sig.alarm(max(1, int(deadline - time.time()) + 1))
+    null = posix.open("/dev/null", posix.O_RDWR)  # type: ignore[attr-defined]
+    for k in (0, 1, 2):
+        posix.dup2(null, k)  # type: ignore[attr-defined]
+    for name in posix.listdir("/proc/self/fd"):  # type: ignore[attr-defined]
+        k = int(name)
+        if k > 2 and k != keep_fd:
+            try:
+                posix.close(k)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+
+
+def _snap_own(frame_ids, mods):  # type: (list, list) -> dict
+    """ids of our own objects (the agent's namespace, the bootstrap's, running frames): never
+    recorded, never followed; the frames of running threads are described as roots instead."""
+    own = {id(_G): None}  # type: dict
+    for i in frame_ids:
+        own[i] = None
+    stack = [v for k, v in _G.items() if k != "__builtins__"]  # exec put the target's builtins there
+    while stack:
+        v = stack.pop()
+        if id(v) in own:
+            continue
+        if type(v) is _FunctionType:
+            own[id(v)] = None
+            stack.extend((v.__defaults__, v.__kwdefaults__, v.__closure__, v.__dict__))
+        elif type(v) in (dict, list, tuple, set):
+            own[id(v)] = None
+            stack.extend(v.values() if type(v) is dict else v)
+        elif type(v) is _CellType:
+            own[id(v)] = None
+    return own
+
+
+def _snap_frames(frames):  # type: (dict) -> tuple
+    """In the target, before the fork: ([(description, value)] for the locals of running function
+    frames, ours skipped; [ids of every running frame and of the bootstrap's namespace])."""
+    names = {}
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            for ident, th in list(threading.__dict__.get("_active", {}).items()):
+                names[ident] = th.name
+        except Exception:
+            pass
+    module_dicts = set()
+    for m in list(sys.modules.values()):
+        d = getattr(m, "__dict__", None)
+        if type(d) is dict:
+            module_dicts.add(id(d))
+    me = _thread.get_ident()
+    agent_file = _G.get("__file__", "\0")
+    roots = []
+    ids = [id(frames)]
+    for ident, f in frames.items():
+        tname = names.get(ident, "thread-%d" % ident)
+        ours = ident == me
+        while f is not None:
+            ids.append(id(f))
+            code = f.f_code
+            if ours and (code.co_filename == agent_file or (code.co_filename == "<string>" and not code.co_flags & 1)):
+                if id(f.f_globals) not in module_dicts:
+                    ids.append(id(f.f_globals))  # the bootstrap's fresh dict (agent source, file)
+                f = f.f_back
+                continue
+            ours = False
+            if code.co_flags & 1:  # CO_OPTIMIZED: a function frame
+                try:
+                    items = list(f.f_locals.items())
+                except Exception:
+                    items = []
+                for var, val in items:
+                    if type(var) is str:
+                        roots.append(("thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var), val))
+            f = f.f_back
+    ids.append(id(roots))
+    return roots, ids
+
+
+def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) -> None
+    """The grandchild: walk every object once, stream it, answer label questions, never return."""
+    gc.disable()  # a collection here would run the target's finalizers (its __del__ may do I/O)
+    t0 = time.perf_counter()
+    deadline = float(params.get("child_deadline", time.time() + 300))
+    # First: with the stream open, any failure below reaches the CLI as an "X" frame at once.
+    fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)  # type: ignore[attr-defined]
+    posix.set_blocking(fd, True)  # type: ignore[attr-defined]
+    sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # type: ignore[attr-defined]  # < PIPE_BUF: atomic
+    err = None
+    try:
+        mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)]
+        keep = []  # type: list  # every object recorded: alive until _exit
+        hold = []  # type: list  # our own objects met on the way: alive too, never recorded
+        index = {}  # type: dict  # id -> position
+        objs = gc.get_objects()
+        _snap_quiet(deadline, fd)
+        marshal = _builtin("marshal")
+        own = _snap_own(frame_ids, mods)
+        for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
+            own[id(x)] = None
+        known = set(id(v) for _, v in mods)
+        for m in list(sys.modules.values()):  # anything this child imported is ours
+            if id(m) not in known:
+                own[id(m)] = None
+                d = getattr(m, "__dict__", None)
+                if type(d) is dict:
+                    own[id(d)] = None
+        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline)
+    except BaseException as exc:  # reported to the CLI, never raised anywhere
+        err = exc
+    if err is not None:
+        try:
+            if not sent_magic:
+                posix.write(fd, SNAP_MAGIC)  # type: ignore[attr-defined]
+            _snap_send(fd, b"X", _snap_json({"error": _exc_record(err, "")}))
+        except Exception:
+            pass
+        return
+    _snap_answer(fd, params, keep)
+
+
+def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline):
+    # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
+    facts = _gc_facts()
+    _snap_send(fd, b"M", _snap_json({
+        "format": 1, "pid": posix.getpid(),  # type: ignore[attr-defined]
+        "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3], "gc": facts,
+        "gc_objects": len(objs), "byteorder": sys.byteorder, "time": time.time(),
+    }))
+    roots = []  # type: list
+
+    def place(o):  # type: (object) -> int
+        i = id(o)
+        p = index.get(i)
+        if p is None:
+            p = index[i] = len(keep)
+            keep.append(o)
+        return p
+
+    for name, m in mods:
+        if id(m) not in own:
+            roots.append(["module", name, place(m)])
+    for desc, val in frame_roots:
+        if id(val) not in own:
+            roots.append(["frame", desc, place(val)])
+        else:
+            hold.append(val)
+    for o in objs:
+        if id(o) not in own:
+            place(o)
+    del objs[:]
+    _snap_send(fd, b"R", _snap_json(roots))
+    getrefs = gc.get_referents
+    is_tracked = gc.is_tracked
+    getsizeof = sys.getsizeof
+    gc_head = _gc_head()
+    tindex = {}  # type: dict
+    sizers = {}  # type: dict
+    T, S, F, N, R = [], [], [], [], []  # type: list, list, list, list, list
+    newtypes = []  # type: list
+    start = pos = 0
+    edges = 0
+    while pos < len(keep):
+        o = keep[pos]
+        t = type(o)
+        ti = tindex.get(t)
+        if ti is None:
+            ti = tindex[t] = len(tindex)
+            newtypes.append([ti, type_name(t)])
+            sizers[t] = _c_sizeof(t)
+        try:
+            b = getsizeof(o) if sizers[t] else object.__sizeof__(o) + gc_head
+        except Exception:
+            b = 0
+        k = 0
+        refs = getrefs(o)
+        if t is _CodeType:
+            refs = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
+        for r in refs:
+            i = id(r)
+            p = index.get(i)
+            if p is None:
+                if i in own:
+                    hold.append(r)
+                    continue
+                p = index[i] = len(keep)
+                keep.append(r)
+            R.append(p)
+            k += 1
+        T.append(ti)
+        S.append(b)
+        F.append(1 if is_tracked(o) else 0)
+        N.append(k)
+        edges += k
+        pos += 1
+        if pos - start >= SNAP_BATCH or pos == len(keep):
+            if newtypes:
+                _snap_send(fd, b"T", _snap_json(newtypes))
+                newtypes = []
+            _snap_send(fd, b"O", marshal.dumps([start, T, S, F, N, R], 2))
+            T, S, F, N, R = [], [], [], [], []
+            start = pos
+            if time.time() > deadline:
+                raise RuntimeError("deadline reached after %d objects" % pos)
+    refs = None
+    walk_s = time.perf_counter() - t0
+    # Refcount excess: references the walk could not see (C code, running frames' stacks).
+    # Each object is held here by keep, the loop variable and getrefcount's argument; the
+    # calibration object below has keep as its only other owner.
+    o = None
+    keep.append(object())
+    probe = keep[-1]
+    base = sys.getrefcount(probe)
+    del probe
+    keep.pop()
+    C = []  # type: list
+    start = 0
+    getrefcount = sys.getrefcount
+    for o in keep:
+        C.append(getrefcount(o) - base)
+        if len(C) >= SNAP_BATCH:
+            _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+            start += len(C)
+            C = []
+    o = None
+    if C:
+        _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+    _snap_send(fd, b"E", _snap_json({"objects": len(keep), "edges": edges, "walk_s": walk_s,
+                                     "total_s": time.perf_counter() - t0}))
+
+
+def _snap_start_ticks():  # type: () -> int
+    """This process's start time (clock ticks since boot, /proc/self/stat field 22): with the pid,
+    lets the CLI make sure the process it kills is this walker and not a reused pid."""
+    try:
+        fd = posix.open("/proc/self/stat", posix.O_RDONLY)  # type: ignore[attr-defined]
+        try:
+            raw = posix.read(fd, 4096)  # type: ignore[attr-defined]
+        finally:
+            posix.close(fd)  # type: ignore[attr-defined]
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except Exception:
+        return 0
+
+
+def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
+    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
+    cfd = posix.open(params["control"], posix.O_RDONLY)  # type: ignore[attr-defined]
+    buf = b""
+    while True:
+        chunk = posix.read(cfd, 65536)  # type: ignore[attr-defined]
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            parts = line.split()
+            if not parts or parts[0] == b"Q":
+                return
+            nums = [int(x) for x in parts[1:]]
+            answer = []  # type: list
+            if parts[0] == b"L":
+                answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
+            elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
+                answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
+            else:
+                answer = [_snap_name(keep[p]) for p in nums]
+            _snap_send(fd, b"L", _snap_json(answer))
+
+
+def _snap_label_key(k):  # type: (object) -> str
+    if type(k) is str:
+        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
+    if type(k) is int:
+        return "[%d]" % k
+    return "[<%s key>]" % type_name(type(k))
+
+
+def _snap_via(holder, child):  # type: (object, object) -> str
+    """How holder references child (attribute, key, index, closure variable): C-level reads only."""
+    th = type(holder)
+    try:
+        if isinstance(holder, dict):
+            for k, v in dict.items(holder):
+                if v is child:
+                    return _snap_label_key(k)
+                if k is child:
+                    return "(key)"
+            return "(item)"
+        if th is list or th is tuple:
+            for i, v in enumerate(holder):  # type: ignore[call-overload, arg-type]
+                if v is child:
+                    return "[%d]" % i
+            return "(item)"
+        if th is _CellType:
+            return "cell_contents"
+        if th is _ModuleType:
+            return "__dict__"
+        if th is _CodeType:
+            for attr in _CODE_ATTRS:
+                if getattr(holder, attr, None) is child:
+                    return "." + attr
+            return "(code)"
+        if th is _FunctionType:
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
+                if getattr(holder, attr, None) is child:
+                    return attr
+            return "(function)"
+        if th is _MethodType:
+            return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
+        if isinstance(holder, type):
+            if type(child) is dict and _type_dict.__get__(holder, type) is not None and "__module__" in child:  # type: ignore[operator]
+                return "__dict__"
+            if child in type.__dict__["__bases__"].__get__(holder, type):
+                return "__bases__"
+            return "__mro__" if type(child) is tuple else "(type)"
+        if isinstance(holder, (set, frozenset)):
+            return "{member}"
+        if child is th:
+            return "__class__"
+        try:
+            d = object.__getattribute__(holder, "__dict__")
+        except Exception:
+            d = None
+        if d is child:
+            return "__dict__"
+        if type(d) is dict:
+            for k, v in dict.items(d):
+                if v is child and type(k) is str:
+                    return "." + k
+        for klass in _type_mro.__get__(th, type):
+            slots = _type_dict.__get__(klass, type).get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                desc = _type_dict.__get__(klass, type).get(name)
+                if desc is not None and type(desc).__name__ == "member_descriptor":
+                    try:
+                        if desc.__get__(holder, th) is child:
+                            return "." + name
+                    except AttributeError:
+                        pass
+    except Exception:
+        pass
+    return "(referent)"
+
+
+def _snap_name(obj):  # type: (object) -> str
+    try:
+        if isinstance(obj, type):
+            return type_name(obj)  # type: ignore[arg-type]
+        if type(obj) is _FunctionType:
+            return obj.__qualname__  # type: ignore[attr-defined, no-any-return]
+        if type(obj) is _ModuleType:
+            name = obj.__dict__.get("__name__")
+            return name if isinstance(name, str) else ""
+    except Exception:
+        pass
+    return ""
+
+
+COMMANDS["snapshot"] = cmd_snapshot
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -1566,3 +2074,4 @@ if "REQUEST" in _G:
     finally:
         # Break the function<->globals cycles now, so nothing of ours waits for the next collection.
         _G.clear()
+

@@ -79,6 +79,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 
+    out += _snapshot_sections(doc)
     out.append("<h2>Types that grew since the baseline</h2>")
     if doc["growing"]:
         out.append("<table><tr><th>type</th><th>count</th><th>since baseline</th><th>last interval</th></tr>")
@@ -119,3 +120,34 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     out += [f"<li>{_link(p)}</li>" for p in raw if p]
     out.append("</ul></body></html>")
     return "\n".join(out) + "\n"
+
+
+def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
+    """Holders and every type (tracked by gc or not), from forked snapshots at the first and last look."""
+    snap = doc.get("snapshot")
+    if not snap:
+        return []
+    from introspect.render.text import human_bytes
+
+    out = ["<h2>What holds the memory</h2>"]
+    if snap.get("problem"):
+        out.append(f"<p>No forked snapshot: {_e(snap['problem'])}</p>")
+        return out
+    if snap["holders"]:
+        out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
+        for h in snap["holders"]:
+            since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
+                                                           f"{human_bytes(abs(h['retained_delta']))}"
+            out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
+                       f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
+        out.append("</table>")
+    out.append("<h2>Every type, tracked by the garbage collector or not</h2>")
+    out.append("<table><tr><th>type</th><th>count</th><th>untracked</th><th>bytes</th><th>since the first look</th>"
+               "<th>bytes since</th></tr>")
+    for r in snap["types"]:
+        out.append(f"<tr><td>{_e(r['type'])}</td><td class=n>{r['count']:,}</td><td class=n>{r['untracked']:,}</td>"
+                   f"<td class=n>{_e(human_bytes(r['bytes']))}</td>"
+                   f"<td class=n>{_e(_signed(r['since_baseline']) if 'since_baseline' in r else '')}</td>"
+                   f"<td class=n>{_e(_signed(r['bytes_delta']) if 'bytes_delta' in r else '')}</td></tr>")
+    out.append("</table>")
+    return out
