@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,3 +176,76 @@ def forget(pid: int, create_time: float) -> None:
         os.unlink(_path(pid, create_time))
     except OSError:
         pass
+
+
+# --- where instances were allocated (tracemalloc's object traceback), from a forked snapshot ---
+
+SAMPLE = 500  # instances per type whose allocation is looked up
+
+
+def instances(snap: Any, type_name: str, sample: int = SAMPLE) -> list[int]:
+    """Positions of up to ``sample`` instances of ``type_name`` in a snapshot, evenly spread."""
+    import numpy as np  # only with a snapshot
+
+    ids = [i for i, name in enumerate(snap.types) if name == type_name]
+    if not ids:
+        return []
+    pos = np.flatnonzero(np.isin(snap.type_of, ids))
+    if pos.shape[0] > sample:
+        pos = pos[np.linspace(0, pos.shape[0] - 1, sample).astype(np.int64)]
+    return [int(p) for p in pos]
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """Allocation sites of sampled instances: ``sites`` [{file, line, function, count}], most first."""
+
+    sites: list[dict[str, Any]]
+    sampled: int
+    traced: int  # of the sampled, those allocated while tracing was on
+
+    def as_json(self) -> dict[str, Any]:
+        return {"allocated_at": self.sites, "allocated_sampled": self.sampled, "allocated_traced": self.traced}
+
+
+def allocated(walker: Any, positions: list[int], names: FunctionNames, limit: int = 5) -> Allocated | None:
+    """None when the target does not trace (the walker's copy has no tracemalloc traces)."""
+    if not positions:
+        return Allocated([], 0, 0)
+    on, frames = walker.allocated(positions)
+    return summarize(on, frames, names, limit)
+
+
+_RUN_AGENT = re.compile(r"/introspect-\d+-[0-9a-f]{16}/agent\.py$")
+
+
+def ours(file: str) -> bool:
+    """introspect's own allocations: its bootstrap's stage 1 or an agent file in a run dir."""
+    return file == "<introspect-bootstrap>" or bool(_RUN_AGENT.search(file))
+
+
+def summarize(on: bool, frames: list[Any], names: FunctionNames, limit: int = 5) -> Allocated | None:
+    """Sites of the sampled instances' innermost allocation frames ([file, line] or None each)."""
+    if not on:
+        return None
+    counts: dict[tuple[str, int], int] = {}
+    for fr in frames:
+        if fr is not None and not ours(str(fr[0])):
+            key = (str(fr[0]), int(fr[1]))
+            counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    sites = [{"file": f, "line": ln, "function": names(f, ln), "count": n} for (f, ln), n in ranked]
+    return Allocated(sites, len(frames), sum(counts.values()))
+
+
+def allocated_text(doc: dict[str, Any], pid: int, names: FunctionNames | None = None) -> list[str]:
+    """Lines for a text report from a doc holding ``tracing`` and ``allocated_*`` (Allocated.as_json)."""
+    if not doc.get("tracing"):
+        return [f"allocation sites: tracing is off (turn it on with `introspect trace start {pid}`, let the leak grow, look again)"]
+    if not doc.get("allocated_traced"):
+        return [f"allocation sites: none of {doc.get('allocated_sampled', 0):,} sampled instances was allocated while tracing was on"]
+    out = [f"allocated at ({doc['allocated_traced']:,} of {doc['allocated_sampled']:,} sampled instances were allocated while tracing):"]
+    for s in doc["allocated_at"]:
+        code = names.line(s["file"], s["line"]) if names is not None else ""
+        out.append(f"  {s['count']:>5,}  {s['file']}:{s['line']} in {s['function']}" + (f"   {code}" if code else ""))
+    return out

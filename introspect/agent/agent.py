@@ -1077,6 +1077,7 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         "levels": levels,
         "scan_s": scan_s,
         "search_s": search_s,
+        "allocated": _alloc_sites(sample),  # [tracing, innermost allocation frame per sampled instance]
     }
 
 
@@ -1318,6 +1319,7 @@ def _graph(chains, nodes, roots, tname):  # type: (list, dict, dict, str) -> dic
 # `trace show` says so and `trace start`/`stop` take the session over / end it there.
 
 TRACE_MODULE = "__introspect_trace__"
+_PID = posix.getpid()  # type: ignore[attr-defined]  # the target's: read before any fork, so a snapshot's walker answers for it
 _TRACE_BYTES_PER_TRACE = 40  # tracemalloc's own memory per live trace is 60-68 B (measured, 3.8/3.15): an over-estimate of the count
 _MAX_SITES = 20000  # sites returned by one show, largest first
 
@@ -1373,7 +1375,7 @@ def _trace_facts(tm):  # type: (Any) -> dict
             facts["owner"] = "introspect"
             facts["session"] = d["session"]
             facts["remaining_s"] = max(0.0, d["until"] - time.monotonic())
-            if d.get("pid") != posix.getpid():  # type: ignore[attr-defined]
+            if d.get("pid") != _PID:
                 facts["inherited_from"] = d.get("pid")
                 facts["remaining_s"] = None  # no timer here: the thread stayed in the parent
         else:
@@ -1493,6 +1495,36 @@ def _trace_sites(tm, depth, agent_file, max_traces):  # type: (Any, int, str, in
     return out
 
 
+def _trace_child_show(depth):  # type: (int) -> dict
+    """`trace show` in the snapshot's walker: the frozen copy's traces, read and grouped here, so
+    the target pays only for the fork (in-process, reading them pauses it ~5-25 us per trace)."""
+    _LIMIT["stop"], _LIMIT["dir"] = float("inf"), ""  # the walker has its own deadline (SIGALRM)
+    tm = _builtin("_tracemalloc")
+    facts = _trace_facts(tm)
+    facts["status"] = "ok"
+    facts["sites"] = []
+    if facts["tracing"]:
+        facts.update(_trace_sites(tm, max(1, depth), str(_G.get("__file__", "")), 1 << 62))
+    return facts
+
+
+def _alloc_sites(objs):  # type: (list) -> list
+    """[tracing, [[file, line] or None per object]]: the innermost frame of each object's
+    allocation (None: allocated before tracing began, or not traced)."""
+    tm = sys.modules.get("_tracemalloc")
+    if tm is None or not tm.is_tracing():
+        return [False, []]
+    out = []  # type: list
+    get = tm._get_object_traceback
+    for o in objs:
+        try:
+            tb = get(o)
+        except Exception:
+            tb = None
+        out.append(list(tb[0]) if tb else None)
+    return [True, out]
+
+
 def cmd_trace_show(params):  # type: (dict) -> dict
     tm = _builtin("_tracemalloc")
     facts = _trace_facts(tm)
@@ -1510,7 +1542,11 @@ def cmd_trace_show(params):  # type: (dict) -> dict
 def cmd_trace_stop(params):  # type: (dict) -> dict
     """What was seen last, then the end of our session (never of the application's tracing)."""
     tm = _builtin("_tracemalloc")
-    facts = cmd_trace_show(params)
+    if params.get("read", True):
+        facts = cmd_trace_show(params)
+    else:  # the last figures were read in a forked snapshot just before
+        facts = _trace_facts(tm)
+        facts["sites"] = []
     mod = _trace_mod()
     facts["stopped"] = False
     if facts["owner"] == "introspect" and mod is not None:
@@ -1764,11 +1800,14 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # type: ignore[attr-defined]  # < PIPE_BUF: atomic
     err = None
     try:
-        mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)]
+        walk = params.get("objects", True)  # False: no object walk, only questions (`trace show` reads traces here)
+        mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)] if walk else []
+        if not walk:
+            frame_roots = []
         keep = []  # type: list  # every object recorded: alive until _exit
         hold = []  # type: list  # our own objects met on the way: alive too, never recorded
         index = {}  # type: dict  # id -> position
-        objs = gc.get_objects()
+        objs = gc.get_objects() if walk else []
         _snap_quiet(deadline, fd)
         marshal = _builtin("marshal")
         own = _snap_own(frame_ids, mods)
@@ -1939,6 +1978,10 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
+            elif parts[0] == b"G":  # tracemalloc's live traces, grouped by the nums[0] innermost frames
+                answer = [_trace_child_show(nums[0] if nums else 1)]
+            elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
+                answer = _alloc_sites([keep[p] for p in nums])
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))

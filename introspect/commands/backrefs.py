@@ -20,7 +20,7 @@ import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from introspect import errors
+from introspect import errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
@@ -92,6 +92,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         "files": files,
         "collector": {"path": "in-process", "why": "--in-process given"} if collector == "in-process" else None,
     }
+    on, frames = res.get("allocated") or [False, []]
+    doc.update(_allocated_doc(tracing.summarize(on, frames, tracing.FunctionNames(outcome.target.root))))
     return outcome, doc
 
 
@@ -107,11 +109,16 @@ def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samp
         check_found(type_name, pid, {"status": "ambiguous", "candidates": [[n, rows[n].count] for n in names]})
     h = heap.analyse(snap)
     chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples, walker.freevars)
-    return {"type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,
+    alloc = tracing.allocated(walker, tracing.instances(snap, names[0]), tracing.FunctionNames(f"/proc/{pid}/root"))
+    return {**_allocated_doc(alloc), "type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,
             "partial": False, "reason": None, "levels": max((len(c["path"]) for c in chains), default=0),  # type: ignore[arg-type]
             "chains": chains, "graph": chain_graph(chains, names[0]),
             "sampling": "every instance grouped by its path's shape; one instance's path shown per group (walk order: roots first, "
                         "then breadth first)"}
+
+
+def _allocated_doc(alloc: tracing.Allocated | None) -> dict[str, Any]:
+    return {"tracing": alloc is not None, **(alloc.as_json() if alloc is not None else {})}
 
 
 def chain_graph(chains: list[dict[str, Any]], tname: str) -> dict[str, Any]:
@@ -215,6 +222,8 @@ def render(outcome: Outcome, doc: dict[str, Any]) -> str:
             lines.append(f"{doc['unrooted']:,} not reachable from any root (garbage awaiting collection: a reference cycle only)")
         else:
             lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root (held from C code, by a reference cycle only, or beyond --max-depth)")
+    lines.append("")
+    lines += tracing.allocated_text(doc, doc["pid"], tracing.FunctionNames(f"/proc/{doc['pid']}/root"))
     lines.append("")
     for kind, path in doc["files"].items():
         lines.append(f"graph ({kind}): {path}" if kind != "note" else path)

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from introspect import analysis, errors
+from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
@@ -121,7 +121,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
 
-        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved),
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid),
                                          method=args.method, timeout=args.timeout, collect=args.collect, log=log)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
@@ -151,6 +151,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
         "interval_s": args.interval,
         "grew_every_interval": steady,
         "gc": got["gc"],
+        "tracing": got["tracing"],
         "types": got["rows"][:args.limit] if args.limit > 0 else got["rows"],
         "holders": holders[:args.holders],
     }
@@ -158,7 +159,10 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
     return 0
 
 
-def _analyser(saved: dict[str, Any] | None) -> Any:
+ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
+
+
+def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
@@ -171,14 +175,30 @@ def _analyser(saved: dict[str, Any] | None) -> Any:
         look = views.look_of(now, rows, found)
         baseline = views.Look.from_json(saved["baseline"]) if saved else look
         previous = views.Look.from_json(saved["previous"]) if saved else look
+        tracing_on = walker.tracing()
         return {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "bytes": int(snap.size.sum()),
                 "gc": snap.meta.get("gc", {}), "baseline_recorded": saved is None, "now": now,
                 "baseline_time": baseline.time, "previous_time": previous.time,
-                "rows": views.growth_docs(rows, previous, baseline, 0),
+                "rows": _with_allocated(views.growth_docs(rows, previous, baseline, 0), snap, walker, pid, tracing_on),
+                "tracing": tracing_on,
                 "holders": views.holder_docs(found, previous if saved else None),
                 "look": look, "baseline": baseline}
 
     return analyse
+
+
+def _with_allocated(docs: list[dict[str, Any]], snap: Snapshot, walker: Walker, pid: int, on: bool) -> list[dict[str, Any]]:
+    """allocated_at on the first growing rows while the target traces (tracemalloc's object
+    traceback of up to tracing.SAMPLE instances each, read in the walker)."""
+    if not on:
+        return docs
+    names = tracing.FunctionNames(f"/proc/{pid}/root")
+    for d in [d for d in docs if d["delta"] > 0 or d["bytes_delta"] > 0][:ALLOCATED_ROWS]:
+        alloc = tracing.allocated(walker, tracing.instances(snap, d["type"]), names)
+        if alloc is None:
+            break  # not tracing: no row gets sites
+        d.update(alloc.as_json())
+    return docs
 
 
 def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
@@ -201,4 +221,11 @@ def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
                        [(r["type"], r["count"], signed(r["delta"]), signed(r["since_baseline"]), human_bytes(r["bytes"]),
                          ("+" if r["bytes_delta"] > 0 else "-" if r["bytes_delta"] < 0 else "") + human_bytes(abs(r["bytes_delta"])))
                         for r in doc["types"]]))
+    lines.append("")
+    with_sites = [r for r in doc["types"] if r.get("allocated_at")]
+    if not doc["tracing"]:
+        lines += tracing.allocated_text({"tracing": False}, doc["pid"])
+    for r in with_sites[:3]:
+        lines.append(f"{r['type']}: " + tracing.allocated_text({"tracing": True, **r}, doc["pid"])[0])
+        lines += tracing.allocated_text({"tracing": True, **r}, doc["pid"])[1:]
     return "\n".join(lines)

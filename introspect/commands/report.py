@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from introspect import analysis, errors
+from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, trace
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
@@ -144,7 +144,8 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any) -> None:
 
         rows = heap.type_rows(snap)
         found = heap.holders(heap.analyse(snap), walker.labels, 10)
-        return {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found}
+        return {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+                "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
 
     try:
         outcome, value, col = collect.take(args.pid, "auto", analyse, method=args.method, timeout=args.timeout, log=log)
@@ -161,6 +162,32 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any) -> None:
     got.snapshots.sort(key=lambda x: x["look"].time)
 
 
+ALLOCATION_TYPES = 5  # grown types (by bytes since the first snapshot) whose instances' allocation sites are looked up
+
+
+def allocation_sites(pid: int, snap: Any, walker: Any, rows: Any, got: Collected) -> dict[str, Any]:
+    """The report's allocation-sites block: for the types that grew most since the first forked
+    snapshot (the biggest types at the first one), where their instances were allocated, if the
+    target traces (`introspect trace start`); else that tracing was off."""
+    from introspect.snapshot import views
+
+    if not walker.tracing():
+        return {"tracing": False, "types": []}
+    first = got.snapshots[0]["look"] if got.snapshots else None
+    if first is not None:
+        grown = [d for d in views.growth_docs(rows, first, first, 0) if d["bytes_delta"] > 0]
+        grown.sort(key=lambda d: -d["bytes_delta"])
+    else:
+        grown = views.type_docs(rows, "size", ALLOCATION_TYPES)
+    names = tracing.FunctionNames(f"/proc/{pid}/root")
+    out = []
+    for d in grown[:ALLOCATION_TYPES]:
+        alloc = tracing.allocated(walker, tracing.instances(snap, d["type"]), names)
+        if alloc is not None and alloc.traced:
+            out.append({"type": d["type"], "bytes_delta": d.get("bytes_delta"), **alloc.as_json()})
+    return {"tracing": True, "types": out}
+
+
 def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     """The report's "snapshot" block: holders with their growth, and types with untracked ones."""
     from introspect.snapshot import views
@@ -172,6 +199,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     return {
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev),
+        "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
     }
@@ -252,7 +280,8 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "grew_every_interval": steady,
         "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
                     for r in rows[:args.top]],
-        "backrefs": [{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")}
+        "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
+                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
@@ -287,6 +316,19 @@ def _held_by(ref: dict[str, Any]) -> str:
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 
+def _allocated_lines(doc: dict[str, Any]) -> list[str]:
+    """Where the grown types were allocated (the forked snapshot's sites, else backrefs')."""
+    alloc = (doc.get("snapshot") or {}).get("allocation")
+    per_type = [(a["type"], a["allocated_at"]) for a in alloc["types"]] if alloc and alloc.get("tracing") else []
+    if not per_type:
+        per_type = [(r["type"], r["allocated_at"]) for r in doc["backrefs"] if r.get("allocated_at")]
+    tracing_on = bool(alloc and alloc.get("tracing")) or any(r.get("tracing") for r in doc["backrefs"])
+    if not tracing_on:
+        return [f"allocation sites: tracing was off (`introspect trace start {doc['pid']} --for 30m`, then report again)"]
+    return [f"{t} allocated at: " + ", ".join(f"{s['file']}:{s['line']} in {s['function']} ({s['count']})" for s in sites[:2])
+            for t, sites in per_type[:3] if sites]
+
+
 def render(doc: dict[str, Any]) -> str:
     """A short summary for stdout: a line each for memory, growth and every traced type."""
     mem = doc["memory"]
@@ -306,6 +348,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("held by: " + holder_line(snap["holders"][0]).replace("since the last look", "since the first look"))
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
+    lines += _allocated_lines(doc)
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)

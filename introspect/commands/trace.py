@@ -26,10 +26,11 @@ import time
 from typing import Any
 
 from introspect import errors, tracing
-from introspect.commands import add_target_options, emit, header, logger
+from introspect.commands import add_collector_options, add_target_options, emit, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
+from introspect.snapshot import collect
 
 DEFAULT_FOR_S = 600.0
 MAX_FOR_S = 7 * 24 * 3600.0
@@ -80,8 +81,9 @@ class Command:
                            help="group by the N innermost frames and show them (needs start --frames N or more)")
         group.add_argument("-n", "--limit", type=int, default=25, help="show the N sites that grew most (default: 25; 0 = all)")
         group.add_argument("--max-traces", type=int, default=200_000, metavar="N",
-                           help="in-process only: read the traces in the target when about N or fewer are live (default: 200000; "
+                           help="with --in-process (or no memory to fork): read the traces in the target when about N or fewer are live (default: 200000; "
                                 "reading pauses the target ~5-25 us and leaves ~100 bytes of temporaries per trace)")
+        add_collector_options(parser)
         group.add_argument("--budget", type=float, default=10.0, metavar="S",
                            help="stop grouping after S seconds in the target; the show is then marked partial (default: 10)")
 
@@ -94,9 +96,8 @@ class Command:
         log = logger(args)
         if args.action == "start":
             return self._start(args, out, log)
-        params = {"traceback": args.traceback, "max_traces": args.max_traces, "budget": args.budget}
-        outcome = run_agent(args.pid, f"trace_{args.action}", params, method=args.method, timeout=args.timeout, log=log)
-        return self._show(args, out, outcome)
+        outcome, res, col = read(args, log)
+        return self._show(args, out, outcome, res, col)
 
     def _start(self, args: argparse.Namespace, out: OutputDir | None, log: Any) -> int:
         outcome = run_agent(args.pid, "trace_start", {"frames": args.frames, "for_s": args.for_s},
@@ -126,8 +127,8 @@ class Command:
         emit(args, out, doc, "\n".join(lines))
         return 0
 
-    def _show(self, args: argparse.Namespace, out: OutputDir | None, outcome: Outcome) -> int:
-        res = outcome.result
+    def _show(self, args: argparse.Namespace, out: OutputDir | None, outcome: Outcome, res: dict[str, Any],
+              col: dict[str, Any]) -> int:
         target = outcome.target
         state = tracing.load(target.pid, target.create_time)
         names = tracing.FunctionNames(target.root)
@@ -154,6 +155,7 @@ class Command:
             "traces": res.get("traces", 0),
             "since": "previous show" if last else "tracing began",
             "since_s": round(time.time() - last["time"], 3) if last else None,
+            "collector": col,
             "partial": bool(res.get("partial")),
             "reason": res.get("reason") or None,
             "sites": [s.as_json(with_tb) for s in (rows[:args.limit] if args.limit else rows)],
@@ -172,6 +174,34 @@ class Command:
             tracing.save(target.pid, target.create_time, previous_state)
         emit(args, out, doc, render(outcome, doc, rows[:args.limit] if args.limit else rows, names, with_tb, ended, args))
         return 0
+
+
+def read(args: argparse.Namespace, log: Any) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
+    """The traces, read in a forked copy of the target when it can fork (the target then pauses
+    only for the fork), else in the target itself within --max-traces and --budget. For `stop`,
+    tracing is then stopped in the target itself."""
+    if args.collector != "in-process":
+        mode = "fork" if args.collector == "fork" else "auto"
+        depth = args.traceback
+
+        def analyse(snap: Any, walker: collect.Walker) -> dict[str, Any]:
+            return walker.traces(depth)
+
+        outcome, got, col = collect.take(args.pid, mode, analyse, method=args.method, timeout=args.timeout, log=log, walk=False)
+        if outcome is not None and got is not None:
+            col = {"path": "fork", "why": col["why"], "fork_pause_s": col.get("fork_pause_s")}
+            if args.action == "stop":
+                stop = run_agent(args.pid, "trace_stop", {"read": False}, method=args.method, timeout=args.timeout, log=log)
+                for key in ("stopped", "tracing_after", "tracemalloc_memory_after"):
+                    got[key] = stop.result[key]
+                outcome.injection.attach_pause_s += stop.paused_s
+            return outcome, got, col
+        log(f"reading the traces in the target: {col['why']}")
+    else:
+        col = {"path": "in-process", "why": "--in-process given"}
+    params = {"traceback": args.traceback, "max_traces": args.max_traces, "budget": args.budget}
+    outcome = run_agent(args.pid, f"trace_{args.action}", params, method=args.method, timeout=args.timeout, log=log)
+    return outcome, outcome.result, {"path": "in-process", "why": col["why"]}
 
 
 def _round(x: float | None) -> float | None:
@@ -198,6 +228,9 @@ def render(outcome: Outcome, doc: dict[str, Any], rows: list[tracing.Site], name
     else:
         who = f"started by introspect, ends by itself in {_duration_text(doc['remaining_s'] or 0)}"
     lines.append(f"tracing: on, {doc['frames']} frame(s), {who}")
+    col = doc["collector"]
+    lines.append(f"traces read in a forked copy (the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms)"
+                 if col["path"] == "fork" else f"traces read inside the target ({col['why']})")
     lines.append(f"traced now {human_bytes(doc['traced_bytes'])} (peak {human_bytes(doc['traced_peak_bytes'])}) in "
                  f"{doc['traces']:,} traces; tracemalloc's own memory {human_bytes(doc['tracemalloc_memory'])}")
     if doc["partial"]:

@@ -180,6 +180,27 @@ class Walker:
             out += self._ask("V " + " ".join(str(p) for p in positions[k:k + 4000]))
         return out
 
+    def traces(self, depth: int) -> dict[str, Any]:
+        """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
+        answer: dict[str, Any] = self._ask(f"G {depth}")[0]
+        return answer
+
+    def tracing(self) -> bool:
+        """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
+        return bool(self._ask("A")[0])
+
+    def allocated(self, positions: Sequence[int]) -> tuple[bool, list[tuple[str, int] | None]]:
+        """(tracing on?, the innermost allocation frame of each object, None when untraced)."""
+        tracing_on = False
+        out: list[tuple[str, int] | None] = []
+        for k in range(0, len(positions), 4000):
+            on, sites = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
+            if not on:
+                return False, []
+            tracing_on = True
+            out += [(str(x[0]), int(x[1])) if x else None for x in sites]
+        return tracing_on, out
+
     def alive(self) -> bool:
         return self.pid > 0 and _start_ticks(self.pid) == self.start_ticks
 
@@ -279,12 +300,13 @@ def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | Non
 
 
 def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
-             collect: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[Outcome, T | None, dict[str, Any]]:
+             collect: bool = False, log: Callable[[str], None] = lambda s: None,
+             walk: bool = True) -> tuple[Outcome, T | None, dict[str, Any]]:
     """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
     Returns (outcome, value, walker stats); value is None when the agent could not fork
     (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
-    params = {"collect": collect, "child_deadline": time.time() + timeout}
+    params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk}
     outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
                         session=session)
     res = outcome.result
@@ -295,14 +317,15 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
 
 
 def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
-         collect: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+         collect: bool = False, log: Callable[[str], None] = lambda s: None,
+         walk: bool = True) -> tuple[Outcome | None, T | None, dict[str, Any]]:
     """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
     The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
     why = fork_or_reason(pid, mode, log)
     if why is not None:
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
-    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log)
+    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log, walk=walk)
     res = outcome.result
     if not res.get("forked"):
         why = str(res.get("error") or "the agent did not fork")
