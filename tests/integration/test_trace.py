@@ -67,6 +67,14 @@ def test_leaking_line_first_then_nothing_left(interp: Interp, spawn: Any) -> Non
     assert all(s["size_delta"] < top["size_delta"] for s in churn)
     assert not any("introspect" in s["file"] or s["file"].startswith("<introspect") for s in second["sites"])
     assert second["tracemalloc_memory"] > 0 and second["remaining_s"] > 0
+    assert second["collector"]["path"] == "fork" and second["paused_s"] < 2.0
+
+    # WHEN read inside the target instead (no fork) THEN the same line comes first
+    time.sleep(1)
+    inproc = _trace("show", pid, "--in-process", "--traceback", "2")
+    assert inproc["collector"]["path"] == "in-process" and not inproc["partial"]
+    assert (inproc["sites"][0]["line"], inproc["sites"][0]["function"]) == (_line_of("LEAK"), "process_item")
+    assert inproc["sites"][0]["size_delta"] > 0
 
     # WHEN tracing stops THEN the last figures come back, tracing is off, the traces freed, and
     # nothing of ours is left: no module, no thread, no pure-Python tracemalloc module
@@ -133,3 +141,44 @@ def test_trace_ends_by_itself_with_no_cli(interp: Interp, spawn: Any) -> None:
     assert not state["trace_module"] and state["tasks"] == tasks and state["tracemalloc_memory"] < 4096
     text = introspect("trace", "show", str(victim.pid))
     assert text.rc == 0 and "ended by itself" in text.stdout, text.stdout
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_growth_backrefs_report_name_the_leaking_line(interp: Interp, spawn: Any, tmp_path: Path) -> None:
+    # GIVEN the seeds' leak (records of 1 KiB bytes appended to a module-level list), not traced
+    victim = spawn(interp, VICTIM)
+    pid = str(victim.pid)
+
+    # WHEN tracing is off THEN backrefs says so and how to turn it on
+    run = introspect("backrefs", pid, "bytes", "-o", str(tmp_path / "b0"))
+    assert run.rc == 0, run.stderr
+    assert f"tracing is off (turn it on with `introspect trace start {pid}`" in run.stdout
+
+    # WHEN tracing is on and the leak grows
+    _trace("start", pid, "--for", "5m")
+    base = introspect("growth", pid, "--json", "-o", str(tmp_path / "g0"))
+    assert base.rc == 0, base.stderr
+    time.sleep(2)
+
+    # THEN growth's bytes and dict rows, backrefs bytes and the report name the LEAK line
+    leak = (VICTIM, _line_of("LEAK"), "process_item")
+    growth = introspect("growth", pid, "--json", "-o", str(tmp_path / "g1"))
+    assert growth.rc == 0, growth.stderr
+    doc = growth.json()
+    assert doc["tracing"] and doc["collector"]["path"] == "fork"
+    rows = {r["type"]: r for r in doc["types"]}
+    for tname in ("bytes", "dict"):
+        top = rows[tname]["allocated_at"][0]
+        assert (Path(top["file"]).name, top["line"], top["function"]) == leak, rows[tname]
+    backrefs = introspect("backrefs", pid, "bytes", "--json", "-o", str(tmp_path / "b1"))
+    assert backrefs.rc == 0, backrefs.stderr
+    b = backrefs.json()
+    assert b["tracing"] and (Path(b["allocated_at"][0]["file"]).name, b["allocated_at"][0]["line"]) == leak[:2]
+    report = introspect("report", pid, "--duration", "4", "--looks", "2", "--backrefs", "1", "-o", str(tmp_path / "r"),
+                        timeout=240)
+    assert report.rc == 0, report.stderr
+    assert f"{VICTIM}:{_line_of('LEAK')} in process_item" in report.stdout
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Where the growing objects were allocated" in html and f"{VICTIM}:{_line_of('LEAK')}" in html
+    _trace("stop", pid)
+    assert victim.alive() and not victim.ask("state")["tracing"]
