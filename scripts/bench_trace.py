@@ -3,10 +3,11 @@
 worker filling a bounded cache of records).
 
 For each repeat, for each mode in turn (so load on the machine spreads over all modes):
-  off        the worker's operations per second over --window seconds, and its RSS
-  1 frame    `introspect trace start PID --frames 1`, a warm-up window (the cache fills with traced
-             records), the measured window, `introspect trace show` (its pause, tracemalloc's own
-             memory, traced bytes), `introspect trace stop`
+  off        a fresh worker's operations per second over --window seconds, and its RSS
+  1 frame    a fresh worker: `introspect trace start PID --frames 1`, a warm-up window (the cache
+             fills with traced records), the measured window, `introspect trace show` (read in a
+             forked copy: its pause, tracemalloc's own memory), `trace show --in-process` (its
+             pause, and the RSS it leaves), `introspect trace stop`
   16 frames  the same with --frames 16
 
 Results: a table on stdout (medians) and bench-results/bench-trace-<time>.json in the repository.
@@ -62,6 +63,7 @@ class Worker:
 
 
 def introspect(*args: str, timeout: float = 120) -> dict[str, Any]:
+    """`introspect trace ARGS --json`; the bench stops on any failure (the message says which)."""
     cmd = [sys.executable, "-m", "introspect", "trace", *args, "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
@@ -71,13 +73,15 @@ def introspect(*args: str, timeout: float = 120) -> dict[str, Any]:
 
 
 def run(python: str, window: float, warmup: float, repeat: int) -> dict[str, Any]:
-    worker = Worker(python)
+    """Each mode on a fresh worker (RSS comparable: reading traces in-process leaves the target's
+    RSS raised), modes interleaved within each repeat (machine load spreads over all of them)."""
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in MODES}
-    try:
-        worker.window(warmup)  # the cache fills, the allocator settles
-        for r in range(repeat):
-            for name, frames in MODES:
+    for r in range(repeat):
+        for name, frames in MODES:
+            worker = Worker(python)
+            try:
                 pid = str(worker.pid)
+                worker.window(warmup)  # the cache fills, the allocator settles
                 if frames:
                     introspect("start", pid, "--frames", str(frames), "--for", "10m")
                     worker.window(warmup)  # every cached record is now a traced one
@@ -86,19 +90,22 @@ def run(python: str, window: float, warmup: float, repeat: int) -> dict[str, Any
                 if frames:
                     show = introspect("show", pid, "-n", "3")
                     sample.update(tracemalloc_memory=show["tracemalloc_memory"], traced_bytes=show["traced_bytes"],
-                                  traces=show["traces"], show_paused_s=show["paused_s"], show_agent_s=show["agent_s"])
+                                  traces=show["traces"], show_paused_s=show["paused_s"], show_path=show["collector"]["path"])
+                    inproc = introspect("show", pid, "-n", "3", "--in-process", "--max-traces", "100000000", "--budget", "60",
+                                        timeout=300)
+                    sample.update(inproc_paused_s=inproc["paused_s"], inproc_partial=inproc["partial"])
+                    sample["rss_kib_after_inproc_show"] = worker.window(0.5)["rss_kib"]
                     stop = introspect("stop", pid, "-n", "0")
                     sample["memory_after_stop"] = stop["tracemalloc_memory_after"]
                 samples[name].append(sample)
                 print(f"  repeat {r + 1}/{repeat} {name:9}: {w['ops_per_s']:,.0f} ops/s, RSS {w['rss_kib'] / 1024:.1f} MiB",
                       file=sys.stderr, flush=True)
-        rss_end = worker.window(0.5)["rss_kib"]
-    finally:
-        worker.close()
+            finally:
+                worker.close()
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
     return {"python": python, "version": version, "window_s": window, "warmup_s": warmup, "repeat": repeat,
-            "samples": samples, "rss_kib_after_all_stops": rss_end}
+            "samples": samples}
 
 
 def _median(xs: list[float]) -> float:
@@ -109,20 +116,20 @@ def table(doc: dict[str, Any]) -> str:
     s = doc["samples"]
     base = _median([x["ops_per_s"] for x in s["off"]])
     lines = [f"Python {doc['version']} ({doc['python']}), median of {doc['repeat']} windows of {doc['window_s']:g} s",
-             f"{'tracing':10} {'ops/s':>10} {'vs off':>7} {'RSS MiB':>8} {'tracemalloc MiB':>16} {'traced MiB':>11} "
-             f"{'traces':>8} {'show pause ms':>14}"]
+             f"{'tracing':10} {'ops/s':>10} {'vs off':>7} {'RSS MiB':>8} {'tracemalloc MiB':>16} {'traces':>8} "
+             f"{'show pause ms':>14} {'in-process show ms':>19} {'RSS after it':>13}"]
     for name, frames in MODES:
         rows = s[name]
         ops = _median([x["ops_per_s"] for x in rows])
         rss = _median([x["rss_kib"] / 1024 for x in rows])
         if frames:
             extra = (f"{_median([x['tracemalloc_memory'] / 2**20 for x in rows]):>16.1f} "
-                     f"{_median([x['traced_bytes'] / 2**20 for x in rows]):>11.1f} "
-                     f"{_median([x['traces'] for x in rows]):>8,.0f} {_median([x['show_paused_s'] * 1000 for x in rows]):>14.0f}")
+                     f"{_median([x['traces'] for x in rows]):>8,.0f} {_median([x['show_paused_s'] * 1000 for x in rows]):>14.0f} "
+                     f"{_median([x['inproc_paused_s'] * 1000 for x in rows]):>19,.0f} "
+                     f"{_median([x['rss_kib_after_inproc_show'] / 1024 for x in rows]):>13.1f}")
         else:
-            extra = f"{'-':>16} {'-':>11} {'-':>8} {'-':>14}"
+            extra = f"{'-':>16} {'-':>8} {'-':>14} {'-':>19} {'-':>13}"
         lines.append(f"{name:10} {ops:>10,.0f} {ops / base - 1:>+7.0%} {rss:>8.1f} {extra}")
-    lines.append(f"RSS after the last stop: {doc['rss_kib_after_all_stops'] / 1024:.1f} MiB")
     return "\n".join(lines)
 
 
