@@ -88,7 +88,7 @@ def run(python: str, window: float, warmup: float, repeat: int) -> dict[str, Any
                 w = worker.window(window)
                 sample: dict[str, Any] = {"ops_per_s": w["ops_per_s"], "rss_kib": w["rss_kib"]}
                 if frames:
-                    show = introspect("show", pid, "-n", "3")
+                    show = introspect("show", pid, "-n", "3", "--timeout", "120", timeout=300)
                     sample.update(tracemalloc_memory=show["tracemalloc_memory"], traced_bytes=show["traced_bytes"],
                                   traces=show["traces"], show_paused_s=show["paused_s"], show_path=show["collector"]["path"])
                     inproc = introspect("show", pid, "-n", "3", "--in-process", "--max-traces", "100000000", "--budget", "60",

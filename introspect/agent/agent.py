@@ -1448,7 +1448,7 @@ def _own_lines():  # type: () -> set
     return own
 
 
-def _trace_sites(tm, depth, agent_file, max_traces):  # type: (Any, int, str, int) -> dict
+def _trace_sites(tm, depth, agent_file, max_traces, child=False):  # type: (Any, int, str, int, bool) -> dict
     """Live traces grouped by their `depth` innermost frames, largest first. Reading them
     (_tracemalloc._get_traces) makes one tuple per trace in this process: refused above
     max_traces (estimated from tracemalloc's own memory), and the grouping stops on the budget."""
@@ -1463,6 +1463,11 @@ def _trace_sites(tm, depth, agent_file, max_traces):  # type: (Any, int, str, in
         return out
     own_lines = _own_lines()
     traces = tm._get_traces()
+    if child:
+        # The walker is a disposable copy that inherited tracing: with the traces copied, it stops
+        # tracing its own allocations (each would cost a traceback; niced, on a busy host, the
+        # grouping then took longer than the request's deadline).
+        tm.stop()
     groups = {}  # type: dict
     own = 0
     try:
@@ -1504,7 +1509,7 @@ def _trace_child_show(depth):  # type: (int) -> dict
     facts["status"] = "ok"
     facts["sites"] = []
     if facts["tracing"]:
-        facts.update(_trace_sites(tm, max(1, depth), str(_G.get("__file__", "")), 1 << 62))
+        facts.update(_trace_sites(tm, max(1, depth), str(_G.get("__file__", "")), 1 << 62, child=True))
     return facts
 
 
@@ -1979,7 +1984,10 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
             elif parts[0] == b"G":  # tracemalloc's live traces, grouped by the nums[0] innermost frames
-                answer = [_trace_child_show(nums[0] if nums else 1)]
+                try:
+                    answer = [_trace_child_show(nums[0] if nums else 1)]
+                except Exception as exc:  # noqa: BLE001 - the CLI says what failed
+                    answer = [{"error": _exc_record(exc, "")}]
             elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
                 answer = _alloc_sites([keep[p] for p in nums])
             else:

@@ -183,6 +183,12 @@ class Walker:
     def traces(self, depth: int) -> dict[str, Any]:
         """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
         answer: dict[str, Any] = self._ask(f"G {depth}")[0]
+        if "error" in answer:
+            from introspect.snapshot.records import StreamError
+
+            err = answer["error"]
+            raise StreamError(f"reading the traces failed in the walker: {err.get('type')}: {err.get('message')} "
+                              f"{err.get('frames', [])[-2:]}")
         return answer
 
     def tracing(self) -> bool:
