@@ -64,6 +64,14 @@ class RunDir:
             os.close(fd)
         return self.file(name)
 
+    def mkfifo(self, name: str) -> str:
+        """A FIFO the target's process will open (a pipe: its data never lands on a filesystem)."""
+        dest = self.host_file(name)
+        os.mkfifo(dest, 0o600)
+        if os.geteuid() == 0:
+            os.chown(dest, self.target.uid, self.target.gid, follow_symlinks=False)
+        return self.file(name)
+
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.host_file(name))
 
@@ -176,6 +184,9 @@ class Request:
         }
 
 
+BOOTSTRAP_NAME = "<introspect-bootstrap>"
+
+
 def bootstrap_source(agent_path: str, request: Request) -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
@@ -191,20 +202,25 @@ def bootstrap_source(agent_path: str, request: Request) -> str:
         f"with open({agent_path!r},'rb') as f:s=f.read()\n"
         f"exec(compile(s,{agent_path!r},'exec'),{globs!r})\n"
     )
-    return f"{MAGIC}\ntry:exec({stage1!r},{{}})\nexcept BaseException:pass\n"
+    # Stage 1 is compiled under its own name: tracemalloc attributes the agent's source and code
+    # objects to it, and `trace show` leaves them out (a plain exec would file them under <string>).
+    return f"{MAGIC}\ntry:exec(compile({stage1!r},{BOOTSTRAP_NAME!r},'exec'),{{}})\nexcept BaseException:pass\n"
 
 
 def prepare(
-    target: Target, command: str, params: dict[str, Any], timeout: float, files: dict[str, bytes] | None = None
+    target: Target, command: str, params: dict[str, Any], timeout: float, files: dict[str, bytes] | None = None,
+    fifos: tuple[str, ...] = (),
 ) -> tuple[Request, str]:
-    """Create the run dir with the agent (and ``files``, whose target paths go into ``params``
-    under their names); return the request and the bootstrap text."""
+    """Create the run dir with the agent (and ``files``, and FIFOs named in ``fifos``, whose target
+    paths go into ``params`` under their names); return the request and the bootstrap text."""
     run = make_run_dir(target)
     try:
         agent_path = run.write("agent.py", agent_source(), 0o400)
         params = dict(params)
         for name, data in (files or {}).items():
             params[name] = run.write(name, data, 0o400)
+        for name in fifos:
+            params[name] = run.mkfifo(name)
         request = Request(command, params, timeout, run)
         return request, bootstrap_source(agent_path, request)
     except BaseException:

@@ -13,10 +13,10 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from introspect import errors
-from introspect.channel import prepare, wait_for_result
+from introspect.channel import RunDir, prepare, wait_for_result
 from introspect.inject import Injection, choose
 from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
@@ -36,12 +36,24 @@ _SYSCALLS = {
 }
 
 
+class Session(Protocol):
+    """Work done while the run dir still exists: ``open`` before injecting, ``finish`` once the
+    agent's result is in (e.g. reading a forked walker's stream through FIFOs of the run dir)."""
+
+    def open(self, run: RunDir) -> None: ...
+
+    def finish(self, run: RunDir, envelope: dict[str, Any]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Outcome:
     target: Target
     injection: Injection
     envelope: dict[str, Any]
     wall_s: float
+    extra: Any = None
 
     @property
     def result(self) -> dict[str, Any]:
@@ -177,6 +189,8 @@ def run_agent(
     timeout: float = 30.0,
     log: Callable[[str], None] = lambda s: None,
     files: dict[str, bytes] | None = None,
+    fifos: tuple[str, ...] = (),
+    session: Session | None = None,
 ) -> Outcome:
     """Run ``command`` in the target and return its result envelope. Raises IntrospectError."""
     t0 = time.monotonic()
@@ -187,11 +201,14 @@ def run_agent(
         target = inspect_target(pid)
         check_injectable(target)
         injectors = choose(target, method)
-        request, bootstrap = prepare(target, command, params, timeout, files)
+        request, bootstrap = prepare(target, command, params, timeout, files, fifos)
         run = request.run
         injection: Injection | None = None
         injector = None
+        extra = None
         try:
+            if session is not None:
+                session.open(run)
             last_error: errors.IntrospectError | None = None
             for injector in injectors:
                 try:
@@ -257,7 +274,8 @@ def run_agent(
                         raise errors.BadTargetState(
                             f"cannot run code in the process now: {why} (still so after {waited:.0f} s)", pid=pid,
                             name=target.name, help=f"{fix} Nothing was done to it; the queued request is void.")
-                doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers"}.get(command, "running")
+                doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers",
+                         "snapshot": "forking", "trace_show": "reading traces", "trace_stop": "reading traces"}.get(command, "running")
                 waiting = f"waiting for the main thread ({stall['activity']})" if "activity" in stall else "waiting for the main thread to reach a safe point"
                 progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: {waiting}")
 
@@ -269,12 +287,16 @@ def run_agent(
                 raise
             finally:
                 progress.done()
+            if session is not None and envelope.get("ok"):
+                extra = session.finish(run, envelope)
         except OSError as exc:
             # The run dir lives under /proc/PID/root: it vanishes with the target.
             if not target.is_alive():
                 raise errors.TargetExited("the process exited while introspect was working on it", pid=pid, name=target.name) from None
             raise errors.InjectionFailed(f"I/O error in the run directory {run.host}: {exc}", pid=pid, name=target.name) from None
         finally:
+            if session is not None:
+                session.close()
             started = run.exists("started") or run.exists("result.json")
             run.remove()
             if injection is not None and injector is not None and started:
@@ -291,4 +313,4 @@ def run_agent(
             name=target.name,
             help="This is a bug in introspect; the target was not harmed. Please report it.",
         )
-    return Outcome(target, injection, envelope, time.monotonic() - t0)
+    return Outcome(target, injection, envelope, time.monotonic() - t0, extra)

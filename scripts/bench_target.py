@@ -10,6 +10,8 @@ with one JSON line on stdout:
   objgraph_top         objgraph.most_common_types()
   objgraph_growth      objgraph.growth() (the first call is the baseline)
   objgraph_chain [S]   objgraph.find_backref_chain(HOLDER, objgraph.is_proper_module), S s limit
+  guppy_census         guppy3's hpy().heap() (BENCH_MIXED=1 builds a heap half not tracked by gc)
+  fork_time            one os.fork() of this heap (the child exits at once)
   quit
 
 Two clocks watch the pauses, because with the GIL there are two different ones:
@@ -73,6 +75,35 @@ class Node:
 DATA = []  # the bulk of the heap
 STATE = {}  # __main__ -> STATE -> "refs" -> [Ref x100] -> Holder
 REGISTRY = {}  # __main__ -> REGISTRY -> "caches" -> "tier2" -> [Node] -> Node -> BenchLeaf
+
+
+def build_mixed(n_objects):
+    """About n_objects objects, half not tracked by gc: per group two lists (tracked) holding a dict
+    of atomic values (untracked before 3.14) holding fresh bytes (never tracked). Returns the count
+    gc tracks."""
+    build(0)
+    for _ in range(n_objects // 4):
+        DATA.append([[{"b": bytes(16)}]])
+    gc.collect()
+    return len(gc.get_objects())
+
+
+def cmd_fork_time(arg):
+    """One plain os.fork() of this heap, the child exiting at once: the floor of a forked snapshot."""
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    took = time.perf_counter() - t0
+    os.waitpid(pid, 0)
+    return {"fork_s": round(took, 6)}
+
+
+def cmd_guppy_census(arg):
+    from guppy import hpy  # the bench's comparison; imported on first use, like a user would
+
+    heap = hpy().heap()
+    return {"count": heap.count, "size": heap.size}
 
 
 def build(n_objects):
@@ -225,7 +256,7 @@ def main(argv):
         print(__doc__.strip(), file=sys.stderr if len(argv) != 2 or argv[1] not in ("-h", "--help") else sys.stdout)
         return 0 if len(argv) == 2 and argv[1] in ("-h", "--help") else 2
     t0 = time.perf_counter()
-    objects = build(int(argv[1]))
+    objects = build_mixed(int(argv[1])) if os.environ.get("BENCH_MIXED") else build(int(argv[1]))
     threading.Thread(target=ticker, name="ticker", daemon=True).start()
     reply({"ready": True, "pid": os.getpid(), "objects": objects, "build_s": round(time.perf_counter() - t0, 3),
            "python": ".".join(map(str, sys.version_info[:3]))})

@@ -1077,6 +1077,7 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         "levels": levels,
         "scan_s": scan_s,
         "search_s": search_s,
+        "allocated": _alloc_sites(sample),  # [tracing, innermost allocation frame per sampled instance]
     }
 
 
@@ -1302,7 +1303,788 @@ def _graph(chains, nodes, roots, tname):  # type: (list, dict, dict, str) -> dic
     return {"nodes": gnodes, "edges": edges}
 
 
-COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": cmd_backrefs}
+# ---------------------------------------------------------------------------------------------
+# trace: tracemalloc sessions (`introspect trace start|show|stop`)
+#
+# _tracemalloc is the C module behind tracemalloc, builtin in every CPython 3.8-3.15 (the
+# pure-Python tracemalloc module would stay in sys.modules). A session we start is recorded in one
+# small module, __introspect_trace__ (plain values and one lock), and ended by a timer thread
+# started with _thread: it blocks on that lock until the session's end time, then stops tracing if
+# the session is still ours. It lives in the target, so the session ends on time whatever happens
+# to the CLI (killed, machine gone). `trace stop` releases the lock: the thread ends at once.
+# While tracing we leave: that module, that thread (blocked, no CPU), tracemalloc's own tables
+# and its allocator hooks. After stop or the end: none of them (tracing off, traces freed).
+# Tracing the application started itself (-X tracemalloc, tracemalloc.start()) is never ours:
+# shown, never stopped. A process forked while we trace inherits tracing but not the thread: its
+# `trace show` says so and `trace start`/`stop` take the session over / end it there.
+
+TRACE_MODULE = "__introspect_trace__"
+_PID = posix.getpid()  # type: ignore[attr-defined]  # the target's: read before any fork, so a snapshot's walker answers for it
+_TRACE_BYTES_PER_TRACE = 40  # tracemalloc's own memory per live trace is 60-68 B (measured, 3.8/3.15): an over-estimate of the count
+_MAX_SITES = 20000  # sites returned by one show, largest first
+
+
+def _trace_timer(tm, modules, name, session, wake, clock, until):  # type: (Any, dict, str, str, Any, Any, float) -> None
+    """The session's end, on its own thread. Runs with globals holding only __builtins__ (the
+    agent's globals are cleared when it returns): everything it needs comes as arguments."""
+    try:
+        while True:
+            left = until - clock()
+            if left <= 0:
+                break
+            if wake.acquire(True, left if left < 3600.0 else 3600.0):
+                return  # released by `trace stop` or a restart: that caller ended the session
+        mod = modules.get(name)
+        if mod is not None and mod.__dict__.get("session") == session:
+            mod.__dict__["session"] = ""
+            if tm.is_tracing():
+                tm.stop()
+            if modules.get(name) is mod:
+                del modules[name]
+    except BaseException:  # noqa: BLE001 - never a traceback on the target's stderr
+        pass
+
+
+def _trace_mod():  # type: () -> Any
+    mod = sys.modules.get(TRACE_MODULE)
+    return mod if mod is not None and issubclass(type(mod), _ModuleType) else None
+
+
+def _trace_end(mod):  # type: (Any) -> None
+    """End our session: the timer thread wakes and returns, the module goes."""
+    d = mod.__dict__
+    d["session"] = ""
+    try:
+        d["wake"].release()
+    except Exception:
+        pass  # already released (inherited over fork, or a second stop)
+    if sys.modules.get(TRACE_MODULE) is mod:
+        del sys.modules[TRACE_MODULE]
+
+
+def _trace_facts(tm):  # type: (Any) -> dict
+    mod = _trace_mod()
+    tracing = tm.is_tracing()
+    facts = {"tracing": tracing, "owner": None, "remaining_s": None, "session": None,
+             "frames": tm.get_traceback_limit() if tracing else None,
+             "traced": list(tm.get_traced_memory()), "tracemalloc_memory": tm.get_tracemalloc_memory(),
+             "inherited_from": None}  # type: dict
+    if tracing:
+        if mod is not None and mod.__dict__.get("session"):
+            d = mod.__dict__
+            facts["owner"] = "introspect"
+            facts["session"] = d["session"]
+            facts["remaining_s"] = max(0.0, d["until"] - time.monotonic())
+            if d.get("pid") != _PID:
+                facts["inherited_from"] = d.get("pid")
+                facts["remaining_s"] = None  # no timer here: the thread stayed in the parent
+        else:
+            facts["owner"] = "application"
+    return facts
+
+
+def cmd_trace_start(params):  # type: (dict) -> dict
+    tm = _builtin("_tracemalloc")
+    frames = int(params.get("frames", 1))
+    for_s = float(params.get("for_s", 600.0))
+    mod = _trace_mod()
+    restarted = False
+    if tm.is_tracing():
+        if mod is None or not mod.__dict__.get("session"):
+            facts = _trace_facts(tm)
+            facts["status"] = "application"  # theirs: left exactly as it is
+            return facts
+        if tm.get_traceback_limit() != frames:
+            tm.stop()  # a different depth needs a fresh start (tracemalloc keeps the old limit otherwise)
+            restarted = True
+        _trace_end(mod)  # ours (or inherited over fork): a new session replaces it, new end time
+        status = "restarted" if restarted else "extended"
+    else:
+        if mod is not None:
+            _trace_end(mod)  # ours, but tracing was stopped by someone else
+        status = "started"
+    session = "%d-%d" % (posix.getpid(), int(time.time() * 1e6))  # type: ignore[attr-defined]
+    wake = _thread.allocate_lock()
+    wake.acquire()
+    until = time.monotonic() + for_s
+    mod = _ModuleType(TRACE_MODULE, "introspect: a tracemalloc session; ends by itself (see `introspect trace`)")
+    mod.__dict__.update({"session": session, "until": until, "pid": posix.getpid(), "wake": wake})  # type: ignore[attr-defined]
+    if not tm.is_tracing():
+        tm.start(frames)
+    sys.modules[TRACE_MODULE] = mod
+    b = sys.modules.get("builtins")
+    timer = _FunctionType(_trace_timer.__code__, {"__builtins__": vars(b) if b is not None else {}},  # type: ignore[misc]
+                          "introspect_trace_timer")
+    try:
+        _thread.start_new_thread(timer, (tm, sys.modules, TRACE_MODULE, session, wake, time.monotonic, until))
+    except BaseException:
+        _trace_end(mod)  # no timer, no tracing: never a trace without its end
+        tm.stop()
+        raise
+    facts = _trace_facts(tm)
+    facts["status"] = status
+    return facts
+
+
+def _own_file(name, agent_file):  # type: (str, str) -> bool
+    """This agent, an earlier run's (its run dir is gone; our session's module was made there),
+    or our bootstrap's stage 1."""
+    return name == agent_file or name == "<introspect-bootstrap>" or (name.endswith("/agent.py") and "/introspect-" in name)
+
+
+def _own_lines():  # type: () -> set
+    """(file, line) of the bootstrap frames running us (the injector's <string> line, the pep768
+    script), as tracemalloc names them: what they allocate now is ours."""
+    own = set()
+    f = sys._getframe(1)  # type: Any
+    while f is not None:
+        name = f.f_code.co_filename
+        if name == "<string>" or (_LIMIT["dir"] and name.startswith(_LIMIT["dir"])):
+            own.add((name, f.f_lineno))
+        elif name != _G.get("__file__") and name != "<introspect-bootstrap>":
+            break
+        f = f.f_back
+    f = None
+    return own
+
+
+def _trace_sites(tm, depth, agent_file, max_traces, child=False):  # type: (Any, int, str, int, bool) -> dict
+    """Live traces grouped by their `depth` innermost frames, largest first. Reading them
+    (_tracemalloc._get_traces) makes one tuple per trace in this process: refused above
+    max_traces (estimated from tracemalloc's own memory), and the grouping stops on the budget."""
+    out = {"sites": [], "traces": 0, "partial": False, "reason": "", "own_skipped": 0, "more_sites": 0}  # type: dict
+    est = tm.get_tracemalloc_memory() // _TRACE_BYTES_PER_TRACE
+    out["estimated_traces"] = est
+    if est > max_traces:
+        # Hook for the forked snapshot: there, a child reads the traces of its frozen copy and no
+        # temporary list is made here. In-process we refuse rather than allocate ~100 B per trace.
+        out["partial"] = True
+        out["reason"] = "about %d traces live, above --max-traces %d: not read in-process" % (est, max_traces)
+        return out
+    own_lines = _own_lines()
+    traces = tm._get_traces()
+    if child:
+        # The walker is a disposable copy that inherited tracing: with the traces copied, it stops
+        # tracing its own allocations (each would cost a traceback; niced, on a busy host, the
+        # grouping then took longer than the request's deadline).
+        tm.stop()
+    groups = {}  # type: dict
+    own = 0
+    try:
+        n = len(traces)
+        out["traces"] = n
+        for k in range(0, n, _SLICE):
+            why = _stopped()
+            if why:
+                out["partial"] = True
+                out["reason"] = _STOP_REASONS.get(why, why) % {"budget": _LIMIT.get("budget_s", 0)}
+                break
+            for tr in traces[k:k + _SLICE]:
+                key = tr[2][:depth]
+                g = groups.get(key)
+                if g is None:
+                    groups[key] = [tr[1], 1]
+                else:
+                    g[0] += tr[1]
+                    g[1] += 1
+    finally:
+        traces = None
+    for key in list(groups):
+        if key and (key[0] in own_lines or _own_file(key[0][0], agent_file)):
+            own += groups.pop(key)[1]  # the agent's own allocations (this list included) and our session's module
+    out["own_skipped"] = own
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
+    groups.clear()
+    out["more_sites"] = max(0, len(ranked) - _MAX_SITES)
+    out["sites"] = [[[list(f) for f in key], g[0], g[1]] for key, g in ranked[:_MAX_SITES]]
+    return out
+
+
+def _trace_child_show(depth):  # type: (int) -> dict
+    """`trace show` in the snapshot's walker: the frozen copy's traces, read and grouped here, so
+    the target pays only for the fork (in-process, reading them pauses it ~5-25 us per trace)."""
+    _LIMIT["stop"], _LIMIT["dir"] = float("inf"), ""  # the walker has its own deadline (SIGALRM)
+    tm = _builtin("_tracemalloc")
+    facts = _trace_facts(tm)
+    facts["status"] = "ok"
+    facts["sites"] = []
+    if facts["tracing"]:
+        facts.update(_trace_sites(tm, max(1, depth), str(_G.get("__file__", "")), 1 << 62, child=True))
+    return facts
+
+
+def _alloc_sites(objs):  # type: (list) -> list
+    """[tracing, [[file, line] or None per object]]: the innermost frame of each object's
+    allocation (None: allocated before tracing began, or not traced)."""
+    tm = sys.modules.get("_tracemalloc")
+    if tm is None or not tm.is_tracing():
+        return [False, []]
+    out = []  # type: list
+    get = tm._get_object_traceback
+    for o in objs:
+        try:
+            tb = get(o)
+        except Exception:
+            tb = None
+        out.append(list(tb[0]) if tb else None)
+    return [True, out]
+
+
+def cmd_trace_show(params):  # type: (dict) -> dict
+    tm = _builtin("_tracemalloc")
+    facts = _trace_facts(tm)
+    facts["status"] = "ok"
+    facts["sites"] = []
+    if facts["tracing"]:
+        budget = float(params.get("budget", 10.0))
+        _LIMIT["budget_s"] = budget
+        _start_clock(budget)
+        facts.update(_trace_sites(tm, max(1, int(params.get("traceback", 1))), str(_G.get("__file__", "")),
+                                  int(params.get("max_traces", 200000))))
+    return facts
+
+
+def cmd_trace_stop(params):  # type: (dict) -> dict
+    """What was seen last, then the end of our session (never of the application's tracing)."""
+    tm = _builtin("_tracemalloc")
+    if params.get("read", True):
+        facts = cmd_trace_show(params)
+    else:  # the last figures were read in a forked snapshot just before
+        facts = _trace_facts(tm)
+        facts["sites"] = []
+    mod = _trace_mod()
+    facts["stopped"] = False
+    if facts["owner"] == "introspect" and mod is not None:
+        _trace_end(mod)
+        tm.stop()
+        facts["stopped"] = True
+    elif mod is not None:
+        _trace_end(mod)  # a stale record of ours (tracing stopped by someone else): gone too
+    facts["tracing_after"] = tm.is_tracing()
+    facts["tracemalloc_memory_after"] = tm.get_tracemalloc_memory()
+    return facts
+
+
+COMMANDS = {"top": cmd_top, "exec": cmd_exec, "growth": cmd_growth, "backrefs": cmd_backrefs,
+            "trace_start": cmd_trace_start, "trace_show": cmd_trace_show, "trace_stop": cmd_trace_stop}
+
+
+# ---------------------------------------------------------------------------------------------
+# forked snapshot: the target pays for a fork; a grandchild walks every object and streams it.
+#
+# The parent (the target) forks at its safe point, reaps the intermediate child at once (it exits
+# right after forking the walker, so the walker is an orphan adopted by init or a subreaper: no
+# zombie whatever the target does with SIGCHLD) and returns. The walker is a frozen copy: it may
+# call gc.get_referents on anything, because nothing it does reaches the target, but it keeps
+# every object it touched alive until os._exit (a refcount reaching zero would run a foreign
+# deallocator in a half-copied world, see gh-122695) and never runs a finalizer (gc disabled).
+#
+# Stream (format 1), written to a FIFO the CLI created in the run dir (a pipe: nothing lands on
+# the target's filesystem): SNAP_MAGIC, then frames of kind (1 byte) + length (4 bytes, little
+# endian) + payload. "M" meta JSON; "T" new types JSON [[index, name]]; "O" objects: marshal
+# (version 2) of [first position, types, sizes, gc-tracked flags, reference counts per object,
+# referenced positions]; "R" roots JSON [[kind, description, position]]; "C" marshal of
+# [first position, refcount excess] (the object's refcount minus our own holds); "E" end JSON;
+# "X" error JSON; "L" answers to the CLI's label questions. Positions number objects in the order
+# of first discovery. After "E" the walker answers lines read from the control FIFO:
+# "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "V p ...": free
+# variable names of functions; "Q": exit.
+
+SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
+SNAP_BATCH = 32768
+_CodeType = type(_builtin.__code__)
+# Code objects are not gc containers (no tp_traverse): their references are read from the stored
+# attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
+# new objects of the walker's own).
+_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable", "co_exceptiontable")
+               if sys.version_info >= (3, 11) else
+               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename", "co_name", "co_code", "co_lnotab"))
+
+
+def _snap_filters():  # type: () -> Any
+    """The live warnings filter list (warnings.filters, or _warnings.filters before warnings is
+    imported), read through module dicts so no module __getattr__ runs."""
+    for name in ("warnings", "_warnings"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            flt = mod.__dict__.get("filters")
+            if type(flt) is list:
+                return flt
+    return None
+
+
+def cmd_snapshot(params):  # type: (dict) -> dict
+    """Fork; the grandchild walks and streams (see above). Returns the parent's pause."""
+    t0 = time.perf_counter()
+    if params.get("collect"):
+        gc.collect()
+    # Read before the fork: other threads die in the child, and their frames with them (3.14+
+    # frees their stacks: a held frame object then points at unmapped memory). Their locals are
+    # held across the fork instead, with the ids of every running frame (never walked as objects).
+    frames = sys._current_frames()
+    frame_roots, frame_ids = _snap_frames(frames)
+    del frames
+    # 3.12+ warns about fork() in a multi-threaded process (under -W error 3.15 raises it in the
+    # parent, after the child exists). The warning is attributed to this module's name: an exact
+    # "ignore" filter for that name alone silences it without touching anyone else's warnings.
+    flt = _snap_filters()
+    entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
+    frame_ids.append(id(entry))
+    if flt is not None:
+        flt.insert(0, entry)
+    try:
+        pid = posix.fork()  # type: ignore[attr-defined]
+    except OSError as exc:
+        return {"forked": False, "error": "fork failed: %s" % (exc,), "pause_s": time.perf_counter() - t0}
+    finally:
+        if flt is not None:
+            for k in range(len(flt)):
+                if flt[k] is entry:
+                    del flt[k]
+                    break
+    if pid == 0:
+        try:
+            if posix.fork() == 0:  # type: ignore[attr-defined]
+                _snap_walker(params, frame_roots, frame_ids)
+        finally:
+            posix._exit(0)  # type: ignore[attr-defined]
+    reaped = _snap_reap(pid)
+    del frame_roots[:]
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "reaped": reaped}
+
+
+def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
+    # type: (int, Any, Any) -> None
+    """The reaper thread's body: names bound as defaults, so it looks nothing up in our globals
+    (cleared when the agent returns) and cannot print (the target's waitpid(-1) may win: ECHILD)."""
+    try:
+        waitpid(pid, 0)
+    except error:
+        pass
+
+
+def _snap_reap(pid):  # type: (int) -> str
+    """Reap the intermediate child, which exits once it has forked the walker (its fork of the whole
+    address space and its exit take about as long as ours did). SIGCHLD ignored: the kernel reaps it.
+    Default disposition: a short-lived thread waits for it, so the target does not. A handler of the
+    target's own (it may reap children itself), or a _thread replaced by gevent/eventlet: we wait."""
+    sig = _builtin("_signal")
+    try:
+        disposition = sig.getsignal(sig.SIGCHLD)
+    except Exception:
+        disposition = None
+    if disposition == sig.SIG_IGN:
+        return "by the kernel (SIGCHLD ignored)"
+    if disposition == sig.SIG_DFL and type(_thread.start_new_thread).__name__ == "builtin_function_or_method":
+        try:
+            _thread.start_new_thread(_reap, (pid,))
+            return "by a short-lived thread"
+        except Exception:
+            pass
+    _reap(pid)
+    return "waited for"
+
+
+def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
+    data = memoryview(kind + len(payload).to_bytes(4, "little") + payload)
+    while data:
+        data = data[posix.write(fd, data):]  # type: ignore[attr-defined]
+
+
+def _snap_json(obj):  # type: (object) -> bytes
+    out = []  # type: list
+    _dump(obj, out)
+    return "".join(out).encode("utf-8", "backslashreplace")
+
+
+def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
+    """Out of the target's way: lowest priority, first for the OOM killer, a hard deadline, no
+    inherited descriptor kept open (a held pipe or socket would delay EOF seen by its peer)."""
+    try:
+        posix.nice(19)  # type: ignore[attr-defined]
+    except OSError:
+        pass
+    try:
+        fd = posix.open("/proc/self/oom_score_adj", posix.O_WRONLY)  # type: ignore[attr-defined]
+        try:
+            posix.write(fd, b"1000")  # type: ignore[attr-defined]
+        finally:
+            posix.close(fd)  # type: ignore[attr-defined]
+    except OSError:
+        pass
+    sig = _builtin("_signal")
+    sig.signal(sig.SIGALRM, sig.SIG_DFL)
+    sig.alarm(max(1, int(deadline - time.time()) + 1))
+    null = posix.open("/dev/null", posix.O_RDWR)  # type: ignore[attr-defined]
+    for k in (0, 1, 2):
+        posix.dup2(null, k)  # type: ignore[attr-defined]
+    for name in posix.listdir("/proc/self/fd"):  # type: ignore[attr-defined]
+        k = int(name)
+        if k > 2 and k != keep_fd:
+            try:
+                posix.close(k)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+
+
+def _snap_own(frame_ids, mods):  # type: (list, list) -> dict
+    """ids of our own objects (the agent's namespace, the bootstrap's, running frames): never
+    recorded, never followed; the frames of running threads are described as roots instead."""
+    own = {id(_G): None}  # type: dict
+    for i in frame_ids:
+        own[i] = None
+    stack = [v for k, v in _G.items() if k != "__builtins__"]  # exec put the target's builtins there
+    while stack:
+        v = stack.pop()
+        if id(v) in own:
+            continue
+        if type(v) is _FunctionType:
+            own[id(v)] = None
+            stack.extend((v.__defaults__, v.__kwdefaults__, v.__closure__, v.__dict__))
+        elif type(v) in (dict, list, tuple, set):
+            own[id(v)] = None
+            stack.extend(v.values() if type(v) is dict else v)
+        elif type(v) is _CellType:
+            own[id(v)] = None
+    return own
+
+
+def _snap_frames(frames):  # type: (dict) -> tuple
+    """In the target, before the fork: ([(description, value)] for the locals of running function
+    frames, ours skipped; [ids of every running frame and of the bootstrap's namespace])."""
+    names = {}
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            for ident, th in list(threading.__dict__.get("_active", {}).items()):
+                names[ident] = th.name
+        except Exception:
+            pass
+    module_dicts = set()
+    for m in list(sys.modules.values()):
+        d = getattr(m, "__dict__", None)
+        if type(d) is dict:
+            module_dicts.add(id(d))
+    me = _thread.get_ident()
+    agent_file = _G.get("__file__", "\0")
+    roots = []
+    ids = [id(frames)]
+    for ident, f in frames.items():
+        tname = names.get(ident, "thread-%d" % ident)
+        ours = ident == me
+        while f is not None:
+            ids.append(id(f))
+            code = f.f_code
+            if ours and (code.co_filename == agent_file or (code.co_filename == "<string>" and not code.co_flags & 1)):
+                if id(f.f_globals) not in module_dicts:
+                    ids.append(id(f.f_globals))  # the bootstrap's fresh dict (agent source, file)
+                f = f.f_back
+                continue
+            ours = False
+            if code.co_flags & 1:  # CO_OPTIMIZED: a function frame
+                try:
+                    items = list(f.f_locals.items())
+                except Exception:
+                    items = []
+                for var, val in items:
+                    if type(var) is str:
+                        roots.append(("thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var), val))
+            f = f.f_back
+    ids.append(id(roots))
+    return roots, ids
+
+
+def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) -> None
+    """The grandchild: walk every object once, stream it, answer label questions, never return."""
+    gc.disable()  # a collection here would run the target's finalizers (its __del__ may do I/O)
+    t0 = time.perf_counter()
+    deadline = float(params.get("child_deadline", time.time() + 300))
+    # First: with the stream open, any failure below reaches the CLI as an "X" frame at once.
+    fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)  # type: ignore[attr-defined]
+    posix.set_blocking(fd, True)  # type: ignore[attr-defined]
+    sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # type: ignore[attr-defined]  # < PIPE_BUF: atomic
+    err = None
+    try:
+        walk = params.get("objects", True)  # False: no object walk, only questions (`trace show` reads traces here)
+        mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)] if walk else []
+        if not walk:
+            frame_roots = []
+        keep = []  # type: list  # every object recorded: alive until _exit
+        hold = []  # type: list  # our own objects met on the way: alive too, never recorded
+        index = {}  # type: dict  # id -> position
+        objs = gc.get_objects() if walk else []
+        _snap_quiet(deadline, fd)
+        marshal = _builtin("marshal")
+        own = _snap_own(frame_ids, mods)
+        for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
+            own[id(x)] = None
+        known = set(id(v) for _, v in mods)
+        for m in list(sys.modules.values()):  # anything this child imported is ours
+            if id(m) not in known:
+                own[id(m)] = None
+                d = getattr(m, "__dict__", None)
+                if type(d) is dict:
+                    own[id(d)] = None
+        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline)
+    except BaseException as exc:  # reported to the CLI, never raised anywhere
+        err = exc
+    if err is not None:
+        try:
+            if not sent_magic:
+                posix.write(fd, SNAP_MAGIC)  # type: ignore[attr-defined]
+            _snap_send(fd, b"X", _snap_json({"error": _exc_record(err, "")}))
+        except Exception:
+            pass
+        return
+    _snap_answer(fd, params, keep)
+
+
+def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline):
+    # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
+    facts = _gc_facts()
+    _snap_send(fd, b"M", _snap_json({
+        "format": 1, "pid": posix.getpid(),  # type: ignore[attr-defined]
+        "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3], "gc": facts,
+        "gc_objects": len(objs), "byteorder": sys.byteorder, "time": time.time(),
+    }))
+    roots = []  # type: list
+
+    def place(o):  # type: (object) -> int
+        i = id(o)
+        p = index.get(i)
+        if p is None:
+            p = index[i] = len(keep)
+            keep.append(o)
+        return p
+
+    for name, m in mods:
+        if id(m) not in own:
+            roots.append(["module", name, place(m)])
+    for desc, val in frame_roots:
+        if id(val) not in own:
+            roots.append(["frame", desc, place(val)])
+        else:
+            hold.append(val)
+    for o in objs:
+        if id(o) not in own:
+            place(o)
+    del objs[:]
+    _snap_send(fd, b"R", _snap_json(roots))
+    getrefs = gc.get_referents
+    is_tracked = gc.is_tracked
+    getsizeof = sys.getsizeof
+    gc_head = _gc_head()
+    tindex = {}  # type: dict
+    sizers = {}  # type: dict
+    T, S, F, N, R = [], [], [], [], []  # type: list, list, list, list, list
+    newtypes = []  # type: list
+    start = pos = 0
+    edges = 0
+    while pos < len(keep):
+        o = keep[pos]
+        t = type(o)
+        ti = tindex.get(t)
+        if ti is None:
+            ti = tindex[t] = len(tindex)
+            newtypes.append([ti, type_name(t)])
+            sizers[t] = _c_sizeof(t)
+        try:
+            b = getsizeof(o) if sizers[t] else object.__sizeof__(o) + gc_head
+        except Exception:
+            b = 0
+        k = 0
+        refs = getrefs(o)
+        if t is _CodeType:
+            refs = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
+        for r in refs:
+            i = id(r)
+            p = index.get(i)
+            if p is None:
+                if i in own:
+                    hold.append(r)
+                    continue
+                p = index[i] = len(keep)
+                keep.append(r)
+            R.append(p)
+            k += 1
+        T.append(ti)
+        S.append(b)
+        F.append(1 if is_tracked(o) else 0)
+        N.append(k)
+        edges += k
+        pos += 1
+        if pos - start >= SNAP_BATCH or pos == len(keep):
+            if newtypes:
+                _snap_send(fd, b"T", _snap_json(newtypes))
+                newtypes = []
+            _snap_send(fd, b"O", marshal.dumps([start, T, S, F, N, R], 2))
+            T, S, F, N, R = [], [], [], [], []
+            start = pos
+            if time.time() > deadline:
+                raise RuntimeError("deadline reached after %d objects" % pos)
+    refs = None
+    walk_s = time.perf_counter() - t0
+    # Refcount excess: references the walk could not see (C code, running frames' stacks).
+    # Each object is held here by keep, the loop variable and getrefcount's argument; the
+    # calibration object below has keep as its only other owner.
+    o = None
+    keep.append(object())
+    probe = keep[-1]
+    base = sys.getrefcount(probe)
+    del probe
+    keep.pop()
+    C = []  # type: list
+    start = 0
+    getrefcount = sys.getrefcount
+    for o in keep:
+        C.append(getrefcount(o) - base)
+        if len(C) >= SNAP_BATCH:
+            _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+            start += len(C)
+            C = []
+    o = None
+    if C:
+        _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+    _snap_send(fd, b"E", _snap_json({"objects": len(keep), "edges": edges, "walk_s": walk_s,
+                                     "total_s": time.perf_counter() - t0}))
+
+
+def _snap_start_ticks():  # type: () -> int
+    """This process's start time (clock ticks since boot, /proc/self/stat field 22): with the pid,
+    lets the CLI make sure the process it kills is this walker and not a reused pid."""
+    try:
+        fd = posix.open("/proc/self/stat", posix.O_RDONLY)  # type: ignore[attr-defined]
+        try:
+            raw = posix.read(fd, 4096)  # type: ignore[attr-defined]
+        finally:
+            posix.close(fd)  # type: ignore[attr-defined]
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except Exception:
+        return 0
+
+
+def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
+    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
+    cfd = posix.open(params["control"], posix.O_RDONLY)  # type: ignore[attr-defined]
+    buf = b""
+    while True:
+        chunk = posix.read(cfd, 65536)  # type: ignore[attr-defined]
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            parts = line.split()
+            if not parts or parts[0] == b"Q":
+                return
+            nums = [int(x) for x in parts[1:]]
+            answer = []  # type: list
+            if parts[0] == b"L":
+                answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
+            elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
+                answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
+            elif parts[0] == b"G":  # tracemalloc's live traces, grouped by the nums[0] innermost frames
+                try:
+                    answer = [_trace_child_show(nums[0] if nums else 1)]
+                except Exception as exc:  # noqa: BLE001 - the CLI says what failed
+                    answer = [{"error": _exc_record(exc, "")}]
+            elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
+                answer = _alloc_sites([keep[p] for p in nums])
+            else:
+                answer = [_snap_name(keep[p]) for p in nums]
+            _snap_send(fd, b"L", _snap_json(answer))
+
+
+def _snap_label_key(k):  # type: (object) -> str
+    if type(k) is str:
+        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
+    if type(k) is int:
+        return "[%d]" % k
+    return "[<%s key>]" % type_name(type(k))
+
+
+def _snap_via(holder, child):  # type: (object, object) -> str
+    """How holder references child (attribute, key, index, closure variable): C-level reads only."""
+    th = type(holder)
+    try:
+        if isinstance(holder, dict):
+            for k, v in dict.items(holder):
+                if v is child:
+                    return _snap_label_key(k)
+                if k is child:
+                    return "(key)"
+            return "(item)"
+        if th is list or th is tuple:
+            for i, v in enumerate(holder):  # type: ignore[call-overload, arg-type]
+                if v is child:
+                    return "[%d]" % i
+            return "(item)"
+        if th is _CellType:
+            return "cell_contents"
+        if th is _ModuleType:
+            return "__dict__"
+        if th is _CodeType:
+            for attr in _CODE_ATTRS:
+                if getattr(holder, attr, None) is child:
+                    return "." + attr
+            return "(code)"
+        if th is _FunctionType:
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
+                if getattr(holder, attr, None) is child:
+                    return attr
+            return "(function)"
+        if th is _MethodType:
+            return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
+        if isinstance(holder, type):
+            if type(child) is dict and _type_dict.__get__(holder, type) is not None and "__module__" in child:  # type: ignore[operator]
+                return "__dict__"
+            if child in type.__dict__["__bases__"].__get__(holder, type):
+                return "__bases__"
+            return "__mro__" if type(child) is tuple else "(type)"
+        if isinstance(holder, (set, frozenset)):
+            return "{member}"
+        if child is th:
+            return "__class__"
+        try:
+            d = object.__getattribute__(holder, "__dict__")
+        except Exception:
+            d = None
+        if d is child:
+            return "__dict__"
+        if type(d) is dict:
+            for k, v in dict.items(d):
+                if v is child and type(k) is str:
+                    return "." + k
+        for klass in _type_mro.__get__(th, type):
+            slots = _type_dict.__get__(klass, type).get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                desc = _type_dict.__get__(klass, type).get(name)
+                if desc is not None and type(desc).__name__ == "member_descriptor":
+                    try:
+                        if desc.__get__(holder, th) is child:
+                            return "." + name
+                    except AttributeError:
+                        pass
+    except Exception:
+        pass
+    return "(referent)"
+
+
+def _snap_name(obj):  # type: (object) -> str
+    try:
+        if isinstance(obj, type):
+            return type_name(obj)  # type: ignore[arg-type]
+        if type(obj) is _FunctionType:
+            return obj.__qualname__  # type: ignore[attr-defined, no-any-return]
+        if type(obj) is _ModuleType:
+            name = obj.__dict__.get("__name__")
+            return name if isinstance(name, str) else ""
+    except Exception:
+        pass
+    return ""
+
+
+COMMANDS["snapshot"] = cmd_snapshot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1343,3 +2125,4 @@ if "REQUEST" in _G:
     finally:
         # Break the function<->globals cycles now, so nothing of ours waits for the next collection.
         _G.clear()
+

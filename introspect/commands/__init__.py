@@ -41,6 +41,23 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     add_output_options(parser)
 
 
+def add_collector_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("collection").add_mutually_exclusive_group()
+    group.add_argument("--fork", dest="collector", action="store_const", const="fork",
+                       help="take a forked snapshot even without the usual memory headroom (the default when there is headroom: "
+                            "the target pauses only for a fork, a copy walks every object, tracked or not)")
+    group.add_argument("--in-process", dest="collector", action="store_const", const="in-process",
+                       help="count inside the target instead (gc-tracked objects, within --budget; the old way)")
+    parser.set_defaults(collector="auto")
+
+
+def collector_line(col: dict[str, Any]) -> str:
+    if col["path"] == "fork":
+        return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
+                f"{col['objects']:,} objects in {col['walk_s']:.2f} s")
+    return f"in-process count ({col['why']})"
+
+
 def logger(args: argparse.Namespace) -> Any:
     verbose = getattr(args, "verbose", False)
 
@@ -74,7 +91,7 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top
+    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top, trace
 
     return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
-            exec_.Command()]
+            trace.Command(), exec_.Command()]

@@ -1,9 +1,14 @@
-"""Who keeps objects of a type alive: reference chains from a root to sampled instances.
+"""Who keeps objects of a type alive: reference chains from a root to its instances.
 
-TYPE may be `module.qualname`, a `qualname`, or a short class name. Roots are modules in
-sys.modules and the locals of running thread frames (named by thread, function and variable).
-The search walks back one heap scan per level (not one per object, as objgraph does) and stops
-at --budget seconds, returning what it has, marked partial. No repr() of your objects is made.
+TYPE may be `module.qualname`, a `qualname`, or a short class name, of any type: gc-tracked or
+not (bytes, str, dicts of atomic values...). Roots are modules in sys.modules, the locals of
+running thread frames (named by thread, function and variable), and objects held from C.
+By default the target forks once and the chains are found in its frozen copy: every instance is
+grouped by the shape of its shortest path from a root, and each group shows one instance's path
+(chains pass through untracked containers: `module __main__ --.store--> list --[3]--> dict
+--['data']--> bytes`). Without memory headroom, or with --in-process, the search runs inside the
+target (gc-tracked types only), one heap scan per level, and stops at --budget seconds. No repr()
+of your objects is made.
 
 Example: introspect backrefs 1234 MyCustomObject
 """
@@ -13,13 +18,18 @@ from __future__ import annotations
 import argparse
 import difflib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from introspect import errors
-from introspect.commands import add_target_options, emit, fanout, header, logger
+from introspect import errors, tracing
+from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
+from introspect.snapshot import collect
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -34,6 +44,7 @@ class Command:
         parser.add_argument("--budget", type=float, default=5.0, metavar="S",
                             help="stop searching after S seconds inside the target and report what was found (default: 5)")
         parser.add_argument("--format", choices=FORMATS, default="svg", help="graph format (default: svg; DOT is always written)")
+        add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         if args.samples < 1 or args.max_depth < 1 or args.budget <= 0:
@@ -42,15 +53,25 @@ class Command:
             return code
         out = OutputDir(self.name, args.pid, args.output)
         outcome, doc = trace(out, args.pid, args.type, samples=args.samples, max_depth=args.max_depth, budget=args.budget,
-                             fmt=args.format, method=args.method, timeout=args.timeout, log=logger(args))
+                             fmt=args.format, method=args.method, timeout=args.timeout, log=logger(args), collector=args.collector)
         emit(args, out, doc, render(outcome, doc))
         return 0
 
 
 def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_depth: int = 12, budget: float = 5.0,
           fmt: str = "svg", method: str = "auto", timeout: float = 30.0, log: Callable[[str], None] = lambda s: None,
-          stem: str = "backrefs") -> tuple[Outcome, dict[str, Any]]:
-    """Run the agent's backrefs search and write ``<stem>.dot`` (+ graph): the command's data, reused by `report`."""
+          stem: str = "backrefs", collector: str = "auto") -> tuple[Outcome, dict[str, Any]]:
+    """Find chains (forked snapshot, or the agent's in-process search) and write ``<stem>.dot`` (+ graph):
+    the command's data, reused by `report`."""
+    if collector != "in-process":
+        def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+            return forked_chains(snap, walker, type_name, pid, samples)
+
+        got_outcome, got, col = collect.take(pid, collector, analyse, method=method, timeout=timeout, log=log)
+        if got_outcome is not None and got is not None:
+            files = write_graph(out, stem, got["graph"], f"who keeps {got['type']} alive (pid {pid})", fmt)
+            return got_outcome, {**got_outcome.meta(), "collector": col, **got, "files": files}
+        log(f"backrefs in-process: {col['why']}")
     params = {"type": type_name, "samples": samples, "max_depth": max_depth, "budget": budget}
     outcome = run_agent(pid, "backrefs", params, method=method, timeout=max(timeout, budget + 10), log=log)
     res = outcome.result
@@ -69,8 +90,65 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         "chains": res["chains"],
         "graph": res["graph"],
         "files": files,
+        "collector": {"path": "in-process", "why": "--in-process given"} if collector == "in-process" else None,
     }
+    on, frames = res.get("allocated") or [False, []]
+    doc.update(_allocated_doc(tracing.summarize(on, frames, tracing.FunctionNames(outcome.target.root))))
     return outcome, doc
+
+
+def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samples: int) -> dict[str, Any]:
+    from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
+    names = heap.match_type(snap, type_name)
+    if not names:
+        present = sorted(set(snap.types))
+        check_found(type_name, pid, {"status": "unknown", "names": present})
+    if len(names) > 1:
+        rows = heap.type_rows(snap)
+        check_found(type_name, pid, {"status": "ambiguous", "candidates": [[n, rows[n].count] for n in names]})
+    h = heap.analyse(snap)
+    chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples, walker.freevars)
+    alloc = tracing.allocated(walker, tracing.instances(snap, names[0]), tracing.FunctionNames(f"/proc/{pid}/root"))
+    return {**_allocated_doc(alloc), "type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,
+            "partial": False, "reason": None, "levels": max((len(c["path"]) for c in chains), default=0),  # type: ignore[arg-type]
+            "chains": chains, "graph": chain_graph(chains, names[0]),
+            "sampling": "every instance grouped by its path's shape; one instance's path shown per group (walk order: roots first, "
+                        "then breadth first)"}
+
+
+def _allocated_doc(alloc: tracing.Allocated | None) -> dict[str, Any]:
+    return {"tracing": alloc is not None, **(alloc.as_json() if alloc is not None else {})}
+
+
+def chain_graph(chains: list[dict[str, Any]], tname: str) -> dict[str, Any]:
+    """Nodes and edges for render.graph from grouped chains (one node per step of each chain)."""
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    ids: dict[tuple[Any, ...], str] = {}
+    for ch in chains:
+        prev: tuple[str, str] | None = None
+        path = ch["path"]
+        if path and path[0]["type"] != "module":
+            key: tuple[Any, ...] = ("root", ch["root"])
+            if key not in ids:
+                ids[key] = f"n{len(ids)}"
+                nodes.append({"id": ids[key], "label": ch["root"], "role": "root", "type": "root"})
+            prev = (ids[key], "")
+        for k, step in enumerate(path):
+            last = k == len(path) - 1
+            key = (ch["root"], tuple((s["type"], s.get("via")) for s in path[:k + 1]))
+            if key not in ids:
+                ids[key] = f"n{len(ids)}"
+                role = "target" if last else ("root" if k == 0 and prev is None else ("holder" if k == len(path) - 2 else "path"))
+                label = ch["root"] if role == "root" else (step["type"] + (" " + step["name"] if step.get("name") else ""))
+                if last:
+                    label += f" x{ch['count']:,}"
+                nodes.append({"id": ids[key], "label": label, "role": role, "type": step["type"]})
+            if prev is not None:
+                edges.append({"src": prev[0], "dst": ids[key], "label": prev[1]})
+            prev = (ids[key], step.get("via") or "")
+    return {"nodes": nodes, "edges": edges}
 
 
 def check_found(type_name: str, pid: int, res: dict[str, Any]) -> None:
@@ -119,7 +197,14 @@ def chain_text(chain: dict[str, Any]) -> str:
 
 
 def render(outcome: Outcome, doc: dict[str, Any]) -> str:
-    lines = [header(outcome), f"{doc['found']:,} live {doc['type']} objects; traced {doc['sampled']} (newest first)"]
+    lines = [header(outcome)]
+    if doc.get("collector"):
+        lines.append(collector_line(doc["collector"]))
+    if doc.get("sampling"):
+        lines.append(f"{doc['found']:,} live {doc['type']} objects; {doc['sampled']:,} traced to a root, grouped by path "
+                     f"(the biggest groups; one instance's path each)")
+    else:
+        lines.append(f"{doc['found']:,} live {doc['type']} objects; traced {doc['sampled']} (newest first)")
     if doc["partial"]:
         lines.append(f"PARTIAL: {doc['reason']}; chains below are what was found by then")
     for chain in doc["chains"]:
@@ -133,7 +218,12 @@ def render(outcome: Outcome, doc: dict[str, Any]) -> str:
                      "(CPython gh-122695): which object each holds was found by pointer comparison")
     if doc["unrooted"]:
         lines.append("")
-        lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root (held from C code, by a reference cycle only, or beyond --max-depth)")
+        if doc.get("sampling"):
+            lines.append(f"{doc['unrooted']:,} not reachable from any root (garbage awaiting collection: a reference cycle only)")
+        else:
+            lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root (held from C code, by a reference cycle only, or beyond --max-depth)")
+    lines.append("")
+    lines += tracing.allocated_text(doc, doc["pid"], tracing.FunctionNames(f"/proc/{doc['pid']}/root"))
     lines.append("")
     for kind, path in doc["files"].items():
         lines.append(f"graph ({kind}): {path}" if kind != "note" else path)

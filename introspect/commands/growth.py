@@ -1,9 +1,13 @@
-"""What grew since the last look: per type, the count and its signed change.
+"""What grew since the last look: per type, the count, the bytes, and their signed change; and
+the holders whose retained memory grew (e.g. `module __main__ .store (list: +1,500 items, +1.6 MiB)`).
 
-The first call records a baseline inside the target (in one small module holding only names and
-counts); each later call shows the change since the previous call and since the baseline.
-Unlike objgraph's show_growth, types that shrink are shown too, and nothing forces gc.collect()
-unless --collect is given.
+By default every object counts, tracked by the garbage collector or not (the target forks once; its
+copy is walked, see `top`). The first call records a baseline, kept by introspect in your state
+directory (keyed by pid and process start time), nothing in the target; each later call shows
+the change since the previous call and since the baseline. Without memory headroom for the fork,
+or with --in-process, the count runs inside the target (gc-tracked objects only; the baseline
+then lives in a small module there). Unlike objgraph's show_growth, types that shrink are shown
+too, and nothing forces gc.collect() unless --collect is given.
 
 Examples:
   introspect growth 1234                       # baseline, then run again later
@@ -15,13 +19,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from introspect import analysis
-from introspect.commands import add_target_options, emit, fanout, header, logger
+from introspect import analysis, errors, tracing
+from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.output import OutputDir
-from introspect.render.text import signed, table
+from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
+from introspect.snapshot import collect, state, views
+from introspect.target import inspect_target
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -35,6 +45,8 @@ class Command:
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target before counting (off by default)")
         parser.add_argument("--interval", type=float, default=0.0, metavar="S", help="seconds between samples (with --samples)")
         parser.add_argument("--samples", type=int, default=1, metavar="N", help="take N looks --interval seconds apart and flag steady growers")
+        parser.add_argument("--holders", type=int, default=5, metavar="N", help="holders listed, most grown first (default: 5; forked snapshot only)")
+        add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         if args.samples < 1 or (args.samples > 1 and args.interval <= 0):
@@ -45,6 +57,10 @@ class Command:
             return code
         out = OutputDir(self.name, args.pid, args.output)
         log = logger(args)
+        if args.collector != "in-process":
+            done = forked(args, out, log)
+            if done is not None:
+                return done
         looks: list[Outcome] = []
         for i in range(args.samples):
             if i:
@@ -90,4 +106,126 @@ def render(outcome: Outcome, doc: dict[str, Any], rows: list[analysis.GrowthRow]
     lines.append("")
     lines.append(table(["type", "count", "change", "since baseline"],
                        [(r.type, r.count, signed(r.delta), signed(r.since_baseline)) for r in changed]))
+    return "\n".join(lines)
+
+
+def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
+    """growth over forked snapshots; None if the in-process path must run (it then says why)."""
+    create_time = inspect_target(args.pid).create_time
+    results: list[tuple[Outcome, dict[str, Any], dict[str, Any]]] = []
+    steady_input: list[dict[str, list[int]]] = []
+    for i in range(args.samples):
+        if i:
+            if sys.stderr.isatty() and not args.json:
+                print(f"introspect: next look in {args.interval:g} s ({i + 1}/{args.samples})", file=sys.stderr)
+            time.sleep(args.interval)
+        saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
+
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid),
+                                         method=args.method, timeout=args.timeout, collect=args.collect, log=log)
+        if outcome is None or got is None:
+            if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
+                raise errors.AgentError(f"look {i + 1} could not fork: {col['why']}")
+            print(f"introspect: {collector_line(col)}", file=sys.stderr)
+            return None
+        state.save(args.pid, create_time, {"baseline": got.pop("baseline").to_json(), "previous": got.pop("look").to_json()})
+        results.append((outcome, got, col))
+        if i:
+            steady_input.append({r["type"]: [r["count"], r["delta"], r["since_baseline"]] for r in got["rows"]})
+    last, got, col = results[-1]
+    steady = analysis.steady_growers(steady_input) if steady_input else []
+    holders = got["holders"]
+    if not got["baseline_recorded"]:
+        holders = [h for h in holders if h["retained_delta"] or h["items_delta"]]
+    doc: dict[str, Any] = {
+        **last.meta(),
+        "paused_s": round(sum(o.paused_s for o, _, _ in results), 6),
+        "collector": col,
+        "objects": got["objects"],
+        "untracked_objects": got["untracked_objects"],
+        "bytes": got["bytes"],
+        "baseline_recorded": got["baseline_recorded"],
+        "since_previous_s": round(got["now"] - got["previous_time"], 3),
+        "since_baseline_s": round(got["now"] - got["baseline_time"], 3),
+        "samples": len(results),
+        "interval_s": args.interval,
+        "grew_every_interval": steady,
+        "gc": got["gc"],
+        "tracing": got["tracing"],
+        "types": got["rows"][:args.limit] if args.limit > 0 else got["rows"],
+        "holders": holders[:args.holders],
+    }
+    emit(args, out, doc, render_forked(last, doc))
+    return 0
+
+
+ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
+
+
+def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
+    """The analysis of one look, against the saved baseline and previous look (None: record them)."""
+
+    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
+        rows = heap.type_rows(snap)
+        h = heap.analyse(snap)
+        found = heap.holders(h, walker.labels, 50)
+        now = time.time()
+        look = views.look_of(now, rows, found)
+        baseline = views.Look.from_json(saved["baseline"]) if saved else look
+        previous = views.Look.from_json(saved["previous"]) if saved else look
+        tracing_on = walker.tracing()
+        return {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "bytes": int(snap.size.sum()),
+                "gc": snap.meta.get("gc", {}), "baseline_recorded": saved is None, "now": now,
+                "baseline_time": baseline.time, "previous_time": previous.time,
+                "rows": _with_allocated(views.growth_docs(rows, previous, baseline, 0), snap, walker, pid, tracing_on),
+                "tracing": tracing_on,
+                "holders": views.holder_docs(found, previous if saved else None),
+                "look": look, "baseline": baseline}
+
+    return analyse
+
+
+def _with_allocated(docs: list[dict[str, Any]], snap: Snapshot, walker: Walker, pid: int, on: bool) -> list[dict[str, Any]]:
+    """allocated_at on the first growing rows while the target traces (tracemalloc's object
+    traceback of up to tracing.SAMPLE instances each, read in the walker)."""
+    if not on:
+        return docs
+    names = tracing.FunctionNames(f"/proc/{pid}/root")
+    for d in [d for d in docs if d["delta"] > 0 or d["bytes_delta"] > 0][:ALLOCATED_ROWS]:
+        alloc = tracing.allocated(walker, tracing.instances(snap, d["type"]), names)
+        if alloc is None:
+            break  # not tracing: no row gets sites
+        d.update(alloc.as_json())
+    return docs
+
+
+def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
+    lines = [header(outcome), collector_line(doc["collector"])]
+    if doc["baseline_recorded"] and doc["samples"] == 1:
+        lines.append(f"baseline recorded: {doc['objects']:,} objects, {human_bytes(doc['bytes'])}. "
+                     f"Run `introspect growth {doc['pid']}` again later to see what grew.")
+        return "\n".join(lines)
+    lines.append(f"{doc['objects']:,} objects ({doc['untracked_objects']:,} not tracked by gc), {human_bytes(doc['bytes'])}; "
+                 f"change over the last {doc['since_previous_s']:g} s and since the baseline {doc['since_baseline_s']:g} s ago")
+    if doc["grew_every_interval"]:
+        lines.append(f"grew in every one of {doc['samples'] - 1} intervals: {', '.join(doc['grew_every_interval'])}")
+    if doc["holders"]:
+        lines += ["", "holders, most grown first:"] + ["  " + views.holder_line(h) for h in doc["holders"]]
+    if not doc["types"]:
+        lines.append("no type changed.")
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(table(["type", "count", "change", "since baseline", "bytes", "bytes change"],
+                       [(r["type"], r["count"], signed(r["delta"]), signed(r["since_baseline"]), human_bytes(r["bytes"]),
+                         ("+" if r["bytes_delta"] > 0 else "-" if r["bytes_delta"] < 0 else "") + human_bytes(abs(r["bytes_delta"])))
+                        for r in doc["types"]]))
+    lines.append("")
+    with_sites = [r for r in doc["types"] if r.get("allocated_at")]
+    if not doc["tracing"]:
+        lines += tracing.allocated_text({"tracing": False}, doc["pid"])
+    for r in with_sites[:3]:
+        lines.append(f"{r['type']}: " + tracing.allocated_text({"tracing": True, **r}, doc["pid"])[0])
+        lines += tracing.allocated_text({"tracing": True, **r}, doc["pid"])[1:]
     return "\n".join(lines)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from introspect import analysis, errors
+from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, trace
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
@@ -39,6 +40,9 @@ class Collected:
     looks: list[tuple[float, Outcome]] = field(default_factory=list)
     traced: list[tuple[Outcome, dict[str, Any]]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # forked snapshots at the first and last look
+    snapshot_problem: str | None = None
+    pending: list[threading.Thread] = field(default_factory=list)
     problem: errors.IntrospectError | None = None
     interrupted: bool = False
 
@@ -109,6 +113,12 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
             look = run_agent(args.pid, "growth", {"reset": not got.looks, "collect": False}, method=args.method,
                              timeout=args.timeout, log=log)
             got.looks.append((sampler.elapsed(), look))
+            if len(got.looks) in (1, len(look_at)):
+                # In the background: memory sampling goes on while the snapshot is taken and analysed
+                # (the per-target lock makes the next look wait for it).
+                th = threading.Thread(target=snapshot_look, args=(args, got, log), daemon=True)
+                th.start()
+                got.pending.append(th)
             continue
         if now >= next_sample:
             got.samples.append(sampler.take())
@@ -119,8 +129,80 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
                 next_sample = now + args.interval
             continue
         if len(got.looks) == len(look_at):
+            for th in got.pending:
+                th.join(args.timeout + 60)
             return
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
+
+
+def snapshot_look(args: argparse.Namespace, got: Collected, log: Any) -> None:
+    """Types (every object) and holders from a forked snapshot; its absence is said, not fatal."""
+    from introspect.snapshot import collect, views
+
+    def analyse(snap: Any, walker: Any) -> dict[str, Any]:
+        from introspect.snapshot import heap
+
+        rows = heap.type_rows(snap)
+        found = heap.holders(heap.analyse(snap), walker.labels, 10)
+        return {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+                "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+
+    try:
+        outcome, value, col = collect.take(args.pid, "auto", analyse, method=args.method, timeout=args.timeout, log=log)
+    except errors.IntrospectError as exc:  # the looks in the main thread say what happened to the target
+        got.snapshot_problem = exc.msg
+        return
+    except Exception as exc:  # a bug: kept in the report rather than lost in a thread
+        got.snapshot_problem = f"{type(exc).__name__}: {exc}"
+        return
+    if value is None:
+        got.snapshot_problem = col["why"]
+        return
+    got.snapshots.append({**value, "collector": col, "paused_s": outcome.paused_s if outcome else 0.0})
+    got.snapshots.sort(key=lambda x: x["look"].time)
+
+
+ALLOCATION_TYPES = 5  # grown types (by bytes since the first snapshot) whose instances' allocation sites are looked up
+
+
+def allocation_sites(pid: int, snap: Any, walker: Any, rows: Any, got: Collected) -> dict[str, Any]:
+    """The report's allocation-sites block: for the types that grew most since the first forked
+    snapshot (the biggest types at the first one), where their instances were allocated, if the
+    target traces (`introspect trace start`); else that tracing was off."""
+    from introspect.snapshot import views
+
+    if not walker.tracing():
+        return {"tracing": False, "types": []}
+    first = got.snapshots[0]["look"] if got.snapshots else None
+    if first is not None:
+        grown = [d for d in views.growth_docs(rows, first, first, 0) if d["bytes_delta"] > 0]
+        grown.sort(key=lambda d: -d["bytes_delta"])
+    else:
+        grown = views.type_docs(rows, "size", ALLOCATION_TYPES)
+    names = tracing.FunctionNames(f"/proc/{pid}/root")
+    out = []
+    for d in grown[:ALLOCATION_TYPES]:
+        alloc = tracing.allocated(walker, tracing.instances(snap, d["type"]), names)
+        if alloc is not None and alloc.traced:
+            out.append({"type": d["type"], "bytes_delta": d.get("bytes_delta"), **alloc.as_json()})
+    return {"tracing": True, "types": out}
+
+
+def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
+    """The report's "snapshot" block: holders with their growth, and types with untracked ones."""
+    from introspect.snapshot import views
+
+    if not got.snapshots:
+        return {"problem": got.snapshot_problem} if got.snapshot_problem else None
+    first, last = got.snapshots[0], got.snapshots[-1]
+    prev = first["look"] if len(got.snapshots) > 1 else None
+    return {
+        "collector": last["collector"],
+        "holders": views.holder_docs(last["holders"], prev),
+        "allocation": last.get("allocation"),
+        "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
+        "problem": None,
+    }
 
 
 def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progress: Progress) -> None:
@@ -198,11 +280,14 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "grew_every_interval": steady,
         "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
                     for r in rows[:args.top]],
-        "backrefs": [{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")}
+        "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
+                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,
+        "snapshot": snapshot_doc(got, args.top),
         "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
     }
+    doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
     doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     doc["memory"]["summary"] = trend_line(trend)
     return doc
@@ -231,17 +316,39 @@ def _held_by(ref: dict[str, Any]) -> str:
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 
+def _allocated_lines(doc: dict[str, Any]) -> list[str]:
+    """Where the grown types were allocated (the forked snapshot's sites, else backrefs')."""
+    alloc = (doc.get("snapshot") or {}).get("allocation")
+    per_type = [(a["type"], a["allocated_at"]) for a in alloc["types"]] if alloc and alloc.get("tracing") else []
+    if not per_type:
+        per_type = [(r["type"], r["allocated_at"]) for r in doc["backrefs"] if r.get("allocated_at")]
+    tracing_on = bool(alloc and alloc.get("tracing")) or any(r.get("tracing") for r in doc["backrefs"])
+    if not tracing_on:
+        return [f"allocation sites: tracing was off (`introspect trace start {doc['pid']} --for 30m`, then report again)"]
+    return [f"{t} allocated at: " + ", ".join(f"{s['file']}:{s['line']} in {s['function']} ({s['count']})" for s in sites[:2])
+            for t, sites in per_type[:3] if sites]
+
+
 def render(doc: dict[str, Any]) -> str:
     """A short summary for stdout: a line each for memory, growth and every traced type."""
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
-    if doc["growing"]:
+    snap = doc.get("snapshot") or {}
+    grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
+    if grown:  # forked snapshots count every object, untracked ones too
+        lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
+    elif doc["growing"]:
         lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
+    if snap.get("holders"):
+        from introspect.snapshot.views import holder_line
+
+        lines.append("held by: " + holder_line(snap["holders"][0]).replace("since the last look", "since the first look"))
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
+    lines += _allocated_lines(doc)
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)

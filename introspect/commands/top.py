@@ -1,24 +1,34 @@
-"""Most common types in a live Python process: gc-tracked objects counted by type.
+"""Most common types in a live Python process, every object counted: gc-tracked or not.
 
-With --by size, types are ranked by shallow bytes (as sys.getsizeof counts them), and the objects
-the garbage collector does not track (str, bytes, int, float, atomic-only dicts and tuples) are
-counted too, reached as referents of tracked ones; this walk costs several times a plain count.
+By default the target forks once (a pause of milliseconds) and its frozen copy walks every
+object, including those the garbage collector does not track (str, bytes, int, float, dicts and
+tuples of atomic values): each type's count, tracked/untracked split and shallow bytes (as
+sys.getsizeof counts them). --by retained lists the holders that keep the most memory alive
+(retained size: what would be freed if the holder went away, from the dominator tree).
+Without memory headroom for the fork, or with --in-process, the count runs inside the target
+(gc-tracked objects only; --by size reaches untracked ones as referents, within --budget).
 
 Examples:
   introspect top 1234 --limit 20
   introspect top 1234 --by size
+  introspect top 1234 --by retained
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
-from introspect.commands import add_target_options, emit, fanout, header, logger
+from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
+from introspect.snapshot import collect, views
+
+if TYPE_CHECKING:
+    from introspect.snapshot.collect import Walker
+    from introspect.snapshot.records import Snapshot
 
 
 class Command:
@@ -29,10 +39,11 @@ class Command:
         fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N most common types (default: 25; 0 = all)")
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target first (off by default: it hides evidence and costs time)")
-        parser.add_argument("--by", choices=("count", "size"), default="count",
-                            help="rank by object count (default) or by shallow bytes, untracked objects included")
+        parser.add_argument("--by", choices=("count", "size", "retained"), default="count",
+                            help="rank types by object count (default) or shallow bytes, or list the holders retaining the most")
         parser.add_argument("--budget", type=float, default=10.0, metavar="S",
-                            help="with --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
+                            help="in-process --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
+        add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         if (code := fanout.divert(self, args)) is not None:
@@ -40,11 +51,57 @@ class Command:
         out = OutputDir(self.name, args.pid, args.output)
         if args.budget <= 0:
             raise errors.UsageError("--budget must be > 0")
-        params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
-        outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=logger(args))
-        doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)
+        log = logger(args)
+        limit = args.limit
+
+        def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+            from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+
+            rows = heap.type_rows(snap)
+            doc: dict[str, Any] = {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "partial": False,
+                                   "bytes": int(snap.size.sum()), "distinct_types": len(rows), "gc": snap.meta.get("gc", {})}
+            if args.by == "retained":
+                h = heap.analyse(snap)
+                doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000), None)
+                by_type = heap.retained_by_type(h)
+                doc["types"] = [{"type": t, "retained_bytes": b, "count": rows[t].count}
+                                for t, b in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))[:limit if limit > 0 else None]]
+                doc["held_from_c"] = h.held_from_c
+            else:
+                doc["types"] = views.type_docs(rows, args.by, limit)
+            return doc
+
+        outcome, got, col = collect.take(args.pid, args.collector, analyse, method=args.method, timeout=args.timeout,
+                                         collect=args.collect, log=log)
+        if outcome is not None and got is not None:
+            doc, text = from_snapshot(outcome, got, col, args.by)
+        else:
+            if args.by == "retained":
+                raise errors.UsageError(f"--by retained needs a forked snapshot, and it was not taken: {col['why']}",
+                                        help="Free some memory (or raise the cgroup's limit) and try again, or force it with --fork.")
+            params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
+            outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=log)
+            doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)
+            doc["collector"] = col
+            text = text.replace("\n", "\n" + collector_line(col) + "\n", 1)
         emit(args, out, doc, text)
         return 0
+
+
+def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by: str) -> tuple[dict[str, Any], str]:
+    doc: dict[str, Any] = {**outcome.meta(), "by": by, "collector": col, **got}
+    lines = [header(outcome), collector_line(col),
+             f"{human_bytes(got['bytes'])} in {got['objects']:,} objects ({got['untracked_objects']:,} not tracked by gc), "
+             f"{got['distinct_types']:,} types; shallow sizes"]
+    if by == "retained":
+        lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
+        lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]
+        lines += ["", table(["type", "retained", "count"], [(t["type"], human_bytes(t["retained_bytes"]), t["count"]) for t in got["types"]])]
+    else:
+        lines += ["", table(["type", "count", "untracked", "bytes", "avg"],
+                            [(t["type"], t["count"], t["untracked"], human_bytes(t["bytes"]), human_bytes(t["bytes"] / max(1, t["count"])))
+                             for t in got["types"]])]
+    return doc, "\n".join(lines)
 
 
 def by_count(outcome: Outcome, limit: int) -> tuple[dict[str, Any], str]:

@@ -79,6 +79,8 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 
+    out += _snapshot_sections(doc)
+    out += _allocation_section(doc)
     out.append("<h2>Types that grew since the baseline</h2>")
     if doc["growing"]:
         out.append("<table><tr><th>type</th><th>count</th><th>since baseline</th><th>last interval</th></tr>")
@@ -119,3 +121,60 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     out += [f"<li>{_link(p)}</li>" for p in raw if p]
     out.append("</ul></body></html>")
     return "\n".join(out) + "\n"
+
+
+def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
+    """Holders and every type (tracked by gc or not), from forked snapshots at the first and last look."""
+    snap = doc.get("snapshot")
+    if not snap:
+        return []
+    from introspect.render.text import human_bytes
+
+    out = ["<h2>What holds the memory</h2>"]
+    if snap.get("problem"):
+        out.append(f"<p>No forked snapshot: {_e(snap['problem'])}</p>")
+        return out
+    if snap["holders"]:
+        out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
+        for h in snap["holders"]:
+            since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
+                                                           f"{human_bytes(abs(h['retained_delta']))}"
+            out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
+                       f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
+        out.append("</table>")
+    out.append("<h2>Every type, tracked by the garbage collector or not</h2>")
+    out.append("<table><tr><th>type</th><th>count</th><th>untracked</th><th>bytes</th><th>since the first look</th>"
+               "<th>bytes since</th></tr>")
+    for r in snap["types"]:
+        out.append(f"<tr><td>{_e(r['type'])}</td><td class=n>{r['count']:,}</td><td class=n>{r['untracked']:,}</td>"
+                   f"<td class=n>{_e(human_bytes(r['bytes']))}</td>"
+                   f"<td class=n>{_e(_signed(r['since_baseline']) if 'since_baseline' in r else '')}</td>"
+                   f"<td class=n>{_e(_signed(r['bytes_delta']) if 'bytes_delta' in r else '')}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _allocation_section(doc: dict[str, Any]) -> list[str]:
+    """Where the grown types were allocated (tracemalloc's object tracebacks), or that tracing was off."""
+    alloc = (doc.get("snapshot") or {}).get("allocation") or {}
+    per_type = [(a["type"], a) for a in alloc.get("types", [])]
+    if not per_type:
+        per_type = [(r["type"], r) for r in doc.get("backrefs", []) if r.get("allocated_at")]
+    on = bool(alloc.get("tracing")) or any(r.get("tracing") for r in doc.get("backrefs", []))
+    out = ["<h2>Where the growing objects were allocated</h2>"]
+    if not on:
+        out.append(f"<p>Tracing was off in the target, so allocation sites are unknown. Turn it on with "
+                   f"<code>introspect trace start {doc['pid']} --for 30m</code> (it ends by itself), let the leak grow, "
+                   f"and run the report again; <code>introspect trace show {doc['pid']}</code> lists the lines that "
+                   f"allocate the most.</p>")
+        return out
+    if not per_type:
+        out.append("<p>Tracing is on, but none of the sampled instances was allocated since it started.</p>")
+        return out
+    out.append("<table><tr><th>type</th><th>allocated at</th><th>function</th><th>instances</th></tr>")
+    for tname, a in per_type:
+        for site in a["allocated_at"]:
+            out.append(f"<tr><td>{_e(tname)}</td><td>{_e(site['file'])}:{site['line']}</td><td>{_e(site['function'])}</td>"
+                       f"<td class=n>{site['count']:,} of {a['allocated_sampled']:,} sampled</td></tr>")
+    out.append("</table>")
+    return out

@@ -1,0 +1,341 @@
+"""Take a forked snapshot of a live target, or say why not (then the caller runs in-process).
+
+The target pays for one fork (plus the reap of the intermediate child): the walker, its
+grandchild, streams records through a FIFO in the run dir and answers label questions through a
+second one while the CLI analyses. The walker is killed by pid (checked against its start time)
+whenever the CLI gives up, fails, or is interrupted; it also has its own deadline (SIGALRM).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from introspect import errors
+from introspect.channel import RunDir
+from introspect.runner import Outcome, run_agent
+
+if TYPE_CHECKING:
+    from introspect.snapshot.records import Reader, Snapshot
+
+T = TypeVar("T")
+# The walker's RSS reached about 2x the parent's (DESIGN.md, "Forked snapshot"): it copies each page
+# whose refcounts it touches, plus its own tables. Ask for that much free memory before forking.
+COPY_FACTOR = 1.0
+TABLES_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class Headroom:
+    ok: bool
+    need: int  # bytes the walker may allocate
+    available: int  # the tightest of MemAvailable and the cgroup limits
+    limited_by: str
+
+    def why(self) -> str:
+        return (f"{self.limited_by} leaves {self.available / 2**20:,.0f} MiB; a forked snapshot may need "
+                f"{self.need / 2**20:,.0f} MiB (the target's private memory copied, plus the walker's tables)")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def cgroup_room(pid: int, root: str = "/sys/fs/cgroup") -> list[tuple[str, int]]:
+    """(description, bytes left) for every memory limit on the target's cgroup path, v1 and v2."""
+    out: list[tuple[str, int]] = []
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hid, controllers, path = parts
+        if controllers == "":
+            base, limit_f, usage_f = root if os.path.exists(f"{root}/cgroup.controllers") else f"{root}/unified", "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_f, usage_f = f"{root}/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        rel = path.strip("/")
+        while True:
+            d = f"{base}/{rel}" if rel else base
+            limit, usage = _read_int(f"{d}/{limit_f}"), _read_int(f"{d}/{usage_f}")
+            if limit is not None and usage is not None and limit < 1 << 60:
+                out.append((f"cgroup {d}", max(0, limit - usage)))
+            if not rel:
+                break
+            rel = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    return out
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def headroom(pid: int, *, cgroup_root: str = "/sys/fs/cgroup") -> Headroom:
+    private = _status_kb(pid, "RssAnon") or _status_kb(pid, "VmRSS")
+    need = int(private * (COPY_FACTOR + TABLES_FACTOR))
+    limits = cgroup_room(pid, cgroup_root)
+    avail = mem_available()
+    if avail is not None:
+        limits.append(("MemAvailable", avail))
+    if not limits:
+        return Headroom(True, need, -1, "no limit readable")
+    where, room = min(limits, key=lambda x: x[1])
+    return Headroom(room >= need, need, room, where)
+
+
+def _start_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+class Walker:
+    """The live walker after its stream: edge labels and names on demand, then gone."""
+
+    def __init__(self, reader: Reader, control_host: str, pid: int, start_ticks: int, deadline: float) -> None:
+        self.reader = reader
+        self.control_host = control_host
+        self.pid = pid
+        self.start_ticks = start_ticks
+        self.deadline = deadline
+        self.cfd = -1
+
+    def _ask(self, line: str) -> list[Any]:
+        if self.cfd < 0:
+            while True:  # the walker opens its end after its last frame; never block on a dead one
+                try:
+                    self.cfd = os.open(self.control_host, os.O_WRONLY | os.O_NONBLOCK)
+                    os.set_blocking(self.cfd, True)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO or time.monotonic() > self.deadline or not self.alive():
+                        from introspect.snapshot.records import StreamError
+
+                        raise StreamError("the snapshot walker stopped answering") from None
+                    time.sleep(0.005)
+        os.write(self.cfd, line.encode() + b"\n")
+        _kind, payload = self.reader.frame()
+        answer: list[Any] = json.loads(payload)
+        return answer
+
+    def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
+        out: list[str] = []
+        for k in range(0, len(edges), 2000):
+            chunk = edges[k:k + 2000]
+            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk))
+        return out
+
+    def names(self, positions: Sequence[int]) -> list[str]:
+        out: list[str] = []
+        for k in range(0, len(positions), 4000):
+            out += self._ask("N " + " ".join(str(p) for p in positions[k:k + 4000]))
+        return out
+
+    def freevars(self, positions: Sequence[int]) -> list[list[str]]:
+        out: list[list[str]] = []
+        for k in range(0, len(positions), 4000):
+            out += self._ask("V " + " ".join(str(p) for p in positions[k:k + 4000]))
+        return out
+
+    def traces(self, depth: int) -> dict[str, Any]:
+        """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
+        answer: dict[str, Any] = self._ask(f"G {depth}")[0]
+        if "error" in answer:
+            from introspect.snapshot.records import StreamError
+
+            err = answer["error"]
+            raise StreamError(f"reading the traces failed in the walker: {err.get('type')}: {err.get('message')} "
+                              f"{err.get('frames', [])[-2:]}")
+        return answer
+
+    def tracing(self) -> bool:
+        """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
+        return bool(self._ask("A")[0])
+
+    def allocated(self, positions: Sequence[int]) -> tuple[bool, list[tuple[str, int] | None]]:
+        """(tracing on?, the innermost allocation frame of each object, None when untraced)."""
+        tracing_on = False
+        out: list[tuple[str, int] | None] = []
+        for k in range(0, len(positions), 4000):
+            on, sites = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
+            if not on:
+                return False, []
+            tracing_on = True
+            out += [(str(x[0]), int(x[1])) if x else None for x in sites]
+        return tracing_on, out
+
+    def alive(self) -> bool:
+        return self.pid > 0 and _start_ticks(self.pid) == self.start_ticks
+
+    def close(self) -> None:
+        if self.cfd >= 0:
+            try:
+                os.write(self.cfd, b"Q\n")
+            except OSError:
+                pass
+            os.close(self.cfd)
+            self.cfd = -1
+
+    def kill(self) -> None:
+        """SIGKILL the walker if it is still this walker (pid and start time both match)."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@dataclass
+class _Session:
+    analyse: Callable[[Snapshot, Walker], Any]
+    timeout: float
+    log: Callable[[str], None]
+    fd: int = -1
+    walker: Walker | None = None
+
+    def open(self, run: RunDir) -> None:
+        # Opened before injecting: the walker's non-blocking open for writing needs a reader.
+        self.fd = os.open(run.host_file("stream"), os.O_RDONLY | os.O_NONBLOCK)
+
+    def finish(self, run: RunDir, envelope: dict[str, Any]) -> Any:
+        res = envelope.get("result") or {}
+        if not res.get("forked"):
+            return None
+        from introspect.snapshot.records import Reader, StreamError, read_snapshot  # numpy: only when a snapshot comes
+
+        reader = Reader(self.fd, time.monotonic() + self.timeout)
+
+        def on_meta(meta: dict[str, Any]) -> None:
+            self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
+                                 reader.deadline)
+            self.log(f"walker pid {self.walker.pid} streaming")
+
+        try:
+            snap = read_snapshot(reader, on_meta=on_meta)
+            walker = self.walker
+            if walker is None:
+                raise StreamError("the stream carried no walker facts")
+            self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s")
+            stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
+                     "walker_pid": walker.pid}
+            return self.analyse(snap, walker), stats
+        except TimeoutError:
+            raise errors.TimeoutExpired(f"the forked snapshot did not finish within {self.timeout:g} s (its walker was killed)",
+                                        help="Try a larger --timeout, or --in-process.") from None
+        except StreamError as exc:
+            raise errors.AgentError(f"forked snapshot failed: {exc}",
+                                    help="The target was not affected (only its forked copy). Try --in-process.") from None
+        finally:
+            if self.walker is not None:
+                self.walker.close()
+                self.walker.kill()
+
+    def close(self) -> None:
+        if self.walker is not None:
+            self.walker.kill()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Taken:
+    """What a collection produced: which path ran, why, the target's pause, the analysis."""
+
+    outcome: Outcome
+    path: str  # "fork" | "in-process"
+    why: str
+    pause_s: float
+    value: Any
+
+
+def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | None:
+    """None if a forked snapshot should be taken, else why not (for the in-process path)."""
+    if mode == "in-process":
+        return "--in-process given"
+    if mode == "fork":
+        return None
+    room = headroom(pid)
+    if not room.ok:
+        return "not enough memory to fork: " + room.why()
+    log("memory headroom: " + room.why() if room.available >= 0 else "memory headroom: no limit readable")
+    return None
+
+
+def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
+             collect: bool = False, log: Callable[[str], None] = lambda s: None,
+             walk: bool = True) -> tuple[Outcome, T | None, dict[str, Any]]:
+    """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
+    Returns (outcome, value, walker stats); value is None when the agent could not fork
+    (outcome.result["error"] says why)."""
+    session = _Session(analyse, timeout, log)
+    params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk}
+    outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
+                        session=session)
+    res = outcome.result
+    if res.get("forked"):
+        log(f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the fork (agent start to fork return)")
+    value, stats = outcome.extra if outcome.extra is not None else (None, {})
+    return outcome, value, stats
+
+
+def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
+         collect: bool = False, log: Callable[[str], None] = lambda s: None,
+         walk: bool = True) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+    """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
+    The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
+    why = fork_or_reason(pid, mode, log)
+    if why is not None:
+        log(f"collecting in-process: {why}")
+        return None, None, {"path": "in-process", "why": why}
+    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log, walk=walk)
+    res = outcome.result
+    if not res.get("forked"):
+        why = str(res.get("error") or "the agent did not fork")
+        log(f"collecting in-process: {why}")
+        return None, None, {"path": "in-process", "why": why}
+    return outcome, value, {"path": "fork", "why": "--fork given" if mode == "fork" else "memory headroom available",
+                            "fork_pause_s": round(float(res["pause_s"]), 6), **stats}

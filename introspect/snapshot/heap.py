@@ -1,0 +1,300 @@
+"""What a snapshot says: types (tracked and untracked), the dominator tree and retained sizes,
+holders named by their path from a root, chains for backrefs. Pure functions over records; the
+only outside call is ``Labeler`` (edge labels and names asked of the frozen walker, or a stub in
+tests).
+
+Roots: modules (by name), the locals of running thread frames, and objects "held from C": their
+refcount exceeds the references the walk found (C extension state, interpreter internals,
+values on a running frame's stack; on 3.12+ also immortal objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from introspect.snapshot.records import IMMORTAL, Snapshot
+from introspect.snapshot.views import Holder, TypeRow
+
+# Types whose instances hold items: the candidates for "holder".
+CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collections.deque", "collections.OrderedDict",
+                        "collections.defaultdict", "collections.Counter", "weakref.WeakValueDictionary",
+                        "weakref.WeakKeyDictionary", "queue.Queue", "asyncio.queues.Queue"})
+
+# (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]", ".attr").
+Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
+# positions -> names of modules, classes and functions ("" for anything else).
+Namer = Callable[[Sequence[int]], list[str]]
+
+
+def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
+    """Count, gc-tracked/untracked split and shallow bytes per type name."""
+    k = len(snap.types)
+    count = np.bincount(snap.type_of, minlength=k)
+    tracked = np.bincount(snap.type_of, weights=snap.tracked.astype(np.int64), minlength=k)
+    nbytes = np.bincount(snap.type_of, weights=snap.size, minlength=k)
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(snap.types):
+        if count[i]:
+            row = rows.setdefault(name, [0, 0, 0])
+            row[0] += int(count[i])
+            row[1] += int(tracked[i])
+            row[2] += int(nbytes[i])
+    return {name: TypeRow(name, c, t, c - t, b) for name, (c, t, b) in rows.items()}
+
+
+@dataclass
+class Heap:
+    """A snapshot with its graph analysed. ``root_name[pos]`` names each root object."""
+
+    snap: Snapshot
+    retained: np.ndarray  # int64 bytes per object (0 where unreachable from every root)
+    idom: np.ndarray  # immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
+    parent: np.ndarray  # BFS parent position (shortest path from a root); -1 for roots and unreachable
+    reachable: np.ndarray  # bool
+    root_name: dict[int, str]
+    held_from_c: int
+
+    def path(self, pos: int) -> list[int]:
+        """Positions from a root down to ``pos`` (shortest path)."""
+        out = [pos]
+        while self.parent[out[-1]] >= 0:
+            out.append(int(self.parent[out[-1]]))
+        out.reverse()
+        return out
+
+    def dominated_by(self, pos: int, anc: set[int]) -> bool:
+        p = int(self.idom[pos])
+        while p >= 0:
+            if p in anc:
+                return True
+            p = int(self.idom[p])
+        return False
+
+
+def analyse(snap: Snapshot) -> Heap:
+    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
+
+    Modules and frame locals are roots; then, among the objects they do not reach, those whose
+    refcount exceeds the references found are roots "held from C". (An object both reachable and
+    also held by C code is attributed to its Python path: the graph cannot see C's references.)
+    """
+    import igraph  # 0.7 s to import: only when a graph is analysed, not on every CLI start
+
+    n = snap.n
+    counts = np.diff(snap.offsets)
+    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
+    root_name: dict[int, str] = {}
+    for r in snap.roots:
+        if r.pos not in root_name:
+            root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
+    vroot = n
+    g = igraph.Graph(n=n + 1, directed=True)
+    g.add_edges(np.column_stack([np.repeat(np.arange(n, dtype=np.int64), counts), snap.refs.astype(np.int64)]))
+    first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
+    g.add_edges(np.column_stack([np.full(first.shape[0], vroot, np.int64), first]))
+    seen = np.zeros(n + 1, bool)
+    seen[np.asarray(g.bfs(vroot, mode="out")[0], dtype=np.int64)] = True
+    c_held = np.nonzero((snap.excess > indeg) & ~seen[:n])[0]
+    held = 0
+    for p in c_held.tolist():
+        immortal = snap.excess[p] >= IMMORTAL
+        root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
+        held += 0 if immortal else 1
+    g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
+    # igraph marks vertices the root does not reach with NaN (a float among the ints).
+    idom = np.nan_to_num(np.asarray(g.dominator(vroot, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:n]
+    idom[idom == vroot] = -1
+    idom[idom < 0] = -1
+    vids, layers, parents = g.bfs(vroot, mode="out")
+    parent = np.asarray(parents, dtype=np.int64)[:n]
+    parent[parent == vroot] = -1
+    parent[parent < 0] = -1
+    order = np.asarray(vids, dtype=np.int64)
+    reachable = np.zeros(n, bool)
+    reachable[order[order < n]] = True
+    parent[~reachable] = -1
+    idom[~reachable] = -1
+    retained = np.where(reachable, snap.size, 0).astype(np.int64)
+    # A dominator is strictly closer to the root than what it dominates: fold sizes upwards
+    # one BFS layer at a time, deepest first.
+    bounds = list(layers)
+    for k in range(len(bounds) - 2, 0, -1):
+        layer = order[bounds[k]:bounds[k + 1]]
+        layer = layer[layer < n]
+        dom = idom[layer]
+        ok = dom >= 0
+        np.add.at(retained, dom[ok], retained[layer[ok]])
+    return Heap(snap, retained, idom, parent, reachable, root_name, held)
+
+
+def _items(snap: Snapshot, pos: int) -> int:
+    n = int(snap.offsets[pos + 1] - snap.offsets[pos])
+    name = snap.type_name(pos)
+    if name in ("dict", "collections.OrderedDict", "collections.defaultdict", "collections.Counter"):
+        return n // 2
+    return n
+
+
+def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024) -> list[int]:
+    """The containers retaining the most memory, outermost first: a container dominated by one
+    already chosen is its content, not another holder. Attribute dicts (a module's, a class's,
+    an instance's __dict__) are not holders: what they hold is named by attribute instead."""
+    snap = heap.snap
+    cont_types = np.array([name in CONTAINERS for name in snap.types] or [False], bool)
+    cand = np.nonzero(cont_types[snap.type_of] & (heap.retained >= min_bytes) & heap.reachable)[0]
+    cand = cand[np.argsort(-heap.retained[cand], kind="stable")]
+    chosen: list[int] = []
+    chosen_set: set[int] = set()
+    for p in cand.tolist():
+        if len(chosen) >= limit:
+            break
+        name = snap.type_name(p)
+        par = int(heap.parent[p])
+        if name == "dict" and p not in heap.root_name and par >= 0 and snap.type_name(par) not in CONTAINERS | {"cell"}:
+            continue  # an attribute dict
+        if heap.dominated_by(p, chosen_set):
+            continue
+        chosen.append(p)
+        chosen_set.add(p)
+    return chosen
+
+
+def describe(heap: Heap, path: list[int], labels: list[str]) -> str:
+    """``module __main__ .global_data_store`` from positions and their edge labels."""
+    parts = [heap.root_name.get(path[0], heap.snap.type_name(path[0]))]
+    k = 0
+    while k < len(labels):
+        lab = labels[k]
+        nxt = labels[k + 1] if k + 1 < len(labels) else None
+        if lab == "__dict__" and nxt is not None and nxt.startswith("['") and nxt.endswith("']"):
+            parts.append("." + nxt[2:-2])
+            k += 2
+            continue
+        parts.append(lab)
+        k += 1
+    return " ".join(parts)
+
+
+def edges_of(paths: list[list[int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for p in paths:
+        out.extend(zip(p, p[1:]))
+    return out
+
+
+def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024) -> list[Holder]:
+    picks = holder_positions(heap, limit, min_bytes)
+    paths = [heap.path(p) for p in picks]
+    flat = label(edges_of(paths))
+    out = []
+    k = 0
+    for p, path in zip(picks, paths):
+        labs = flat[k:k + len(path) - 1]
+        k += len(path) - 1
+        out.append(Holder(p, describe(heap, path, labs), heap.snap.type_name(p), _items(heap.snap, p), int(heap.retained[p])))
+    return out
+
+
+def retained_by_type(heap: Heap) -> dict[str, int]:
+    """Sum of retained bytes of the outermost objects of each type (nested same-type objects not
+    counted twice): what would be freed if every object of the type went away."""
+    snap = heap.snap
+    out: dict[str, int] = {}
+    same = np.zeros(snap.n, bool)
+    dom = heap.idom
+    ok = dom >= 0
+    same[ok] = snap.type_of[dom[ok]] == snap.type_of[ok]
+    top = np.nonzero(heap.reachable & ~same)[0]
+    sums = np.bincount(snap.type_of[top], weights=heap.retained[top], minlength=len(snap.types))
+    for i, name in enumerate(snap.types):
+        if sums[i]:
+            out[name] = out.get(name, 0) + int(sums[i])
+    return out
+
+
+def match_type(snap: Snapshot, query: str) -> list[str]:
+    """Type names matching a query: exact module.qualname first, else qualname or short name."""
+    names = set(snap.types[i] for i in np.unique(snap.type_of).tolist())
+    if query in names:
+        return [query]
+    return sorted(n for n in names if n.rsplit(".", 1)[-1] == query or n.split(".", 1)[-1] == query)
+
+
+def _collapse(steps: list[dict[str, object]]) -> list[dict[str, object]]:
+    """(X --__dict__--> dict --['k']--> Y) becomes (X --.k--> Y); (function --__closure__--> tuple
+    --[i]--> cell --cell_contents--> Y) becomes (function --closure var NAME--> Y)."""
+    out: list[dict[str, object]] = []
+    i = 0
+    while i < len(steps):
+        st = dict(steps[i])
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        via = nxt.get("via") if nxt else None
+        freevars = st.pop("_freevars", None)
+        if st.get("via") == "__closure__" and i + 2 < len(steps) and steps[i + 2]["type"] == "cell" and isinstance(via, str) \
+                and via[1:-1].isdigit() and isinstance(freevars, list) and int(via[1:-1]) < len(freevars):
+            st["via"] = "closure var " + str(freevars[int(via[1:-1])])
+            out.append(st)
+            i += 3
+            continue
+        if st.get("via") == "__dict__" and nxt is not None and nxt["type"] == "dict" and isinstance(via, str) \
+                and via.startswith("['") and via.endswith("']"):
+            st["via"] = "." + via[2:-2]
+            i += 2
+        else:
+            i += 1
+        out.append(st)
+    return out
+
+
+def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
+           freevars: Callable[[Sequence[int]], list[list[str]]] | None = None) -> tuple[list[dict[str, object]], int, int]:
+    """Reference chains from a root to instances of ``type_name``, grouped by shape.
+
+    Every reachable instance is grouped by its root and the types along its shortest path from it;
+    a group's count covers all its instances (up to 200,000 looked at). The biggest ``samples``
+    groups are shown (those rooted in modules and frames before those held from C), each with the labels of one representative: its first instance in walk
+    order (roots first, then breadth first: "newest first" cannot be known from a snapshot).
+    Returns (chains, instances found, instances not reachable from any root).
+    """
+    snap = heap.snap
+    tids = [i for i, n in enumerate(snap.types) if n == type_name]
+    inst = np.nonzero(np.isin(snap.type_of, tids))[0]
+    unreachable = int((~heap.reachable[inst]).sum())
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for p in inst[heap.reachable[inst]].tolist()[:200_000]:
+        path = heap.path(p)
+        key = (heap.root_name.get(path[0], ""), tuple(int(snap.type_of[q]) for q in path))
+        g = groups.setdefault(key, [0, p])
+        g[0] += 1
+    def rank(g: list[int]) -> tuple[bool, int]:
+        # Paths from modules and frames first: a group "held from C" (code objects' name tuples and
+        # kind bytes on 3.11+, interned and immortal objects) is rarely what a person looks for.
+        root = heap.root_name.get(heap.path(g[1])[0], "")
+        return (root.startswith(("held from C", "immortal")), -g[0])
+
+    ranked = sorted(groups.values(), key=rank)[:samples]
+    paths = [heap.path(rep) for _, rep in ranked]
+    flat = ask(edges_of(paths))
+    want = sorted({q for path in paths for q in path})
+    named = dict(zip(want, names(want)))
+    funcs = [q for q in want if snap.type_name(q) == "function"]
+    free = dict(zip(funcs, freevars(funcs))) if freevars is not None and funcs else {}
+    out: list[dict[str, object]] = []
+    k = 0
+    for (count, _rep), path in zip(ranked, paths):
+        labs = flat[k:k + len(path) - 1]
+        k += len(path) - 1
+        steps: list[dict[str, object]] = []
+        for i, q in enumerate(path):
+            step: dict[str, object] = {"type": snap.type_name(q), "via": labs[i] if i < len(labs) else None}
+            if named.get(q):
+                step["name"] = named[q]
+            if q in free:
+                step["_freevars"] = free[q]
+            steps.append(step)
+        root = heap.root_name.get(path[0], snap.type_name(path[0]))
+        out.append({"root": root, "count": count, "path": _collapse(steps)})
+    return out, int(inst.shape[0]), unreachable

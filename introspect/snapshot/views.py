@@ -1,0 +1,125 @@
+"""Documents built from an analysed snapshot: the rows `top`, `growth`, `backrefs` and `report`
+print and write as JSON. Pure: no I/O, no target access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TypeRow:
+    type: str
+    count: int
+    tracked: int
+    untracked: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Holder:
+    pos: int
+    path: str
+    type: str
+    items: int
+    retained_bytes: int
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a growth comparison needs of one snapshot (also what the state file keeps)."""
+
+    time: float
+    types: dict[str, list[int]]  # name -> [count, bytes]
+    holders: dict[str, list[int]]  # path -> [items, retained bytes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "types": self.types, "holders": self.holders}
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> Look:
+        return Look(float(doc["time"]), {k: list(v) for k, v in doc["types"].items()},
+                    {k: list(v) for k, v in doc.get("holders", {}).items()})
+
+
+def _unique(holders: list[Holder]) -> dict[str, Holder]:
+    """Holders by path, where the path names one holder only: two "held from C (dict)" cannot be
+    told apart between snapshots, so they get no change figures."""
+    seen: dict[str, int] = {}
+    for h in holders:
+        seen[h.path] = seen.get(h.path, 0) + 1
+    return {h.path: h for h in holders if seen[h.path] == 1}
+
+
+def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder]) -> Look:
+    return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
+                {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()})
+
+
+def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, Any]]:
+    """Rows for `top`: most objects (by="count") or most shallow bytes first; ties by name.
+
+    >>> type_docs({"a": TypeRow("a", 5, 5, 0, 10), "b": TypeRow("b", 2, 0, 2, 90)}, "size", 1)
+    [{'type': 'b', 'count': 2, 'tracked': 0, 'untracked': 2, 'bytes': 90}]
+    """
+    key = (lambda r: (-r.count, r.type)) if by == "count" else (lambda r: (-r.bytes, r.type))
+    ranked = sorted(rows.values(), key=key)
+    if limit > 0:
+        ranked = ranked[:limit]
+    return [{"type": r.type, "count": r.count, "tracked": r.tracked, "untracked": r.untracked, "bytes": r.bytes} for r in ranked]
+
+
+def growth_docs(rows: dict[str, TypeRow], previous: Look, baseline: Look, limit: int) -> list[dict[str, Any]]:
+    """Per type: count, split, bytes, signed change since the previous look and the baseline.
+    Changed types only, biggest change of count first, then of bytes.
+
+    >>> prev = Look(0, {"dict": [10, 100], "bytes": [4, 4000]}, {})
+    >>> rows = {"dict": TypeRow("dict", 12, 0, 12, 120), "bytes": TypeRow("bytes", 6, 0, 6, 6000)}
+    >>> [(d["type"], d["delta"], d["bytes_delta"]) for d in growth_docs(rows, prev, prev, 0)]
+    [('bytes', 2, 2000), ('dict', 2, 20)]
+    """
+    out: list[dict[str, Any]] = []
+    for name in set(rows) | set(previous.types) | set(baseline.types):
+        r = rows.get(name)
+        count, nbytes = (r.count, r.bytes) if r else (0, 0)
+        pc, pb = previous.types.get(name, [0, 0])
+        bc, _bb = baseline.types.get(name, [0, 0])
+        doc: dict[str, Any] = {"type": name, "count": count, "tracked": r.tracked if r else 0, "untracked": r.untracked if r else 0,
+               "bytes": nbytes, "delta": count - pc, "since_baseline": count - bc, "bytes_delta": nbytes - pb}
+        if doc["delta"] or doc["since_baseline"] or doc["bytes_delta"]:
+            out.append(doc)
+    out.sort(key=lambda d: (-abs(d["delta"]), -d["delta"], -abs(d["bytes_delta"]), d["type"]))
+    return out[:limit] if limit > 0 else out
+
+
+def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, Any]]:
+    """holders: [{path, type, items, items_delta, retained_bytes, retained_delta}], biggest growth
+    of retained bytes first when there is a previous look, else biggest retained first.
+
+    >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000), Holder(2, "module m .x", "dict", 5, 9000)]
+    >>> [(d["path"], d["retained_delta"]) for d in holder_docs(h, Look(0, {}, {"module __main__ .store": [10, 1000]}))]
+    [('module __main__ .store', 2000), ('module m .x', None)]
+    """
+    out: list[dict[str, Any]] = []
+    unique = _unique(holders)
+    for h in holders:
+        prev = previous.holders.get(h.path) if previous and h.path in unique else None
+        doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
+                    "items_delta": h.items - prev[0] if prev else None,
+                    "retained_bytes": h.retained_bytes,
+                    "retained_delta": h.retained_bytes - prev[1] if prev else None}
+        out.append(doc)
+    if previous is not None:
+        out.sort(key=lambda d: (-(d["retained_delta"] or 0), -d["retained_bytes"]))
+    return out
+
+
+def holder_line(d: dict[str, Any]) -> str:
+    """`module __main__ .store (list: 26,000 items, retains 27.1 MiB; +1,500 items, +1.6 MiB since the last look)`"""
+    from introspect.render.text import human_bytes
+
+    text = f"{d['path']} ({d['type']}: {d['items']:,} items, retains {human_bytes(d['retained_bytes'])}"
+    if d.get("items_delta") is not None:
+        sign = "+" if d["retained_delta"] >= 0 else "-"
+        text += f"; {d['items_delta']:+,} items, {sign}{human_bytes(abs(d['retained_delta']))} since the last look"
+    return text + ")"

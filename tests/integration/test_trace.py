@@ -1,0 +1,184 @@
+"""`introspect trace start|show|stop` on real processes of every interpreter kind.
+
+The victim (tests/victims/trace_leak.py) leaks 10 records per 20 ms tick at its LEAK line and
+allocates 64 KiB per tick at its CHURN line, freed at once: the leaking line must come first by
+size_delta. Also: the application's own tracing is read, never taken over or stopped; a trace
+ends by itself after --for with no introspect running; nothing is left after stop.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import VICTIMS, Interp, interp_params, introspect
+
+VICTIM = "trace_leak.py"
+
+
+def _line_of(marker: str) -> int:
+    for n, text in enumerate((VICTIMS / VICTIM).read_text().splitlines(), 1):
+        if text.rstrip().endswith(f"# {marker}"):
+            return n
+    raise AssertionError(f"no {marker} line in {VICTIM}")
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the CLI keeps the previous show here
+
+
+def _trace(*args: str) -> Any:
+    run = introspect("trace", *args, "--json")
+    assert run.rc == 0, run.stderr
+    return run.json()
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_leaking_line_first_then_nothing_left(interp: Interp, spawn: Any) -> None:
+    # GIVEN a leaking victim that does not trace
+    victim = spawn(interp, VICTIM)
+    before = victim.ask("state")
+    assert not before["tracing"]
+    pid = str(victim.pid)
+
+    # WHEN tracing starts with 4 frames, and two shows are taken 2 s apart
+    doc = _trace("start", pid, "--frames", "4", "--for", "5m")
+    assert doc["status"] == "started" and doc["owner"] == "introspect" and doc["frames"] == 4
+    assert 290 < doc["remaining_s"] <= 300
+    during = victim.ask("state")
+    assert during["tracing"] and during["trace_module"] and during["tasks"] == before["tasks"] + 1
+    first = _trace("show", pid, "--traceback", "2")
+    assert first["since"] == "tracing began"  # deltas are kept per grouping depth
+    time.sleep(2)
+    second = _trace("show", pid, "--traceback", "2")
+
+    # THEN the LEAK line comes first by size_delta, named with its function; the CHURN line,
+    # which allocates more but frees at once, is below it
+    assert second["since"] == "previous show" and second["tracing"] and not second["partial"]
+    top = second["sites"][0]
+    assert (Path(top["file"]).name, top["line"], top["function"]) == (VICTIM, _line_of("LEAK"), "process_item")
+    assert top["size_delta"] > 100_000 and top["count_delta"] > 0
+    assert [f["function"] for f in top["traceback"]] == ["process_item", "main"]
+    churn = [s for s in second["sites"] if s["line"] == _line_of("CHURN") and s["file"] == top["file"]]
+    assert all(s["size_delta"] < top["size_delta"] for s in churn)
+    assert not any("introspect" in s["file"] or s["file"].startswith("<introspect") for s in second["sites"])
+    assert second["tracemalloc_memory"] > 0 and second["remaining_s"] > 0
+    assert second["collector"]["path"] == "fork" and second["paused_s"] < 2.0
+
+    # WHEN read inside the target instead (no fork) THEN the same line comes first
+    time.sleep(1)
+    inproc = _trace("show", pid, "--in-process", "--traceback", "2")
+    assert inproc["collector"]["path"] == "in-process" and not inproc["partial"]
+    assert (inproc["sites"][0]["line"], inproc["sites"][0]["function"]) == (_line_of("LEAK"), "process_item")
+    assert inproc["sites"][0]["size_delta"] > 0
+
+    # WHEN tracing stops THEN the last figures come back, tracing is off, the traces freed, and
+    # nothing of ours is left: no module, no thread, no pure-Python tracemalloc module
+    stop = _trace("stop", pid)
+    assert stop["stopped"] and not stop["tracing_after"]
+    assert stop["sites"][0]["line"] == _line_of("LEAK")
+    after = victim.ask("state")
+    assert not after["tracing"] and not after["trace_module"] and not after["tracemalloc_module"]
+    assert after["tracemalloc_memory"] < 4096
+    assert after["tasks"] == before["tasks"]
+    assert after["records"] > during["records"] and victim.alive()
+    off = _trace("show", pid)
+    assert not off["tracing"] and off["sites"] == []
+    text = introspect("trace", "show", pid)
+    assert text.rc == 0 and "tracing is off" in text.stdout
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_application_tracing_is_read_never_taken_over(interp: Interp, spawn: Any) -> None:
+    # GIVEN an application that traces by itself with 3 frames
+    victim = spawn(interp, VICTIM)
+    assert victim.ask("self_trace 3")["tracing"]
+    pid = str(victim.pid)
+
+    # WHEN introspect is asked to start THEN it says the application traces and changes nothing
+    doc = _trace("start", pid, "--frames", "1", "--for", "10s")
+    assert doc["status"] == "application" and doc["owner"] == "application" and doc["frames"] == 3
+    text = introspect("trace", "start", pid)
+    assert text.rc == 0 and "already traces" in text.stdout
+    state = victim.ask("state")
+    assert state["tracing"] and state["frames"] == 3 and not state["trace_module"]
+
+    # WHEN shown and stopped THEN its traces are read, and its tracing stays on
+    time.sleep(1)
+    show = _trace("show", pid)
+    assert show["owner"] == "application" and show["remaining_s"] is None
+    assert show["sites"][0]["line"] == _line_of("LEAK")
+    stop = _trace("stop", pid)
+    assert not stop["stopped"] and stop["tracing_after"]
+    state = victim.ask("state")
+    assert state["tracing"] and state["frames"] == 3 and victim.alive()
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_trace_ends_by_itself_with_no_cli(interp: Interp, spawn: Any) -> None:
+    # GIVEN a trace started for 3 s (the CLI exits at once)
+    victim = spawn(interp, VICTIM)
+    tasks = victim.ask("state")["tasks"]
+    t0 = time.monotonic()
+    doc = _trace("start", str(victim.pid), "--for", "3")
+    assert doc["status"] == "started"
+
+    # WHEN nothing else is run THEN tracing is off within a few seconds after --for ran out,
+    # and the timer thread and the session module are gone
+    state = victim.ask("state")
+    on_after = time.monotonic() - t0
+    if on_after < 2.5:
+        assert state["tracing"], "the trace ended before its time"
+    deadline = t0 + 30
+    while state["tracing"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state = victim.ask("state")
+    assert not state["tracing"], f"still tracing {time.monotonic() - t0:.1f} s after a 3 s trace started"
+    assert not state["trace_module"] and state["tasks"] == tasks and state["tracemalloc_memory"] < 4096
+    text = introspect("trace", "show", str(victim.pid))
+    assert text.rc == 0 and "ended by itself" in text.stdout, text.stdout
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_growth_backrefs_report_name_the_leaking_line(interp: Interp, spawn: Any, tmp_path: Path) -> None:
+    # GIVEN the seeds' leak (records of 1 KiB bytes appended to a module-level list), not traced
+    victim = spawn(interp, VICTIM)
+    pid = str(victim.pid)
+
+    # WHEN tracing is off THEN backrefs says so and how to turn it on
+    run = introspect("backrefs", pid, "bytes", "-o", str(tmp_path / "b0"))
+    assert run.rc == 0, run.stderr
+    assert f"tracing is off (turn it on with `introspect trace start {pid}`" in run.stdout
+
+    # WHEN tracing is on and the leak grows
+    _trace("start", pid, "--for", "5m")
+    base = introspect("growth", pid, "--json", "-o", str(tmp_path / "g0"))
+    assert base.rc == 0, base.stderr
+    time.sleep(2)
+
+    # THEN growth's bytes and dict rows, backrefs bytes and the report name the LEAK line
+    leak = (VICTIM, _line_of("LEAK"), "process_item")
+    growth = introspect("growth", pid, "--json", "-o", str(tmp_path / "g1"))
+    assert growth.rc == 0, growth.stderr
+    doc = growth.json()
+    assert doc["tracing"] and doc["collector"]["path"] == "fork"
+    rows = {r["type"]: r for r in doc["types"]}
+    for tname in ("bytes", "dict"):
+        top = rows[tname]["allocated_at"][0]
+        assert (Path(top["file"]).name, top["line"], top["function"]) == leak, rows[tname]
+    backrefs = introspect("backrefs", pid, "bytes", "--json", "-o", str(tmp_path / "b1"))
+    assert backrefs.rc == 0, backrefs.stderr
+    b = backrefs.json()
+    assert b["tracing"] and (Path(b["allocated_at"][0]["file"]).name, b["allocated_at"][0]["line"]) == leak[:2]
+    report = introspect("report", pid, "--duration", "4", "--looks", "2", "--backrefs", "1", "-o", str(tmp_path / "r"),
+                        timeout=240)
+    assert report.rc == 0, report.stderr
+    assert f"{VICTIM}:{_line_of('LEAK')} in process_item" in report.stdout
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Where the growing objects were allocated" in html and f"{VICTIM}:{_line_of('LEAK')}" in html
+    _trace("stop", pid)
+    assert victim.alive() and not victim.ask("state")["tracing"]
