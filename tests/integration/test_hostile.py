@@ -136,9 +136,12 @@ def test_target_dies_mid_run(spawn, tmp_path: Path) -> None:
         _, err = cli.communicate(timeout=20)
         assert time.monotonic() - t0 < 10
         assert "Traceback" not in err
-        assert cli.returncode in (0, 8), err
+        # 3: on a loaded machine the victim may be gone before the CLI's first look at it
+        assert cli.returncode in (0, 3, 8), err
         if cli.returncode == 8:
             assert "exited" in err
+        if cli.returncode == 3:
+            assert "no such process" in err
     finally:
         if cli.poll() is None:
             cli.kill()
