@@ -262,7 +262,32 @@ def residue(victim: Victim, base: Baseline) -> list[str]:
         found.append(f"anonymous executable mappings {base.exec_anon} -> {exec_now}")
     if lock_held(victim.pid):
         found.append(f"{LOCK_DIR}/{victim.pid}.lock still held")
+    strays = stray_processes(victim.pid)
+    if strays:  # a walker killed a moment ago may still be exiting: only what stays counts
+        time.sleep(0.5)
+        strays = [x for x in stray_processes(victim.pid) if x in strays]
+    found += strays
     return found
+
+
+def stray_processes(pid: int) -> list[str]:
+    """Zombie children of the victim, and live copies of it (forked-snapshot walkers) left running."""
+    import psutil
+
+    out = []
+    try:
+        victim = psutil.Process(pid)
+        born, cmd = victim.create_time(), victim.cmdline()
+        out += [f"zombie child {c.pid}" for c in victim.children() if c.status() == psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return out
+    for p in psutil.process_iter():
+        try:
+            if p.pid != pid and p.create_time() >= born and p.cmdline() == cmd and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"stray copy of the victim: pid {p.pid}")
+        except psutil.Error:
+            pass
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

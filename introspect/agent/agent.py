@@ -1715,9 +1715,15 @@ def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
     sig = _builtin("_signal")
     sig.signal(sig.SIGALRM, sig.SIG_DFL)
     sig.alarm(max(1, int(deadline - time.time()) + 1))
-    null = posix.open("/dev/null", posix.O_RDWR)  # type: ignore[attr-defined]
+    try:
+        null = posix.open("/dev/null", posix.O_RDWR)  # type: ignore[attr-defined]
+        sink = (null, null, null)
+    except OSError:  # a container root without /dev: a pipe nobody reads, writes never blocking
+        r, w = posix.pipe()  # type: ignore[attr-defined]
+        posix.set_blocking(w, False)  # type: ignore[attr-defined]
+        sink = (r, w, w)
     for k in (0, 1, 2):
-        posix.dup2(null, k)  # type: ignore[attr-defined]
+        posix.dup2(sink[k], k)  # type: ignore[attr-defined]
     for name in posix.listdir("/proc/self/fd"):  # type: ignore[attr-defined]
         k = int(name)
         if k > 2 and k != keep_fd:

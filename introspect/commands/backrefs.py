@@ -63,6 +63,7 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
           stem: str = "backrefs", collector: str = "auto") -> tuple[Outcome, dict[str, Any]]:
     """Find chains (forked snapshot, or the agent's in-process search) and write ``<stem>.dot`` (+ graph):
     the command's data, reused by `report`."""
+    col: dict[str, Any] = {"path": "in-process", "why": "--in-process given"}
     if collector != "in-process":
         def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
             return forked_chains(snap, walker, type_name, pid, samples)
@@ -90,7 +91,7 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         "chains": res["chains"],
         "graph": res["graph"],
         "files": files,
-        "collector": {"path": "in-process", "why": "--in-process given"} if collector == "in-process" else None,
+        "collector": col,
     }
     on, frames = res.get("allocated") or [False, []]
     doc.update(_allocated_doc(tracing.summarize(on, frames, tracing.FunctionNames(outcome.target.root))))

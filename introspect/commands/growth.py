@@ -57,8 +57,9 @@ class Command:
             return code
         out = OutputDir(self.name, args.pid, args.output)
         log = logger(args)
+        col: dict[str, Any] = {"path": "in-process", "why": "--in-process given"}
         if args.collector != "in-process":
-            done = forked(args, out, log)
+            done = forked(args, out, log, col)
             if done is not None:
                 return done
         looks: list[Outcome] = []
@@ -84,6 +85,7 @@ class Command:
             "interval_s": args.interval,
             "grew_every_interval": steady,
             "gc": res["gc"],
+            "collector": col,
             "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline} for r in rows],
         }
         emit(args, out, doc, render(last, doc, rows, steady))
@@ -109,8 +111,8 @@ def render(outcome: Outcome, doc: dict[str, Any], rows: list[analysis.GrowthRow]
     return "\n".join(lines)
 
 
-def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
-    """growth over forked snapshots; None if the in-process path must run (it then says why)."""
+def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str, Any]) -> int | None:
+    """growth over forked snapshots; None if the in-process path must run (``why_not`` then says why)."""
     create_time = inspect_target(args.pid).create_time
     results: list[tuple[Outcome, dict[str, Any], dict[str, Any]]] = []
     steady_input: list[dict[str, list[int]]] = []
@@ -127,6 +129,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any) -> int | None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
                 raise errors.AgentError(f"look {i + 1} could not fork: {col['why']}")
             print(f"introspect: {collector_line(col)}", file=sys.stderr)
+            why_not.update(col)
             return None
         state.save(args.pid, create_time, {"baseline": got.pop("baseline").to_json(), "previous": got.pop("look").to_json()})
         results.append((outcome, got, col))

@@ -98,16 +98,17 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
 
     >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000), Holder(2, "module m .x", "dict", 5, 9000)]
     >>> [(d["path"], d["retained_delta"]) for d in holder_docs(h, Look(0, {}, {"module __main__ .store": [10, 1000]}))]
-    [('module __main__ .store', 2000), ('module m .x', None)]
+    [('module m .x', 9000), ('module __main__ .store', 2000)]
     """
     out: list[dict[str, Any]] = []
     unique = _unique(holders)
     for h in holders:
-        prev = previous.holders.get(h.path) if previous and h.path in unique else None
+        # A path seen once now and absent before was too small to list then: it grew from (about) zero.
+        prev = previous.holders.get(h.path, [0, 0]) if previous and h.path in unique else None
         doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
-                    "items_delta": h.items - prev[0] if prev else None,
-                    "retained_bytes": h.retained_bytes,
-                    "retained_delta": h.retained_bytes - prev[1] if prev else None}
+                               "items_delta": h.items - prev[0] if prev else None,
+                               "retained_bytes": h.retained_bytes,
+                               "retained_delta": h.retained_bytes - prev[1] if prev else None}
         out.append(doc)
     if previous is not None:
         out.sort(key=lambda d: (-(d["retained_delta"] or 0), -d["retained_bytes"]))

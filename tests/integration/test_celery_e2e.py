@@ -203,7 +203,9 @@ def test_growth_and_backrefs_find_leaks(pool: str, worker: CeleryWorker, client:
     assert {"dict", "bytes"} <= {row["type"] for row in second["types"][:4]}, second["types"][:5]
     assert grown["bytes"]["delta"] >= STORE_N * 0.9 and grown["bytes"]["bytes_delta"] >= STORE_N * 1024, grown["bytes"]
     # AND the holder is named, its retained bytes risen by the records'
-    holder = next(h for h in second["holders"] if h["path"] == f"module {LEAK_MODULE} .global_data_store")
+    named = [h for h in second["holders"] if h["path"] == f"module {LEAK_MODULE} .global_data_store"]
+    assert named, second["holders"]
+    holder = named[0]
     assert holder["items_delta"] == STORE_N and holder["retained_delta"] >= STORE_N * 1024, holder
 
     # WHEN the cache leaks some more

@@ -141,6 +141,8 @@ def test_target_dies_mid_run(spawn, tmp_path: Path) -> None:
         assert cli.returncode in (0, 3, 8), err
         if cli.returncode == 8:
             assert "exited" in err
+        if cli.returncode == 3:
+            assert "no such process" in err
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -151,8 +151,9 @@ def test_top_by_size_counts_untracked_referents(interp: Interp, method: str, spa
     victim = spawn(interp)
     made = victim.ask("payloads 400 20000")
     before = victim.ask("state")
-    # WHEN top ranks by size
-    run = introspect("top", str(victim.pid), "--by", "size", "--json", "-n", "0", "--method", method, "-o", str(tmp_path))
+    # WHEN top ranks by size, in-process (the walk from tracked objects to their untracked referents)
+    run = introspect("top", str(victim.pid), "--by", "size", "--json", "-n", "0", "--in-process", "--method", method,
+                     "-o", str(tmp_path))
     # THEN bytes is the biggest type, each payload counted once at its sys.getsizeof size
     assert run.rc == 0, run.stderr
     doc = run.json()
@@ -163,5 +164,12 @@ def test_top_by_size_counts_untracked_referents(interp: Interp, method: str, spa
     assert 400 * made["bytes_each"] <= rows["bytes"]["bytes"] <= 400 * made["bytes_each"] + 2_000_000
     assert rows["__main__.Widget"]["count"] == 1239 and rows["__main__.Widget"]["untracked"] == 0
     assert doc["untracked_objects"] >= 400 and doc["bytes"] >= rows["bytes"]["bytes"]
+    # AND a forked snapshot (the default) sees every bytes object, code objects' included
+    run = introspect("top", str(victim.pid), "--by", "size", "--json", "-n", "0", "--method", method, "-o", str(tmp_path / "f"))
+    assert run.rc == 0, run.stderr
+    fork = {t["type"]: t for t in run.json()["types"]}
+    assert run.json()["types"][0]["type"] == "bytes" and fork["bytes"]["untracked"] == fork["bytes"]["count"] >= 400
+    assert 400 * made["bytes_each"] <= fork["bytes"]["bytes"] <= 400 * made["bytes_each"] + 4_000_000
+    assert fork["__main__.Widget"]["count"] == 1239 and fork["__main__.Widget"]["untracked"] == 0
     # AND the victim is unharmed
     _residue_ok(before, victim.ask("state"), allowed_new=set())

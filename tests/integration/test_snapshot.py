@@ -187,6 +187,8 @@ def test_low_headroom_takes_in_process_path(spawn, tmp_path: Path) -> None:
         col = run.json()["collector"]
         assert col["path"] == "in-process" and "not enough memory to fork" in col["why"] and "cgroup" in col["why"], col
         assert "collecting in-process: not enough memory to fork" in run.stderr
+        run = introspect("growth", str(v.pid), "--json", "-o", str(tmp_path / "g"))
+        assert run.rc == 0 and "not enough memory to fork" in run.json()["collector"]["why"], run.stderr
         assert v.ask("count")["count"] == 40000
     finally:
         Path(f"{base}/cgroup.procs").write_text(str(v.pid))
