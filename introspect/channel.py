@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from introspect import errors
-from introspect.agent import agent_source
+from introspect.agent import agent_source, walker_source
 from introspect.target import Target
 
 MAGIC = "#introspect-bootstrap"
@@ -215,7 +215,9 @@ def prepare(
     paths go into ``params`` under their names); return the request and the bootstrap text."""
     run = make_run_dir(target)
     try:
-        agent_path = run.write("agent.py", agent_source(), 0o400)
+        agent_path = run.write("agent.py", agent_source(command), 0o400)
+        if command == "snapshot":
+            run.write("walker.py", walker_source(), 0o400)  # compiled by the forked walker only
         params = dict(params)
         for name, data in (files or {}).items():
             params[name] = run.write(name, data, 0o400)

@@ -1,7 +1,7 @@
 """The budget and the request's deadline bind the agent inside the target (issue: never harm it).
 
-A size walk that cannot finish in --budget answers within budget + 1 s, marked partial with the
-reason, and leaves the target's RSS where it was; with --budget above --timeout, the deadline
+The in-process size walk (no headroom to fork, or --in-process) that cannot finish in --budget
+answers within budget + 1 s, marked partial with the reason, and leaves the target's RSS where it was; with --budget above --timeout, the deadline
 stops it instead and the answer still arrives, marked as such.
 """
 
@@ -25,18 +25,18 @@ def test_size_walk_stops_at_budget_then_at_deadline(interp: Interp, spawn: Any, 
     rss0 = victim.ask("rss")["rss"]
 
     # WHEN the walk's budget is far too small THEN a partial answer within budget + 1 s, saying why
-    run = introspect("top", str(victim.pid), "--by", "size", "--budget", "0.2", "--json", "-o", str(tmp_path))
+    run = introspect("top", str(victim.pid), "--by", "size", "--in-process", "--budget", "0.2", "--json", "-o", str(tmp_path))
     assert run.rc == 0, run.stderr
     doc = run.json()
     assert doc["partial"] and doc["stopped"] == "budget"
     assert doc["agent_s"] < 0.2 + 1.0
     assert any(t["type"] == "tuple" for t in doc["types"])
-    text = introspect("top", str(victim.pid), "--by", "size", "--budget", "0.2", "-o", str(tmp_path))
+    text = introspect("top", str(victim.pid), "--by", "size", "--in-process", "--budget", "0.2", "-o", str(tmp_path))
     assert "PARTIAL: the agent was stopped by its budget of 0.2 s" in text.stdout
     assert "heap may be very large" not in text.stdout + text.stderr
 
     # WHEN the budget exceeds the request's timeout THEN the deadline stops it, and the answer arrives
-    run = introspect("top", str(victim.pid), "--by", "size", "--budget", "100", "--timeout", "2", "--json", "-o", str(tmp_path))
+    run = introspect("top", str(victim.pid), "--by", "size", "--in-process", "--budget", "100", "--timeout", "2", "--json", "-o", str(tmp_path))
     assert run.rc == 0, run.stderr
     doc = run.json()
     assert doc["partial"] and doc["stopped"] == "deadline"
