@@ -17,7 +17,7 @@ from typing import Any
 
 from introspect import errors
 from introspect.channel import prepare, wait_for_result
-from introspect.inject import Injection, choose
+from introspect.inject import Injection, choose, parked_runner
 from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
 
@@ -127,7 +127,7 @@ def run_agent(
     with _TargetLock(pid):
         target = inspect_target(pid)
         check_injectable(target)
-        injectors = choose(target, method)
+        injectors = choose(target, method, log)
         request, bootstrap = prepare(target, command, params, timeout, files)
         run = request.run
         injection: Injection | None = None
@@ -158,12 +158,14 @@ def run_agent(
                 if not activity.startswith("blocked in") or method == "pep768" or "futex" in activity:
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
-                from introspect.inject.gdb import GdbInjector
-
+                runner = parked_runner(target, method, log)
+                if runner is None:
+                    log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
+                    return
                 try:
-                    parked = GdbInjector().run_parked(target, run, bootstrap)
+                    parked = runner.run_parked(target, run, bootstrap)
                 except errors.InjectionFailed as exc:
-                    log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
+                    log(f"{exc.msg}; waiting up to --timeout {timeout:g} s in case it returns to Python code")
                     return
                 assert injection is not None
                 # The queued pending call still points at its page: it must stay mapped (4 KiB)
@@ -171,7 +173,7 @@ def run_agent(
                 injection.page = None
                 injection.attach_pause_s += parked.attach_pause_s
                 injection.detail += f"; idle, so ran via {parked.detail}"
-                log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms, agent included); "
+                log(f"ran via {parked.detail} (target stopped {parked.attach_pause_s * 1000:.1f} ms by the injector); "
                     "the queued request will find nothing to do when the thread next runs Python")
 
             def on_tick(waited: float, started: bool) -> None:
