@@ -70,6 +70,7 @@ import platform
 import signal
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from introspect import errors
@@ -229,6 +230,9 @@ BUSY_STACK = 16 * 1024  # C stack the busy trampoline may use below its block (P
 PARKED_STACK = 512 * 1024  # the agent runs there in parked mode: deep Python C stacks
 HIJACK_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
+
+# Tests set this to observe (or SIGKILL the CLI at) each step: "busy:stopped", "parked:resumed"...
+STAGE_HOOK: Callable[[str], None] | None = None
 
 _PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyEval_GetFrame",
              "PyGILState_Ensure", "PyGILState_Release"]
@@ -443,6 +447,7 @@ class Session:
         self.attached = False
         self.stopped = False
         self.pending_sig = 0
+        self.label = ""
 
     def seize(self) -> None:
         try:
@@ -521,10 +526,14 @@ class Session:
         arr = (ctypes.c_ulonglong * 27)(*regs)
         _ptrace(PTRACE_SETREGS, self.tid, 0, ctypes.addressof(arr))
         sig = 0
+        first = True
         deadline = time.monotonic() + deadline_s
         while True:
             _ptrace(PTRACE_SYSCALL, self.tid, 0, sig)
             self.stopped = False
+            if sig == 0 and first:
+                first = False
+                _stage(f"{self.label}:resumed")
             sig = 0
             status = self._wait(deadline)
             self._check_alive(status)
@@ -566,6 +575,11 @@ class Session:
         except (OSError, TimeoutError):
             pass  # gone, or the kernel will detach it when we exit
         self.attached = False
+
+
+def _stage(name: str) -> None:
+    if STAGE_HOOK is not None:
+        STAGE_HOOK(name)
 
 
 def _tracer_of(pid: int, tid: int) -> int:
@@ -639,14 +653,17 @@ class PtraceInjector:
         if _shadow_stack(target.pid, tid):
             raise Refused(f"thread {tid} runs with an x86 shadow stack, which this injector does not support")
         session = Session(target, tid)
+        label = session.label = "busy" if mode == MODE_BUSY else "parked"
         session.seize()
         try:
+            _stage(f"{label}:seized")
             try:
                 self._install_cave(target, addrs["cave"])
             except OSError as exc:
                 raise errors.InjectionFailed(f"cannot write the trampoline into the target: {exc}", pid=target.pid,
                                              name=target.name, help="Try --method gdb.") from None
             t0, st = session.interrupt()
+            _stage(f"{label}:stopped")
             xcr0 = struct.unpack_from("<Q", st.xstate, 464)[0] if len(st.xstate) >= 576 else 0
             if len(st.xstate) < 576 or xcr0 & _XFEATURE_AMX:
                 raise Refused("the thread's vector state is not one this injector restores (AMX, or no XSAVE)")
@@ -673,6 +690,7 @@ class PtraceInjector:
                 vm_write(target.pid, ctx, bytes(block))
             except OSError as exc:
                 raise Refused(f"cannot write below thread {tid}'s stack pointer: {exc}") from None
+            _stage(f"{label}:written")
             regs = list(st.regs)
             regs[_IDX["rip"]] = addrs["cave"]
             regs[_IDX["rsp"]] = ctx - 64
@@ -686,6 +704,7 @@ class PtraceInjector:
                 raise errors.InjectionFailed(
                     f"the injected call on thread {tid} did not finish within {HIJACK_TIMEOUT_S:g} s; it will finish "
                     "by itself and restore the thread", pid=target.pid, name=target.name) from None
+            _stage(f"{label}:marker")
             raw = vm_read(target.pid, ctx, 0x78)
             words = struct.unpack("<15Q", raw)
             t_end = time.monotonic()
