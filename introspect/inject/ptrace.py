@@ -14,7 +14,8 @@ What it does, per injection (no gdb, no compiled part, nothing loaded into the t
    the kernel checks, plus its end marker); the vector registers are never interpreted.
 4. ``PTRACE_SETREGS``: rip = trampoline, rsp below the block, ``orig_rax = -1`` (so the kernel
    does not "restart" into our code), then ``PTRACE_SYSCALL`` to watch its system calls.
-5. The trampoline, on T: reads T's signal mask and alternate stack into the frame, then
+5. The trampoline, on T: reads T's signal mask into the frame (the frame's alternate-stack
+   field holds an invalid mode, which the kernel ignores, so that setting is never touched), then
      - busy mode: ``mmap`` a page (a raw syscall: no libc lock, no malloc), copies a small wrapper
        plus the bootstrap text into it, ``mprotect`` it read+exec, ``Py_AddPendingCall(wrapper,
        page)``; the wrapper later runs ``PyRun_SimpleString(text)`` on the main thread at a safe
@@ -25,7 +26,7 @@ What it does, per injection (no gdb, no compiled part, nothing loaded into the t
        ``PyGILState_Release`` right there, the text living in the block (no page at all);
    then makes a marker syscall (``getpid`` with the block's address) where the tracer reads the
    results and detaches, and ends with ``rt_sigreturn`` on the prepared frame: the kernel itself
-   puts back every register, flags, the FPU/vector state, the signal mask and the alternate stack
+   puts back every register, flags, the FPU/vector state and the signal mask
    in one step, with no window in which a signal could see half-restored state.
 
 Design points:
@@ -43,7 +44,7 @@ Design points:
   not inside malloc or any lock). T is, in order of preference, a non-main thread that is
   running, another non-main thread, the main thread: non-main threads never run pending calls,
   so they never hold that lock.
-- **The cave**: the trampoline (283 constant bytes, no per-run data) sits in the unused tail of
+- **The cave**: the trampoline (267 constant bytes, no per-run data) sits in the unused tail of
   the last executable page of libc's text segment (past the end of its ``PF_X`` segment, never
   executed by anyone). It is written through ``/proc/PID/mem`` (``PTRACE_POKEDATA`` as fallback)
   while T is seized, becoming a private copy of that one page; it is not removed afterwards (a
@@ -89,10 +90,6 @@ TRAMPOLINE_ASM = """\
     lea rdx, [r15+0x230]
     mov r10d, 8
     mov eax, 14
-    syscall
-    xor edi, edi                 ; sigaltstack(NULL, &uc_stack): read the alternate stack
-    lea rsi, [r15+0x118]
-    mov eax, 131
     syscall
     cmp qword ptr [r15], 2
     je idle
@@ -163,17 +160,17 @@ done:
     syscall
 restore:
     lea rsp, [r15+0x108]         ; &frame.uc
-    mov eax, 15                  ; rt_sigreturn: every register, FPU state, mask, altstack back
+    mov eax, 15                  ; rt_sigreturn: every register, the FPU state and the mask back
     syscall
     ud2
 """
 TRAMPOLINE = bytes.fromhex(
-    "4989fffc31ff31f6498d973002000041ba08000000b80e0000000f0531ff498db718010000b8830000000f0549833f02"
-    "0f848200000031ff498b7708ba0300000041ba2200000049c7c0ffffffff4531c9b8090000000f0549894748483d01f0"
-    "ffff0f83990000004889c34889c7498b7778498b4f10f3a44889df498b7708ba05000000b80a0000000f054989475048"
-    "85c075144889df4889de41ff571848984989475885c074594889df498b7708b80b0000000f05eb4941ff572848984989"
-    "476085c0740d41ff5730498947684885c0752e49c74770010000004c89ffb8270000000f0541ff573889c3498b7f7841"
-    "ff572048984989475889df41ff5740eb0a4c89ffb8270000000f05498da708010000b80f0000000f050f0b"
+    "4989fffc31ff31f6498d973002000041ba08000000b80e0000000f0549833f020f848200000031ff498b7708ba030000"
+    "0041ba2200000049c7c0ffffffff4531c9b8090000000f0549894748483d01f0ffff0f83990000004889c34889c7498b"
+    "7778498b4f10f3a44889df498b7708ba05000000b80a0000000f05498947504885c075144889df4889de41ff57184898"
+    "4989475885c074594889df498b7708b80b0000000f05eb4941ff572848984989476085c0740d41ff5730498947684885"
+    "c0752e49c74770010000004c89ffb8270000000f0541ff573889c3498b7f7841ff572048984989475889df41ff5740eb"
+    "0a4c89ffb8270000000f05498da708010000b80f0000000f050f0b"
 )
 # The pending call, at the start of the page: PyRun_SimpleString(page + 0x100), then a tail call
 # munmap(page, size), whose 0 is the pending call's "success" (the bootstrap never raises).
@@ -202,6 +199,7 @@ _FRAME = 0x100  # rt_sigframe: pretcode, then ucontext at 0x108
 _UC = 0x108
 _MCTX = _UC + 40
 _FPSTATE = 0x300
+_SS_INVALID = 0x7FF0  # not SS_ONSTACK, SS_DISABLE or 0
 MODE_BUSY, MODE_PARKED = 1, 2
 
 # -- ptrace ------------------------------------------------------------------------------------
@@ -411,7 +409,7 @@ def _resume_frame(st: Stopped) -> list[int]:
 
 
 def _sigframe(regs: list[int], fpstate_addr: int) -> bytes:
-    """ucontext (without the mask and the altstack, which the trampoline reads on T)."""
+    """ucontext (without the signal mask, which the trampoline reads on T)."""
     r = {n: regs[i] for i, n in enumerate(_REG_NAMES)}
     mctx = struct.pack(
         "<18Q4H5Q8Q",
@@ -424,7 +422,10 @@ def _sigframe(regs: list[int], fpstate_addr: int) -> bytes:
     )
     assert len(mctx) == 256
     # uc_flags: UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, as the kernel's own frames.
-    uc = struct.pack("<QQ", 0x7, 0) + bytes(24) + mctx + bytes(8)
+    # uc_stack: an invalid mode, so rt_sigreturn's restore_altstack fails, silently by design
+    # ("squash all but EFAULT"), and leaves the thread's alternate signal stack as it is.
+    stack = struct.pack("<QiiQ", 0, _SS_INVALID, 0, 0)
+    uc = struct.pack("<QQ", 0x7, 0) + stack + mctx + bytes(8)
     return uc
 
 
@@ -446,7 +447,6 @@ class Session:
         self.tid = tid
         self.attached = False
         self.stopped = False
-        self.pending_sig = 0
         self.label = ""
 
     def seize(self) -> None:
@@ -569,9 +569,8 @@ class Session:
                     sig, event = os.WSTOPSIG(status), status >> 16
                     if event == PTRACE_EVENT_STOP or sig == signal.SIGTRAP | 0x80:
                         break
-                    self.pending_sig = sig
-                    _ptrace(PTRACE_CONT, self.tid, 0, sig)
-            _ptrace(PTRACE_DETACH, self.tid, 0, self.pending_sig)
+                    _ptrace(PTRACE_CONT, self.tid, 0, sig)  # re-deliver, keep waiting for our stop
+            _ptrace(PTRACE_DETACH, self.tid, 0, 0)
         except (OSError, TimeoutError):
             pass  # gone, or the kernel will detach it when we exit
         self.attached = False
