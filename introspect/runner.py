@@ -191,6 +191,12 @@ def run_agent(
             raise errors.InjectionFailed(f"I/O error in the run directory {run.host}: {exc}", pid=pid, name=target.name) from None
         finally:
             started = run.exists("started") or run.exists("result.json")
+            if injection is not None and injector is not None:
+                # A request the target never took (it timed out, or the parked path ran instead)
+                # is taken back, so it does not run later and find its script gone.
+                withdraw = getattr(injector, "withdraw", None)
+                if withdraw is not None and withdraw(target):
+                    log("withdrew the request the target had not taken yet")
             run.remove()
             if injection is not None and injector is not None and started:
                 try:

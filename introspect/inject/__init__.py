@@ -2,8 +2,9 @@
 
 They know nothing of what they inject (``channel`` builds the bootstrap, ``agent`` the payload).
 
-- ``pep768``: ``sys.remote_exec`` (CPython 3.14+), driven by an interpreter of the target's own
-  minor version. Does not stop the target at all.
+- ``pep768``: CPython 3.14+'s remote-debugging interface; stops nothing. First our own client
+  (``remote.py``: writes the request from the CLI's own Python, any version, across containers),
+  then ``sys.remote_exec`` driven by an interpreter of the target's own minor version.
 - ``ptrace``: ours, CPython 3.8+ on x86_64 Linux (ctypes over libc, no gdb): one thread is
   stopped for a fraction of a millisecond while a trampoline queues the bootstrap with
   ``Py_AddPendingCall``; it also runs the bootstrap at once on a main thread parked in a
@@ -71,12 +72,13 @@ def parked_runner(target: Target, method: str, log: Callable[[str], None] = lamb
 def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: None) -> list[Injector]:
     """Injectors to try, in order. ``auto`` never falls back from a refusal the user must see.
 
-    ``auto``: ``sys.remote_exec`` on 3.14+ (it stops nothing), then our ptrace injector; before
+    ``auto``: our PEP 768 client on 3.14+ (it stops nothing), ``sys.remote_exec``, then ptrace; before
     3.14 our ptrace injector. gdb only on request or where ours cannot run (said through ``log``).
     """
     from introspect.inject import ptrace
     from introspect.inject.gdb import GdbInjector
     from introspect.inject.pep768 import RemoteExecInjector
+    from introspect.inject.remote import OwnRemoteExecInjector
 
     if method == "gdb":
         return [GdbInjector()]
@@ -92,7 +94,7 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
                 pid=target.pid,
                 help="Use --method gdb (or leave --method auto).",
             )
-        return [RemoteExecInjector()]
+        return [OwnRemoteExecInjector(), RemoteExecInjector()]
     if method != "auto":
         raise errors.UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     why = ptrace.available()
@@ -101,5 +103,5 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
         log(f"using gdb: our ptrace injector cannot run here ({why})")
         own = GdbInjector()
     if target.version is not None and target.version >= (3, 14):
-        return [RemoteExecInjector(), own]
+        return [OwnRemoteExecInjector(), RemoteExecInjector(), own]
     return [own]
