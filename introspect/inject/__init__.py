@@ -16,6 +16,7 @@ They know nothing of what they inject (``channel`` builds the bootstrap, ``agent
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,10 +99,14 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
     if method != "auto":
         raise errors.UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     why = ptrace.available()
-    own: Injector = ptrace.PtraceInjector()
+    own: list[Injector] = [ptrace.PtraceInjector()]
     if why is not None:
         log(f"using gdb: our ptrace injector cannot run here ({why})")
-        own = GdbInjector()
+        own = [GdbInjector()]
+    elif shutil.which("gdb"):
+        # Only reached when ours failed on this target (a 32-bit process, no room for its code...):
+        # the runner says so in -v before trying it.
+        own.append(GdbInjector())
     if target.version is not None and target.version >= (3, 14):
-        return [OwnRemoteExecInjector(), RemoteExecInjector(), own]
-    return [own]
+        return [OwnRemoteExecInjector(), RemoteExecInjector(), *own]
+    return own
