@@ -21,7 +21,8 @@ Results: a table on stdout and bench-results/bench-<time>.json in the repository
 
 With --injection N it measures the injectors alone instead: for every interpreter kind on this
 machine (tests/conftest.py's discovery) and every method (ptrace = ours, gdb, pep768 on 3.14+), N
-injections of a bootstrap that does nothing into scripts/bench_stop_target.py, a process whose
+injections of a bootstrap that does nothing into scripts/bench_stop_target.py (pep768 is our own
+client, remote_exec is sys.remote_exec run by a python3.X subprocess), a process whose
 only thread spins in Python and times its own gaps. Per injection, the *target-observed stop* is
 the time that thread lost in a window around it (the injector's stop, gdb's second attach to free
 its page, and the no-op bootstrap's run as a pending call); median and p99 are printed.
@@ -461,17 +462,19 @@ def bench_injection(opts: argparse.Namespace, log: Any) -> list[dict[str, Any]]:
     from introspect.inject.gdb import GdbInjector
     from introspect.inject.pep768 import RemoteExecInjector
     from introspect.inject.ptrace import PtraceInjector
+    from introspect.inject.remote import OwnRemoteExecInjector
     from introspect.target import inspect_target
     from tests.conftest import discover
 
-    injectors: dict[str, Any] = {"ptrace": PtraceInjector(), "gdb": GdbInjector(), "pep768": RemoteExecInjector()}
+    injectors: dict[str, Any] = {"ptrace": PtraceInjector(), "gdb": GdbInjector(), "pep768": OwnRemoteExecInjector(),
+                                 "remote_exec": RemoteExecInjector()}
     kinds = [i for i in discover() if not opts.kinds or i.id in opts.kinds.split(",")]
     methods = [m for m in opts.methods.split(",") if m]
     bootstrap = f"{MAGIC}\npass\n"
     rows = []
     for interp in kinds:
         for method in methods:
-            if (method == "pep768" and interp.version < (3, 14)) or (method not in injectors and method != "none"):
+            if (method in ("pep768", "remote_exec") and interp.version < (3, 14)) or (method not in injectors and method != "none"):
                 continue
             target_proc = Target(interp.path, 0, Path(tempfile.gettempdir()), STOP_TARGET_SCRIPT)
             proc = target_proc.proc
@@ -568,8 +571,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--injection", type=int, default=0, metavar="N",
                    help="measure the injectors alone: N no-op injections per interpreter kind and method")
     p.add_argument("--kinds", default="", help="--injection: interpreter kinds (pyenv-3.8,sid-3.14,...; default: all)")
-    p.add_argument("--methods", default="none,ptrace,gdb,pep768",
-                   help="--injection: methods; none = the same window without injecting (noise floor) (default: %(default)s)")
+    p.add_argument("--methods", default="none,ptrace,gdb,pep768,remote_exec",
+                   help="--injection: methods; none = the same window without injecting (noise floor), pep768 = our "
+                        "own client, remote_exec = sys.remote_exec (default: %(default)s)")
     opts = p.parse_args(argv)
     try:
         opts.size_list = [GOAL_SIZE] if opts.quick else [int(s.replace("_", "")) for s in opts.sizes.split(",") if s.strip()]

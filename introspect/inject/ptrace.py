@@ -228,6 +228,7 @@ BUSY_STACK = 16 * 1024  # C stack the busy trampoline may use below its block (P
 PARKED_STACK = 512 * 1024  # the agent runs there in parked mode: deep Python C stacks
 HIJACK_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
+SPIN_S = 0.005  # see Session._wait
 
 # Tests set this to observe (or SIGKILL the CLI at) each step: "busy:stopped", "parked:resumed"...
 STAGE_HOOK: Callable[[str], None] | None = None
@@ -473,14 +474,23 @@ class Session:
         return errors.InjectionFailed(f"ptrace failed: {exc}", pid=t.pid, name=t.name)
 
     def _wait(self, deadline: float) -> int:
-        """Next wait status of T; raises TimeoutError at the deadline."""
+        """Next wait status of T; raises TimeoutError at the deadline.
+
+        T is stopped or running our code while we wait, so the first milliseconds are spent
+        yielding rather than sleeping: every stop of the trampoline's syscalls is one round trip,
+        and a 0.2 ms sleep each would be most of the time T spends away from its own code."""
+        spin_until = time.monotonic() + SPIN_S
         while True:
             wpid, status = os.waitpid(self.tid, WALL | os.WNOHANG)
             if wpid == self.tid:
                 return status
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError
-            time.sleep(0.0002)
+            if now < spin_until:
+                os.sched_yield()
+            else:
+                time.sleep(0.0002)
 
     def interrupt(self) -> tuple[float, Stopped]:
         """Stop T; return when it stopped and its saved state. Signals meanwhile are re-delivered."""
