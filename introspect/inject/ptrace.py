@@ -511,6 +511,7 @@ class Session:
                 break
             if event == PTRACE_EVENT_STOP:
                 # A group-stop (someone sent SIGSTOP): leave it stopped, as they asked.
+                self.stopped = True
                 raise errors.BadTargetState("the process was stopped (SIGSTOP) while introspect attached",
                                             pid=self.pid, name=self.target.name,
                                             help=f"Resume it with `kill -CONT {self.pid}` and run introspect again.")
