@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from introspect import errors
 from introspect.channel import RunDir, prepare, wait_for_result
-from introspect.inject import Injection, choose
+from introspect.inject import Injection, choose, parked_runner
 from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
 
@@ -200,7 +200,7 @@ def run_agent(
     with _TargetLock(pid):
         target = inspect_target(pid)
         check_injectable(target)
-        injectors = choose(target, method)
+        injectors = choose(target, method, log)
         request, bootstrap = prepare(target, command, params, timeout, files, fifos)
         run = request.run
         injection: Injection | None = None
@@ -236,22 +236,24 @@ def run_agent(
                 parked = activity.startswith("blocked in") and "futex" not in activity
                 if parked and method == "pep768":
                     stall["why"] = (f"its main thread is {activity} and --method pep768 runs code only when that thread "
-                                    "runs Python again", "--method gdb can run the agent on a parked main thread.")
+                                    "runs Python again", "--method auto (or ptrace) runs the agent on a parked main thread.")
                 if not parked or method == "pep768":
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
-                from introspect.inject.gdb import GdbInjector
-
+                runner = parked_runner(target, method, log)
+                if runner is None:
+                    log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
+                    return
                 try:
-                    parked_run = GdbInjector().run_parked(target, run, bootstrap)
+                    parked_run = runner.run_parked(target, run, bootstrap)
                 except errors.InjectionFailed as exc:
                     if "holds the GIL" in exc.msg:
                         stall["why"] = (
                             f"its main thread is {activity} while holding the GIL: no Python code, ours included, can run "
                             "in this process until that call returns",
-                            "An idle server loop that keeps the GIL while it waits does this (uWSGI without "
-                            "--enable-threads, for one). Run introspect while the process serves traffic (send it a "
-                            "request), or enable threads in the server.")
+                            "A C call that blocks without releasing the GIL does this (with --method gdb, an idle uWSGI "
+                            "without --enable-threads too; the default ptrace injector handles that one). Run introspect "
+                            "while the process serves traffic (send it a request).")
                         log(f"{exc.msg}; waiting {WAKE_GRACE_S:g} s for it to wake up")
                         return
                     log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
@@ -262,7 +264,7 @@ def run_agent(
                 injection.page = None
                 injection.attach_pause_s += parked_run.attach_pause_s
                 injection.detail += f"; idle, so ran via {parked_run.detail}"
-                log(f"ran via {parked_run.detail} (target stopped {parked_run.attach_pause_s * 1000:.1f} ms, agent included); "
+                log(f"ran via {parked_run.detail} (target stopped {parked_run.attach_pause_s * 1000:.1f} ms by the injector); "
                     "the queued request will find nothing to do when the thread next runs Python")
 
             def on_tick(waited: float, started: bool) -> None:
@@ -298,6 +300,12 @@ def run_agent(
             if session is not None:
                 session.close()
             started = run.exists("started") or run.exists("result.json")
+            if injection is not None and injector is not None:
+                # A request the target never took (it timed out, or the parked path ran instead)
+                # is taken back, so it does not run later and find its script gone.
+                withdraw = getattr(injector, "withdraw", None)
+                if withdraw is not None and withdraw(target):
+                    log("withdrew the request the target had not taken yet")
             run.remove()
             if injection is not None and injector is not None and started:
                 try:

@@ -19,13 +19,23 @@ introspect's agent runs. The pause is what the target observes, not what either 
 introspect's own report (paused_s = attach_pause_s + agent_s) is shown next to the measured pause.
 Results: a table on stdout and bench-results/bench-<time>.json in the repository.
 
-Example: scripts/bench --quick
+With --injection N it measures the injectors alone instead: for every interpreter kind on this
+machine (tests/conftest.py's discovery) and every method (ptrace = ours, gdb, pep768 on 3.14+), N
+injections of a bootstrap that does nothing into scripts/bench_stop_target.py (pep768 is our own
+client, remote_exec is sys.remote_exec run by a python3.X subprocess), a process whose
+only thread spins in Python and times its own gaps. Per injection, the *target-observed stop* is
+the time that thread lost in a window around it (the injector's stop, gdb's second attach to free
+its page, and the no-op bootstrap's run as a pending call); median and p99 are printed.
+
+Examples: scripts/bench --quick
+          scripts/bench --injection 200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import shutil
@@ -41,6 +51,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SCRIPT = Path(__file__).resolve().parent / "bench_target.py"
+STOP_TARGET_SCRIPT = Path(__file__).resolve().parent / "bench_stop_target.py"
 
 # Goals at 1M objects: introspect's pause / objgraph's pause.
 GOALS = {"top": 0.5, "growth": 0.35, "backrefs": 0.1}
@@ -61,11 +72,11 @@ class BenchError(Exception):
 class Target:
     """One bench_target.py process: started, spoken to line by line, always killed and reaped."""
 
-    def __init__(self, python: str, size: int, workdir: Path) -> None:
+    def __init__(self, python: str, size: int, workdir: Path, script: Path = TARGET_SCRIPT) -> None:
         env = {**os.environ, "PYTHONPATH": str(workdir)}
         env.pop("PYTHONSTARTUP", None)
         self.proc = subprocess.Popen(
-            [python, str(TARGET_SCRIPT), str(size)],
+            [python, str(script), str(size)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(workdir),
         )
         self.buf = b""
@@ -97,6 +108,12 @@ class Target:
         if not doc.get("ok"):
             raise BenchError(f"target command {command!r} failed: {doc.get('error')}")
         return doc
+
+    def call_raw(self, command: str, timeout: float = 10.0) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.read(timeout)
 
     def stop(self) -> None:
         """Ask, then kill by pid; always reap. Only ever our own child."""
@@ -426,6 +443,106 @@ def render_table(result: dict[str, Any], chain_timeout: float, repeat: int) -> s
 
 
 # ------------------------------------------------------------------------------------------------
+# --injection: the injectors alone
+
+
+BOOT_S = 0.003
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(0.99 * len(ordered)) - 1))]
+
+
+def bench_injection(opts: argparse.Namespace, log: Any) -> list[dict[str, Any]]:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from introspect.channel import MAGIC, make_run_dir
+    from introspect.errors import IntrospectError
+    from introspect.inject.gdb import GdbInjector
+    from introspect.inject.pep768 import RemoteExecInjector
+    from introspect.inject.ptrace import PtraceInjector
+    from introspect.inject.remote import OwnRemoteExecInjector
+    from introspect.target import inspect_target
+    from tests.conftest import discover
+
+    injectors: dict[str, Any] = {"ptrace": PtraceInjector(), "gdb": GdbInjector(), "pep768": OwnRemoteExecInjector(),
+                                 "remote_exec": RemoteExecInjector()}
+    kinds = [i for i in discover() if not opts.kinds or i.id in opts.kinds.split(",")]
+    methods = [m for m in opts.methods.split(",") if m]
+    bootstrap = f"{MAGIC}\npass\n"
+    rows = []
+    for interp in kinds:
+        for method in methods:
+            if (method in ("pep768", "remote_exec") and interp.version < (3, 14)) or (method not in injectors and method != "none"):
+                continue
+            target_proc = Target(interp.path, 0, Path(tempfile.gettempdir()), STOP_TARGET_SCRIPT)
+            proc = target_proc.proc
+            stops: list[float] = []
+            longest: list[float] = []
+            reported: list[float] = []
+            error = ""
+            try:
+                target_proc.read(20)
+                time.sleep(0.2)
+                target = inspect_target(proc.pid)
+                for _ in range(opts.injection):
+                    run = make_run_dir(target)
+                    try:
+                        target_proc.call_raw("mark")
+                        time.sleep(0.002)
+                        # Only gaps overlapping the injector's calls count (+ BOOT_S after the first,
+                        # for the no-op bootstrap's run): scheduler noise elsewhere in the window does not.
+                        t0 = time.monotonic()
+                        inj = injectors[method].inject(target, run, bootstrap) if method != "none" else None
+                        spans = [(t0, time.monotonic() + BOOT_S)]
+                        time.sleep(0.02)  # the pending call runs (the loop is always in Python code)
+                        if inj is not None:
+                            t1 = time.monotonic()
+                            injectors[method].release(target, inj)
+                            spans.append((t1, time.monotonic()))
+                        time.sleep(0.002)
+                        rep = target_proc.call_raw("report")
+                    finally:
+                        run.remove()
+                    inside = [min(e, se) - max(s, ss) for s, e in rep["gaps"] for ss, se in spans if s < se and e > ss]
+                    stops.append(sum(inside))
+                    longest.append(max(inside, default=0.0))
+                    reported.append(inj.attach_pause_s if inj is not None else 0.0)
+            except (IntrospectError, BenchError, OSError) as exc:
+                error = str(exc)
+            finally:
+                target_proc.stop()
+            row = {"kind": interp.id, "python": ".".join(map(str, interp.version)), "method": method, "n": len(stops),
+                   "error": error}
+            if stops:
+                row.update(stop_median_s=statistics.median(stops), stop_p99_s=_p99(stops),
+                           max_gap_median_s=statistics.median(longest), reported_median_s=statistics.median(reported))
+            log(f"{interp.id} {method}: " + (f"median {row['stop_median_s'] * 1e3:.2f} ms, p99 {row['stop_p99_s'] * 1e3:.2f} ms"
+                                            if stops else error))
+            rows.append(row)
+    return rows
+
+
+def render_injection(rows: list[dict[str, Any]], n: int) -> str:
+    head = ["kind", "method", f"stop median (of {n})", "stop p99", "injector's own figure (median)", "note"]
+    table = [head]
+    for r in rows:
+        if "stop_median_s" in r:
+            table.append([r["kind"], r["method"], f"{r['stop_median_s'] * 1e3:.2f} ms", f"{r['stop_p99_s'] * 1e3:.2f} ms",
+                          f"{r['reported_median_s'] * 1e3:.2f} ms", r["error"][:60]])
+        else:
+            table.append([r["kind"], r["method"], "-", "-", "-", f"failed: {r['error'][:80]}"])
+    widths = [max(len(row[c]) for row in table) for c in range(len(head))]
+    lines = []
+    for k, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
 # command line
 
 
@@ -451,6 +568,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(REPO / "bench-results"), metavar="DIR",
                    help="where the JSON goes (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--injection", type=int, default=0, metavar="N",
+                   help="measure the injectors alone: N no-op injections per interpreter kind and method")
+    p.add_argument("--kinds", default="", help="--injection: interpreter kinds (pyenv-3.8,sid-3.14,...; default: all)")
+    p.add_argument("--methods", default="none,ptrace,gdb,pep768,remote_exec",
+                   help="--injection: methods; none = the same window without injecting (noise floor), pep768 = our "
+                        "own client, remote_exec = sys.remote_exec (default: %(default)s)")
     opts = p.parse_args(argv)
     try:
         opts.size_list = [GOAL_SIZE] if opts.quick else [int(s.replace("_", "")) for s in opts.sizes.split(",") if s.strip()]
@@ -488,6 +611,14 @@ def main(argv: list[str] | None = None) -> int:
         if load0 > 0.5 * (os.cpu_count() or 1):
             log(f"warning: load average {load0:.1f} on {os.cpu_count()} CPUs: other work competes with the target, "
                 "expect noisy numbers")
+        if opts.injection:
+            rows = bench_injection(opts, log)
+            print(render_injection(rows, opts.injection))
+            print(f"stop = time the target's only thread lost per injection (gaps > 0.1 ms in a window around it); "
+                  f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+            return _write_results({"started": started, "mode": "injection", "n": opts.injection, "rows": rows,
+                                   "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "git": _git_head()},
+                                  opts, started)
         results = []
         with tempfile.TemporaryDirectory(prefix="introspect-bench-") as tmp:
             for size in opts.size_list:
@@ -526,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
         "goal_size": GOAL_SIZE,
         "results": results,
     }
+    return _write_results(doc, opts, started)
+
+
+def _write_results(doc: dict[str, Any], opts: argparse.Namespace, started: str) -> int:
     out_dir = Path(opts.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"bench-{started}.json"

@@ -26,7 +26,7 @@ and counts, per kind:
 and the pause the CLI reports (paused_s: median and p99). Progress goes to stderr every 50
 rounds; the table (or --json) to stdout. Exit status 1 when any count is not zero.
 
-Example: scripts/stress --quick --kinds debian-3.11-gdb,sid-3.14-pep768
+Example: scripts/stress --quick --kinds debian-3.11-ptrace,debian-3.11-gdb,sid-3.14-pep768
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ COMMANDS = ("top", "growth", "backrefs", "size")  # size: top --by size, the wal
 # What the agent may leave imported, as tests/integration/test_inject.py allows: the growth
 # baseline module, and builtin C modules it had to import once (importing one runs no code).
 ALLOWED_MODULES = {"__introspect_state__", "gc", "time", "_collections"}
-DEFAULT_KINDS = ["pyenv-3.8-gdb", "pyenv-3.13-gdb", "debian-3.11-gdb", "sid-3.14-pep768", "sid-3.14-gdb",
+DEFAULT_KINDS = ["pyenv-3.8-ptrace", "pyenv-3.13-ptrace", "debian-3.11-ptrace", "sid-3.14-ptrace", "sid-3.15-ptrace",
+                 "pyenv-3.8-gdb", "pyenv-3.13-gdb", "debian-3.11-gdb", "sid-3.14-pep768", "sid-3.14-gdb",
                  "sid-3.15-pep768", "sid-3.15-gdb"]
 PROGRESS_EVERY = 50
 MAX_PROBLEMS = 20  # details kept per kind (counts are always complete)
@@ -186,7 +187,8 @@ def exec_anon_mappings(pid: int) -> int:
 
 
 def bootstrap_pages(pid: int) -> list[int]:
-    """Pages that begin with the bootstrap's magic line: the gdb injector's page, if still mapped.
+    """Pages that begin with the bootstrap's magic line: the gdb injector's page, if still mapped
+    (the ptrace injector's page is read+exec, counted by exec_anon_mappings).
 
     The injector writes the text at the start of a page it mmaps, so a page-aligned copy is that
     page; copies the interpreter made while compiling it live in the heap at other offsets.

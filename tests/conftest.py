@@ -31,7 +31,7 @@ class Interp:
 
     @property
     def methods(self) -> list[str]:
-        return ["gdb", "pep768"] if self.version >= (3, 14) else ["gdb"]
+        return ["ptrace", "gdb", "pep768"] if self.version >= (3, 14) else ["ptrace", "gdb"]
 
 
 def _pyenv_root() -> Path:

@@ -34,8 +34,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", type=int, help="process id of the live Python process")
     group = parser.add_argument_group("injection")
     group.add_argument("--method", choices=METHODS, default="auto",
-                       help="how to get inside: pep768 (sys.remote_exec, 3.14+, no stop) or gdb "
-                            "(3.8+, stops the target for milliseconds); default: auto")
+                       help="how to get inside: pep768 (3.14+, stops nothing), ptrace (ours, 3.8+ on x86_64: "
+                            "one thread stopped for under a millisecond) or gdb (3.8+, every thread stopped for "
+                            "tens of milliseconds); default: auto (pep768 on 3.14+, else ptrace)")
     group.add_argument("--timeout", type=float, default=30.0, metavar="S",
                        help="give up (and void the request) after S seconds (default: 30)")
     add_output_options(parser)

@@ -95,7 +95,8 @@ class RemoteExecInjector:
                 "or -X disable-remote-debug, or built with --without-remote-debug)",
                 pid=target.pid,
                 name=target.name,
-                help="Use `--method gdb` if you accept that gdb briefly stops the process.",
+                help="Use `--method ptrace` (one thread stopped for under a millisecond) or `--method gdb` "
+                     "if you accept that the process is briefly stopped.",
             )
         if "permission" in low or "operation not permitted" in low:
             raise explain_ptrace_denied(target)

@@ -88,7 +88,8 @@ def _inspect(victim: WrappedVictim, method: str, tmp_path: Path) -> dict[str, An
     return report
 
 
-@pytest.mark.parametrize(("interp_id", "method"), [("pyenv-3.12", "gdb"), ("debian-3.11", "gdb"), ("sid-3.14", "pep768")])
+@pytest.mark.parametrize(("interp_id", "method"), [("pyenv-3.12", "gdb"), ("debian-3.11", "gdb"), ("sid-3.14", "pep768"),
+                                                   ("pyenv-3.12", "ptrace"), ("debian-3.11", "ptrace"), ("sid-3.15", "ptrace")])
 def test_private_tmp_and_pid_namespace(boxed: list[WrappedVictim], tmp_path: Path, interp_id: str, method: str) -> None:
     # GIVEN a worker that is pid 1 of its own pid namespace, with a /tmp of its own
     victim = _private_tmp(_interp(interp_id))
@@ -108,8 +109,11 @@ def test_own_root_python_at_a_path_the_host_lacks(boxed: list[WrappedVictim], tm
     victim = _new_root(interp, at_py=True)
     boxed.append(victim)
     assert os.readlink(f"/proc/{victim.pid}/exe").startswith("/py/") and not Path("/py").exists()
-    # WHEN gdb injects (symbols read through /proc/PID/root)  THEN the counts are right, nothing left
-    assert _inspect(victim, "gdb", tmp_path)["method"] == "gdb"
+    # WHEN gdb, then our ptrace injector, inject (symbols and the cave read through /proc/PID/root)
+    # THEN the counts are right, nothing left
+    assert _inspect(victim, "gdb", tmp_path / "gdb")["method"] == "gdb"
+    _nothing_left(victim)
+    assert _inspect(victim, "ptrace", tmp_path / "ptrace")["method"] == "ptrace"
     _nothing_left(victim)
     victim.assert_unharmed()
 
@@ -127,18 +131,18 @@ def test_own_root_pep768(boxed: list[WrappedVictim], tmp_path: Path) -> None:
     victim.assert_unharmed()
 
 
-def test_own_root_pep768_cannot_read_binary_then_auto_uses_gdb(boxed: list[WrappedVictim], tmp_path: Path) -> None:
-    # GIVEN a 3.14 container whose Python is at /py/bin/python3.14, a path the host lacks
+def test_own_root_pep768_python_at_a_path_the_host_lacks(boxed: list[WrappedVictim], tmp_path: Path) -> None:
+    # GIVEN a 3.14 container whose Python is at /py/bin/python3.14, a path the host lacks (so
+    # sys.remote_exec, which opens the binary by the target's path here, cannot drive it)
     victim = _new_root(_interp("sid-3.14"), at_py=True)
     boxed.append(victim)
-    # WHEN pep768 is forced: sys.remote_exec opens the binary by the target's path, here
-    run = introspect("top", str(victim.pid), "--method", "pep768", "-o", str(tmp_path / "a"))
-    # THEN a plain refusal naming the cause and the fix
-    assert run.rc == 9 and "Traceback" not in run.stderr, run.stderr
-    text = " ".join(run.stderr.split())
-    assert "container" in text and "/py/bin/python3.14" in text and "--method gdb" in text, text
-    _nothing_left(victim)
-    # AND --method auto falls back to gdb and answers
-    assert _inspect(victim, "auto", tmp_path)["method"] == "gdb"
-    _nothing_left(victim)
+    assert not Path("/py").exists()
+    # WHEN pep768 is forced, and WHEN auto is used: our own client reads the binary through
+    # /proc/PID/root and writes the request itself
+    for method in ("pep768", "auto"):
+        run = introspect("top", str(victim.pid), "--json", "-v", "--method", method, "-o", str(tmp_path / method))
+        # THEN it answers through PEP 768, nothing stopped, nothing left
+        assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
+        assert "our own PEP 768 client" in run.stderr and run.json()["method"] == "pep768"
+        _nothing_left(victim)
     victim.assert_unharmed()

@@ -389,9 +389,9 @@ def no_gdb_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_gdb_missing_is_said(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) -> None:
-    # GIVEN a 3.8-3.13 worker and no gdb on PATH
+    # GIVEN a 3.8-3.13 worker and no gdb on PATH; WHEN gdb is asked for (auto uses our own injector)
     victim = spawn(PY)
-    run = _cli(["top", str(victim.pid), "-o", str(tmp_path / "o")], env=no_gdb_env)
+    run = _cli(["top", str(victim.pid), "--method", "gdb", "-o", str(tmp_path / "o")], env=no_gdb_env)
     # THEN a plain message: gdb is needed, and how to install it
     _refused(run, errors.InjectionFailed, "gdb is not installed", "apt-get install gdb")
     _spawned_unharmed(victim)
