@@ -1935,6 +1935,11 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
     newtypes = []  # type: list
     start = pos = 0
     edges = 0
+    refcount = sys.getrefcount
+    dead_rc = 0
+    for r in [object()]:
+        dead_rc = refcount(r)  # an object whose only owner is the list being iterated
+    r = None
     while pos < len(keep):
         o = keep[pos]
         t = type(o)
@@ -1956,6 +1961,12 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
             p = index.get(i)
             if p is None:
                 if i in own:
+                    hold.append(r)
+                    continue
+                if refcount(r) <= dead_rc:
+                    # Owned by nothing but refs: a dead object a traverse handed out (gh-122695's
+                    # free list). Not part of the heap; held, so that it is never freed twice.
+                    own[i] = None
                     hold.append(r)
                     continue
                 p = index[i] = len(keep)
