@@ -23,6 +23,9 @@ VICTIMS = Path(__file__).resolve().parent / "victims"
 PYTHONS_DIR = Path(os.environ.get("INTROSPECT_PYTHONS_DIR", "/opt/introspect/pythons"))
 
 
+GDB_KINDS = ("pyenv-3.8", "debian-3.11", "sid-3.15")
+
+
 @dataclass(frozen=True)
 class Interp:
     id: str  # e.g. pyenv-3.8, debian-3.11, sid-3.14
@@ -31,7 +34,13 @@ class Interp:
 
     @property
     def methods(self) -> list[str]:
-        return ["ptrace", "gdb", "pep768"] if self.version >= (3, 14) else ["ptrace", "gdb"]
+        """The default injector of this kind on every kind (pep768 and the ptrace fallback on
+        3.14+); gdb, now only a fallback on request, on the kinds of GDB_KINDS (a stripped build,
+        the oldest and the newest) or everywhere with INTROSPECT_FULL_MATRIX=1."""
+        own = ["ptrace", "pep768"] if self.version >= (3, 14) else ["ptrace"]
+        if self.id in GDB_KINDS or os.environ.get("INTROSPECT_FULL_MATRIX") == "1":
+            own.append("gdb")
+        return own
 
 
 def _pyenv_root() -> Path:

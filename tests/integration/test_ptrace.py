@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,8 +139,21 @@ def _killed_child(pid: int, stage: str) -> int:
     return status
 
 
-@pytest.mark.parametrize("stage", [f"busy:{s}" for s in STAGES] + [f"parked:{s}" for s in STAGES])
-@pytest.mark.parametrize("interp", interp_params())
+def _kill_params() -> list[Any]:
+    """Every step of the busy path on every kind; the parked path (2 s a case: the stall wait) at
+    one step per kind in turn, so that every step is covered on two kinds or more, or at every
+    step on every kind with INTROSPECT_FULL_MATRIX=1 (the suite stays within its time budget)."""
+    full = os.environ.get("INTROSPECT_FULL_MATRIX") == "1"
+    out = []
+    for k, p in enumerate(interp_params()):
+        for j, s in enumerate(STAGES):
+            out.append(pytest.param(p.values[0], f"busy:{s}", id=f"{p.id}-busy:{s}"))
+            if full or j == k % len(STAGES):
+                out.append(pytest.param(p.values[0], f"parked:{s}", id=f"{p.id}-parked:{s}"))
+    return out
+
+
+@pytest.mark.parametrize(("interp", "stage"), _kill_params())
 def test_tracer_killed_at_each_step(interp: Interp, stage: str, spawn) -> None:
     # GIVEN a victim (busy, or idle for the parked path)
     idle = stage.startswith("parked")
