@@ -337,6 +337,14 @@ def _count_types(objs, own):  # type: (list, list) -> dict
     return named
 
 
+def _short_file(path):  # type: (str) -> str
+    """The file's name, with its directory when the name alone says little (a package's __init__.py)."""
+    parts = str(path).rsplit("/", 2)
+    if len(parts) >= 2 and parts[-1] in ("__init__.py", "__main__.py"):
+        return parts[-2] + "/" + parts[-1]
+    return parts[-1]
+
+
 def _alloc_sites(objs):  # type: (list) -> list
     """[tracing, [[file, line] or None per object]]: the innermost frame of each object's
     allocation (None: allocated before tracing began, or not traced)."""
@@ -925,14 +933,6 @@ def _frame_roots(agent_file):  # type: (str) -> dict
             f = f.f_back
         del f
     return roots
-
-
-def _short_file(path):  # type: (str) -> str
-    """The file's name, with its directory when the name alone says little (a package's __init__.py)."""
-    parts = str(path).rsplit("/", 2)
-    if len(parts) >= 2 and parts[-1] in ("__init__.py", "__main__.py"):
-        return parts[-2] + "/" + parts[-1]
-    return parts[-1]
 
 
 def _match_types(counts_by_type, query):  # type: (dict, str) -> list
@@ -1839,7 +1839,8 @@ def _snap_frames(frames):  # type: (dict) -> tuple
                     items = []
                 for var, val in items:
                     if type(var) is str:
-                        roots.append(("thread %s, %s() line %d, local %s" % (tname, code.co_name, f.f_lineno, var), val))
+                        roots.append(("thread %s, %s() in %s line %d, local %s" % (
+                            tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var), val))
             f = f.f_back
     ids.append(id(roots))
     return roots, ids

@@ -404,9 +404,38 @@ def _resume_frame(st: Stopped) -> list[int]:
         regs[_IDX["rax"]] = nr
         regs[_IDX["rip"]] -= 2
     elif nr >= 0 and ret == _RESTART_BLOCK:
-        regs[_IDX["rax"]] = SYS_RESTART
+        # The kernel would resume with restart_syscall, which runs the restart block the
+        # interrupted call left. Our way back is rt_sigreturn, and rt_sigreturn resets that block
+        # ("pending restarted system calls return -EINTR"): restart_syscall would then return
+        # EINTR to code that never saw a signal (seen: a C poll(fds, n, -1) holding the GIL
+        # returned -1/EINTR). A call whose restart does not depend on the time already spent is
+        # issued again, exactly; one with a relative timeout returns EINTR, as after a signal.
+        if _restartable_as_is(nr, regs):
+            regs[_IDX["rax"]] = nr
+        else:
+            regs[_IDX["rax"]] = _EINTR & ((1 << 64) - 1)
+            return regs
         regs[_IDX["rip"]] -= 2
     return regs
+
+
+def _restartable_as_is(nr: int, regs: list[int]) -> bool:
+    """True when issuing syscall ``nr`` again with the same arguments is exactly its restart:
+    no timeout, or an absolute one (x86_64 numbers and argument registers)."""
+    def arg(name: str) -> int:
+        return regs[_IDX[name]]
+
+    if nr == 7:  # poll(fds, nfds, int timeout_ms): a negative timeout waits forever
+        t = arg("rdx") & 0xFFFFFFFF
+        return t >= 1 << 31
+    if nr == 271:  # ppoll(fds, nfds, tsp, sigmask, size): no timeout
+        return arg("rdx") == 0
+    if nr == 230:  # clock_nanosleep(clock, flags, req, rem): TIMER_ABSTIME
+        return bool(arg("rsi") & 1)
+    if nr == 202:  # futex(uaddr, op, val, timeout, ...): FUTEX_WAIT without timeout, WAIT_BITSET (absolute)
+        cmd = arg("rsi") & ~(128 | 256)
+        return (cmd == 0 and arg("r10") == 0) or cmd == 9
+    return False
 
 
 def _sigframe(regs: list[int], fpstate_addr: int) -> bytes:

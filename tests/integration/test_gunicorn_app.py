@@ -185,7 +185,8 @@ def test_roots_name_the_owner_and_the_file(tmp_path: Path) -> None:
         for _ in range(30):
             assert server.get("/leak") == 200
         # WHEN backrefs traces the per-request loggers and the collector thread's jobs
-        loggers = introspect("backrefs", str(worker), "logging.Logger", "--json", "-o", str(tmp_path / "l"))
+        # the owner-root rule lives in the in-process search; the forked chains take the shortest path
+        loggers = introspect("backrefs", str(worker), "logging.Logger", "--in-process", "--json", "-o", str(tmp_path / "l"))
         jobs = introspect("backrefs", str(worker), f"{APP}.Job", "--json", "-o", str(tmp_path / "j"))
     # THEN the loggers are held by the module that owns their manager, logging, not by the first
     # module that happens to hold a logger (gunicorn.http.wsgi's `log`)

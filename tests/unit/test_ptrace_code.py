@@ -55,9 +55,18 @@ def test_restart_as_the_kernel_would() -> None:
     regs[i["orig_rax"]], regs[i["rax"]], regs[i["rip"]] = 0, (1 << 64) - 512, 0x1002  # read, -ERESTARTSYS
     out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
     assert out[i["rax"]] == 0 and out[i["rip"]] == 0x1000
-    regs[i["orig_rax"]], regs[i["rax"]] = 230, (1 << 64) - 516  # clock_nanosleep, -ERESTART_RESTARTBLOCK
+    # -ERESTART_RESTARTBLOCK: rt_sigreturn (our way back) resets the restart block, so a call that
+    # can be issued again as is is; one with a relative timeout returns EINTR, as after a signal
+    regs[i["orig_rax"]], regs[i["rax"]], regs[i["rdx"]] = 7, (1 << 64) - 516, 0xFFFFFFFF  # poll(.., -1)
     out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
-    assert out[i["rax"]] == 219 and out[i["rip"]] == 0x1000
+    assert out[i["rax"]] == 7 and out[i["rip"]] == 0x1000
+    regs[i["orig_rax"]], regs[i["rsi"]] = 230, 1  # clock_nanosleep(TIMER_ABSTIME)
+    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    assert out[i["rax"]] == 230 and out[i["rip"]] == 0x1000
+    regs[i["rsi"]] = 0  # clock_nanosleep, relative
+    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    assert out[i["rax"]] == (1 << 64) - 4 and out[i["rip"]] == 0x1002
+    regs[i["rdx"]] = 0
     regs[i["orig_rax"]], regs[i["rax"]] = 232, (1 << 64) - 4  # epoll_wait, -EINTR: returned as is
     out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
     assert out[i["rax"]] == (1 << 64) - 4 and out[i["rip"]] == 0x1002
