@@ -236,7 +236,7 @@ def run_agent(
                 parked = activity.startswith("blocked in") and "futex" not in activity
                 if parked and method == "pep768":
                     stall["why"] = (f"its main thread is {activity} and --method pep768 runs code only when that thread "
-                                    "runs Python again", "--method auto (or ptrace) runs the agent on a parked main thread.")
+                                    "runs Python again", "--method auto (or ptrace) can run the agent on a main thread parked with the GIL released.")
                 if not parked or method == "pep768":
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
