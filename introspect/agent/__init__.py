@@ -22,10 +22,11 @@ PARTS: dict[str, tuple[str, ...]] = {
     "trace_start": ("trace",),
     "trace_show": ("trace",),
     "trace_stop": ("trace",),
-    "snapshot": ("snapshot",),
+    # trace: its module-level facts (the target's pid) must be read in the target, not the fork
+    "snapshot": ("snapshot", "trace"),
 }
 # What the forked walker compiles in the child (walker.py in the run dir).
-WALKER_PARTS = ("walker", "trace")
+WALKER_PARTS = ("walker",)
 MARK = "# @part "
 
 

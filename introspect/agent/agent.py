@@ -21,7 +21,7 @@
 # runs (introspect.agent.agent_source), the other lines blanked so line numbers stay true.
 # Compiling costs the target memory it keeps (its allocator's arenas): 7 MiB of RSS for this
 # whole file on 3.12, against about 1 MiB for the core and one part. The forked walker compiles
-# its own parts ("walker", "trace") in the child, where it costs the target nothing.
+# its own part ("walker") in the child, where it costs the target nothing.
 #
 # The bootstrap executes this file in a fresh dict holding REQUEST (a literal written by the CLI):
 #   {"nonce", "deadline" (time.time()), "dir" (run dir, target's view), "command", "params"}
@@ -1474,7 +1474,8 @@ def cmd_trace_start(params):  # type: (dict) -> dict
 def _own_file(name, agent_file):  # type: (str, str) -> bool
     """This agent, an earlier run's (its run dir is gone; our session's module was made there),
     or our bootstrap's stage 1."""
-    return name == agent_file or name == "<introspect-bootstrap>" or (name.endswith("/agent.py") and "/introspect-" in name)
+    return (name == agent_file or name == "<introspect-bootstrap>"
+            or (name.endswith(("/agent.py", "/walker.py")) and "/introspect-" in name))  # walker.py: compiled in the fork
 
 
 def _own_lines():  # type: () -> set
