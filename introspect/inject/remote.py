@@ -183,7 +183,9 @@ class OwnRemoteExecInjector:
             if main is not None and ts == main[0] or not frame:
                 continue
             state, sysc = _task_state(target.pid, tid)
-            if state == "R" or sysc == "202":  # running Python, or waiting for the GIL to run it
+            # Running only: a thread in futex may wait for the GIL, or sit on a lock for minutes
+            # (introspect trace's own timer thread does): a request given to it would not run.
+            if state == "R":
                 return Request(ts, tid, f"thread {tid} (the main thread is parked in a system call)")
         if main is None:
             raise _refuse(target, "it has no main thread state")
