@@ -337,6 +337,15 @@ def _count_types(objs, own):  # type: (list, list) -> dict
     return named
 
 
+def _key_label(k):  # type: (object) -> str
+    # Only builtin str/int keys are shown: repr() of a user object could run code or leak secrets.
+    if type(k) is str:
+        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
+    if type(k) is int:
+        return "[%d]" % k
+    return "[<%s key>]" % type_name(type(k))
+
+
 def _short_file(path):  # type: (str) -> str
     """The file's name, with its directory when the name alone says little (a package's __init__.py)."""
     parts = str(path).rsplit("/", 2)
@@ -798,15 +807,6 @@ _MethodType = type(_dump.__get__(0))
 
 
 # @part backrefs
-def _key_label(k):  # type: (object) -> str
-    # Only builtin str/int keys are shown: repr() of a user object could run code or leak secrets.
-    if type(k) is str:
-        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
-    if type(k) is int:
-        return "[%d]" % k
-    return "[<%s key>]" % type_name(type(k))
-
-
 def _via(holder, child):  # type: (object, object) -> str
     """How ``holder`` references ``child``: attribute, key, index, closure variable..."""
     th = type(holder)
@@ -2063,14 +2063,6 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             _snap_send(fd, b"L", _snap_json(answer))
 
 
-def _snap_label_key(k):  # type: (object) -> str
-    if type(k) is str:
-        return "[" + (repr(k) if len(k) <= 40 else repr(k[:37]) + "...") + "]"
-    if type(k) is int:
-        return "[%d]" % k
-    return "[<%s key>]" % type_name(type(k))
-
-
 def _snap_via(holder, child):  # type: (object, object) -> str
     """How holder references child (attribute, key, index, closure variable): C-level reads only."""
     th = type(holder)
@@ -2078,7 +2070,7 @@ def _snap_via(holder, child):  # type: (object, object) -> str
         if isinstance(holder, dict):
             for k, v in dict.items(holder):
                 if v is child:
-                    return _snap_label_key(k)
+                    return _key_label(k)
                 if k is child:
                     return "(key)"
             return "(item)"
