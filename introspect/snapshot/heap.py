@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,26 @@ class Heap:
     reachable: np.ndarray  # bool
     root_name: dict[int, str]
     held_from_c: int
+    graph: Any = None  # the igraph.Graph (objects plus the virtual root n), for searches from one root
+
+    def path_from(self, root: int, targets: set[int]) -> dict[int, list[int]]:
+        """Shortest paths from the object ``root`` to those of ``targets`` it reaches."""
+        if self.graph is None:
+            return {}
+        vids, _layers, parents = self.graph.bfs(root, mode="out")
+        par = np.asarray(parents, dtype=np.int64)
+        seen = np.zeros(par.shape[0], bool)
+        seen[np.asarray(vids, dtype=np.int64)] = True
+        out: dict[int, list[int]] = {}
+        for t in targets:
+            if not seen[t]:
+                continue
+            p = [t]
+            while p[-1] != root:
+                p.append(int(par[p[-1]]))
+            p.reverse()
+            out[t] = p
+        return out
 
     def path(self, pos: int) -> list[int]:
         """Positions from a root down to ``pos`` (shortest path)."""
@@ -127,7 +148,7 @@ def analyse(snap: Snapshot) -> Heap:
         dom = idom[layer]
         ok = dom >= 0
         np.add.at(retained, dom[ok], retained[layer[ok]])
-    return Heap(snap, retained, idom, parent, reachable, root_name, held)
+    return Heap(snap, retained, idom, parent, reachable, root_name, held, g)
 
 
 def _items(snap: Snapshot, pos: int) -> int:
@@ -249,6 +270,51 @@ def _collapse(steps: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
+def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[int, list[int]]:
+    """The owner-root rule: when the module that defines the class of an instance's nearest
+    non-builtin holder (for a class object: that class's module) is a root, the path from that
+    module is shown instead of a shorter one from elsewhere. A per-request logger is held by
+    ``module logging`` (its manager), not by the first module that happens to keep one."""
+    snap = heap.snap
+    modules = {name[len("module "):]: pos for pos, name in heap.root_name.items() if name.startswith("module ")}
+    if not modules or not paths:
+        return paths
+    # Class objects name their own module: ask the walker for the names of objects of type `type`,
+    # and of a metaclass's instances (a type whose one sample has a name is a metaclass).
+    on_paths = sorted({q for path in paths.values() for q in path[:-1]})
+    by_type: dict[str, list[int]] = {}
+    for q in on_paths:
+        tn = snap.type_name(q)
+        if tn == "type" or "." in tn:
+            by_type.setdefault(tn, []).append(q)
+    probe = [qs[0] for tn, qs in by_type.items() if tn != "type"]
+    metas = {snap.type_name(q) for q, nm in zip(probe, names(probe) if probe else []) if nm}
+    ask = [q for tn, qs in by_type.items() if tn == "type" or tn in metas for q in qs]
+    class_name = {q: nm for q, nm in zip(ask, names(ask) if ask else []) if nm}
+
+    def owner(path: list[int]) -> str:
+        for q in reversed(path[:-1]):
+            full = class_name.get(q) or snap.type_name(q)
+            if "." not in full:
+                continue  # a builtin container or object
+            parts = full.split(".")
+            for k in range(len(parts) - 1, 0, -1):
+                if ".".join(parts[:k]) in modules:
+                    return ".".join(parts[:k])
+            return ""
+        return ""
+
+    wanted: dict[str, set[int]] = {}
+    for p, path in paths.items():
+        mod = owner(path)
+        if mod and heap.root_name.get(path[0]) != "module " + mod:
+            wanted.setdefault(mod, set()).add(p)
+    out = dict(paths)
+    for mod, targets in wanted.items():
+        out.update(heap.path_from(modules[mod], targets))
+    return out
+
+
 def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
            freevars: Callable[[Sequence[int]], list[list[str]]] | None = None) -> tuple[list[dict[str, object]], int, int]:
     """Reference chains from a root to instances of ``type_name``, grouped by shape.
@@ -263,20 +329,22 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     tids = [i for i, n in enumerate(snap.types) if n == type_name]
     inst = np.nonzero(np.isin(snap.type_of, tids))[0]
     unreachable = int((~heap.reachable[inst]).sum())
+    reach = inst[heap.reachable[inst]].tolist()[:200_000]
+    found_paths = _from_owners(heap, {p: heap.path(p) for p in reach}, names)
     groups: dict[tuple[object, ...], list[int]] = {}
-    for p in inst[heap.reachable[inst]].tolist()[:200_000]:
-        path = heap.path(p)
+    for p in reach:
+        path = found_paths[p]
         key = (heap.root_name.get(path[0], ""), tuple(int(snap.type_of[q]) for q in path))
         g = groups.setdefault(key, [0, p])
         g[0] += 1
     def rank(g: list[int]) -> tuple[bool, int]:
         # Paths from modules and frames first: a group "held from C" (code objects' name tuples and
         # kind bytes on 3.11+, interned and immortal objects) is rarely what a person looks for.
-        root = heap.root_name.get(heap.path(g[1])[0], "")
+        root = heap.root_name.get(found_paths[g[1]][0], "")
         return (root.startswith(("held from C", "immortal")), -g[0])
 
     ranked = sorted(groups.values(), key=rank)[:samples]
-    paths = [heap.path(rep) for _, rep in ranked]
+    paths = [found_paths[rep] for _, rep in ranked]
     flat = ask(edges_of(paths))
     want = sorted({q for path in paths for q in path})
     named = dict(zip(want, names(want)))

@@ -185,16 +185,17 @@ def test_roots_name_the_owner_and_the_file(tmp_path: Path) -> None:
         for _ in range(30):
             assert server.get("/leak") == 200
         # WHEN backrefs traces the per-request loggers and the collector thread's jobs
-        # the owner-root rule lives in the in-process search; the forked chains take the shortest path
-        loggers = introspect("backrefs", str(worker), "logging.Logger", "--in-process", "--json", "-o", str(tmp_path / "l"))
+        loggers = introspect("backrefs", str(worker), "logging.Logger", "--json", "-o", str(tmp_path / "l"))
         jobs = introspect("backrefs", str(worker), f"{APP}.Job", "--json", "-o", str(tmp_path / "j"))
     # THEN the loggers are held by the module that owns their manager, logging, not by the first
     # module that happens to hold a logger (gunicorn.http.wsgi's `log`)
     assert loggers.rc == 0, loggers.stderr
     chains = loggers.json()["chains"]
-    assert chains and all(c["root"] == "module logging" for c in chains), [c["root"] for c in chains]
+    # every logger is grouped: the 30 per-request ones (and gunicorn's, in loggerDict too) under module
+    # logging, the biggest group; a module's own `log = getLogger(__name__)` stays its own root
+    assert chains and chains[0]["root"] == "module logging" and chains[0]["count"] >= 30, [(c["root"], c["count"]) for c in chains]
     text = (tmp_path / "l" / "backrefs.txt").read_text()
-    assert "module logging --.Logger.manager--> logging.Manager --.loggerDict--> dict --['request-" in text, text
+    assert re.search(r"module logging --\.Logger\.manager--> logging\.Manager --\.loggerDict--> dict --\['[\w.-]+'\]--> logging\.Logger", text), text
     # THEN a thread root names the file of its function
     assert jobs.rc == 0, jobs.stderr
     roots = {c["root"] for c in jobs.json()["chains"]}

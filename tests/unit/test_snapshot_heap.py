@@ -106,6 +106,17 @@ def test_retained_sizes_agree_with_guppy(taken: Taken) -> None:
     assert int(h.retained[tree]) == taken.guppy["tree"], (int(h.retained[tree]), taken.guppy["tree"])
 
 
+def test_chains_start_at_the_owner_module(taken: Taken) -> None:
+    h = heap.analyse(taken.snap)
+    chains, found, _ = heap.chains(h, "logging.Logger", taken.walker.labels, taken.walker.names, 10, taken.walker.freevars)
+    # __main__ .log_manager .loggerDict['fixture-request-0'] is the shortest path, but the loggers'
+    # nearest non-builtin holder is a logging.Manager: the chain starts at module logging
+    mine = [c for c in chains if any(str(s.get("via", "")).startswith("['fixture-request-") for s in c["path"])]  # type: ignore[union-attr]
+    assert found >= 3 and mine, chains
+    assert all(c["root"] == "module logging" for c in mine), [(c["root"], c["path"]) for c in mine]
+    assert sum(int(str(c["count"])) for c in mine) == 3
+
+
 def test_chains_pass_through_untracked_containers(taken: Taken) -> None:
     h = heap.analyse(taken.snap)
     chains, found, unreachable = heap.chains(h, "bytes", taken.walker.labels, taken.walker.names, 500, taken.walker.freevars)

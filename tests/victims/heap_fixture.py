@@ -3,6 +3,7 @@ line: guppy3's dominated-set sizes (domisize) of a few globals, then takes a for
 the agent (loaded as the CLI ships it) and exits; the walker streams to STREAM and answers on CONTROL."""
 
 import json
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,12 @@ def make_closure():
 
 
 reader = make_closure()
+
+# Per-request loggers, also reachable in fewer steps through __main__'s alias of their manager:
+# their owner is module logging (the owner-root rule), not __main__.
+log_manager = logging.Logger.manager
+request_loggers = [logging.getLogger("fixture-request-%d" % i) for i in range(3)]
+del request_loggers
 
 if __name__ == "__main__":
     from guppy import hpy
