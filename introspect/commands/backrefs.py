@@ -28,6 +28,7 @@ from introspect.runner import Outcome, run_agent
 from introspect.snapshot import collect
 
 if TYPE_CHECKING:
+    from introspect.snapshot import heap as heap_mod
     from introspect.snapshot.collect import Walker
     from introspect.snapshot.records import Snapshot
 
@@ -98,7 +99,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
     return outcome, doc
 
 
-def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samples: int) -> dict[str, Any]:
+def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samples: int,
+                  analysed: heap_mod.Heap | None = None) -> dict[str, Any]:
     from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
 
     names = heap.match_type(snap, type_name)
@@ -108,7 +110,7 @@ def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samp
     if len(names) > 1:
         rows = heap.type_rows(snap)
         check_found(type_name, pid, {"status": "ambiguous", "candidates": [[n, rows[n].count] for n in names]})
-    h = heap.analyse(snap)
+    h = analysed if analysed is not None else heap.analyse(snap)
     chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples, walker.freevars)
     alloc = tracing.allocated(walker, tracing.instances(snap, names[0]), tracing.FunctionNames(f"/proc/{pid}/root"))
     return {**_allocated_doc(alloc), "type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,

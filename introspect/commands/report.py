@@ -24,8 +24,9 @@ from typing import Any
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
-from introspect.commands.backrefs import chain_text, trace
+from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
+from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
@@ -38,7 +39,7 @@ class Collected:
 
     samples: list[Sample] = field(default_factory=list)
     looks: list[tuple[float, Outcome]] = field(default_factory=list)
-    traced: list[tuple[Outcome, dict[str, Any]]] = field(default_factory=list)
+    traced: list[tuple[Outcome | None, dict[str, Any]]] = field(default_factory=list)  # None: found in the last snapshot
     skipped: list[dict[str, str]] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # forked snapshots at the first and last look
     snapshot_problem: str | None = None
@@ -116,7 +117,7 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
             if len(got.looks) in (1, len(look_at)):
                 # In the background: memory sampling goes on while the snapshot is taken and analysed
                 # (the per-target lock makes the next look wait for it).
-                th = threading.Thread(target=snapshot_look, args=(args, got, log), daemon=True)
+                th = threading.Thread(target=snapshot_look, args=(args, got, log, len(got.looks) > 1), daemon=True)
                 th.start()
                 got.pending.append(th)
             continue
@@ -135,17 +136,22 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
 
 
-def snapshot_look(args: argparse.Namespace, got: Collected, log: Any) -> None:
-    """Types (every object) and holders from a forked snapshot; its absence is said, not fatal."""
+def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False) -> None:
+    """Types (every object) and holders from a forked snapshot; its absence is said, not fatal.
+    The last look's snapshot also traces the grown types (see trace_in_snapshot): no further fork."""
     from introspect.snapshot import collect, views
 
     def analyse(snap: Any, walker: Any) -> dict[str, Any]:
         from introspect.snapshot import heap
 
         rows = heap.type_rows(snap)
-        found = heap.holders(heap.analyse(snap), walker.labels, 10)
-        return {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
-                "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+        h = heap.analyse(snap)
+        found = heap.holders(h, walker.labels, 10)
+        value = {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+                 "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+        if last and args.backrefs > 0:
+            value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
+        return value
 
     try:
         outcome, value, col = collect.take(args.pid, "auto", analyse, method=args.method, timeout=args.timeout, log=log)
@@ -188,6 +194,42 @@ def allocation_sites(pid: int, snap: Any, walker: Any, rows: Any, got: Collected
     return {"tracing": True, "types": out}
 
 
+def merged_growth(got: Collected, rows: Any) -> tuple[list[analysis.GrowthRow], list[str]]:
+    """Grown types for picking what to trace: the in-process looks' (gc-tracked objects) merged with
+    the forked snapshots' (every object, untracked ones too: the seeds' dicts and bytes), the
+    snapshot's figures winning for a type both saw. Steady growers come from the looks."""
+    grown, steady = growth_of(got)
+    by_type = {r.type: r for r in grown}
+    if got.snapshots:
+        first = got.snapshots[0]["look"].types
+        for name, r in rows.items():
+            since = r.count - first.get(name, [0, 0])[0]
+            if since > 0:
+                by_type[name] = analysis.GrowthRow(name, r.count, since, since)
+    return sorted(by_type.values(), key=lambda r: (-r.since_baseline, r.type)), steady
+
+
+def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walker: Any, h: Any,
+                      rows: Any) -> list[dict[str, Any]]:
+    """backrefs for the grown types in the last look's frozen copy (its heap already analysed)."""
+    me = threading.current_thread()
+    for th in list(got.pending):  # the first snapshot (the baseline of bytes and untracked counts)
+        if th is not me:
+            th.join(args.timeout + 60)
+    grown, steady = merged_growth(got, rows)
+    names = analysis.backref_candidates(grown, steady, args.backrefs)
+    why = {r.type: analysis.why_picked(r, steady) for r in grown if r.type in names}
+    out: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            doc = forked_chains(snap, walker, name, args.pid, 10, h)
+        except errors.UnknownType as exc:
+            out.append({"type": name, "skipped": exc.msg, "why": why[name]})
+            continue
+        out.append({**doc, "why": why[name]})
+    return out
+
+
 def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     """The report's "snapshot" block: holders with their growth, and types with untracked ones."""
     from introspect.snapshot import views
@@ -206,8 +248,22 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
 
 
 def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progress: Progress) -> None:
-    """backrefs on the grown types picked by analysis.backref_candidates; a vanished type is skipped."""
+    """backrefs on the grown types picked by analysis.backref_candidates: from the last look's
+    forked snapshot when there is one (no further stop of the target), else one in-process search
+    per type; a vanished type is skipped."""
     if args.backrefs == 0 or len(got.looks) < 2:
+        return
+    in_snapshot = got.snapshots[-1].get("traced") if len(got.snapshots) > 1 else None
+    if in_snapshot is not None:
+        for doc in in_snapshot:
+            if "skipped" in doc:
+                got.skipped.append({"type": doc["type"], "reason": doc["skipped"], "why": doc["why"]})
+                continue
+            stem = f"backrefs-{slug(doc['type'])}"
+            files = write_graph(out, stem, doc["graph"], f"who keeps {doc['type']} alive (pid {args.pid})", "svg")
+            doc = {**doc, "collector": got.snapshots[-1]["collector"], "files": files}
+            doc["json"] = str(out.write_json(f"{stem}.json", doc))
+            got.traced.append((None, doc))
         return
     rows, steady = growth_of(got)
     names = analysis.backref_candidates(rows, steady, args.backrefs)
@@ -241,7 +297,7 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
-    outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced]
+    outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced if o is not None]
     meta = got.looks[-1][1].meta()
     looks = [{"t": round(t, 3), "objects": lk.result["objects"], "baseline_recorded": lk.result["baseline_recorded"]}
              for t, lk in got.looks]
@@ -281,6 +337,7 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
                     for r in rows[:args.top]],
         "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
+                      "sampling": d.get("sampling", "newest first"),
                       **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,

@@ -99,7 +99,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
         out.append(f"<h3>{_e(ref['type'])}</h3>")
         if ref.get("why"):
             out.append(f"<p>Traced because it is {_e(ref['why'])}.</p>")
-        out.append(f"<p>{ref['found']:,} live objects; traced {ref['sampled']} (newest first). "
+        out.append(f"<p>{ref['found']:,} live objects; traced {ref['sampled']} ({_e(ref.get('sampling') or 'newest first')}). "
                    f"Raw data: {_link(ref['json'])}</p>")
         if ref["partial"]:
             out.append(f"<p><b>Partial:</b> {_e(ref['reason'])}</p>")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,45 @@ def test_seeds_leak_growth_holder_backrefs(spawn, interp: Interp, tmp_path: Path
     assert v.ask("count")["count"] == 2000
     assert v.stderr() == ""
     assert _zombies_of(v.pid) == []
+    assert _no_walker_left(v.pid, os.path.realpath(interp.path)) == []
+
+
+def test_report_names_the_seeds_holder_and_traces_untracked_types(spawn, tmp_path: Path) -> None:
+    interp = next((i for i in INTERPS if i.version[:2] == (3, 12)), INTERPS[0])
+    # GIVEN the seeds' leak growing while report watches: only untracked dicts and bytes rise
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 500")
+    stop = threading.Event()
+
+    def leak() -> None:
+        while not stop.wait(0.4):
+            v.ask("leak 300")
+
+    th = threading.Thread(target=leak, daemon=True)
+    th.start()
+    try:
+        run = introspect("report", str(v.pid), "--duration", "4", "--interval", "0.5", "--looks", "2", "--backrefs", "2",
+                         "--json", "-o", str(tmp_path / "r"), timeout=120)
+    finally:
+        stop.set()
+        th.join(10)
+    assert run.rc == 0, run.stderr
+    doc = run.json()
+    # THEN the holder and its retained growth are named, from the forked snapshots
+    holder = doc["snapshot"]["holders"][0]
+    assert holder["path"] == HOLDER and holder["items_delta"] >= 300 and holder["retained_delta"] >= 300 * 1024, holder
+    assert "held by: " + HOLDER in (tmp_path / "r" / "report.txt").read_text()
+    # AND the types traced are those that grew in the snapshots (untracked dicts and bytes), found in the
+    # last look's frozen copy: no extra stop of the target for them
+    traced = {b["type"]: b for b in doc["backrefs"]}
+    assert {"dict", "bytes"} & set(traced), [(b["type"], b["why"]) for b in doc["backrefs"]]
+    for ref in traced.values():
+        if ref["type"] in ("dict", "bytes"):
+            top = ref["chains"][0]
+            assert top["root"] == "module __main__" and top["path"][0]["via"] == ".global_data_store", top
+            assert ref["sampling"].startswith("every instance grouped"), ref["sampling"]
+    assert len(doc["looks"]) == 2 and doc["complete"], doc["problem"]
+    assert v.stderr() == ""
     assert _no_walker_left(v.pid, os.path.realpath(interp.path)) == []
 
 
