@@ -175,7 +175,7 @@ def test_growth_backrefs_report_name_the_leaking_line(interp: Interp, spawn: Any
     assert backrefs.rc == 0, backrefs.stderr
     b = backrefs.json()
     assert b["tracing"] and (Path(b["allocated_at"][0]["file"]).name, b["allocated_at"][0]["line"]) == leak[:2]
-    report = introspect("report", pid, "--duration", "4", "--looks", "2", "--backrefs", "1", "-o", str(tmp_path / "r"),
+    report = introspect("report", pid, "--duration", "2", "--looks", "2", "--backrefs", "1", "-o", str(tmp_path / "r"),
                         timeout=240)
     assert report.rc == 0, report.stderr
     assert f"{VICTIM}:{_line_of('LEAK')} in process_item" in report.stdout
