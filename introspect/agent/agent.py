@@ -1670,6 +1670,12 @@ def cmd_snapshot(params):  # type: (dict) -> dict
     # 3.12+ warns about fork() in a multi-threaded process (under -W error 3.15 raises it in the
     # parent, after the child exists). The warning is attributed to this module's name: an exact
     # "ignore" filter for that name alone silences it without touching anyone else's warnings.
+    # A container's init (pid 1 of its namespace) inherits every orphan, our walker included, and
+    # rarely waits for children it did not start: the walker would stay a zombie in it. There the
+    # walker is the target's own child, reaped by the kernel or by our short-lived thread, which
+    # then waits out the walk (bounded by its deadline). Elsewhere the walker is a grandchild.
+    how = _snap_reaper()
+    direct = how != "wait" and posix.getpid() == 1  # type: ignore[attr-defined]
     flt = _snap_filters()
     entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
     frame_ids.append(id(entry))
@@ -1687,14 +1693,15 @@ def cmd_snapshot(params):  # type: (dict) -> dict
                     break
     if pid == 0:
         try:
-            if posix.fork() == 0:  # type: ignore[attr-defined]
+            if direct or posix.fork() == 0:  # type: ignore[attr-defined]
                 _load_part("walker.py")
                 _snap_walker(params, frame_roots, frame_ids)
         finally:
             posix._exit(0)  # type: ignore[attr-defined]
-    reaped = _snap_reap(pid)
+    reaped = _snap_reap(pid, how, direct)
     del frame_roots[:]
-    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "reaped": reaped}
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0,
+            "reaped": reaped + (" (the walker itself: pid 1 adopts orphans)" if direct else "")}
 
 
 def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
@@ -1707,24 +1714,39 @@ def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defin
         pass
 
 
-def _snap_reap(pid):  # type: (int) -> str
-    """Reap the intermediate child, which exits once it has forked the walker (its fork of the whole
-    address space and its exit take about as long as ours did). SIGCHLD ignored: the kernel reaps it.
-    Default disposition: a short-lived thread waits for it, so the target does not. A handler of the
-    target's own (it may reap children itself), or a _thread replaced by gevent/eventlet: we wait."""
+def _snap_reaper():  # type: () -> str
+    """How the target's child will be reaped: "kernel" (SIGCHLD ignored), "thread" (default
+    disposition: a short-lived thread of ours waits for it), "wait" (a SIGCHLD handler of the
+    target's own, which may reap children itself, or a _thread replaced by gevent/eventlet: the
+    agent waits for the child before returning)."""
     sig = _builtin("_signal")
     try:
         disposition = sig.getsignal(sig.SIGCHLD)
     except Exception:
         disposition = None
     if disposition == sig.SIG_IGN:
-        return "by the kernel (SIGCHLD ignored)"
+        return "kernel"
     if disposition == sig.SIG_DFL and type(_thread.start_new_thread).__name__ == "builtin_function_or_method":
+        return "thread"
+    return "wait"
+
+
+def _snap_reap(pid, how, direct):  # type: (int, str, bool) -> str
+    """Reap the target's child: the intermediate one, which exits once it has forked the walker
+    (its fork of the whole address space and its exit take about as long as ours did), or with
+    ``direct`` the walker itself in a pid 1 (see cmd_snapshot). ``how``: see _snap_reaper."""
+    if how == "kernel":
+        return "by the kernel (SIGCHLD ignored)"
+    if how == "thread":
         try:
             _thread.start_new_thread(_reap, (pid,))
             return "by a short-lived thread"
         except Exception:
-            pass
+            if direct:  # never wait out a whole walk: the snapshot is lost, the target is not stopped
+                try:
+                    posix.kill(pid, 9)  # type: ignore[attr-defined]
+                except OSError:
+                    pass
     _reap(pid)
     return "waited for"
 

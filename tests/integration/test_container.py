@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import INTERPS, Interp, introspect
@@ -97,10 +99,23 @@ def test_private_tmp_and_pid_namespace(boxed: list[WrappedVictim], tmp_path: Pat
     assert Path(f"/proc/{victim.pid}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve()
     # WHEN we count its objects from the host, by its host pid
     report = _inspect(victim, method, tmp_path)
-    # THEN the counts are its own, the method asked for was used, and nothing is left anywhere
+    # THEN the counts are its own, the method asked for was used, and nothing is left anywhere:
+    # no zombie either (an orphaned walker would be reparented to the victim, its pid 1, which never waits)
     assert report["method"] == method
+    assert report["collector"]["path"] == "fork"
     _nothing_left(victim)
+    assert _zombies_after_walk(victim.pid) == []
     victim.assert_unharmed()
+
+
+def _zombies_after_walk(pid: int, within: float = 15.0) -> list[int]:
+    """The victim's zombie children once its walker (if still running) has ended."""
+    deadline = time.monotonic() + within
+    while True:
+        kids = psutil.Process(pid).children()
+        if not [k for k in kids if k.status() != psutil.STATUS_ZOMBIE] or time.monotonic() > deadline:
+            return [k.pid for k in kids if k.status() == psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
 
 
 def test_own_root_python_at_a_path_the_host_lacks(boxed: list[WrappedVictim], tmp_path: Path) -> None:
