@@ -181,3 +181,20 @@ def introspect(*args: str, timeout: float = 90, cwd: str | None = None) -> Run:
                           timeout=timeout, cwd=cwd or tempfile.gettempdir(),
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+VICTIM_DEPS = Path(os.environ.get("INTROSPECT_VICTIM_DEPS", "/opt/introspect/victim-deps"))
+
+
+def victim_deps(package: str, interp: Interp) -> str:
+    """The directory scripts/provision-victim-deps filled with ``package`` for this interpreter's
+    version (for a victim's PYTHONPATH), or a skip naming why it is not there: a recorded gap (the
+    index has no wheel for that version) or a machine not provisioned."""
+    minor = f"{interp.version[0]}.{interp.version[1]}"
+    d = VICTIM_DEPS / package / minor
+    if (d / ".done").exists():
+        return str(d)
+    gap = VICTIM_DEPS / package / f"{minor}.nowheel"
+    if gap.exists():
+        pytest.skip(f"{package} for Python {minor}: {gap.read_text().strip()} (recorded by scripts/provision-victim-deps)")
+    pytest.skip(f"{package} for Python {minor} not provisioned in {d}: run scripts/setup")

@@ -1656,9 +1656,38 @@ def _snap_filters():  # type: () -> Any
     return None
 
 
+def _grpc_refusal():  # type: () -> str
+    """Why the target must not be forked because gRPC's C core is loaded in it, or "".
+
+    gRPC registers fork handlers that run in the target at any fork (measured with grpcio 1.85 on
+    tests/victims/grpc_worker.py, a server and clients in one process): its C core's pthread_atfork
+    handlers printed "Other threads are currently calling into gRPC, skipping fork() handlers" on
+    the target's stderr at most forks, or stopped and restarted its thread pools, and a copy forked
+    twice (as ours is) died of SIGSEGV in a gRPC event_engine thread about once in 40 (plain
+    os.fork, no agent). With GRPC_ENABLE_FORK_SUPPORT on, its os.register_at_fork hooks also hold the
+    target's RPCs until its threads are idle (up to 5 s), and our copy hung inside them (no walker;
+    the copy stayed, and so did our reaper thread in the target). Read from module dicts and
+    posix.environ only: no code of gRPC's runs."""
+    cy = sys.modules.get("grpc._cython.cygrpc")
+    if cy is None:
+        return ""
+    d = cy.__dict__ if type(cy) is type(sys) else {}
+    on = d.get("_GRPC_ENABLE_FORK_SUPPORT")
+    if type(on) is not bool:  # not set by this grpcio version: what it would read at import
+        on = posix.environ.get(b"GRPC_ENABLE_FORK_SUPPORT", b"0").lower() in (b"1", b"yes", b"true")  # type: ignore[attr-defined]
+    if on:
+        return ("gRPC fork support is on in the target (GRPC_ENABLE_FORK_SUPPORT): its fork hooks would hold its RPCs "
+                "during a fork and hang the forked copy; a process with gRPC loaded is never forked, even with --fork")
+    return ("gRPC is loaded in the target: its fork handlers would run there (a line on its stderr, or its threads stopped "
+            "and restarted) and the forked copy may crash in them; a process with gRPC loaded is never forked, even with --fork")
+
+
 def cmd_snapshot(params):  # type: (dict) -> dict
     """Fork; the grandchild walks and streams (see above). Returns the parent's pause."""
     t0 = time.perf_counter()
+    refused = _grpc_refusal()
+    if refused:
+        return {"forked": False, "error": refused, "refused": "grpc", "pause_s": time.perf_counter() - t0}
     if params.get("collect"):
         gc.collect()
     # Read before the fork: other threads die in the child, and their frames with them (3.14+

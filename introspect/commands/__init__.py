@@ -46,7 +46,8 @@ def add_collector_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("collection").add_mutually_exclusive_group()
     group.add_argument("--fork", dest="collector", action="store_const", const="fork",
                        help="take a forked snapshot even without the usual memory headroom (the default when there is headroom: "
-                            "the target pauses only for a fork, a copy walks every object, tracked or not)")
+                            "the target pauses only for a fork, a copy walks every object, tracked or not; never for a "
+                            "process with gRPC loaded, whose fork handlers would run in it)")
     group.add_argument("--in-process", dest="collector", action="store_const", const="in-process",
                        help="count inside the target instead (gc-tracked objects, within --budget; the old way)")
     parser.set_defaults(collector="auto")

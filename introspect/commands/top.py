@@ -77,8 +77,10 @@ class Command:
             doc, text = from_snapshot(outcome, got, col, args.by)
         else:
             if args.by == "retained":
-                raise errors.UsageError(f"--by retained needs a forked snapshot, and it was not taken: {col['why']}",
-                                        help="Free some memory (or raise the cgroup's limit) and try again, or force it with --fork.")
+                fix = ("A process with gRPC loaded is never forked: use --by count or --by size (counted in the process)."
+                       if col["why"].startswith("gRPC") else
+                       "Free some memory (or raise the cgroup's limit) and try again, or force it with --fork.")
+                raise errors.UsageError(f"--by retained needs a forked snapshot, and it was not taken: {col['why']}", help=fix)
             params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
             outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=log)
             doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)

@@ -292,10 +292,32 @@ class Taken:
     value: Any
 
 
+def grpc_core(pid: int) -> str | None:
+    """The path of gRPC Python's C core (grpc/_cython/cygrpc*.so) if the target has it mapped.
+
+    Its fork handlers run in the target at any fork: such a target is never forked (agent._grpc_refusal
+    has the measured reasons and decides again from sys.modules). Read here from /proc, so that the
+    common case costs no injection of an agent that would refuse."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(None, 5)
+                if len(parts) == 6 and os.path.basename(parts[5]).startswith("cygrpc.") and parts[5].endswith(".so"):
+                    return parts[5]
+    except OSError:
+        pass
+    return None
+
+
 def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | None:
     """None if a forked snapshot should be taken, else why not (for the in-process path)."""
     if mode == "in-process":
         return "--in-process given"
+    lib = grpc_core(pid)
+    if lib is not None:
+        return (f"gRPC is loaded in the target ({os.path.basename(lib)}): its fork handlers would run there (a line on its "
+                "stderr, or its threads stopped and restarted) and the forked copy may crash or hang in them; a process "
+                "with gRPC loaded is never forked, even with --fork")
     if mode == "fork":
         return None
     room = headroom(pid)

@@ -198,3 +198,33 @@ def test_trace_session_ends_by_itself_and_stop_leaves_nothing(agent: dict[str, A
     assert any(f[0][0] == __file__ and size >= 200_000 for f, size, _count in shown["sites"])
     assert not _tracemalloc.is_tracing() and threading.active_count() == threads
     del keep
+
+
+def test_grpc_refusal_reads_module_dicts_only(agent: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import posix
+    import types
+
+    refusal = agent["_grpc_refusal"]
+    name = "grpc._cython.cygrpc"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delitem(posix.environ, b"GRPC_ENABLE_FORK_SUPPORT", raising=False)
+    # GIVEN no gRPC THEN nothing to refuse
+    assert refusal() == ""
+    # GIVEN gRPC's core loaded THEN refused, its fork support named when on
+    cy = types.ModuleType(name)
+    cy._GRPC_ENABLE_FORK_SUPPORT = False  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, name, cy)
+    assert refusal().startswith("gRPC is loaded in the target")
+    cy._GRPC_ENABLE_FORK_SUPPORT = True  # type: ignore[attr-defined]
+    assert refusal().startswith("gRPC fork support is on in the target")
+
+    # GIVEN a module object that runs code on any attribute access THEN none runs: the environment
+    # gRPC would have read at its import decides the wording
+    class Hostile(types.ModuleType):
+        def __getattribute__(self, attr: str) -> Any:
+            raise RuntimeError("foreign code ran")
+
+    monkeypatch.setitem(sys.modules, name, Hostile(name))
+    assert refusal().startswith("gRPC is loaded in the target")
+    monkeypatch.setitem(posix.environ, b"GRPC_ENABLE_FORK_SUPPORT", b"True")
+    assert refusal().startswith("gRPC fork support is on in the target")
