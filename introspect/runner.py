@@ -244,6 +244,12 @@ def run_agent(
                 if runner is None:
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
+                # Never two agents for one request: a PEP 768 request still queued on another thread
+                # is taken back first; if that thread has taken it meanwhile, it runs the agent.
+                withdraw = getattr(injector, "withdraw", None)
+                if withdraw is not None and not withdraw(target):
+                    log("the queued request was taken meanwhile: waiting for it to run")
+                    return
                 try:
                     parked_run = runner.run_parked(target, run, bootstrap)
                 except errors.InjectionFailed as exc:
@@ -314,6 +320,11 @@ def run_agent(
                     log(f"could not release the bootstrap page: {exc}")
     if not envelope.get("ok"):
         err = envelope.get("error") or {}
+        if err.get("type") == "AgentBusy":
+            raise errors.BadTargetState(
+                "an introspect agent of an earlier run is still working in the process (its CLI gave up on it)",
+                pid=pid, name=target.name,
+                help="Nothing was done now. It stops at its next check; run the command again in a few seconds.")
         where = "; ".join(f"{os.path.basename(f)}:{line} in {fn}" for f, line, fn in err.get("frames", [])[-3:])
         raise errors.AgentError(
             f"the agent failed inside the target: {err.get('type')}: {err.get('message')} [{where}]",

@@ -2202,11 +2202,36 @@ def _snap_name(obj):  # type: (object) -> str
 # entry point
 
 
+def _agent_running():  # type: () -> bool
+    """Does another thread run an agent still, from a run its CLI gave up on (a step that ran past
+    the deadline)? Two agents at once would walk, collect or fork concurrently."""
+    me = _thread.get_ident()
+    try:
+        frames = sys._current_frames()
+    except Exception:
+        return False
+    for tid, top in frames.items():
+        f = top  # type: Any
+        while f is not None and tid != me:
+            code = f.f_code
+            if code.co_name == "run" and code.co_filename.endswith("/agent.py") and "/introspect-" in code.co_filename:
+                return True
+            f = f.f_back
+    return False
+
+
 def run(request):  # type: (dict) -> None
     wall0 = time.time()
     if wall0 > request["deadline"]:
         return  # the CLI gave up on this request: do nothing, leave nothing
     rundir = request["dir"]
+    if _agent_running():
+        try:
+            _write_json(rundir + "/result.json", {"nonce": request["nonce"], "ok": False, "error": {
+                "type": "AgentBusy", "message": "an agent of an earlier run is still running in this process", "frames": []}})
+        except OSError:
+            pass
+        return
     _LIMIT["deadline"], _LIMIT["dir"] = request["deadline"], rundir
     t0 = time.perf_counter()
     try:

@@ -241,8 +241,10 @@ class OwnRemoteExecInjector:
             support = req.tstate + off.support
             if _i32(target, support + off.pending) != 1:
                 return False
-            vm_write(target.pid, support + off.pending, struct.pack("<i", 0))
+            # The path first: a thread taking the request at this instant copies an empty path
+            # after clearing the flag, and CPython runs nothing for an empty path.
             vm_write(target.pid, support + off.path, b"\0")
+            vm_write(target.pid, support + off.pending, struct.pack("<i", 0))
             return True
         except OSError:
             return False

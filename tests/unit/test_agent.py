@@ -228,3 +228,27 @@ def test_grpc_refusal_reads_module_dicts_only(agent: dict[str, Any], monkeypatch
     assert refusal().startswith("gRPC is loaded in the target")
     monkeypatch.setitem(posix.environ, b"GRPC_ENABLE_FORK_SUPPORT", b"True")
     assert refusal().startswith("gRPC fork support is on in the target")
+
+
+def test_a_second_agent_refuses_while_an_earlier_one_runs(agent: dict[str, Any], tmp_path: Any) -> None:
+    import threading
+
+    # GIVEN a thread still inside an earlier run's agent (its `run` compiled from a run dir's agent.py)
+    entered, release = threading.Event(), threading.Event()
+    earlier: dict[str, Any] = {"entered": entered, "release": release}
+    exec(compile("def run(request):\n    entered.set()\n    release.wait(20)\n", "/tmp/introspect-1-0123456789abcdef/agent.py", "exec"),
+         earlier)
+    th = threading.Thread(target=earlier["run"], args=({},), daemon=True)
+    th.start()
+    try:
+        assert entered.wait(10)
+        # WHEN a new agent starts THEN it does nothing but say so
+        assert agent["_agent_running"]() is True
+        agent["run"]({"deadline": 4e9, "dir": str(tmp_path), "nonce": "n1", "command": "top", "params": {}})
+        assert json.loads((tmp_path / "result.json").read_text())["error"]["type"] == "AgentBusy"
+        assert not (tmp_path / "started").exists()
+    finally:
+        release.set()
+        th.join(10)
+    # AND once the earlier one is gone, agents run again
+    assert agent["_agent_running"]() is False
