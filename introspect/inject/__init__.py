@@ -108,5 +108,7 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
         # the runner says so in -v before trying it.
         own.append(GdbInjector())
     if target.version is not None and target.version >= (3, 14):
-        return [OwnRemoteExecInjector(), RemoteExecInjector(), *own]
+        # With ptrace at hand a parked main thread is served by the parked-thread path: the
+        # request never goes to another thread (see OwnRemoteExecInjector.other_threads).
+        return [OwnRemoteExecInjector(other_threads=why is not None), RemoteExecInjector(), *own]
     return own

@@ -10,7 +10,7 @@ that thread runs the file at its next safe point, in a fresh namespace.
 Unlike ``sys.remote_exec`` this needs no interpreter of the target's minor version here (from a
 3.11 CLI into a 3.15 target, from a host into a container: the ELF file is read through
 ``/proc/PID/root``, memory through ``process_vm_readv/writev``), it can pick the thread (the main
-one, or another thread running Python while the main one is parked), and it withdraws a request
+one, or with --method pep768 another thread running Python while the main one is parked), and it withdraws a request
 the target has not taken when the CLI gives up. The target is never stopped.
 
 Every offset comes from the target's own table, and the table is only trusted where its layout is
@@ -154,9 +154,17 @@ class Request:
 class OwnRemoteExecInjector:
     name = "pep768"
 
-    def __init__(self) -> None:
+    def __init__(self, other_threads: bool = True) -> None:
         self.request: Request | None = None
         self.offsets: Offsets | None = None
+        # May a request go to another thread when the main one is parked? Only where nothing else
+        # can run the agent (--method pep768): a thread takes the request wherever it checks its eval
+        # breaker, and CPython opens the script with the builtins of that frame's globals; inside a
+        # namedtuple's __new__ (a lambda whose __builtins__ is {}, common in gRPC's threads) that
+        # fails with KeyError('__import__') and CPython prints "Can't open debugger script" on the
+        # target's stderr (seen on 3.14 and 3.15). With ptrace at hand (auto), the request stays on
+        # the main thread and the parked-thread path runs the agent there after withdrawing it.
+        self.other_threads = other_threads
 
     def _threads(self, target: Target, off: Offsets, interp: int) -> list[tuple[int, int, int]]:
         """(tstate, native tid, current frame) of every thread state, at most 4096."""
@@ -179,6 +187,8 @@ class OwnRemoteExecInjector:
             parked = state == "S" and sysc not in ("", "running", "202")
             if not parked:
                 return Request(main[0], main[1], "the main thread")
+            if not self.other_threads:
+                return Request(main[0], main[1], "the main thread (parked: the parked-thread path runs the agent)")
         for ts, tid, frame in threads:
             if main is not None and ts == main[0] or not frame:
                 continue
