@@ -73,8 +73,9 @@ def parked_runner(target: Target, method: str, log: Callable[[str], None] = lamb
 def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: None) -> list[Injector]:
     """Injectors to try, in order. ``auto`` never falls back from a refusal the user must see.
 
-    ``auto``: our PEP 768 client on 3.14+ (it stops nothing), ``sys.remote_exec``, then ptrace; before
-    3.14 our ptrace injector. gdb only on request or where ours cannot run (said through ``log``).
+    ``auto``: our ptrace injector (one thread stopped for about a millisecond); on 3.14+ then our PEP
+    768 client and ``sys.remote_exec`` (see below why they come second). gdb only on request or
+    where ours cannot run (said through ``log``).
     """
     from introspect.inject import ptrace
     from introspect.inject.gdb import GdbInjector
@@ -108,7 +109,12 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
         # the runner says so in -v before trying it.
         own.append(GdbInjector())
     if target.version is not None and target.version >= (3, 14):
-        # With ptrace at hand a parked main thread is served by the parked-thread path: the
-        # request never goes to another thread (see OwnRemoteExecInjector.other_threads).
-        return [OwnRemoteExecInjector(other_threads=why is not None), RemoteExecInjector(), *own]
+        # ptrace first here too: CPython 3.14/3.15 open a PEP 768 script with the builtins of
+        # whatever frame takes the request, and inside a namedtuple's __new__ (its __builtins__ is
+        # {}) that fails with KeyError('__import__') and prints "Can't open debugger script" on the
+        # target's stderr: 4 of 6 requests on a main thread creating namedtuples in a loop. Our PEP
+        # 768 client (it stops nothing) when ptrace cannot run here or fails on this target.
+        if why is None:
+            return [own[0], OwnRemoteExecInjector(other_threads=False), RemoteExecInjector(), *own[1:]]
+        return [OwnRemoteExecInjector(), RemoteExecInjector(), *own]
     return own

@@ -397,16 +397,16 @@ def test_gdb_missing_is_said(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) 
     _spawned_unharmed(victim)
 
 
-def test_gdb_missing_314_auto_uses_pep768(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) -> None:
+def test_gdb_missing_314_auto_works(spawn, tmp_path: Path, no_gdb_env: dict[str, str]) -> None:
     py314 = next((i for i in INTERPS if i.version >= (3, 14)), None)
     if py314 is None:
         pytest.skip("no CPython 3.14+ here: run scripts/setup to provision it")
     # GIVEN a 3.14 worker and no gdb on PATH; WHEN --method auto
     victim = spawn(py314)
     run = _cli(["top", str(victim.pid), "--json", "--method", "auto", "-o", str(tmp_path / "o")], env=no_gdb_env)
-    # THEN it works without gdb, through sys.remote_exec
+    # THEN it works without gdb, through our own injector
     assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
-    assert run.json()["method"] == "pep768"
+    assert run.json()["method"] == "ptrace"
     _spawned_unharmed(victim)
 
 

@@ -65,10 +65,9 @@ def _drop_run_dirs(pid: int) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-# auto on every kind (it is ptrace before 3.14, our PEP 768 client from 3.14), and forced ptrace
-# where auto is something else
+# auto on every kind (ptrace everywhere it can run), and our PEP 768 client forced from 3.14
 BUSY_PARAMS = [pytest.param(p.values[0], "auto", id=f"{p.id}-auto") for p in interp_params()] + [
-    pytest.param(p.values[0], "ptrace", id=f"{p.id}-ptrace") for p in interp_params() if p.values[0].version >= (3, 14)]
+    pytest.param(p.values[0], "pep768", id=f"{p.id}-pep768") for p in interp_params() if p.values[0].version >= (3, 14)]
 
 
 @pytest.mark.parametrize(("interp", "method"), BUSY_PARAMS)
@@ -81,7 +80,7 @@ def test_busy_target_answers_without_gdb(interp: Interp, method: str, spawn, tmp
     top = _cli(["top", pid, "--json", "-n", "0", "--method", method, "-o", str(tmp_path / "t")], no_gdb_env)
     assert top.rc == 0, top.stderr
     doc = top.json()
-    assert doc["method"] == ("pep768" if method == "auto" and interp.version >= (3, 14) else "ptrace")
+    assert doc["method"] == ("ptrace" if method == "auto" else method)
     assert {t["type"]: t["count"] for t in doc["types"]}["__main__.Widget"] == 1239
     first = _cli(["growth", pid, "--json", "--method", method, "-o", str(tmp_path / "g1")], no_gdb_env)
     assert first.rc == 0, first.stderr
