@@ -17,7 +17,7 @@ Graphs (numpy edge arrays, one virtual root as in ``heap.analyse``; everything r
     with roots = modules, frames and objects held from C, as ``heap.analyse`` builds them.
 
 For each graph and library, --repeat fresh processes (one run only when one takes over a minute,
-at most --cap seconds each, then killed): time to import the library, to build its graph from the
+at most --cap seconds and --max-rss GiB each, then killed): time to import the library, to build its graph from the
 numpy arrays, to compute the immediate dominators, to turn the result into a numpy idom array;
 the process's peak RSS (VmHWM) and its RSS before building (the arrays loaded). Every library's
 idom array must equal igraph's exactly. Install sizes: the library and its dependencies other
@@ -30,7 +30,7 @@ the project's. Run it niced on a shared machine: ``nice -n 10 scripts/bench-domi
 Results: a table on stdout (medians) and bench-results/bench-dominators-<time>.json.
 
 Usage: scripts/bench-dominators [--edges 1000000,10000000] [--libs igraph,rustworkx,networkx]
-       [--repeat 3] [--cap 600] [--venv DIR] [--real-objects N] [--seed S]
+       [--repeat 3] [--cap 600] [--max-rss GIB] [--venv DIR] [--real-objects N] [--seed S]
 """
 
 from __future__ import annotations
@@ -255,17 +255,20 @@ def _peak_kib(pid: int) -> int:
     return 0
 
 
-def run_worker(py: Path, lib: str, gdir: Path, cap: float) -> dict[str, Any]:
-    """One fresh process; killed (by its pid) past ``cap`` seconds, its peak RSS sampled meanwhile."""
+def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> dict[str, Any]:
+    """One fresh process, its peak RSS sampled meanwhile; killed (by its pid) past ``cap`` seconds
+    or ``max_rss`` bytes (the machine is shared: a library that needs more is reported as such)."""
     t0 = time.monotonic()
     proc = subprocess.Popen([str(py), __file__, "--worker", lib, str(gdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _peak_kib(proc.pid))
-        if time.monotonic() - t0 > cap:
+        took = time.monotonic() - t0
+        if took > cap or peak * 1024 > max_rss:
             proc.kill()
             proc.wait(60)
-            return {"lib": lib, "capped": True, "cap_s": cap, "peak_rss": peak * 1024}
+            return {"lib": lib, "capped": True, "cap_s": cap, "killed_after_s": took, "over_max_rss": peak * 1024 > max_rss,
+                    "peak_rss": peak * 1024}
         time.sleep(0.2)
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
@@ -281,7 +284,7 @@ def measure(py: Path, libs: list[str], gdir: Path, opts: argparse.Namespace) -> 
     for lib in libs:
         runs: list[dict[str, Any]] = []
         for _ in range(opts.repeat):
-            r = run_worker(py, lib, gdir, opts.cap)
+            r = run_worker(py, lib, gdir, opts.cap, opts.max_rss * 2**30)
             runs.append(r)
             print(f"  {lib}: {_brief(r)}", flush=True)
             if "error" in r or r.get("capped") or r["build_s"] + r["dominator_s"] > LONG_S:
@@ -300,9 +303,14 @@ def measure(py: Path, libs: list[str], gdir: Path, opts: argparse.Namespace) -> 
     return {"graph": meta, "libs": rows}
 
 
+def _killed(r: dict[str, Any]) -> str:
+    why = "over the RSS limit" if r.get("over_max_rss") else f"at the {r['cap_s']:.0f} s cap"
+    return f"killed {why} after {r['killed_after_s']:.0f} s, peak RSS {r['peak_rss'] / 2**20:,.0f} MiB"
+
+
 def _brief(r: dict[str, Any]) -> str:
     if r.get("capped"):
-        return f"killed at the {r['cap_s']:.0f} s cap, peak RSS {r['peak_rss'] / 2**20:.0f} MiB"
+        return _killed(r)
     if "error" in r:
         return r["error"].splitlines()[-1] if r["error"] else "failed"
     return (f"import {r['import_s']:.2f} s, build {r['build_s']:.2f} s, dominators {r['dominator_s']:.2f} s, "
@@ -356,8 +364,7 @@ def table(results: dict[str, Any], sizes: dict[str, Any]) -> str:
         for lib, row in res["libs"].items():
             if "build_s" not in row:
                 last = row["runs"][-1]
-                what = (f"killed at the {last['cap_s']:.0f} s cap (peak RSS {last['peak_rss'] / mib:,.0f} MiB)" if last.get("capped")
-                        else last.get("error", "failed").splitlines()[-1])
+                what = _killed(last) if last.get("capped") else last.get("error", "failed").splitlines()[-1]
                 lines.append(f"| {label} | {lib} | {what} | | | | |")
                 continue
             agree = "(reference)" if lib == "igraph" else ("yes" if row.get("agrees_with_igraph") else "NO")
@@ -381,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libs", default=",".join(LIBS), help="libraries to compare, igraph first (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3, help="fresh processes per library and graph (default: %(default)s)")
     p.add_argument("--cap", type=float, default=600.0, help="seconds a library gets per graph before it is killed (default: %(default)s)")
+    p.add_argument("--max-rss", type=float, default=8.0, metavar="GIB",
+                   help="a library's process is killed past this RSS (default: %(default)s GiB)")
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--venv", default=str(Path(tempfile.gettempdir()) / "introspect-bench-dominators"),
                    help="throwaway venv holding the libraries, made on first use (default: %(default)s)")
