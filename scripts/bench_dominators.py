@@ -27,7 +27,8 @@ wheels (``pip download --no-deps`` of the installed versions).
 The libraries live in a throwaway venv (--venv, made and filled with pip on first use), never in
 the project's. Run it niced on a shared machine: ``nice -n 10 scripts/bench-dominators``.
 
-Results: a table on stdout (medians) and bench-results/bench-dominators-<time>.json.
+Results: a table on stdout (medians; "load" is the machine's 1-minute load average as each run
+started, on a shared machine) and bench-results/bench-dominators-<time>.json.
 
 Usage: scripts/bench-dominators [--edges 1000000,10000000] [--libs igraph,rustworkx,networkx]
        [--repeat 3] [--cap 600] [--max-rss GIB] [--venv DIR] [--real-objects N] [--seed S]
@@ -64,6 +65,12 @@ def _status_kib(field: str) -> int:
     return 0
 
 
+def _built(seconds: float) -> None:
+    """Tell the driver the graph is built (what it says of a process it kills at the cap)."""
+    sys.stderr.write(json.dumps({"built_s": seconds, "rss": _status_kib("VmRSS") * 1024}) + "\n")
+    sys.stderr.flush()
+
+
 def _from_mapping(d: dict[int, int], nv: int, root: int) -> np.ndarray:
     idom = np.full(nv, -2, np.int64)  # -2: unreachable
     idom[np.fromiter(d.keys(), np.int64, len(d))] = np.fromiter(d.values(), np.int64, len(d))
@@ -86,6 +93,7 @@ def worker(lib: str, gdir: Path) -> dict[str, Any]:
         g = igraph.Graph(n=nv, directed=True)  # as heap.analyse builds it
         g.add_edges(np.column_stack([src, dst]))
         t2 = time.perf_counter()
+        _built(t2 - t1)
         dom = g.dominator(root, mode="out")
         t3 = time.perf_counter()
         # NaN marks what the root does not reach, -1 the root itself
@@ -99,6 +107,7 @@ def worker(lib: str, gdir: Path) -> dict[str, Any]:
         rg.add_nodes_from([None] * nv)
         rg.extend_from_edge_list(list(zip(src.tolist(), dst.tolist())))  # takes (int, int) tuples only
         t2 = time.perf_counter()
+        _built(t2 - t1)
         rdom = rx.immediate_dominators(rg, root)  # {node: idom}, the root mapped to itself
         t3 = time.perf_counter()
         idom = _from_mapping(rdom, nv, root)
@@ -111,6 +120,7 @@ def worker(lib: str, gdir: Path) -> dict[str, Any]:
         ng.add_nodes_from(range(nv))
         ng.add_edges_from(zip(src.tolist(), dst.tolist()))
         t2 = time.perf_counter()
+        _built(t2 - t1)
         ndom = nx.immediate_dominators(ng, root)  # {node: idom}; the root in it or not, by version
         t3 = time.perf_counter()
         idom = _from_mapping(ndom, nv, root)
@@ -259,6 +269,7 @@ def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> di
     """One fresh process, its peak RSS sampled meanwhile; killed (by its pid) past ``cap`` seconds
     or ``max_rss`` bytes (the machine is shared: a library that needs more is reported as such)."""
     t0 = time.monotonic()
+    load = os.getloadavg()[0]  # the machine is shared: what else ran is part of the figure
     proc = subprocess.Popen([str(py), __file__, "--worker", lib, str(gdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
@@ -266,15 +277,17 @@ def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> di
         took = time.monotonic() - t0
         if took > cap or peak * 1024 > max_rss:
             proc.kill()
-            proc.wait(60)
+            _out, err = proc.communicate(timeout=60)
+            built = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
             return {"lib": lib, "capped": True, "cap_s": cap, "killed_after_s": took, "over_max_rss": peak * 1024 > max_rss,
-                    "peak_rss": peak * 1024}
+                    "peak_rss": peak * 1024, "built_s": built[0]["built_s"] if built else None, "load1": load}
         time.sleep(0.2)
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
         return {"lib": lib, "error": f"exit {proc.returncode}: {err.strip()[-2000:]}", "peak_rss": peak * 1024}
     doc: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     doc["wall_s"] = time.monotonic() - t0
+    doc["load1"] = load
     return doc
 
 
@@ -292,7 +305,7 @@ def measure(py: Path, libs: list[str], gdir: Path, opts: argparse.Namespace) -> 
         ok = [r for r in runs if "error" not in r and not r.get("capped")]
         row: dict[str, Any] = {"runs": runs}
         if ok:
-            for k in ("import_s", "build_s", "dominator_s", "to_numpy_s", "peak_rss", "rss_arrays"):
+            for k in ("import_s", "build_s", "dominator_s", "to_numpy_s", "peak_rss", "rss_arrays", "load1"):
                 row[k] = statistics.median(r[k] for r in ok)
             row["version"] = ok[0]["version"]
             if lib != "igraph" and (gdir / "idom-igraph.npy").exists():
@@ -305,7 +318,8 @@ def measure(py: Path, libs: list[str], gdir: Path, opts: argparse.Namespace) -> 
 
 def _killed(r: dict[str, Any]) -> str:
     why = "over the RSS limit" if r.get("over_max_rss") else f"at the {r['cap_s']:.0f} s cap"
-    return f"killed {why} after {r['killed_after_s']:.0f} s, peak RSS {r['peak_rss'] / 2**20:,.0f} MiB"
+    phase = f"graph built in {r['built_s']:.0f} s, dominators unfinished" if r.get("built_s") is not None else "graph unfinished"
+    return f"killed {why} after {r['killed_after_s']:.0f} s ({phase}), peak RSS {r['peak_rss'] / 2**20:,.0f} MiB"
 
 
 def _brief(r: dict[str, Any]) -> str:
@@ -314,7 +328,7 @@ def _brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return r["error"].splitlines()[-1] if r["error"] else "failed"
     return (f"import {r['import_s']:.2f} s, build {r['build_s']:.2f} s, dominators {r['dominator_s']:.2f} s, "
-            f"to numpy {r['to_numpy_s']:.2f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB")
+            f"to numpy {r['to_numpy_s']:.2f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB, load {r['load1']:.1f}")
 
 
 SIZES_SNIPPET = r"""
@@ -356,8 +370,8 @@ def install_sizes(py: Path, libs: list[str], wheels: bool) -> dict[str, Any]:
 
 def table(results: dict[str, Any], sizes: dict[str, Any]) -> str:
     mib = 2**20
-    lines = ["| graph | library | build s | dominators s | to numpy s | peak RSS MiB (arrays loaded) | idom = igraph's |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| graph | library | build s | dominators s | to numpy s | peak RSS MiB (arrays loaded) | idom = igraph's | load |",
+             "|---|---|---|---|---|---|---|---|"]
     for gname, res in results.items():
         g = res["graph"]
         label = f"{gname}: {g['vertices']:,} V, {g['edges']:,} E"
@@ -365,11 +379,11 @@ def table(results: dict[str, Any], sizes: dict[str, Any]) -> str:
             if "build_s" not in row:
                 last = row["runs"][-1]
                 what = _killed(last) if last.get("capped") else last.get("error", "failed").splitlines()[-1]
-                lines.append(f"| {label} | {lib} | {what} | | | | |")
+                lines.append(f"| {label} | {lib} | {what} | | | | | {last['load1']:.1f} |")
                 continue
             agree = "(reference)" if lib == "igraph" else ("yes" if row.get("agrees_with_igraph") else "NO")
             lines.append(f"| {label} | {lib} {row['version']} | {row['build_s']:.2f} | {row['dominator_s']:.2f} | {row['to_numpy_s']:.2f} "
-                         f"| {row['peak_rss'] / mib:,.0f} ({row['rss_arrays'] / mib:,.0f}) | {agree} |")
+                         f"| {row['peak_rss'] / mib:,.0f} ({row['rss_arrays'] / mib:,.0f}) | {agree} | {row['load1']:.1f} |")
     if sizes:
         lines += ["", "| library | installed (with its dependencies, numpy aside) | wheels |", "|---|---|---|"]
         for lib, dists in sizes.items():
