@@ -16,11 +16,13 @@ Graphs (numpy edge arrays, one virtual root as in ``heap.analyse``; everything r
     dicts of atomic values holding bytes, ~N objects), taken by the agent's walker as the CLI does,
     with roots = modules, frames and objects held from C, as ``heap.analyse`` builds them.
 
-For each graph and library, --repeat fresh processes (one run only when one takes over a minute,
-at most --cap seconds and --max-rss GiB each, then killed): time to import the library, to build its graph from the
-numpy arrays, to compute the immediate dominators, to turn the result into a numpy idom array;
-the process's peak RSS (VmHWM) and its RSS before building (the arrays loaded). Every library's
-idom array must equal igraph's exactly. Install sizes: the library and its dependencies other
+For each graph, --repeat rounds of one fresh process per library (each library once per round, so
+the machine's load spreads over all; a library whose run takes over a minute is not run again; a
+process past --cap seconds or --max-rss GiB is killed by its pid): time to import the library, to
+build its graph from the numpy arrays and to compute the immediate dominators (wall and CPU
+seconds: CPU time moves less with the load of a shared machine), to turn the result into a numpy
+idom array; the process's peak RSS (VmHWM) and its RSS before building (the arrays loaded).
+Every library's idom array must equal igraph's exactly. Install sizes: the library and its dependencies other
 than numpy (which introspect needs anyway), as installed (files listed in each RECORD) and as
 wheels (``pip download --no-deps`` of the installed versions).
 
@@ -89,40 +91,40 @@ def worker(lib: str, gdir: Path) -> dict[str, Any]:
     if lib == "igraph":
         import igraph
 
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         g = igraph.Graph(n=nv, directed=True)  # as heap.analyse builds it
         g.add_edges(np.column_stack([src, dst]))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         _built(t2 - t1)
         dom = g.dominator(root, mode="out")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         # NaN marks what the root does not reach, -1 the root itself
         idom = np.nan_to_num(np.asarray(dom, dtype=np.float64), nan=-2).astype(np.int64)
         version = igraph.__version__
     elif lib == "rustworkx":
         import rustworkx as rx
 
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         rg = rx.PyDiGraph(node_count_hint=nv, edge_count_hint=int(src.shape[0]))
         rg.add_nodes_from([None] * nv)
         rg.extend_from_edge_list(list(zip(src.tolist(), dst.tolist())))  # takes (int, int) tuples only
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         _built(t2 - t1)
         rdom = rx.immediate_dominators(rg, root)  # {node: idom}, the root mapped to itself
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         idom = _from_mapping(rdom, nv, root)
         version = rx.__version__
     elif lib == "networkx":
         import networkx as nx
 
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         ng = nx.DiGraph()
         ng.add_nodes_from(range(nv))
         ng.add_edges_from(zip(src.tolist(), dst.tolist()))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         _built(t2 - t1)
         ndom = nx.immediate_dominators(ng, root)  # {node: idom}; the root in it or not, by version
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         idom = _from_mapping(ndom, nv, root)
         version = nx.__version__
     else:
@@ -130,7 +132,7 @@ def worker(lib: str, gdir: Path) -> dict[str, Any]:
     t4 = time.perf_counter()
     np.save(gdir / f"idom-{lib}.npy", idom)
     return {"lib": lib, "version": version, "import_s": t1 - t0, "build_s": t2 - t1, "dominator_s": t3 - t2,
-            "to_numpy_s": t4 - t3, "rss_arrays": rss_arrays, "peak_rss": _status_kib("VmHWM") * 1024}
+            "to_numpy_s": t4 - t3, "build_cpu_s": c2 - c1, "dominator_cpu_s": c3 - c2, "rss_arrays": rss_arrays, "peak_rss": _status_kib("VmHWM") * 1024}
 
 
 # ---------------------------------------------------------------- graphs
@@ -294,18 +296,23 @@ def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> di
 def measure(py: Path, libs: list[str], gdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads((gdir / "graph.json").read_text())
     rows: dict[str, Any] = {}
-    for lib in libs:
-        runs: list[dict[str, Any]] = []
-        for _ in range(opts.repeat):
+    runs_of: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libs}
+    done: set[str] = set()
+    for _ in range(opts.repeat):  # each library once per round: the machine's load spreads over all
+        for lib in libs:
+            if lib in done:
+                continue
             r = run_worker(py, lib, gdir, opts.cap, opts.max_rss * 2**30)
-            runs.append(r)
+            runs_of[lib].append(r)
             print(f"  {lib}: {_brief(r)}", flush=True)
             if "error" in r or r.get("capped") or r["build_s"] + r["dominator_s"] > LONG_S:
-                break
+                done.add(lib)
+    for lib in libs:
+        runs = runs_of[lib]
         ok = [r for r in runs if "error" not in r and not r.get("capped")]
         row: dict[str, Any] = {"runs": runs}
         if ok:
-            for k in ("import_s", "build_s", "dominator_s", "to_numpy_s", "peak_rss", "rss_arrays", "load1"):
+            for k in ("import_s", "build_s", "dominator_s", "to_numpy_s", "build_cpu_s", "dominator_cpu_s", "peak_rss", "rss_arrays", "load1"):
                 row[k] = statistics.median(r[k] for r in ok)
             row["version"] = ok[0]["version"]
             if lib != "igraph" and (gdir / "idom-igraph.npy").exists():
@@ -327,7 +334,8 @@ def _brief(r: dict[str, Any]) -> str:
         return _killed(r)
     if "error" in r:
         return r["error"].splitlines()[-1] if r["error"] else "failed"
-    return (f"import {r['import_s']:.2f} s, build {r['build_s']:.2f} s, dominators {r['dominator_s']:.2f} s, "
+    return (f"import {r['import_s']:.2f} s, build {r['build_s']:.2f} s (CPU {r['build_cpu_s']:.2f}), "
+            f"dominators {r['dominator_s']:.2f} s (CPU {r['dominator_cpu_s']:.2f}), "
             f"to numpy {r['to_numpy_s']:.2f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB, load {r['load1']:.1f}")
 
 
@@ -370,7 +378,7 @@ def install_sizes(py: Path, libs: list[str], wheels: bool) -> dict[str, Any]:
 
 def table(results: dict[str, Any], sizes: dict[str, Any]) -> str:
     mib = 2**20
-    lines = ["| graph | library | build s | dominators s | to numpy s | peak RSS MiB (arrays loaded) | idom = igraph's | load |",
+    lines = ["| graph | library | build s (CPU s) | dominators s (CPU s) | to numpy s | peak RSS MiB (arrays loaded) | idom = igraph's | load |",
              "|---|---|---|---|---|---|---|---|"]
     for gname, res in results.items():
         g = res["graph"]
@@ -382,7 +390,8 @@ def table(results: dict[str, Any], sizes: dict[str, Any]) -> str:
                 lines.append(f"| {label} | {lib} | {what} | | | | | {last['load1']:.1f} |")
                 continue
             agree = "(reference)" if lib == "igraph" else ("yes" if row.get("agrees_with_igraph") else "NO")
-            lines.append(f"| {label} | {lib} {row['version']} | {row['build_s']:.2f} | {row['dominator_s']:.2f} | {row['to_numpy_s']:.2f} "
+            lines.append(f"| {label} | {lib} {row['version']} | {row['build_s']:.2f} ({row['build_cpu_s']:.2f}) "
+                         f"| {row['dominator_s']:.2f} ({row['dominator_cpu_s']:.2f}) | {row['to_numpy_s']:.2f} "
                          f"| {row['peak_rss'] / mib:,.0f} ({row['rss_arrays'] / mib:,.0f}) | {agree} | {row['load1']:.1f} |")
     if sizes:
         lines += ["", "| library | installed (with its dependencies, numpy aside) | wheels |", "|---|---|---|"]
