@@ -12,6 +12,10 @@ Graphs (numpy edge arrays, one virtual root as in ``heap.analyse``; everything r
       between two uniformly random objects (cross references: one object held by two holders,
       which moves its idom up). The dominator tree is then a few levels deep, most objects
       retained by a container, as in a heap (the run prints its depth).
+  chain (--chains K,...): a linked list K nodes long (each node dominated by the one before it: a
+    dominator tree K deep), each node's value also held by one shallow index (a dict): every
+    value's idom is the virtual root. The iterative algorithm (rustworkx, networkx) walks up the
+    chain for each value, so its time grows with K squared; Lengauer-Tarjan's does not.
   real (--real-objects N): a forked snapshot of scripts/bench_target.py's mixed heap (lists holding
     dicts of atomic values holding bytes, ~N objects), taken by the agent's walker as the CLI does,
     with roots = modules, frames and objects held from C, as ``heap.analyse`` builds them.
@@ -32,7 +36,7 @@ the project's. Run it niced on a shared machine: ``nice -n 10 scripts/bench-domi
 Results: a table on stdout (medians; "load" is the machine's 1-minute load average as each run
 started, on a shared machine) and bench-results/bench-dominators-<time>.json.
 
-Usage: scripts/bench-dominators [--edges 1000000,10000000] [--libs igraph,rustworkx,networkx]
+Usage: scripts/bench-dominators [--edges 1000000,10000000] [--chains 20000,80000] [--libs igraph,rustworkx,networkx]
        [--repeat 3] [--cap 600] [--max-rss GIB] [--venv DIR] [--real-objects N] [--seed S]
 """
 
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -161,6 +166,17 @@ def synthetic(edges: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, dict[
     return src[order], dst[order], n + 1, facts
 
 
+def chain(k: int) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
+    """(src, dst, vertices, facts): see the module's docstring. Vertex 0 is the index dict, 1..k
+    the list's nodes, k+1..2k their values, 2k+1 the virtual root."""
+    vroot, index = 2 * k + 1, 0
+    nodes = np.arange(1, k + 1, dtype=np.int64)
+    vals = nodes + k
+    src = np.concatenate([[vroot, vroot], nodes[:-1], nodes, np.full(k, index)])
+    dst = np.concatenate([[index, 1], nodes[1:], vals, vals])
+    return src, dst, 2 * k + 2, {"kind": "chain", "length": k}
+
+
 REAL_VICTIM = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[4])
@@ -273,6 +289,15 @@ def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> di
     t0 = time.monotonic()
     load = os.getloadavg()[0]  # the machine is shared: what else ran is part of the figure
     proc = subprocess.Popen([str(py), __file__, "--worker", lib, str(gdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        return _wait_worker(proc, lib, t0, load, cap, max_rss)
+    finally:
+        if proc.poll() is None:  # interrupted: never leave a worker behind
+            proc.kill()
+            proc.wait(60)
+
+
+def _wait_worker(proc: subprocess.Popen[str], lib: str, t0: float, load: float, cap: float, max_rss: float) -> dict[str, Any]:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _peak_kib(proc.pid))
@@ -286,7 +311,7 @@ def run_worker(py: Path, lib: str, gdir: Path, cap: float, max_rss: float) -> di
         time.sleep(0.2)
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
-        return {"lib": lib, "error": f"exit {proc.returncode}: {err.strip()[-2000:]}", "peak_rss": peak * 1024}
+        return {"lib": lib, "error": f"exit {proc.returncode}: {err.strip()[-2000:]}", "peak_rss": peak * 1024, "load1": load}
     doc: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     doc["wall_s"] = time.monotonic() - t0
     doc["load1"] = load
@@ -416,12 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--venv", default=str(Path(tempfile.gettempdir()) / "introspect-bench-dominators"),
                    help="throwaway venv holding the libraries, made on first use (default: %(default)s)")
+    p.add_argument("--chains", default="20000,80000", metavar="K,...",
+                   help="linked lists this long whose values an index also holds (default: %(default)s; '' for none)")
     p.add_argument("--real-objects", type=int, default=0, metavar="N",
                    help="also a forked snapshot of a real heap of about N objects (default: none)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the real heap (default: this one)")
     p.add_argument("--no-wheels", action="store_true", help="skip downloading the wheels to size them")
     p.add_argument("--results-dir", default=str(REPO / "bench-results"), metavar="DIR")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the worker is killed, the temp files go
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))), flush=True)
         return 0
@@ -431,14 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     py = ensure_venv(Path(args.venv), libs)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dominators-") as tmp:
-        graphs: list[tuple[str, Any]] = [(f"synthetic {int(e) / 1e6:g}M", int(e)) for e in args.edges.split(",") if e]
+        graphs: list[tuple[str, Any]] = [(f"synthetic {int(e) / 1e6:g}M", lambda d, e=int(e): synthetic(e, args.seed))
+                                         for e in args.edges.split(",") if e]
+        graphs += [(f"chain {int(c):,}", lambda d, c=int(c): chain(c)) for c in args.chains.split(",") if c]
         if args.real_objects:
-            graphs.append((f"real {args.real_objects / 1e6:g}M objects", None))
-        for k, (gname, edges) in enumerate(graphs):
+            graphs.append((f"real {args.real_objects / 1e6:g}M objects", lambda d: real(args.real_objects, args.python, d)))
+        for k, (gname, make) in enumerate(graphs):
             gdir = Path(tmp) / f"g{k}"
             gdir.mkdir()
             t0 = time.perf_counter()
-            src, dst, nv, facts = synthetic(edges, args.seed) if edges else real(args.real_objects, args.python, gdir)
+            src, dst, nv, facts = make(gdir)
             np.save(gdir / "src.npy", src)
             np.save(gdir / "dst.npy", dst)
             facts.update(vertices=nv, edges=int(src.shape[0]), root=nv - 1, made_s=round(time.perf_counter() - t0, 2))
