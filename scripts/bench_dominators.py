@@ -245,15 +245,16 @@ def real(objects: int, python: str, tmp: Path) -> tuple[np.ndarray, np.ndarray, 
 
 
 def describe(idom: np.ndarray, root: int) -> dict[str, Any]:
-    """How deep the dominator tree is: the share under the root directly, the depth."""
+    """How deep the dominator tree is: the share under the root directly, the depth (by pointer
+    jumping: log2(depth) passes, a chain 80,000 deep included)."""
     reach = idom != -2
-    depth = np.where(idom == -1, 0, -1).astype(np.int64)
-    up = idom.copy()
-    d = 0
-    while (depth[reach] < 0).any() and d < 10_000:
-        d += 1
-        newly = (depth < 0) & reach & (up >= 0) & (depth[np.maximum(up, 0)] == d - 1)
-        depth[newly] = d
+    anc = np.where(idom >= 0, idom, -1)
+    depth = (anc >= 0).astype(np.int64)
+    while (anc >= 0).any():
+        has = anc >= 0
+        up = np.maximum(anc, 0)
+        depth = np.where(has, depth + depth[up], depth)
+        anc = np.where(has, anc[up], -1)
     return {"reachable": int(reach.sum()), "dominated_by_root": int((idom == root).sum()), "max_depth": int(depth.max()),
             "mean_depth": round(float(depth[reach].mean()), 2)}
 
