@@ -132,6 +132,19 @@ def _i32(target: Target, addr: int) -> int:
     return int(struct.unpack("<i", vm_read(target.pid, addr, 4))[0])
 
 
+def remote_debug_disabled(target: Target) -> bool:
+    """Did the target turn remote debugging off (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug,
+    --without-remote-debug)? Read from its own interpreter state; False when that cannot be read
+    (an unknown layout: the injector that runs says what it finds)."""
+    try:
+        runtime = runtime_address(target)
+        off = read_offsets(target, runtime)
+        interp = _ptr(target, runtime + off.interpreters_head)
+        return bool(interp) and _i32(target, interp + off.enabled) == 0
+    except (LookupError, ValueError, OSError):
+        return False
+
+
 def _task_state(pid: int, tid: int) -> tuple[str, str]:
     """(state letter, syscall field) of a thread, from /proc."""
     try:
