@@ -2205,14 +2205,14 @@ def _snap_name(obj):  # type: (object) -> str
 def _agent_running():  # type: () -> bool
     """Does another thread run an agent still, from a run its CLI gave up on (a step that ran past
     the deadline)? Two agents at once would walk, collect or fork concurrently."""
-    me = _thread.get_ident()
+    me = sys._getframe()  # not _thread.get_ident(): gevent patches it to name greenlets
     try:
         frames = sys._current_frames()
     except Exception:
         return False
-    for tid, top in frames.items():
-        f = top  # type: Any
-        while f is not None and tid != me:
+    for top in frames.values():
+        f = top if top is not me else None  # type: Any
+        while f is not None:
             code = f.f_code
             if code.co_name == "run" and code.co_filename.endswith("/agent.py") and "/introspect-" in code.co_filename:
                 return True
