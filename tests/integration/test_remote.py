@@ -44,8 +44,8 @@ def test_driven_from_another_python_version(interp, spawn, tmp_path: Path, bare_
     # GIVEN a 3.14+ worker, and a CLI running on another minor version with no gdb or python3.X on PATH
     assert sys.version_info[:2] != interp.version
     victim = spawn(interp)
-    # WHEN top runs with --method auto
-    run = _cli(["top", str(victim.pid), "--json", "-v", "-n", "0", "-o", str(tmp_path)], bare_env)
+    # WHEN top runs with our PEP 768 client
+    run = _cli(["top", str(victim.pid), "--json", "-v", "-n", "0", "--method", "pep768", "-o", str(tmp_path)], bare_env)
     # THEN our own client made the request (nothing stopped), and the answer is right
     assert run.rc == 0, run.stderr
     assert "our own PEP 768 client" in run.stderr, run.stderr
