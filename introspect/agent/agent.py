@@ -1364,7 +1364,8 @@ COMMANDS["backrefs"] = cmd_backrefs
 # `trace show` says so and `trace start`/`stop` take the session over / end it there.
 
 TRACE_MODULE = "__introspect_trace__"
-_PID = posix.getpid()  # type: ignore[attr-defined]  # the target's: read before any fork, so a snapshot's walker answers for it
+# The target's pid: a snapshot's walker compiles this part in the fork, where cmd_snapshot left it.
+_PID = _G.get("_TARGET_PID") or posix.getpid()  # type: ignore[attr-defined]
 _TRACE_BYTES_PER_TRACE = 40  # tracemalloc's own memory per live trace is 60-68 B (measured, 3.8/3.15): an over-estimate of the count
 _MAX_SITES = 20000  # sites returned by one show, largest first
 
@@ -1705,6 +1706,7 @@ def cmd_snapshot(params):  # type: (dict) -> dict
     # then waits out the walk (bounded by its deadline). Elsewhere the walker is a grandchild.
     how = _snap_reaper()
     direct = how != "wait" and posix.getpid() == 1  # type: ignore[attr-defined]
+    _G["_TARGET_PID"] = posix.getpid()  # type: ignore[attr-defined]  # for the tracing part, compiled in the walker
     flt = _snap_filters()
     entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
     frame_ids.append(id(entry))
