@@ -149,6 +149,16 @@ class Victim:
         os.unlink(self.errlog.name)
 
 
+def state_beyond(victim: Victim, key: str, after: int, timeout: float = 10.0) -> dict[str, Any]:
+    """The victim's `state` once its counter ``key`` has passed ``after`` (or the last one at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st: dict[str, Any] = victim.ask("state")
+        if st[key] > after or time.monotonic() > deadline:
+            return st
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def spawn(oracle_path: str) -> Iterator[Any]:
     victims: list[Victim] = []

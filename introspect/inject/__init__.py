@@ -115,16 +115,11 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
         # target's stderr: 4 of 6 requests on a main thread creating namedtuples in a loop. Our PEP
         # 768 client (it stops nothing) when ptrace cannot run here or fails on this target.
         if why is None:
-            from introspect.inject.remote import remote_debug_disabled
+            from introspect.inject.remote import disabled_refusal, remote_debug_disabled
 
             if remote_debug_disabled(target):
                 # The target's owner turned debuggers away: ptrace only when asked for by name.
-                raise errors.InjectionFailed(
-                    "the target has remote debugging disabled (started with PYTHON_DISABLE_REMOTE_DEBUG "
-                    "or -X disable-remote-debug, or built with --without-remote-debug)",
-                    pid=target.pid, name=target.name,
-                    help="Use `--method ptrace` (one thread stopped for about a millisecond) or `--method gdb` "
-                         "if you accept that the process is briefly stopped.")
+                raise disabled_refusal(target)
             return [own[0], OwnRemoteExecInjector(other_threads=False), RemoteExecInjector(), *own[1:]]
         return [OwnRemoteExecInjector(), RemoteExecInjector(), *own]
     return own

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from introspect import errors
 from introspect.channel import RunDir
 from introspect.inject import Injection
+from introspect.inject.remote import disabled_refusal
 from introspect.target import Target, explain_ptrace_denied
 
 TIMEOUT_S = 20.0
@@ -90,14 +91,7 @@ class RemoteExecInjector:
     def _raise_for(self, target: Target, err: str) -> None:
         low = err.lower()
         if "not enabled" in low or "disabled" in low:
-            raise errors.InjectionFailed(
-                "the target has remote debugging disabled (started with PYTHON_DISABLE_REMOTE_DEBUG "
-                "or -X disable-remote-debug, or built with --without-remote-debug)",
-                pid=target.pid,
-                name=target.name,
-                help="Use `--method ptrace` (one thread stopped for under a millisecond) or `--method gdb` "
-                     "if you accept that the process is briefly stopped.",
-            )
+            raise disabled_refusal(target)
         if "permission" in low or "operation not permitted" in low:
             raise explain_ptrace_denied(target)
         if "no such process" in low:

@@ -132,6 +132,16 @@ def _i32(target: Target, addr: int) -> int:
     return int(struct.unpack("<i", vm_read(target.pid, addr, 4))[0])
 
 
+def disabled_refusal(target: Target) -> errors.InjectionFailed:
+    """The refusal for a target that turned remote debugging off (every method that would honour it)."""
+    return errors.InjectionFailed(
+        "the target has remote debugging disabled (started with PYTHON_DISABLE_REMOTE_DEBUG "
+        "or -X disable-remote-debug, or built with --without-remote-debug)",
+        pid=target.pid, name=target.name,
+        help="Use `--method ptrace` (one thread stopped for about a millisecond) or `--method gdb` "
+             "if you accept that the process is briefly stopped.")
+
+
 def remote_debug_disabled(target: Target) -> bool:
     """Did the target turn remote debugging off (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug,
     --without-remote-debug)? Read from its own interpreter state; False when that cannot be read
@@ -225,12 +235,7 @@ class OwnRemoteExecInjector:
             if not interp:
                 raise _refuse(target, "it has no interpreter (still starting, or finalizing)")
             if _i32(target, interp + off.enabled) == 0:
-                raise errors.InjectionFailed(
-                    "the target has remote debugging disabled (started with PYTHON_DISABLE_REMOTE_DEBUG "
-                    "or -X disable-remote-debug, or built with --without-remote-debug)",
-                    pid=target.pid, name=target.name,
-                    help="Use `--method ptrace` (one thread stopped for under a millisecond) or `--method gdb` "
-                         "if you accept that the process is briefly stopped.")
+                raise disabled_refusal(target)
             path = boot_path.encode()
             if len(path) >= off.path_size:
                 raise _refuse(target, f"the script path is longer than its {off.path_size}-byte buffer")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import psutil
 import pytest
 
 from introspect.agent import AGENT_PATH
-from tests.conftest import Interp, Victim, interp_params, introspect, victim_deps
+from tests.conftest import Interp, Victim, interp_params, introspect, state_beyond, victim_deps
 
 
 def _spawn(spawn: Any, interp: Interp, oracle: str, **env: str) -> Victim:
@@ -49,12 +48,7 @@ def _copies(victim: Victim) -> list[psutil.Process]:
 
 def _serving(victim: Victim, after: int, timeout: float = 10.0) -> dict[str, Any]:
     """The victim's state once its clients have completed calls beyond ``after``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st: dict[str, Any] = victim.ask("state")
-        if st["ok"] > after or time.monotonic() > deadline:
-            return st
-        time.sleep(0.1)
+    return state_beyond(victim, "ok", after, timeout)
 
 
 def _unharmed(victim: Victim, before: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from introspect.agent import AGENT_PATH
-from tests.conftest import Interp, Victim, interp_params, introspect
+from tests.conftest import Interp, Victim, interp_params, introspect, state_beyond
 from tests.integration.celery_rig import free_loopback_port, wait_until
 
 VICTIM_DEPS = Path(os.environ.get("INTROSPECT_VICTIM_DEPS", "/opt/introspect/victim-deps"))
@@ -57,12 +57,7 @@ def _check(run: Any, victim: Victim, what: str) -> None:
 
 
 def _until_progress(victim: Victim, after: int, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st: dict[str, Any] = victim.ask("state")
-        if st["progress"] > after or time.monotonic() > deadline:
-            return st
-        time.sleep(0.1)
+    return state_beyond(victim, "progress", after, timeout)
 
 
 @pytest.mark.parametrize("mode", ["asyncio", "gevent", "cext"])
