@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from introspect import errors
+from introspect import codecache, errors
 from introspect.agent import agent_source, walker_source
 from introspect.target import Target
 
@@ -79,6 +79,11 @@ class RunDir:
         fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
             return json.loads(f.read().decode("utf-8", "replace"))
+
+    def read_bytes(self, name: str, limit: int) -> bytes:
+        fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            return f.read(limit + 1)
 
     def remove(self) -> None:
         if self.removed:
@@ -170,6 +175,7 @@ class Request:
     timeout: float
     run: RunDir
     deadline: float = field(init=False)
+    code_key: str | None = field(default=None, init=False)  # where a dump of the agent's code is kept (codecache)
 
     def __post_init__(self) -> None:
         self.deadline = time.time() + self.timeout
@@ -185,22 +191,61 @@ class Request:
 
 
 BOOTSTRAP_NAME = "<introspect-bootstrap>"
+AGENT_NAME = codecache.AGENT_NAME
 
 
-def bootstrap_source(agent_path: str, request: Request) -> str:
+def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dump_path: str = "") -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
     A raising bootstrap would make ``PyRun_SimpleString`` return -1 and the target's *own* code
     fail with SystemError (DESIGN.md), so everything is inside try/except; the agent runs in a
     fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
+
+    Stage 1 loads the agent's precompiled code from ``code_path`` if its header is exactly the
+    target's own bytecode (see codecache), else compiles ``agent_path``, and then, given a
+    ``dump_path``, writes what it compiled there for the CLI to keep. It reads ``sys`` and
+    ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if nothing did
+    (a builtin module: the agent reports it as imported).
+
+    The garbage collector is disabled while the agent loads and runs, and enabled again after (if
+    it was): the agent's own allocations would otherwise trigger the target's collections in the
+    middle of our run -- a full one at a million objects is 30-40 ms, measured as the largest part
+    of a forked snapshot's pause in scripts/bench-snapshot -- and promote our short-lived objects
+    to an older generation. Held off, they are freed before any collection sees them, and the
+    collector's counts end where they began. The agent reports and uses the state it found
+    (``_GC``); `exec` runs the user's code with the collector as the target had it.
     """
-    globs = {"__name__": "__introspect_agent__", "__file__": agent_path, "REQUEST": request.literal()}
-    # Stage 1 runs in its own fresh dict: the file handle and source bind there, not in __main__,
-    # and the file is closed (an unclosed file's ResourceWarning would plant __warningregistry__
+    globs = {"__name__": "__introspect_agent__", "__file__": AGENT_NAME, "REQUEST": request.literal()}
+    # Stage 1 runs in its own fresh dict: the file handles and data bind there, not in __main__,
+    # and the files are closed (an unclosed file's ResourceWarning would plant __warningregistry__
     # in __main__).
     stage1 = (
-        f"with open({agent_path!r},'rb') as f:s=f.read()\n"
-        f"exec(compile(s,{agent_path!r},'exec'),{globs!r})\n"
+        "import sys\n"
+        "M=sys.modules;T=M.get('time');t=T.perf_counter() if T else 0.0\n"
+        # The collector is held off while our code loads and runs (see the docstring).
+        "n=[] if 'gc' in M else ['gc'];G=M.get('gc') or __import__('gc');e=G.isenabled()\n"
+        "if e:G.disable()\n"
+        "try:\n"
+        " c=k=None\n"
+        " try:\n"
+        "  k=M['_frozen_importlib_external'].MAGIC_NUMBER+(' %x %s\\n'%(sys.hexversion,getattr(sys,'abiflags','?'))).encode()\n"
+        f"  with open({code_path!r},'rb') as f:d=f.read()\n"
+        "  if d[:len(k)]==k:c=M['marshal'].loads(d[len(k):])\n"
+        " except Exception:c=None\n"
+        " h='loaded'\n"
+        " if c is None:\n"
+        "  h='compiled'\n"
+        f"  with open({agent_path!r},'rb') as f:s=f.read()\n"
+        f"  c=compile(s,{AGENT_NAME!r},'exec')\n"
+        f"  if k is not None and {bool(dump_path)!r}:\n"
+        "   try:\n"
+        f"    with open({dump_path!r},'xb') as f:f.write(k+M['marshal'].dumps(c))\n"
+        "   except Exception:pass\n"
+        f" g={globs!r}\n"
+        " g['_LOADED']=(h,T.perf_counter()-t if T else 0.0);g['_GC']=e;g['_NEW']=n\n"
+        " exec(c,g)\n"
+        "finally:\n"
+        " if e:G.enable()\n"
     )
     # Stage 1 is compiled under its own name: tracemalloc attributes the agent's source and code
     # objects to it, and `trace show` leaves them out (a plain exec would file them under <string>).
@@ -215,7 +260,11 @@ def prepare(
     paths go into ``params`` under their names); return the request and the bootstrap text."""
     run = make_run_dir(target)
     try:
-        agent_path = run.write("agent.py", agent_source(command), 0o400)
+        source = agent_source(command)
+        agent_path = run.write("agent.py", source, 0o400)
+        code, request_key = codecache.for_target(target, source)
+        code_path = run.write(codecache.CODE_FILE, code, 0o400) if code is not None else ""
+        dump_path = run.file(codecache.DUMP_FILE) if request_key is not None else ""
         if command == "snapshot":
             run.write("walker.py", walker_source(), 0o400)  # compiled by the forked walker only
         params = dict(params)
@@ -224,7 +273,8 @@ def prepare(
         for name in fifos:
             params[name] = run.mkfifo(name)
         request = Request(command, params, timeout, run)
-        return request, bootstrap_source(agent_path, request)
+        request.code_key = request_key
+        return request, bootstrap_source(agent_path, request, code_path, dump_path)
     except BaseException:
         run.remove()
         raise
@@ -239,6 +289,19 @@ PHASES = {
     "walk": "the walk over the heap (by size)",
     "referrers": "the referrer search",
 }
+
+
+def keep_code(request: Request) -> bool:
+    """Keep the agent code the target compiled and dumped (codecache) for the next run; False if
+    there is none. Read before the run dir goes: the dump is complete once result.json exists."""
+    run = request.run
+    if request.code_key is None or not run.exists("result.json"):
+        return False
+    try:
+        data = run.read_bytes(codecache.DUMP_FILE, codecache.MAX_BYTES)
+    except OSError:
+        return False
+    return codecache.store(request.code_key, data)
 
 
 def last_phase(run: RunDir) -> str:

@@ -9,8 +9,13 @@ For each size, on the same process and heap, in one run:
   introspect top --in-process
   guppy3 hpy().heap() and objgraph.most_common_types(), in the target (a command on its stdin)
 
-The pause is what the target observes (its main loop's lost time, see scripts/bench.py). The
-walker's peak memory is sampled from /proc every 50 ms while the CLI runs.
+The pause is what the target observes: its main loop's longest gap between wake-ups, less the
+5 ms it sleeps in select() between them anyway (the agent runs when that select returns), less
+the injector's own stop; see scripts/bench.py. Beside it: how the target got the agent's code
+(compiled, or loaded precompiled: introspect/codecache.py) and how long that took, the agent's
+own fork() call, and its whole snapshot command (start to return). The first run of each
+command compiles; later runs load. The walker's peak memory is sampled from /proc every 50 ms
+while the CLI runs.
 
 Usage: scripts/bench-snapshot [--sizes 1000000,5000000] [--repeat N] [--python PATH]
 """
@@ -30,6 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import REPO, Introspect, Target, _sample_from, _window, find_objgraph, measure_objgraph  # noqa: E402
+
+MAIN_PERIOD_S = 0.005  # bench_target.py's main loop: select() with this timeout, then its gap is recorded
 
 
 def _peak_of_copies(pid: int, stop: threading.Event, out: dict[str, int]) -> None:
@@ -83,11 +90,16 @@ def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, An
                 col = doc.get("collector") or {}
                 rows.setdefault(name, []).append({
                     "pause_s": s.pause_s, "main_max_s": s.main_max_s, "attach_pause_s": doc.get("attach_pause_s"),
-                    "fork_pause_s": col.get("fork_pause_s"), "walk_s": col.get("walk_s"), "path": col.get("path"),
-                    "walker_peak_bytes": peak.get("peak"), "error": s.error})
+                    "fork_pause_s": col.get("fork_pause_s"), "fork_s": col.get("fork_s"), "walk_s": col.get("walk_s"),
+                    "path": col.get("path"), "agent_code": doc.get("agent_code"), "agent_code_s": doc.get("agent_code_s"),
+                    "walker_peak_bytes": peak.get("peak"), "error": s.error,
+                    "gc_ms": report.get("gc_ms")})
             floor = target.call("fork_time", timeout=60)
-            rows.setdefault("one plain os.fork() (floor)", []).append({"pause_s": floor["fork_s"], "main_max_s": floor["fork_s"],
+            rows.setdefault("one plain os.fork() (floor)", []).append({"pause_s": floor["fork_s"], "main_max_s": floor["fork_s"], "floor": True,
                                                                        "error": ""})
+        # guppy3 and objgraph last: what they leave in the target (guppy's views, imported modules)
+        # would otherwise weigh on the collections of the introspect runs after them.
+        for _ in range(opts.repeat):
             for name, cmd in (("guppy3 hpy().heap()", "guppy_census"), ("objgraph most_common_types", "objgraph_top")):
                 s = measure_objgraph(target, cmd, timeout=600)
                 rows.setdefault(name, []).append({"pause_s": s.pause_s, "main_max_s": s.main_max_s, "error": s.error})
@@ -106,19 +118,32 @@ def render(result: dict[str, Any]) -> str:
         return "-" if x is None else f"{x * 1000:,.1f} ms"
 
     lines = [f"{result['size']:,} objects ({result['tracked']:,} tracked by gc), Python {result['python']}",
-             "| operation | longest pause | pause - injector stop | agent's fork + reap | walker walk | walker peak RSS |",
-             "|---|---|---|---|---|---|"]
+             "| operation | longest gap | pause - injector stop | ÷ plain fork | agent's code | its fork | snapshot command "
+             "| target's gc (window) | walker walk | walker peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    floor = _med([s["main_max_s"] for s in result["rows"].get("one plain os.fork() (floor)", [])])
     for name, samples in result["rows"].items():
         mx = _med([s["main_max_s"] for s in samples])
-        inj = _med([s.get("attach_pause_s") for s in samples])
-        net = None if mx is None or inj is None else max(0.0, mx - inj)
+        inj = _med([s.get("attach_pause_s") or 0.0 for s in samples])
+        # The main loop sleeps up to MAIN_PERIOD_S in select() between wake-ups, and the agent runs
+        # when that select returns: a gap is the period it would have slept anyway plus the pause.
+        net = None if mx is None else mx if samples[0].get("floor") else max(0.0, mx - MAIN_PERIOD_S - inj)
+        codes = {s.get("agent_code") for s in samples if s.get("agent_code")}
+        code_s = _med([s.get("agent_code_s") for s in samples])
+        code_text = "-" if code_s is None else f"{'/'.join(sorted(codes))} {code_s * 1000:.2f} ms"
+        own_fork = ms(_med([s.get("fork_s") for s in samples]))
+        gcs = [s.get("gc_ms") for s in samples if s.get("gc_ms") is not None]
+        gc_text = "-" if not gcs else f"{_med([sum(ms_ for _, ms_ in g) for g in gcs]):.1f} ms" + (
+            f" (gen {max(gen for g in gcs for gen, _ in g)})" if any(gcs) else "")
         peak = _med([s.get("walker_peak_bytes") for s in samples])
         errs = {s["error"] for s in samples if s.get("error")}
         walk = _med([s.get("walk_s") for s in samples])
         walk_text = "-" if walk is None else f"{walk:.2f} s"
         peak_text = "-" if peak is None else f"{peak / 2**20:,.0f} MiB"
         fork = ms(_med([s.get("fork_pause_s") for s in samples]))
-        lines.append(f"| {name} | {ms(mx)} | {ms(net)} | {fork} | {walk_text} | {peak_text} |" + (f" errors: {'; '.join(errs)}" if errs else ""))
+        ratio = "-" if net is None or not floor else f"{net / floor:.1f}x"
+        lines.append(f"| {name} | {ms(mx)} | {ms(net)} | {ratio} | {code_text} | {own_fork} | {fork} | {gc_text} | {walk_text} | {peak_text} |"
+                     + (f" errors: {'; '.join(errs)}" if errs else ""))
     return "\n".join(lines)
 
 

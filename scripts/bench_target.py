@@ -156,7 +156,17 @@ class Gaps:
                 "stalls_s": sorted(self.stalls, reverse=True)[:8]}
 
 
-WINDOW = {"main": Gaps(MAIN_PERIOD_S, 0.002), "ticker": Gaps(TICK_S, 0.002), "t0": mono()}
+WINDOW = {"main": Gaps(MAIN_PERIOD_S, 0.002), "ticker": Gaps(TICK_S, 0.002), "t0": mono(), "gc": []}
+GC_START = [0.0]
+
+
+def _gc_watch(phase, info):
+    """The target's own collections in the window (generation, ms): a collection that an
+    operation's allocations trigger is part of the pause the target sees."""
+    if phase == "start":
+        GC_START[0] = mono()
+    elif mono() - GC_START[0] > 0.001:
+        WINDOW["gc"].append((info["generation"], round((mono() - GC_START[0]) * 1000, 1)))
 
 
 def ticker():
@@ -206,11 +216,11 @@ def cmd_objgraph_chain(arg):
 def handle(line):
     cmd, _, arg = line.strip().partition(" ")
     if cmd == "mark":
-        WINDOW.update(main=Gaps(MAIN_PERIOD_S, 0.002), ticker=Gaps(TICK_S, 0.002), t0=mono())
+        WINDOW.update(main=Gaps(MAIN_PERIOD_S, 0.002), ticker=Gaps(TICK_S, 0.002), t0=mono(), gc=[])
         return {"ok": True}
     if cmd == "report":
         return {"ok": True, "window_s": round(mono() - WINDOW["t0"], 6),
-                "main": WINDOW["main"].summary(), "ticker": WINDOW["ticker"].summary(),
+                "main": WINDOW["main"].summary(), "ticker": WINDOW["ticker"].summary(), "gc_ms": WINDOW["gc"],
                 "objects": len(gc.get_objects()) if arg == "count" else None}
     fn = globals().get("cmd_" + cmd)
     if fn is None:
@@ -257,6 +267,7 @@ def main(argv):
         return 0 if len(argv) == 2 and argv[1] in ("-h", "--help") else 2
     t0 = time.perf_counter()
     objects = build_mixed(int(argv[1])) if os.environ.get("BENCH_MIXED") else build(int(argv[1]))
+    gc.callbacks.append(_gc_watch)
     threading.Thread(target=ticker, name="ticker", daemon=True).start()
     reply({"ready": True, "pid": os.getpid(), "objects": objects, "build_s": round(time.perf_counter() - t0, 3),
            "python": ".".join(map(str, sys.version_info[:3]))})

@@ -20,8 +20,10 @@
 # Parts ("# @part NAME" lines): the CLI ships the target only the core and the parts its command
 # runs (introspect.agent.agent_source), the other lines blanked so line numbers stay true.
 # Compiling costs the target memory it keeps (its allocator's arenas): 7 MiB of RSS for this
-# whole file on 3.12, against about 1 MiB for the core and one part. The forked walker compiles
-# its own part ("walker") in the child, where it costs the target nothing.
+# whole file on 3.12, against about 1 MiB for the core and one part; and time: 4-7 ms for the
+# snapshot's 35 KB. So the target compiles these parts once per interpreter: later runs load the
+# code it compiled (introspect/codecache.py, 0.1-0.2 ms). The forked walker compiles its own part
+# ("walker") in the child, where it costs the target nothing.
 #
 # The bootstrap executes this file in a fresh dict holding REQUEST (a literal written by the CLI):
 #   {"nonce", "deadline" (time.time()), "dir" (run dir, target's view), "command", "params"}
@@ -32,8 +34,9 @@ _G = globals()
 # Builtin C modules this run had to import (gc, time, _collections if the target never did). They
 # stay imported: importing a builtin module runs no code, and popping it again would leak a fresh
 # module object on every run (measured: each re-import creates another that never goes away).
-_NEW_MODULES = []  # type: list
+_NEW_MODULES = list(_G.get("_NEW", ()))  # type: list  # the bootstrap imported gc if nothing had
 STATE_MODULE = "__introspect_state__"
+_OWN_PREFIX = "<introspect>/"  # our code objects' file names (codecache.AGENT_NAME, the walker's part)
 
 
 MYPY = False
@@ -371,8 +374,15 @@ def _alloc_sites(objs):  # type: (list) -> list
     return [True, out]
 
 
+def _gc_enabled():  # type: () -> bool
+    """Whether the target's collector is on. The bootstrap holds it off while we run and passes
+    the state it found (_GC); it is enabled again after us."""
+    was = _G.get("_GC")
+    return was if type(was) is bool else gc.isenabled()
+
+
 def _gc_facts():  # type: () -> dict
-    facts = {"enabled": gc.isenabled(), "counts": list(gc.get_count())}
+    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count())}
     if hasattr(gc, "get_freeze_count"):
         facts["frozen"] = gc.get_freeze_count()
     return facts
@@ -389,7 +399,7 @@ def _settle(params):  # type: (dict) -> None
     Our own allocations trigger these young passes anyway: it collects nothing old, hides no leak."""
     if params.get("collect"):
         gc.collect()
-    elif gc.isenabled():
+    elif _gc_enabled():
         gc.collect(0)
 
 
@@ -663,6 +673,13 @@ def _sizes(params):  # type: (dict) -> dict
 
 
 # @part core
+def _own_file(name, agent_file):  # type: (str, str) -> bool
+    """This agent, an earlier run's (its run dir is gone; our session's module was made there),
+    or our bootstrap's stage 1."""
+    return (name == agent_file or name == "<introspect-bootstrap>" or name.startswith(_OWN_PREFIX)
+            or (name.endswith(("/agent.py", "/walker.py")) and "/introspect-" in name))  # an older CLI's names
+
+
 def _exc_record(exc, skip_file):  # type: (BaseException, str) -> dict
     frames = []
     tb = exc.__traceback__
@@ -717,12 +734,17 @@ def cmd_exec(params):  # type: (dict) -> dict
     error = None
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
     t0 = time.perf_counter()
+    held = _gc_enabled() and not gc.isenabled()  # the user's code sees the collector as the target had it
     try:
+        if held:
+            gc.enable()
         exec(compile(source, params["display_name"], "exec"), namespace)
     except BaseException as exc:  # the payload's own failure is a result, not ours
         error = _exc_record(exc, __file__)
         exc.__traceback__ = None
     finally:
+        if held and gc.isenabled():
+            gc.disable()
         if sys.stdout is out:
             sys.stdout = out._orig  # type: ignore[assignment]
         if sys.stderr is err:
@@ -932,6 +954,7 @@ def _frame_roots(agent_file):  # type: (str) -> dict
                             tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var)
             f = f.f_back
         del f
+    frame = None  # type: ignore[assignment]  # our own thread's frame may be the last one seen: no cycle through it
     return roots
 
 
@@ -949,6 +972,13 @@ def _match_types(counts_by_type, query):  # type: (dict, str) -> list
     return exact or loose
 
 
+def _empty(lists):  # type: (list) -> None
+    """Empty a list of lists, and the lists in it (which may hold it: see cmd_backrefs)."""
+    for x in lists:
+        del x[:]
+    del lists[:]
+
+
 def cmd_backrefs(params):  # type: (dict) -> dict
     t0 = time.perf_counter()
     budget = float(params.get("budget", 5.0))
@@ -959,6 +989,8 @@ def cmd_backrefs(params):  # type: (dict) -> dict
         gens = [gc.get_objects(g) for g in (0, 1, 2)]  # oldest last: newest instances first
     except TypeError:  # pragma: no cover - generation= exists since 3.8
         gens = [gc.get_objects()]
+    # gens was in the young generation while gc.get_objects(0) listed it: gens[0] holds gens, a
+    # cycle that would keep every object listed until the target's next collection. Emptied below.
     counts = {}  # type: dict
     for objs in gens:
         if _count_elements is not None:
@@ -968,11 +1000,11 @@ def cmd_backrefs(params):  # type: (dict) -> dict
         named = {}  # type: dict
         for t, n in counts.items():
             named[type_name(t)] = named.get(type_name(t), 0) + n
-        del gens
+        _empty(gens)
         return {"status": "unknown", "query": query, "names": sorted(named, key=lambda k: -named[k])[:5000]}
     names = sorted(set(type_name(t) for t in matched))
     if len(names) > 1:
-        del gens
+        _empty(gens)
         return {"status": "ambiguous", "query": query, "candidates": [[n, sum(counts[t] for t in matched if type_name(t) == n)] for n in names]}
     tset = set(matched)
     found = 0
@@ -984,8 +1016,9 @@ def cmd_backrefs(params):  # type: (dict) -> dict
         if len(sample) < want:
             sample.extend(hits[::-1][:want - len(sample)])
         hits = None
-    del gens, counts, tset, matched
     objs = None
+    _empty(gens)
+    del gens, counts, tset, matched
     scan_s = time.perf_counter() - t0
     _start_clock(max(0.0, budget - scan_s))
     _phase("referrers")
@@ -1472,13 +1505,6 @@ def cmd_trace_start(params):  # type: (dict) -> dict
     return facts
 
 
-def _own_file(name, agent_file):  # type: (str, str) -> bool
-    """This agent, an earlier run's (its run dir is gone; our session's module was made there),
-    or our bootstrap's stage 1."""
-    return (name == agent_file or name == "<introspect-bootstrap>"
-            or (name.endswith(("/agent.py", "/walker.py")) and "/introspect-" in name))  # walker.py: compiled in the fork
-
-
 def _own_lines():  # type: () -> set
     """(file, line) of the bootstrap frames running us (the injector's <string> line, the pep768
     script), as tracemalloc names them: what they allocate now is ours."""
@@ -1639,10 +1665,9 @@ def _load_part(name):  # type: (str) -> None
     """In the walker only: compile the parts the target never needed (see the header: the target
     compiles only what its command runs, because compiling costs it memory it keeps)."""
     if "_snap_walker" not in _G:
-        path = _LIMIT["dir"] + "/" + name
-        with open(path, "rb") as f:
+        with open(_LIMIT["dir"] + "/" + name, "rb") as f:
             src = f.read()
-        exec(compile(src, path, "exec"), _G)
+        exec(compile(src, _OWN_PREFIX + name, "exec"), _G)
 
 
 def _snap_filters():  # type: () -> Any
@@ -1713,7 +1738,9 @@ def cmd_snapshot(params):  # type: (dict) -> dict
     if flt is not None:
         flt.insert(0, entry)
     try:
+        t_fork = time.perf_counter()
         pid = posix.fork()  # type: ignore[attr-defined]
+        t_fork = time.perf_counter() - t_fork
     except OSError as exc:
         return {"forked": False, "error": "fork failed: %s" % (exc,), "pause_s": time.perf_counter() - t0}
     finally:
@@ -1724,6 +1751,13 @@ def cmd_snapshot(params):  # type: (dict) -> dict
                     break
     if pid == 0:
         try:
+            # Out of the target's way before anything else: the second fork, the walker's compile
+            # and gc.get_objects() would otherwise compete with the target for its CPUs just as it
+            # resumes (the walker inherits this).
+            try:
+                posix.nice(19)  # type: ignore[attr-defined]
+            except OSError:
+                pass
             if direct or posix.fork() == 0:  # type: ignore[attr-defined]
                 _load_part("walker.py")
                 _snap_walker(params, frame_roots, frame_ids)
@@ -1731,7 +1765,7 @@ def cmd_snapshot(params):  # type: (dict) -> dict
             posix._exit(0)  # type: ignore[attr-defined]
     reaped = _snap_reap(pid, how, direct)
     del frame_roots[:]
-    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0,
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "fork_s": t_fork,
             "reaped": reaped + (" (the walker itself: pid 1 adopts orphans)" if direct else "")}
 
 
@@ -1796,12 +1830,9 @@ def _snap_json(obj):  # type: (object) -> bytes
 
 
 def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
-    """Out of the target's way: lowest priority, first for the OOM killer, a hard deadline, no
-    inherited descriptor kept open (a held pipe or socket would delay EOF seen by its peer)."""
-    try:
-        posix.nice(19)  # type: ignore[attr-defined]
-    except OSError:
-        pass
+    """Out of the target's way (its lowest priority is set at the fork): first for the OOM killer,
+    a hard deadline, no inherited descriptor kept open (a held pipe or socket would delay EOF seen
+    by its peer)."""
     try:
         fd = posix.open("/proc/self/oom_score_adj", posix.O_WRONLY)  # type: ignore[attr-defined]
         try:
@@ -2207,19 +2238,25 @@ def _snap_name(obj):  # type: (object) -> str
 def _agent_running():  # type: () -> bool
     """Does another thread run an agent still, from a run its CLI gave up on (a step that ran past
     the deadline)? Two agents at once would walk, collect or fork concurrently."""
-    me = sys._getframe()  # not _thread.get_ident(): gevent patches it to name greenlets
+    # Every frame this holds is let go before it returns: its own frame, kept in a local, would be
+    # a reference cycle holding our run's frames (and the bootstrap's namespace, the agent's code
+    # and its source bytes under them) until the target's next collection.
+    me = sys._getframe()  # type: Any  # not _thread.get_ident(): gevent patches it to name greenlets
+    frames = top = f = None  # type: Any
     try:
         frames = sys._current_frames()
+        for top in frames.values():
+            f = top if top is not me else None
+            while f is not None:
+                code = f.f_code
+                if code.co_name == "run" and _own_file(code.co_filename, "\0"):
+                    return True
+                f = f.f_back
+        return False
     except Exception:
         return False
-    for top in frames.values():
-        f = top if top is not me else None  # type: Any
-        while f is not None:
-            code = f.f_code
-            if code.co_name == "run" and code.co_filename.endswith("/agent.py") and "/introspect-" in code.co_filename:
-                return True
-            f = f.f_back
-    return False
+    finally:
+        me = frames = top = f = None
 
 
 def run(request):  # type: (dict) -> None
@@ -2249,6 +2286,7 @@ def run(request):  # type: (dict) -> None
         envelope["error"] = _exc_record(exc, "")
         exc.__traceback__ = None
     envelope["agent_s"] = time.perf_counter() - t0
+    envelope["code"] = _G.get("_LOADED")  # ("loaded" precompiled | "compiled", seconds): see codecache
     envelope["python"] = "%d.%d.%d" % sys.version_info[:3]
     envelope["imported"] = list(_NEW_MODULES)
     try:

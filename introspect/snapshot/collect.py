@@ -339,7 +339,8 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
                         session=session)
     res = outcome.result
     if res.get("forked"):
-        log(f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the fork (agent start to fork return)")
+        fork = f" (the fork itself {float(res['fork_s']) * 1000:.1f} ms)" if isinstance(res.get("fork_s"), (int, float)) else ""
+        log(f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the snapshot command (start to return){fork}")
     value, stats = outcome.extra if outcome.extra is not None else (None, {})
     return outcome, value, stats
 
@@ -360,4 +361,6 @@ def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, metho
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
     return outcome, value, {"path": "fork", "why": "--fork given" if mode == "fork" else "memory headroom available",
-                            "fork_pause_s": round(float(res["pause_s"]), 6), **stats}
+                            "fork_pause_s": round(float(res["pause_s"]), 6),
+                            **({"fork_s": round(float(res["fork_s"]), 6)} if isinstance(res.get("fork_s"), (int, float)) else {}),
+                            **stats}
