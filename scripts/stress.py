@@ -61,7 +61,7 @@ VICTIM = "stress_victim.py"
 COMMANDS = ("top", "growth", "backrefs", "size")  # size: top --by size, the walk of untracked objects
 # What the agent may leave imported, as tests/integration/test_inject.py allows: the growth
 # baseline module, and builtin C modules it had to import once (importing one runs no code).
-ALLOWED_MODULES = {"__introspect_state__", "gc", "time", "_collections"}
+ALLOWED_MODULES = {"gc", "time", "_collections"}
 DEFAULT_KINDS = ["pyenv-3.8-ptrace", "pyenv-3.13-ptrace", "debian-3.11-ptrace", "sid-3.14-ptrace", "sid-3.15-ptrace",
                  "pyenv-3.8-gdb", "pyenv-3.13-gdb", "debian-3.11-gdb", "sid-3.14-pep768", "sid-3.14-gdb",
                  "sid-3.15-pep768", "sid-3.15-gdb"]

@@ -35,7 +35,6 @@ _G = globals()
 # stay imported: importing a builtin module runs no code, and popping it again would leak a fresh
 # module object on every run (measured: each re-import creates another that never goes away).
 _NEW_MODULES = list(_G.get("_NEW", ()))  # type: list  # the bootstrap imported gc if nothing had
-STATE_MODULE = "__introspect_state__"
 _OWN_PREFIX = "<introspect>/"  # our code objects' file names (codecache.AGENT_NAME, the walker's part)
 
 
@@ -762,48 +761,11 @@ COMMANDS["exec"] = cmd_exec
 
 
 # @part growth
-def _state():  # type: () -> dict
-    """The one small state module we leave in the target: plain names and counts, no objects."""
-    mod = sys.modules.get(STATE_MODULE)
-    if mod is None:
-        mod = type(sys)(STATE_MODULE, "introspect: growth baselines (names and counts only)")
-        # A container value makes the module dict gc-tracked now, before the first count, not
-        # after it (an untracked dict turning tracked would read as growth of one dict).
-        mod.__dict__["baseline"] = {}
-        sys.modules[STATE_MODULE] = mod
-    return mod.__dict__  # type: ignore[no-any-return]
-
-
 def cmd_growth(params):  # type: (dict) -> dict
-    """Counts per type, signed change since the previous call and since the baseline."""
-    state = _state()  # first: made after the count, the state module would show up as growth
+    """Counts per type (gc-tracked objects). The CLI keeps the baseline and the previous look
+    (introspect/snapshot/state.py) and computes the changes: nothing of ours stays here."""
     total, counts, scan_s = _snapshot(params)
-    now = time.time()
-    fresh = bool(params.get("reset")) or "baseline_time" not in state
-    if fresh:
-        state["baseline"] = counts
-        state["baseline_time"] = now
-        state["previous"] = counts
-        state["previous_time"] = now
-    baseline = state["baseline"]
-    previous = state["previous"]
-    rows = {}
-    for name in set(counts) | set(previous) | set(baseline):
-        n = counts.get(name, 0)
-        rows[name] = [n, n - previous.get(name, 0), n - baseline.get(name, 0)]
-    result = {
-        "objects": total,
-        "types": rows,
-        "baseline_recorded": fresh,
-        "baseline_time": state["baseline_time"],
-        "previous_time": state["previous_time"],
-        "now": now,
-        "gc": _gc_facts(),
-        "scan_s": scan_s,
-    }
-    state["previous"] = counts
-    state["previous_time"] = now
-    return result
+    return {"objects": total, "counts": counts, "now": time.time(), "gc": _gc_facts(), "scan_s": scan_s}
 
 
 COMMANDS["growth"] = cmd_growth
@@ -1097,8 +1059,9 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
             rid = id(r)
             if rid in own or type(r) is _FrameType:
                 continue
-            if type(r) is tuple and len(r) == len(args) and r and r[0] is args[0]:
-                continue  # the argument tuple of get_referrers itself
+            if r is args:
+                continue  # the argument tuple of get_referrers itself (listed on 3.14+; 3.8-3.13 skip it).
+                # Never a tuple merely equal to it: a closure of one cell is (cell,) too.
             held = _held(r, fset, args, opaque)
             if held is None:
                 ambiguous.append(r)

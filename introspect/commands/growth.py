@@ -5,8 +5,8 @@ By default every object counts, tracked by the garbage collector or not (the tar
 copy is walked, see `top`). The first call records a baseline, kept by introspect in your state
 directory (keyed by pid and process start time), nothing in the target; each later call shows
 the change since the previous call and since the baseline. Without memory headroom for the fork,
-or with --in-process, the count runs inside the target (gc-tracked objects only; the baseline
-then lives in a small module there). Unlike objgraph's show_growth, types that shrink are shown
+or with --in-process, the count runs inside the target (gc-tracked objects only, their baseline
+kept apart from the forked one's, also by introspect). Unlike objgraph's show_growth, types that shrink are shown
 too, and nothing forces gc.collect() unless --collect is given.
 
 Examples:
@@ -68,8 +68,8 @@ class Command:
                 if sys.stderr.isatty() and not args.json:
                     print(f"introspect: next look in {args.interval:g} s ({i + 1}/{args.samples})", file=sys.stderr)
                 time.sleep(args.interval)
-            looks.append(run_agent(args.pid, "growth", {"reset": args.reset and i == 0, "collect": args.collect},
-                                   method=args.method, timeout=args.timeout, log=log))
+            looks.append(look_in_process(args.pid, reset=args.reset and i == 0, collect=args.collect, method=args.method,
+                                         timeout=args.timeout, log=log))
         last = looks[-1]
         res = last.result
         rows = analysis.growth_rows(res["types"], args.limit)
@@ -90,6 +90,34 @@ class Command:
         }
         emit(args, out, doc, render(last, doc, rows, steady))
         return 0
+
+
+def look_in_process(pid: int, *, reset: bool, collect: bool, method: str, timeout: float, log: Any) -> Outcome:
+    """One in-process count (gc-tracked objects) and its change since the previous look and the
+    baseline, both kept in the state directory (keyed by pid and start time, apart from the forked
+    looks' counts): the agent only counts. The outcome's result gets ``types`` ({name: [count,
+    change, since baseline]}), ``baseline_recorded``, ``baseline_time`` and ``previous_time``."""
+    create_time = inspect_target(pid).create_time
+    look = run_agent(pid, "growth", {"collect": collect}, method=method, timeout=timeout, log=log)
+    res = look.result
+    counts: dict[str, int] = res.pop("counts")
+    now = float(res["now"])
+    saved = None if reset else state.load(pid, create_time, "inproc")
+    try:
+        baseline, previous = saved["baseline"], saved["previous"]  # type: ignore[index]
+        base_counts, base_time = dict(baseline["counts"]), float(baseline["time"])
+        prev_counts, prev_time = dict(previous["counts"]), float(previous["time"])
+    except (TypeError, KeyError, ValueError):
+        saved = None
+    if saved is None:
+        base_counts, base_time, prev_counts, prev_time = counts, now, counts, now
+    res["types"] = {name: [counts.get(name, 0), counts.get(name, 0) - prev_counts.get(name, 0),
+                           counts.get(name, 0) - base_counts.get(name, 0)]
+                    for name in set(counts) | set(prev_counts) | set(base_counts)}
+    res.update(baseline_recorded=saved is None, baseline_time=base_time, previous_time=prev_time)
+    state.save(pid, create_time, {"baseline": {"time": base_time, "counts": base_counts},
+                                  "previous": {"time": now, "counts": counts}}, "inproc")
+    return look
 
 
 def render(outcome: Outcome, doc: dict[str, Any], rows: list[analysis.GrowthRow], steady: list[str]) -> str:

@@ -25,11 +25,12 @@ from typing import Any
 from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, forked_chains, trace
+from introspect.commands.growth import look_in_process
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
-from introspect.runner import Outcome, run_agent
+from introspect.runner import Outcome
 from introspect.trend import MIB
 
 
@@ -111,8 +112,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         now = sampler.elapsed()
         if len(got.looks) < len(look_at) and now >= look_at[len(got.looks)]:
             progress.show(f"pid {args.pid}: {now:.0f}/{args.duration:g} s, heap look {len(got.looks) + 1}/{args.looks}")
-            look = run_agent(args.pid, "growth", {"reset": not got.looks, "collect": False}, method=args.method,
-                             timeout=args.timeout, log=log)
+            look = look_in_process(args.pid, reset=not got.looks, collect=False, method=args.method,
+                                   timeout=args.timeout, log=log)
             got.looks.append((sampler.elapsed(), look))
             if len(got.looks) in (1, len(look_at)):
                 # In the background: memory sampling goes on while the snapshot is taken and analysed

@@ -9,35 +9,45 @@ import os
 import tempfile
 from typing import Any
 
+from introspect import errors
+
 
 def state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "introspect")
 
 
-def _path(pid: int, create_time: float) -> str:
-    return os.path.join(state_dir(), f"growth-{pid}-{int(create_time * 100)}.json")
+def _path(pid: int, create_time: float, kind: str = "") -> str:
+    """``kind`` "" for forked snapshots' looks (every object), "inproc" for in-process counts
+    (gc-tracked objects only): two kinds of counts, never compared with each other."""
+    return os.path.join(state_dir(), f"growth-{kind + '-' if kind else ''}{pid}-{int(create_time * 100)}.json")
 
 
-def load(pid: int, create_time: float) -> dict[str, Any] | None:
+def load(pid: int, create_time: float, kind: str = "") -> dict[str, Any] | None:
     try:
-        with open(_path(pid, create_time), encoding="utf-8") as f:
+        with open(_path(pid, create_time, kind), encoding="utf-8") as f:
             doc: dict[str, Any] = json.load(f)
         return doc
     except (OSError, ValueError):
         return None
 
 
-def save(pid: int, create_time: float, doc: dict[str, Any]) -> str:
+def save(pid: int, create_time: float, doc: dict[str, Any], kind: str = "") -> str:
+    """Keep ``doc``; an unwritable state directory is an OutputError naming it and the fix."""
     d = state_dir()
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    path = _path(pid, create_time)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".growth-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        path = _path(pid, create_time, kind)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".growth-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise errors.OutputError(f"cannot keep the growth baseline in {d}: {exc.strerror or exc}",
+                                 help="Make that directory writable, or point XDG_STATE_HOME at one that is, "
+                                      "and run it again.") from None
     return path

@@ -167,6 +167,32 @@ def test_no_zombie_and_no_stray(spawn, env: dict[str, str], tmp_path: Path) -> N
     assert v.ask("count")["count"] == 100
 
 
+@pytest.mark.parametrize("interp", [INTERPS[0], INTERPS[-1]], ids=[INTERPS[0].id, INTERPS[-1].id])
+def test_walker_gives_way_and_volunteers_to_the_oom_killer(spawn, interp: Interp) -> None:
+    # The walker's priority and OOM score, read while it still answers (the analysis runs then).
+    from introspect.snapshot import collect
+
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 100")
+    seen: dict[str, object] = {}
+
+    def analyse(snap: object, walker: collect.Walker) -> None:
+        with open(f"/proc/{walker.pid}/stat") as f:
+            seen["nice"] = int(f.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
+        with open(f"/proc/{walker.pid}/oom_score_adj") as f:
+            seen["oom"] = int(f.read())
+        seen["walker"] = walker.pid
+
+    outcome, _, stats = collect.snapshot(v.pid, analyse, timeout=60)
+    assert outcome.result.get("forked"), outcome.result
+    assert seen["walker"] != v.pid and seen["nice"] == 19 and seen["oom"] == 1000, seen
+    # the target itself untouched: as it was started (by us, so as we are)
+    assert os.getpriority(os.PRIO_PROCESS, v.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    with open(f"/proc/{v.pid}/oom_score_adj") as f, open("/proc/self/oom_score_adj") as mine:
+        assert int(f.read()) == int(mine.read())
+    assert v.ask("count")["count"] == 100
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_killed_cli_leaves_no_walker(spawn, how: int, tmp_path: Path) -> None:
     # GIVEN a heap big enough that the walker is still walking when the CLI is stopped
