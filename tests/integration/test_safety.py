@@ -97,7 +97,7 @@ def _sequence(pid: str, out: Path, c_type: str, alive: Any, on_failure: Any = la
         return run
 
     for k, path in enumerate(("--in-process", "--in-process", "--fork")):
-        doc = check(introspect("top", pid, "--by", "size", path, "--json", "-o", str(out)), f"top --by size {path} #{k + 1}").json()
+        doc = check(introspect("top", pid, "--by", "size", path, "--json", "-n", "0", "-o", str(out)), f"top --by size {path} #{k + 1}").json()
         assert doc["types"] and not doc.get("partial"), doc.get("stopped")
         assert any(t["type"] == "bytes" and t["untracked"] > 0 for t in doc["types"]), doc["types"]
     check(introspect("growth", pid, "--in-process", "-o", str(out)), "growth --in-process")
