@@ -115,6 +115,17 @@ def test_unwritable_output(spawn, tmp_path: Path) -> None:
     assert victim.ask("state")["errors"] == []
 
 
+@pytest.mark.parametrize("path", ["--in-process", "--fork"])
+def test_unwritable_state_directory(spawn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    # growth keeps its baselines in the state directory: a file where it should be is a plain error
+    victim = spawn(PY)
+    blocker = tmp_path / "state-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker))
+    _plain(introspect("growth", str(victim.pid), path, "-o", str(tmp_path / "out")), 10, "cannot keep the growth baseline")
+    assert victim.ask("state")["errors"] == []
+
+
 def test_target_dies_mid_run(spawn, tmp_path: Path) -> None:
     # An idle-but-unparkable victim: its main thread spins in C (no safe point, not in a syscall),
     # so our request waits; we kill it and the CLI must say so at once, not after --timeout.
