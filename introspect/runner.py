@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from introspect import errors
-from introspect.channel import RunDir, prepare, wait_for_result
-from introspect.channel import keep_code as codecache_keep
+from introspect.channel import RunDir, keep_code, prepare, wait_for_result
 from introspect.inject import Injection, choose, parked_runner
 from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
@@ -75,15 +74,16 @@ class Outcome:
             "attach_pause_s": round(self.injection.attach_pause_s, 6),
             "agent_s": round(float(self.envelope.get("agent_s", 0.0)), 6),
             "wall_s": round(self.wall_s, 6),
-            **self.code_meta(),
+            **code_meta(self.envelope),
         }
 
-    def code_meta(self) -> dict[str, Any]:
-        """How the target got the agent's code: "loaded" (precompiled, see codecache) or "compiled", and how long it took."""
-        code = self.envelope.get("code")
-        if not (isinstance(code, list) and len(code) == 2 and isinstance(code[1], (int, float))):
-            return {}
-        return {"agent_code": str(code[0]), "agent_code_s": round(float(code[1]), 6)}
+
+def code_meta(envelope: dict[str, Any]) -> dict[str, Any]:
+    """How the target got the agent's code: "loaded" (precompiled, see codecache) or "compiled", and how long it took."""
+    code = envelope.get("code")
+    if not (isinstance(code, list) and len(code) == 2 and isinstance(code[1], (int, float))):
+        return {}
+    return {"agent_code": str(code[0]), "agent_code_s": round(float(code[1]), 6)}
 
 
 def main_thread_activity(pid: int) -> str:
@@ -304,7 +304,7 @@ def run_agent(
                 raise
             finally:
                 progress.done()
-            code = Outcome(target, injection, envelope, 0.0).code_meta()
+            code = code_meta(envelope)
             if code:
                 log(f"the agent's code was {code['agent_code']} in the target in {code['agent_code_s'] * 1000:.2f} ms")
             if session is not None and envelope.get("ok"):
@@ -324,7 +324,7 @@ def run_agent(
                 withdraw = getattr(injector, "withdraw", None)
                 if withdraw is not None and withdraw(target):
                     log("withdrew the request the target had not taken yet")
-            if codecache_keep(request):
+            if keep_code(request):
                 log("kept the agent's compiled code for the next run on this interpreter")
             run.remove()
             if injection is not None and injector is not None and started:

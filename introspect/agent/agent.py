@@ -1733,11 +1733,12 @@ def cmd_snapshot(params):  # type: (dict) -> Any
                 _snap_walker(params, frame_roots, frame_ids)
         finally:
             posix._exit(0)  # type: ignore[attr-defined]
-    reaped = _snap_reap(pid, how, direct) + (" (the walker itself: pid 1 adopts orphans)" if direct else "")
-    if answering and reaped == _snap_reaped(how, direct):
+    done = _snap_reap(pid, how, direct)
+    if answering and done == how:
         return _ANSWERED  # as the child said: nothing more to do here
     # Our reaper thread could not start: say how it went instead (result.json replaced at once).
-    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "fork_s": t_fork, "reaped": reaped}
+    return {"forked": True, "child": pid, "pause_s": time.perf_counter() - t0, "fork_s": t_fork,
+            "reaped": _snap_reaped(done, direct)}
 
 
 def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
@@ -1768,7 +1769,7 @@ def _snap_reaper():  # type: () -> str
 
 
 def _snap_reaped(how, direct):  # type: (str, bool) -> str
-    """What _snap_reap will say, known before the fork (for the child's answer)."""
+    """How the target's child is reaped, in words (``how``: see _snap_reaper and _snap_reap)."""
     said = {"kernel": "by the kernel (SIGCHLD ignored)", "thread": "by a short-lived thread"}.get(how, "waited for")
     return said + (" (the walker itself: pid 1 adopts orphans)" if direct else "")
 
@@ -1776,13 +1777,14 @@ def _snap_reaped(how, direct):  # type: (str, bool) -> str
 def _snap_reap(pid, how, direct):  # type: (int, str, bool) -> str
     """Reap the target's child: the intermediate one, which exits once it has forked the walker
     (its fork of the whole address space and its exit take about as long as ours did), or with
-    ``direct`` the walker itself in a pid 1 (see cmd_snapshot). ``how``: see _snap_reaper."""
+    ``direct`` the walker itself in a pid 1 (see cmd_snapshot). ``how``: see _snap_reaper.
+    Returns how it was done: ``how``, or "wait" when our thread could not start."""
     if how == "kernel":
-        return "by the kernel (SIGCHLD ignored)"
+        return how
     if how == "thread":
         try:
             _thread.start_new_thread(_reap, (pid,))
-            return "by a short-lived thread"
+            return how
         except Exception:
             if direct:  # never wait out a whole walk: the snapshot is lost, the target is not stopped
                 try:
@@ -1790,7 +1792,7 @@ def _snap_reap(pid, how, direct):  # type: (int, str, bool) -> str
                 except OSError:
                     pass
     _reap(pid)
-    return "waited for"
+    return "wait"
 
 
 # @part walker
