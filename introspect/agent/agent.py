@@ -356,9 +356,20 @@ def _short_file(path):  # type: (str) -> str
     return parts[-1]
 
 
-def _alloc_sites(objs):  # type: (list) -> list
+# CPython 3.11 puts two pointers (its values and __dict__) before the gc header of an instance of
+# a class with a managed __dict__ (Py_TPFLAGS_MANAGED_DICT: every class without __slots__), and
+# its tracemalloc looks for the block 16 bytes after where it starts: such an instance never has a
+# trace (3.12 asks _PyType_PreHeaderSize). The walker reads the block's own trace at its true
+# start (_trace_block, ctypes in the fork); in the target, where ctypes never runs, an object that
+# only the instance holds (an attribute value, its __dict__) stands in for it, marked "held".
+_MANAGED_DICT_311 = 1 << 4 if sys.version_info[:2] == (3, 11) else 0
+
+
+def _alloc_sites(objs, block=None):  # type: (list, Any) -> list
     """[tracing, [[file, line] or None per object]]: the innermost frame of each object's
-    allocation (None: allocated before tracing began, or not traced)."""
+    allocation (None: allocated before tracing began, or not traced); [file, line, "held"] when
+    it is that of an object the instance alone holds (3.11, see above). ``block``: the walker's
+    lookup of a block by address (3.11's managed-dict instances at their true start)."""
     tm = sys.modules.get("_tracemalloc")
     if tm is None or not tm.is_tracing():
         return [False, []]
@@ -367,10 +378,38 @@ def _alloc_sites(objs):  # type: (list) -> list
     for o in objs:
         try:
             tb = get(o)
+            if not tb and _type_flags.__get__(type(o), type) & _MANAGED_DICT_311:
+                tb = block(id(o) - 32) if block is not None else None  # gc header + 2 pointers
+                if not tb:
+                    tb = _held_site(o, get)
         except Exception:
             tb = None
-        out.append(list(tb[0]) if tb else None)
+        out.append(list(tb) if type(tb) is list else list(tb[0]) if tb else None)
     return [True, out]
+
+
+def _held_site(o, get):  # type: (object, Any) -> Any
+    """[file, line, "held"]: where the first object that ``o`` alone holds (an attribute value, a
+    __dict__ made for it), with a trace, was allocated; None if there is none. Only for a class
+    whose traverse is CPython's (the header's rule); a shared value (its refcount higher) could
+    have been made anywhere, so it is never used."""
+    if not _trusted(type(o)):
+        return None
+    refs = gc.get_referents(o)
+    try:
+        rc = sys.getrefcount
+        alone = 0
+        owner = [object()]
+        for r in [owner[0]]:  # held by one owner, a list, the loop and the argument: as below
+            alone = rc(r)
+        for r in refs:
+            if rc(r) == alone and not issubclass(type(r), type):
+                tb = get(r)
+                if tb:
+                    return [tb[0][0], tb[0][1], "held"]
+        return None
+    finally:
+        del refs[:]
 
 
 def _gc_enabled():  # type: () -> bool
@@ -1591,6 +1630,107 @@ COMMANDS["trace_show"] = cmd_trace_show
 COMMANDS["trace_stop"] = cmd_trace_stop
 
 
+# @part walker
+# ---------------------------------------------------------------------------------------------
+# tracing in the walker's copy. Each allocation traced costs a traceback and a table entry; the
+# walk makes several objects per object it records, and with the copy tracing them it ran 6-20x
+# slower (0.99 s -> 11.6 s for 114k objects on Debian's 3.11). The copy needs the traces only to
+# say where recorded objects were allocated, and those existed at the fork. So before walking, in
+# the copy only (ctypes, CPython's exported API): the allocators tracemalloc wraps are put back
+# (PyMem_SetAllocator: unlike tracemalloc.stop() this keeps every trace, and traces nothing new),
+# and its "tracing" flag is cleared until the walk is over (each object made still cost a lookup
+# in its table: 1.5-2x), as is 3.13+'s reference tracer (the same lookup). The copy frees no
+# recorded object (it holds them all until os._exit), so their traces stay true; blocks it frees
+# keep a stale trace, but those are its own, never asked about.
+
+_TRACE_WALK = {}  # type: dict  # "paused", "flag" (the tracing int), "block" (lookup by address)
+
+
+def _trace_pause():  # type: () -> str
+    """Stop tracing the copy's own allocations, keeping the traces: "paused", or why not."""
+    tm = sys.modules.get("_tracemalloc")
+    if tm is None or not tm.is_tracing():
+        return "not tracing"
+    try:
+        import ctypes  # the copy may import anything: nothing reaches the target (DESIGN.md)
+
+        class Alloc(ctypes.Structure):  # PyMemAllocatorEx
+            _fields_ = [(n, ctypes.c_void_p) for n in ("ctx", "malloc", "calloc", "realloc", "free")]
+
+        api = ctypes.pythonapi
+        get, put = api.PyMem_GetAllocator, api.PyMem_SetAllocator
+        for f in (get, put):
+            f.restype = None
+            f.argtypes = (ctypes.c_int, ctypes.POINTER(Alloc))
+        hooks = []
+        for domain in (0, 1, 2):  # PYMEM_DOMAIN_RAW, _MEM, _OBJ
+            hooks.append(Alloc())
+            get(domain, ctypes.byref(hooks[-1]))
+        raw, mem, obj = hooks
+        size = ctypes.sizeof(Alloc)
+        # tracemalloc's hooks (3.8-3.15): ctx points into its struct {mem, raw, obj} of the
+        # allocators it wraps, one free function for all three. Anything else wraps them: left alone.
+        if not (mem.ctx and raw.ctx == mem.ctx + size and obj.ctx == mem.ctx + 2 * size
+                and mem.malloc == obj.malloc and raw.free == mem.free == obj.free):
+            return "another allocator hook wraps tracemalloc's: the copy traced its own allocations"
+        wrapped = [Alloc.from_buffer_copy(Alloc.from_address(h.ctx)) for h in hooks]
+        if not all(w.malloc and w.free and w.free != h.free for w, h in zip(wrapped, hooks)):
+            return "tracemalloc's wrapped allocators could not be read: the copy traced its own allocations"
+        _TRACE_WALK["wrapped"] = wrapped
+        for domain in (2, 1, 0):
+            put(domain, ctypes.byref(wrapped[domain]))
+        # The flag: {initialized, tracing, max_nframe} ints, exported as _Py_tracemalloc_config up
+        # to 3.11, just before the allocators' struct in _PyRuntime.tracemalloc from 3.12. Taken
+        # only if it reads {1, 1, the traceback limit} and clearing it is what is_tracing() sees.
+        try:
+            at = ctypes.addressof(ctypes.c_int.in_dll(api, "_Py_tracemalloc_config")) + 4
+        except ValueError:
+            at = mem.ctx - 12 if sys.version_info >= (3, 12) else 0
+    except Exception as exc:  # noqa: BLE001 - said in the answer; the walk goes on, traced
+        return "%s: %s" % (type(exc).__name__, str(exc)[:200])
+    try:
+        if at:
+            cfg = (ctypes.c_int * 3).from_address(at - 4)
+            if list(cfg) == [1, 1, tm.get_traceback_limit()]:
+                cfg[1] = 0
+                if tm.is_tracing():
+                    cfg[1] = 1
+                else:
+                    _TRACE_WALK["flag"] = cfg
+        if sys.version_info >= (3, 13):
+            tracer = api.PyRefTracer_SetTracer
+            tracer.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+            tracer(None, None)  # it only updates traces of objects reused from free lists: the copy's own
+    except Exception:  # noqa: BLE001 - the allocators are unwrapped: paused, with lookups left
+        pass
+    return "paused" if "flag" in _TRACE_WALK else "paused (tracemalloc's flag not found: object creations still looked up)"
+
+
+def _trace_resume():  # type: () -> None
+    """After the walk: tracemalloc answers lookups again (its flag set; allocators left unwrapped)."""
+    cfg = _TRACE_WALK.pop("flag", None)
+    if cfg is not None:
+        cfg[1] = 1
+
+
+def _trace_block():  # type: () -> Any
+    """tracemalloc's lookup of a block by its address (_PyTraceMalloc_GetTraceback, exported by
+    3.8-3.15), or None without ctypes: for 3.11's managed-dict instances (see _alloc_sites)."""
+    if "block" not in _TRACE_WALK:
+        fn = None  # type: Any
+        try:
+            import ctypes
+
+            fn = ctypes.pythonapi._PyTraceMalloc_GetTraceback
+            fn.restype = ctypes.py_object
+            fn.argtypes = (ctypes.c_uint, ctypes.c_size_t)
+        except Exception:  # noqa: BLE001 - no ctypes here: the held-object stand-in is used
+            fn = None
+        _TRACE_WALK["block"] = fn
+    fn = _TRACE_WALK["block"]
+    return None if fn is None else (lambda addr: fn(0, addr))
+
+
 # @part snapshot
 # ---------------------------------------------------------------------------------------------
 # forked snapshot: the target pays for a fork; a grandchild walks every object and streams it.
@@ -1934,6 +2074,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         index = {}  # type: dict  # id -> position
         objs = gc.get_objects() if walk else []
         _snap_quiet(deadline, fd)
+        _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes is ours
         marshal = _builtin("marshal")
         own = _snap_own(frame_ids, mods)
         for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
@@ -1956,6 +2097,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         except Exception:
             pass
         return
+    _trace_resume()
     _snap_answer(fd, params, keep)
 
 
@@ -2120,7 +2262,8 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 except Exception as exc:  # noqa: BLE001 - the CLI says what failed
                     answer = [{"error": _exc_record(exc, "")}]
             elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
-                answer = _alloc_sites([keep[p] for p in nums])
+                answer = _alloc_sites([keep[p] for p in nums], _trace_block() if _MANAGED_DICT_311 else None)
+                answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: see _trace_pause
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))

@@ -195,17 +195,21 @@ class Walker:
         """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
         return bool(self._ask("A")[0])
 
-    def allocated(self, positions: Sequence[int]) -> tuple[bool, list[tuple[str, int] | None]]:
-        """(tracing on?, the innermost allocation frame of each object, None when untraced)."""
+    def allocated(self, positions: Sequence[int]) -> tuple[bool, list[list[Any] | None], str]:
+        """(tracing on?, the innermost allocation frame of each object as [file, line] or, where
+        an object it alone holds stands in (CPython 3.11), [file, line, "held"], None when
+        untraced; how the copy walked: "paused" when it traced none of its own allocations)."""
         tracing_on = False
-        out: list[tuple[str, int] | None] = []
+        walk = ""
+        out: list[list[Any] | None] = []
         for k in range(0, len(positions), 4000):
-            on, sites = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
-            if not on:
-                return False, []
+            answer = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
+            if not answer[0]:
+                return False, [], ""
             tracing_on = True
-            out += [(str(x[0]), int(x[1])) if x else None for x in sites]
-        return tracing_on, out
+            walk = str(answer[2]) if len(answer) > 2 else ""
+            out += [[str(x[0]), int(x[1]), *x[2:3]] if x else None for x in answer[1]]
+        return tracing_on, out, walk
 
     def alive(self) -> bool:
         return self.pid > 0 and _start_ticks(self.pid) == self.start_ticks
