@@ -10,6 +10,11 @@ stdin without waiting (select with timeout 0), so the agent's pending call runs 
 
 Commands (one JSON line back): window S  (operations per second over the next S seconds, RSS)
 | quit. Python 3.8+, standard library only.
+
+With the argument "heap" (scripts/bench-trace --walk) it is an idle process instead, whose heap the
+forked walk goes through: `build N` makes about N objects (units of a BenchRecord instance, its dict
+of atomic values, a str and a bytes: half gc-tracked, half not, allocated while tracing is on if it
+is) and answers {"objects": gc objects, "rss_kib"}; it wakes every 5 ms otherwise.
 """
 
 import json
@@ -59,4 +64,31 @@ def main():
                 window_ops = 0
 
 
-main()
+class BenchRecord:
+    def __init__(self, i):
+        self.meta = {"id": i, "name": f"record-{i}"}
+        self.payload = b"%032d" % i
+
+
+def heap():
+    kept = []
+    print(f"ready {os.getpid()}", flush=True)
+    while True:
+        if not select.select([sys.stdin], [], [], 0.005)[0]:
+            continue
+        cmd = sys.stdin.readline().split()
+        if not cmd or cmd[0] == "quit":
+            return
+        if cmd[0] == "build":
+            kept.extend(BenchRecord(i) for i in range(len(kept), len(kept) + int(cmd[1]) // 5))
+            out = {"objects": len(gc.get_objects()), "rss_kib": rss_kib()}
+            sys.stdout.write(json.dumps(out) + "\n")
+            sys.stdout.flush()
+
+
+if sys.argv[1:2] == ["heap"]:
+    import gc
+
+    heap()
+else:
+    main()
