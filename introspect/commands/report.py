@@ -5,7 +5,7 @@ counts (as `growth` does: the first one records a fresh baseline). It then trace
 of the grown types (as `backrefs` does): the application's own classes first, then those of common
 frameworks, then the standard library's and builtins, steady growers first within each (the page
 says why each was picked); and writes a directory: index.html (summary, memory verdict, growing types, chains and
-graphs, the memory plot), monitor.csv, monitor.png, growth.json, backrefs-<type>.json and graphs,
+graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with matplotlib), growth.json, backrefs-<type>.json and graphs,
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
 
@@ -292,9 +292,9 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
 
 
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
-    """growth.json, monitor.csv/png and index.html; returns the report document."""
+    """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    csv_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
@@ -343,7 +343,7 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
-        "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
+        "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
     doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))

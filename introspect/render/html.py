@@ -115,7 +115,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
         out.append(f"<p>{_e(skip['type'])}: not traced: {_e(skip['reason'])}</p>")
 
     out.append("<h2>Memory over time</h2>")
-    out.append(_image(doc["files"].get("png"), "RSS over time") or f"<p>{_e('; '.join(mem['notes']) or 'no plot')}</p>")
+    out.append(_image(doc["files"].get("svg") or doc["files"].get("png"), "RSS over time") or f"<p>{_e('; '.join(mem['notes']) or 'no plot')}</p>")
     out.append("<h2>Raw files</h2><ul>")
     raw = [doc["files"].get("csv"), doc["files"].get("growth"), *(r["json"] for r in doc["backrefs"])]
     out += [f"<li>{_link(p)}</li>" for p in raw if p]

@@ -137,6 +137,9 @@ def test_monitor_sees_steady_growth(worker: tuple[CeleryWorker, int], client: An
     assert 3.9 <= float(rows[-1]["t"]) <= 4.5
     assert int(rows[-1]["rss"]) > int(rows[0]["rss"]) and all(r["uss"] for r in rows)
     assert Path(doc["png"]).read_bytes()[:8] == PNG_MAGIC
+    svg = Path(doc["svg"]).read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "trend" in svg  # RSS and USS
+    assert "RSS over time: " in (Path(doc["csv"]).parent / "monitor.txt").read_text()
     assert (Path(doc["csv"]).parent / "monitor.json").exists()
 
     # THEN with --children the master's CSV has a column for its prefork child, summed into rss
@@ -180,7 +183,7 @@ def test_report_names_the_leak_and_its_holder(worker: tuple[CeleryWorker, int], 
     assert '<img src="data:image/svg+xml;base64,' in html and '<img src="data:image/png;base64,' in html
     svgs = re.findall(r'href="([^"]+\.svg)"', html)
     assert svgs and all((out_dir / s).read_bytes().lstrip().startswith((b"<?xml", b"<svg")) for s in svgs), svgs
-    for name in ("monitor.csv", "monitor.png", "growth.json", "report.json", Path(ref["json"]).name):
+    for name in ("monitor.csv", "monitor.svg", "monitor.png", "growth.json", "report.json", Path(ref["json"]).name):
         assert (out_dir / name).exists(), name
     assert (out_dir / "monitor.png").read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out_dir / "growth.json").read_text())["looks"][0]["baseline_recorded"] is True
