@@ -217,6 +217,43 @@ def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend
     return csv_path, svg_path, str(out.write_bytes("monitor.png", data)), notes
 
 
+def wall(pid: int, rss: int, trend: Trend, summed: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The limit that applies to ``pid``, when a growing trend reaches it, and the role's stopgap:
+    (JSON fields ``limit``, ``seconds_to_limit``, ``stopgap``; lines for the text). ``summed``: ``rss``
+    is the process's with its children's (monitor --children on a master)."""
+    from introspect import limits, procs
+
+    growing = trend.verdict == "steady growth" and trend.slope_bytes_per_s > 0
+    limit = limits.memory_limit(pid, rss)
+    doc: dict[str, Any] = {"limit": limit.as_json() if limit else None,
+                           "seconds_to_limit": None, "stopgap": None}
+    lines: list[str] = []
+    line = limits.wall_line(limit, trend.slope_bytes_per_s, growing)
+    if line:
+        lines.append(line)
+    if not growing:
+        return doc, lines
+    secs = limits.seconds_to_limit(limit, trend.slope_bytes_per_s)
+    doc["seconds_to_limit"] = round(secs, 1) if secs is not None else None
+    try:  # the role decides the stopgap; a process that has exited has none
+        me, kids = procs.workers_of(pid)
+        if me is None:
+            return doc, lines
+        workers = max(1, len(kids))
+        if me.role.endswith(("-child", "-worker")):
+            _parent, siblings = procs.workers_of(me.ppid)
+            workers = max(1, sum(1 for k in siblings if k.role == me.role))
+    except (errors.IntrospectError, psutil.Error, OSError):
+        return doc, lines
+    per_worker = rss // workers if summed and kids else rss
+    slope = trend.slope_bytes_per_s / workers if summed and kids else trend.slope_bytes_per_s
+    gap = limits.stopgap(me.role, per_worker, slope, limit, workers)
+    if gap is not None:
+        doc["stopgap"] = gap.as_json()
+        lines.append(gap.text)
+    return doc, lines
+
+
 def trend_fields(trend: Trend) -> dict[str, Any]:
     return {
         "slope_bytes_per_s": round(trend.slope_bytes_per_s, 3),
@@ -305,6 +342,7 @@ class Command:
         csv_path, svg_path, png_path, notes = write_outputs(out, sampler, samples, trend)
         if sampler.uss_note:
             notes.insert(0, sampler.uss_note)
+        wall_fields, wall_lines = wall(args.pid, samples[-1].rss, trend, args.children) if samples else ({}, [])
         doc: dict[str, Any] = {
             "pid": args.pid,
             "name": sampler.name,
@@ -314,18 +352,19 @@ class Command:
             "stopped": stopped,
             "samples": [s.as_json() for s in samples],
             **trend_fields(trend),
+            **wall_fields,
             "csv": csv_path,
             "svg": svg_path,
             "png": png_path,
             "notes": notes,
         }
-        emit(args, out, doc, render(doc, trend, samples))
+        emit(args, out, doc, render(doc, trend, samples, wall_lines))
         if exited is not None:
             raise exited
         return 0
 
 
-def render(doc: dict[str, Any], trend: Trend, samples: list[Sample]) -> str:
+def render(doc: dict[str, Any], trend: Trend, samples: list[Sample], wall_lines: list[str] | None = None) -> str:
     what = "RSS (process + children)" if doc["children"] else "RSS"
     lines = [f"pid {doc['pid']} ({doc['name']}): {len(samples)} samples over {doc['duration_s']:.1f} s, "
              f"every {doc['interval_s']:g} s" + ("" if doc["stopped"] == "duration" else f"; stopped: {doc['stopped']}")]
@@ -336,6 +375,7 @@ def render(doc: dict[str, Any], trend: Trend, samples: list[Sample]) -> str:
             span += f", USS {mb(first.uss)} -> {mb(last.uss)}"
         lines.append(span)
     lines.append(trend_line(trend, what))
+    lines += wall_lines or []
     if len(samples) >= 2:
         lines.append(f"{what} over time: {_sparkline([s.rss for s in samples])}  "
                      f"({mb(min(s.rss for s in samples))} .. {mb(max(s.rss for s in samples))})")

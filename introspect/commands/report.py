@@ -26,7 +26,7 @@ from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
-from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
+from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
@@ -346,8 +346,11 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
-    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     doc["memory"]["summary"] = trend_line(trend)
+    wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
+    doc["memory"].update(wall_fields)
+    doc["memory"]["wall"] = wall_lines
+    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     return doc
 
 
@@ -392,6 +395,7 @@ def render(doc: dict[str, Any]) -> str:
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
+    lines += mem.get("wall") or []
     snap = doc.get("snapshot") or {}
     grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
     if grown:  # forked snapshots count every object, untracked ones too

@@ -75,7 +75,11 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     ]
     out.append("<table>")
     out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary]
-    out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr></table>')
+    out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr>')
+    for line in mem.get("wall") or []:
+        key = "stopgap" if line.startswith("stopgap:") else "limit"
+        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: '))}</td></tr>")
+    out.append("</table>")
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 

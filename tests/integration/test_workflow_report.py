@@ -129,6 +129,11 @@ def test_monitor_sees_steady_growth(worker: tuple[CeleryWorker, int], client: An
     sent_rate = LEAK_KIB * 1024 / SEND_EVERY_S  # an upper bound: the sender also spends time sending
     assert 0.2 * sent_rate < doc["slope_bytes_per_s"] < 2.0 * sent_rate, (doc["slope_bytes_per_s"], sent_rate)
     assert abs(doc["slope_mb_per_hour"] - doc["slope_bytes_per_s"] * 3600 / 2**20) < 0.01
+    # ... says when it reaches its limit, and Celery's stopgap with the value to set, in KiB
+    assert doc["seconds_to_limit"] > 0 and doc["limit"]["source"], doc["limit"]
+    gap = doc["stopgap"]
+    assert gap["setting"] == "--max-memory-per-child" and gap["value"] * 1024 > doc["samples"][-1]["rss"], gap
+    assert f"--max-memory-per-child={gap['value']}" in (Path(doc["csv"]).parent / "monitor.txt").read_text()
     # ... and writes a CSV with one row per sample, and a real PNG
     rows = read_csv(Path(doc["csv"]))
     assert list(rows[0]) == ["t", "rss", "vms", "uss"]
