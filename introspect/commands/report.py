@@ -143,12 +143,15 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     from introspect.snapshot import collect, views
 
     def analyse(snap: Any, walker: Any) -> dict[str, Any]:
-        from introspect.snapshot import heap
+        from introspect.snapshot import heap, suspects
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 10)
-        value = {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+        found = heap.holders(h, walker.labels, 10, count=walker.counts)
+        now = time.time()
+        first = got.snapshots[0]["look"] if got.snapshots else None
+        value = {"look": views.look_of(now, rows, found), "rows": rows, "holders": found,
+                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
@@ -242,6 +245,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     return {
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev),
+        "suspects": last.get("suspects", []),
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -395,8 +399,11 @@ def render(doc: dict[str, Any]) -> str:
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
-    lines += mem.get("wall") or []
     snap = doc.get("snapshot") or {}
+    from introspect.snapshot.suspects import suspect_lines
+
+    lines += suspect_lines(snap.get("suspects") or [])
+    lines += mem.get("wall") or []
     grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
     if grown:  # forked snapshots count every object, untracked ones too
         lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
