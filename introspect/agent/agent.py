@@ -2262,11 +2262,21 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 except Exception as exc:  # noqa: BLE001 - the CLI says what failed
                     answer = [{"error": _exc_record(exc, "")}]
             elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
-                answer = _alloc_sites([keep[p] for p in nums], _trace_block() if _MANAGED_DICT_311 else None)
-                answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: see _trace_pause
+                blocks = _trace_block() if _MANAGED_DICT_311 else None
+                answer = _alloc_sites([keep[p] for p in nums], blocks)
+                answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
+            elif parts[0] == b"C":  # items of builtin containers (C-level len, never a Python __len__)
+                answer = [_snap_len(keep[p]) for p in nums]
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))
+
+
+def _snap_len(x):  # type: (object) -> int
+    for base in (dict, list, tuple, set, frozenset):
+        if isinstance(x, base):
+            return base.__len__(x)  # type: ignore[arg-type]
+    return -1
 
 
 def _snap_via(holder, child):  # type: (object, object) -> str

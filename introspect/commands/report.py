@@ -5,7 +5,7 @@ counts (as `growth` does: the first one records a fresh baseline). It then trace
 of the grown types (as `backrefs` does): the application's own classes first, then those of common
 frameworks, then the standard library's and builtins, steady growers first within each (the page
 says why each was picked); and writes a directory: index.html (summary, memory verdict, growing types, chains and
-graphs, the memory plot), monitor.csv, monitor.png, growth.json, backrefs-<type>.json and graphs,
+graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with matplotlib), growth.json, backrefs-<type>.json and graphs,
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
 
@@ -26,7 +26,7 @@ from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
-from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
+from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
@@ -143,12 +143,15 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     from introspect.snapshot import collect, views
 
     def analyse(snap: Any, walker: Any) -> dict[str, Any]:
-        from introspect.snapshot import heap
+        from introspect.snapshot import heap, suspects
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 10)
-        value = {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+        found = heap.holders(h, walker.labels, 10, count=walker.counts)
+        now = time.time()
+        first = got.snapshots[0]["look"] if got.snapshots else None
+        value = {"look": views.look_of(now, rows, found), "rows": rows, "holders": found,
+                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
@@ -242,6 +245,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     return {
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev),
+        "suspects": last.get("suspects", []),
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -292,9 +296,9 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
 
 
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
-    """growth.json, monitor.csv/png and index.html; returns the report document."""
+    """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    csv_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
@@ -343,11 +347,14 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
-        "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
+        "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
-    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     doc["memory"]["summary"] = trend_line(trend)
+    wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
+    doc["memory"].update(wall_fields)
+    doc["memory"]["wall"] = wall_lines
+    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     return doc
 
 
@@ -394,6 +401,10 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
     snap = doc.get("snapshot") or {}
+    from introspect.snapshot.suspects import suspect_lines
+
+    lines += suspect_lines(snap.get("suspects") or [])
+    lines += mem.get("wall") or []
     grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
     if grown:  # forked snapshots count every object, untracked ones too
         lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
