@@ -206,10 +206,12 @@ class Allocated:
     sampled: int
     traced: int  # of the sampled, those allocated while tracing was on
     held: int = 0  # of the traced, those placed by an object they alone hold
-    walk: str = ""  # the forked copy's tracing during its walk: "paused" (its own allocations untraced), or why not
+    # the forked copy's tracing during its walk: "paused" (its own allocations untraced), or why not
+    walk: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        doc = {"allocated_at": self.sites, "allocated_sampled": self.sampled, "allocated_traced": self.traced}
+        doc = {"allocated_at": self.sites, "allocated_sampled": self.sampled,
+               "allocated_traced": self.traced}
         if self.held:
             doc["allocated_held"] = self.held
         if self.walk:
@@ -217,10 +219,11 @@ class Allocated:
         return doc
 
 
-HELD_NOTE = ("CPython 3.11's tracemalloc cannot look up an instance of a class with a managed __dict__ (a class "
-             "without __slots__: its memory starts 16 bytes before where 3.11 looks; fixed in 3.12). Read inside the "
-             "target, such an instance is placed where an object it alone holds (an attribute value, its __dict__) "
-             "was allocated: its constructor's lines, or the line that called it")
+HELD_NOTE = ("CPython 3.11's tracemalloc cannot look up an instance of a class with a managed "
+             "__dict__ (a class without __slots__: its memory starts 16 bytes before where 3.11 "
+             "looks; fixed in 3.12). Read inside the target, such an instance is placed where an "
+             "object it alone holds (an attribute value, its __dict__) was allocated: its "
+             "constructor's lines, or the line that called it")
 
 
 def allocated(walker: Any, positions: list[int], names: FunctionNames, limit: int = 5) -> Allocated | None:
@@ -238,7 +241,8 @@ _RUN_AGENT = re.compile(r"/introspect-\d+-[0-9a-f]{16}/agent\.py$")
 def ours(file: str) -> bool:
     """introspect's own allocations: its bootstrap's stage 1, its agent's code (``<introspect>/``,
     the target's and the walker's) or an agent file in a run dir."""
-    return file == "<introspect-bootstrap>" or file.startswith("<introspect>/") or bool(_RUN_AGENT.search(file))
+    return (file == "<introspect-bootstrap>" or file.startswith("<introspect>/")
+            or bool(_RUN_AGENT.search(file)))
 
 
 def summarize(on: bool, frames: list[Any], names: FunctionNames, limit: int = 5) -> Allocated | None:
@@ -252,9 +256,10 @@ def summarize(on: bool, frames: list[Any], names: FunctionNames, limit: int = 5)
             key = (str(fr[0]), int(fr[1]), len(fr) > 2 and fr[2] == "held")
             counts[key] = counts.get(key, 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    sites = [{"file": f, "line": ln, "function": names(f, ln), "count": n, **({"via": "held"} if held else {})}
-             for (f, ln, held), n in ranked]
-    return Allocated(sites, len(frames), sum(counts.values()), sum(n for k, n in counts.items() if k[2]))
+    sites = [{"file": f, "line": ln, "function": names(f, ln), "count": n,
+              **({"via": "held"} if held else {})} for (f, ln, held), n in ranked]
+    held_n = sum(n for k, n in counts.items() if k[2])
+    return Allocated(sites, len(frames), sum(counts.values()), held_n)
 
 
 def allocated_text(doc: dict[str, Any], pid: int, names: FunctionNames | None = None) -> list[str]:
@@ -266,8 +271,9 @@ def allocated_text(doc: dict[str, Any], pid: int, names: FunctionNames | None = 
     out = [f"allocated at ({doc['allocated_traced']:,} of {doc['allocated_sampled']:,} sampled instances were allocated while tracing):"]
     for s in doc["allocated_at"]:
         code = names.line(s["file"], s["line"]) if names is not None else ""
-        out.append(f"  {s['count']:>5,}  {s['file']}:{s['line']} in {s['function']}" + (f"   {code}" if code else "")
-                   + ("   [held: an object it alone holds]" if s.get("via") == "held" else ""))
+        held = "   [held: an object it alone holds]" if s.get("via") == "held" else ""
+        out.append(f"  {s['count']:>5,}  {s['file']}:{s['line']} in {s['function']}"
+                   + (f"   {code}" if code else "") + held)
     if doc.get("allocated_held"):
         out.append(f"  [held]: {HELD_NOTE}.")
     return out

@@ -235,7 +235,8 @@ def walk_table(doc: dict[str, Any]) -> str:
             sites = f"none ({last.get('allocated_walk')})"
         ratio = f"{min(on) / min(off):.2f}x ({_median(on) / _median(off):.2f}x)"
         lines.append(f"{_median([x['objects'] for x in s['on']]):>10,.0f} "
-                     f"{min(off):>6.2f}s ({_median(off):.2f}s) {min(on):>6.2f}s ({_median(on):.2f}s) "
+                     f"{min(off):>6.2f}s ({_median(off):.2f}s) "
+                     f"{min(on):>6.2f}s ({_median(on):.2f}s) "
                      f"{ratio:>13} {_median([x['command_s'] for x in s['off']]):>11.1f}s "
                      f"{_median([x['command_s'] for x in s['on']]):>10.1f}s  {sites}")
     return "\n".join(lines)

@@ -1655,7 +1655,8 @@ def _trace_pause():  # type: () -> str
         import ctypes  # the copy may import anything: nothing reaches the target (DESIGN.md)
 
         class Alloc(ctypes.Structure):  # PyMemAllocatorEx
-            _fields_ = [(n, ctypes.c_void_p) for n in ("ctx", "malloc", "calloc", "realloc", "free")]
+            _fields_ = [(n, ctypes.c_void_p)
+                        for n in ("ctx", "malloc", "calloc", "realloc", "free")]
 
         api = ctypes.pythonapi
         get, put = api.PyMem_GetAllocator, api.PyMem_SetAllocator
@@ -1669,13 +1670,14 @@ def _trace_pause():  # type: () -> str
         raw, mem, obj = hooks
         size = ctypes.sizeof(Alloc)
         # tracemalloc's hooks (3.8-3.15): ctx points into its struct {mem, raw, obj} of the
-        # allocators it wraps, one free function for all three. Anything else wraps them: left alone.
+        # allocators it wraps, one free function for all three. Anything else: left alone.
         if not (mem.ctx and raw.ctx == mem.ctx + size and obj.ctx == mem.ctx + 2 * size
                 and mem.malloc == obj.malloc and raw.free == mem.free == obj.free):
             return "another allocator hook wraps tracemalloc's: the copy traced its own allocations"
         wrapped = [Alloc.from_buffer_copy(Alloc.from_address(h.ctx)) for h in hooks]
         if not all(w.malloc and w.free and w.free != h.free for w, h in zip(wrapped, hooks)):
-            return "tracemalloc's wrapped allocators could not be read: the copy traced its own allocations"
+            return ("tracemalloc's wrapped allocators could not be read: "
+                    "the copy traced its own allocations")
         _TRACE_WALK["wrapped"] = wrapped
         for domain in (2, 1, 0):
             put(domain, ctypes.byref(wrapped[domain]))
@@ -1700,14 +1702,16 @@ def _trace_pause():  # type: () -> str
         if sys.version_info >= (3, 13):
             tracer = api.PyRefTracer_SetTracer
             tracer.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
-            tracer(None, None)  # it only updates traces of objects reused from free lists: the copy's own
+            tracer(None, None)  # it updates traces of objects reused from free lists: the copy's
     except Exception:  # noqa: BLE001 - the allocators are unwrapped: paused, with lookups left
         pass
-    return "paused" if "flag" in _TRACE_WALK else "paused (tracemalloc's flag not found: object creations still looked up)"
+    if "flag" not in _TRACE_WALK:
+        return "paused (tracemalloc's flag not found: object creations still looked up)"
+    return "paused"
 
 
 def _trace_resume():  # type: () -> None
-    """After the walk: tracemalloc answers lookups again (its flag set; allocators left unwrapped)."""
+    """After the walk: tracemalloc answers lookups again (its flag set; allocators unwrapped)."""
     cfg = _TRACE_WALK.pop("flag", None)
     if cfg is not None:
         cfg[1] = 1
@@ -2074,7 +2078,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         index = {}  # type: dict  # id -> position
         objs = gc.get_objects() if walk else []
         _snap_quiet(deadline, fd)
-        _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes is ours
+        _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes
         marshal = _builtin("marshal")
         own = _snap_own(frame_ids, mods)
         for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:

@@ -172,7 +172,8 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     got.snapshots.sort(key=lambda x: x["look"].time)
 
 
-ALLOCATION_TYPES = 8  # grown types (by bytes since the first snapshot) whose instances' allocation sites are looked up
+# grown types (by bytes since the first snapshot) whose instances' allocation sites are looked up
+ALLOCATION_TYPES = 10
 
 
 def allocation_sites(pid: int, snap: Any, walker: Any, rows: Any, got: Collected) -> dict[str, Any]:
@@ -390,8 +391,11 @@ def _allocated_lines(doc: dict[str, Any]) -> list[str]:
     tracing_on = bool(alloc and alloc.get("tracing")) or any(r.get("tracing") for r in doc["backrefs"])
     if not tracing_on:
         return [f"allocation sites: tracing was off (`introspect trace start {doc['pid']} --for 30m`, then report again)"]
-    return [f"{t} allocated at: " + ", ".join(f"{s['file']}:{s['line']} in {s['function']} ({s['count']}"
-                                            + (", held" if s.get("via") == "held" else "") + ")" for s in sites[:2])
+    def site(s: dict[str, Any]) -> str:
+        via = ", via an object it holds" if s.get("via") == "held" else ""
+        return f"{s['file']}:{s['line']} in {s['function']} ({s['count']}{via})"
+
+    return [f"{t} allocated at: " + ", ".join(site(s) for s in sites[:2])
             for t, sites in per_type[:3] if sites]
 
 

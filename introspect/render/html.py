@@ -211,8 +211,11 @@ def _allocation_section(doc: dict[str, Any]) -> list[str]:
     out.append("<table><tr><th>type</th><th>allocated at</th><th>function</th><th>instances</th></tr>")
     for tname, a in per_type:
         for site in a["allocated_at"]:
-            held = " (where an object it alone holds was allocated: CPython 3.11)" if site.get("via") == "held" else ""
-            out.append(f"<tr><td>{_e(tname)}</td><td>{_e(site['file'])}:{site['line']}{held}</td><td>{_e(site['function'])}</td>"
+            held = ""
+            if site.get("via") == "held":
+                held = " (where an object it alone holds was allocated: CPython 3.11)"
+            out.append(f"<tr><td>{_e(tname)}</td><td>{_e(site['file'])}:{site['line']}{held}</td>"
+                       f"<td>{_e(site['function'])}</td>"
                        f"<td class=n>{site['count']:,} of {a['allocated_sampled']:,} sampled</td></tr>")
     out.append("</table>")
     return out

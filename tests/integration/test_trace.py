@@ -12,12 +12,14 @@ another: growth, backrefs (forked and in-process) and report must name each kind
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from introspect.agent import AGENT_PATH
 from tests.conftest import VICTIMS, Interp, interp_params, introspect, state_beyond
 
 VICTIM = "trace_leak.py"
@@ -285,3 +287,77 @@ def test_allocation_sites_of_every_kind_of_object(interp: Interp, spawn: Any,
     assert f"{SITES}:{_site_line('KEEP_SLOTTED')}" in html
     _trace("stop", pid)
     assert victim.alive() and not victim.ask("state")["tracing"]
+
+
+PAUSE_PROBE = r'''
+import _tracemalloc, json, runpy, sys
+agent = runpy.run_path(sys.argv[1])  # definitions only: no REQUEST, nothing runs
+_tracemalloc.start(1)
+
+
+class Plain:
+    def __init__(self, n):
+        self.value = n * 0.5
+
+
+def make(n):
+    return [Plain(n), {"n": n}, b"%64d" % n]
+
+
+before = [make(n) for n in range(1000, 1200)]  # BEFORE
+status = agent["_trace_pause"]()
+tracing_during = _tracemalloc.is_tracing()
+memory = _tracemalloc.get_traced_memory()[0]
+during = [make(n) for n in range(2000, 2200)]  # DURING
+grew = _tracemalloc.get_traced_memory()[0] - memory
+agent["_trace_resume"]()
+block = agent["_trace_block"]() if agent["_MANAGED_DICT_311"] else None
+
+
+def lines(objs, lookup):  # [[line, ...], count] for each site, most first
+    on, sites = agent["_alloc_sites"](objs, lookup)
+    counts = {}
+    for s in sites:
+        key = tuple(s[1:]) if s else None
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(([list(k) if k else None, n] for k, n in counts.items()), key=lambda x: -x[1])
+
+
+out = {"status": status, "tracing_during": tracing_during, "grew": grew,
+       "tracing_after": _tracemalloc.is_tracing()}
+for k, kind in enumerate(("plain", "dict", "bytes")):
+    out[kind] = lines([m[k] for m in before], block)
+    out[kind + "_during"] = lines([m[k] for m in during], block)
+out["plain_in_process"] = lines([m[0] for m in before], None)
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_walker_copy_keeps_traces_and_traces_nothing_of_its_own(interp: Interp,
+                                                                 tmp_path: Path) -> None:
+    # GIVEN objects made while tracing, in a throwaway process that plays the walker's copy
+    probe = tmp_path / "probe.py"
+    probe.write_text(PAUSE_PROBE)
+    src = probe.read_text().splitlines()
+    made = next(n for n, t in enumerate(src, 1) if "return [Plain(n)" in t)
+    init = next(n for n, t in enumerate(src, 1) if "self.value = n * 0.5" in t)
+
+    # WHEN the walker's pause runs, objects are made, and the walk ends
+    proc = subprocess.run([interp.path, str(probe), str(AGENT_PATH)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+
+    # THEN tracing looked off while walking and nothing made then was traced; afterwards the
+    # objects made before are placed at their line (3.11's managed-dict instances read at their
+    # true start; a dict reused from a free list filled before tracing began has no trace), none
+    # made during the pause is (a block freed then keeps its stale trace: never asked about, the
+    # walker frees no object it records); in-process, 3.11 places them by the float they hold
+    assert doc["status"] == "paused", doc
+    assert not doc["tracing_during"] and doc["grew"] == 0 and doc["tracing_after"], doc
+    for kind in ("plain", "dict", "bytes"):
+        assert doc[kind][0][0] == [made] and doc[kind][0][1] >= 100, (kind, doc)
+        assert all(site != [made] for site, _ in doc[kind + "_during"]), (kind, doc)
+    held = [init, "held"] if interp.version == (3, 11) else [made]
+    assert doc["plain_in_process"][0][0] == held and doc["plain_in_process"][0][1] >= 100, doc

@@ -50,7 +50,7 @@ def keep(n):
 
 def churn(n):
     for i in range(20):
-        scratch = [Plain(n), Slotted(n), Record(n, 0.5), {"n": n, "i": i}, os.urandom(48), "c-%d-%d" % (n, i)]  # CHURN
+        scratch = [Plain(n), Slotted(n), Record(n, i), {"i": i}, os.urandom(48), "c-%d" % i]  # CHURN
         del scratch
 
 
