@@ -379,9 +379,8 @@ def _alloc_sites(objs, block=None):  # type: (list, Any) -> list
         try:
             tb = get(o)
             if not tb and _type_flags.__get__(type(o), type) & _MANAGED_DICT_311:
-                tb = block(id(o) - 32) if block is not None else None  # gc header + 2 pointers
-                if not tb:
-                    tb = _held_site(o, get)
+                # at the block's true start (gc header + 2 pointers): exact, None is untraced
+                tb = block(id(o) - 32) if block is not None else _held_site(o, get)
         except Exception:
             tb = None
         out.append(list(tb) if type(tb) is list else list(tb[0]) if tb else None)
