@@ -63,3 +63,22 @@ def test_durations() -> None:
     for bad in ("", "0", "ten", "8d", "-5"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_duration(bad)
+
+
+def test_allocated_sites_count_held_stand_ins_apart_and_drop_our_own(tmp_path: Path) -> None:
+    f = tmp_path / "app.py"
+    f.write_text(SOURCE)
+    names = tracing.FunctionNames("/")
+    frames = [[str(f), 14]] * 3 + [[str(f), 8, "held"]] * 2 + [None, ["<introspect>/agent.py", 90],
+                                                               ["<introspect-bootstrap>", 1]]
+    got = tracing.summarize(True, frames, names)
+    assert got is not None
+    assert got.sites == [{"file": str(f), "line": 14, "function": "leak", "count": 3},
+                         {"file": str(f), "line": 8, "function": "Cache.put.<locals>.inner",
+                          "count": 2, "via": "held"}]
+    assert (got.sampled, got.traced, got.held) == (8, 5, 2)
+    doc = {"tracing": True, **got.as_json()}
+    assert doc["allocated_held"] == 2 and "allocated_walk" not in doc
+    text = tracing.allocated_text(doc, 42, names)
+    assert "[held: an object it alone holds]" in text[2] and "managed __dict__" in text[-1]
+    assert tracing.summarize(False, frames, names) is None
