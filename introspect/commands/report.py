@@ -225,7 +225,9 @@ def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walke
         if th is not me:
             th.join(args.timeout + 60)
     grown, steady = merged_growth(got, rows)
-    names = analysis.backref_candidates(grown, steady, args.backrefs)
+    first = got.snapshots[0]["look"].types if got.snapshots else {}
+    added = {name: r.bytes - first.get(name, [0, 0])[1] for name, r in rows.items()} if first else None
+    names = analysis.backref_candidates(grown, steady, args.backrefs, added)
     why = {r.type: analysis.why_picked(r, steady) for r in grown if r.type in names}
     out: list[dict[str, Any]] = []
     for name in names:
