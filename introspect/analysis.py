@@ -139,8 +139,14 @@ def origin(type_name: str) -> str:
     return "application"
 
 
-def backref_candidates(rows: list[GrowthRow], steady: list[str], n: int) -> list[str]:
+def backref_candidates(rows: list[GrowthRow], steady: list[str], n: int,
+                       added_bytes: dict[str, int] | None = None) -> list[str]:
     """Which grown types to trace first (``rows`` as from grown_since_baseline).
+
+    With ``added_bytes`` (what each type added since the first forked look), a library or builtin
+    type that added little memory (under 64 KiB or 1 % of all that was added) is traced after the
+    rest: the seeds' ``bytes`` +10 MB before an ``_io.BufferedReader`` +1. The application's own
+    classes keep their place: small as instances, they are what their chains explain.
 
     The application's own classes come first, then those of common frameworks, then the standard
     library's (``weakref.ReferenceType``, ``_asyncio.Task``, ``functools.partial``), then builtins
@@ -153,8 +159,18 @@ def backref_candidates(rows: list[GrowthRow], steady: list[str], n: int) -> list
     ...                              "weakref.ReferenceType": [700, 9, 600]})
     >>> backref_candidates(rows, ["a.Job", "dict", "weakref.ReferenceType"], 3)
     ['a.Job', 'b.Tmp', 'weakref.ReferenceType']
+    >>> backref_candidates(rows, [], 3, {"dict": 10 << 20, "a.Job": 900, "b.Tmp": 200, "weakref.ReferenceType": 900})
+    ['a.Job', 'b.Tmp', 'dict']
     """
-    ranked = sorted(rows, key=lambda r: (ORIGINS.index(origin(r.type)), r.type not in steady, -r.since_baseline, r.type))
+    added = added_bytes or {}
+    total = sum(b for b in added.values() if b > 0)
+    floor = max(64 << 10, total // 100)
+
+    def minor(r: GrowthRow) -> bool:
+        return bool(added) and origin(r.type) != "application" and added.get(r.type, 0) < floor
+
+    ranked = sorted(rows, key=lambda r: (minor(r), ORIGINS.index(origin(r.type)), r.type not in steady,
+                                         -added.get(r.type, 0), -r.since_baseline, r.type))
     return [r.type for r in ranked[:max(n, 0)]]
 
 

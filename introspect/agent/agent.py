@@ -2270,9 +2270,75 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
             elif parts[0] == b"C":  # items of builtin containers (C-level len, never a Python __len__)
                 answer = [_snap_len(keep[p]) for p in nums]
+            elif parts[0] == b"P":  # previews of builtin values (never repr() of anything else)
+                answer = [_snap_preview(keep[p], 2) for p in nums]
+            elif parts[0] == b"W":  # equal str/bytes values held as separate objects
+                answer = _snap_dups(keep, nums[0] if nums else 8, nums[1] if len(nums) > 1 else 50)
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))
+
+
+_PREVIEW_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+def _snap_preview(obj, depth):  # type: (object, int) -> str
+    """A short text of a builtin value; a user object is named by its type, never repr()'d (its
+    __repr__ is the application's code: a Django QuerySet's queries the database)."""
+    x = obj  # type: Any
+    t = type(x)
+    if t is str or t is bytes:
+        return repr(x[:60]) + ("...(%d)" % len(x) if len(x) > 60 else "")
+    if t is int:
+        return repr(x) if x.bit_length() < 200 else "<int of %d bits>" % x.bit_length()
+    if t is float or t is bool or x is None:
+        return repr(x)
+    if t in (list, tuple, set, frozenset, dict) and depth > 0:
+        n = t.__len__(x)
+        if t is dict:
+            items = []  # type: list
+            for k in dict.__iter__(x):
+                if len(items) >= 4:
+                    break
+                items.append(_snap_preview(k, 0) + ": " + _snap_preview(dict.__getitem__(x, k), depth - 1))
+            return "{" + ", ".join(items) + (", ...(%d)" % n if n > 4 else "") + "}"
+        parts = []  # type: list
+        for v in t.__iter__(x):
+            if len(parts) >= 4:
+                break
+            parts.append(_snap_preview(v, depth - 1))
+        body = ", ".join(parts) + (", ...(%d)" % n if n > 4 else "")
+        shapes = {list: "[%s]", tuple: "(%s)", set: "{%s}", frozenset: "frozenset({%s})"}  # type: dict
+        return shapes[t] % body
+    if t in (list, tuple, set, frozenset, dict):
+        return "<%s of %d>" % (t.__name__, t.__len__(x))
+    return "<%s>" % (getattr(t, "__qualname__", "?"),)
+
+
+def _snap_dups(keep, min_len, top):  # type: (list, int, int) -> list
+    """Groups of equal str/bytes values held as distinct objects: [type, length, copies, bytes of
+    one, positions of up to 5 copies], the most wasted bytes first. At most 2M values are looked at."""
+    seen = {}  # type: dict
+    getsizeof = sys.getsizeof
+    looked = 0
+    for pos, x in enumerate(keep):
+        t = type(x)
+        if (t is str or t is bytes) and len(x) >= min_len:  # type: ignore[arg-type]
+            looked += 1
+            if looked > 2000000:
+                break
+            g = seen.get(x)  # str and bytes never compare equal: one table holds both apart
+            if g is None:
+                seen[x] = [pos]
+            else:
+                g.append(pos)
+    groups = []  # type: list
+    for v, g in seen.items():
+        if len(g) > 1:
+            one = getsizeof(keep[g[0]])
+            groups.append([(len(g) - 1) * one, "str" if type(v) is str else "bytes", len(v), len(g), one, g[:5]])
+    groups.sort(key=lambda r: -r[0])
+    return [r[1:] for r in groups[:top]]
 
 
 def _snap_len(x):  # type: (object) -> int

@@ -46,6 +46,9 @@ class Command:
         parser.add_argument("--interval", type=float, default=0.0, metavar="S", help="seconds between samples (with --samples)")
         parser.add_argument("--samples", type=int, default=1, metavar="N", help="take N looks --interval seconds apart and flag steady growers")
         parser.add_argument("--holders", type=int, default=5, metavar="N", help="holders listed, most grown first (default: 5; forked snapshot only)")
+        parser.add_argument("--values", action="store_true",
+                            help="show a few values of each suspect's accumulation point, made in the frozen copy (builtin "
+                                 "types only; a user object is named by its type, its __repr__ never runs)")
         add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -151,7 +154,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
 
-        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid),
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid, args.values),
                                          method=args.method, timeout=args.timeout, collect=args.collect, log=log)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
@@ -194,7 +197,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
 ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
 
 
-def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
+def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
@@ -208,7 +211,8 @@ def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
         baseline = views.Look.from_json(saved["baseline"]) if saved else look
         previous = views.Look.from_json(saved["previous"]) if saved else look
         tracing_on = walker.tracing()
-        found_suspects = suspects.suspects(h, walker.labels, found, previous if saved else None, now, 50, count=walker.counts)
+        found_suspects = suspects.suspects(h, walker.labels, found, previous if saved else None, now, 50, count=walker.counts,
+                                           preview=walker.previews if values else None)
         return {"suspects": found_suspects,"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "bytes": int(snap.size.sum()),
                 "gc": snap.meta.get("gc", {}), "baseline_recorded": saved is None, "now": now,
                 "baseline_time": baseline.time, "previous_time": previous.time,

@@ -72,6 +72,9 @@ class Command:
         parser.add_argument("--top", type=int, default=15, metavar="N", help="grown types listed (default: 15)")
         parser.add_argument("--backrefs", type=int, default=3, metavar="N", help="grown types traced to their holders (default: 3; 0 = none)")
         parser.add_argument("--budget", type=float, default=5.0, metavar="S", help="search time per traced type inside the target (default: 5)")
+        parser.add_argument("--values", action="store_true",
+                            help="show a few values of each suspect's accumulation point, made in the frozen copy (builtin "
+                                 "types only; a user object is named by its type, its __repr__ never runs)")
 
     def run(self, args: argparse.Namespace) -> int:
         if args.duration <= 0 or args.interval <= 0 or args.looks < 2 or args.top < 1 or args.backrefs < 0 or args.budget <= 0:
@@ -151,7 +154,8 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
         now = time.time()
         first = got.snapshots[0]["look"] if got.snapshots else None
         value = {"look": views.look_of(now, rows, found), "rows": rows, "holders": found,
-                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts),
+                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts,
+                                               preview=walker.previews if getattr(args, "values", False) else None),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
@@ -222,7 +226,9 @@ def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walke
         if th is not me:
             th.join(args.timeout + 60)
     grown, steady = merged_growth(got, rows)
-    names = analysis.backref_candidates(grown, steady, args.backrefs)
+    first = got.snapshots[0]["look"].types if got.snapshots else {}
+    added = {name: r.bytes - first.get(name, [0, 0])[1] for name, r in rows.items()} if first else None
+    names = analysis.backref_candidates(grown, steady, args.backrefs, added)
     why = {r.type: analysis.why_picked(r, steady) for r in grown if r.type in names}
     out: list[dict[str, Any]] = []
     for name in names:

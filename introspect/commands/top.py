@@ -11,7 +11,8 @@ Without memory headroom for the fork, or with --in-process, the count runs insid
 Examples:
   introspect top 1234 --limit 20
   introspect top 1234 --by size
-  introspect top 1234 --by retained
+  introspect top 1234 --by retained          # leak suspects first, then the biggest holders
+  introspect top 1234 --waste --values       # duplicate strings and bytes, empty containers
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class Command:
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target first (off by default: it hides evidence and costs time)")
         parser.add_argument("--by", choices=("count", "size", "retained"), default="count",
                             help="rank types by object count (default) or shallow bytes, or list the holders retaining the most")
+        parser.add_argument("--waste", action="store_true",
+                            help="duplicate str/bytes values (what one copy each would save, who holds the copies) and empty "
+                                 "containers (forked snapshot only)")
+        parser.add_argument("--values", action="store_true",
+                            help="with --by retained or --waste: show a few values, made in the frozen copy (builtin types only; "
+                                 "a user object is named by its type, its __repr__ never runs)")
         parser.add_argument("--budget", type=float, default=10.0, metavar="S",
                             help="in-process --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
         add_collector_options(parser)
@@ -64,7 +71,8 @@ class Command:
                 from introspect.snapshot import suspects
 
                 h = heap.analyse(snap)
-                doc["suspects"] = suspects.suspects(h, walker.labels, count=walker.counts)
+                doc["suspects"] = suspects.suspects(h, walker.labels, count=walker.counts,
+                                                    preview=walker.previews if args.values else None)
                 doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000, count=walker.counts), None)
                 by_type = heap.retained_by_type(h)
                 doc["types"] = [{"type": t, "retained_bytes": b, "count": rows[t].count}
@@ -72,6 +80,12 @@ class Command:
                 doc["held_from_c"] = h.held_from_c
             else:
                 doc["types"] = views.type_docs(rows, args.by, limit)
+            if args.waste:
+                from introspect.snapshot import suspects
+
+                wh = h if args.by == "retained" else heap.analyse(snap)
+                doc["waste"] = suspects.waste(wh, walker.labels, walker.duplicates(8, 50),
+                                              walker.previews if args.values else None)
             return doc
 
         outcome, got, col = collect.take(args.pid, args.collector, analyse, method=args.method, timeout=args.timeout,
@@ -79,11 +93,12 @@ class Command:
         if outcome is not None and got is not None:
             doc, text = from_snapshot(outcome, got, col, args.by)
         else:
-            if args.by == "retained":
+            if args.by == "retained" or args.waste:
                 fix = ("A process with gRPC loaded is never forked: use --by count or --by size (counted in the process)."
                        if col["why"].startswith("gRPC") else
                        "Free some memory (or raise the cgroup's limit) and try again, or force it with --fork.")
-                raise errors.UsageError(f"--by retained needs a forked snapshot, and it was not taken: {col['why']}", help=fix)
+                what = "--by retained" if args.by == "retained" else "--waste"
+                raise errors.UsageError(f"{what} needs a forked snapshot, and it was not taken: {col['why']}", help=fix)
             params = {"collect": args.collect, "sizes": args.by == "size", "budget": args.budget}
             outcome = run_agent(args.pid, "top", params, method=args.method, timeout=args.timeout, log=log)
             doc, text = by_size(outcome, args.limit) if args.by == "size" else by_count(outcome, args.limit)
@@ -105,10 +120,14 @@ def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by
         lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
         lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]
         lines += ["", table(["type", "retained", "count"], [(t["type"], human_bytes(t["retained_bytes"]), t["count"]) for t in got["types"]])]
-    else:
+    elif not got.get("waste"):
         lines += ["", table(["type", "count", "untracked", "bytes", "avg"],
                             [(t["type"], t["count"], t["untracked"], human_bytes(t["bytes"]), human_bytes(t["bytes"] / max(1, t["count"])))
                              for t in got["types"]])]
+    if got.get("waste"):
+        from introspect.snapshot.suspects import waste_lines
+
+        lines += [""] + waste_lines(got["waste"])
     return doc, "\n".join(lines)
 
 

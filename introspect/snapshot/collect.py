@@ -181,6 +181,19 @@ class Walker:
             out += [int(x) for x in self._ask("C " + " ".join(str(p) for p in positions[k:k + 4000]))]
         return out
 
+    def previews(self, positions: Sequence[int]) -> list[str]:
+        """Short texts of builtin values (str, bytes, numbers, containers of those), made in the
+        frozen copy; any other object is named by its type, never repr()'d."""
+        out: list[str] = []
+        for k in range(0, len(positions), 1000):
+            out += [str(x) for x in self._ask("P " + " ".join(str(p) for p in positions[k:k + 1000]))]
+        return out
+
+    def duplicates(self, min_len: int = 8, top: int = 50) -> list[list[Any]]:
+        """Equal str/bytes values held as distinct objects: [type, length, copies, bytes of one,
+        [positions of up to 5 copies]], most wasted bytes first."""
+        return self._ask(f"W {int(min_len)} {int(top)}")
+
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         out: list[list[str]] = []
         for k in range(0, len(positions), 4000):

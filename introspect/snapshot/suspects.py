@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, _items, describe
+from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, Namer, _items, describe
 from introspect.snapshot.views import Holder, Look
 
 SHARE = 0.10  # a holder retaining this share of the Python heap is a suspect (MAT: 10 %)
@@ -177,10 +177,12 @@ def _growth(path: str, retained: int, items: int, previous: Look | None, dt: flo
 
 
 def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (), previous: Look | None = None,
-             now: float | None = None, holder_limit: int = 50, count: Counter_ | None = None) -> list[dict[str, Any]]:
+             now: float | None = None, holder_limit: int = 50, count: Counter_ | None = None,
+             preview: Namer | None = None) -> list[dict[str, Any]]:
     """The leak suspects, most important first (growth first, then retained bytes); [] when nothing
     qualifies. ``holders``: this look's named holders, compared with ``previous`` (the look before,
-    which listed up to ``holder_limit`` holders) by path."""
+    which listed up to ``holder_limit`` holders) by path. ``preview`` (``--values``): the walker's
+    text of builtin values, made in the frozen copy: the accumulation point gets a few items."""
     snap = heap.snap
     total = int(heap.snap.size[heap.reachable].sum()) or 1
     floor = max(int(SHARE * total), MIN_BYTES)
@@ -216,12 +218,19 @@ def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (), previou
         growth = _growth(text, int(heap.retained[p]), items, previous, dt, holder_limit)
         if points[p] == "grew" and (growth is None or growth["retained_bytes"] < MIN_GROWTH):
             continue
-        out.append({"path": text, "type": snap.type_name(p), "items": items,
+        out.append({"_pos": p, "path": text, "type": snap.type_name(p), "items": items,
                     "retained_bytes": int(heap.retained[p]), "share": round(int(heap.retained[p]) / total, 4),
                     "why": points[p], "growth": growth,
                     "accumulation_point": {"path": text, "type": snap.type_name(p), "shape": shape(heap, p, label)}})
     out.sort(key=lambda s: (-(s["growth"] or {}).get("retained_bytes", 0), -s["retained_bytes"]))
-    return out[:MAX_SUSPECTS]
+    out = out[:MAX_SUSPECTS]
+    if preview is not None and out:
+        texts = preview([s["_pos"] for s in out])
+        for s, text in zip(out, texts):
+            s["accumulation_point"]["values"] = text
+    for s in out:
+        s.pop("_pos", None)
+    return out
 
 
 def suspect_lines(found: list[dict[str, Any]]) -> list[str]:
@@ -242,4 +251,57 @@ def suspect_lines(found: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  {i}. {s['path']} ({s['type']}: {s['items']:,} items) retains {_size(s['retained_bytes'])}, "
                      f"{s['share']:.0%} of the Python heap{grew}")
         lines.append(f"     accumulates: {s['accumulation_point']['shape']['text']}")
+        if s["accumulation_point"].get("values"):
+            lines.append(f"     values: {s['accumulation_point']['values']}")
+    return lines
+
+
+def waste(heap: Heap, label: Labeler, duplicates: list[list[Any]], preview: Namer | None = None) -> dict[str, Any]:
+    """Duplicate str/bytes values (what one copy each would save, and where the copies are held)
+    and containers holding nothing (MAT's "group by value" and "collection fill ratio")."""
+    snap = heap.snap
+    rows: list[dict[str, Any]] = []
+    samples = [int(q) for d in duplicates for q in d[4] if 0 <= int(q) < snap.n]
+    holders = {q: int(heap.parent[q]) for q in samples}
+    wanted = sorted({h for h in holders.values() if h >= 0})
+    paths = {h: heap.path(h) for h in wanted}
+    flat = label([e for h in wanted for e in zip(paths[h], paths[h][1:])])
+    named: dict[int, str] = {}
+    k = 0
+    for h in wanted:
+        n = len(paths[h]) - 1
+        named[h] = describe(heap, paths[h], flat[k:k + n]) + f" ({snap.type_name(h)})"
+        k += n
+    texts = preview([int(d[4][0]) for d in duplicates]) if preview is not None and duplicates else []
+    for i, d in enumerate(duplicates):
+        kind, length, copies, one, where = str(d[0]), int(d[1]), int(d[2]), int(d[3]), [int(q) for q in d[4]]
+        held = Counter(named.get(holders.get(q, -1), "not reachable from a root") for q in where if q < snap.n)
+        row: dict[str, Any] = {"type": kind, "length": length, "copies": copies, "bytes_each": one,
+                               "wasted_bytes": (copies - 1) * one, "held_by": [p for p, _ in held.most_common(3)]}
+        if texts:
+            row["preview"] = texts[i]
+        rows.append(row)
+    empty: list[dict[str, Any]] = []
+    counts = np.diff(snap.offsets)
+    for name in ("dict", "list", "set"):
+        tids = [i for i, t in enumerate(snap.types) if t == name]
+        mask = np.isin(snap.type_of, tids) & (counts == 0) & heap.reachable
+        if mask.any():
+            empty.append({"type": name, "count": int(mask.sum()), "bytes": int(snap.size[mask].sum())})
+    return {"duplicates": rows, "empty": empty}
+
+
+def waste_lines(w: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if w["duplicates"]:
+        total = sum(r["wasted_bytes"] for r in w["duplicates"])
+        lines.append(f"duplicate values (one copy each would save {_size(total)}):")
+        for r in w["duplicates"][:15]:
+            held = "; ".join(r["held_by"]) or "?"
+            prev = f" {r['preview']}" if r.get("preview") else ""
+            lines.append(f"  {r['copies']:,} × {r['type']} of {r['length']:,}{prev}: {_size(r['wasted_bytes'])} wasted, held by {held}")
+    else:
+        lines.append("no duplicate str/bytes values of 8 or more characters")
+    for e in w["empty"]:
+        lines.append(f"empty {e['type']}: {e['count']:,} objects, {_size(e['bytes'])}")
     return lines

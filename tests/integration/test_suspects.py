@@ -55,6 +55,23 @@ def test_suspects_name_each_leak_and_what_accumulates(spawn: Any, interp: Interp
     assert text.index("leak suspects:") < text.index("holders, most grown first:")
     assert "accumulates: list of 3,000 × dict {'id': int, 'data': bytes" in text
 
+    # WHEN asked for values THEN builtin values are shown, a user object only by its type
+    assert victim.ask("grow 300")["n"] == 3300
+    vals = introspect("growth", str(victim.pid), "--values", "--json", "-o", str(tmp_path / "g3"))
+    assert vals.rc == 0, vals.stderr
+    shown = {s["path"]: s["accumulation_point"].get("values", "") for s in vals.json()["suspects"]}
+    print(shown)
+    assert shown["module __main__ .global_data_store"].startswith("[{'id': 0, 'data': b"), shown
+    registry_values = [v for p, v in shown.items() if p.endswith(".registry")]
+    assert registry_values and "<Plugin>" in registry_values[0] and "Plugin plugin-" not in registry_values[0], shown
+    # AND --waste finds the cache's equal strings, 3,000 copies, held by the cache
+    waste = introspect("top", str(victim.pid), "--waste", "--values", "--json", "-o", str(tmp_path / "w"))
+    assert waste.rc == 0, waste.stderr
+    dups = [r for r in waste.json()["waste"]["duplicates"] if r["type"] == "str" and r["length"] == 560]
+    assert dups and dups[0]["copies"] == 3300 and dups[0]["wasted_bytes"] >= 3299 * 560, dups
+    assert dups[0]["held_by"][0] == "module __main__ .name_cache (dict)", dups[0]
+    assert dups[0]["preview"].startswith("'customer-name-customer-name-")
+
     # AND no user __repr__ ran, in the target or in its frozen copy
     assert victim.ask("repr")["repr_calls"] == 0
     assert not repr_log.exists()
