@@ -1650,6 +1650,9 @@ def _trace_pause():  # type: () -> str
     tm = sys.modules.get("_tracemalloc")
     if tm is None or not tm.is_tracing():
         return "not tracing"
+    gil = getattr(sys, "_is_gil_enabled", None)
+    if gil is not None and not gil():  # its allocators and tracemalloc's state are laid out apart
+        return "a free-threaded build: the copy traced its own allocations"
     try:
         import ctypes  # the copy may import anything: nothing reaches the target (DESIGN.md)
 
