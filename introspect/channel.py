@@ -30,6 +30,9 @@ RUN_DIR_RE = re.compile(r"introspect-\d+-[0-9a-f]{16}")
 CLI_LOCK = "cli.lock"
 # Poll period while waiting for the agent: short enough to notice a dead target "at once".
 POLL_S = 0.02
+# result.json is data from the target: read at most this much (the largest real ones, `top -n 0`
+# or `trace show` on a big heap, are a few MiB).
+RESULT_MAX_BYTES = 64 << 20
 
 
 @dataclass
@@ -75,10 +78,13 @@ class RunDir:
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.host_file(name))
 
-    def read_json(self, name: str) -> Any:
-        fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            return json.loads(f.read().decode("utf-8", "replace"))
+    def read_json(self, name: str, limit: int) -> Any:
+        """A JSON file the target wrote, read through a descriptor that follows no link, at most
+        ``limit`` bytes (a larger one is refused: ValueError)."""
+        data = self.read_bytes(name, limit)
+        if len(data) > limit:
+            raise ValueError(f"{name} is larger than {limit:,} bytes")
+        return json.loads(data.decode("utf-8", "replace"))
 
     def read_bytes(self, name: str, limit: int) -> bytes:
         fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
@@ -175,7 +181,6 @@ class Request:
     timeout: float
     run: RunDir
     deadline: float = field(init=False)
-    code_key: str | None = field(default=None, init=False)  # where a dump of the agent's code is kept (codecache)
 
     def __post_init__(self) -> None:
         self.deadline = time.time() + self.timeout
@@ -194,7 +199,7 @@ BOOTSTRAP_NAME = "<introspect-bootstrap>"
 AGENT_NAME = codecache.AGENT_NAME
 
 
-def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dump_path: str = "") -> str:
+def bootstrap_source(agent_path: str, request: Request, code_path: str = "") -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
     A raising bootstrap would make ``PyRun_SimpleString`` return -1 and the target's *own* code
@@ -202,10 +207,10 @@ def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dum
     fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
 
     Stage 1 loads the agent's precompiled code from ``code_path`` if its header is exactly the
-    target's own bytecode (see codecache), else compiles ``agent_path``, and then, given a
-    ``dump_path``, writes what it compiled there for the CLI to keep. It reads ``sys`` and
-    ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if nothing did
-    (a builtin module: the agent reports it as imported).
+    target's own bytecode (see codecache), else compiles ``agent_path``. What it compiled stays
+    in the target: nothing a target makes is ever shipped to another (docs/security.md). It reads
+    ``sys`` and ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if
+    nothing did (a builtin module: the agent reports it as imported).
 
     The garbage collector is disabled while the agent loads and runs, and enabled again after (if
     it was): the agent's own allocations would otherwise trigger the target's collections in the
@@ -238,10 +243,6 @@ def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dum
         "  h='compiled'\n"
         f"  with open({agent_path!r},'rb') as f:s=f.read()\n"
         f"  c=compile(s,{AGENT_NAME!r},'exec');s=None\n"
-        f"  if k is not None and {bool(dump_path)!r}:\n"
-        "   try:\n"
-        f"    with open({dump_path!r},'xb') as f:f.write(k+M['marshal'].dumps(c))\n"
-        "   except Exception:pass\n"
         f" g={globs!r}\n"
         " g['_LOADED']=(h,T.perf_counter()-t if T else 0.0);g['_GC']=e;g['_NEW']=n\n"
         " exec(c,g)\n"
@@ -263,9 +264,8 @@ def prepare(
     try:
         source = agent_source(command)
         agent_path = run.write("agent.py", source, 0o400)
-        code, request_key = codecache.for_target(target, source)
+        code, _how = codecache.for_target(target, source)
         code_path = run.write(codecache.CODE_FILE, code, 0o400) if code is not None else ""
-        dump_path = run.file(codecache.DUMP_FILE) if request_key is not None else ""
         if command == "snapshot":
             run.write("walker.py", walker_source(), 0o400)  # compiled by the forked walker only
         params = dict(params)
@@ -274,8 +274,7 @@ def prepare(
         for name in fifos:
             params[name] = run.mkfifo(name)
         request = Request(command, params, timeout, run)
-        request.code_key = request_key
-        return request, bootstrap_source(agent_path, request, code_path, dump_path)
+        return request, bootstrap_source(agent_path, request, code_path)
     except BaseException:
         run.remove()
         raise
@@ -292,17 +291,49 @@ PHASES = {
 }
 
 
-def keep_code(request: Request) -> bool:
-    """Keep the agent code the target compiled and dumped (codecache) for the next run; False if
-    there is none. Read before the run dir goes: the dump is complete once result.json exists."""
-    run = request.run
-    if request.code_key is None or not run.exists("result.json"):
-        return False
-    try:
-        data = run.read_bytes(codecache.DUMP_FILE, codecache.MAX_BYTES)
-    except OSError:
-        return False
-    return codecache.store(request.code_key, data)
+_NUM = (int, float)
+# The envelope's fields the CLI reads, by type (agent.py run() and _answer() write them).
+ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
+    "ok": (bool,), "command": (str,), "pid": (int,), "result": (dict, type(None)), "error": (dict,),
+    "agent_s": _NUM, "code": (list, type(None)), "python": (str,), "imported": (list,),
+}
+# Fields of a command's result the CLI itself reads before handing it to the command's code.
+RESULT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "snapshot": {"forked": (bool,), "pause_s": _NUM, "fork_s": _NUM, "error": (str,)},
+}
+
+
+def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
+    """``envelope`` if every field the CLI reads has its type, else AgentError naming the field:
+    result.json is written by the target, and a wrong type must not become a traceback."""
+
+    def bad(what: str) -> errors.AgentError:
+        return errors.AgentError(f"the agent's result breaks its format: {what}", pid=pid,
+                                 help="The target wrote a result introspect cannot trust; nothing of it was used.")
+
+    for key, types in ENVELOPE_FIELDS.items():
+        if key in envelope and not isinstance(envelope[key], types) or (key == "ok" and key not in envelope):
+            raise bad(f"field {key!r} is not of type {'/'.join(t.__name__ for t in types)}")
+    if isinstance(envelope.get("ok"), bool) and envelope["ok"] and not isinstance(envelope.get("result"), dict):
+        raise bad("a successful run carries no result object")
+    err = envelope.get("error")
+    if err is not None:
+        frames = err.get("frames", [])
+        if not (isinstance(err.get("type", ""), str) and isinstance(err.get("message", ""), str)
+                and isinstance(frames, list)
+                and all(isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], int)
+                        and isinstance(f[2], str) for f in frames)):
+            raise bad("field 'error' is not {type: str, message: str, frames: [[file, line, function]]}")
+    code = envelope.get("code")
+    if code is not None and not (len(code) == 2 and isinstance(code[0], str) and isinstance(code[1], _NUM)):
+        raise bad("field 'code' is not [how, seconds]")
+    if not all(isinstance(m, str) for m in envelope.get("imported", [])):
+        raise bad("field 'imported' is not a list of names")
+    result = envelope.get("result")
+    for key, types in RESULT_FIELDS.get(str(envelope.get("command")), {}).items():
+        if isinstance(result, dict) and key in result and not isinstance(result[key], types):
+            raise bad(f"result field {key!r} is not of type {'/'.join(t.__name__ for t in types)}")
+    return envelope
 
 
 def last_phase(run: RunDir) -> str:
@@ -331,12 +362,12 @@ def wait_for_result(
     while True:
         if run.exists("result.json"):
             try:
-                result: dict[str, Any] = run.read_json("result.json")
+                result = run.read_json("result.json", RESULT_MAX_BYTES)
             except (OSError, ValueError) as exc:
                 raise errors.AgentError(f"unreadable result from the agent: {exc}", pid=target.pid) from None
-            if result.get("nonce") != run.nonce:
+            if not isinstance(result, dict) or result.get("nonce") != run.nonce:
                 raise errors.AgentError("result does not carry our nonce; refusing it", pid=target.pid)
-            return result
+            return checked_envelope(result, target.pid)
         if not target.is_alive():
             raise errors.TargetExited("the process exited while introspect waited for it", pid=target.pid, name=target.name)
         started_seen = started_seen or run.exists("started")

@@ -9,7 +9,6 @@ whenever the CLI gives up, fails, or is interrupted; it also has its own deadlin
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import time
@@ -123,6 +122,10 @@ def headroom(pid: int, *, cgroup_root: str = "/sys/fs/cgroup") -> Headroom:
     return Headroom(room >= need, need, room, where)
 
 
+def _is_str(x: object) -> bool:
+    return isinstance(x, str) and len(x) <= 1 << 16
+
+
 def _start_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -143,7 +146,11 @@ class Walker:
         self.deadline = deadline
         self.cfd = -1
 
-    def _ask(self, line: str) -> list[Any]:
+    def _ask(self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True) -> list[Any]:
+        """The walker's answer to one question: a JSON list of ``count`` entries (if given), each
+        passing ``item``; anything else is a FormatError (the walker is data from the target)."""
+        from introspect.snapshot.records import FormatError, StreamError, _json
+
         if self.cfd < 0:
             while True:  # the walker opens its end after its last frame; never block on a dead one
                 try:
@@ -152,26 +159,31 @@ class Walker:
                     break
                 except OSError as exc:
                     if exc.errno != errno.ENXIO or time.monotonic() > self.deadline or not self.alive():
-                        from introspect.snapshot.records import StreamError
-
                         raise StreamError("the snapshot walker stopped answering") from None
                     time.sleep(0.005)
         os.write(self.cfd, line.encode() + b"\n")
-        _kind, payload = self.reader.frame()
-        answer: list[Any] = json.loads(payload)
+        kind, payload = self.reader.frame()
+        if kind != b"L":
+            raise FormatError("answer frame", f"a {kind!r} frame where an answer ('L') belongs")
+        answer = _json(kind, payload)
+        if not isinstance(answer, list) or (count is not None and len(answer) != count):
+            raise FormatError("answer shape", f"the walker's answer to {line[:1]!r} is not a list of {count} entries")
+        if not all(item(x) for x in answer):
+            raise FormatError("answer type", f"an entry of the walker's answer to {line[:1]!r} has the wrong type")
         return answer
 
     def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
         out: list[str] = []
         for k in range(0, len(edges), 2000):
             chunk = edges[k:k + 2000]
-            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk))
+            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk), len(chunk), _is_str)
         return out
 
     def names(self, positions: Sequence[int]) -> list[str]:
         out: list[str] = []
         for k in range(0, len(positions), 4000):
-            out += self._ask("N " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            out += self._ask("N " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
         return out
 
     def counts(self, positions: Sequence[int]) -> list[int]:
@@ -197,32 +209,41 @@ class Walker:
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         out: list[list[str]] = []
         for k in range(0, len(positions), 4000):
-            out += self._ask("V " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            out += self._ask("V " + " ".join(str(p) for p in chunk), len(chunk),
+                             lambda x: isinstance(x, list) and all(_is_str(v) for v in x))
         return out
 
     def traces(self, depth: int) -> dict[str, Any]:
         """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
-        answer: dict[str, Any] = self._ask(f"G {depth}")[0]
+        answer: dict[str, Any] = self._ask(f"G {depth}", 1, lambda x: isinstance(x, dict))[0]
         if "error" in answer:
             from introspect.snapshot.records import StreamError
 
-            err = answer["error"]
+            err = answer["error"] if isinstance(answer["error"], dict) else {}
             raise StreamError(f"reading the traces failed in the walker: {err.get('type')}: {err.get('message')} "
-                              f"{err.get('frames', [])[-2:]}")
+                              f"{str(err.get('frames', []))[-300:]}")
         return answer
 
     def tracing(self) -> bool:
         """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
-        return bool(self._ask("A")[0])
+        return bool(self._ask("A", 2)[0])
 
     def allocated(self, positions: Sequence[int]) -> tuple[bool, list[tuple[str, int] | None]]:
         """(tracing on?, the innermost allocation frame of each object, None when untraced)."""
         tracing_on = False
         out: list[tuple[str, int] | None] = []
         for k in range(0, len(positions), 4000):
-            on, sites = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            on, sites = self._ask("A " + " ".join(str(p) for p in chunk), 2)
             if not on:
                 return False, []
+            if not (isinstance(sites, list) and len(sites) == len(chunk)
+                    and all(x is None or x == [] or (isinstance(x, list) and len(x) >= 2 and _is_str(x[0])
+                                                      and type(x[1]) is int) for x in sites)):
+                from introspect.snapshot.records import FormatError
+
+                raise FormatError("answer type", "the walker's allocation sites are not [[file, line] or null]")
             tracing_on = True
             out += [(str(x[0]), int(x[1])) if x else None for x in sites]
         return tracing_on, out
@@ -264,9 +285,16 @@ class _Session:
         res = envelope.get("result") or {}
         if not res.get("forked"):
             return None
-        from introspect.snapshot.records import Reader, StreamError, read_snapshot  # numpy: only when a snapshot comes
+        from introspect.snapshot.records import (  # numpy: only when a snapshot comes
+            FormatError,
+            Limits,
+            Reader,
+            StreamError,
+            read_snapshot,
+            target_memory,
+        )
 
-        reader = Reader(self.fd, time.monotonic() + self.timeout)
+        reader = Reader(self.fd, time.monotonic() + self.timeout, Limits.for_memory(target_memory(run.target.pid)))
 
         def on_meta(meta: dict[str, Any]) -> None:
             self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
@@ -285,6 +313,8 @@ class _Session:
         except TimeoutError:
             raise errors.TimeoutExpired(f"the forked snapshot did not finish within {self.timeout:g} s (its walker was killed)",
                                         help="Try a larger --timeout, or --in-process.") from None
+        except FormatError:
+            raise
         except StreamError as exc:
             raise errors.AgentError(f"forked snapshot failed: {exc}",
                                     help="The target was not affected (only its forked copy). Try --in-process.") from None
