@@ -249,6 +249,19 @@ class Reader:
         return kind, payload
 
 
+class BytesReader(Reader):
+    """Frames from bytes already in memory (a recorded stream, a test's mutated one)."""
+
+    def __init__(self, data: bytes, limits: Limits | None = None) -> None:
+        super().__init__(-1, float("inf"), limits or Limits.for_file(len(data)))
+        self.buf = bytearray(data)
+
+    def _fill(self, need: int) -> None:
+        if len(self.buf) < need:
+            self.eof = True
+            raise StreamError("the snapshot stream ended early (the walker died)")
+
+
 def _text(v: object) -> str:
     return v[:MAX_NAME] if isinstance(v, str) else "?"
 
@@ -304,6 +317,11 @@ class _Columns:
         if kind == b"O" and not (start + count <= known <= lim.max_objects and known >= self.known):
             raise FormatError("known positions", f"{known:,} positions known after {start + count:,} objects "
                               f"(before: {self.known:,}; bound {lim.max_objects:,})")
+        if kind != b"O" and not (start + count <= self.objects and known == self.known):
+            raise FormatError("known positions", f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
+                              f"({known:,} known) before they were streamed ({self.objects:,}, {self.known:,} known)")
+        if not any(per == PER_REF for _, _, per in columns) and items:
+            raise FormatError("frame length", f"a {kind.decode()!r} frame announces {items:,} references (it has none)")
         size = ARRAY_HEADER.size + sum(np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns)
         if len(payload) != size:
             raise FormatError("frame length", f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
