@@ -58,7 +58,10 @@ class RunDir:
     def write(self, name: str, data: bytes, mode: int = 0o600) -> str:
         """Write a file the target will read; return its path as the target sees it."""
         dest = self.host_file(name)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise self._planted(name) from None
         try:
             os.write(fd, data)
             if os.geteuid() == 0:
@@ -70,10 +73,20 @@ class RunDir:
     def mkfifo(self, name: str) -> str:
         """A FIFO the target's process will open (a pipe: its data never lands on a filesystem)."""
         dest = self.host_file(name)
-        os.mkfifo(dest, 0o600)
+        try:
+            os.mkfifo(dest, 0o600)
+        except FileExistsError:
+            raise self._planted(name) from None
         if os.geteuid() == 0:
             os.chown(dest, self.target.uid, self.target.gid, follow_symlinks=False)
         return self.file(name)
+
+    def _planted(self, name: str) -> errors.IntrospectError:
+        return errors.BadTargetState(
+            f"something made {name} in introspect's private run directory {self.path} before introspect did",
+            pid=self.target.pid, name=self.target.name,
+            help="Only the process's own user (or root) can write there: the process itself, or another of its "
+                 "user's, is interfering. Nothing was run in it; the run directory is removed.")
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.host_file(name))
