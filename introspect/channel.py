@@ -154,6 +154,13 @@ def make_run_dir(target: Target) -> RunDir:
     sweep_run_dirs(target.host_path(tmp))
     try:
         os.mkdir(host, 0o700)
+    except FileExistsError:
+        # The name holds 64 random bits: something there already was put there to meet us (a
+        # link to redirect our files, a directory to read them); never follow or reuse it.
+        raise errors.AccessDenied(
+            f"{path} already exists in the target's {tmp} before introspect made it", pid=target.pid, name=target.name,
+            help="Another process is interfering with introspect's run directories; look at who owns it "
+                 f"(ls -ld {host}). Nothing was done to the target.") from None
     except FileNotFoundError:
         if not target.is_alive():
             raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
