@@ -102,10 +102,11 @@ def untrusted(path: str) -> str | None:
             st = os.lstat(d)
         except OSError as exc:
             return f"{d}: {exc.strerror}"
+        where = real if d == real else f"{real} ({d} above it)"
         if st.st_uid != 0:
-            return f"{d} is owned by uid {st.st_uid}, not root"
+            return f"{where} is owned by uid {st.st_uid}, not root"
         if st.st_mode & 0o022:
-            return f"{d} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+            return f"{where} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
         if d == "/":
             return None
         d = os.path.dirname(d)

@@ -1963,10 +1963,14 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
 
 
 def _snap_columns(array, start, count, items, known, columns):  # type: (Any, int, int, int, int, list) -> bytes
-    """An array frame's payload: the header, then each column's bytes, little endian."""
-    head = array("Q", [start, count, items, known])
+    """An array frame's payload: the header, then each (typecode, list) column as fixed-width
+    little-endian items (array's conversion checks each value fits)."""
     out = []
-    for a in [head] + columns:
+    for code, values in [("Q", [start, count, items, known])] + columns:
+        if code == "B":
+            out.append(bytes(values))  # flags: bytes() is the fastest conversion, and checks 0..255
+            continue
+        a = array(code, values)
         if sys.byteorder != "little":
             a.byteswap()
         out.append(a.tobytes())
@@ -2013,7 +2017,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     gc_head = _gc_head()
     tindex = {}  # type: dict
     sizers = {}  # type: dict
-    T, S, F, N, R = array("i"), array("q"), array("B"), array("I"), array("i")
+    # Plain lists in the loop (a list append stores a pointer; an array append converts an int):
+    # each batch becomes fixed-width arrays once, when it is sent.
+    T, S, F, N, R = [], [], [], [], []  # type: list, list, list, list, list
     newtypes = []  # type: list
     start = pos = 0
     edges = 0
@@ -2057,7 +2063,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             k += 1
         T.append(ti)
         S.append(b)
-        F.append(1 if is_tracked(o) else 0)
+        F.append(is_tracked(o))  # a bool: bytes(F) makes it 0 or 1
         N.append(k)
         edges += k
         pos += 1
@@ -2065,8 +2071,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             if newtypes:
                 _snap_send(fd, b"T", _snap_json(newtypes))
                 newtypes = []
-            _snap_send(fd, b"O", _snap_columns(array, start, pos - start, len(R), len(keep), [S, T, N, R, F]))
-            T, S, F, N, R = array("i"), array("q"), array("B"), array("I"), array("i")
+            _snap_send(fd, b"O", _snap_columns(array, start, pos - start, len(R), len(keep),
+                                               [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
+            T, S, F, N, R = [], [], [], [], []
             start = pos
             if time.time() > deadline:
                 raise RuntimeError("deadline reached after %d objects" % pos)
@@ -2081,18 +2088,18 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     base = sys.getrefcount(probe)
     del probe
     keep.pop()
-    C = array("q")
+    C = []  # type: list
     start = 0
     getrefcount = sys.getrefcount
     for o in keep:
         C.append(getrefcount(o) - base)
         if len(C) >= SNAP_BATCH:
-            _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [C]))
+            _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
             start += len(C)
-            C = array("q")
+            C = []
     o = None
     if C:
-        _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [C]))
+        _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
     _snap_send(fd, b"E", _snap_json({"objects": len(keep), "edges": edges, "walk_s": walk_s,
                                      "total_s": time.perf_counter() - t0}))
 
