@@ -312,15 +312,51 @@ PHASES = {
 
 
 _NUM = (int, float)
-# The envelope's fields the CLI reads, by type (agent.py run() and _answer() write them).
-ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
-    "ok": (bool,), "command": (str,), "pid": (int,), "result": (dict, type(None)), "error": (dict,),
-    "agent_s": _NUM, "code": (list, type(None)), "python": (str,), "imported": (list,),
+Check = Callable[[Any], bool]
+
+
+def _is(*types: type) -> Check:
+    return lambda v: isinstance(v, types) and (bool in types or not isinstance(v, bool))
+
+
+def _map_of(ok: Check) -> Check:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and ok(x) for k, x in v.items())
+
+
+def _list_of(ok: Check) -> Check:
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = _is(int), _is(int, float), _is(str), _is(bool), _is(dict), _is(list)
+_STR_OR_NONE, _INTS = _is(str, type(None)), _map_of(_is(int))
+# The envelope's fields the CLI reads (agent.py run() and _answer() write them).
+ENVELOPE_FIELDS: dict[str, Check] = {
+    "ok": _BOOL, "command": _STR, "pid": _INT, "result": _is(dict, type(None)), "error": _DICT, "agent_s": _NUMBER,
+    "code": lambda v: v is None or (isinstance(v, list) and len(v) == 2 and _STR(v[0]) and _NUMBER(v[1])),
+    "python": _STR, "imported": _list_of(_STR),
 }
-# Fields of a command's result the CLI itself reads before handing it to the command's code.
-RESULT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    "snapshot": {"forked": (bool,), "pause_s": _NUM, "fork_s": _NUM, "error": (str,)},
+# Each command's result fields the CLI reads: (checks, fields always present). Fields not listed
+# are passed on untouched (the tracing commands' own, issue 22; nested chains and graphs are
+# checked for their shape only).
+RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
+    "snapshot": ({"forked": _BOOL, "pause_s": _NUMBER, "fork_s": _NUMBER, "error": _STR, "child": _INT}, ("forked",)),
+    "top": ({"objects": _INT, "types": _INTS, "gc": _DICT, "scan_s": _NUMBER, "untracked_objects": _INT,
+             "sizes": _map_of(_list_of(_NUMBER)), "opaque": _INTS, "partial": _BOOL, "stopped": _STR_OR_NONE,
+             "walked": _is(int, type(None)), "levels": _is(int, type(None)), "tracked_total": _is(int, type(None)),
+             "budget": _NUMBER}, ("objects", "types", "gc", "scan_s")),
+    "growth": ({"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": _DICT, "scan_s": _NUMBER},
+               ("objects", "counts", "now", "gc", "scan_s")),
+    "backrefs": ({"status": _STR, "type": _STR, "found": _INT, "sampled": _INT, "unrooted": _INT,
+                  "chains": _list_of(_DICT), "graph": _DICT, "partial": _BOOL, "reason": _STR_OR_NONE, "opaque": _INTS,
+                  "levels": _INT, "scan_s": _NUMBER, "search_s": _NUMBER, "allocated": _LIST, "names": _list_of(_STR),
+                  "candidates": _list_of(lambda c: isinstance(c, list) and len(c) == 2 and _STR(c[0]) and _INT(c[1]))},
+                 ("status",)),
+    "exec": ({"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
+             ("stdout", "stderr", "run_s")),
 }
+# backrefs: the fields each status needs
+_BACKREFS_NEEDS = {"ok": ("type", "found", "sampled", "unrooted", "chains", "graph", "partial", "levels"),
+                   "unknown": ("names",), "ambiguous": ("candidates",)}
 
 
 def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
@@ -331,28 +367,30 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
         return errors.AgentError(f"the agent's result breaks its format: {what}", pid=pid,
                                  help="The target wrote a result introspect cannot trust; nothing of it was used.")
 
-    for key, types in ENVELOPE_FIELDS.items():
-        if key in envelope and not isinstance(envelope[key], types) or (key == "ok" and key not in envelope):
-            raise bad(f"field {key!r} is not of type {'/'.join(t.__name__ for t in types)}")
-    if isinstance(envelope.get("ok"), bool) and envelope["ok"] and not isinstance(envelope.get("result"), dict):
+    if "ok" not in envelope:
+        raise bad("no field 'ok'")
+    for key, ok in ENVELOPE_FIELDS.items():
+        if key in envelope and not ok(envelope[key]):
+            raise bad(f"field {key!r} has the wrong type ({type(envelope[key]).__name__})")
+    if envelope["ok"] and not isinstance(envelope.get("result"), dict):
         raise bad("a successful run carries no result object")
     err = envelope.get("error")
     if err is not None:
         frames = err.get("frames", [])
-        if not (isinstance(err.get("type", ""), str) and isinstance(err.get("message", ""), str)
-                and isinstance(frames, list)
-                and all(isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], int)
-                        and isinstance(f[2], str) for f in frames)):
+        if not (_STR(err.get("type", "")) and _STR(err.get("message", "")) and isinstance(frames, list)
+                and all(isinstance(f, list) and len(f) == 3 and _STR(f[0]) and _INT(f[1]) and _STR(f[2]) for f in frames)):
             raise bad("field 'error' is not {type: str, message: str, frames: [[file, line, function]]}")
-    code = envelope.get("code")
-    if code is not None and not (len(code) == 2 and isinstance(code[0], str) and isinstance(code[1], _NUM)):
-        raise bad("field 'code' is not [how, seconds]")
-    if not all(isinstance(m, str) for m in envelope.get("imported", [])):
-        raise bad("field 'imported' is not a list of names")
     result = envelope.get("result")
-    for key, types in RESULT_FIELDS.get(str(envelope.get("command")), {}).items():
-        if isinstance(result, dict) and key in result and not isinstance(result[key], types):
-            raise bad(f"result field {key!r} is not of type {'/'.join(t.__name__ for t in types)}")
+    checks, needed = RESULT_FIELDS.get(str(envelope.get("command")), ({}, ()))
+    if envelope["ok"] and isinstance(result, dict):
+        if envelope.get("command") == "backrefs":
+            needed = needed + _BACKREFS_NEEDS.get(str(result.get("status")), ())
+        missing = [k for k in needed if k not in result]
+        if missing:
+            raise bad(f"the {envelope.get('command')} result has no {', '.join(map(repr, missing))}")
+        for key, ok in checks.items():
+            if key in result and not ok(result[key]):
+                raise bad(f"result field {key!r} has the wrong type or shape ({type(result[key]).__name__})")
     return envelope
 
 
