@@ -329,6 +329,14 @@ def _list_of(ok: Check) -> Check:
 
 _INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = _is(int), _is(int, float), _is(str), _is(bool), _is(dict), _is(list)
 _STR_OR_NONE, _INTS = _is(str, type(None)), _map_of(_is(int))
+
+
+def gc_facts_ok(v: Any) -> bool:
+    """The agent's collector facts (agent._gc_facts), as the CLI prints them."""
+    return (isinstance(v, dict) and _BOOL(v.get("enabled", False)) and _list_of(_INT)(v.get("counts", []))
+            and _INT(v.get("frozen", 0)))
+
+
 # The envelope's fields the CLI reads (agent.py run() and _answer() write them).
 ENVELOPE_FIELDS: dict[str, Check] = {
     "ok": _BOOL, "command": _STR, "pid": _INT, "result": _is(dict, type(None)), "error": _DICT, "agent_s": _NUMBER,
@@ -340,11 +348,11 @@ ENVELOPE_FIELDS: dict[str, Check] = {
 # checked for their shape only).
 RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
     "snapshot": ({"forked": _BOOL, "pause_s": _NUMBER, "fork_s": _NUMBER, "error": _STR, "child": _INT}, ("forked",)),
-    "top": ({"objects": _INT, "types": _INTS, "gc": _DICT, "scan_s": _NUMBER, "untracked_objects": _INT,
+    "top": ({"objects": _INT, "types": _INTS, "gc": gc_facts_ok, "scan_s": _NUMBER, "untracked_objects": _INT,
              "sizes": _map_of(_list_of(_NUMBER)), "opaque": _INTS, "partial": _BOOL, "stopped": _STR_OR_NONE,
              "walked": _is(int, type(None)), "levels": _is(int, type(None)), "tracked_total": _is(int, type(None)),
              "budget": _NUMBER}, ("objects", "types", "gc", "scan_s")),
-    "growth": ({"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": _DICT, "scan_s": _NUMBER},
+    "growth": ({"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": gc_facts_ok, "scan_s": _NUMBER},
                ("objects", "counts", "now", "gc", "scan_s")),
     "backrefs": ({"status": _STR, "type": _STR, "found": _INT, "sampled": _INT, "unrooted": _INT,
                   "chains": _list_of(_DICT), "graph": _DICT, "partial": _BOOL, "reason": _STR_OR_NONE, "opaque": _INTS,

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from introspect import errors
+from introspect.channel import gc_facts_ok
 
 MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
 FORMAT = 2
@@ -386,6 +387,8 @@ def read_snapshot(reader: Reader, tee: list[bytes] | None = None,
             if meta is not None:
                 raise FormatError("one meta frame", "a second 'M' frame")
             meta = _fields(kind, _json(kind, payload), META_FIELDS, ("format", "pid", "start_ticks"))
+            if "gc" in meta and not gc_facts_ok(meta["gc"]):
+                raise FormatError("field type", "'gc' of the 'M' frame is not {enabled, counts, frozen}")
             if meta["format"] != FORMAT:
                 raise FormatError("format", f"snapshot format {meta['format']} is not {FORMAT}: CLI and agent differ")
             if meta.get("byteorder", "little") != "little":

@@ -34,6 +34,7 @@ def test_real_shapes_pass() -> None:
     ({"result": None}, "no result object"),
     ({"result": {"objects": 3, "types": {"dict": "3"}, "gc": {}, "scan_s": 0.01}}, "'types'"),
     ({"result": {"objects": True, "types": {}, "gc": {}, "scan_s": 0.01}}, "'objects'"),
+    ({"result": {"objects": 3, "types": {}, "gc": {"frozen": "x"}, "scan_s": 0.01}}, "'gc'"),
     ({"result": {"types": {}, "gc": {}, "scan_s": 0.01}}, "'objects'"),
     ({"command": "backrefs", "result": {"status": "ok", "type": "T"}}, "'found'"),
     ({"command": "snapshot", "result": {"forked": True, "pause_s": "0.001"}}, "'pause_s'"),
