@@ -83,10 +83,13 @@ class RunDir:
 
     def _planted(self, name: str) -> errors.IntrospectError:
         return errors.BadTargetState(
-            f"something made {name} in introspect's private run directory {self.path} before introspect did",
-            pid=self.target.pid, name=self.target.name,
-            help="Only the process's own user (or root) can write there: the process itself, or another of its "
-                 "user's, is interfering. Nothing was run in it; the run directory is removed.")
+            f"something made {name} in introspect's private run directory {self.path} first",
+            pid=self.target.pid,
+            name=self.target.name,
+            help="Only the process's own user (or root) can write there: the process itself, or "
+            "another of its user's, is interfering. Nothing was run in it; the run directory is "
+            "removed.",
+        )
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.host_file(name))
@@ -158,9 +161,12 @@ def make_run_dir(target: Target) -> RunDir:
         # The name holds 64 random bits: something there already was put there to meet us (a
         # link to redirect our files, a directory to read them); never follow or reuse it.
         raise errors.AccessDenied(
-            f"{path} already exists in the target's {tmp} before introspect made it", pid=target.pid, name=target.name,
-            help="Another process is interfering with introspect's run directories; look at who owns it "
-                 f"(ls -ld {host}). Nothing was done to the target.") from None
+            f"{path} already exists in the target's {tmp} before introspect made it",
+            pid=target.pid,
+            name=target.name,
+            help="Another process is interfering with introspect's run directories; look at who "
+            f"owns it (ls -ld {host}). Nothing was done to the target.",
+        ) from None
     except FileNotFoundError:
         if not target.is_alive():
             raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
@@ -327,44 +333,105 @@ def _list_of(ok: Check) -> Check:
     return lambda v: isinstance(v, list) and all(ok(x) for x in v)
 
 
-_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = _is(int), _is(int, float), _is(str), _is(bool), _is(dict), _is(list)
+_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = (
+    _is(int),
+    _is(int, float),
+    _is(str),
+    _is(bool),
+    _is(dict),
+    _is(list),
+)
 _STR_OR_NONE, _INTS = _is(str, type(None)), _map_of(_is(int))
 
 
 def gc_facts_ok(v: Any) -> bool:
     """The agent's collector facts (agent._gc_facts), as the CLI prints them."""
-    return (isinstance(v, dict) and _BOOL(v.get("enabled", False)) and _list_of(_INT)(v.get("counts", []))
-            and _INT(v.get("frozen", 0)))
+    return (
+        isinstance(v, dict)
+        and _BOOL(v.get("enabled", False))
+        and _list_of(_INT)(v.get("counts", []))
+        and _INT(v.get("frozen", 0))
+    )
 
 
 # The envelope's fields the CLI reads (agent.py run() and _answer() write them).
 ENVELOPE_FIELDS: dict[str, Check] = {
-    "ok": _BOOL, "command": _STR, "pid": _INT, "result": _is(dict, type(None)), "error": _DICT, "agent_s": _NUMBER,
-    "code": lambda v: v is None or (isinstance(v, list) and len(v) == 2 and _STR(v[0]) and _NUMBER(v[1])),
-    "python": _STR, "imported": _list_of(_STR),
+    "ok": _BOOL,
+    "command": _STR,
+    "pid": _INT,
+    "result": _is(dict, type(None)),
+    "error": _DICT,
+    "agent_s": _NUMBER,
+    "code": lambda v: (
+        v is None or (isinstance(v, list) and len(v) == 2 and _STR(v[0]) and _NUMBER(v[1]))
+    ),
+    "python": _STR,
+    "imported": _list_of(_STR),
 }
 # Each command's result fields the CLI reads: (checks, fields always present). Fields not listed
 # are passed on untouched (the tracing commands' own, issue 22; nested chains and graphs are
 # checked for their shape only).
 RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
-    "snapshot": ({"forked": _BOOL, "pause_s": _NUMBER, "fork_s": _NUMBER, "error": _STR, "child": _INT}, ("forked",)),
-    "top": ({"objects": _INT, "types": _INTS, "gc": gc_facts_ok, "scan_s": _NUMBER, "untracked_objects": _INT,
-             "sizes": _map_of(_list_of(_NUMBER)), "opaque": _INTS, "partial": _BOOL, "stopped": _STR_OR_NONE,
-             "walked": _is(int, type(None)), "levels": _is(int, type(None)), "tracked_total": _is(int, type(None)),
-             "budget": _NUMBER}, ("objects", "types", "gc", "scan_s")),
-    "growth": ({"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": gc_facts_ok, "scan_s": _NUMBER},
-               ("objects", "counts", "now", "gc", "scan_s")),
-    "backrefs": ({"status": _STR, "type": _STR, "found": _INT, "sampled": _INT, "unrooted": _INT,
-                  "chains": _list_of(_DICT), "graph": _DICT, "partial": _BOOL, "reason": _STR_OR_NONE, "opaque": _INTS,
-                  "levels": _INT, "scan_s": _NUMBER, "search_s": _NUMBER, "allocated": _LIST, "names": _list_of(_STR),
-                  "candidates": _list_of(lambda c: isinstance(c, list) and len(c) == 2 and _STR(c[0]) and _INT(c[1]))},
-                 ("status",)),
-    "exec": ({"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
-             ("stdout", "stderr", "run_s")),
+    "snapshot": (
+        {"forked": _BOOL, "pause_s": _NUMBER, "fork_s": _NUMBER, "error": _STR, "child": _INT},
+        ("forked",),
+    ),
+    "top": (
+        {
+            "objects": _INT,
+            "types": _INTS,
+            "gc": gc_facts_ok,
+            "scan_s": _NUMBER,
+            "untracked_objects": _INT,
+            "sizes": _map_of(_list_of(_NUMBER)),
+            "opaque": _INTS,
+            "partial": _BOOL,
+            "stopped": _STR_OR_NONE,
+            "walked": _is(int, type(None)),
+            "levels": _is(int, type(None)),
+            "tracked_total": _is(int, type(None)),
+            "budget": _NUMBER,
+        },
+        ("objects", "types", "gc", "scan_s"),
+    ),
+    "growth": (
+        {"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": gc_facts_ok, "scan_s": _NUMBER},
+        ("objects", "counts", "now", "gc", "scan_s"),
+    ),
+    "backrefs": (
+        {
+            "status": _STR,
+            "type": _STR,
+            "found": _INT,
+            "sampled": _INT,
+            "unrooted": _INT,
+            "chains": _list_of(_DICT),
+            "graph": _DICT,
+            "partial": _BOOL,
+            "reason": _STR_OR_NONE,
+            "opaque": _INTS,
+            "levels": _INT,
+            "scan_s": _NUMBER,
+            "search_s": _NUMBER,
+            "allocated": _LIST,
+            "names": _list_of(_STR),
+            "candidates": _list_of(
+                lambda c: isinstance(c, list) and len(c) == 2 and _STR(c[0]) and _INT(c[1])
+            ),
+        },
+        ("status",),
+    ),
+    "exec": (
+        {"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
+        ("stdout", "stderr", "run_s"),
+    ),
 }
 # backrefs: the fields each status needs
-_BACKREFS_NEEDS = {"ok": ("type", "found", "sampled", "unrooted", "chains", "graph", "partial", "levels"),
-                   "unknown": ("names",), "ambiguous": ("candidates",)}
+_BACKREFS_NEEDS = {
+    "ok": ("type", "found", "sampled", "unrooted", "chains", "graph", "partial", "levels"),
+    "unknown": ("names",),
+    "ambiguous": ("candidates",),
+}
 
 
 def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
@@ -372,8 +439,11 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
     result.json is written by the target, and a wrong type must not become a traceback."""
 
     def bad(what: str) -> errors.AgentError:
-        return errors.AgentError(f"the agent's result breaks its format: {what}", pid=pid,
-                                 help="The target wrote a result introspect cannot trust; nothing of it was used.")
+        return errors.AgentError(
+            f"the agent's result breaks its format: {what}",
+            pid=pid,
+            help="The target wrote a result introspect cannot trust; nothing of it was used.",
+        )
 
     if "ok" not in envelope:
         raise bad("no field 'ok'")
@@ -385,9 +455,18 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
     err = envelope.get("error")
     if err is not None:
         frames = err.get("frames", [])
-        if not (_STR(err.get("type", "")) and _STR(err.get("message", "")) and isinstance(frames, list)
-                and all(isinstance(f, list) and len(f) == 3 and _STR(f[0]) and _INT(f[1]) and _STR(f[2]) for f in frames)):
-            raise bad("field 'error' is not {type: str, message: str, frames: [[file, line, function]]}")
+        if not (
+            _STR(err.get("type", ""))
+            and _STR(err.get("message", ""))
+            and isinstance(frames, list)
+            and all(
+                isinstance(f, list) and len(f) == 3 and _STR(f[0]) and _INT(f[1]) and _STR(f[2])
+                for f in frames
+            )
+        ):
+            raise bad(
+                "field 'error' is not {type: str, message: str, frames: [[file, line, function]]}"
+            )
     result = envelope.get("result")
     checks, needed = RESULT_FIELDS.get(str(envelope.get("command")), ({}, ()))
     if envelope["ok"] and isinstance(result, dict):
@@ -395,10 +474,15 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
             needed = needed + _BACKREFS_NEEDS.get(str(result.get("status")), ())
         missing = [k for k in needed if k not in result]
         if missing:
-            raise bad(f"the {envelope.get('command')} result has no {', '.join(map(repr, missing))}")
+            raise bad(
+                f"the {envelope.get('command')} result has no {', '.join(map(repr, missing))}"
+            )
         for key, ok in checks.items():
             if key in result and not ok(result[key]):
-                raise bad(f"result field {key!r} has the wrong type or shape ({type(result[key]).__name__})")
+                raise bad(
+                    f"result field {key!r} has the wrong type or shape "
+                    f"({type(result[key]).__name__})"
+                )
     return envelope
 
 

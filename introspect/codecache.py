@@ -74,8 +74,11 @@ def cache_dir() -> str:
 
 
 def local_header() -> bytes:
-    """The header this interpreter's bytecode carries (the bootstrap builds the target's the same way)."""
-    return importlib.util.MAGIC_NUMBER + f" {sys.hexversion:x} {getattr(sys, 'abiflags', '?')}\n".encode()
+    """The header this interpreter's bytecode carries (the bootstrap builds the target's alike)."""
+    return (
+        importlib.util.MAGIC_NUMBER
+        + f" {sys.hexversion:x} {getattr(sys, 'abiflags', '?')}\n".encode()
+    )
 
 
 def split(data: bytes) -> tuple[bytes, bytes] | None:
@@ -83,7 +86,7 @@ def split(data: bytes) -> tuple[bytes, bytes] | None:
     nl = data.find(b"\n", 4, 64)  # after the magic number, which ends in b"\r\n" itself
     if nl < 0 or len(data) > MAX_BYTES:
         return None
-    return data[:nl + 1], data[nl + 1:]
+    return data[: nl + 1], data[nl + 1 :]
 
 
 def untrusted(path: str) -> str | None:
@@ -138,7 +141,11 @@ def compiler_for(target: Target) -> tuple[str | None, str]:
 
 def _key(target: Target, compiler: str | None, source: bytes) -> str | None:
     try:
-        ident = "".join(_ident(p) for p in dict.fromkeys([compiler or sys.executable, target.capi_object or ""]) if p)
+        ident = "".join(
+            _ident(p)
+            for p in dict.fromkeys([compiler or sys.executable, target.capi_object or ""])
+            if p
+        )
     except OSError:
         return None
     who = "trusted" if compiler else "local " + local_header().hex()
@@ -184,16 +191,26 @@ def compile_with(exe: str, source: bytes) -> tuple[bytes | None, str]:
     """(the code file ``exe`` made of ``source``, or None; why not). Accepted only if every file
     its imports read is trusted (checked after: only root could have changed them meanwhile)."""
     try:
-        out = subprocess.run([exe, "-I", "-S", "-c", _COMPILER, AGENT_NAME], input=source, capture_output=True,
-                             env={}, cwd="/", timeout=COMPILE_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            [exe, "-I", "-S", "-c", _COMPILER, AGENT_NAME],
+            input=source,
+            capture_output=True,
+            env={},
+            cwd="/",
+            timeout=COMPILE_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"running {exe} failed: {exc}"
     if out.returncode != 0:
-        return None, f"{exe} failed to compile the agent (exit {out.returncode}): {out.stderr[-300:]!r}"
+        return (
+            None,
+            f"{exe} failed to compile the agent (exit {out.returncode}): {out.stderr[-300:]!r}",
+        )
     head, nl, rest = out.stdout.partition(b"\n")
     if not (nl and head.isdigit() and int(head) <= len(rest)):
         return None, f"{exe} printed no list of the files it read"
-    blob, data = rest[:int(head)], rest[int(head):]
+    blob, data = rest[: int(head)], rest[int(head) :]
     if split(data) is None:
         return None, f"{exe} printed no code file"
     for path in filter(None, blob.decode("utf-8", "surrogateescape").split("\0")):
@@ -269,7 +286,7 @@ def _prune(d: str) -> None:
         if len(names) <= KEEP:
             return
         names.sort(key=lambda n: os.stat(os.path.join(d, n)).st_mtime)
-        for n in names[:len(names) - KEEP]:
+        for n in names[: len(names) - KEEP]:
             os.unlink(os.path.join(d, n))
     except OSError:
         pass

@@ -23,7 +23,8 @@
 # whole file on 3.12, against about 1 MiB for the core and one part; and time: 4-7 ms for the
 # snapshot's 35 KB. So the target loads these parts precompiled (0.1-0.5 ms), made by the CLI or
 # by the target's own root-owned interpreter binary, never by a target (introspect/codecache.py).
-# The forked walker compiles its own part ("walker") in the child, where it costs the target nothing.
+# The forked walker compiles its own part ("walker") in the child, where it costs the target
+# nothing.
 #
 # The bootstrap executes this file in a fresh dict holding REQUEST (a literal written by the CLI):
 #   {"nonce", "deadline" (time.time()), "dir" (run dir, target's view), "command", "params"}
@@ -1962,7 +1963,8 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     _snap_answer(fd, params, keep)
 
 
-def _snap_columns(array, start, count, items, known, columns):  # type: (Any, int, int, int, int, list) -> bytes
+def _snap_columns(array, start, count, items, known, columns):
+    # type: (Any, int, int, int, int, list) -> bytes
     """An array frame's payload: the header, then each (typecode, list) column as fixed-width
     little-endian items (array's conversion checks each value fits)."""
     out = []
@@ -1981,7 +1983,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
     for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
         if array(code).itemsize != width:
-            raise RuntimeError("array %r items are %d bytes, not %d" % (code, array(code).itemsize, width))
+            raise RuntimeError("array %r items are %d bytes, not %d"
+                               % (code, array(code).itemsize, width))
     facts = _gc_facts()
     _snap_send(fd, b"M", _snap_json({
         "format": 2, "pid": posix.getpid(),  # type: ignore[attr-defined]

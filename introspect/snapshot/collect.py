@@ -126,6 +126,13 @@ def _is_str(x: object) -> bool:
     return isinstance(x, str) and len(x) <= 1 << 16
 
 
+def _is_site(x: object) -> bool:
+    """An allocation site as the walker answers it: [file, line, ...], or nothing."""
+    if x is None or x == []:
+        return True
+    return isinstance(x, list) and len(x) >= 2 and _is_str(x[0]) and type(x[1]) is int
+
+
 def _start_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -146,7 +153,9 @@ class Walker:
         self.deadline = deadline
         self.cfd = -1
 
-    def _ask(self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True) -> list[Any]:
+    def _ask(
+        self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True
+    ) -> list[Any]:
         """The walker's answer to one question: a JSON list of ``count`` entries (if given), each
         passing ``item``; anything else is a FormatError (the walker is data from the target)."""
         from introspect.snapshot.records import FormatError, StreamError, _json
@@ -167,9 +176,14 @@ class Walker:
             raise FormatError("answer frame", f"a {kind!r} frame where an answer ('L') belongs")
         answer = _json(kind, payload)
         if not isinstance(answer, list) or (count is not None and len(answer) != count):
-            raise FormatError("answer shape", f"the walker's answer to {line[:1]!r} is not a list of {count} entries")
+            raise FormatError(
+                "answer shape",
+                f"the walker's answer to {line[:1]!r} is not a list of {count} entries",
+            )
         if not all(item(x) for x in answer):
-            raise FormatError("answer type", f"an entry of the walker's answer to {line[:1]!r} has the wrong type")
+            raise FormatError(
+                "answer type", f"an entry of the walker's answer to {line[:1]!r} has the wrong type"
+            )
         return answer
 
     def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
@@ -239,11 +253,11 @@ class Walker:
             if not on:
                 return False, []
             if not (isinstance(sites, list) and len(sites) == len(chunk)
-                    and all(x is None or x == [] or (isinstance(x, list) and len(x) >= 2 and _is_str(x[0])
-                                                      and type(x[1]) is int) for x in sites)):
+                    and all(map(_is_site, sites))):
                 from introspect.snapshot.records import FormatError
 
-                raise FormatError("answer type", "the walker's allocation sites are not [[file, line] or null]")
+                raise FormatError("answer type",
+                                  "the walker's allocation sites are not [[file, line] or null]")
             tracing_on = True
             out += [(str(x[0]), int(x[1])) if x else None for x in sites]
         return tracing_on, out
@@ -294,7 +308,8 @@ class _Session:
             target_memory,
         )
 
-        reader = Reader(self.fd, time.monotonic() + self.timeout, Limits.for_memory(target_memory(run.target.pid)))
+        limits = Limits.for_memory(target_memory(run.target.pid))
+        reader = Reader(self.fd, time.monotonic() + self.timeout, limits)
 
         def on_meta(meta: dict[str, Any]) -> None:
             self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),

@@ -75,18 +75,38 @@ OBJECT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 EXCESS_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("excess", "<i8", PER_OBJECT),  # refcount minus the walker's own holds
 )
-ARRAY_FRAMES: dict[bytes, tuple[tuple[str, str, str], ...]] = {b"O": OBJECT_COLUMNS, b"C": EXCESS_COLUMNS}
+ARRAY_FRAMES: dict[bytes, tuple[tuple[str, str, str], ...]] = {
+    b"O": OBJECT_COLUMNS,
+    b"C": EXCESS_COLUMNS,
+}
 # Largest payload of each JSON frame kind.
-JSON_MAX: dict[bytes, int] = {b"M": 1 << 20, b"T": 16 << 20, b"R": 64 << 20, b"E": 1 << 20, b"X": 1 << 20,
-                              b"L": 64 << 20}
+JSON_MAX: dict[bytes, int] = {
+    b"M": 1 << 20,
+    b"T": 16 << 20,
+    b"R": 64 << 20,
+    b"E": 1 << 20,
+    b"X": 1 << 20,
+    b"L": 64 << 20,
+}
 MAX_NAME = 64 << 10  # characters of one type name, root description or label
 ROOT_KINDS = ("module", "frame")
 _NUM = (int, float)
 META_FIELDS: dict[str, tuple[type, ...]] = {
-    "format": (int,), "pid": (int,), "start_ticks": (int,), "python": (str,), "gc": (dict,),
-    "gc_objects": (int,), "byteorder": (str,), "time": _NUM,
+    "format": (int,),
+    "pid": (int,),
+    "start_ticks": (int,),
+    "python": (str,),
+    "gc": (dict,),
+    "gc_objects": (int,),
+    "byteorder": (str,),
+    "time": _NUM,
 }
-END_FIELDS: dict[str, tuple[type, ...]] = {"objects": (int,), "edges": (int,), "walk_s": _NUM, "total_s": _NUM}
+END_FIELDS: dict[str, tuple[type, ...]] = {
+    "objects": (int,),
+    "edges": (int,),
+    "walk_s": _NUM,
+    "total_s": _NUM,
+}
 MIN_OBJECT = 16  # bytes: a PyObject header (refcount, type)
 MIN_REF = 8  # bytes: a pointer
 SLACK = 64 << 20  # objects the walker's copy made after the fork (its own imports are left out)
@@ -100,8 +120,10 @@ class FormatError(StreamError):
     """The stream breaks a rule of the format (exit 14): refused whole."""
 
     exit_code = 14
-    help_text = ("The target (or a file) sent records that break their format; nothing of them was used. "
-                 "A damaged or hostile process can do this: the target itself was not touched by the check.")
+    help_text = (
+        "The target (or a file) sent records that break their format; nothing of them was used. "
+        "A damaged or hostile process can do this: the target itself was not touched by the check."
+    )
 
     def __init__(self, rule: str, detail: str) -> None:
         super().__init__(f"the snapshot records break the rule '{rule}': {detail}")
@@ -123,8 +145,14 @@ class Limits:
         mem = max(mem, 0) + SLACK
         objects = min(mem // MIN_OBJECT, (1 << 31) - 1)  # positions are int32
         refs = mem // MIN_REF
-        columns = sum(np.dtype(d).itemsize for _, d, per in OBJECT_COLUMNS + EXCESS_COLUMNS if per == PER_OBJECT)
-        json_room = sum(JSON_MAX.values()) + objects * 4  # T frames: a new type is at most one per object
+        columns = sum(
+            np.dtype(d).itemsize
+            for _, d, per in OBJECT_COLUMNS + EXCESS_COLUMNS
+            if per == PER_OBJECT
+        )
+        json_room = (
+            sum(JSON_MAX.values()) + objects * 4
+        )  # T frames: a new type is at most one per object
         return cls(objects * columns + refs * 4 + json_room, objects, refs, mem)
 
     @classmethod
@@ -184,7 +212,7 @@ class Snapshot:
         return int(self.type_of.shape[0])
 
     def referents(self, pos: int) -> np.ndarray:
-        return self.refs[self.offsets[pos]:self.offsets[pos + 1]]
+        return self.refs[self.offsets[pos] : self.offsets[pos + 1]]
 
     def type_name(self, pos: int) -> str:
         return self.types[int(self.type_of[pos])]
@@ -233,20 +261,30 @@ class Reader:
         head = self._take(5)
         kind, length = head[:1], int.from_bytes(head[1:5], "little")
         if kind in JSON_MAX and length > JSON_MAX[kind]:
-            raise FormatError("frame size", f"a {kind.decode()!r} frame of {length:,} bytes "
-                              f"(at most {JSON_MAX[kind]:,})")
+            raise FormatError(
+                "frame size",
+                f"a {kind.decode()!r} frame of {length:,} bytes (at most {JSON_MAX[kind]:,})",
+            )
         if kind not in JSON_MAX and kind not in ARRAY_FRAMES:
             raise FormatError("frame kind", f"unknown frame kind {kind!r}")
-        if kind != b"L" and self.consumed + length > self.limits.max_bytes:  # answers: bounded one by one
-            raise FormatError("stream size", f"a {kind.decode()!r} frame of {length:,} bytes takes the stream past its "
-                              f"bound of {self.limits.max_bytes:,} bytes (from the target's memory or the file's size)")
+        if (
+            kind != b"L" and self.consumed + length > self.limits.max_bytes
+        ):  # answers: bounded one by one
+            raise FormatError(
+                "stream size",
+                f"a {kind.decode()!r} frame of {length:,} bytes takes the stream past its "
+                f"bound of {self.limits.max_bytes:,} bytes (from the target's memory or the file's "
+                "size)",
+            )
         payload = self._take(length)
         if kind == b"X":
             err = _json(kind, payload)
             e = err.get("error") if isinstance(err, dict) else None
             if not isinstance(e, dict):
                 raise FormatError("error frame", "an 'X' frame without an error object")
-            raise StreamError(f"the walker failed: {_text(e.get('type'))}: {_text(e.get('message'))}")
+            raise StreamError(
+                f"the walker failed: {_text(e.get('type'))}: {_text(e.get('message'))}"
+            )
         return kind, payload
 
 
@@ -271,10 +309,14 @@ def _json(kind: bytes, payload: bytes) -> Any:
     try:
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError("json", f"the {kind.decode(errors='replace')!r} frame is not valid JSON: {exc}") from None
+        raise FormatError(
+            "json", f"the {kind.decode(errors='replace')!r} frame is not valid JSON: {exc}"
+        ) from None
 
 
-def _fields(kind: bytes, doc: Any, spec: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> dict[str, Any]:
+def _fields(
+    kind: bytes, doc: Any, spec: dict[str, tuple[type, ...]], required: tuple[str, ...]
+) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise FormatError("json object", f"the {kind.decode()!r} frame is not a JSON object")
     out: dict[str, Any] = {}
@@ -285,8 +327,11 @@ def _fields(kind: bytes, doc: Any, spec: dict[str, tuple[type, ...]], required: 
             continue
         v = doc[key]
         if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            raise FormatError("field type", f"{key!r} of the {kind.decode()!r} frame is {type(v).__name__}, "
-                              f"not {'/'.join(t.__name__ for t in types)}")
+            raise FormatError(
+                "field type",
+                f"{key!r} of the {kind.decode()!r} frame is {type(v).__name__}, "
+                f"not {'/'.join(t.__name__ for t in types)}",
+            )
         out[key] = v
     return out
 
@@ -306,27 +351,50 @@ class _Columns:
     def add(self, kind: bytes, payload: bytes) -> None:
         columns = ARRAY_FRAMES[kind]
         if len(payload) < ARRAY_HEADER.size:
-            raise FormatError("array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes")
+            raise FormatError(
+                "array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes"
+            )
         start, count, items, known = ARRAY_HEADER.unpack_from(payload)
         lim = self.limits
         expect = self.objects if kind == b"O" else self.excess
         if start != expect:
-            raise FormatError("contiguous frames", f"a {kind.decode()!r} frame starts at object {start:,}, expected {expect:,}")
+            raise FormatError(
+                "contiguous frames",
+                f"a {kind.decode()!r} frame starts at object {start:,}, expected {expect:,}",
+            )
         if count > lim.max_objects - start or items > lim.max_refs - self.refs:
-            raise FormatError("object and reference bounds", f"a {kind.decode()!r} frame announces {count:,} objects and "
-                              f"{items:,} references: more than a process of this memory can hold")
+            raise FormatError(
+                "object and reference bounds",
+                f"a {kind.decode()!r} frame announces {count:,} objects and "
+                f"{items:,} references: more than a process of this memory can hold",
+            )
         if kind == b"O" and not (start + count <= known <= lim.max_objects and known >= self.known):
-            raise FormatError("known positions", f"{known:,} positions known after {start + count:,} objects "
-                              f"(before: {self.known:,}; bound {lim.max_objects:,})")
+            raise FormatError(
+                "known positions",
+                f"{known:,} positions known after {start + count:,} objects "
+                f"(before: {self.known:,}; bound {lim.max_objects:,})",
+            )
         if kind != b"O" and not (start + count <= self.objects and known == self.known):
-            raise FormatError("known positions", f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
-                              f"({known:,} known) before they were streamed ({self.objects:,}, {self.known:,} known)")
+            raise FormatError(
+                "known positions",
+                f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
+                f"({known:,} known) before they were streamed ({self.objects:,}, "
+                f"{self.known:,} known)",
+            )
         if not any(per == PER_REF for _, _, per in columns) and items:
-            raise FormatError("frame length", f"a {kind.decode()!r} frame announces {items:,} references (it has none)")
-        size = ARRAY_HEADER.size + sum(np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns)
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame announces {items:,} references (it has none)",
+            )
+        size = ARRAY_HEADER.size + sum(
+            np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns
+        )
         if len(payload) != size:
-            raise FormatError("frame length", f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
-                              f"is {size:,} bytes, not {len(payload):,}")
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
+                f"is {size:,} bytes, not {len(payload):,}",
+            )
         got: dict[str, np.ndarray] = {}
         off = ARRAY_HEADER.size
         for name, dtype, per in columns:
@@ -343,15 +411,22 @@ class _Columns:
         else:
             self.excess += count
 
-    def _check_columns(self, kind: bytes, got: dict[str, np.ndarray], items: int, known: int) -> None:
+    def _check_columns(
+        self, kind: bytes, got: dict[str, np.ndarray], items: int, known: int
+    ) -> None:
         if kind == b"O":
             n = got["nrefs"]
             if int(n.sum(dtype=np.int64)) != items:
-                raise FormatError("reference counts", f"objects list {int(n.sum(dtype=np.int64)):,} references, "
-                                  f"the frame carries {items:,}")
+                raise FormatError(
+                    "reference counts",
+                    f"objects list {int(n.sum(dtype=np.int64)):,} references, "
+                    f"the frame carries {items:,}",
+                )
             _in_range("type index", got["type_of"], self.ntypes, "types declared so far")
             _in_range("reference index", got["refs"], known, "positions known")
-            _in_range("object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory")
+            _in_range(
+                "object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory"
+            )
             _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
 
     def column(self, name: str, dtype: str) -> np.ndarray:
@@ -368,8 +443,11 @@ def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
         raise FormatError(rule, f"{bad:,} is outside 0..{bound - 1:,} ({what})")
 
 
-def read_snapshot(reader: Reader, tee: list[bytes] | None = None,
-                  on_meta: Callable[[dict[str, Any]], None] | None = None) -> Snapshot:
+def read_snapshot(
+    reader: Reader,
+    tee: list[bytes] | None = None,
+    on_meta: Callable[[dict[str, Any]], None] | None = None,
+) -> Snapshot:
     """Read one whole snapshot (up to its "E" frame), every rule checked. ``tee`` collects the
     raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive."""
     reader.magic()
@@ -386,13 +464,22 @@ def read_snapshot(reader: Reader, tee: list[bytes] | None = None,
         if kind == b"M":
             if meta is not None:
                 raise FormatError("one meta frame", "a second 'M' frame")
-            meta = _fields(kind, _json(kind, payload), META_FIELDS, ("format", "pid", "start_ticks"))
+            meta = _fields(
+                kind, _json(kind, payload), META_FIELDS, ("format", "pid", "start_ticks")
+            )
             if "gc" in meta and not gc_facts_ok(meta["gc"]):
-                raise FormatError("field type", "'gc' of the 'M' frame is not {enabled, counts, frozen}")
+                raise FormatError(
+                    "field type", "'gc' of the 'M' frame is not {enabled, counts, frozen}"
+                )
             if meta["format"] != FORMAT:
-                raise FormatError("format", f"snapshot format {meta['format']} is not {FORMAT}: CLI and agent differ")
+                raise FormatError(
+                    "format",
+                    f"snapshot format {meta['format']} is not {FORMAT}: CLI and agent differ",
+                )
             if meta.get("byteorder", "little") != "little":
-                raise FormatError("byte order", f"byteorder {meta.get('byteorder')!r} (arrays are little endian)")
+                raise FormatError(
+                    "byte order", f"byteorder {meta.get('byteorder')!r} (arrays are little endian)"
+                )
             if on_meta is not None:
                 on_meta(meta)
         elif kind == b"T":
@@ -411,37 +498,65 @@ def read_snapshot(reader: Reader, tee: list[bytes] | None = None,
             raise FormatError("frame order", f"a {kind!r} frame before the end of the snapshot")
     n = cols.objects
     if end["objects"] != n or end["edges"] != cols.refs:
-        raise FormatError("end counts", f"the end frame says {end['objects']:,} objects and {end['edges']:,} references, "
-                          f"the stream carried {n:,} and {cols.refs:,}")
+        raise FormatError(
+            "end counts",
+            f"the end frame says {end['objects']:,} objects and {end['edges']:,} references, "
+            f"the stream carried {n:,} and {cols.refs:,}",
+        )
     if cols.known != n:
-        raise FormatError("every position streamed", f"{cols.known:,} positions were handed out, {n:,} objects streamed")
+        raise FormatError(
+            "every position streamed",
+            f"{cols.known:,} positions were handed out, {n:,} objects streamed",
+        )
     if cols.excess != n:
-        raise FormatError("refcount per object", f"{n:,} objects but {cols.excess:,} refcounts in the stream")
+        raise FormatError(
+            "refcount per object", f"{n:,} objects but {cols.excess:,} refcounts in the stream"
+        )
     roots = roots or []
     bad = next((r for r in roots if r.pos >= n), None)
     if bad is not None:
-        raise FormatError("root index", f"root {bad.name[:80]!r} at position {bad.pos:,} of {n:,} objects")
+        raise FormatError(
+            "root index", f"root {bad.name[:80]!r} at position {bad.pos:,} of {n:,} objects"
+        )
     nrefs = cols.column("nrefs", "<u4")
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(nrefs, out=offsets[1:])
     del nrefs
-    return Snapshot(meta=meta or {}, types=types, type_of=cols.column("type_of", "int32"), size=cols.column("size", "int64"),
-                    tracked=cols.column("tracked", "u1").view(bool), offsets=offsets, refs=cols.column("refs", "int32"),
-                    excess=cols.column("excess", "int64"), roots=roots, end=end)
+    return Snapshot(
+        meta=meta or {},
+        types=types,
+        type_of=cols.column("type_of", "int32"),
+        size=cols.column("size", "int64"),
+        tracked=cols.column("tracked", "u1").view(bool),
+        offsets=offsets,
+        refs=cols.column("refs", "int32"),
+        excess=cols.column("excess", "int64"),
+        roots=roots,
+        end=end,
+    )
 
 
 def _add_types(types: list[str], doc: Any, limits: Limits) -> None:
     if not isinstance(doc, list):
         raise FormatError("types", "a 'T' frame is not a list")
     for item in doc:
-        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], str)):
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and type(item[0]) is int
+            and isinstance(item[1], str)
+        ):
             raise FormatError("types", "a 'T' entry is not [index, name]")
         if item[0] != len(types):
-            raise FormatError("type index", f"type {item[0]!r} declared where {len(types)} comes next")
+            raise FormatError(
+                "type index", f"type {item[0]!r} declared where {len(types)} comes next"
+            )
         if len(item[1]) > MAX_NAME:
             raise FormatError("name length", f"a type name of {len(item[1]):,} characters")
         if len(types) >= limits.max_objects:
-            raise FormatError("object and reference bounds", "more types than objects the target can hold")
+            raise FormatError(
+                "object and reference bounds", "more types than objects the target can hold"
+            )
         types.append(item[1])
 
 
@@ -450,8 +565,13 @@ def _roots(doc: Any) -> list[Root]:
         raise FormatError("roots", "the 'R' frame is not a list")
     out = []
     for item in doc:
-        if not (isinstance(item, list) and len(item) == 3 and item[0] in ROOT_KINDS and isinstance(item[1], str)
-                and type(item[2]) is int):
+        if not (
+            isinstance(item, list)
+            and len(item) == 3
+            and item[0] in ROOT_KINDS
+            and isinstance(item[1], str)
+            and type(item[2]) is int
+        ):
             raise FormatError("roots", "an 'R' entry is not [module|frame, description, position]")
         if item[2] < 0:
             raise FormatError("root index", f"root {item[1][:80]!r} at position {item[2]}")

@@ -33,7 +33,9 @@ def _code(tmp_path: Path, pid: int, name: str, *extra: str) -> str:
 
 
 @EVERY_KIND
-def test_every_run_loads_code_a_trusted_interpreter_made(interp: Interp, spawn, tmp_path: Path, monkeypatch) -> None:
+def test_every_run_loads_code_a_trusted_interpreter_made(
+    interp: Interp, spawn, tmp_path: Path, monkeypatch
+) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     victim = spawn(interp, "gc_quiet.py")

@@ -23,15 +23,32 @@ PY = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0] if INTERPS e
 OTHER = 4242
 pytestmark = [
     pytest.mark.skipif(PY is None, reason="no Python interpreter found to victimise"),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("runuser") is None,
-                       reason="needs root, setpriv and runuser (util-linux) to act as other users"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("runuser") is None,
+        reason="needs root, setpriv and runuser (util-linux) to act as other users",
+    ),
 ]
 
 
 def as_other(script: str) -> subprocess.CompletedProcess[str]:
     """A shell script run as uid/gid 4242 with no supplementary groups and no capabilities."""
-    return subprocess.run(["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups", "--inh-caps=-all",
-                           "--", "sh", "-c", script], capture_output=True, text=True, timeout=30, cwd="/")
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={OTHER}",
+            f"--regid={OTHER}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
 
 
 @pytest.fixture
@@ -52,7 +69,9 @@ def victim(request: pytest.FixtureRequest, shared: Path) -> Iterator[int]:
     shutil.copy(REPO / "tests" / "victims" / "idle.py", script)
     script.chmod(0o644)
     prefix = ["runuser", "-u", "nobody", "--"] if request.param == "nobody" else []
-    proc = subprocess.Popen([*prefix, PY.path, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/")
+    proc = subprocess.Popen(
+        [*prefix, PY.path, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    )
     try:
         assert proc.stdout is not None
         yield int(proc.stdout.readline().split()[1])
@@ -68,13 +87,22 @@ def test_run_dir_fifos_and_files_closed_to_another_user(victim: int) -> None:
     run = request.run
     try:
         st = os.lstat(run.host)
-        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == target.uid
+        assert (
+            stat.S_ISDIR(st.st_mode)
+            and stat.S_IMODE(st.st_mode) == 0o700
+            and st.st_uid == target.uid
+        )
         for name in os.listdir(run.host):
             fst = os.lstat(run.host_file(name))
             assert fst.st_uid == target.uid and not fst.st_mode & 0o077, (name, oct(fst.st_mode))
         # WHEN another user tries to list it, read the agent, write the stream, plant a file
-        for script in (f"ls {run.host}", f"cat {run.host_file('agent.py')}", f"echo x > {run.host_file('stream')}",
-                       f"ln -s /etc/passwd {run.host_file('result.json')}", f"cat {run.host_file('stream')}"):
+        for script in (
+            f"ls {run.host}",
+            f"cat {run.host_file('agent.py')}",
+            f"echo x > {run.host_file('stream')}",
+            f"ln -s /etc/passwd {run.host_file('result.json')}",
+            f"cat {run.host_file('stream')}",
+        ):
             out = as_other(script)
             # THEN every attempt is refused by the kernel
             assert out.returncode != 0 and "Permission denied" in out.stderr, (script, out)
@@ -95,7 +123,7 @@ def test_a_name_made_before_us_is_never_used(victim: int, monkeypatch: pytest.Mo
     try:
         out = as_other(f"ln -s {bait} {path}")
         assert out.returncode == 0, out.stderr
-        # WHEN introspect prepares a run THEN a plain refusal, and nothing was written through the link
+        # WHEN introspect prepares a run THEN a plain refusal, nothing written through the link
         with pytest.raises(errors.AccessDenied, match="already exists"):
             channel.prepare(target, "top", {}, 30.0)
         assert os.listdir(bait) == [] and os.path.islink(path)
@@ -104,8 +132,10 @@ def test_a_name_made_before_us_is_never_used(victim: int, monkeypatch: pytest.Mo
         shutil.rmtree(bait, ignore_errors=True)
 
 
-def test_lock_directory_of_another_user_is_refused(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # GIVEN the lock directory's name taken by another user: a link to its directory, or its own directory
+def test_lock_directory_of_another_user_is_refused(
+    shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the lock directory's name taken by another user: a link to its directory, or its own
     bait = shared / "bait"
     for plant in (f"mkdir {bait} && ln -s {bait} {shared}/locks", f"mkdir {shared}/locks"):
         out = as_other(plant)

@@ -1,4 +1,4 @@
-"""The agent-code cache (introspect/codecache.py) and the bootstrap that uses it, on this interpreter.
+"""The agent-code cache (introspect/codecache.py) and the bootstrap that uses it, here.
 
 Code shipped to a target is made by the CLI's interpreter or by a trusted (root-owned) interpreter
 binary, never by a target. Every interpreter kind and hostile targets are covered by
@@ -24,9 +24,22 @@ ROOT_OWNED_PYTHON = codecache.untrusted(sys.executable) is None
 
 
 def _target(capi: Path, exe: str = sys.executable) -> Target:
-    return Target(pid=os.getpid(), name="python", exe=exe, cmdline=(), uid=os.getuid(), gid=os.getgid(),
-                  status="sleeping", tracer_pid=0, create_time=0.0, version=sys.version_info[:2], capi_object=str(capi),
-                  libc_object=None, mappings=(), same_root=True)
+    return Target(
+        pid=os.getpid(),
+        name="python",
+        exe=exe,
+        cmdline=(),
+        uid=os.getuid(),
+        gid=os.getgid(),
+        status="sleeping",
+        tracer_pid=0,
+        create_time=0.0,
+        version=sys.version_info[:2],
+        capi_object=str(capi),
+        libc_object=None,
+        mappings=(),
+        same_root=True,
+    )
 
 
 @pytest.fixture
@@ -38,7 +51,9 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_split_takes_the_header_after_the_magic_number() -> None:
     data = codecache.local_header() + b"code"
     assert codecache.split(data) == (codecache.local_header(), b"code")
-    assert codecache.local_header()[2:4] == b"\r\n"  # the magic number ends in CR LF: the header's end is after it
+    assert (
+        codecache.local_header()[2:4] == b"\r\n"
+    )  # the magic number ends in CR LF: the header's end is after it
     assert codecache.split(b"\x00\x01\r\nno end of header") is None
     assert codecache.split(codecache.local_header() + b"x" * codecache.MAX_BYTES) is None
 
@@ -47,12 +62,17 @@ def test_untrusted_names_the_reason(tmp_path: Path) -> None:
     # pytest's tmp_path lies under /tmp, which everyone may write: nothing in it is trusted
     f = tmp_path / "python3"
     f.write_bytes(b"")
-    assert "writable by group or others" in str(codecache.untrusted(str(f))) or "owned by uid" in str(codecache.untrusted(str(f)))
+    assert "writable by group or others" in str(
+        codecache.untrusted(str(f))
+    ) or "owned by uid" in str(codecache.untrusted(str(f)))
     assert "No such file" in str(codecache.untrusted(str(tmp_path / "gone")))
     assert codecache.untrusted("/") is None
 
 
-@pytest.mark.skipif(not ROOT_OWNED_PYTHON, reason=f"{sys.executable} is not root-owned here: no trusted compiler to test")
+@pytest.mark.skipif(
+    not ROOT_OWNED_PYTHON,
+    reason=f"{sys.executable} is not root-owned here: no trusted compiler to test",
+)
 def test_a_trusted_binary_compiles_what_the_bootstrap_loads(tmp_path: Path) -> None:
     data, how = codecache.compile_with(sys.executable, agent_source("top"))
     assert data is not None and how == sys.executable
@@ -62,7 +82,9 @@ def test_a_trusted_binary_compiles_what_the_bootstrap_loads(tmp_path: Path) -> N
 DEBIAN = "/usr/bin/python3.11"
 
 
-@pytest.mark.skipif(not os.path.exists(DEBIAN), reason=f"{DEBIAN} (Debian's statically linked build) not installed")
+@pytest.mark.skipif(
+    not os.path.exists(DEBIAN), reason=f"{DEBIAN} (Debian's statically linked build) not installed"
+)
 def test_a_binary_that_reads_an_untrusted_file_is_not_used(tmp_path: Path) -> None:
     # GIVEN a copy of an interpreter whose standard library is the real one (links) but for its
     # encodings package, a copy under /tmp that anyone could have written (read at every start-up)
@@ -98,9 +120,13 @@ def test_the_cache_is_ours_alone(tmp_path: Path, cache: Path) -> None:
     assert codecache._read_cached("link") is None
 
 
-@pytest.mark.skipif(not (os.path.exists(DEBIAN) and codecache.untrusted(DEBIAN) is None),
-                    reason=f"{DEBIAN} not installed, or not root-owned")
-def test_for_target_other_interpreter_made_by_its_binary_then_cached(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.skipif(
+    not (os.path.exists(DEBIAN) and codecache.untrusted(DEBIAN) is None),
+    reason=f"{DEBIAN} not installed, or not root-owned",
+)
+def test_for_target_other_interpreter_made_by_its_binary_then_cached(
+    tmp_path: Path, cache: Path
+) -> None:
     from introspect.target import inspect_target
 
     # the CLI's own interpreter file: compiled here, nothing kept
@@ -153,10 +179,16 @@ AGENT = "import gc\nprint(_LOADED[0], __file__, _GC, gc.isenabled(), REQUEST['co
 
 def test_bootstrap_compiles_and_gives_nothing_back_then_loads(tmp_path: Path) -> None:
     text = _bootstrap(tmp_path, AGENT, None)
-    out = subprocess.run([sys.executable, "-c", text + "\nimport gc\nprint('after', gc.isenabled())\n"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", text + "\nimport gc\nprint('after', gc.isenabled())\n"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout == "compiled <introspect>/agent.py True False top\nafter True\n", out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.py"]  # what it compiled stayed in it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "agent.py"
+    ]  # what it compiled stayed in it
     # code made here loads, with no compile (the source is not even read: here it is gone)
     text = _bootstrap(tmp_path, AGENT, codecache._local(AGENT.encode()))
     (tmp_path / "agent.py").unlink()
@@ -168,7 +200,15 @@ def test_bootstrap_compiles_and_gives_nothing_back_then_loads(tmp_path: Path) ->
 def test_bootstrap_never_loads_a_foreign_or_damaged_file(tmp_path: Path, bad: bytes | None) -> None:
     code = bad if bad is not None else codecache.local_header() + b"\xff" * 32
     text = _bootstrap(tmp_path, AGENT, code)
-    out = subprocess.run([sys.executable, "-c", "import gc; gc.disable()\n" + text + "\nprint('after', gc.isenabled())\n"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gc; gc.disable()\n" + text + "\nprint('after', gc.isenabled())\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     # a collector the target had off stays off, and the agent is told so
     assert out.stdout == "compiled <introspect>/agent.py False False top\nafter False\n", out.stderr

@@ -32,13 +32,25 @@ def test_mutated_streams_end_in_a_snapshot_or_a_plain_error(stream: bytes) -> No
     refused = sum(c for k, c in seen.items() if "refused" in k)
     kinds = {k.split(" -> ")[0] for k in seen}
     # every kind of mutation was tried, and most broke a rule (the rest changed only content)
-    assert {"flip", "truncate", "swap", "huge-length", "ref", "type", "nrefs", "header", "json"} <= kinds, kinds
+    assert {
+        "flip",
+        "truncate",
+        "swap",
+        "huge-length",
+        "ref",
+        "type",
+        "nrefs",
+        "header",
+        "json",
+    } <= kinds, kinds
     assert refused > ROUNDS // 2, seen
-    assert sum(c for k, c in seen.items() if k.endswith("(file)")) == ROUNDS // 10  # read back as recorded files
+    assert (
+        sum(c for k, c in seen.items() if k.endswith("(file)")) == ROUNDS // 10
+    )  # read back as recorded files
 
 
 def _frame(data: bytes, kind: bytes) -> tuple[int, int]:
-    return next((a, b) for a, b in frames(data) if data[a:a + 1] == kind)
+    return next((a, b) for a, b in frames(data) if data[a : a + 1] == kind)
 
 
 def _rule(data: bytes) -> str:
@@ -63,21 +75,23 @@ def _o_column(data: bytes, name: str) -> int:
 @pytest.mark.parametrize("value, rule", [(99_999_999, "reference index"), (-1, "reference index")])
 def test_reference_out_of_range(stream: bytes, value: int, rule: str) -> None:
     at = _o_column(stream, "refs")
-    assert _rule(stream[:at] + struct.pack("<i", value) + stream[at + 4:]) == rule
+    assert _rule(stream[:at] + struct.pack("<i", value) + stream[at + 4 :]) == rule
 
 
 def test_negative_type_index(stream: bytes) -> None:
     at = _o_column(stream, "type_of")
-    assert _rule(stream[:at] + struct.pack("<i", -1) + stream[at + 4:]) == "type index"
+    assert _rule(stream[:at] + struct.pack("<i", -1) + stream[at + 4 :]) == "type index"
 
 
 def test_huge_frame_length_is_refused_before_reading(stream: bytes) -> None:
     a, _ = _frame(stream, b"O")
-    huge = stream[:a + 1] + (0xFFFFFFFF).to_bytes(4, "little") + stream[a + 5:]
+    huge = stream[: a + 1] + (0xFFFFFFFF).to_bytes(4, "little") + stream[a + 5 :]
     limits = records.Limits.for_memory(64 << 20)
     with pytest.raises(records.FormatError, match="stream size"):
         records.read_snapshot(records.BytesReader(huge, limits))
-    assert _rule(stream[:a] + b"M" + (2 << 20).to_bytes(4, "little") + stream[a + 5:]) == "frame size"
+    assert (
+        _rule(stream[:a] + b"M" + (2 << 20).to_bytes(4, "little") + stream[a + 5 :]) == "frame size"
+    )
 
 
 def test_swapped_and_missing_frames(stream: bytes) -> None:
@@ -86,13 +100,22 @@ def test_swapped_and_missing_frames(stream: bytes) -> None:
     assert _rule(records.MAGIC + b"".join([parts[1], parts[0], *parts[2:]])) == "meta first"
     e = next(i for i, p in enumerate(parts) if p[:1] == b"E")
     c = next(i for i, p in enumerate(parts) if p[:1] == b"C")
-    assert _rule(records.MAGIC + b"".join(parts[:c] + parts[c + 1:])) == "refcount per object"
-    with pytest.raises(records.StreamError, match="ended early"):  # no end frame: never a partial snapshot
+    assert _rule(records.MAGIC + b"".join(parts[:c] + parts[c + 1 :])) == "refcount per object"
+    with pytest.raises(
+        records.StreamError, match="ended early"
+    ):  # no end frame: never a partial snapshot
         records.read_snapshot(records.BytesReader(records.MAGIC + b"".join(parts[:e])))
 
 
 def test_json_where_arrays_belong_and_deep_nesting(stream: bytes) -> None:
     a, b = _frame(stream, b"R")
-    for payload, rule in [(b"[" * 200_000, "json"), (b'[["module", "m", -1]]', "root index"),
-                          (b'[["module", "m", 99999999]]', "root index"), (b'{"a": 1}', "roots")]:
-        assert _rule(stream[:a + 1] + len(payload).to_bytes(4, "little") + payload + stream[b:]) == rule
+    for payload, rule in [
+        (b"[" * 200_000, "json"),
+        (b'[["module", "m", -1]]', "root index"),
+        (b'[["module", "m", 99999999]]', "root index"),
+        (b'{"a": 1}', "roots"),
+    ]:
+        assert (
+            _rule(stream[: a + 1] + len(payload).to_bytes(4, "little") + payload + stream[b:])
+            == rule
+        )

@@ -22,13 +22,22 @@ import time
 import types
 
 MARKER = os.environ["HOSTILE_MARKER"]
-payload = compile("import os\nwith open(%r, 'a') as f:\n    f.write('%%d\\n' %% os.getpid())\n" % MARKER, "<payload>", "exec")
-HEADER = importlib.util.MAGIC_NUMBER + (" %x %s\n" % (sys.hexversion, getattr(sys, "abiflags", "?"))).encode()
+payload = compile(
+    "import os\nwith open(%r, 'a') as f:\n    f.write('%%d\\n' %% os.getpid())\n" % MARKER,
+    "<payload>",
+    "exec",
+)
+HEADER = (
+    importlib.util.MAGIC_NUMBER
+    + (" %x %s\n" % (sys.hexversion, getattr(sys, "abiflags", "?"))).encode()
+)
 BYTES = HEADER + _real_marshal.dumps(payload)
 
 fake = types.ModuleType("marshal")
 fake.__dict__.update({k: v for k, v in vars(_real_marshal).items() if not k.startswith("__")})
-fake.dumps = lambda obj, *a: _real_marshal.dumps(payload)  # what a target that compiled would hand back
+fake.dumps = lambda obj, *a: _real_marshal.dumps(
+    payload
+)  # what a target that compiled would hand back
 MODE = os.environ.get("HOSTILE_MODE", "marshal,plant").split(",")
 if "marshal" in MODE:
     sys.modules["marshal"] = fake
