@@ -122,6 +122,10 @@ def headroom(pid: int, *, cgroup_root: str = "/sys/fs/cgroup") -> Headroom:
     return Headroom(room >= need, need, room, where)
 
 
+def _is_int(x: object) -> bool:
+    return type(x) is int
+
+
 def _is_str(x: object) -> bool:
     return isinstance(x, str) and len(x) <= 1 << 16
 
@@ -152,6 +156,7 @@ class Walker:
         self.start_ticks = start_ticks
         self.deadline = deadline
         self.cfd = -1
+        self.n = -1  # objects in the snapshot, once read: bounds the positions the walker answers
 
     def _ask(
         self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True
@@ -204,7 +209,8 @@ class Walker:
         """Items of each builtin container (dict: its keys, whatever the walk saw of them); -1 for others."""
         out: list[int] = []
         for k in range(0, len(positions), 4000):
-            out += [int(x) for x in self._ask("C " + " ".join(str(p) for p in positions[k:k + 4000]))]
+            chunk = positions[k:k + 4000]
+            out += self._ask("C " + " ".join(str(p) for p in chunk), len(chunk), _is_int)
         return out
 
     def previews(self, positions: Sequence[int]) -> list[str]:
@@ -212,13 +218,23 @@ class Walker:
         frozen copy; any other object is named by its type, never repr()'d."""
         out: list[str] = []
         for k in range(0, len(positions), 1000):
-            out += [str(x) for x in self._ask("P " + " ".join(str(p) for p in positions[k:k + 1000]))]
+            chunk = positions[k:k + 1000]
+            out += self._ask("P " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
         return out
 
     def duplicates(self, min_len: int = 8, top: int = 50) -> list[list[Any]]:
         """Equal str/bytes values held as distinct objects: [type, length, copies, bytes of one,
         [positions of up to 5 copies]], most wasted bytes first."""
-        return self._ask(f"W {int(min_len)} {int(top)}")
+
+        n = self.n if self.n >= 0 else 1 << 31  # every position one of the snapshot's
+
+        def group(g: Any) -> bool:
+            return (isinstance(g, list) and len(g) == 5 and _is_str(g[0])
+                    and all(map(_is_int, g[1:4])) and isinstance(g[4], list)
+                    and all(_is_int(q) and 0 <= q < n for q in g[4]))
+
+        answer = self._ask(f"W {int(min_len)} {int(top)}", None, group)
+        return answer[:max(0, int(top))]
 
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         out: list[list[str]] = []
@@ -321,6 +337,7 @@ class _Session:
             walker = self.walker
             if walker is None:
                 raise StreamError("the stream carried no walker facts")
+            walker.n = snap.n
             self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s")
             stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
                      "walker_pid": walker.pid}
