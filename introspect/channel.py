@@ -30,6 +30,9 @@ RUN_DIR_RE = re.compile(r"introspect-\d+-[0-9a-f]{16}")
 CLI_LOCK = "cli.lock"
 # Poll period while waiting for the agent: short enough to notice a dead target "at once".
 POLL_S = 0.02
+# result.json is data from the target: read at most this much (the largest real ones, `top -n 0`
+# or `trace show` on a big heap, are a few MiB).
+RESULT_MAX_BYTES = 64 << 20
 
 
 @dataclass
@@ -55,7 +58,10 @@ class RunDir:
     def write(self, name: str, data: bytes, mode: int = 0o600) -> str:
         """Write a file the target will read; return its path as the target sees it."""
         dest = self.host_file(name)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise self._planted(name) from None
         try:
             os.write(fd, data)
             if os.geteuid() == 0:
@@ -67,18 +73,34 @@ class RunDir:
     def mkfifo(self, name: str) -> str:
         """A FIFO the target's process will open (a pipe: its data never lands on a filesystem)."""
         dest = self.host_file(name)
-        os.mkfifo(dest, 0o600)
+        try:
+            os.mkfifo(dest, 0o600)
+        except FileExistsError:
+            raise self._planted(name) from None
         if os.geteuid() == 0:
             os.chown(dest, self.target.uid, self.target.gid, follow_symlinks=False)
         return self.file(name)
 
+    def _planted(self, name: str) -> errors.IntrospectError:
+        return errors.BadTargetState(
+            f"something made {name} in introspect's private run directory {self.path} first",
+            pid=self.target.pid,
+            name=self.target.name,
+            help="Only the process's own user (or root) can write there: the process itself, or "
+            "another of its user's, is interfering. Nothing was run in it; the run directory is "
+            "removed.",
+        )
+
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.host_file(name))
 
-    def read_json(self, name: str) -> Any:
-        fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            return json.loads(f.read().decode("utf-8", "replace"))
+    def read_json(self, name: str, limit: int) -> Any:
+        """A JSON file the target wrote, read through a descriptor that follows no link, at most
+        ``limit`` bytes (a larger one is refused: ValueError)."""
+        data = self.read_bytes(name, limit)
+        if len(data) > limit:
+            raise ValueError(f"{name} is larger than {limit:,} bytes")
+        return json.loads(data.decode("utf-8", "replace"))
 
     def read_bytes(self, name: str, limit: int) -> bytes:
         fd = os.open(self.host_file(name), os.O_RDONLY | os.O_NOFOLLOW)
@@ -135,6 +157,16 @@ def make_run_dir(target: Target) -> RunDir:
     sweep_run_dirs(target.host_path(tmp))
     try:
         os.mkdir(host, 0o700)
+    except FileExistsError:
+        # The name holds 64 random bits: something there already was put there to meet us (a
+        # link to redirect our files, a directory to read them); never follow or reuse it.
+        raise errors.AccessDenied(
+            f"{path} already exists in the target's {tmp} before introspect made it",
+            pid=target.pid,
+            name=target.name,
+            help="Another process is interfering with introspect's run directories; look at who "
+            f"owns it (ls -ld {host}). Nothing was done to the target.",
+        ) from None
     except FileNotFoundError:
         if not target.is_alive():
             raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
@@ -175,7 +207,6 @@ class Request:
     timeout: float
     run: RunDir
     deadline: float = field(init=False)
-    code_key: str | None = field(default=None, init=False)  # where a dump of the agent's code is kept (codecache)
 
     def __post_init__(self) -> None:
         self.deadline = time.time() + self.timeout
@@ -194,7 +225,7 @@ BOOTSTRAP_NAME = "<introspect-bootstrap>"
 AGENT_NAME = codecache.AGENT_NAME
 
 
-def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dump_path: str = "") -> str:
+def bootstrap_source(agent_path: str, request: Request, code_path: str = "") -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
     A raising bootstrap would make ``PyRun_SimpleString`` return -1 and the target's *own* code
@@ -202,10 +233,10 @@ def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dum
     fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
 
     Stage 1 loads the agent's precompiled code from ``code_path`` if its header is exactly the
-    target's own bytecode (see codecache), else compiles ``agent_path``, and then, given a
-    ``dump_path``, writes what it compiled there for the CLI to keep. It reads ``sys`` and
-    ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if nothing did
-    (a builtin module: the agent reports it as imported).
+    target's own bytecode (see codecache), else compiles ``agent_path``. What it compiled stays
+    in the target: nothing a target makes is ever shipped to another (docs/security.md). It reads
+    ``sys`` and ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if
+    nothing did (a builtin module: the agent reports it as imported).
 
     The garbage collector is disabled while the agent loads and runs, and enabled again after (if
     it was): the agent's own allocations would otherwise trigger the target's collections in the
@@ -238,10 +269,6 @@ def bootstrap_source(agent_path: str, request: Request, code_path: str = "", dum
         "  h='compiled'\n"
         f"  with open({agent_path!r},'rb') as f:s=f.read()\n"
         f"  c=compile(s,{AGENT_NAME!r},'exec');s=None\n"
-        f"  if k is not None and {bool(dump_path)!r}:\n"
-        "   try:\n"
-        f"    with open({dump_path!r},'xb') as f:f.write(k+M['marshal'].dumps(c))\n"
-        "   except Exception:pass\n"
         f" g={globs!r}\n"
         " g['_LOADED']=(h,T.perf_counter()-t if T else 0.0);g['_GC']=e;g['_NEW']=n\n"
         " exec(c,g)\n"
@@ -263,9 +290,8 @@ def prepare(
     try:
         source = agent_source(command)
         agent_path = run.write("agent.py", source, 0o400)
-        code, request_key = codecache.for_target(target, source)
+        code, _how = codecache.for_target(target, source)
         code_path = run.write(codecache.CODE_FILE, code, 0o400) if code is not None else ""
-        dump_path = run.file(codecache.DUMP_FILE) if request_key is not None else ""
         if command == "snapshot":
             run.write("walker.py", walker_source(), 0o400)  # compiled by the forked walker only
         params = dict(params)
@@ -274,8 +300,7 @@ def prepare(
         for name in fifos:
             params[name] = run.mkfifo(name)
         request = Request(command, params, timeout, run)
-        request.code_key = request_key
-        return request, bootstrap_source(agent_path, request, code_path, dump_path)
+        return request, bootstrap_source(agent_path, request, code_path)
     except BaseException:
         run.remove()
         raise
@@ -292,17 +317,173 @@ PHASES = {
 }
 
 
-def keep_code(request: Request) -> bool:
-    """Keep the agent code the target compiled and dumped (codecache) for the next run; False if
-    there is none. Read before the run dir goes: the dump is complete once result.json exists."""
-    run = request.run
-    if request.code_key is None or not run.exists("result.json"):
-        return False
-    try:
-        data = run.read_bytes(codecache.DUMP_FILE, codecache.MAX_BYTES)
-    except OSError:
-        return False
-    return codecache.store(request.code_key, data)
+_NUM = (int, float)
+Check = Callable[[Any], bool]
+
+
+def _is(*types: type) -> Check:
+    return lambda v: isinstance(v, types) and (bool in types or not isinstance(v, bool))
+
+
+def _map_of(ok: Check) -> Check:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and ok(x) for k, x in v.items())
+
+
+def _list_of(ok: Check) -> Check:
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = (
+    _is(int),
+    _is(int, float),
+    _is(str),
+    _is(bool),
+    _is(dict),
+    _is(list),
+)
+_STR_OR_NONE, _INTS = _is(str, type(None)), _map_of(_is(int))
+
+
+def gc_facts_ok(v: Any) -> bool:
+    """The agent's collector facts (agent._gc_facts), as the CLI prints them."""
+    return (
+        isinstance(v, dict)
+        and _BOOL(v.get("enabled", False))
+        and _list_of(_INT)(v.get("counts", []))
+        and _INT(v.get("frozen", 0))
+    )
+
+
+# The envelope's fields the CLI reads (agent.py run() and _answer() write them).
+ENVELOPE_FIELDS: dict[str, Check] = {
+    "ok": _BOOL,
+    "command": _STR,
+    "pid": _INT,
+    "result": _is(dict, type(None)),
+    "error": _DICT,
+    "agent_s": _NUMBER,
+    "code": lambda v: (
+        v is None or (isinstance(v, list) and len(v) == 2 and _STR(v[0]) and _NUMBER(v[1]))
+    ),
+    "python": _STR,
+    "imported": _list_of(_STR),
+}
+# Each command's result fields the CLI reads: (checks, fields always present). Fields not listed
+# are passed on untouched (the tracing commands' own, issue 22; nested chains and graphs are
+# checked for their shape only).
+RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
+    "snapshot": (
+        {"forked": _BOOL, "pause_s": _NUMBER, "fork_s": _NUMBER, "error": _STR, "child": _INT},
+        ("forked",),
+    ),
+    "top": (
+        {
+            "objects": _INT,
+            "types": _INTS,
+            "gc": gc_facts_ok,
+            "scan_s": _NUMBER,
+            "untracked_objects": _INT,
+            "sizes": _map_of(_list_of(_NUMBER)),
+            "opaque": _INTS,
+            "partial": _BOOL,
+            "stopped": _STR_OR_NONE,
+            "walked": _is(int, type(None)),
+            "levels": _is(int, type(None)),
+            "tracked_total": _is(int, type(None)),
+            "budget": _NUMBER,
+        },
+        ("objects", "types", "gc", "scan_s"),
+    ),
+    "growth": (
+        {"objects": _INT, "counts": _INTS, "now": _NUMBER, "gc": gc_facts_ok, "scan_s": _NUMBER},
+        ("objects", "counts", "now", "gc", "scan_s"),
+    ),
+    "backrefs": (
+        {
+            "status": _STR,
+            "type": _STR,
+            "found": _INT,
+            "sampled": _INT,
+            "unrooted": _INT,
+            "chains": _list_of(_DICT),
+            "graph": _DICT,
+            "partial": _BOOL,
+            "reason": _STR_OR_NONE,
+            "opaque": _INTS,
+            "levels": _INT,
+            "scan_s": _NUMBER,
+            "search_s": _NUMBER,
+            "allocated": _LIST,
+            "names": _list_of(_STR),
+            "candidates": _list_of(
+                lambda c: isinstance(c, list) and len(c) == 2 and _STR(c[0]) and _INT(c[1])
+            ),
+        },
+        ("status",),
+    ),
+    "exec": (
+        {"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
+        ("stdout", "stderr", "run_s"),
+    ),
+}
+# backrefs: the fields each status needs
+_BACKREFS_NEEDS = {
+    "ok": ("type", "found", "sampled", "unrooted", "chains", "graph", "partial", "levels"),
+    "unknown": ("names",),
+    "ambiguous": ("candidates",),
+}
+
+
+def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
+    """``envelope`` if every field the CLI reads has its type, else AgentError naming the field:
+    result.json is written by the target, and a wrong type must not become a traceback."""
+
+    def bad(what: str) -> errors.AgentError:
+        return errors.AgentError(
+            f"the agent's result breaks its format: {what}",
+            pid=pid,
+            help="The target wrote a result introspect cannot trust; nothing of it was used.",
+        )
+
+    if "ok" not in envelope:
+        raise bad("no field 'ok'")
+    for key, ok in ENVELOPE_FIELDS.items():
+        if key in envelope and not ok(envelope[key]):
+            raise bad(f"field {key!r} has the wrong type ({type(envelope[key]).__name__})")
+    if envelope["ok"] and not isinstance(envelope.get("result"), dict):
+        raise bad("a successful run carries no result object")
+    err = envelope.get("error")
+    if err is not None:
+        frames = err.get("frames", [])
+        if not (
+            _STR(err.get("type", ""))
+            and _STR(err.get("message", ""))
+            and isinstance(frames, list)
+            and all(
+                isinstance(f, list) and len(f) == 3 and _STR(f[0]) and _INT(f[1]) and _STR(f[2])
+                for f in frames
+            )
+        ):
+            raise bad(
+                "field 'error' is not {type: str, message: str, frames: [[file, line, function]]}"
+            )
+    result = envelope.get("result")
+    checks, needed = RESULT_FIELDS.get(str(envelope.get("command")), ({}, ()))
+    if envelope["ok"] and isinstance(result, dict):
+        if envelope.get("command") == "backrefs":
+            needed = needed + _BACKREFS_NEEDS.get(str(result.get("status")), ())
+        missing = [k for k in needed if k not in result]
+        if missing:
+            raise bad(
+                f"the {envelope.get('command')} result has no {', '.join(map(repr, missing))}"
+            )
+        for key, ok in checks.items():
+            if key in result and not ok(result[key]):
+                raise bad(
+                    f"result field {key!r} has the wrong type or shape "
+                    f"({type(result[key]).__name__})"
+                )
+    return envelope
 
 
 def last_phase(run: RunDir) -> str:
@@ -331,12 +512,12 @@ def wait_for_result(
     while True:
         if run.exists("result.json"):
             try:
-                result: dict[str, Any] = run.read_json("result.json")
+                result = run.read_json("result.json", RESULT_MAX_BYTES)
             except (OSError, ValueError) as exc:
                 raise errors.AgentError(f"unreadable result from the agent: {exc}", pid=target.pid) from None
-            if result.get("nonce") != run.nonce:
+            if not isinstance(result, dict) or result.get("nonce") != run.nonce:
                 raise errors.AgentError("result does not carry our nonce; refusing it", pid=target.pid)
-            return result
+            return checked_envelope(result, target.pid)
         if not target.is_alive():
             raise errors.TargetExited("the process exited while introspect waited for it", pid=target.pid, name=target.name)
         started_seen = started_seen or run.exists("started")

@@ -110,4 +110,5 @@ EXIT_CODES: dict[int, str] = {
     11: "the agent reported an error inside the target",
     12: "exec: the payload raised an exception",
     13: "unknown type name",
+    14: "the target's records break their format (refused whole; see docs/security.md)",
 }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from introspect import errors
-from introspect.channel import RunDir, keep_code, prepare, wait_for_result
+from introspect.channel import RunDir, prepare, wait_for_result
 from introspect.inject import Injection, choose, parked_runner
 from introspect.progress import Progress
 from introspect.target import Target, check_injectable, inspect_target
@@ -324,8 +324,6 @@ def run_agent(
                 withdraw = getattr(injector, "withdraw", None)
                 if withdraw is not None and withdraw(target):
                     log("withdrew the request the target had not taken yet")
-            if keep_code(request):
-                log("kept the agent's compiled code for the next run on this interpreter")
             run.remove()
             if injection is not None and injector is not None and started:
                 try:

@@ -21,9 +21,10 @@
 # runs (introspect.agent.agent_source), the other lines blanked so line numbers stay true.
 # Compiling costs the target memory it keeps (its allocator's arenas): 7 MiB of RSS for this
 # whole file on 3.12, against about 1 MiB for the core and one part; and time: 4-7 ms for the
-# snapshot's 35 KB. So the target compiles these parts once per interpreter: later runs load the
-# code it compiled (introspect/codecache.py, 0.1-0.2 ms). The forked walker compiles its own part
-# ("walker") in the child, where it costs the target nothing.
+# snapshot's 35 KB. So the target loads these parts precompiled (0.1-0.5 ms), made by the CLI or
+# by the target's own root-owned interpreter binary, never by a target (introspect/codecache.py).
+# The forked walker compiles its own part ("walker") in the child, where it costs the target
+# nothing.
 #
 # The bootstrap executes this file in a fresh dict holding REQUEST (a literal written by the CLI):
 #   {"nonce", "deadline" (time.time()), "dir" (run dir, target's view), "command", "params"}
@@ -1748,18 +1749,21 @@ def _trace_block():  # type: () -> Any
 # every object it touched alive until os._exit (a refcount reaching zero would run a foreign
 # deallocator in a half-copied world, see gh-122695) and never runs a finalizer (gc disabled).
 #
-# Stream (format 1), written to a FIFO the CLI created in the run dir (a pipe: nothing lands on
-# the target's filesystem): SNAP_MAGIC, then frames of kind (1 byte) + length (4 bytes, little
-# endian) + payload. "M" meta JSON; "T" new types JSON [[index, name]]; "O" objects: marshal
-# (version 2) of [first position, types, sizes, gc-tracked flags, reference counts per object,
-# referenced positions]; "R" roots JSON [[kind, description, position]]; "C" marshal of
-# [first position, refcount excess] (the object's refcount minus our own holds); "E" end JSON;
-# "X" error JSON; "L" answers to the CLI's label questions. Positions number objects in the order
-# of first discovery. After "E" the walker answers lines read from the control FIFO:
+# Stream (format 2; introspect/snapshot/records.py is the reader and its docstring the contract),
+# written to a FIFO the CLI created in the run dir (a pipe: nothing lands on the target's
+# filesystem): SNAP_MAGIC, then frames of kind (1 byte) + length (4 bytes, little endian) +
+# payload. "M" meta JSON; "T" new types JSON [[index, name]]; "R" roots JSON [[kind, description,
+# position]]; "O" objects and "C" refcount excess (the object's refcount minus our own holds):
+# array frames, four uint64 (first position, objects, references, positions known so far), then
+# fixed-width little-endian columns (O: sizes int64, type indices int32, reference counts uint32,
+# referenced positions int32, gc-tracked flags uint8; C: excess int64); "E" end JSON; "X" error
+# JSON; "L" answers to the CLI's questions. No general-purpose serialiser: the CLI reads what a
+# possibly hostile process sent, and checks every length and index. Positions number objects in
+# the order of first discovery. After "E" the walker answers lines read from the control FIFO:
 # "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "V p ...": free
 # variable names of functions; "Q": exit.
 
-SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
+SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
 SNAP_BATCH = 32768
 _CodeType = type(_builtin.__code__)
 # Code objects are not gc containers (no tp_traverse): their references are read from the stored
@@ -2081,7 +2085,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         objs = gc.get_objects() if walk else []
         _snap_quiet(deadline, fd)
         _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes
-        marshal = _builtin("marshal")
+        array = _builtin("array").array
         own = _snap_own(frame_ids, mods)
         for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
             own[id(x)] = None
@@ -2092,7 +2096,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
                 d = getattr(m, "__dict__", None)
                 if type(d) is dict:
                     own[id(d)] = None
-        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline)
+        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline)
     except BaseException as exc:  # reported to the CLI, never raised anywhere
         err = exc
     if err is not None:
@@ -2107,11 +2111,31 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     _snap_answer(fd, params, keep)
 
 
-def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t0, deadline):
+def _snap_columns(array, start, count, items, known, columns):
+    # type: (Any, int, int, int, int, list) -> bytes
+    """An array frame's payload: the header, then each (typecode, list) column as fixed-width
+    little-endian items (array's conversion checks each value fits)."""
+    out = []
+    for code, values in [("Q", [start, count, items, known])] + columns:
+        if code == "B":
+            out.append(bytes(values))  # flags: bytes() is the fastest conversion, and checks 0..255
+            continue
+        a = array(code, values)
+        if sys.byteorder != "little":
+            a.byteswap()
+        out.append(a.tobytes())
+    return b"".join(out)
+
+
+def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline):
     # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
+    for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
+        if array(code).itemsize != width:
+            raise RuntimeError("array %r items are %d bytes, not %d"
+                               % (code, array(code).itemsize, width))
     facts = _gc_facts()
     _snap_send(fd, b"M", _snap_json({
-        "format": 1, "pid": posix.getpid(),  # type: ignore[attr-defined]
+        "format": 2, "pid": posix.getpid(),  # type: ignore[attr-defined]
         "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3], "gc": facts,
         "gc_objects": len(objs), "byteorder": sys.byteorder, "time": time.time(),
     }))
@@ -2144,6 +2168,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
     gc_head = _gc_head()
     tindex = {}  # type: dict
     sizers = {}  # type: dict
+    # Plain lists in the loop (a list append stores a pointer; an array append converts an int):
+    # each batch becomes fixed-width arrays once, when it is sent.
     T, S, F, N, R = [], [], [], [], []  # type: list, list, list, list, list
     newtypes = []  # type: list
     start = pos = 0
@@ -2188,7 +2214,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
             k += 1
         T.append(ti)
         S.append(b)
-        F.append(1 if is_tracked(o) else 0)
+        F.append(is_tracked(o))  # a bool: bytes(F) makes it 0 or 1
         N.append(k)
         edges += k
         pos += 1
@@ -2196,7 +2222,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
             if newtypes:
                 _snap_send(fd, b"T", _snap_json(newtypes))
                 newtypes = []
-            _snap_send(fd, b"O", marshal.dumps([start, T, S, F, N, R], 2))
+            _snap_send(fd, b"O", _snap_columns(array, start, pos - start, len(R), len(keep),
+                                               [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
             T, S, F, N, R = [], [], [], [], []
             start = pos
             if time.time() > deadline:
@@ -2218,12 +2245,12 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, marshal, t
     for o in keep:
         C.append(getrefcount(o) - base)
         if len(C) >= SNAP_BATCH:
-            _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+            _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
             start += len(C)
             C = []
     o = None
     if C:
-        _snap_send(fd, b"C", marshal.dumps([start, C], 2))
+        _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
     _snap_send(fd, b"E", _snap_json({"objects": len(keep), "edges": edges, "walk_s": walk_s,
                                      "total_s": time.perf_counter() - t0}))
 

@@ -9,7 +9,6 @@ whenever the CLI gives up, fails, or is interrupted; it also has its own deadlin
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import time
@@ -123,6 +122,21 @@ def headroom(pid: int, *, cgroup_root: str = "/sys/fs/cgroup") -> Headroom:
     return Headroom(room >= need, need, room, where)
 
 
+def _is_int(x: object) -> bool:
+    return type(x) is int
+
+
+def _is_str(x: object) -> bool:
+    return isinstance(x, str) and len(x) <= 1 << 16
+
+
+def _is_site(x: object) -> bool:
+    """An allocation site as the walker answers it: [file, line, ...], or nothing."""
+    if x is None or x == []:
+        return True
+    return isinstance(x, list) and len(x) >= 2 and _is_str(x[0]) and type(x[1]) is int
+
+
 def _start_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -142,8 +156,15 @@ class Walker:
         self.start_ticks = start_ticks
         self.deadline = deadline
         self.cfd = -1
+        self.n = -1  # objects in the snapshot, once read: bounds the positions the walker answers
 
-    def _ask(self, line: str) -> list[Any]:
+    def _ask(
+        self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True
+    ) -> list[Any]:
+        """The walker's answer to one question: a JSON list of ``count`` entries (if given), each
+        passing ``item``; anything else is a FormatError (the walker is data from the target)."""
+        from introspect.snapshot.records import FormatError, StreamError, _json
+
         if self.cfd < 0:
             while True:  # the walker opens its end after its last frame; never block on a dead one
                 try:
@@ -152,33 +173,44 @@ class Walker:
                     break
                 except OSError as exc:
                     if exc.errno != errno.ENXIO or time.monotonic() > self.deadline or not self.alive():
-                        from introspect.snapshot.records import StreamError
-
                         raise StreamError("the snapshot walker stopped answering") from None
                     time.sleep(0.005)
         os.write(self.cfd, line.encode() + b"\n")
-        _kind, payload = self.reader.frame()
-        answer: list[Any] = json.loads(payload)
+        kind, payload = self.reader.frame()
+        if kind != b"L":
+            raise FormatError("answer frame", f"a {kind!r} frame where an answer ('L') belongs")
+        answer = _json(kind, payload)
+        if not isinstance(answer, list) or (count is not None and len(answer) != count):
+            raise FormatError(
+                "answer shape",
+                f"the walker's answer to {line[:1]!r} is not a list of {count} entries",
+            )
+        if not all(item(x) for x in answer):
+            raise FormatError(
+                "answer type", f"an entry of the walker's answer to {line[:1]!r} has the wrong type"
+            )
         return answer
 
     def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
         out: list[str] = []
         for k in range(0, len(edges), 2000):
             chunk = edges[k:k + 2000]
-            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk))
+            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk), len(chunk), _is_str)
         return out
 
     def names(self, positions: Sequence[int]) -> list[str]:
         out: list[str] = []
         for k in range(0, len(positions), 4000):
-            out += self._ask("N " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            out += self._ask("N " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
         return out
 
     def counts(self, positions: Sequence[int]) -> list[int]:
         """Items of each builtin container (dict: its keys, whatever the walk saw of them); -1 for others."""
         out: list[int] = []
         for k in range(0, len(positions), 4000):
-            out += [int(x) for x in self._ask("C " + " ".join(str(p) for p in positions[k:k + 4000]))]
+            chunk = positions[k:k + 4000]
+            out += self._ask("C " + " ".join(str(p) for p in chunk), len(chunk), _is_int)
         return out
 
     def previews(self, positions: Sequence[int]) -> list[str]:
@@ -186,34 +218,46 @@ class Walker:
         frozen copy; any other object is named by its type, never repr()'d."""
         out: list[str] = []
         for k in range(0, len(positions), 1000):
-            out += [str(x) for x in self._ask("P " + " ".join(str(p) for p in positions[k:k + 1000]))]
+            chunk = positions[k:k + 1000]
+            out += self._ask("P " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
         return out
 
     def duplicates(self, min_len: int = 8, top: int = 50) -> list[list[Any]]:
         """Equal str/bytes values held as distinct objects: [type, length, copies, bytes of one,
         [positions of up to 5 copies]], most wasted bytes first."""
-        return self._ask(f"W {int(min_len)} {int(top)}")
+
+        n = self.n if self.n >= 0 else 1 << 31  # every position one of the snapshot's
+
+        def group(g: Any) -> bool:
+            return (isinstance(g, list) and len(g) == 5 and _is_str(g[0])
+                    and all(map(_is_int, g[1:4])) and isinstance(g[4], list)
+                    and all(_is_int(q) and 0 <= q < n for q in g[4]))
+
+        answer = self._ask(f"W {int(min_len)} {int(top)}", None, group)
+        return answer[:max(0, int(top))]
 
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         out: list[list[str]] = []
         for k in range(0, len(positions), 4000):
-            out += self._ask("V " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            out += self._ask("V " + " ".join(str(p) for p in chunk), len(chunk),
+                             lambda x: isinstance(x, list) and all(_is_str(v) for v in x))
         return out
 
     def traces(self, depth: int) -> dict[str, Any]:
         """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
-        answer: dict[str, Any] = self._ask(f"G {depth}")[0]
+        answer: dict[str, Any] = self._ask(f"G {depth}", 1, lambda x: isinstance(x, dict))[0]
         if "error" in answer:
             from introspect.snapshot.records import StreamError
 
-            err = answer["error"]
+            err = answer["error"] if isinstance(answer["error"], dict) else {}
             raise StreamError(f"reading the traces failed in the walker: {err.get('type')}: {err.get('message')} "
-                              f"{err.get('frames', [])[-2:]}")
+                              f"{str(err.get('frames', []))[-300:]}")
         return answer
 
     def tracing(self) -> bool:
         """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
-        return bool(self._ask("A")[0])
+        return bool(self._ask("A", 3)[0])
 
     def allocated(self, positions: Sequence[int]) -> tuple[bool, list[list[Any] | None], str]:
         """(tracing on?, the innermost allocation frame of each object as [file, line] or, where
@@ -223,12 +267,19 @@ class Walker:
         walk = ""
         out: list[list[Any] | None] = []
         for k in range(0, len(positions), 4000):
-            answer = self._ask("A " + " ".join(str(p) for p in positions[k:k + 4000]))
+            chunk = positions[k:k + 4000]
+            answer = self._ask("A " + " ".join(str(p) for p in chunk), 3)
             if not answer[0]:
                 return False, [], ""
+            sites = answer[1]
+            if not (isinstance(sites, list) and len(sites) == len(chunk) and all(map(_is_site, sites))):
+                from introspect.snapshot.records import FormatError
+
+                raise FormatError("answer type",
+                                  "the walker's allocation sites are not [[file, line] or null]")
             tracing_on = True
-            walk = str(answer[2]) if len(answer) > 2 else ""
-            out += [[str(x[0]), int(x[1]), *x[2:3]] if x else None for x in answer[1]]
+            walk = str(answer[2])
+            out += [[str(x[0]), int(x[1]), *x[2:3]] if x else None for x in sites]
         return tracing_on, out, walk
 
     def alive(self) -> bool:
@@ -268,9 +319,17 @@ class _Session:
         res = envelope.get("result") or {}
         if not res.get("forked"):
             return None
-        from introspect.snapshot.records import Reader, StreamError, read_snapshot  # numpy: only when a snapshot comes
+        from introspect.snapshot.records import (  # numpy: only when a snapshot comes
+            FormatError,
+            Limits,
+            Reader,
+            StreamError,
+            read_snapshot,
+            target_memory,
+        )
 
-        reader = Reader(self.fd, time.monotonic() + self.timeout)
+        limits = Limits.for_memory(target_memory(run.target.pid))
+        reader = Reader(self.fd, time.monotonic() + self.timeout, limits)
 
         def on_meta(meta: dict[str, Any]) -> None:
             self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
@@ -282,6 +341,7 @@ class _Session:
             walker = self.walker
             if walker is None:
                 raise StreamError("the stream carried no walker facts")
+            walker.n = snap.n
             self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s")
             stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
                      "walker_pid": walker.pid}
@@ -289,6 +349,8 @@ class _Session:
         except TimeoutError:
             raise errors.TimeoutExpired(f"the forked snapshot did not finish within {self.timeout:g} s (its walker was killed)",
                                         help="Try a larger --timeout, or --in-process.") from None
+        except FormatError:
+            raise
         except StreamError as exc:
             raise errors.AgentError(f"forked snapshot failed: {exc}",
                                     help="The target was not affected (only its forked copy). Try --in-process.") from None

@@ -1,12 +1,52 @@
-"""The record stream between the agent's walker and the CLI (format 1; see agent.py, "forked
-snapshot"). Frames: kind (1 byte) + length (4 bytes, little endian) + payload."""
+"""The record stream between the agent's walker and the CLI: format 2, strict, read as hostile.
+
+The walker runs in a forked copy of a process that may be compromised, so everything here is data
+from an adversary (docs/security.md). No general-purpose deserialiser reads it: fixed-width
+little-endian arrays go straight into numpy (``np.frombuffer``) with their lengths checked, and
+JSON carries only small metadata of bounded size, every field type-checked. Every rule below is
+checked when its frame is read; a stream that breaks one ends in :class:`FormatError` naming the
+rule (exit code 14), never a traceback and never a partial snapshot shown as whole.
+
+Stream: ``MAGIC``, then frames of kind (1 byte) + payload length (uint32 LE) + payload:
+  ``M`` meta JSON object, the first frame: META_FIELDS (``format`` must be FORMAT)
+  ``T`` types JSON ``[[index, name], ...]``: indices consecutive from 0 across all T frames
+  ``R`` roots JSON ``[[kind, description, position], ...]``, once: kind in ROOT_KINDS
+  ``O`` objects, an array frame of OBJECT_COLUMNS
+  ``C`` refcount excess, an array frame of EXCESS_COLUMNS
+  ``E`` end JSON object (END_FIELDS): ``objects`` and ``edges`` must equal what was streamed
+  ``X`` the walker's error JSON ``{"error": {type, message, frames}}``
+  ``L`` after E: one answer JSON per question on the control FIFO (snapshot.collect.Walker)
+An array frame's payload: a header of four uint64 LE (ARRAY_HEADER) -- ``start`` (position of its
+first object: frames of one kind are contiguous from 0), ``count`` (objects), ``items`` (entries of
+the per-reference columns) and ``known`` (positions assigned so far: every reference is below it,
+it never decreases, and the last one is the number of objects) -- then each column in its table's
+order, ``count`` or ``items`` entries of its dtype, nothing between, nothing after.
+
+Bounds (:class:`Limits`): the whole stream, each frame, the number of objects and of references
+are bounded by the target's memory (a live stream: ``Limits.for_memory``, from its VmPeak) or by
+the file's size (a recorded stream or dump file: ``Limits.for_file``): an object takes at least
+16 bytes and a reference 8 in the process it came from.
+
+Extending (bump FORMAT when old readers would misread the new stream):
+  - a metadata field: write it into the walker's M (or E) dict, and add one line to META_FIELDS
+    (or END_FIELDS) with its type; fields not listed are dropped on reading, so an unchecked
+    value never reaches the analysis;
+  - a per-object or per-reference array: add a column to OBJECT_COLUMNS (the walker appends the
+    same column in the same place) or give it a frame kind of its own in ARRAY_FRAMES, with a
+    range check in ``_check_columns``; Snapshot gets a field for it;
+  - a JSON frame: a kind in JSON_MAX with its size bound, and a parse function.
+Big heaps (issue 23) can write each column straight into a preallocated or memory-mapped array
+(the per-frame header gives start and count before any data); dump files (issue 19) are MAGIC +
+these frames, read by ``load_recorded`` under the file's own bounds.
+"""
 
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import select
+import stat
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,14 +54,135 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = b"INTROSPECT-SNAPSHOT 1\n"
-FORMAT = 1
+from introspect import errors
+from introspect.channel import gc_facts_ok
+
+MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
+FORMAT = 2
 # CPython 3.12+ immortal objects report a refcount near 2**32 (3.14: 3 << 30): never "held from C".
 IMMORTAL = 1 << 28
+ARRAY_HEADER = struct.Struct("<4Q")  # start, count, items, known
+
+PER_OBJECT, PER_REF = "object", "ref"
+# (Snapshot field, numpy dtype, entries per object or per reference), in payload order.
+OBJECT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("size", "<i8", PER_OBJECT),  # shallow bytes
+    ("type_of", "<i4", PER_OBJECT),  # index into the types
+    ("nrefs", "<u4", PER_OBJECT),  # references of each object, in order
+    ("refs", "<i4", PER_REF),  # referenced positions
+    ("tracked", "u1", PER_OBJECT),  # 1 if gc tracks the object
+)
+EXCESS_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("excess", "<i8", PER_OBJECT),  # refcount minus the walker's own holds
+)
+ARRAY_FRAMES: dict[bytes, tuple[tuple[str, str, str], ...]] = {
+    b"O": OBJECT_COLUMNS,
+    b"C": EXCESS_COLUMNS,
+}
+# Largest payload of each JSON frame kind.
+JSON_MAX: dict[bytes, int] = {
+    b"M": 1 << 20,
+    b"T": 16 << 20,
+    b"R": 64 << 20,
+    b"E": 1 << 20,
+    b"X": 1 << 20,
+    b"L": 64 << 20,
+}
+MAX_NAME = 64 << 10  # characters of one type name, root description or label
+ROOT_KINDS = ("module", "frame")
+_NUM = (int, float)
+META_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (int,),
+    "pid": (int,),
+    "start_ticks": (int,),
+    "python": (str,),
+    "gc": (dict,),
+    "gc_objects": (int,),
+    "byteorder": (str,),
+    "time": _NUM,
+}
+END_FIELDS: dict[str, tuple[type, ...]] = {
+    "objects": (int,),
+    "edges": (int,),
+    "walk_s": _NUM,
+    "total_s": _NUM,
+}
+MIN_OBJECT = 16  # bytes: a PyObject header (refcount, type)
+MIN_REF = 8  # bytes: a pointer
+SLACK = 64 << 20  # objects the walker's copy made after the fork (its own imports are left out)
 
 
-class StreamError(Exception):
-    """The stream ended early, broke the format, or the walker reported an error."""
+class StreamError(errors.AgentError):
+    """The stream ended early, or the walker reported an error (exit 11)."""
+
+
+class FormatError(StreamError):
+    """The stream breaks a rule of the format (exit 14): refused whole."""
+
+    exit_code = 14
+    help_text = (
+        "The target (or a file) sent records that break their format; nothing of them was used. "
+        "A damaged or hostile process can do this: the target itself was not touched by the check."
+    )
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"the snapshot records break the rule '{rule}': {detail}")
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one stream: bytes in all, objects, references."""
+
+    max_bytes: int
+    max_objects: int
+    max_refs: int
+    max_size: int  # one object's shallow size
+
+    @classmethod
+    def for_memory(cls, mem: int) -> Limits:
+        """A live stream of a process that had at most ``mem`` bytes of memory at the fork."""
+        mem = max(mem, 0) + SLACK
+        objects = min(mem // MIN_OBJECT, (1 << 31) - 1)  # positions are int32
+        refs = mem // MIN_REF
+        columns = sum(
+            np.dtype(d).itemsize
+            for _, d, per in OBJECT_COLUMNS + EXCESS_COLUMNS
+            if per == PER_OBJECT
+        )
+        json_room = (
+            sum(JSON_MAX.values()) + objects * 4
+        )  # T frames: a new type is at most one per object
+        return cls(objects * columns + refs * 4 + json_room, objects, refs, mem)
+
+    @classmethod
+    def for_file(cls, size: int) -> Limits:
+        """A recorded stream or dump file of ``size`` bytes: nothing in it can be larger."""
+        return cls(size, size, size, 1 << 62)
+
+
+def target_memory(pid: int) -> int:
+    """Bytes a process could have held objects in: its peak virtual size, capped by the machine's
+    memory and swap (every object was written, so it is in RAM or swap)."""
+    peak = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    peak = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    machine = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("MemTotal:", "SwapTotal:")):
+                    machine += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if peak and machine:
+        return min(peak, machine)
+    return peak or machine or 1 << 40
 
 
 @dataclass(frozen=True)
@@ -51,20 +212,23 @@ class Snapshot:
         return int(self.type_of.shape[0])
 
     def referents(self, pos: int) -> np.ndarray:
-        return self.refs[self.offsets[pos]:self.offsets[pos + 1]]
+        return self.refs[self.offsets[pos] : self.offsets[pos + 1]]
 
     def type_name(self, pos: int) -> str:
         return self.types[int(self.type_of[pos])]
 
 
 class Reader:
-    """Reads frames from a file descriptor (a FIFO), every read bounded by ``deadline``."""
+    """Reads frames from a file descriptor (a FIFO or a file), every read bounded by ``deadline``
+    and every frame by ``limits`` (see Limits: the default bounds nothing but a frame's uint32)."""
 
-    def __init__(self, fd: int, deadline: float) -> None:
+    def __init__(self, fd: int, deadline: float, limits: Limits | None = None) -> None:
         self.fd = fd
         self.deadline = deadline
+        self.limits = limits or Limits(1 << 62, (1 << 31) - 1, 1 << 62, 1 << 62)
         self.buf = bytearray()
         self.eof = False
+        self.consumed = 0  # bytes of the stream taken so far
 
     def _fill(self, need: int) -> None:
         while len(self.buf) < need:
@@ -74,93 +238,356 @@ class Reader:
             ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
             if not ready:
                 continue
-            chunk = os.read(self.fd, 1 << 20)
+            chunk = os.read(self.fd, min(1 << 20, max(need - len(self.buf), 1 << 16)))
             if not chunk:
                 self.eof = True
                 raise StreamError("the snapshot stream ended early (the walker died)")
             self.buf += chunk
 
+    def _take(self, n: int) -> bytes:
+        self._fill(n)
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.consumed += n
+        return out
+
     def magic(self) -> None:
-        self._fill(len(MAGIC))
-        head = bytes(self.buf[:len(MAGIC)])
-        del self.buf[:len(MAGIC)]
+        head = self._take(len(MAGIC))
         if head != MAGIC:
-            raise StreamError(f"not a snapshot stream of format {FORMAT}: {head[:40]!r}")
+            raise FormatError("magic", f"not a snapshot stream of format {FORMAT}: {head[:40]!r}")
 
     def frame(self) -> tuple[bytes, bytes]:
-        self._fill(5)
-        kind = bytes(self.buf[:1])
-        length = int.from_bytes(self.buf[1:5], "little")
-        self._fill(5 + length)
-        payload = bytes(self.buf[5:5 + length])
-        del self.buf[:5 + length]
+        """The next frame's (kind, payload); an "X" frame raises the walker's error."""
+        head = self._take(5)
+        kind, length = head[:1], int.from_bytes(head[1:5], "little")
+        if kind in JSON_MAX and length > JSON_MAX[kind]:
+            raise FormatError(
+                "frame size",
+                f"a {kind.decode()!r} frame of {length:,} bytes (at most {JSON_MAX[kind]:,})",
+            )
+        if kind not in JSON_MAX and kind not in ARRAY_FRAMES:
+            raise FormatError("frame kind", f"unknown frame kind {kind!r}")
+        if (
+            kind != b"L" and self.consumed + length > self.limits.max_bytes
+        ):  # answers: bounded one by one
+            raise FormatError(
+                "stream size",
+                f"a {kind.decode()!r} frame of {length:,} bytes takes the stream past its "
+                f"bound of {self.limits.max_bytes:,} bytes (from the target's memory or the file's "
+                "size)",
+            )
+        payload = self._take(length)
         if kind == b"X":
-            err = json.loads(payload).get("error") or {}
-            raise StreamError(f"the walker failed: {err.get('type')}: {err.get('message')}")
+            err = _json(kind, payload)
+            e = err.get("error") if isinstance(err, dict) else None
+            if not isinstance(e, dict):
+                raise FormatError("error frame", "an 'X' frame without an error object")
+            raise StreamError(
+                f"the walker failed: {_text(e.get('type'))}: {_text(e.get('message'))}"
+            )
         return kind, payload
 
 
-def read_snapshot(reader: Reader, tee: list[bytes] | None = None,
-                  on_meta: Callable[[dict[str, Any]], None] | None = None) -> Snapshot:
-    """Read one whole snapshot (up to its "E" frame). ``tee`` collects the raw frames (recording);
-    ``on_meta`` sees the walker's facts (its pid) as soon as they arrive."""
+class BytesReader(Reader):
+    """Frames from bytes already in memory (a recorded stream, a test's mutated one)."""
+
+    def __init__(self, data: bytes, limits: Limits | None = None) -> None:
+        super().__init__(-1, float("inf"), limits or Limits.for_file(len(data)))
+        self.buf = bytearray(data)
+
+    def _fill(self, need: int) -> None:
+        if len(self.buf) < need:
+            self.eof = True
+            raise StreamError("the snapshot stream ended early (the walker died)")
+
+
+def _text(v: object) -> str:
+    return v[:MAX_NAME] if isinstance(v, str) else "?"
+
+
+def _json(kind: bytes, payload: bytes) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(
+            "json", f"the {kind.decode(errors='replace')!r} frame is not valid JSON: {exc}"
+        ) from None
+
+
+def _fields(
+    kind: bytes, doc: Any, spec: dict[str, tuple[type, ...]], required: tuple[str, ...]
+) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise FormatError("json object", f"the {kind.decode()!r} frame is not a JSON object")
+    out: dict[str, Any] = {}
+    for key, types in spec.items():
+        if key not in doc:
+            if key in required:
+                raise FormatError("field", f"the {kind.decode()!r} frame has no {key!r}")
+            continue
+        v = doc[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise FormatError(
+                "field type",
+                f"{key!r} of the {kind.decode()!r} frame is {type(v).__name__}, "
+                f"not {'/'.join(t.__name__ for t in types)}",
+            )
+        out[key] = v
+    return out
+
+
+@dataclass
+class _Columns:
+    """Chunks of every column as frames arrive, with the counters the rules need."""
+
+    limits: Limits
+    ntypes: int = 0
+    objects: int = 0  # streamed by O frames
+    excess: int = 0  # streamed by C frames
+    refs: int = 0
+    known: int = 0
+    chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, kind: bytes, payload: bytes) -> None:
+        columns = ARRAY_FRAMES[kind]
+        if len(payload) < ARRAY_HEADER.size:
+            raise FormatError(
+                "array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes"
+            )
+        start, count, items, known = ARRAY_HEADER.unpack_from(payload)
+        lim = self.limits
+        expect = self.objects if kind == b"O" else self.excess
+        if start != expect:
+            raise FormatError(
+                "contiguous frames",
+                f"a {kind.decode()!r} frame starts at object {start:,}, expected {expect:,}",
+            )
+        if count > lim.max_objects - start or items > lim.max_refs - self.refs:
+            raise FormatError(
+                "object and reference bounds",
+                f"a {kind.decode()!r} frame announces {count:,} objects and "
+                f"{items:,} references: more than a process of this memory can hold",
+            )
+        if kind == b"O" and not (start + count <= known <= lim.max_objects and known >= self.known):
+            raise FormatError(
+                "known positions",
+                f"{known:,} positions known after {start + count:,} objects "
+                f"(before: {self.known:,}; bound {lim.max_objects:,})",
+            )
+        if kind != b"O" and not (start + count <= self.objects and known == self.known):
+            raise FormatError(
+                "known positions",
+                f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
+                f"({known:,} known) before they were streamed ({self.objects:,}, "
+                f"{self.known:,} known)",
+            )
+        if not any(per == PER_REF for _, _, per in columns) and items:
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame announces {items:,} references (it has none)",
+            )
+        size = ARRAY_HEADER.size + sum(
+            np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns
+        )
+        if len(payload) != size:
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
+                f"is {size:,} bytes, not {len(payload):,}",
+            )
+        got: dict[str, np.ndarray] = {}
+        off = ARRAY_HEADER.size
+        for name, dtype, per in columns:
+            k = count if per == PER_OBJECT else items
+            got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
+            off += k * np.dtype(dtype).itemsize
+        self._check_columns(kind, got, items, known)
+        for name, arr in got.items():
+            self.chunks.setdefault(name, []).append(arr)
+        if kind == b"O":
+            self.objects += count
+            self.refs += items
+            self.known = known
+        else:
+            self.excess += count
+
+    def _check_columns(
+        self, kind: bytes, got: dict[str, np.ndarray], items: int, known: int
+    ) -> None:
+        if kind == b"O":
+            n = got["nrefs"]
+            if int(n.sum(dtype=np.int64)) != items:
+                raise FormatError(
+                    "reference counts",
+                    f"objects list {int(n.sum(dtype=np.int64)):,} references, "
+                    f"the frame carries {items:,}",
+                )
+            _in_range("type index", got["type_of"], self.ntypes, "types declared so far")
+            _in_range("reference index", got["refs"], known, "positions known")
+            _in_range(
+                "object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory"
+            )
+            _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
+
+    def column(self, name: str, dtype: str) -> np.ndarray:
+        parts = self.chunks.pop(name, [])
+        if not parts:
+            return np.zeros(0, dtype)
+        out = np.concatenate(parts).astype(dtype, copy=False)
+        return out
+
+
+def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
+    if a.shape[0] and (int(a.min()) < 0 or int(a.max()) >= bound):
+        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+        raise FormatError(rule, f"{bad:,} is outside 0..{bound - 1:,} ({what})")
+
+
+def read_snapshot(
+    reader: Reader,
+    tee: list[bytes] | None = None,
+    on_meta: Callable[[dict[str, Any]], None] | None = None,
+) -> Snapshot:
+    """Read one whole snapshot (up to its "E" frame), every rule checked. ``tee`` collects the
+    raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive."""
     reader.magic()
-    meta: dict[str, Any] = {}
-    types: dict[int, str] = {}
-    roots: list[Root] = []
-    t_parts: list[np.ndarray] = []
-    s_parts: list[np.ndarray] = []
-    f_parts: list[np.ndarray] = []
-    n_parts: list[np.ndarray] = []
-    r_parts: list[np.ndarray] = []
-    c_parts: list[np.ndarray] = []
+    meta: dict[str, Any] | None = None
+    types: list[str] = []
+    roots: list[Root] | None = None
+    cols = _Columns(reader.limits)
     while True:
         kind, payload = reader.frame()
         if tee is not None:
             tee.append(kind + len(payload).to_bytes(4, "little") + payload)
+        if meta is None and kind != b"M":
+            raise FormatError("meta first", f"the stream starts with a {kind!r} frame, not 'M'")
         if kind == b"M":
-            meta = json.loads(payload)
-            if meta.get("format") != FORMAT:
-                raise StreamError(f"snapshot format {meta.get('format')} is not {FORMAT}: CLI and agent differ")
+            if meta is not None:
+                raise FormatError("one meta frame", "a second 'M' frame")
+            meta = _fields(
+                kind, _json(kind, payload), META_FIELDS, ("format", "pid", "start_ticks")
+            )
+            if "gc" in meta and not gc_facts_ok(meta["gc"]):
+                raise FormatError(
+                    "field type", "'gc' of the 'M' frame is not {enabled, counts, frozen}"
+                )
+            if meta["format"] != FORMAT:
+                raise FormatError(
+                    "format",
+                    f"snapshot format {meta['format']} is not {FORMAT}: CLI and agent differ",
+                )
+            if meta.get("byteorder", "little") != "little":
+                raise FormatError(
+                    "byte order", f"byteorder {meta.get('byteorder')!r} (arrays are little endian)"
+                )
             if on_meta is not None:
                 on_meta(meta)
         elif kind == b"T":
-            types.update((int(i), str(name)) for i, name in json.loads(payload))
+            _add_types(types, _json(kind, payload), reader.limits)
+            cols.ntypes = len(types)
         elif kind == b"R":
-            roots = [Root(str(k), str(name), int(pos)) for k, name, pos in json.loads(payload)]
-        elif kind == b"O":
-            _start, t, s, f, nr, r = marshal.loads(payload)
-            t_parts.append(np.asarray(t, dtype=np.int32))
-            s_parts.append(np.asarray(s, dtype=np.int64))
-            f_parts.append(np.asarray(f, dtype=bool))
-            n_parts.append(np.asarray(nr, dtype=np.int64))
-            r_parts.append(np.asarray(r, dtype=np.int32))
-        elif kind == b"C":
-            _start, c = marshal.loads(payload)
-            c_parts.append(np.asarray(c, dtype=np.int64))
+            if roots is not None:
+                raise FormatError("one roots frame", "a second 'R' frame")
+            roots = _roots(_json(kind, payload))
+        elif kind in ARRAY_FRAMES:
+            cols.add(kind, payload)
         elif kind == b"E":
-            end = json.loads(payload)
+            end = _fields(kind, _json(kind, payload), END_FIELDS, ("objects", "edges"))
             break
         else:
-            raise StreamError(f"unknown frame kind {kind!r}")
-    cat = np.concatenate
-    nrefs = cat(n_parts) if n_parts else np.zeros(0, np.int64)
-    offsets = np.zeros(nrefs.shape[0] + 1, np.int64)
+            raise FormatError("frame order", f"a {kind!r} frame before the end of the snapshot")
+    n = cols.objects
+    if end["objects"] != n or end["edges"] != cols.refs:
+        raise FormatError(
+            "end counts",
+            f"the end frame says {end['objects']:,} objects and {end['edges']:,} references, "
+            f"the stream carried {n:,} and {cols.refs:,}",
+        )
+    if cols.known != n:
+        raise FormatError(
+            "every position streamed",
+            f"{cols.known:,} positions were handed out, {n:,} objects streamed",
+        )
+    if cols.excess != n:
+        raise FormatError(
+            "refcount per object", f"{n:,} objects but {cols.excess:,} refcounts in the stream"
+        )
+    roots = roots or []
+    bad = next((r for r in roots if r.pos >= n), None)
+    if bad is not None:
+        raise FormatError(
+            "root index", f"root {bad.name[:80]!r} at position {bad.pos:,} of {n:,} objects"
+        )
+    nrefs = cols.column("nrefs", "<u4")
+    offsets = np.zeros(n + 1, np.int64)
     np.cumsum(nrefs, out=offsets[1:])
-    type_of = cat(t_parts) if t_parts else np.zeros(0, np.int32)
-    excess = cat(c_parts) if c_parts else np.zeros(0, np.int64)
-    if excess.shape[0] != type_of.shape[0]:
-        raise StreamError(f"{type_of.shape[0]} objects but {excess.shape[0]} refcounts in the stream")
-    return Snapshot(meta=meta, types=[types.get(i, "?") for i in range(max(types) + 1 if types else 0)],
-                    type_of=type_of, size=cat(s_parts) if s_parts else np.zeros(0, np.int64),
-                    tracked=cat(f_parts) if f_parts else np.zeros(0, bool), offsets=offsets,
-                    refs=cat(r_parts) if r_parts else np.zeros(0, np.int32), excess=excess, roots=roots, end=end)
+    del nrefs
+    return Snapshot(
+        meta=meta or {},
+        types=types,
+        type_of=cols.column("type_of", "int32"),
+        size=cols.column("size", "int64"),
+        tracked=cols.column("tracked", "u1").view(bool),
+        offsets=offsets,
+        refs=cols.column("refs", "int32"),
+        excess=cols.column("excess", "int64"),
+        roots=roots,
+        end=end,
+    )
 
 
-def load_recorded(path: str) -> Snapshot:
-    """A snapshot recorded to a file (MAGIC + frames, as streamed)."""
-    fd = os.open(path, os.O_RDONLY)
+def _add_types(types: list[str], doc: Any, limits: Limits) -> None:
+    if not isinstance(doc, list):
+        raise FormatError("types", "a 'T' frame is not a list")
+    for item in doc:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and type(item[0]) is int
+            and isinstance(item[1], str)
+        ):
+            raise FormatError("types", "a 'T' entry is not [index, name]")
+        if item[0] != len(types):
+            raise FormatError(
+                "type index", f"type {item[0]!r} declared where {len(types)} comes next"
+            )
+        if len(item[1]) > MAX_NAME:
+            raise FormatError("name length", f"a type name of {len(item[1]):,} characters")
+        if len(types) >= limits.max_objects:
+            raise FormatError(
+                "object and reference bounds", "more types than objects the target can hold"
+            )
+        types.append(item[1])
+
+
+def _roots(doc: Any) -> list[Root]:
+    if not isinstance(doc, list):
+        raise FormatError("roots", "the 'R' frame is not a list")
+    out = []
+    for item in doc:
+        if not (
+            isinstance(item, list)
+            and len(item) == 3
+            and item[0] in ROOT_KINDS
+            and isinstance(item[1], str)
+            and type(item[2]) is int
+        ):
+            raise FormatError("roots", "an 'R' entry is not [module|frame, description, position]")
+        if item[2] < 0:
+            raise FormatError("root index", f"root {item[1][:80]!r} at position {item[2]}")
+        if len(item[1]) > MAX_NAME:
+            raise FormatError("name length", f"a root description of {len(item[1]):,} characters")
+        out.append(Root(item[0], item[1], item[2]))
+    return out
+
+
+def load_recorded(path: str, deadline_s: float = 60.0) -> Snapshot:
+    """A snapshot recorded to a file (MAGIC + frames, as streamed), bounded by the file's size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        return read_snapshot(Reader(fd, time.monotonic() + 60))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("file", f"{path} is not a regular file")
+        return read_snapshot(Reader(fd, time.monotonic() + deadline_s, Limits.for_file(st.st_size)))
     finally:
         os.close(fd)

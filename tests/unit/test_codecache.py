@@ -1,11 +1,14 @@
-"""The agent-code cache (introspect/codecache.py) and the bootstrap that uses it, on this interpreter.
+"""The agent-code cache (introspect/codecache.py) and the bootstrap that uses it, here.
 
-Every other interpreter kind is covered by tests/integration/test_agent_code.py.
+Code shipped to a target is made by the CLI's interpreter or by a trusted (root-owned) interpreter
+binary, never by a target. Every interpreter kind and hostile targets are covered by
+tests/integration/test_agent_code.py and test_hostile_code.py.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,57 +16,140 @@ from pathlib import Path
 import pytest
 
 from introspect import codecache
+from introspect.agent import agent_source
 from introspect.channel import Request, RunDir, bootstrap_source
 from introspect.target import Target
 
+ROOT_OWNED_PYTHON = codecache.untrusted(sys.executable) is None
 
-def _target(capi: Path) -> Target:
-    return Target(pid=os.getpid(), name="python", exe=sys.executable, cmdline=(), uid=os.getuid(), gid=os.getgid(),
-                  status="sleeping", tracer_pid=0, create_time=0.0, version=sys.version_info[:2], capi_object=str(capi),
-                  libc_object=None, mappings=(), same_root=True)
+
+def _target(capi: Path, exe: str = sys.executable) -> Target:
+    return Target(
+        pid=os.getpid(),
+        name="python",
+        exe=exe,
+        cmdline=(),
+        uid=os.getuid(),
+        gid=os.getgid(),
+        status="sleeping",
+        tracer_pid=0,
+        create_time=0.0,
+        version=sys.version_info[:2],
+        capi_object=str(capi),
+        libc_object=None,
+        mappings=(),
+        same_root=True,
+    )
 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return tmp_path / "xdg" / "introspect" / "code"
+    return tmp_path / "xdg" / "introspect" / codecache.CACHE_NAME
 
 
 def test_split_takes_the_header_after_the_magic_number() -> None:
     data = codecache.local_header() + b"code"
     assert codecache.split(data) == (codecache.local_header(), b"code")
-    assert codecache.local_header()[2:4] == b"\r\n"  # the magic number ends in CR LF: the header's end is after it
+    assert (
+        codecache.local_header()[2:4] == b"\r\n"
+    )  # the magic number ends in CR LF: the header's end is after it
     assert codecache.split(b"\x00\x01\r\nno end of header") is None
     assert codecache.split(codecache.local_header() + b"x" * codecache.MAX_BYTES) is None
 
 
-def test_first_the_local_compile_then_what_was_kept(tmp_path: Path, cache: Path) -> None:
-    capi = tmp_path / "libpython.so"
-    capi.write_bytes(b"\x7fELF")
-    target = _target(capi)
-    code, key = codecache.for_target(target, b"x = 1\n")
-    assert key is not None and code is not None and code.startswith(codecache.local_header())
-    assert codecache.store(key, codecache.local_header() + b"kept")
-    assert codecache.for_target(target, b"x = 1\n") == (codecache.local_header() + b"kept", key)
-    # another source, another interpreter file (replaced: new mtime, size), another user: other keys
-    assert codecache.for_target(target, b"x = 2\n")[1] != key
-    other = _target(capi)
-    object.__setattr__(other, "uid", os.getuid() + 1)
-    assert codecache.for_target(other, b"x = 1\n")[1] != key
-    capi.write_bytes(b"\x7fELF and more")
-    assert codecache.for_target(target, b"x = 1\n")[1] != key
-    assert not codecache.store(key, b"no header")  # not shaped like a dump: not kept
+def test_untrusted_names_the_reason(tmp_path: Path) -> None:
+    # pytest's tmp_path lies under /tmp, which everyone may write: nothing in it is trusted
+    f = tmp_path / "python3"
+    f.write_bytes(b"")
+    assert "writable by group or others" in str(
+        codecache.untrusted(str(f))
+    ) or "owned by uid" in str(codecache.untrusted(str(f)))
+    assert "No such file" in str(codecache.untrusted(str(tmp_path / "gone")))
+    assert codecache.untrusted("/") is None
 
 
-def test_no_key_without_the_interpreter_file(tmp_path: Path, cache: Path) -> None:
-    code, key = codecache.for_target(_target(tmp_path / "gone.so"), b"x = 1\n")
-    assert key is None and code is not None  # still the local compile; nothing will be kept
-    assert not cache.exists()
+@pytest.mark.skipif(
+    not ROOT_OWNED_PYTHON,
+    reason=f"{sys.executable} is not root-owned here: no trusted compiler to test",
+)
+def test_a_trusted_binary_compiles_what_the_bootstrap_loads(tmp_path: Path) -> None:
+    data, how = codecache.compile_with(sys.executable, agent_source("top"))
+    assert data is not None and how == sys.executable
+    assert codecache.split(data)[0] == codecache.local_header()  # type: ignore[index]
+
+
+DEBIAN = "/usr/bin/python3.11"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(DEBIAN), reason=f"{DEBIAN} (Debian's statically linked build) not installed"
+)
+def test_a_binary_that_reads_an_untrusted_file_is_not_used(tmp_path: Path) -> None:
+    # GIVEN a copy of an interpreter whose standard library is the real one (links) but for its
+    # encodings package, a copy under /tmp that anyone could have written (read at every start-up)
+    real = Path("/usr/lib/python3.11")
+    lib = tmp_path / "lib" / "python3.11"
+    lib.mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "encodings":
+            (lib / entry.name).symlink_to(entry)
+    shutil.copytree(real / "encodings", lib / "encodings")
+    (tmp_path / "bin").mkdir()
+    exe = tmp_path / "bin" / "python3.11"
+    shutil.copy(DEBIAN, exe)
+    # WHEN it is asked to compile THEN its output is refused, the untrusted file named
+    data, why = codecache.compile_with(str(exe), b"x = 1\n")
+    assert data is None and "encodings" in why, why
+    # AND the real one, whose files only root could have made, is used
+    data, why = codecache.compile_with(DEBIAN, b"x = 1\n")
+    assert data is not None, why
+
+
+def test_the_cache_is_ours_alone(tmp_path: Path, cache: Path) -> None:
+    data = codecache.local_header() + b"kept"
+    assert codecache._store("k", data)
+    assert codecache._read_cached("k") == data
+    (cache / "k.code").chmod(0o666)  # writable by others: never read
+    assert codecache._read_cached("k") is None
+    (cache / "k.code").chmod(0o600)
+    cache.chmod(0o755)  # a directory others may read or write: neither read nor written
+    assert codecache._read_cached("k") is None and not codecache._store("k2", data)
+    cache.chmod(0o700)
+    os.symlink(cache / "k.code", cache / "link.code")  # links are not followed
+    assert codecache._read_cached("link") is None
+
+
+@pytest.mark.skipif(
+    not (os.path.exists(DEBIAN) and codecache.untrusted(DEBIAN) is None),
+    reason=f"{DEBIAN} not installed, or not root-owned",
+)
+def test_for_target_other_interpreter_made_by_its_binary_then_cached(
+    tmp_path: Path, cache: Path
+) -> None:
+    from introspect.target import inspect_target
+
+    # the CLI's own interpreter file: compiled here, nothing kept
+    data, how = codecache.for_target(_target(Path(sys.executable)), b"x = 1\n")
+    assert data is not None and "CLI's Python" in how and not cache.exists()
+    # another interpreter's process: its (root-owned) binary makes the code, which is kept
+    proc = subprocess.Popen([DEBIAN, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        target = inspect_target(proc.pid)
+        if os.path.samefile(target.exe, sys.executable):
+            pytest.skip(f"{DEBIAN} is the CLI's own interpreter here")
+        data, how = codecache.for_target(target, b"x = 1\n")
+        assert data is not None and how == f"made by {target.exe}", how
+        assert len(list(cache.glob("*.code"))) == 1
+        assert codecache.for_target(target, b"x = 1\n") == (data, f"cached, made by {target.exe}")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_prune_keeps_the_newest(cache: Path) -> None:
     for i in range(codecache.KEEP + 5):
-        assert codecache.store(f"k{i:03d}", codecache.local_header() + b"c")
+        assert codecache._store(f"k{i:03d}", codecache.local_header() + b"c")
         os.utime(cache / f"k{i:03d}.code", (1000 + i, 1000 + i))
     codecache._prune(str(cache))
     names = sorted(p.name for p in cache.iterdir() if p.suffix == ".code")
@@ -74,10 +160,10 @@ def test_unwritable_cache_is_no_error(tmp_path: Path, monkeypatch: pytest.Monkey
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where the directory should be
-    assert not codecache.store("k", codecache.local_header() + b"c")
+    assert not codecache._store("k", codecache.local_header() + b"c")
 
 
-def _bootstrap(tmp_path: Path, source: str, code: bytes | None, dump: bool) -> tuple[str, Path]:
+def _bootstrap(tmp_path: Path, source: str, code: bytes | None) -> str:
     run = RunDir(_target(tmp_path / "x.so"), "nonce", str(tmp_path))
     request = Request("top", {}, 30.0, run)
     (tmp_path / "agent.py").write_text(source)
@@ -85,34 +171,44 @@ def _bootstrap(tmp_path: Path, source: str, code: bytes | None, dump: bool) -> t
     if code is not None:
         (tmp_path / "agent.code").write_bytes(code)
         code_path = str(tmp_path / "agent.code")
-    dump_path = tmp_path / "agent.code.new"
-    return bootstrap_source(str(tmp_path / "agent.py"), request, code_path, str(dump_path) if dump else ""), dump_path
+    return bootstrap_source(str(tmp_path / "agent.py"), request, code_path)
 
 
 AGENT = "import gc\nprint(_LOADED[0], __file__, _GC, gc.isenabled(), REQUEST['command'])\n"
 
 
-def test_bootstrap_compiles_dumps_then_loads(tmp_path: Path) -> None:
-    text, dump = _bootstrap(tmp_path, AGENT, None, dump=True)
-    out = subprocess.run([sys.executable, "-c", text + "\nimport gc\nprint('after', gc.isenabled())\n"],
-                         capture_output=True, text=True, timeout=30)
+def test_bootstrap_compiles_and_gives_nothing_back_then_loads(tmp_path: Path) -> None:
+    text = _bootstrap(tmp_path, AGENT, None)
+    out = subprocess.run(
+        [sys.executable, "-c", text + "\nimport gc\nprint('after', gc.isenabled())\n"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout == "compiled <introspect>/agent.py True False top\nafter True\n", out.stderr
-    assert codecache.split(dump.read_bytes())[0] == codecache.local_header()
-    # the dump loads, with no compile (the source is not even read: here it is gone)
-    kept = dump.read_bytes()
-    dump.unlink()
-    text, dump = _bootstrap(tmp_path, AGENT, kept, dump=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "agent.py"
+    ]  # what it compiled stayed in it
+    # code made here loads, with no compile (the source is not even read: here it is gone)
+    text = _bootstrap(tmp_path, AGENT, codecache._local(AGENT.encode()))
     (tmp_path / "agent.py").unlink()
     out = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=30)
     assert out.stdout == "loaded <introspect>/agent.py True False top\n", out.stderr
-    assert not dump.exists()
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x00\x00\r\n 30b07f0 \nxx", None])
 def test_bootstrap_never_loads_a_foreign_or_damaged_file(tmp_path: Path, bad: bytes | None) -> None:
     code = bad if bad is not None else codecache.local_header() + b"\xff" * 32
-    text, _ = _bootstrap(tmp_path, AGENT, code, dump=False)
-    out = subprocess.run([sys.executable, "-c", "import gc; gc.disable()\n" + text + "\nprint('after', gc.isenabled())\n"],
-                         capture_output=True, text=True, timeout=30)
+    text = _bootstrap(tmp_path, AGENT, code)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gc; gc.disable()\n" + text + "\nprint('after', gc.isenabled())\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     # a collector the target had off stays off, and the agent is told so
     assert out.stdout == "compiled <introspect>/agent.py False False top\nafter False\n", out.stderr

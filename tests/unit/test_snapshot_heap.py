@@ -19,7 +19,7 @@ import pytest
 from introspect.agent import AGENT_PATH
 from introspect.snapshot import heap, views
 from introspect.snapshot.collect import Walker
-from introspect.snapshot.records import Reader, Snapshot, load_recorded, read_snapshot
+from introspect.snapshot.records import MAGIC, Reader, Snapshot, load_recorded, read_snapshot
 
 FIXTURE = Path(__file__).resolve().parents[1] / "victims" / "heap_fixture.py"
 
@@ -52,7 +52,7 @@ def taken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taken]:
         metas: list[dict[str, Any]] = []
         snap = read_snapshot(reader, tee=raw, on_meta=metas.append)
         walker = Walker(reader, control, int(metas[0]["pid"]), int(metas[0]["start_ticks"]), reader.deadline)
-        yield Taken(snap, walker, guppy, parent, b"INTROSPECT-SNAPSHOT 1\n" + b"".join(raw))
+        yield Taken(snap, walker, guppy, parent, MAGIC + b"".join(raw))
     finally:
         if walker is not None:
             walker.close()
