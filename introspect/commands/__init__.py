@@ -30,8 +30,17 @@ def add_output_options(parser: argparse.ArgumentParser, *, files_by_default: boo
     group.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
 
 
-def add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="process id of the live Python process")
+def pid_or_file(text: str) -> int | str:
+    """A command's target: a pid (digits) or a dump file's path."""
+    return int(text) if text.isdigit() else text
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, files: bool = False) -> None:
+    if files:  # a dump file where a pid goes (docs/dumps.md)
+        parser.add_argument("pid", type=pid_or_file, metavar="PID|FILE",
+                            help="process id of the live Python process, or a file written by `introspect dump`")
+    else:
+        parser.add_argument("pid", type=int, help="process id of the live Python process")
     group = parser.add_argument_group("injection")
     group.add_argument("--method", choices=METHODS, default="auto",
                        help="how to get inside: pep768 (3.14+, stops nothing), ptrace (ours, 3.8+ on x86_64: "
@@ -57,6 +66,8 @@ def collector_line(col: dict[str, Any]) -> str:
     if col["path"] == "fork":
         return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
                 f"{col['objects']:,} objects in {col['walk_s']:.2f} s")
+    if col["path"] == "dump":
+        return f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s by a forked copy"
     return f"in-process count ({col['why']})"
 
 
@@ -88,12 +99,14 @@ def emit(args: argparse.Namespace, out: OutputDir | None, doc: dict[str, Any], t
 
 def header(outcome: Outcome) -> str:
     m = outcome.meta()
+    if m["method"] == "dump":
+        return f"dump {m['file']} of pid {m['pid']} ({m['name']}), Python {m['python']}"
     return (f"pid {m['pid']} ({m['name']}), Python {m['python']}, via {m['method']}; "
             f"target paused {m['paused_s'] * 1000:.1f} ms")
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top, trace
+    from introspect.commands import backrefs, dump, exec_, growth, monitor, ps, report, top, trace
 
     return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
-            trace.Command(), exec_.Command()]
+            trace.Command(), exec_.Command(), dump.Command()]

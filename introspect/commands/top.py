@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
+from introspect.commands.dump import add_keep_option, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
@@ -36,7 +37,7 @@ class Command:
     name = "top"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
+        add_target_options(parser, files=True)
         fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N most common types (default: 25; 0 = all)")
         parser.add_argument("--collect", action="store_true", help="run gc.collect() in the target first (off by default: it hides evidence and costs time)")
@@ -51,11 +52,15 @@ class Command:
         parser.add_argument("--budget", type=float, default=10.0, metavar="S",
                             help="in-process --by size: stop the walk after S seconds in the target and report what was seen (default: 10)")
         add_collector_options(parser)
+        add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        if (code := fanout.divert(self, args)) is not None:
+        from introspect.snapshot import dumpfile
+
+        on_file = isinstance(args.pid, str)
+        if not on_file and (code := fanout.divert(self, args)) is not None:
             return code
-        out = OutputDir(self.name, args.pid, args.output)
+        out = OutputDir(self.name, dumpfile.out_key(args.pid), args.output)
         if args.budget <= 0:
             raise errors.UsageError("--budget must be > 0")
         log = logger(args)
@@ -88,7 +93,12 @@ class Command:
                                               walker.previews if args.values else None)
             return doc
 
-        outcome, got, col = collect.take(args.pid, args.collector, analyse, method=args.method, timeout=args.timeout,
+        if on_file:
+            f_outcome, f_got, f_col = dumpfile.take(args.pid, analyse, log)
+            doc, text = from_snapshot(f_outcome, f_got, f_col, args.by)
+            emit(args, out, doc, text)
+            return 0
+        outcome, got, col = collect.take(args.pid, args.collector, keeping(args, analyse, log), method=args.method, timeout=args.timeout,
                                          collect=args.collect, log=log)
         if outcome is not None and got is not None:
             doc, text = from_snapshot(outcome, got, col, args.by)

@@ -87,6 +87,10 @@ JSON_MAX: dict[bytes, int] = {
     b"E": 1 << 20,
     b"X": 1 << 20,
     b"L": 64 << 20,
+    # dump files only (snapshot.dumpfile), after E: process facts, answers, the dump's end
+    b"D": 1 << 20,
+    b"Y": 64 << 20,
+    b"Z": 1 << 20,
 }
 MAX_NAME = 64 << 10  # characters of one type name, root description or label
 ROOT_KINDS = ("module", "frame")
