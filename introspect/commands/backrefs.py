@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
+from introspect.commands.dump import add_keep_option, keeping
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
@@ -37,7 +38,7 @@ class Command:
     name = "backrefs"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
+        add_target_options(parser, files=True)
         fanout.add_children_option(parser)
         parser.add_argument("type", metavar="TYPE", help="type name: module.qualname, qualname or short name")
         parser.add_argument("--samples", type=int, default=10, metavar="N", help="instances to trace, newest first (default: 10)")
@@ -46,22 +47,31 @@ class Command:
                             help="stop searching after S seconds inside the target and report what was found (default: 5)")
         parser.add_argument("--format", choices=FORMATS, default="svg", help="graph format (default: svg; DOT is always written)")
         add_collector_options(parser)
+        add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         if args.samples < 1 or args.max_depth < 1 or args.budget <= 0:
             raise errors.UsageError("--samples and --max-depth must be >= 1 and --budget > 0")
+        if isinstance(args.pid, str):
+            from introspect.snapshot import dumpfile
+
+            out = OutputDir(self.name, dumpfile.out_key(args.pid), args.output)
+            outcome, doc = on_file(out, args.pid, args.type, samples=args.samples, fmt=args.format, log=logger(args))
+            emit(args, out, doc, render(outcome, doc))
+            return 0
         if (code := fanout.divert(self, args)) is not None:
             return code
         out = OutputDir(self.name, args.pid, args.output)
         outcome, doc = trace(out, args.pid, args.type, samples=args.samples, max_depth=args.max_depth, budget=args.budget,
-                             fmt=args.format, method=args.method, timeout=args.timeout, log=logger(args), collector=args.collector)
+                             fmt=args.format, method=args.method, timeout=args.timeout, log=logger(args), collector=args.collector,
+                             keep=args.keep)
         emit(args, out, doc, render(outcome, doc))
         return 0
 
 
 def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_depth: int = 12, budget: float = 5.0,
           fmt: str = "svg", method: str = "auto", timeout: float = 30.0, log: Callable[[str], None] = lambda s: None,
-          stem: str = "backrefs", collector: str = "auto") -> tuple[Outcome, dict[str, Any]]:
+          stem: str = "backrefs", collector: str = "auto", keep: str | None = None) -> tuple[Outcome, dict[str, Any]]:
     """Find chains (forked snapshot, or the agent's in-process search) and write ``<stem>.dot`` (+ graph):
     the command's data, reused by `report`."""
     col: dict[str, Any] = {"path": "in-process", "why": "--in-process given"}
@@ -69,7 +79,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
             return forked_chains(snap, walker, type_name, pid, samples)
 
-        got_outcome, got, col = collect.take(pid, collector, analyse, method=method, timeout=timeout, log=log)
+        kept = keeping(argparse.Namespace(keep=keep, pid=pid), analyse, log)
+        got_outcome, got, col = collect.take(pid, collector, kept, method=method, timeout=timeout, log=log)
         if got_outcome is not None and got is not None:
             files = write_graph(out, stem, got["graph"], f"who keeps {got['type']} alive (pid {pid})", fmt)
             return got_outcome, {**got_outcome.meta(), "collector": col, **got, "files": files}
@@ -97,6 +108,22 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
     on, frames = res.get("allocated") or [False, []]
     doc.update(_allocated_doc(tracing.summarize(on, frames, tracing.FunctionNames(outcome.target.root))))
     return outcome, doc
+
+
+def on_file(out: OutputDir, path: str, type_name: str, *, samples: int = 10, fmt: str = "svg",
+            log: Callable[[str], None] = lambda s: None, stem: str = "backrefs") -> tuple[Outcome, dict[str, Any]]:
+    """Chains of ``type_name`` in the dump at ``path``: the same document as from a forked snapshot."""
+    from introspect.snapshot import dumpfile
+
+    pid = [0]
+
+    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        pid[0] = int(snap.meta.get("pid", 0))
+        return forked_chains(snap, walker, type_name, pid[0], samples)
+
+    outcome, got, col = dumpfile.take(path, analyse, log)
+    files = write_graph(out, stem, got["graph"], f"who keeps {got['type']} alive ({path})", fmt)
+    return outcome, {**outcome.meta(), "collector": col, **got, "files": files}
 
 
 def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samples: int,
