@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
+from introspect.commands.dump import add_keep_option, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
@@ -38,7 +39,9 @@ class Command:
     name = "growth"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
+        add_target_options(parser, files=True)
+        parser.add_argument("new", nargs="?", metavar="NEW",
+                            help="with a dump file OLD in place of PID: the later dump of the same process to compare it with")
         fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N types that changed most (default: 25; 0 = all)")
         parser.add_argument("--reset", action="store_true", help="forget the baseline and record a new one")
@@ -50,12 +53,15 @@ class Command:
                             help="show a few values of each suspect's accumulation point, made in the frozen copy (builtin "
                                  "types only; a user object is named by its type, its __repr__ never runs)")
         add_collector_options(parser)
+        add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         if args.samples < 1 or (args.samples > 1 and args.interval <= 0):
             from introspect.errors import UsageError
 
             raise UsageError("--samples N needs N >= 1, and --interval S > 0 when N > 1")
+        if isinstance(args.pid, str) or args.new is not None:
+            return on_files(args)
         if (code := fanout.divert(self, args)) is not None:
             return code
         out = OutputDir(self.name, args.pid, args.output)
@@ -154,7 +160,10 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
 
-        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid, args.values),
+        analyse = _analyser(saved, args.pid, args.values)
+        if i == args.samples - 1:
+            analyse = keeping(args, analyse, log)
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", analyse,
                                          method=args.method, timeout=args.timeout, collect=args.collect, log=log)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
@@ -168,12 +177,19 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             steady_input.append({r["type"]: [r["count"], r["delta"], r["since_baseline"]] for r in got["rows"]})
     last, got, col = results[-1]
     steady = analysis.steady_growers(steady_input) if steady_input else []
+    doc = forked_doc(args, last, got, col, steady, len(results))
+    doc["paused_s"] = round(sum(o.paused_s for o, _, _ in results), 6)
+    emit(args, out, doc, render_forked(last, doc))
+    return 0
+
+
+def forked_doc(args: argparse.Namespace, last: Outcome, got: dict[str, Any], col: dict[str, Any], steady: list[str],
+               samples: int) -> dict[str, Any]:
     holders = got["holders"]
     if not got["baseline_recorded"]:
         holders = [h for h in holders if h["retained_delta"] or h["items_delta"]]
-    doc: dict[str, Any] = {
+    return {
         **last.meta(),
-        "paused_s": round(sum(o.paused_s for o, _, _ in results), 6),
         "collector": col,
         "objects": got["objects"],
         "untracked_objects": got["untracked_objects"],
@@ -181,7 +197,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
         "baseline_recorded": got["baseline_recorded"],
         "since_previous_s": round(got["now"] - got["previous_time"], 3),
         "since_baseline_s": round(got["now"] - got["baseline_time"], 3),
-        "samples": len(results),
+        "samples": samples,
         "interval_s": args.interval,
         "grew_every_interval": steady,
         "gc": got["gc"],
@@ -190,6 +206,40 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
         "holders": holders[:args.holders],
         "suspects": got["suspects"],
     }
+
+
+def on_files(args: argparse.Namespace) -> int:
+    """growth OLD NEW: the change between two dumps of one process, as a live growth shows it
+    (per type, and per holder matched by its path from a root, never by address)."""
+    from introspect.snapshot import dumpfile
+
+    if not (isinstance(args.pid, str) and isinstance(args.new, str)):
+        raise errors.UsageError("growth compares a live process (growth PID) or two dump files (growth OLD NEW)",
+                                help="Give one pid, or two files written by `introspect dump`.")
+    if args.samples != 1 or args.reset:
+        raise errors.UsageError("--samples and --reset are for a live process, not for two dump files")
+    log = logger(args)
+    old, new = dumpfile.load(args.pid), dumpfile.load(args.new)
+    fo, fn = old.facts, new.facts
+    if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
+        print(f"introspect: {args.pid} and {args.new} are dumps of different processes (pid {fo.get('pid')} and "
+              f"{fn.get('pid')}): compared anyway, type by type and holder by holder", file=sys.stderr)
+    if float(fn.get("time", 0)) < float(fo.get("time", 0)):
+        print(f"introspect: {args.new} was taken before {args.pid}: the change shown is from the older to the newer "
+              "as given", file=sys.stderr)
+    first = _analyser(None, int(fo.get("pid", 0)), False, float(fo.get("time", 0)))(old.snap, dumpfile.FileWalker(old))
+    saved = {"baseline": first["look"].to_json(), "previous": first["look"].to_json()}
+    got = _analyser(saved, int(fn.get("pid", 0)), args.values, float(fn.get("time", 0)))(new.snap, dumpfile.FileWalker(new))
+    got.pop("look")
+    got.pop("baseline")
+    last = cast(Outcome, dumpfile.FileOutcome(new))
+    col = {"path": "dump", "why": f"read from {args.pid} and {args.new}", "file": args.new, "old_file": args.pid,
+           "objects": new.snap.n, "references": int(new.snap.refs.shape[0]),
+           "fork_pause_s": round(float(fn.get("fork_pause_s", 0.0)), 6), "walk_s": round(float(fn.get("walk_s", 0.0)), 3)}
+    log(f"compared {args.pid} ({old.snap.n:,} objects) with {args.new} ({new.snap.n:,} objects)")
+    doc = forked_doc(args, last, got, col, [], 2)
+    doc["old_file"] = args.pid
+    out = OutputDir("growth", dumpfile.out_key(args.new), args.output)
     emit(args, out, doc, render_forked(last, doc))
     return 0
 
@@ -197,7 +247,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
 ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
 
 
-def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False) -> Any:
+def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False, when: float | None = None) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
@@ -206,7 +256,7 @@ def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False) -> A
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
         found = heap.holders(h, walker.labels, 50, count=walker.counts)
-        now = time.time()
+        now = time.time() if when is None else when
         look = views.look_of(now, rows, found)
         baseline = views.Look.from_json(saved["baseline"]) if saved else look
         previous = views.Look.from_json(saved["previous"]) if saved else look
