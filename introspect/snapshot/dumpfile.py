@@ -275,6 +275,8 @@ def _read_bytes(path: str) -> bytes:
         if st.st_size == 0:
             raise DumpError(path, "is empty (0 bytes): not a dump")
         head = os.read(fd, len(DUMP_MAGIC_PREFIX) + 8)
+        if len(head) < len(DUMP_MAGIC) and DUMP_MAGIC.startswith(head):
+            raise DumpError(path, f"is truncated: {len(head)} bytes, in its header")
         if not head.startswith(DUMP_MAGIC_PREFIX):
             raise DumpError(path, f"is not an introspect dump (it starts with {head[:16]!r})")
         line = head[len(DUMP_MAGIC_PREFIX):].split(b"\n", 1)

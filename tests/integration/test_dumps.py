@@ -1,0 +1,146 @@
+"""Heap dumps on real interpreters: the live commands keep the snapshot that answered (--keep),
+the process is killed, and the same commands on the files give the same answers; `dump` itself;
+--no-keys; bad files each refused with a plain error."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import INTERPS, Interp, interp_params, introspect
+
+HOLDER = "module __main__ .global_data_store"
+
+
+def _ok(*args: str) -> Any:
+    run = introspect(*args, "--json", timeout=120)
+    assert run.rc == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    return run.json()
+
+
+def _without_run(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a look found, without what says how it was taken (pid/file, pauses, timings, paths)."""
+    skip = {"pid", "name", "method", "paused_s", "attach_pause_s", "agent_s", "wall_s", "collector", "file",
+            "dump_time", "agent_code", "agent_code_s", "files", "python"}
+    return {k: v for k, v in doc.items() if k not in skip}
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: Path) -> None:
+    # GIVEN the seeds' leak, a growth baseline kept on disk, then 1,500 more records
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 500")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path / "state")
+    f = {k: str(tmp_path / f"{k}.pydump") for k in ("old", "top", "back", "new", "dump", "nokeys")}
+    try:
+        _ok("growth", str(v.pid), "--reset", "--keep", f["old"], "-o", str(tmp_path / "g1"))
+        v.ask("leak 1500")
+        # WHEN top, backrefs and growth run live, each keeping its snapshot, and dump writes one
+        live_top = _ok("top", str(v.pid), "--by", "retained", "--keep", f["top"], "-o", str(tmp_path / "t"))
+        live_back = _ok("backrefs", str(v.pid), "bytes", "--keep", f["back"], "-o", str(tmp_path / "b"))
+        live_growth = _ok("growth", str(v.pid), "--keep", f["new"], "-o", str(tmp_path / "g2"))
+        dumped = _ok("dump", str(v.pid), "-o", f["dump"])
+        _ok("dump", str(v.pid), "--no-keys", "-o", f["nokeys"])
+    finally:
+        del os.environ["XDG_STATE_HOME"]
+    assert v.ask("count")["count"] == 2000 and v.stderr() == ""
+    v.proc.kill()  # the process is gone: everything below reads files only
+    v.proc.wait(10)
+    # THEN every file is private to its owner
+    for path in f.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    assert dumped["objects"] > 2000 * 2 and dumped["bytes"] == os.path.getsize(f["dump"])
+    # AND the same commands on the files give the same answers, the file named where the pid was
+    file_top = _ok("top", f["top"], "--by", "retained", "-o", str(tmp_path / "ft"))
+    assert file_top["file"] == f["top"] and file_top["pid"] == live_top["pid"]
+    assert _without_run(file_top) == _without_run(live_top)
+    assert file_top["holders"][0]["path"] == HOLDER
+    file_back = _ok("backrefs", f["back"], "bytes", "-o", str(tmp_path / "fb"))
+    assert file_back["chains"] == live_back["chains"]
+    assert file_back["chains"][0]["root"] == "module __main__" and file_back["chains"][0]["count"] >= 2000
+    file_growth = _ok("growth", f["old"], f["new"], "-o", str(tmp_path / "fg"))
+    assert file_growth["types"] == live_growth["types"]
+    rows = {r["type"]: r for r in file_growth["types"]}
+    assert rows["bytes"]["delta"] >= 1500 - 20 and rows["bytes"]["bytes_delta"] >= 1480 * 1024, rows["bytes"]
+    lh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in live_growth["holders"]}
+    fh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in file_growth["holders"]}
+    assert fh == lh and fh[HOLDER][0] == 1500, fh
+    # AND top by count and by size answer from `dump`'s own file
+    for by in ("count", "size"):
+        doc = _ok("top", f["dump"], "--by", by, "-o", str(tmp_path / f"fd-{by}"))
+        counts = {t["type"]: t["count"] for t in doc["types"]}
+        assert counts["bytes"] >= 2000 and counts["dict"] >= 2000, counts
+    # AND with --no-keys the dict's key is its type: the path reads `dict --[str]--> bytes`
+    nok = _ok("backrefs", f["nokeys"], "bytes", "-o", str(tmp_path / "fn"))
+    vias = [s["via"] for s in nok["chains"][0]["path"]]
+    assert "[str]" in vias and "['data']" not in vias, vias
+
+
+def _bad_files(good: bytes, d: Path) -> dict[str, Path]:
+    """Damaged copies of a good dump, each broken in one way."""
+    head = len(b"INTROSPECT-DUMP 1\n")
+    raw = zlib.decompress(good[head:])
+    out: dict[str, bytes] = {
+        "empty": b"",
+        "header only": good[:head],
+        "cut in the header": good[:9],
+        "cut early": good[:200],
+        "cut in the middle": good[: len(good) // 2],
+        "cut before the end": good[:-3],
+        "random bytes": os.urandom(4096),
+        "another version": b"INTROSPECT-DUMP 9\n" + good[head:],
+        "text": b"hello, world\n",
+        "a flipped byte": good[: len(good) // 3] + bytes([good[len(good) // 3] ^ 0xFF]) + good[len(good) // 3 + 1:],
+        # whole zlib streams whose records are cut or bent: the records' own rules refuse them
+        "records cut": good[:head] + zlib.compress(raw[: len(raw) // 2]),
+        "answers cut": good[:head] + zlib.compress(raw[:-40]),
+        "records bent": good[:head] + zlib.compress(raw[:300] + b"\xff" * 8 + raw[308:]),
+        "trailing bytes": good + b"x",
+    }
+    paths = {}
+    for name, data in out.items():
+        p = d / (name.replace(" ", "-") + ".pydump")
+        p.write_bytes(data)
+        paths[name] = p
+    paths["a directory"] = d / "dir.pydump"
+    paths["a directory"].mkdir()
+    paths["missing"] = d / "missing.pydump"
+    return paths
+
+
+def test_bad_files_each_get_a_plain_error(spawn, tmp_path: Path) -> None:
+    interp = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0])
+    # GIVEN a good dump of the seeds' leak, and damaged copies of it
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 200")
+    good = tmp_path / "good.pydump"
+    _ok("dump", str(v.pid), "-o", str(good))
+    v.proc.kill()
+    v.proc.wait(10)
+    assert _ok("top", str(good), "-o", str(tmp_path / "ok"))["objects"] > 400
+    bad = _bad_files(good.read_bytes(), tmp_path)
+    # WHEN top, backrefs and growth read each one
+    for name, path in bad.items():
+        for args in (("top", str(path)), ("backrefs", str(path), "bytes"), ("growth", str(good), str(path))):
+            run = introspect(*args, "-o", str(tmp_path / "out" / name.replace(" ", "-") / args[0]))
+            # THEN each is refused whole: exit 14, one plain message naming the file, no traceback
+            assert run.rc == 14, (name, args, run.rc, run.stderr)
+            assert run.stdout == "", (name, run.stdout)
+            assert "Traceback" not in run.stderr and str(path) in run.stderr, (name, run.stderr)
+
+
+def test_dump_refuses_to_overwrite(spawn, tmp_path: Path) -> None:
+    interp = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0])
+    v = spawn(interp, "seeds_leak.py")
+    there = tmp_path / "there.pydump"
+    there.write_bytes(b"keep me")
+    run = introspect("dump", str(v.pid), "-o", str(there))
+    assert run.rc == 10 and "exists" in run.stderr, run.stderr
+    assert there.read_bytes() == b"keep me"
+    assert v.ask("count")["count"] == 0
