@@ -4,15 +4,18 @@ the process is killed, and the same commands on the files give the same answers;
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import subprocess
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import INTERPS, Interp, interp_params, introspect
+from tests.conftest import INTERPS, REPO, Interp, interp_params, introspect
 
 HOLDER = "module __main__ .global_data_store"
 
@@ -144,3 +147,41 @@ def test_dump_refuses_to_overwrite(spawn, tmp_path: Path) -> None:
     assert run.rc == 10 and "exists" in run.stderr, run.stderr
     assert there.read_bytes() == b"keep me"
     assert v.ask("count")["count"] == 0
+
+
+NODE_DEPS = REPO / ".node-deps" / "node_modules"
+CONSUMER = REPO / "tests" / "consumers" / "heapsnapshot_paths.js"
+EXPORT_KINDS = [i for i in INTERPS if i.id in ("debian-3.11", "sid-3.14")] or INTERPS[:2]
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (NODE_DEPS / "v8-heapsnapshot").is_dir(),
+                    reason="node or the v8-heapsnapshot reader is not installed (scripts/setup installs both)")
+@pytest.mark.parametrize("interp", [pytest.param(i, id=i.id) for i in EXPORT_KINDS])
+def test_export_is_read_by_a_real_heapsnapshot_reader(spawn, interp: Interp, tmp_path: Path) -> None:
+    # GIVEN a dump of the seeds' leak, the process gone
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 300")
+    dump = tmp_path / "leak.pydump"
+    _ok("dump", str(v.pid), "-o", str(dump))
+    v.proc.kill()
+    v.proc.wait(10)
+    # WHEN it is exported as a Chrome DevTools heap snapshot
+    got = _ok("export", str(dump), "--format", "heapsnapshot")
+    out = tmp_path / "leak.heapsnapshot"
+    assert got["output"] == str(out) and stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    # THEN a maintained reader of the format (not ours) loads it, every node with its own id, and
+    # finds the leak's retainer path: module __main__ -> global_data_store -> list -> dict -> bytes
+    chain = ["module __main__", "global_data_store", "list", None, "dict", "['data']", "bytes"]
+    run = subprocess.run(["node", str(CONSUMER), str(out), json.dumps(chain)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NODE_PATH": str(NODE_DEPS)})
+    assert run.returncode == 0, run.stderr
+    assert "format changed" not in run.stderr, run.stderr  # the reader checked our meta against V8's
+    seen = json.loads(run.stdout)
+    assert seen["nodes"] == got["nodes"] and seen["edges"] == got["edges"] and seen["ids"] == seen["nodes"]
+    assert seen["matched"] == 300, seen
+    assert [(s[0], s[2]) for s in seen["path"]] == [
+        ("(Python roots)", "property"), ("module __main__", "property"), ("list", "element"), ("dict", "property"),
+        ("bytes", "")], seen["path"]
+    # AND the same file again is refused rather than overwritten
+    again = introspect("export", str(dump))
+    assert again.rc == 10 and "exists" in again.stderr
