@@ -173,11 +173,10 @@ def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys
             k = e
         del src
         log(f"dump: {total:,} labels written")
-        everyone = list(range(n))
         names: list[list[Any]] = []
         counts: list[list[int]] = []
         for s in range(0, n, 40_000):
-            chunk = everyone[s:s + 40_000]
+            chunk = list(range(s, min(n, s + 40_000)))
             names += [[p, nm] for p, nm in zip(chunk, walker.names(chunk)) if nm]
             counts += [[p, c] for p, c in zip(chunk, walker.counts(chunk)) if c >= 0]
         _json_chunks(out, "names", names)
@@ -252,12 +251,50 @@ def process_facts(pid: int) -> dict[str, Any]:
 # reading
 
 
+class Labels:
+    """One label per reference, kept as an index into a table of distinct labels (most repeat:
+    ``[0]``, ``__dict__``, ``.co_code``), so millions of references cost 4 bytes each."""
+
+    def __init__(self) -> None:
+        self.table: list[str] = []
+        self._index: dict[str, int] = {}
+        self._parts: list[np.ndarray] = []
+        self._n = 0
+        self._codes: np.ndarray | None = None
+
+    def extend(self, items: list[str]) -> None:
+        index, table = self._index, self.table
+        codes = np.empty(len(items), np.int32)
+        for k, s in enumerate(items):
+            c = index.get(s)
+            if c is None:
+                c = index[s] = len(table)
+                table.append(s)
+            codes[k] = c
+        self._parts.append(codes)
+        self._n += len(items)
+        self._codes = None
+
+    @property
+    def codes(self) -> np.ndarray:
+        if self._codes is None:
+            self._codes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int32)
+            self._parts = [self._codes]
+        return self._codes
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k: int) -> str:
+        return self.table[int(self.codes[k])]
+
+
 @dataclass
 class Dump:
     path: str
     snap: Snapshot
     facts: dict[str, Any]
-    labels: list[str]
+    labels: Labels
     names: dict[int, str] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
     freevars: dict[int, list[str]] = field(default_factory=dict)
@@ -342,7 +379,7 @@ def _is_pos(x: object, n: int) -> bool:
 def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
     n, total = snap.n, int(snap.refs.shape[0])
     facts: dict[str, Any] | None = None
-    dump = Dump(path, snap, {}, [])
+    dump = Dump(path, snap, {}, Labels())
     while True:
         kind, payload = reader.frame()
         doc = records._json(kind, payload)
@@ -380,7 +417,7 @@ def _add(path: str, dump: Dump, what: str, start: int, items: list[Any], n: int,
                                   "comes next")
         if not all(isinstance(x, str) and len(x) <= records.MAX_NAME for x in items):
             raise DumpError(path, "has a label that is not a string")
-        dump.labels += items
+        dump.labels.extend(items)
         return
     table: dict[int, Any] = getattr(dump, what)
     for it in items:
