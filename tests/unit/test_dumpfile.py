@@ -1,0 +1,169 @@
+"""Dump files (introspect/snapshot/dumpfile.py) written from a real walker (the agent's forked
+snapshot in a child of this interpreter, as scripts/fuzz_records records one), read back whole,
+then broken on purpose: every break is a plain DumpError naming the file, never a partial heap."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from introspect.snapshot import dumpfile, records
+from scripts.fuzz_records import VICTIM
+
+HEAD = len(dumpfile.DUMP_MAGIC)
+
+
+def _dump(path: str, no_keys: bool = False) -> None:
+    """A dump of a small real heap, the walker answering every question live."""
+    from introspect.agent import AGENT_PATH
+    from introspect.snapshot.collect import Walker
+
+    with tempfile.TemporaryDirectory(prefix="dumpfile-") as d:
+        stream, control = f"{d}/stream", f"{d}/control"
+        os.mkfifo(stream, 0o600)
+        os.mkfifo(control, 0o600)
+        fd = os.open(stream, os.O_RDONLY | os.O_NONBLOCK)
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", VICTIM, stream, control, str(AGENT_PATH)],
+                                stdout=subprocess.DEVNULL)
+        walker = None
+        try:
+            reader = records.Reader(fd, time.monotonic() + 60)
+            metas: list[dict[str, object]] = []
+            snap = records.read_snapshot(reader, on_meta=metas.append)
+            walker = Walker(reader, control, int(str(metas[0]["pid"])), int(str(metas[0]["start_ticks"])),
+                            reader.deadline)
+            dumpfile.write(path, snap, walker, {"pid": proc.pid, "python": "test", "time": time.time()}, no_keys)
+        finally:
+            if walker is not None:
+                walker.close()
+                walker.kill()
+            proc.wait(30)
+            os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("dump") / "good.pydump"
+    _dump(str(p))
+    return p
+
+
+def _raw(good: Path) -> bytes:
+    return zlib.decompress(good.read_bytes()[HEAD:])
+
+
+def _refused(tmp: Path, raw: bytes, name: str = "bad.pydump") -> str:
+    p = tmp / name
+    p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(raw))
+    with pytest.raises(dumpfile.DumpError) as caught:
+        dumpfile.load(str(p))
+    assert caught.value.exit_code == 14 and str(p) in str(caught.value)
+    return str(caught.value)
+
+
+def _frames(raw: bytes) -> list[tuple[bytes, int, int]]:
+    """(kind, start, end) of every frame after the records' MAGIC."""
+    out, off = [], len(records.MAGIC)
+    while off + 5 <= len(raw):
+        end = off + 5 + int.from_bytes(raw[off + 1:off + 5], "little")
+        out.append((raw[off:off + 1], off, end))
+        off = end
+    return out
+
+
+def _json_frame(kind: bytes, doc: object) -> bytes:
+    payload = json.dumps(doc).encode()
+    return kind + len(payload).to_bytes(4, "little") + payload
+
+
+def test_a_real_dump_reads_back_whole(good: Path) -> None:
+    assert stat.S_IMODE(os.stat(good).st_mode) == 0o600
+    d = dumpfile.load(str(good))
+    snap = d.snap
+    assert snap.n > 600 and len(d.labels) == snap.refs.shape[0] and d.facts["python"] == "test"
+    # the walker's answers are in the file: labels of the victim's dicts, module names, counts
+    w = dumpfile.FileWalker(d)
+    main = next(r.pos for r in snap.roots if r.kind == "module" and r.name == "__main__")
+    assert w.names([main]) == ["__main__"]
+    dicts = [p for p in range(snap.n) if snap.type_name(p) == "dict" and w.counts([p]) == [2]]
+    records_ = [p for p in dicts
+                if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))]
+    assert len(records_) >= 300
+
+
+def test_no_keys_writes_key_types(tmp_path: Path) -> None:
+    p = tmp_path / "nokeys.pydump"
+    _dump(str(p), no_keys=True)
+    d = dumpfile.load(str(p))
+    table = set(d.labels.table)
+    assert "['k']" not in table and "['v']" not in table and "[str]" in table
+
+
+def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
+    raw = _raw(good)
+    fr = _frames(raw)
+    ys = [(a, b) for k, a, b in fr if k == b"Y"]
+    (z0, z1), = [(a, b) for k, a, b in fr if k == b"Z"]
+    (d0, d1), = [(a, b) for k, a, b in fr if k == b"D"]
+    first_y = json.loads(raw[ys[0][0] + 5:ys[0][1]])
+    assert first_y["what"] == "labels"
+    cases = {
+        "no end frame": raw[:z0],
+        "a second end": raw + raw[z0:z1],
+        "labels skipped": raw[:ys[0][0]] + raw[ys[0][1]:],
+        "labels twice": raw[:ys[0][1]] + raw[ys[0][0]:],
+        "no facts": raw[:d0] + raw[d1:],
+        "facts twice": raw[:d1] + raw[d0:],
+        "name out of range": raw[:z0] + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[10**9, "x"]]}) + raw[z0:],
+        "name not a string": raw[:z0] + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[1, 5]]}) + raw[z0:],
+        "negative count": raw[:z0] + _json_frame(b"Y", {"what": "counts", "start": 0, "items": [[1, -3]]}) + raw[z0:],
+        "unknown answer": raw[:z0] + _json_frame(b"Y", {"what": "values", "start": 0, "items": []}) + raw[z0:],
+        "label not a string": raw[:ys[0][0]] + _json_frame(b"Y", {**first_y, "items": [1] * len(first_y["items"])})
+        + raw[ys[0][1]:],
+        "pid not an int": raw[:d0] + _json_frame(b"D", {"pid": "1"}) + raw[d1:],
+        "an unknown frame": raw[:z0] + b"Q\x00\x00\x00\x00" + raw[z0:],
+        "records only": raw[:d0],
+    }
+    for name, data in cases.items():
+        msg = _refused(tmp_path, data)
+        assert "Traceback" not in msg, (name, msg)
+
+
+def test_mutated_dumps_read_whole_or_refused(good: Path, tmp_path: Path) -> None:
+    raw = _raw(good)
+    rng = random.Random(19)
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(150):
+        data = bytearray(raw)
+        how = rng.choice(("flip", "cut", "splice"))
+        if how == "flip":
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif how == "cut":
+            data = data[:rng.randrange(len(data))]
+        else:
+            a = rng.randrange(len(data))
+            data = data[:a] + data[a + rng.randint(1, 64):]
+        p = tmp_path / f"m{i}.pydump"
+        p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(bytes(data)))
+        try:
+            d = dumpfile.load(str(p))
+        except dumpfile.DumpError as exc:
+            assert str(p) in str(exc)
+            outcomes["refused"] += 1
+            continue
+        # read whole: every reference has a label and every index is in range
+        assert len(d.labels) == d.snap.refs.shape[0]
+        assert all(0 <= q < d.snap.n for q in d.names)
+        outcomes["read"] += 1
+    assert outcomes["refused"] > 100, outcomes
