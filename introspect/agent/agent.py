@@ -2108,7 +2108,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
             pass
         return
     _trace_resume()
-    _snap_answer(fd, params, keep)
+    _snap_answer(fd, params, keep, index)
 
 
 def _snap_columns(array, start, count, items, known, columns):
@@ -2269,7 +2269,7 @@ def _snap_start_ticks():  # type: () -> int
         return 0
 
 
-def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
+def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) -> None
     """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
     cfd = posix.open(params["control"], posix.O_RDONLY)  # type: ignore[attr-defined]
     buf = b""
@@ -2287,6 +2287,8 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             answer = []  # type: list
             if parts[0] == b"L":
                 answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
+            elif parts[0] == b"K":  # one container's labels in one pass (dumps): K pos start count
+                answer = _snap_items(keep[nums[0]], index or {}, nums[1], nums[2])
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
             elif parts[0] == b"G":  # tracemalloc's live traces, grouped by the nums[0] innermost frames
@@ -2376,6 +2378,42 @@ def _snap_len(x):  # type: (object) -> int
         if isinstance(x, base):
             return base.__len__(x)  # type: ignore[arg-type]
     return -1
+
+
+def _snap_items(holder, index, start, count):  # type: (object, dict, int, int) -> Any
+    """[True, [position, label], ...] for items start..start+count of a dict (value, then key:
+    "(key)") or a list or tuple, in _snap_via's order, so the first pair of each child is its label
+    there; [False] for any other holder. One pass instead of one scan per reference (dumps ask for
+    every reference's label)."""
+    th = type(holder)
+    out = [True]  # type: list
+    try:
+        if isinstance(holder, dict):
+            for k, v in _islice(dict.items(holder), start, start + count):
+                p = index.get(id(v))
+                if p is not None:
+                    out.append([p, _key_label(k)])
+                p = index.get(id(k))
+                if p is not None:
+                    out.append([p, "(key)"])
+            return out
+        if th is list or th is tuple:
+            for i in range(start, min(start + count, len(holder))):  # type: ignore[arg-type]
+                p = index.get(id(holder[i]))  # type: ignore[index]
+                if p is not None:
+                    out.append([p, "[%d]" % i])
+            return out
+    except Exception:
+        pass
+    return [False]
+
+
+def _islice(it, start, stop):  # type: (Any, int, int) -> Any
+    for k, x in enumerate(it):
+        if k >= stop:
+            return
+        if k >= start:
+            yield x
 
 
 def _snap_via(holder, child):  # type: (object, object) -> str

@@ -129,18 +129,38 @@ def _no_key(label: str) -> str:
     return label
 
 
-def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 1 << 20) -> None:
-    """``items`` as Y frames, each well below the frame bound."""
+def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -> None:
+    """``items`` ([position, value] pairs) as Y frames, each well below the frame bound."""
     k = 0
-    while k < len(items) or (k == 0 and not items):
+    while True:
         step, size = 0, 0
         while k + step < len(items) and size < limit:
-            size += len(json.dumps(items[k + step])) + 1
+            v = items[k + step][1]
+            size += 24 + (len(v) if isinstance(v, str) else sum(len(x) + 4 for x in v) if isinstance(v, list) else 0)
             step += 1
         out.json(b"Y", {"what": what, "start": k, "items": items[k:k + step]})
         k += step
-        if not items:
+        if k >= len(items):
             break
+
+
+def _by_type_sample(snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any) -> list[list[Any]]:
+    """[position, answer] for every object of each type whose first instance has an answer other
+    than ``empty`` (names: modules, classes, functions; counts: containers): one question per type
+    first, then only the instances of the types that answered."""
+    first = np.full(len(snap.types), -1, np.int64)
+    order = np.arange(snap.n, dtype=np.int64)[::-1]
+    first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
+    probe = [int(p) for p in first if p >= 0]
+    answered = {int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty}
+    if not answered:
+        return []
+    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64))).tolist()
+    out: list[list[Any]] = []
+    for s in range(0, len(want), 40_000):
+        chunk = want[s:s + 40_000]
+        out += [[p, a] for p, a in zip(chunk, ask(chunk)) if a != empty]
+    return out
 
 
 def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys: bool,
@@ -155,30 +175,12 @@ def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys
         out._write(DUMP_MAGIC)
         _write_snapshot(out, snap)
         out.json(b"D", {**facts, "no_keys": no_keys})
-        n = snap.n
-        types = snap.types
-        is_dict = np.array(["dict" in t.rsplit(".", 1)[-1].lower() for t in types], bool)
-        # labels of every reference, asked in chunks and written as they come
-        total = int(snap.refs.shape[0])
-        src = np.repeat(np.arange(n, dtype=np.int64), np.diff(snap.offsets))
-        k = 0
-        while k < total:
-            e = min(total, k + 50 * CHUNK)
-            pairs = list(zip(src[k:e].tolist(), snap.refs[k:e].tolist()))
-            labels = walker.labels(pairs)
-            if no_keys:
-                holder_dict = is_dict[snap.type_of[src[k:e]]]
-                labels = [_no_key(lab) if d else lab for lab, d in zip(labels, holder_dict.tolist())]
-            out.json(b"Y", {"what": "labels", "start": k, "items": labels})
-            k = e
-        del src
+        names = _by_type_sample(snap, walker.names, "")
+        counts = _by_type_sample(snap, walker.counts, -1)
+        items: dict[int, int] = {p: c for p, c in counts}
+        total = _write_labels(out, snap, walker, items, no_keys)
+        del items
         log(f"dump: {total:,} labels written")
-        names: list[list[Any]] = []
-        counts: list[list[int]] = []
-        for s in range(0, n, 40_000):
-            chunk = list(range(s, min(n, s + 40_000)))
-            names += [[p, nm] for p, nm in zip(chunk, walker.names(chunk)) if nm]
-            counts += [[p, c] for p, c in zip(chunk, walker.counts(chunk)) if c >= 0]
         _json_chunks(out, "names", names)
         _json_chunks(out, "counts", counts)
         named = [p for p, _ in names]
@@ -198,6 +200,73 @@ def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys
     os.rename(tmp, path)
     return {"file": path, "bytes": out.written, "raw_bytes": out.raw, "objects": snap.n,
             "references": int(snap.refs.shape[0]), "write_s": round(time.monotonic() - t0, 3)}
+
+
+BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
+K_ITEMS = 50_000  # items of one container per K question
+
+
+def _container_labels(walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int) -> list[str] | None:
+    """Labels of a container's references in one pass of the walker (K questions), or None when
+    the walker does not answer for this holder (then each is asked alone)."""
+
+    def ok(x: Any) -> bool:
+        return x is True or x is False or (isinstance(x, list) and len(x) == 2 and type(x[0]) is int
+                                           and 0 <= x[0] < n and isinstance(x[1], str)
+                                           and len(x[1]) <= records.MAX_NAME)
+
+    first: dict[int, str] = {}
+    for s in range(0, max(n_items, 1), K_ITEMS):
+        ans = walker._ask(f"K {pos} {s} {K_ITEMS}", None, ok)
+        if not ans or ans[0] is not True:
+            return None
+        for child, label in ans[1:]:
+            first.setdefault(child, label)
+    return [first.get(r, "(item)") for r in refs.tolist()]
+
+
+def _write_labels(out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool) -> int:
+    """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
+    n = snap.n
+    seq = {i for i, t in enumerate(snap.types) if t in ("list", "tuple")}
+    buf: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    keyed: list[bool] = []  # per pair: is its holder's key text to be replaced (--no-keys)?
+    written = 0
+    offsets, refs = snap.offsets, snap.refs
+
+    def flush(final: bool = False) -> None:
+        nonlocal written, buf
+        if pairs:
+            got = walker.labels(pairs)
+            buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
+            pairs.clear()
+            keyed.clear()
+        if buf and (final or len(buf) >= 50 * CHUNK):
+            out.json(b"Y", {"what": "labels", "start": written, "items": buf})
+            written += len(buf)
+            buf = []
+
+    for p in range(n):
+        lo, hi = int(offsets[p]), int(offsets[p + 1])
+        if lo == hi:
+            continue
+        got = None
+        if hi - lo > BIG and p in items:
+            got = _container_labels(walker, p, refs[lo:hi], items[p], n)
+        if got is not None:
+            flush()
+            if no_keys and int(snap.type_of[p]) not in seq:
+                got = [_no_key(lab) for lab in got]
+            buf += got
+        else:
+            pairs.extend((p, r) for r in refs[lo:hi].tolist())
+            if no_keys:
+                keyed.extend([int(snap.type_of[p]) not in seq] * (hi - lo))
+        if len(pairs) >= 50 * CHUNK or len(buf) >= 50 * CHUNK:
+            flush()
+    flush(final=True)
+    return written
 
 
 def _write_snapshot(out: _Out, snap: Snapshot) -> None:
