@@ -22,7 +22,6 @@ import json
 import os
 import re
 import zlib
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -96,40 +95,61 @@ def _paths_ids(dump: Dump, first: np.ndarray, parent: np.ndarray, plabel: np.nda
 
 
 def _walk(dump: Dump, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Breadth first from the roots, then from the objects held from C: (order, parent, label)."""
+    """Breadth first, level by level, from the roots, then from the objects held from C, then from
+    whatever is left: (order, parent, index of the reference from the parent)."""
     snap = dump.snap
     n = snap.n
     parent = np.full(n, -1, np.int64)
     plabel = np.full(n, -1, np.int64)
     seen = np.zeros(n, bool)
-    order: list[int] = []
-    starts = [r.pos for r in snap.roots] + held.tolist() + list(range(n))
-    offsets, refs = snap.offsets, snap.refs
-    for s in starts:
-        if seen[s]:
-            continue
-        seen[s] = True
-        q = deque([s])
-        while q:
-            p = q.popleft()
-            order.append(p)
-            lo, hi = int(offsets[p]), int(offsets[p + 1])
-            kids = refs[lo:hi]
-            fresh = np.flatnonzero(~seen[kids])
-            for k in fresh.tolist():
-                c = int(kids[k])
-                if not seen[c]:
-                    seen[c] = True
-                    parent[c] = p
-                    plabel[c] = lo + k
-                    q.append(c)
-    return np.asarray(order, np.int64), parent, plabel
+    nrefs = np.diff(snap.offsets)
+    order: list[np.ndarray] = []
+
+    def from_sources(sources: np.ndarray) -> None:
+        _, first = np.unique(sources, return_index=True)
+        frontier = sources[np.sort(first)]
+        frontier = frontier[~seen[frontier]]
+        seen[frontier] = True
+        while frontier.size:
+            order.append(frontier)
+            edges = _ranges(snap.offsets[frontier], nrefs[frontier])
+            kids = snap.refs[edges].astype(np.int64)
+            fresh = ~seen[kids]
+            kids, edges = kids[fresh], edges[fresh]
+            _, first = np.unique(kids, return_index=True)
+            first = np.sort(first)
+            kids, edges = kids[first], edges[first]
+            seen[kids] = True
+            parent[kids] = np.searchsorted(snap.offsets, edges, side="right") - 1
+            plabel[kids] = edges
+            frontier = kids
+
+    from_sources(np.array([r.pos for r in snap.roots], np.int64))
+    from_sources(held.astype(np.int64))
+    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
+    from_sources(np.flatnonzero(~seen & (indeg == 0)))
+    for c in np.flatnonzero(~seen).tolist():  # cycles nothing else reaches
+        if not seen[c]:
+            from_sources(np.array([c], np.int64))
+    return (np.concatenate(order) if order else np.zeros(0, np.int64)), parent, plabel
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, s + k) for each (s, k)."""
+    lengths = lengths.astype(np.int64)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out: np.ndarray = np.repeat(starts.astype(np.int64), lengths) + within
+    return out
 
 
 def export(dump: Dump, out: str) -> dict[str, Any]:
     """Write ``dump`` to ``out`` as a .heapsnapshot; returns its figures."""
     snap = dump.snap
     n = snap.n
+    width = len(NODE_FIELDS)
     strings = _Strings()
     strings("")
     excess = snap.excess
@@ -137,108 +157,94 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
     held = np.flatnonzero((excess > 0) & (excess < IMMORTAL) & (indeg == 0))
     order, parent, plabel = _walk(dump, held)
     ids = _paths_ids(dump, order, parent, plabel)
-    # __dict__ hoisting: X --__dict__--> dict D gives X D's string-keyed items as properties
-    hoist: dict[int, int] = {}
-    for p in range(n):
-        lo, hi = int(snap.offsets[p]), int(snap.offsets[p + 1])
-        for e in range(lo, hi):
-            if dump.labels[e] == "__dict__" and snap.type_name(int(snap.refs[e])) == "dict":
-                hoist[p] = int(snap.refs[e])
-                break
-    node_type = np.zeros(n, np.int64)
-    names = np.zeros(n, np.int64)
-    for t_idx, t in enumerate(snap.types):
-        node_type[snap.type_of == t_idx] = T_OF[_NODE_KIND.get(t, "object")]
-    for p in range(n):
-        t = snap.type_name(p)
-        nm = dump.names.get(p, "")
-        if t == "module":
-            names[p] = strings(f"module {nm}")
-        elif nm:
-            names[p] = strings(nm)
-        else:
-            names[p] = strings(t)
-    edge_rows: list[list[int]] = [[] for _ in range(EXTRA)]
+    # nodes: kind and name by type; modules, classes and functions by their names
+    kind_of_type = np.array([T_OF[_NODE_KIND.get(t, "object")] for t in snap.types] or [0], np.int64)
+    name_of_type = np.array([strings(t) for t in snap.types] or [0], np.int64)
+    node_type = kind_of_type[snap.type_of]
+    names = name_of_type[snap.type_of]
+    for p, nm in dump.names.items():
+        names[p] = strings(f"module {nm}" if snap.type_name(p) == "module" else nm)
+    # edges of the objects, from each label's forms (one per distinct label, not per reference)
+    table = dump.labels.table
+    codes = dump.labels.codes.astype(np.int64)
+    seq_form = [_edge("list", lab, strings) for lab in table] or [(0, 0)]
+    other_form = [_edge("object", lab, strings) for lab in table] or [(0, 0)]
+    seq_t, seq_n = (np.array(x, np.int64) for x in zip(*seq_form))
+    oth_t, oth_n = (np.array(x, np.int64) for x in zip(*other_form))
+    nrefs = np.diff(snap.offsets)
+    src = np.repeat(np.arange(n, dtype=np.int64), nrefs)
+    to = snap.refs.astype(np.int64)
+    seq_types = [i for i, t in enumerate(snap.types) if t in ("list", "tuple")]
+    is_seq = np.isin(snap.type_of[src], seq_types) if seq_types else np.zeros(src.shape[0], bool)
+    etype = np.where(is_seq, seq_t[codes], oth_t[codes])
+    ename = np.where(is_seq, seq_n[codes], oth_n[codes])
+    # __dict__ hoisting: X --__dict__--> dict D gives X D's string-keyed items as its properties
+    dict_code = table.index("__dict__") if "__dict__" in table else -1
+    dict_types = [i for i, t in enumerate(snap.types) if t == "dict"]
+    xsrc = xt = xn = xto = np.zeros(0, np.int64)
+    if dict_code >= 0 and dict_types:
+        mask = (codes == dict_code) & np.isin(snap.type_of[to], dict_types)
+        holders, first = np.unique(src[mask], return_index=True)
+        dicts = to[mask][first]
+        edges_of = _ranges(snap.offsets[dicts], nrefs[dicts])
+        key_name = np.array([strings(m.group(1)) if (m := _KEY.fullmatch(lab)) else -1 for lab in table] or [-1],
+                            np.int64)
+        xname = key_name[codes[edges_of]]
+        keep = xname >= 0
+        xsrc = np.repeat(holders, nrefs[dicts])[keep]
+        xn = xname[keep]
+        xto = to[edges_of][keep]
+        xt = np.full(xsrc.shape[0], E_OF["property"], np.int64)
+    all_src = np.concatenate([src, xsrc])
+    by_node = np.argsort(all_src, kind="stable")
+    edge_block = np.column_stack([np.concatenate([etype, xt]), np.concatenate([ename, xn]),
+                                  (np.concatenate([to, xto]) + EXTRA) * width])[by_node]
+    counts = np.zeros(n + EXTRA, np.int64)
+    counts[EXTRA:] = np.bincount(all_src, minlength=n) if all_src.size else 0
     # the synthetic root: the dump's roots by name, and "(held from C)"
     root_edges: list[int] = []
     for r in snap.roots:
         root_edges += [E_OF["property"], strings(r.name if r.kind == "module" else f"frame {r.name}"),
-                       (r.pos + EXTRA) * len(NODE_FIELDS)]
-    root_edges += [E_OF["internal"], strings("(held from C)"), 1 * len(NODE_FIELDS)]
-    edge_rows[0] = root_edges
-    edge_rows[1] = [x for q in held.tolist() for x in (E_OF["hidden"], q, (q + EXTRA) * len(NODE_FIELDS))]
-    counts = np.zeros(n + EXTRA, np.int64)
-    counts[0], counts[1] = len(edge_rows[0]) // 3, len(edge_rows[1]) // 3
+                       (r.pos + EXTRA) * width]
+    root_edges += [E_OF["internal"], strings("(held from C)"), 1 * width]
+    held_edges = [x for q in held.tolist() for x in (E_OF["hidden"], q, (q + EXTRA) * width)]
+    counts[0], counts[1] = len(root_edges) // 3, len(held_edges) // 3
+    total_edges = int(counts.sum())
+    meta = {
+        "node_fields": NODE_FIELDS,
+        "node_types": [NODE_TYPES, "string", "number", "number", "number", "number", "number"],
+        "edge_fields": EDGE_FIELDS,
+        "edge_types": [EDGE_TYPES, "string_or_number", "node"],
+        "trace_function_info_fields": ["function_id", "name", "script_name", "script_id", "line", "column"],
+        "trace_node_fields": ["id", "function_info_index", "count", "size", "children"],
+        "sample_fields": ["timestamp_us", "last_assigned_id"],
+        "location_fields": ["object_index", "script_id", "line", "column"],
+    }
+    head = {"meta": meta, "node_count": n + EXTRA, "edge_count": total_edges, "trace_function_count": 0}
     tmp = out + f".{os.getpid()}.part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        # The edges go to a side file first: the node array needs every node's edge count.
-        edge_tmp = tmp + ".edges"
-        efd = os.open(edge_tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(efd, "w+") as ef:
-                first = True
-                for row in edge_rows:
-                    if row:
-                        ef.write(("" if first else ",") + ",".join(map(str, row)))
-                        first = False
-                total_edges = int(counts[0] + counts[1])
-                for p in range(n):
-                    t = snap.type_name(p)
-                    lo, hi = int(snap.offsets[p]), int(snap.offsets[p + 1])
-                    row = []
-                    for e in range(lo, hi):
-                        et, en = _edge(t, dump.labels[e], strings)
-                        row += [et, en, (int(snap.refs[e]) + EXTRA) * len(NODE_FIELDS)]
-                    d = hoist.get(p)
-                    if d is not None:
-                        dlo, dhi = int(snap.offsets[d]), int(snap.offsets[d + 1])
-                        for e in range(dlo, dhi):
-                            m = _KEY.fullmatch(dump.labels[e])
-                            if m:
-                                row += [E_OF["property"], strings(m.group(1)),
-                                        (int(snap.refs[e]) + EXTRA) * len(NODE_FIELDS)]
-                    if row:
-                        ef.write(("" if first else ",") + ",".join(map(str, row)))
-                        first = False
-                    counts[p + EXTRA] = len(row) // 3
-                    total_edges += len(row) // 3
-                meta = {
-                    "node_fields": NODE_FIELDS,
-                    "node_types": [NODE_TYPES, "string", "number", "number", "number", "number", "number"],
-                    "edge_fields": EDGE_FIELDS,
-                    "edge_types": [EDGE_TYPES, "string_or_number", "node"],
-                    "trace_function_info_fields": ["function_id", "name", "script_name", "script_id", "line",
-                                                   "column"],
-                    "trace_node_fields": ["id", "function_info_index", "count", "size", "children"],
-                    "sample_fields": ["timestamp_us", "last_assigned_id"],
-                    "location_fields": ["object_index", "script_id", "line", "column"],
-                }
-                head = {"meta": meta, "node_count": n + EXTRA, "edge_count": total_edges,
-                        "trace_function_count": 0}
-                f.write('{"snapshot":' + json.dumps(head, separators=(",", ":")) + ',\n"nodes":[')
-                synth = [T_OF["synthetic"], strings("(Python roots)"), 1, 0, int(counts[0]), 0, 0,
-                         T_OF["synthetic"], strings("(held from C)"), 3, 0, int(counts[1]), 0, 0]
-                f.write(",".join(map(str, synth)))
-                for s in range(0, n, 1 << 15):
-                    e = min(n, s + (1 << 15))
-                    block = np.column_stack([node_type[s:e], names[s:e], ids[s:e] + 4, snap.size[s:e],
-                                             counts[s + EXTRA:e + EXTRA], np.zeros(e - s, np.int64),
-                                             np.zeros(e - s, np.int64)]).ravel()
-                    f.write("," + ",".join(map(str, block.tolist())))
-                f.write('],\n"edges":[')
-                ef.seek(0)
-                while True:
-                    chunk = ef.read(1 << 20)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-        finally:
-            os.unlink(edge_tmp)
-        f.write('],\n"trace_function_infos":[],\n"trace_tree":[],\n"samples":[],\n"locations":[],\n"strings":[')
-        for k, text in enumerate(strings.items):
-            f.write(("," if k else "") + json.dumps(text))
-        f.write("]}\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write('{"snapshot":' + json.dumps(head, separators=(",", ":")) + ',\n"nodes":[')
+            synth = [T_OF["synthetic"], strings("(Python roots)"), 1, 0, int(counts[0]), 0, 0,
+                     T_OF["synthetic"], strings("(held from C)"), 3, 0, int(counts[1]), 0, 0]
+            f.write(",".join(map(str, synth)))
+            zeros = np.zeros(n, np.int64)
+            nodes = np.column_stack([node_type, names, ids + 4, snap.size, counts[EXTRA:], zeros, zeros])
+            for s0 in range(0, n, 1 << 15):
+                f.write("," + ",".join(map(str, nodes[s0:s0 + (1 << 15)].ravel().tolist())))
+            del nodes
+            f.write('],\n"edges":[')
+            f.write(",".join(map(str, root_edges + held_edges)))
+            for s0 in range(0, edge_block.shape[0], 1 << 15):
+                f.write("," + ",".join(map(str, edge_block[s0:s0 + (1 << 15)].ravel().tolist())))
+            f.write('],\n"trace_function_infos":[],\n"trace_tree":[],\n"samples":[],\n"locations":[],\n'
+                    '"strings":[')
+            f.write(",".join(json.dumps(text) for text in strings.items))
+            f.write("]}\n")
+    except BaseException:
+        os.unlink(tmp)
+        raise
     os.rename(tmp, out)
     return {"file": out, "bytes": os.path.getsize(out), "nodes": n + EXTRA, "edges": total_edges,
             "strings": len(strings.items)}
