@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keeping
+from introspect.commands.dump import add_keep_option, keep_missed, keeping
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
@@ -75,6 +75,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
     """Find chains (forked snapshot, or the agent's in-process search) and write ``<stem>.dot`` (+ graph):
     the command's data, reused by `report`."""
     col: dict[str, Any] = {"path": "in-process", "why": "--in-process given"}
+    if collector == "in-process" and keep:
+        keep_missed(argparse.Namespace(keep=keep), col["why"])
     if collector != "in-process":
         def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
             return forked_chains(snap, walker, type_name, pid, samples)
@@ -85,6 +87,8 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
             files = write_graph(out, stem, got["graph"], f"who keeps {got['type']} alive (pid {pid})", fmt)
             return got_outcome, {**got_outcome.meta(), "collector": col, **got, "files": files}
         log(f"backrefs in-process: {col['why']}")
+        if keep:
+            keep_missed(argparse.Namespace(keep=keep), col["why"])
     params = {"type": type_name, "samples": samples, "max_depth": max_depth, "budget": budget}
     outcome = run_agent(pid, "backrefs", params, method=method, timeout=max(timeout, budget + 10), log=log)
     res = outcome.result

@@ -147,3 +147,12 @@ def _fill(facts: dict[str, Any], snap: Snapshot) -> None:
     if isinstance(python, str):
         facts["python"] = python
     facts["walk_s"] = float(snap.end.get("walk_s", 0.0))
+
+
+def keep_missed(args: argparse.Namespace, why: str) -> None:
+    """Say on stderr that --keep wrote nothing (no forked snapshot was taken)."""
+    if getattr(args, "keep", None):
+        import sys
+
+        print(f"introspect: --keep: nothing written to {args.keep}: no forked snapshot was taken ({why})",
+              file=sys.stderr)

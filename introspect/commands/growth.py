@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keeping
+from introspect.commands.dump import add_keep_option, keep_missed, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
@@ -71,6 +71,7 @@ class Command:
             done = forked(args, out, log, col)
             if done is not None:
                 return done
+        keep_missed(args, col["why"])
         looks: list[Outcome] = []
         for i in range(args.samples):
             if i:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keeping
+from introspect.commands.dump import add_keep_option, keep_missed, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
@@ -103,6 +103,7 @@ class Command:
         if outcome is not None and got is not None:
             doc, text = from_snapshot(outcome, got, col, args.by)
         else:
+            keep_missed(args, col["why"])
             if args.by == "retained" or args.waste:
                 fix = ("A process with gRPC loaded is never forked: use --by count or --by size (counted in the process)."
                        if col["why"].startswith("gRPC") else
