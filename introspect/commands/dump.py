@@ -39,26 +39,49 @@ class Command:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("pid", type=int, help="process id of the live Python process")
-        parser.add_argument("-o", "--output", metavar="FILE",
-                            help="the dump file (default: introspect-<pid>-<time>.pydump; never overwritten)")
-        parser.add_argument("--no-keys", action="store_true",
-                            help="write each dict key's type ([str], [int]) instead of its text")
+        parser.add_argument(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="the dump file (default: introspect-<pid>-<time>.pydump; never overwritten)",
+        )
+        parser.add_argument(
+            "--no-keys",
+            action="store_true",
+            help="write each dict key's type ([str], [int]) instead of its text",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-        parser.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="say what happens on stderr"
+        )
         group = parser.add_argument_group("injection")
         from introspect.inject import METHODS
 
-        group.add_argument("--method", choices=METHODS, default="auto", help="how to get inside (as for top)")
-        group.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                           help="give up after S seconds, the walk and the writing included (default: 300)")
+        group.add_argument(
+            "--method", choices=METHODS, default="auto", help="how to get inside (as for top)"
+        )
+        group.add_argument(
+            "--timeout",
+            type=float,
+            default=300.0,
+            metavar="S",
+            help="give up after S seconds, the walk and the writing included (default: 300)",
+        )
         add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         log = logger(args)
         path = args.output or f"introspect-{args.pid}-{time.strftime('%Y%m%d-%H%M%S')}.pydump"
         check_writable(path)
-        doc = take(args.pid, path, no_keys=args.no_keys, collector=args.collector, method=args.method,
-                   timeout=args.timeout, log=log)
+        doc = take(
+            args.pid,
+            path,
+            no_keys=args.no_keys,
+            collector=args.collector,
+            method=args.method,
+            timeout=args.timeout,
+            log=log,
+        )
         emit(args, None, doc, doc.pop("_text"))
         return 0
 
@@ -66,16 +89,28 @@ class Command:
 def check_writable(path: str) -> None:
     """Refuse before touching the target: an existing file, or a directory we cannot write."""
     if os.path.lexists(path):
-        raise errors.OutputError(f"{path} exists: a dump never overwrites a file",
-                                 help="Choose another name with -o FILE, or remove the old one.")
+        raise errors.OutputError(
+            f"{path} exists: a dump never overwrites a file",
+            help="Choose another name with -o FILE, or remove the old one.",
+        )
     d = os.path.dirname(os.path.abspath(path))
     if not os.access(d, os.W_OK | os.X_OK):
-        raise errors.OutputError(f"cannot write the dump into {d}",
-                                 help="Choose a writable place with -o FILE (nothing was done to the target).")
+        raise errors.OutputError(
+            f"cannot write the dump into {d}",
+            help="Choose a writable place with -o FILE (nothing was done to the target).",
+        )
 
 
-def take(pid: int, path: str, *, no_keys: bool = False, collector: str = "auto", method: str = "auto",
-         timeout: float = 300.0, log: Any = lambda s: None) -> dict[str, Any]:
+def take(
+    pid: int,
+    path: str,
+    *,
+    no_keys: bool = False,
+    collector: str = "auto",
+    method: str = "auto",
+    timeout: float = 300.0,
+    log: Any = lambda s: None,
+) -> dict[str, Any]:
     """Fork ``pid`` and write its heap to ``path``; the JSON document of the dump (plus "_text")."""
     from introspect.snapshot import dumpfile
 
@@ -87,24 +122,36 @@ def take(pid: int, path: str, *, no_keys: bool = False, collector: str = "auto",
 
     if collector == "in-process":
         raise errors.UsageError("a dump needs a forked snapshot; --in-process cannot write one")
-    outcome, got, col = collect.take(pid, collector, analyse, method=method, timeout=timeout, log=log)
+    outcome, got, col = collect.take(
+        pid, collector, analyse, method=method, timeout=timeout, log=log
+    )
     if outcome is None or got is None:
-        raise errors.UsageError(f"a dump needs a forked snapshot, and it was not taken: {col['why']}",
-                                help="Free some memory (or raise the cgroup's limit) and try again, or force it with --fork.")
+        raise errors.UsageError(
+            f"a dump needs a forked snapshot, and it was not taken: {col['why']}",
+            help="Free some memory (or raise the cgroup's limit) and try again, or force it "
+            "with --fork.",
+        )
     doc: dict[str, Any] = {**outcome.meta(), "collector": col, **got, "no_keys": no_keys}
-    doc["_text"] = "\n".join([
-        header(outcome),
-        f"dump written to {path}: {got['objects']:,} objects, {got['references']:,} references, "
-        f"{human_bytes(got['bytes'])} ({got['bytes'] / max(1, got['objects']):.1f} bytes per object), "
-        f"written in {got['write_s']:.2f} s" + ("; dict keys written as their types" if no_keys else ""),
-    ])
+    doc["_text"] = "\n".join(
+        [
+            header(outcome),
+            f"dump written to {path}: {got['objects']:,} objects, "
+            f"{got['references']:,} references, {human_bytes(got['bytes'])} "
+            f"({got['bytes'] / max(1, got['objects']):.1f} bytes per object), "
+            f"written in {got['write_s']:.2f} s"
+            + ("; dict keys written as their types" if no_keys else ""),
+        ]
+    )
     return doc
 
 
 def add_keep_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep", metavar="FILE",
-                        help="also write the forked snapshot that answered to FILE, as `introspect dump` does "
-                             "(forked snapshot only; never overwrites a file)")
+    parser.add_argument(
+        "--keep",
+        metavar="FILE",
+        help="also write the forked snapshot that answered to FILE, as `introspect dump` does "
+        "(forked snapshot only; never overwrites a file)",
+    )
 
 
 def base_facts(pid: int) -> dict[str, Any]:
@@ -112,8 +159,13 @@ def base_facts(pid: int) -> dict[str, Any]:
     from introspect import __version__
     from introspect.snapshot import dumpfile
 
-    facts: dict[str, Any] = {"pid": pid, "start_ticks": collect._start_ticks(pid), **dumpfile.process_facts(pid),
-                             "time": time.time(), "introspect": str(__version__)}
+    facts: dict[str, Any] = {
+        "pid": pid,
+        "start_ticks": collect._start_ticks(pid),
+        **dumpfile.process_facts(pid),
+        "time": time.time(),
+        "introspect": str(__version__),
+    }
     try:
         with open(f"/proc/{pid}/comm") as f:
             facts["name"] = f.read().strip()[:256]
@@ -122,8 +174,9 @@ def base_facts(pid: int) -> dict[str, Any]:
     return facts
 
 
-def keeping(args: argparse.Namespace, analyse: Callable[[Snapshot, Walker], T],
-            log: Callable[[str], None]) -> Callable[[Snapshot, Walker], T]:
+def keeping(
+    args: argparse.Namespace, analyse: Callable[[Snapshot, Walker], T], log: Callable[[str], None]
+) -> Callable[[Snapshot, Walker], T]:
     """``analyse``, writing the snapshot to ``args.keep`` first when it is given (--keep FILE)."""
     path = getattr(args, "keep", None)
     if not path or isinstance(args.pid, str):
@@ -154,5 +207,8 @@ def keep_missed(args: argparse.Namespace, why: str) -> None:
     if getattr(args, "keep", None):
         import sys
 
-        print(f"introspect: --keep: nothing written to {args.keep}: no forked snapshot was taken ({why})",
-              file=sys.stderr)
+        print(
+            f"introspect: --keep: nothing written to {args.keep}: "
+            f"no forked snapshot was taken ({why})",
+            file=sys.stderr,
+        )

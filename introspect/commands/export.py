@@ -25,36 +25,62 @@ class Command:
     name = "export"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("file", metavar="FILE", help="a file written by `introspect dump` (or --keep)")
-        parser.add_argument("--format", choices=("heapsnapshot",), default="heapsnapshot",
-                            help="heapsnapshot: Chrome DevTools' heap snapshot (the default and only one)")
-        parser.add_argument("-o", "--output", metavar="OUT",
-                            help="the file to write (default: FILE with .heapsnapshot; never overwritten)")
+        parser.add_argument(
+            "file", metavar="FILE", help="a file written by `introspect dump` (or --keep)"
+        )
+        parser.add_argument(
+            "--format",
+            choices=("heapsnapshot",),
+            default="heapsnapshot",
+            help="heapsnapshot: Chrome DevTools' heap snapshot (the default and only one)",
+        )
+        parser.add_argument(
+            "-o",
+            "--output",
+            metavar="OUT",
+            help="the file to write (default: FILE with .heapsnapshot; never overwritten)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-        parser.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="say what happens on stderr"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from introspect.snapshot import dumpfile, heapsnapshot
 
         log = logger(args)
-        base = args.file[:-len(dumpfile.SUFFIX)] if args.file.endswith(dumpfile.SUFFIX) else args.file
+        base = (
+            args.file[: -len(dumpfile.SUFFIX)] if args.file.endswith(dumpfile.SUFFIX) else args.file
+        )
         out = args.output or base + ".heapsnapshot"
         if os.path.lexists(out):
-            raise errors.OutputError(f"{out} exists: export never overwrites a file",
-                                     help="Choose another name with -o OUT, or remove the old one.")
+            raise errors.OutputError(
+                f"{out} exists: export never overwrites a file",
+                help="Choose another name with -o OUT, or remove the old one.",
+            )
         t0 = time.monotonic()
         dump = dumpfile.load(args.file)
         log(f"read {args.file}: {dump.snap.n:,} objects in {time.monotonic() - t0:.2f} s")
         try:
             got = heapsnapshot.export(dump, out)
         except OSError as exc:
-            raise errors.OutputError(f"cannot write {out}: {exc.strerror or exc}",
-                                     help="Choose a writable place with -o OUT.") from None
-        doc = {"file": args.file, "format": args.format, "pid": dump.facts.get("pid"), **got, "output": out,
-               "export_s": round(time.monotonic() - t0, 3)}
+            raise errors.OutputError(
+                f"cannot write {out}: {exc.strerror or exc}",
+                help="Choose a writable place with -o OUT.",
+            ) from None
+        doc = {
+            "file": args.file,
+            "format": args.format,
+            "pid": dump.facts.get("pid"),
+            **got,
+            "output": out,
+            "export_s": round(time.monotonic() - t0, 3),
+        }
         if args.json:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
-            sys.stdout.write(f"{args.file} (pid {doc['pid']}) exported to {out}: {got['nodes']:,} nodes, "
-                             f"{got['edges']:,} edges, {got['bytes']:,} bytes in {doc['export_s']:.2f} s\n")
+            sys.stdout.write(
+                f"{args.file} (pid {doc['pid']}) exported to {out}: {got['nodes']:,} nodes, "
+                f"{got['edges']:,} edges, {got['bytes']:,} bytes in {doc['export_s']:.2f} s\n"
+            )
         return 0

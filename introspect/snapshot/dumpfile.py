@@ -136,15 +136,23 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
         step, size = 0, 0
         while k + step < len(items) and size < limit:
             v = items[k + step][1]
-            size += 24 + (len(v) if isinstance(v, str) else sum(len(x) + 4 for x in v) if isinstance(v, list) else 0)
+            size += 24 + (
+                len(v)
+                if isinstance(v, str)
+                else sum(len(x) + 4 for x in v)
+                if isinstance(v, list)
+                else 0
+            )
             step += 1
-        out.json(b"Y", {"what": what, "start": k, "items": items[k:k + step]})
+        out.json(b"Y", {"what": what, "start": k, "items": items[k : k + step]})
         k += step
         if k >= len(items):
             break
 
 
-def _by_type_sample(snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any) -> list[list[Any]]:
+def _by_type_sample(
+    snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any
+) -> list[list[Any]]:
     """[position, answer] for every object of each type whose first instance has an answer other
     than ``empty`` (names: modules, classes, functions; counts: containers): one question per type
     first, then only the instances of the types that answered."""
@@ -152,19 +160,27 @@ def _by_type_sample(snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty
     order = np.arange(snap.n, dtype=np.int64)[::-1]
     first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
     probe = [int(p) for p in first if p >= 0]
-    answered = {int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty}
+    answered = {
+        int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
+    }
     if not answered:
         return []
     want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64))).tolist()
     out: list[list[Any]] = []
     for s in range(0, len(want), 40_000):
-        chunk = want[s:s + 40_000]
+        chunk = want[s : s + 40_000]
         out += [[p, a] for p, a in zip(chunk, ask(chunk)) if a != empty]
     return out
 
 
-def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys: bool,
-          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def write(
+    path: str,
+    snap: Snapshot,
+    walker: Any,
+    facts: dict[str, Any],
+    no_keys: bool,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Write ``snap`` and the walker's answers to ``path`` (mode 0600, created whole or not at
     all: a temporary name is renamed at the end). Returns the dump's own figures."""
     t0 = time.monotonic()
@@ -198,22 +214,39 @@ def write(path: str, snap: Snapshot, walker: Any, facts: dict[str, Any], no_keys
         raise
     os.close(fd)
     os.rename(tmp, path)
-    return {"file": path, "bytes": out.written, "raw_bytes": out.raw, "objects": snap.n,
-            "references": int(snap.refs.shape[0]), "write_s": round(time.monotonic() - t0, 3)}
+    return {
+        "file": path,
+        "bytes": out.written,
+        "raw_bytes": out.raw,
+        "objects": snap.n,
+        "references": int(snap.refs.shape[0]),
+        "write_s": round(time.monotonic() - t0, 3),
+    }
 
 
 BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
 K_ITEMS = 50_000  # items of one container per K question
 
 
-def _container_labels(walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int) -> list[str] | None:
+def _container_labels(
+    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int
+) -> list[str] | None:
     """Labels of a container's references in one pass of the walker (K questions), or None when
     the walker does not answer for this holder (then each is asked alone)."""
 
     def ok(x: Any) -> bool:
-        return x is True or x is False or (isinstance(x, list) and len(x) == 2 and type(x[0]) is int
-                                           and 0 <= x[0] < n and isinstance(x[1], str)
-                                           and len(x[1]) <= records.MAX_NAME)
+        return (
+            x is True
+            or x is False
+            or (
+                isinstance(x, list)
+                and len(x) == 2
+                and type(x[0]) is int
+                and 0 <= x[0] < n
+                and isinstance(x[1], str)
+                and len(x[1]) <= records.MAX_NAME
+            )
+        )
 
     first: dict[int, str] = {}
     for s in range(0, max(n_items, 1), K_ITEMS):
@@ -225,7 +258,9 @@ def _container_labels(walker: Any, pos: int, refs: np.ndarray, n_items: int, n: 
     return [first.get(r, "(item)") for r in refs.tolist()]
 
 
-def _write_labels(out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool) -> int:
+def _write_labels(
+    out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool
+) -> int:
     """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
     n = snap.n
     seq = {i for i, t in enumerate(snap.types) if t in ("list", "tuple")}
@@ -282,13 +317,20 @@ def _write_snapshot(out: _Out, snap: Snapshot) -> None:
     for s in range(0, n, OBJECTS_PER_FRAME):
         e = min(n, s + OBJECTS_PER_FRAME)
         a, b = int(snap.offsets[s]), int(snap.offsets[e])
-        out.frame(b"O", ARRAY_HEADER.pack(s, e - s, b - a, n)
-                  + snap.size[s:e].astype("<i8").tobytes() + snap.type_of[s:e].astype("<i4").tobytes()
-                  + nrefs[s:e].tobytes() + snap.refs[a:b].astype("<i4").tobytes()
-                  + snap.tracked[s:e].astype("u1").tobytes())
+        out.frame(
+            b"O",
+            ARRAY_HEADER.pack(s, e - s, b - a, n)
+            + snap.size[s:e].astype("<i8").tobytes()
+            + snap.type_of[s:e].astype("<i4").tobytes()
+            + nrefs[s:e].tobytes()
+            + snap.refs[a:b].astype("<i4").tobytes()
+            + snap.tracked[s:e].astype("u1").tobytes(),
+        )
     for s in range(0, n, OBJECTS_PER_FRAME):
         e = min(n, s + OBJECTS_PER_FRAME)
-        out.frame(b"C", ARRAY_HEADER.pack(s, e - s, 0, n) + snap.excess[s:e].astype("<i8").tobytes())
+        out.frame(
+            b"C", ARRAY_HEADER.pack(s, e - s, 0, n) + snap.excess[s:e].astype("<i8").tobytes()
+        )
     end = {k: v for k, v in snap.end.items() if k in records.END_FIELDS}
     out.json(b"E", {**end, "objects": n, "edges": int(snap.refs.shape[0])})
 
@@ -385,13 +427,16 @@ def _read_bytes(path: str) -> bytes:
             raise DumpError(path, f"is truncated: {len(head)} bytes, in its header")
         if not head.startswith(DUMP_MAGIC_PREFIX):
             raise DumpError(path, f"is not an introspect dump (it starts with {head[:16]!r})")
-        line = head[len(DUMP_MAGIC_PREFIX):].split(b"\n", 1)
+        line = head[len(DUMP_MAGIC_PREFIX) :].split(b"\n", 1)
         if len(line) != 2 or not line[0].isdigit():
             raise DumpError(path, "has a broken dump header")
         version = int(line[0])
         if version != DUMP_VERSION:
-            raise DumpError(path, f"is a dump of version {version}; this introspect reads version "
-                                  f"{DUMP_VERSION} (use the introspect release that wrote it)")
+            raise DumpError(
+                path,
+                f"is a dump of version {version}; this introspect reads version "
+                f"{DUMP_VERSION} (use the introspect release that wrote it)",
+            )
         os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
         bound = min(MAX_BYTES, max(st.st_size, 1) * MAX_RATIO)
         z = zlib.decompressobj()
@@ -404,11 +449,14 @@ def _read_bytes(path: str) -> bytes:
             try:
                 data = z.decompress(chunk, bound + 1 - got)
             except zlib.error as exc:
-                raise DumpError(path, f"is corrupted: its compressed data is damaged ({exc})") from None
+                raise DumpError(
+                    path, f"is corrupted: its compressed data is damaged ({exc})"
+                ) from None
             got += len(data)
             if got > bound or z.unconsumed_tail:
-                raise DumpError(path, f"decompresses to more than {bound:,} bytes (a damaged or "
-                                      "hostile file)")
+                raise DumpError(
+                    path, f"decompresses to more than {bound:,} bytes (a damaged or hostile file)"
+                )
             parts.append(data)
             if z.eof:
                 break
@@ -433,8 +481,9 @@ def load(path: str) -> Dump:
     except DumpError:
         raise
     except FormatError as exc:
-        raise DumpError(path, f"its heap records break the rule '{exc.rule}': "
-                              f"{str(exc).split(': ', 1)[-1]}") from None
+        raise DumpError(
+            path, f"its heap records break the rule '{exc.rule}': {str(exc).split(': ', 1)[-1]}"
+        ) from None
     except StreamError as exc:
         raise DumpError(path, f"is truncated or damaged ({exc})") from None
     except TimeoutError:
@@ -462,15 +511,21 @@ def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
         elif kind == b"Y":
             if facts is None:
                 raise DumpError(path, "has answers before its process facts")
-            if not (isinstance(doc, dict) and doc.get("what") in WHATS and type(doc.get("start")) is int
-                    and isinstance(doc.get("items"), list)):
+            if not (
+                isinstance(doc, dict)
+                and doc.get("what") in WHATS
+                and type(doc.get("start")) is int
+                and isinstance(doc.get("items"), list)
+            ):
                 raise DumpError(path, "has an answers frame that is not {what, start, items}")
             _add(path, dump, doc["what"], doc["start"], doc["items"], n, total)
         elif kind == b"Z":
             if facts is None or not isinstance(doc, dict) or doc.get("labels") != total:
                 raise DumpError(path, "has a broken end frame")
             if len(dump.labels) != total:
-                raise DumpError(path, f"has labels for {len(dump.labels):,} of {total:,} references")
+                raise DumpError(
+                    path, f"has labels for {len(dump.labels):,} of {total:,} references"
+                )
             if reader.buf:
                 raise DumpError(path, "has data after its end frame")
             dump.facts = facts
@@ -479,11 +534,14 @@ def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
             raise DumpError(path, f"has a {kind!r} frame where the dump's answers belong")
 
 
-def _add(path: str, dump: Dump, what: str, start: int, items: list[Any], n: int, total: int) -> None:
+def _add(
+    path: str, dump: Dump, what: str, start: int, items: list[Any], n: int, total: int
+) -> None:
     if what == "labels":
         if start != len(dump.labels) or start + len(items) > total:
-            raise DumpError(path, f"has labels for references {start:,}.. where {len(dump.labels):,} "
-                                  "comes next")
+            raise DumpError(
+                path, f"has labels for references {start:,}.. where {len(dump.labels):,} comes next"
+            )
         if not all(isinstance(x, str) and len(x) <= records.MAX_NAME for x in items):
             raise DumpError(path, "has a label that is not a string")
         dump.labels.extend(items)
@@ -496,7 +554,9 @@ def _add(path: str, dump: Dump, what: str, start: int, items: list[Any], n: int,
         elif ok and what == "counts":
             ok = type(it[1]) is int and 0 <= it[1] <= total + n
         elif ok:
-            ok = isinstance(it[1], list) and all(isinstance(v, str) and len(v) <= 4096 for v in it[1])
+            ok = isinstance(it[1], list) and all(
+                isinstance(v, str) and len(v) <= 4096 for v in it[1]
+            )
         if not ok:
             raise DumpError(path, f"has a broken entry in its {what}")
         table[it[0]] = it[1]
@@ -541,8 +601,10 @@ class FileWalker:
         return False, [], ""
 
     def traces(self, depth: int) -> dict[str, Any]:
-        raise errors.UsageError("allocation traces are not in dumps",
-                                help="Run the command on the live process instead.")
+        raise errors.UsageError(
+            "allocation traces are not in dumps",
+            help="Run the command on the live process instead.",
+        )
 
     def alive(self) -> bool:
         return False
@@ -569,9 +631,15 @@ class FileOutcome:
 
     def meta(self) -> dict[str, Any]:
         f = self.dump.facts
-        return {"pid": f.get("pid", 0), "name": f.get("name", ""), "python": f.get("python", ""),
-                "method": "dump", "file": self.dump.path, "paused_s": float(f.get("fork_pause_s", 0.0)),
-                "dump_time": f.get("time", 0)}
+        return {
+            "pid": f.get("pid", 0),
+            "name": f.get("name", ""),
+            "python": f.get("python", ""),
+            "method": "dump",
+            "file": self.dump.path,
+            "paused_s": float(f.get("fork_pause_s", 0.0)),
+            "dump_time": f.get("time", 0),
+        }
 
 
 def out_key(target: int | str) -> int | str:
@@ -581,15 +649,23 @@ def out_key(target: int | str) -> int | str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(target))[:60] or "dump"
 
 
-def take(path: str, analyse: Callable[[Snapshot, Any], Any],
-         log: Callable[[str], None] = lambda s: None) -> tuple[Outcome, Any, dict[str, Any]]:
-    """``analyse`` run over the dump at ``path``: (outcome, value, collector block) as collect.take."""
+def take(
+    path: str, analyse: Callable[[Snapshot, Any], Any], log: Callable[[str], None] = lambda s: None
+) -> tuple[Outcome, Any, dict[str, Any]]:
+    """``analyse`` run over the dump at ``path``: (outcome, value, collector block), as
+    collect.take returns them."""
     t0 = time.monotonic()
     dump = load(path)
     log(f"dump {path}: {dump.snap.n:,} objects read in {time.monotonic() - t0:.2f} s")
     value = analyse(dump.snap, FileWalker(dump))
-    col = {"path": "dump", "why": f"read from {path}", "file": path, "objects": dump.snap.n,
-           "references": int(dump.snap.refs.shape[0]),
-           "fork_pause_s": round(float(dump.facts.get("fork_pause_s", 0.0)), 6),
-           "walk_s": round(float(dump.facts.get("walk_s", 0.0)), 3), "dump_time": dump.facts.get("time", 0)}
+    col = {
+        "path": "dump",
+        "why": f"read from {path}",
+        "file": path,
+        "objects": dump.snap.n,
+        "references": int(dump.snap.refs.shape[0]),
+        "fork_pause_s": round(float(dump.facts.get("fork_pause_s", 0.0)), 6),
+        "walk_s": round(float(dump.facts.get("walk_s", 0.0)), 3),
+        "dump_time": dump.facts.get("time", 0),
+    }
     return cast("Outcome", FileOutcome(dump)), value, col  # what commands read of one: meta()

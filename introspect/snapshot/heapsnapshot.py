@@ -30,8 +30,23 @@ from introspect.snapshot.dumpfile import Dump
 from introspect.snapshot.records import IMMORTAL
 
 NODE_FIELDS = ["type", "name", "id", "self_size", "edge_count", "trace_node_id", "detachedness"]
-NODE_TYPES = ["hidden", "array", "string", "object", "code", "closure", "regexp", "number", "native",
-              "synthetic", "concatenated string", "sliced string", "symbol", "bigint", "object shape"]
+NODE_TYPES = [
+    "hidden",
+    "array",
+    "string",
+    "object",
+    "code",
+    "closure",
+    "regexp",
+    "number",
+    "native",
+    "synthetic",
+    "concatenated string",
+    "sliced string",
+    "symbol",
+    "bigint",
+    "object shape",
+]
 EDGE_FIELDS = ["type", "name_or_index", "to_node"]
 EDGE_TYPES = ["context", "element", "property", "internal", "hidden", "shortcut", "weak"]
 MAX_NAME = 1000  # DevTools breaks on node names over 1,024 characters
@@ -39,10 +54,24 @@ T_OF = {t: i for i, t in enumerate(NODE_TYPES)}
 E_OF = {t: i for i, t in enumerate(EDGE_TYPES)}
 _INDEX = re.compile(r"\[(\d+)\]")
 _KEY = re.compile(r"\['(.*)'\]", re.S)
-_NODE_KIND = {"str": "string", "bytes": "string", "bytearray": "string", "int": "number", "float": "number",
-              "bool": "number", "complex": "number", "list": "array", "tuple": "array", "code": "code",
-              "function": "closure", "builtin_function_or_method": "closure", "method": "closure",
-              "NoneType": "hidden", "cell": "hidden", "frame": "hidden"}
+_NODE_KIND = {
+    "str": "string",
+    "bytes": "string",
+    "bytearray": "string",
+    "int": "number",
+    "float": "number",
+    "bool": "number",
+    "complex": "number",
+    "list": "array",
+    "tuple": "array",
+    "code": "code",
+    "function": "closure",
+    "builtin_function_or_method": "closure",
+    "method": "closure",
+    "NoneType": "hidden",
+    "cell": "hidden",
+    "frame": "hidden",
+}
 EXTRA = 2  # synthetic nodes before the objects: the root, "(held from C)"
 
 
@@ -67,8 +96,18 @@ def _edge(holder_type: str, label: str, strings: _Strings) -> tuple[int, int]:
         return E_OF["element"], int(m.group(1))
     if label.startswith("."):
         return E_OF["property"], strings(label[1:])
-    if label in ("__dict__", "__class__", "__bases__", "__mro__", "cell_contents", "__code__", "__globals__",
-                 "__closure__", "__defaults__", "__kwdefaults__"):
+    if label in (
+        "__dict__",
+        "__class__",
+        "__bases__",
+        "__mro__",
+        "cell_contents",
+        "__code__",
+        "__globals__",
+        "__closure__",
+        "__defaults__",
+        "__kwdefaults__",
+    ):
         return E_OF["internal"], strings(label)
     return E_OF["property"], strings(label)
 
@@ -158,7 +197,9 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
     order, parent, plabel = _walk(dump, held)
     ids = _paths_ids(dump, order, parent, plabel)
     # nodes: kind and name by type; modules, classes and functions by their names
-    kind_of_type = np.array([T_OF[_NODE_KIND.get(t, "object")] for t in snap.types] or [0], np.int64)
+    kind_of_type = np.array(
+        [T_OF[_NODE_KIND.get(t, "object")] for t in snap.types] or [0], np.int64
+    )
     name_of_type = np.array([strings(t) for t in snap.types] or [0], np.int64)
     node_type = kind_of_type[snap.type_of]
     names = name_of_type[snap.type_of]
@@ -187,8 +228,10 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
         holders, first = np.unique(src[mask], return_index=True)
         dicts = to[mask][first]
         edges_of = _ranges(snap.offsets[dicts], nrefs[dicts])
-        key_name = np.array([strings(m.group(1)) if (m := _KEY.fullmatch(lab)) else -1 for lab in table] or [-1],
-                            np.int64)
+        key_name = np.array(
+            [strings(m.group(1)) if (m := _KEY.fullmatch(lab)) else -1 for lab in table] or [-1],
+            np.int64,
+        )
         xname = key_name[codes[edges_of]]
         keep = xname >= 0
         xsrc = np.repeat(holders, nrefs[dicts])[keep]
@@ -197,15 +240,23 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
         xt = np.full(xsrc.shape[0], E_OF["property"], np.int64)
     all_src = np.concatenate([src, xsrc])
     by_node = np.argsort(all_src, kind="stable")
-    edge_block = np.column_stack([np.concatenate([etype, xt]), np.concatenate([ename, xn]),
-                                  (np.concatenate([to, xto]) + EXTRA) * width])[by_node]
+    edge_block = np.column_stack(
+        [
+            np.concatenate([etype, xt]),
+            np.concatenate([ename, xn]),
+            (np.concatenate([to, xto]) + EXTRA) * width,
+        ]
+    )[by_node]
     counts = np.zeros(n + EXTRA, np.int64)
     counts[EXTRA:] = np.bincount(all_src, minlength=n) if all_src.size else 0
     # the synthetic root: the dump's roots by name, and "(held from C)"
     root_edges: list[int] = []
     for r in snap.roots:
-        root_edges += [E_OF["property"], strings(r.name if r.kind == "module" else f"frame {r.name}"),
-                       (r.pos + EXTRA) * width]
+        root_edges += [
+            E_OF["property"],
+            strings(r.name if r.kind == "module" else f"frame {r.name}"),
+            (r.pos + EXTRA) * width,
+        ]
     root_edges += [E_OF["internal"], strings("(held from C)"), 1 * width]
     held_edges = [x for q in held.tolist() for x in (E_OF["hidden"], q, (q + EXTRA) * width)]
     counts[0], counts[1] = len(root_edges) // 3, len(held_edges) // 3
@@ -215,36 +266,71 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
         "node_types": [NODE_TYPES, "string", "number", "number", "number", "number", "number"],
         "edge_fields": EDGE_FIELDS,
         "edge_types": [EDGE_TYPES, "string_or_number", "node"],
-        "trace_function_info_fields": ["function_id", "name", "script_name", "script_id", "line", "column"],
+        "trace_function_info_fields": [
+            "function_id",
+            "name",
+            "script_name",
+            "script_id",
+            "line",
+            "column",
+        ],
         "trace_node_fields": ["id", "function_info_index", "count", "size", "children"],
         "sample_fields": ["timestamp_us", "last_assigned_id"],
         "location_fields": ["object_index", "script_id", "line", "column"],
     }
-    head = {"meta": meta, "node_count": n + EXTRA, "edge_count": total_edges, "trace_function_count": 0}
+    head = {
+        "meta": meta,
+        "node_count": n + EXTRA,
+        "edge_count": total_edges,
+        "trace_function_count": 0,
+    }
     tmp = out + f".{os.getpid()}.part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
             f.write('{"snapshot":' + json.dumps(head, separators=(",", ":")) + ',\n"nodes":[')
-            synth = [T_OF["synthetic"], strings("(Python roots)"), 1, 0, int(counts[0]), 0, 0,
-                     T_OF["synthetic"], strings("(held from C)"), 3, 0, int(counts[1]), 0, 0]
+            synth = [
+                T_OF["synthetic"],
+                strings("(Python roots)"),
+                1,
+                0,
+                int(counts[0]),
+                0,
+                0,
+                T_OF["synthetic"],
+                strings("(held from C)"),
+                3,
+                0,
+                int(counts[1]),
+                0,
+                0,
+            ]
             f.write(",".join(map(str, synth)))
             zeros = np.zeros(n, np.int64)
-            nodes = np.column_stack([node_type, names, ids + 4, snap.size, counts[EXTRA:], zeros, zeros])
+            nodes = np.column_stack(
+                [node_type, names, ids + 4, snap.size, counts[EXTRA:], zeros, zeros]
+            )
             for s0 in range(0, n, 1 << 15):
-                f.write("," + ",".join(map(str, nodes[s0:s0 + (1 << 15)].ravel().tolist())))
+                f.write("," + ",".join(map(str, nodes[s0 : s0 + (1 << 15)].ravel().tolist())))
             del nodes
             f.write('],\n"edges":[')
             f.write(",".join(map(str, root_edges + held_edges)))
             for s0 in range(0, edge_block.shape[0], 1 << 15):
-                f.write("," + ",".join(map(str, edge_block[s0:s0 + (1 << 15)].ravel().tolist())))
-            f.write('],\n"trace_function_infos":[],\n"trace_tree":[],\n"samples":[],\n"locations":[],\n'
-                    '"strings":[')
+                f.write("," + ",".join(map(str, edge_block[s0 : s0 + (1 << 15)].ravel().tolist())))
+            f.write(
+                '],\n"trace_function_infos":[],\n"trace_tree":[],\n"samples":[],\n"locations":[],\n'
+                '"strings":['
+            )
             f.write(",".join(json.dumps(text) for text in strings.items))
             f.write("]}\n")
     except BaseException:
         os.unlink(tmp)
         raise
     os.rename(tmp, out)
-    return {"file": out, "bytes": os.path.getsize(out), "nodes": n + EXTRA, "edges": total_edges,
-            "strings": len(strings.items)}
+    return {
+        "file": out,
+        "bytes": os.path.getsize(out),
+        "nodes": n + EXTRA,
+        "edges": total_edges,
+        "strings": len(strings.items),
+    }

@@ -29,8 +29,22 @@ def _ok(*args: str) -> Any:
 
 def _without_run(doc: dict[str, Any]) -> dict[str, Any]:
     """What a look found, without what says how it was taken (pid/file, pauses, timings, paths)."""
-    skip = {"pid", "name", "method", "paused_s", "attach_pause_s", "agent_s", "wall_s", "collector", "file",
-            "dump_time", "agent_code", "agent_code_s", "files", "python"}
+    skip = {
+        "pid",
+        "name",
+        "method",
+        "paused_s",
+        "attach_pause_s",
+        "agent_s",
+        "wall_s",
+        "collector",
+        "file",
+        "dump_time",
+        "agent_code",
+        "agent_code_s",
+        "files",
+        "python",
+    }
     return {k: v for k, v in doc.items() if k not in skip}
 
 
@@ -45,8 +59,12 @@ def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: P
         _ok("growth", str(v.pid), "--reset", "--keep", f["old"], "-o", str(tmp_path / "g1"))
         v.ask("leak 1500")
         # WHEN top, backrefs and growth run live, each keeping its snapshot, and dump writes one
-        live_top = _ok("top", str(v.pid), "--by", "retained", "--keep", f["top"], "-o", str(tmp_path / "t"))
-        live_back = _ok("backrefs", str(v.pid), "bytes", "--keep", f["back"], "-o", str(tmp_path / "b"))
+        live_top = _ok(
+            "top", str(v.pid), "--by", "retained", "--keep", f["top"], "-o", str(tmp_path / "t")
+        )
+        live_back = _ok(
+            "backrefs", str(v.pid), "bytes", "--keep", f["back"], "-o", str(tmp_path / "b")
+        )
         live_growth = _ok("growth", str(v.pid), "--keep", f["new"], "-o", str(tmp_path / "g2"))
         dumped = _ok("dump", str(v.pid), "-o", f["dump"])
         _ok("dump", str(v.pid), "--no-keys", "-o", f["nokeys"])
@@ -66,11 +84,16 @@ def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: P
     assert file_top["holders"][0]["path"] == HOLDER
     file_back = _ok("backrefs", f["back"], "bytes", "-o", str(tmp_path / "fb"))
     assert file_back["chains"] == live_back["chains"]
-    assert file_back["chains"][0]["root"] == "module __main__" and file_back["chains"][0]["count"] >= 2000
+    assert (
+        file_back["chains"][0]["root"] == "module __main__"
+        and file_back["chains"][0]["count"] >= 2000
+    )
     file_growth = _ok("growth", f["old"], f["new"], "-o", str(tmp_path / "fg"))
     assert file_growth["types"] == live_growth["types"]
     rows = {r["type"]: r for r in file_growth["types"]}
-    assert rows["bytes"]["delta"] >= 1500 - 20 and rows["bytes"]["bytes_delta"] >= 1480 * 1024, rows["bytes"]
+    assert rows["bytes"]["delta"] >= 1500 - 20 and rows["bytes"]["bytes_delta"] >= 1480 * 1024, (
+        rows["bytes"]
+    )
     lh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in live_growth["holders"]}
     fh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in file_growth["holders"]}
     assert fh == lh and fh[HOLDER][0] == 1500, fh
@@ -99,7 +122,9 @@ def _bad_files(good: bytes, d: Path) -> dict[str, Path]:
         "random bytes": os.urandom(4096),
         "another version": b"INTROSPECT-DUMP 9\n" + good[head:],
         "text": b"hello, world\n",
-        "a flipped byte": good[: len(good) // 3] + bytes([good[len(good) // 3] ^ 0xFF]) + good[len(good) // 3 + 1:],
+        "a flipped byte": good[: len(good) // 3]
+        + bytes([good[len(good) // 3] ^ 0xFF])
+        + good[len(good) // 3 + 1 :],
         # whole zlib streams whose records are cut or bent: the records' own rules refuse them
         "records cut": good[:head] + zlib.compress(raw[: len(raw) // 2]),
         "answers cut": good[:head] + zlib.compress(raw[:-40]),
@@ -130,7 +155,11 @@ def test_bad_files_each_get_a_plain_error(spawn, tmp_path: Path) -> None:
     bad = _bad_files(good.read_bytes(), tmp_path)
     # WHEN top, backrefs and growth read each one
     for name, path in bad.items():
-        for args in (("top", str(path)), ("backrefs", str(path), "bytes"), ("growth", str(good), str(path))):
+        for args in (
+            ("top", str(path)),
+            ("backrefs", str(path), "bytes"),
+            ("growth", str(good), str(path)),
+        ):
             run = introspect(*args, "-o", str(tmp_path / "out" / name.replace(" ", "-") / args[0]))
             # THEN each is refused whole: exit 14, one plain message naming the file, no traceback
             assert run.rc == 14, (name, args, run.rc, run.stderr)
@@ -154,10 +183,14 @@ CONSUMER = REPO / "tests" / "consumers" / "heapsnapshot_paths.js"
 EXPORT_KINDS = [i for i in INTERPS if i.id in ("debian-3.11", "sid-3.14")] or INTERPS[:2]
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not (NODE_DEPS / "v8-heapsnapshot").is_dir(),
-                    reason="node or the v8-heapsnapshot reader is not installed (scripts/setup installs both)")
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_DEPS / "v8-heapsnapshot").is_dir(),
+    reason="node or the v8-heapsnapshot reader is not installed (scripts/setup installs both)",
+)
 @pytest.mark.parametrize("interp", [pytest.param(i, id=i.id) for i in EXPORT_KINDS])
-def test_export_is_read_by_a_real_heapsnapshot_reader(spawn, interp: Interp, tmp_path: Path) -> None:
+def test_export_is_read_by_a_real_heapsnapshot_reader(
+    spawn, interp: Interp, tmp_path: Path
+) -> None:
     # GIVEN a dump of the seeds' leak, the process gone
     v = spawn(interp, "seeds_leak.py")
     v.ask("leak 300")
@@ -172,16 +205,31 @@ def test_export_is_read_by_a_real_heapsnapshot_reader(spawn, interp: Interp, tmp
     # THEN a maintained reader of the format (not ours) loads it, every node with its own id, and
     # finds the leak's retainer path: module __main__ -> global_data_store -> list -> dict -> bytes
     chain = ["module __main__", "global_data_store", "list", None, "dict", "['data']", "bytes"]
-    run = subprocess.run(["node", str(CONSUMER), str(out), json.dumps(chain)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "NODE_PATH": str(NODE_DEPS)})
+    run = subprocess.run(
+        ["node", str(CONSUMER), str(out), json.dumps(chain)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NODE_PATH": str(NODE_DEPS)},
+    )
     assert run.returncode == 0, run.stderr
-    assert "format changed" not in run.stderr, run.stderr  # the reader checked our meta against V8's
+    assert "format changed" not in run.stderr, (
+        run.stderr
+    )  # the reader checked our meta against V8's
     seen = json.loads(run.stdout)
-    assert seen["nodes"] == got["nodes"] and seen["edges"] == got["edges"] and seen["ids"] == seen["nodes"]
+    assert (
+        seen["nodes"] == got["nodes"]
+        and seen["edges"] == got["edges"]
+        and seen["ids"] == seen["nodes"]
+    )
     assert seen["matched"] == 300, seen
     assert [(s[0], s[2]) for s in seen["path"]] == [
-        ("(Python roots)", "property"), ("module __main__", "property"), ("list", "element"), ("dict", "property"),
-        ("bytes", "")], seen["path"]
+        ("(Python roots)", "property"),
+        ("module __main__", "property"),
+        ("list", "element"),
+        ("dict", "property"),
+        ("bytes", ""),
+    ], seen["path"]
     # AND the same file again is refused rather than overwritten
     again = introspect("export", str(dump))
     assert again.rc == 10 and "exists" in again.stderr

@@ -33,16 +33,29 @@ def _dump(path: str, no_keys: bool = False) -> None:
         os.mkfifo(stream, 0o600)
         os.mkfifo(control, 0o600)
         fd = os.open(stream, os.O_RDONLY | os.O_NONBLOCK)
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", VICTIM, stream, control, str(AGENT_PATH)],
-                                stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", VICTIM, stream, control, str(AGENT_PATH)],
+            stdout=subprocess.DEVNULL,
+        )
         walker = None
         try:
             reader = records.Reader(fd, time.monotonic() + 60)
             metas: list[dict[str, object]] = []
             snap = records.read_snapshot(reader, on_meta=metas.append)
-            walker = Walker(reader, control, int(str(metas[0]["pid"])), int(str(metas[0]["start_ticks"])),
-                            reader.deadline)
-            dumpfile.write(path, snap, walker, {"pid": proc.pid, "python": "test", "time": time.time()}, no_keys)
+            walker = Walker(
+                reader,
+                control,
+                int(str(metas[0]["pid"])),
+                int(str(metas[0]["start_ticks"])),
+                reader.deadline,
+            )
+            dumpfile.write(
+                path,
+                snap,
+                walker,
+                {"pid": proc.pid, "python": "test", "time": time.time()},
+                no_keys,
+            )
         finally:
             if walker is not None:
                 walker.close()
@@ -75,8 +88,8 @@ def _frames(raw: bytes) -> list[tuple[bytes, int, int]]:
     """(kind, start, end) of every frame after the records' MAGIC."""
     out, off = [], len(records.MAGIC)
     while off + 5 <= len(raw):
-        end = off + 5 + int.from_bytes(raw[off + 1:off + 5], "little")
-        out.append((raw[off:off + 1], off, end))
+        end = off + 5 + int.from_bytes(raw[off + 1 : off + 5], "little")
+        out.append((raw[off : off + 1], off, end))
         off = end
     return out
 
@@ -96,8 +109,11 @@ def test_a_real_dump_reads_back_whole(good: Path) -> None:
     main = next(r.pos for r in snap.roots if r.kind == "module" and r.name == "__main__")
     assert w.names([main]) == ["__main__"]
     dicts = [p for p in range(snap.n) if snap.type_name(p) == "dict" and w.counts([p]) == [2]]
-    records_ = [p for p in dicts
-                if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))]
+    records_ = [
+        p
+        for p in dicts
+        if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))
+    ]
     assert len(records_) >= 300
 
 
@@ -113,23 +129,32 @@ def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
     raw = _raw(good)
     fr = _frames(raw)
     ys = [(a, b) for k, a, b in fr if k == b"Y"]
-    (z0, z1), = [(a, b) for k, a, b in fr if k == b"Z"]
-    (d0, d1), = [(a, b) for k, a, b in fr if k == b"D"]
-    first_y = json.loads(raw[ys[0][0] + 5:ys[0][1]])
+    ((z0, z1),) = [(a, b) for k, a, b in fr if k == b"Z"]
+    ((d0, d1),) = [(a, b) for k, a, b in fr if k == b"D"]
+    first_y = json.loads(raw[ys[0][0] + 5 : ys[0][1]])
     assert first_y["what"] == "labels"
     cases = {
         "no end frame": raw[:z0],
         "a second end": raw + raw[z0:z1],
-        "labels skipped": raw[:ys[0][0]] + raw[ys[0][1]:],
-        "labels twice": raw[:ys[0][1]] + raw[ys[0][0]:],
+        "labels skipped": raw[: ys[0][0]] + raw[ys[0][1] :],
+        "labels twice": raw[: ys[0][1]] + raw[ys[0][0] :],
         "no facts": raw[:d0] + raw[d1:],
         "facts twice": raw[:d1] + raw[d0:],
-        "name out of range": raw[:z0] + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[10**9, "x"]]}) + raw[z0:],
-        "name not a string": raw[:z0] + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[1, 5]]}) + raw[z0:],
-        "negative count": raw[:z0] + _json_frame(b"Y", {"what": "counts", "start": 0, "items": [[1, -3]]}) + raw[z0:],
-        "unknown answer": raw[:z0] + _json_frame(b"Y", {"what": "values", "start": 0, "items": []}) + raw[z0:],
-        "label not a string": raw[:ys[0][0]] + _json_frame(b"Y", {**first_y, "items": [1] * len(first_y["items"])})
-        + raw[ys[0][1]:],
+        "name out of range": raw[:z0]
+        + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[10**9, "x"]]})
+        + raw[z0:],
+        "name not a string": raw[:z0]
+        + _json_frame(b"Y", {"what": "names", "start": 0, "items": [[1, 5]]})
+        + raw[z0:],
+        "negative count": raw[:z0]
+        + _json_frame(b"Y", {"what": "counts", "start": 0, "items": [[1, -3]]})
+        + raw[z0:],
+        "unknown answer": raw[:z0]
+        + _json_frame(b"Y", {"what": "values", "start": 0, "items": []})
+        + raw[z0:],
+        "label not a string": raw[: ys[0][0]]
+        + _json_frame(b"Y", {**first_y, "items": [1] * len(first_y["items"])})
+        + raw[ys[0][1] :],
         "pid not an int": raw[:d0] + _json_frame(b"D", {"pid": "1"}) + raw[d1:],
         "an unknown frame": raw[:z0] + b"Q\x00\x00\x00\x00" + raw[z0:],
         "records only": raw[:d0],
@@ -150,10 +175,10 @@ def test_mutated_dumps_read_whole_or_refused(good: Path, tmp_path: Path) -> None
             for _ in range(rng.randint(1, 4)):
                 data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
         elif how == "cut":
-            data = data[:rng.randrange(len(data))]
+            data = data[: rng.randrange(len(data))]
         else:
             a = rng.randrange(len(data))
-            data = data[:a] + data[a + rng.randint(1, 64):]
+            data = data[:a] + data[a + rng.randint(1, 64) :]
         p = tmp_path / f"m{i}.pydump"
         p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(bytes(data)))
         try:
