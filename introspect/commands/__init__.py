@@ -38,7 +38,8 @@ def pid_or_file(text: str) -> int | str:
 def add_target_options(parser: argparse.ArgumentParser, *, files: bool = False) -> None:
     if files:  # a dump file where a pid goes (docs/dumps.md)
         parser.add_argument("pid", type=pid_or_file, metavar="PID|FILE",
-                            help="process id of the live Python process, or a file written by `introspect dump`")
+                            help="process id of the live Python process, or a file written "
+                                 "by `introspect dump`")
     else:
         parser.add_argument("pid", type=int, help="process id of the live Python process")
     group = parser.add_argument_group("injection")
@@ -67,7 +68,8 @@ def collector_line(col: dict[str, Any]) -> str:
         return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
                 f"{col['objects']:,} objects in {col['walk_s']:.2f} s")
     if col["path"] == "dump":
-        return f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s by a forked copy"
+        return (f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s "
+                "by a forked copy")
     return f"in-process count ({col['why']})"
 
 

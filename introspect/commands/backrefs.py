@@ -56,7 +56,8 @@ class Command:
             from introspect.snapshot import dumpfile
 
             out = OutputDir(self.name, dumpfile.out_key(args.pid), args.output)
-            outcome, doc = on_file(out, args.pid, args.type, samples=args.samples, fmt=args.format, log=logger(args))
+            outcome, doc = on_file(out, args.pid, args.type, samples=args.samples, fmt=args.format,
+                                   log=logger(args))
             emit(args, out, doc, render(outcome, doc))
             return 0
         if (code := fanout.divert(self, args)) is not None:
@@ -115,8 +116,9 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
 
 
 def on_file(out: OutputDir, path: str, type_name: str, *, samples: int = 10, fmt: str = "svg",
-            log: Callable[[str], None] = lambda s: None, stem: str = "backrefs") -> tuple[Outcome, dict[str, Any]]:
-    """Chains of ``type_name`` in the dump at ``path``: the same document as from a forked snapshot."""
+            log: Callable[[str], None] = lambda s: None,
+            stem: str = "backrefs") -> tuple[Outcome, dict[str, Any]]:
+    """Chains of ``type_name`` in the dump at ``path``: the document of a forked snapshot's."""
     from introspect.snapshot import dumpfile
 
     pid = [0]

@@ -41,7 +41,8 @@ class Command:
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_target_options(parser, files=True)
         parser.add_argument("new", nargs="?", metavar="NEW",
-                            help="with a dump file OLD in place of PID: the later dump of the same process to compare it with")
+                            help="with a dump file OLD in place of PID: the later dump of the "
+                                 "same process to compare it with")
         fanout.add_children_option(parser)
         parser.add_argument("-n", "--limit", type=int, default=25, help="show the N types that changed most (default: 25; 0 = all)")
         parser.add_argument("--reset", action="store_true", help="forget the baseline and record a new one")
@@ -184,8 +185,8 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
     return 0
 
 
-def forked_doc(args: argparse.Namespace, last: Outcome, got: dict[str, Any], col: dict[str, Any], steady: list[str],
-               samples: int) -> dict[str, Any]:
+def forked_doc(args: argparse.Namespace, last: Outcome, got: dict[str, Any], col: dict[str, Any],
+               steady: list[str], samples: int) -> dict[str, Any]:
     holders = got["holders"]
     if not got["baseline_recorded"]:
         holders = [h for h in holders if h["retained_delta"] or h["items_delta"]]
@@ -215,28 +216,34 @@ def on_files(args: argparse.Namespace) -> int:
     from introspect.snapshot import dumpfile
 
     if not (isinstance(args.pid, str) and isinstance(args.new, str)):
-        raise errors.UsageError("growth compares a live process (growth PID) or two dump files (growth OLD NEW)",
-                                help="Give one pid, or two files written by `introspect dump`.")
+        raise errors.UsageError(
+            "growth compares a live process (growth PID) or two dump files (growth OLD NEW)",
+            help="Give one pid, or two files written by `introspect dump`.",
+        )
     if args.samples != 1 or args.reset:
-        raise errors.UsageError("--samples and --reset are for a live process, not for two dump files")
+        raise errors.UsageError("--samples and --reset are for a live process, not for two dumps")
     log = logger(args)
     old, new = dumpfile.load(args.pid), dumpfile.load(args.new)
     fo, fn = old.facts, new.facts
     if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
-        print(f"introspect: {args.pid} and {args.new} are dumps of different processes (pid {fo.get('pid')} and "
-              f"{fn.get('pid')}): compared anyway, type by type and holder by holder", file=sys.stderr)
-    if float(fn.get("time", 0)) < float(fo.get("time", 0)):
-        print(f"introspect: {args.new} was taken before {args.pid}: the change shown is from the older to the newer "
-              "as given", file=sys.stderr)
-    first = _analyser(None, int(fo.get("pid", 0)), False, float(fo.get("time", 0)))(old.snap, dumpfile.FileWalker(old))
+        print(f"introspect: {args.pid} and {args.new} are dumps of different processes "
+              f"(pid {fo.get('pid')} and {fn.get('pid')}): compared anyway, type by type and "
+              "holder by holder", file=sys.stderr)
+    t_old, t_new = float(fo.get("time", 0)), float(fn.get("time", 0))
+    if t_new < t_old:
+        print(f"introspect: {args.new} was taken before {args.pid}: the change shown is from "
+              "the first file given to the second", file=sys.stderr)
+    first = _analyser(None, int(fo.get("pid", 0)), False, t_old)(old.snap, dumpfile.FileWalker(old))
     saved = {"baseline": first["look"].to_json(), "previous": first["look"].to_json()}
-    got = _analyser(saved, int(fn.get("pid", 0)), args.values, float(fn.get("time", 0)))(new.snap, dumpfile.FileWalker(new))
+    analyse = _analyser(saved, int(fn.get("pid", 0)), args.values, t_new)
+    got = analyse(new.snap, dumpfile.FileWalker(new))
     got.pop("look")
     got.pop("baseline")
     last = cast(Outcome, dumpfile.FileOutcome(new))
-    col = {"path": "dump", "why": f"read from {args.pid} and {args.new}", "file": args.new, "old_file": args.pid,
-           "objects": new.snap.n, "references": int(new.snap.refs.shape[0]),
-           "fork_pause_s": round(float(fn.get("fork_pause_s", 0.0)), 6), "walk_s": round(float(fn.get("walk_s", 0.0)), 3)}
+    col = {"path": "dump", "why": f"read from {args.pid} and {args.new}", "file": args.new,
+           "old_file": args.pid, "objects": new.snap.n, "references": int(new.snap.refs.shape[0]),
+           "fork_pause_s": round(float(fn.get("fork_pause_s", 0.0)), 6),
+           "walk_s": round(float(fn.get("walk_s", 0.0)), 3)}
     log(f"compared {args.pid} ({old.snap.n:,} objects) with {args.new} ({new.snap.n:,} objects)")
     doc = forked_doc(args, last, got, col, [], 2)
     doc["old_file"] = args.pid
@@ -248,7 +255,8 @@ def on_files(args: argparse.Namespace) -> int:
 ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
 
 
-def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False, when: float | None = None) -> Any:
+def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False,
+              when: float | None = None) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
