@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keep_missed, keeping
+from introspect.commands.dump import add_keep_option, check_keep, keep_missed, keeping
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
 from introspect.runner import Outcome, run_agent
@@ -50,6 +50,7 @@ class Command:
         add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        check_keep(args)
         if args.samples < 1 or args.max_depth < 1 or args.budget <= 0:
             raise errors.UsageError("--samples and --max-depth must be >= 1 and --budget > 0")
         if isinstance(args.pid, str):

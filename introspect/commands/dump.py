@@ -154,6 +154,13 @@ def add_keep_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_keep(args: argparse.Namespace) -> None:
+    """--keep FILE names one file: refused with --children (one snapshot per child)."""
+    if getattr(args, "keep", None) and getattr(args, "children", False):
+        raise errors.UsageError("--keep FILE keeps one snapshot; with --children each child has its own",
+                                help="Run the command on one child's pid with --keep.")
+
+
 def base_facts(pid: int) -> dict[str, Any]:
     """What a dump says of its process, read by the CLI from /proc before the fork."""
     from introspect import __version__

@@ -150,7 +150,8 @@ def child_argv(args: argparse.Namespace, pid: int, out_dir: Path) -> list[str]:
             continue
         value = getattr(args, dest, None)
         if not action.option_strings:
-            argv.append(str(value))
+            if value is not None:  # an optional positional left out (growth's NEW)
+                argv.append(str(value))
         elif action.nargs == 0:  # a flag
             if value and value != action.default:
                 argv.append(action.option_strings[-1])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keep_missed, keeping
+from introspect.commands.dump import add_keep_option, check_keep, keep_missed, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
@@ -57,6 +57,7 @@ class Command:
         add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        check_keep(args)
         if args.samples < 1 or (args.samples > 1 and args.interval <= 0):
             from introspect.errors import UsageError
 

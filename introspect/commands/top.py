@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
-from introspect.commands.dump import add_keep_option, keep_missed, keeping
+from introspect.commands.dump import add_keep_option, check_keep, keep_missed, keeping
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
 from introspect.runner import Outcome, run_agent
@@ -55,6 +55,7 @@ class Command:
         add_keep_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        check_keep(args)
         from introspect.snapshot import dumpfile
 
         on_file = isinstance(args.pid, str)
