@@ -7,6 +7,7 @@ import os
 import sys
 import sysconfig
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -178,4 +179,25 @@ def why_picked(row: GrowthRow, steady: list[str]) -> str:
     if row.type in steady:
         parts.append("grew in every interval")
     parts.append(f"{row.since_baseline:+,} since the baseline")
+    return ", ".join(parts)
+
+
+def unrooted_text(doc: dict[str, Any]) -> str:
+    """The instances not traced to a root, each case counted apart.
+
+    >>> unrooted_text({"unrooted": 7, "unrooted_held_from_c": 2, "unrooted_cycle": 5, "unrooted_limit": 0})
+    '2 held from C code or a frame the search does not list, 5 by a reference cycle only (garbage the collector will free)'
+    >>> unrooted_text({"unrooted": 3, "unrooted_limit": 3})
+    '3 not reached within the search limit (--max-depth or the time budget): held from C, a cycle or deeper'
+    """
+    parts = []
+    if doc.get("unrooted_held_from_c"):
+        parts.append(f"{doc['unrooted_held_from_c']:,} held from C code or a frame the search does not list")
+    if doc.get("unrooted_cycle"):
+        parts.append(f"{doc['unrooted_cycle']:,} by a reference cycle only (garbage the collector will free)")
+    if doc.get("unrooted_limit"):
+        parts.append(f"{doc['unrooted_limit']:,} not reached within the search limit (--max-depth or the time budget): "
+                     "held from C, a cycle or deeper")
+    if not parts:  # an agent from before the split
+        return "held from C code, by a reference cycle only, or beyond --max-depth"
     return ", ".join(parts)

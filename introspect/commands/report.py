@@ -339,7 +339,8 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                     for r in rows[:args.top]],
         "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
                       "sampling": d.get("sampling", "newest first"),
-                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
+                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d},
+                      **{k: d[k] for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
@@ -355,8 +356,8 @@ def _held_by(ref: dict[str, Any]) -> str:
     """Where every traced instance went: the top roots, the rest, and those not traced to a root.
 
     >>> chain = {"root": "module app", "count": 3, "path": [{"type": "module", "via": ".cache"}, {"type": "list", "via": None}]}
-    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "chains": [chain]})
-    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root'
+    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "unrooted_cycle": 7, "chains": [chain]})
+    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root (7 by a reference cycle only (garbage the collector will free))'
     """
     sampled = ref["sampled"]
     held: dict[str, int] = {}
@@ -370,7 +371,7 @@ def _held_by(ref: dict[str, Any]) -> str:
     if rest:
         parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
     if ref.get("unrooted"):
-        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root")
+        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 

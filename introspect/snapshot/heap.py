@@ -25,6 +25,11 @@ CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collection
                         "collections.defaultdict", "collections.Counter", "weakref.WeakValueDictionary",
                         "weakref.WeakKeyDictionary", "queue.Queue", "asyncio.queues.Queue"})
 
+# Objects that hold what they hold only for a moment: a callback queued on an event loop's ready
+# queue or timer heap. A chain through one names where a reference happened to pass, not the owner
+# that keeps the object alive: such paths are replaced by one avoiding them when one exists.
+TRANSIENT = frozenset({"asyncio.events.Handle", "asyncio.events.TimerHandle"})
+
 # (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]", ".attr").
 Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 # positions -> names of modules, classes and functions ("" for anything else).
@@ -214,6 +219,10 @@ def describe(heap: Heap, path: list[int], labels: list[str]) -> str:
             parts.append("." + nxt[2:-2])
             k += 2
             continue
+        if lab in ("(referent)", "(item)") and k + 1 < len(path):
+            # A reference the walker cannot name (a C type's slot): say what it leads to, so three
+            # in a row read as a route, not as "(referent) (referent) (referent)".
+            lab = "-> " + heap.snap.type_name(path[k + 1])
         parts.append(lab)
         k += 1
     return " ".join(parts)
@@ -315,8 +324,8 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
     def owner(path: list[int]) -> str:
         for q in reversed(path[:-1]):
             full = class_name.get(q) or snap.type_name(q)
-            if "." not in full:
-                continue  # a builtin container or object
+            if "." not in full or full in CONTAINERS or full in TRANSIENT:
+                continue  # a builtin or standard container (a deque is no more `collections`' than a list)
             parts = full.split(".")
             for k in range(len(parts) - 1, 0, -1):
                 if ".".join(parts[:k]) in modules:
@@ -331,7 +340,43 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
             wanted.setdefault(mod, set()).add(p)
     out = dict(paths)
     for mod, targets in wanted.items():
-        out.update(heap.path_from(modules[mod], targets))
+        for p, path in heap.path_from(modules[mod], targets).items():
+            # A path that leaves the module through another module (`._sys --> module sys
+            # --.modules-->`) is not the module's own: keep the shortest one.
+            if not any(snap.type_name(q) == "module" for q in path[1:]):
+                out[p] = path
+    return out
+
+
+def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Paths through a TRANSIENT holder replaced by the shortest path that avoids every one,
+    when there is such a path (else kept: the handle may be all that holds the object)."""
+    snap = heap.snap
+    tids = np.array([name in TRANSIENT for name in snap.types] or [False], bool)
+    passing = [p for p, path in paths.items() if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
+    if not passing:
+        return paths
+    igraph = _igraph()
+    n = snap.n
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(snap.offsets))
+    keep = ~tids[snap.type_of[src]]
+    g = igraph.Graph(n=n + 1, directed=True)
+    g.add_edges(np.column_stack([src[keep], snap.refs.astype(np.int64)[keep]]))
+    roots = np.fromiter(heap.root_name.keys(), dtype=np.int64, count=len(heap.root_name))
+    g.add_edges(np.column_stack([np.full(roots.shape[0], n, np.int64), roots]))
+    vids, _layers, parents = g.bfs(n, mode="out")
+    par = np.asarray(parents, dtype=np.int64)
+    seen = np.zeros(n + 1, bool)
+    seen[np.asarray(vids, dtype=np.int64)] = True
+    out = dict(paths)
+    for p in passing:
+        if not seen[p]:
+            continue
+        path = [p]
+        while par[path[-1]] != n:
+            path.append(int(par[path[-1]]))
+        path.reverse()
+        out[p] = path
     return out
 
 
@@ -350,7 +395,7 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     inst = np.nonzero(np.isin(snap.type_of, tids))[0]
     unreachable = int((~heap.reachable[inst]).sum())
     reach = inst[heap.reachable[inst]].tolist()[:200_000]
-    found_paths = _from_owners(heap, {p: heap.path(p) for p in reach}, names)
+    found_paths = _avoid_transient(heap, _from_owners(heap, {p: heap.path(p) for p in reach}, names))
     groups: dict[tuple[object, ...], list[int]] = {}
     for p in reach:
         path = found_paths[p]
