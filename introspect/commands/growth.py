@@ -166,8 +166,8 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
     last, got, col = results[-1]
     steady = analysis.steady_growers(steady_input) if steady_input else []
     holders = got["holders"]
-    if not got["baseline_recorded"]:
-        holders = [h for h in holders if h["retained_delta"] or h["items_delta"]]
+    if not got["baseline_recorded"]:  # those that grew, then those not listed at the previous look
+        holders = [h for h in holders if h["grew"]] + [h for h in holders if h["matched"] is False]
     doc: dict[str, Any] = {
         **last.meta(),
         "paused_s": round(sum(o.paused_s for o, _, _ in results), 6),
@@ -242,8 +242,15 @@ def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
                  f"change over the last {doc['since_previous_s']:g} s and since the baseline {doc['since_baseline_s']:g} s ago")
     if doc["grew_every_interval"]:
         lines.append(f"grew in every one of {doc['samples'] - 1} intervals: {', '.join(doc['grew_every_interval'])}")
-    if doc["holders"]:
-        lines += ["", "holders, most grown first:"] + ["  " + views.holder_line(h) for h in doc["holders"]]
+    grew = [h for h in doc["holders"] if h.get("grew")]
+    unmatched = [h for h in doc["holders"] if h.get("matched") is False]
+    if grew:
+        lines += ["", "holders, most grown first:"] + ["  " + views.holder_line(h) for h in grew]
+    elif doc["holders"]:
+        lines += ["", "no holder listed at the previous look grew"]
+    if unmatched:
+        lines += ["", f"{len(unmatched)} holders not listed at the previous look (new, or too small to list then):"]
+        lines += ["  " + views.holder_line(h) for h in unmatched[:5]]
     if not doc["types"]:
         lines.append("no type changed.")
         return "\n".join(lines)

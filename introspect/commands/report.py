@@ -147,7 +147,9 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 10)
+        # 50 kept for matching across looks (a holder outside the first look's top 10 is still
+        # matched at the last); the report shows the first 10
+        found = heap.holders(h, walker.labels, 50)
         value = {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
@@ -241,7 +243,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     prev = first["look"] if len(got.snapshots) > 1 else None
     return {
         "collector": last["collector"],
-        "holders": views.holder_docs(last["holders"], prev),
+        "holders": views.holder_docs(last["holders"], prev)[:10],
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -404,7 +406,13 @@ def render(doc: dict[str, Any]) -> str:
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 
-        lines.append("held by: " + holder_line(snap["holders"][0]).replace("since the last look", "since the first look"))
+        grew = [h for h in snap["holders"] if h.get("grew") is not False]  # None: one look, nothing to compare
+        if grew:
+            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
+        else:
+            same = sum(1 for h in snap["holders"] if h.get("matched"))
+            lines.append(f"no holder grew since the first look ({same} listed then are unchanged, "
+                         f"{len(snap['holders']) - same} were not listed then)")
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
     lines += _allocated_lines(doc)

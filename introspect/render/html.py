@@ -140,6 +140,8 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
         for h in snap["holders"]:
             since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
                                                            f"{human_bytes(abs(h['retained_delta']))}"
+            if h.get("matched") is False:
+                since = "new: not listed at the first look"
             out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
                        f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
         out.append("</table>")

@@ -92,26 +92,46 @@ def growth_docs(rows: dict[str, TypeRow], previous: Look, baseline: Look, limit:
     return out[:limit] if limit > 0 else out
 
 
-def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, Any]]:
-    """holders: [{path, type, items, items_delta, retained_bytes, retained_delta}], biggest growth
-    of retained bytes first when there is a previous look, else biggest retained first.
+# A holder whose items did not change "grew" only when its retained bytes rose by this much: a
+# constant table's retained size moves when an object it shares gains or loses another owner.
+GREW_MIN_BYTES = 64 << 10
+GREW_MIN_SHARE = 0.05
 
-    >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000), Holder(2, "module m .x", "dict", 5, 9000)]
-    >>> [(d["path"], d["retained_delta"]) for d in holder_docs(h, Look(0, {}, {"module __main__ .store": [10, 1000]}))]
-    [('module m .x', 9000), ('module __main__ .store', 2000)]
+
+def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, Any]]:
+    """holders: [{path, type, items, items_delta, retained_bytes, retained_delta, matched, grew}].
+
+    With a previous look: a holder listed then too ("matched") gets its change; one that was not
+    (new since, too small to be listed then, or its path differs) gets no change figures, never
+    "grew by all it holds". ``grew`` is true when its items rose, or its retained bytes rose by
+    64 KiB and 5 %; growers come first (most retained growth first), then the other matched
+    holders, then the unmatched ones, each by retained bytes. Without a previous look: biggest
+    retained first, and matched/grew are None.
+
+    >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000), Holder(2, "module m .x", "dict", 5, 9000),
+    ...      Holder(3, "module m .TABLE", "tuple", 128, 21_000)]
+    >>> before = Look(0, {}, {"module __main__ .store": [10, 1000], "module m .TABLE": [128, 20_000]})
+    >>> [(d["path"], d["items_delta"], d["matched"], d["grew"]) for d in holder_docs(h, before)]
+    [('module __main__ .store', 20, True, True), ('module m .TABLE', 0, True, False), ('module m .x', None, False, False)]
     """
     out: list[dict[str, Any]] = []
     unique = _unique(holders)
     for h in holders:
-        # A path seen once now and absent before was too small to list then: it grew from (about) zero.
-        prev = previous.holders.get(h.path, [0, 0]) if previous and h.path in unique else None
+        prev = previous.holders.get(h.path) if previous is not None and h.path in unique else None
         doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
                                "items_delta": h.items - prev[0] if prev else None,
                                "retained_bytes": h.retained_bytes,
-                               "retained_delta": h.retained_bytes - prev[1] if prev else None}
+                               "retained_delta": h.retained_bytes - prev[1] if prev else None,
+                               "matched": None if previous is None else prev is not None,
+                               "grew": None}
+        if prev is not None:
+            rd = doc["retained_delta"]
+            doc["grew"] = doc["items_delta"] > 0 or (rd >= GREW_MIN_BYTES and rd >= GREW_MIN_SHARE * prev[1])
+        elif previous is not None:
+            doc["grew"] = False
         out.append(doc)
     if previous is not None:
-        out.sort(key=lambda d: (-(d["retained_delta"] or 0), -d["retained_bytes"]))
+        out.sort(key=lambda d: (not d["grew"], not d["matched"], -(d["retained_delta"] or 0), -d["retained_bytes"]))
     return out
 
 
@@ -120,6 +140,8 @@ def holder_line(d: dict[str, Any]) -> str:
     from introspect.render.text import human_bytes
 
     text = f"{d['path']} ({d['type']}: {d['items']:,} items, retains {human_bytes(d['retained_bytes'])}"
+    if d.get("matched") is False:
+        return text + "; not listed at the earlier look: new, or too small to list then)"
     if d.get("items_delta") is not None:
         sign = "+" if d["retained_delta"] >= 0 else "-"
         text += f"; {d['items_delta']:+,} items, {sign}{human_bytes(abs(d['retained_delta']))} since the last look"
