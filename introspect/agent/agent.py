@@ -381,7 +381,11 @@ def _gc_enabled():  # type: () -> bool
 
 
 def _gc_facts():  # type: () -> dict
-    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count())}
+    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count()), "thresholds": list(gc.get_threshold())}
+    try:  # C-level reads of the collector's own counters: no object is touched
+        facts["stats"] = [dict((k, v) for k, v in st.items() if type(v) is int) for st in gc.get_stats()]
+    except Exception:
+        pass
     if hasattr(gc, "get_freeze_count"):
         facts["frozen"] = gc.get_freeze_count()
     return facts

@@ -150,7 +150,10 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
         # 50 kept for matching across looks (a holder outside the first look's top 10 is still
         # matched at the last); the report shows the first 10
         found = heap.holders(h, walker.labels, 50)
-        value = {"look": views.look_of(time.time(), rows, found), "rows": rows, "holders": found,
+        garbage = heap.garbage(snap, h.reachable)
+        value = {"look": views.look_of(time.time(), rows, found, garbage), "rows": rows, "holders": found,
+                 "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
+                 "bytes": int(snap.size.sum()),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
@@ -244,6 +247,11 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     return {
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev)[:10],
+        "garbage": last["garbage"],
+        "garbage_first": first["garbage"] if prev else None,
+        "bytes": last["bytes"],
+        "bytes_first": first["bytes"] if prev else None,
+        "gc": last["gc"],
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -349,6 +357,9 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
+    snap_doc = doc["snapshot"] or {}
+    doc["garbage"] = snap_doc.get("garbage")  # top-level, as in top and growth: None without a snapshot
+    doc["gc"] = snap_doc.get("gc") or (analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"]) if got.looks else None)
     doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     doc["memory"]["summary"] = trend_line(trend)
     return doc
@@ -403,6 +414,12 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
+    if snap.get("garbage") is not None:
+        lines.append(analysis.garbage_line(snap["garbage"], snap.get("gc")))
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            lines.append(analysis.growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                                    snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"],
+                                                    "since the first look"))
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 

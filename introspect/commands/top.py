@@ -60,14 +60,17 @@ class Command:
             rows = heap.type_rows(snap)
             doc: dict[str, Any] = {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "partial": False,
                                    "bytes": int(snap.size.sum()), "distinct_types": len(rows), "gc": snap.meta.get("gc", {})}
+            doc["gc"] = analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", "")))
             if args.by == "retained":
                 h = heap.analyse(snap)
+                doc["garbage"] = heap.garbage(snap, h.reachable)
                 doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000), None)
                 by_type = heap.retained_by_type(h)
                 doc["types"] = [{"type": t, "retained_bytes": b, "count": rows[t].count}
                                 for t, b in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))[:limit if limit > 0 else None]]
                 doc["held_from_c"] = h.held_from_c
             else:
+                doc["garbage"] = heap.garbage(snap, heap.reachable_of(snap))
                 doc["types"] = views.type_docs(rows, args.by, limit)
             return doc
 
@@ -95,6 +98,8 @@ def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by
     lines = [header(outcome), collector_line(col),
              f"{human_bytes(got['bytes'])} in {got['objects']:,} objects ({got['untracked_objects']:,} not tracked by gc), "
              f"{got['distinct_types']:,} types; shallow sizes"]
+    if "garbage" in got:
+        lines.append(analysis.garbage_line(got["garbage"], got.get("gc")))
     if by == "retained":
         lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
         lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]

@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from introspect.analysis import unrooted_text
+from introspect.analysis import garbage_line, growth_split_line, unrooted_text
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
@@ -135,6 +135,10 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
     if snap.get("problem"):
         out.append(f"<p>No forked snapshot: {_e(snap['problem'])}</p>")
         return out
+    if snap.get("garbage") is not None:
+        out.append(f"<p>{_e(garbage_line(snap['garbage'], snap.get('gc')))}</p>")
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            out.append(f"<p>{_e(growth_split_line(snap['bytes'] - snap['bytes_first'], snap['garbage']['bytes'] - snap['garbage_first']['bytes'], 'since the first look'))}</p>")
     if snap["holders"]:
         out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
         for h in snap["holders"]:

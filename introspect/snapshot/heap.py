@@ -36,12 +36,16 @@ Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 Namer = Callable[[Sequence[int]], list[str]]
 
 
-def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
-    """Count, gc-tracked/untracked split and shallow bytes per type name."""
+def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, TypeRow]:
+    """Count, gc-tracked/untracked split and shallow bytes per type name (of the objects where
+    ``among`` is true, when given: the reachable ones, say)."""
     k = len(snap.types)
-    count = np.bincount(snap.type_of, minlength=k)
-    tracked = np.bincount(snap.type_of, weights=snap.tracked.astype(np.int64), minlength=k)
-    nbytes = np.bincount(snap.type_of, weights=snap.size, minlength=k)
+    type_of, tracked_of, size = snap.type_of, snap.tracked, snap.size
+    if among is not None:
+        type_of, tracked_of, size = type_of[among], tracked_of[among], size[among]
+    count = np.bincount(type_of, minlength=k)
+    tracked = np.bincount(type_of, weights=tracked_of.astype(np.int64), minlength=k)
+    nbytes = np.bincount(type_of, weights=size, minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
         if count[i]:
@@ -120,13 +124,10 @@ def _igraph() -> Any:
     return igraph
 
 
-def analyse(snap: Snapshot) -> Heap:
-    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
-
-    Modules and frame locals are roots; then, among the objects they do not reach, those whose
-    refcount exceeds the references found are roots "held from C". (An object both reachable and
-    also held by C code is attributed to its Python path: the graph cannot see C's references.)
-    """
+def _rooted_graph(snap: Snapshot) -> tuple[Any, dict[int, str], int]:
+    """The object graph plus a virtual root (vertex n) pointing at every root: modules, frame
+    locals, and the objects held from C among those they do not reach. Returns (graph, root
+    names, how many are held from C, immortal ones aside)."""
     igraph = _igraph()
 
     n = snap.n
@@ -150,6 +151,50 @@ def analyse(snap: Snapshot) -> Heap:
         root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
         held += 0 if immortal else 1
     g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
+    return g, root_name, held
+
+
+def reachable_of(snap: Snapshot) -> np.ndarray:
+    """Which objects some root reaches (no dominator tree: for counts that need only this)."""
+    g, _names, _held = _rooted_graph(snap)
+    out = np.zeros(snap.n + 1, bool)
+    out[np.asarray(g.bfs(snap.n, mode="out")[0], dtype=np.int64)] = True
+    return out[:snap.n]
+
+
+def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str, Any]:
+    """What no root reaches: objects kept alive only by reference cycles among themselves, which
+    the cyclic collector frees at its next collection of their generation (usually a full one:
+    cycles that outlive a few young collections sit in the oldest). Objects, bytes, and the types
+    it consists of (most bytes first)."""
+    dead = ~reachable
+    k = len(snap.types)
+    count = np.bincount(snap.type_of[dead], minlength=k)
+    nbytes = np.bincount(snap.type_of[dead], weights=snap.size[dead], minlength=k)
+    per: dict[str, list[int]] = {}
+    for i in np.nonzero(count)[0].tolist():
+        row = per.setdefault(snap.types[i], [0, 0])
+        row[0] += int(count[i])
+        row[1] += int(nbytes[i])
+    by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in sorted(per.items(), key=lambda kv: (-kv[1][1], kv[0]))]
+    # The classes in it name the cycle (billiard.einfo.ExceptionInfo, not the tuples it copied):
+    # module-qualified types, most instances first.
+    classes = sorted((t for t in per if "." in t and t not in CONTAINERS), key=lambda t: (-per[t][0], t))
+    return {"objects": int(dead.sum()), "bytes": int(snap.size[dead].sum()),
+            "by_type": by_type[:limit] if limit > 0 else by_type,
+            "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]]}
+
+
+def analyse(snap: Snapshot) -> Heap:
+    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
+
+    Modules and frame locals are roots; then, among the objects they do not reach, those whose
+    refcount exceeds the references found are roots "held from C". (An object both reachable and
+    also held by C code is attributed to its Python path: the graph cannot see C's references.)
+    """
+    g, root_name, held = _rooted_graph(snap)
+    n = snap.n
+    vroot = n
     # igraph marks vertices the root does not reach with NaN (a float among the ints).
     idom = np.nan_to_num(np.asarray(g.dominator(vroot, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:n]
     idom[idom == vroot] = -1

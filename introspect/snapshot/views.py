@@ -32,14 +32,17 @@ class Look:
     time: float
     types: dict[str, list[int]]  # name -> [count, bytes]
     holders: dict[str, list[int]]  # path -> [items, retained bytes]
+    garbage: list[int] | None = None  # [objects, bytes] no root reached (None: not measured)
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": self.time, "types": self.types, "holders": self.holders}
+        return {"time": self.time, "types": self.types, "holders": self.holders, "garbage": self.garbage}
 
     @staticmethod
     def from_json(doc: dict[str, Any]) -> Look:
+        g = doc.get("garbage")
         return Look(float(doc["time"]), {k: list(v) for k, v in doc["types"].items()},
-                    {k: list(v) for k, v in doc.get("holders", {}).items()})
+                    {k: list(v) for k, v in doc.get("holders", {}).items()},
+                    [int(g[0]), int(g[1])] if isinstance(g, list) and len(g) == 2 else None)
 
 
 def _unique(holders: list[Holder]) -> dict[str, Holder]:
@@ -51,9 +54,10 @@ def _unique(holders: list[Holder]) -> dict[str, Holder]:
     return {h.path: h for h in holders if seen[h.path] == 1}
 
 
-def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder]) -> Look:
+def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder], garbage: dict[str, Any] | None = None) -> Look:
     return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
-                {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()})
+                {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()},
+                None if garbage is None else [int(garbage["objects"]), int(garbage["bytes"])])
 
 
 def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, Any]]:
