@@ -138,7 +138,9 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
     if snap.get("garbage") is not None:
         out.append(f"<p>{_e(garbage_line(snap['garbage'], snap.get('gc')))}</p>")
         if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
-            out.append(f"<p>{_e(growth_split_line(snap['bytes'] - snap['bytes_first'], snap['garbage']['bytes'] - snap['garbage_first']['bytes'], 'since the first look'))}</p>")
+            split = growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                      snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"], "since the first look")
+            out.append(f"<p>{_e(split)}</p>")
     if snap["holders"]:
         out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
         for h in snap["holders"]:
