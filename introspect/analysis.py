@@ -216,6 +216,8 @@ def gc_doc(facts: dict[str, Any], python: str) -> dict[str, Any]:
     ([900, 81, 7], 41)
     >>> print(d["next_full"])
     full collection #8 due in ~41 young collections (~29,000 net container allocations)
+    >>> print(gc_doc({"enabled": True, "counts": [2782, 11, 19], "thresholds": [700, 10, 10]}, "3.11.7")["next_full"])
+    the next full collection is past its count threshold (19 > 10): it runs once the objects that survived since the last one exceed 25 % of those it kept
     """
     stats = facts.get("stats") or []
     doc: dict[str, Any] = {
@@ -249,8 +251,12 @@ def gc_doc(facts: dict[str, Any], python: str) -> dict[str, Any]:
         allocs = young * th[0]
         # (and only if what survived since the last full one exceeds 25 % of what it kept: not
         # readable from Python, so the figure is the earliest it can run)
-        doc["next_full"] = (f"{nth} due in ~{young:,} young collections "
-                            f"(~{_round_sig(allocs):,} net container allocations)")
+        if counts[2] > th[2]:
+            doc["next_full"] = (f"{nth} is past its count threshold ({counts[2]} > {th[2]}): it runs once the objects "
+                                "that survived since the last one exceed 25 % of those it kept")
+        else:
+            doc["next_full"] = (f"{nth} due in ~{young:,} young collections "
+                                f"(~{_round_sig(allocs):,} net container allocations)")
     else:
         doc["next_full"] = "unknown (the collector's counts were not read)"
     return doc
