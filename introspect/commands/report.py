@@ -384,7 +384,10 @@ def _held_by(ref: dict[str, Any]) -> str:
     if rest:
         parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
     if ref.get("unrooted"):
-        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
+        if ref.get("sampling"):  # forked: every instance looked at; the unreachable ones are beside the traced
+            parts.append(f"{ref['unrooted']:,} more of {ref['found']:,} not reachable from any root ({analysis.unrooted_text(ref)})")
+        else:
+            parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 

@@ -107,7 +107,8 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
             out.append(f"<p><b>Partial:</b> {_e(ref['reason'])}</p>")
         lines = [f"{c['count']} of {ref['sampled']} held by: {c['root']}\n  {chain_text(c)}" for c in ref["chains"]]
         if ref["unrooted"]:
-            lines.append(f"{ref['unrooted']} of {ref['sampled']} not traced to a root: {unrooted_text(ref)}")
+            of = f"more of {ref['found']:,} not reachable from any root" if ref.get("sampling") else f"of {ref['sampled']} not traced to a root"
+            lines.append(f"{ref['unrooted']:,} {of}: {unrooted_text(ref)}")
         out.append(f"<pre>{_e(chr(10).join(lines) or 'no chain found')}</pre>")
         graph = ref["files"].get("svg") or ref["files"].get("png")
         out.append(_image(graph, f"reference graph of {ref['type']}") if graph else f"<p>{_e(ref['files'].get('note', ''))}</p>")
