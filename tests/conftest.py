@@ -106,8 +106,11 @@ class Victim:
         self.errlog = tempfile.NamedTemporaryFile(prefix="victim-err-", suffix=".log", delete=False)
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": oracle, "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
+        # A session of its own: its forked copies (our walkers) share its session id, so tests tell
+        # them from another test's victim of the same script when tests run in parallel.
         self.proc = subprocess.Popen([interp.path, str(VICTIMS / script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.errlog, env=full_env, cwd=tempfile.gettempdir())
+                                     stderr=self.errlog, env=full_env, cwd=tempfile.gettempdir(),
+                                     start_new_session=True)
         self.pid = self.proc.pid
         line = self._readline(timeout=20)
         assert line.startswith("ready"), f"victim did not start: {line!r} {self.stderr()}"
@@ -147,6 +150,24 @@ class Victim:
                 self.proc.wait(5)
         self.errlog.close()
         os.unlink(self.errlog.name)
+
+
+def forked_copies(pid: int, exe: str | None = None) -> list[Any]:
+    """Processes forked from ``pid`` (our walkers and their intermediates): its command line, born
+    after it, in its session (each victim leads its own, so parallel tests' victims never match)."""
+    import psutil
+
+    me = psutil.Process(pid)
+    born, cmd, sid = me.create_time(), me.cmdline(), os.getsid(pid)
+    out = []
+    for p in psutil.process_iter(["pid", "exe"]):
+        try:
+            if (p.pid != pid and (exe is None or p.info["exe"] == exe) and p.create_time() >= born
+                    and os.getsid(p.pid) == sid and p.cmdline() == cmd):
+                out.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return out
 
 
 def state_beyond(victim: Victim, key: str, after: int, timeout: float = 10.0) -> dict[str, Any]:

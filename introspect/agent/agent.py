@@ -2164,9 +2164,18 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                     answer = [{"error": _exc_record(exc, "")}]
             elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
                 answer = _alloc_sites([keep[p] for p in nums])
+            elif parts[0] == b"C":  # items of builtin containers (C-level len, never a Python __len__)
+                answer = [_snap_len(keep[p]) for p in nums]
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
             _snap_send(fd, b"L", _snap_json(answer))
+
+
+def _snap_len(x):  # type: (object) -> int
+    for base in (dict, list, tuple, set, frozenset):
+        if isinstance(x, base):
+            return base.__len__(x)  # type: ignore[arg-type]
+    return -1
 
 
 def _snap_via(holder, child):  # type: (object, object) -> str

@@ -192,6 +192,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
         "tracing": got["tracing"],
         "types": got["rows"][:args.limit] if args.limit > 0 else got["rows"],
         "holders": holders[:args.holders],
+        "suspects": got["suspects"],
     }
     emit(args, out, doc, render_forked(last, doc))
     return 0
@@ -204,11 +205,11 @@ def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
     """The analysis of one look, against the saved baseline and previous look (None: record them)."""
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
-        from introspect.snapshot import heap  # numpy and igraph: only when a snapshot is analysed
+        from introspect.snapshot import heap, suspects  # numpy and igraph: only when a snapshot is analysed
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 50)
+        found = heap.holders(h, walker.labels, 50, count=walker.counts)
         garbage = heap.garbage(snap, h.reachable)
         now = time.time()
         look = views.look_of(now, rows, found, garbage)
@@ -216,7 +217,9 @@ def _analyser(saved: dict[str, Any] | None, pid: int) -> Any:
         previous = views.Look.from_json(saved["previous"]) if saved else look
         tracing_on = walker.tracing()
         reach_rows = heap.type_rows(snap, h.reachable)
-        return {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "bytes": int(snap.size.sum()),
+        found_suspects = suspects.suspects(h, walker.labels, found, previous if saved else None, now, 50, count=walker.counts)
+        return {"suspects": found_suspects, "objects": snap.n, "untracked_objects": int((~snap.tracked).sum()),
+                "bytes": int(snap.size.sum()),
                 "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
                 "garbage": garbage, "garbage_previous": None if previous.garbage is None else
                 {"objects": previous.garbage[0], "bytes": previous.garbage[1]},
@@ -279,6 +282,9 @@ def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
         lines.append(f"baseline recorded: {doc['objects']:,} objects, {human_bytes(doc['bytes'])}. "
                      f"Run `introspect growth {doc['pid']}` again later to see what grew.")
         return "\n".join(lines)
+    from introspect.snapshot.suspects import suspect_lines
+
+    lines += suspect_lines(doc["suspects"])
     lines.append(f"{doc['objects']:,} objects ({doc['untracked_objects']:,} not tracked by gc), {human_bytes(doc['bytes'])}; "
                  f"change over the last {doc['since_previous_s']:g} s and since the baseline {doc['since_baseline_s']:g} s ago")
     lines.append(analysis.garbage_line(doc["garbage"], doc["gc"]))

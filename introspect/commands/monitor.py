@@ -2,8 +2,9 @@
 
 Nothing is injected and the process is never attached to or stopped: samples come from /proc
 through psutil, so any process can be watched (not only Python). Stop with Ctrl-C (the normal way,
-unless --duration is given): what was sampled is always written out: monitor.csv, monitor.png
-(memory over time with the least-squares trend line), monitor.json and monitor.txt.
+unless --duration is given): what was sampled is always written out: monitor.csv, monitor.svg
+(memory over time with the least-squares trend line; monitor.png too where matplotlib is installed),
+monitor.json and monitor.txt. On the terminal a one-line chart shows the shape.
 
 Verdict (a line fitted through RSS): "steady growth" when the slope is significant (at least 4
 times its standard error), the line explains at least 80% of the variance (r² >= 0.8) and it rose
@@ -195,22 +196,65 @@ def trend_of(samples: list[Sample]) -> Trend:
     return memory_trend([s.t for s in samples], [s.rss for s in samples])
 
 
-def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend) -> tuple[str, str | None, list[str]]:
-    """monitor.csv and monitor.png; returns their paths (png None when it could not be drawn) and notes."""
+def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend) -> tuple[str, str, str | None, list[str]]:
+    """monitor.csv, monitor.svg and, where matplotlib is installed, monitor.png; returns their paths
+    (png None when it could not be drawn) and notes."""
     notes: list[str] = []
     csv_path = str(out.write_text("monitor.csv", csv_text(samples, sampler.with_children)))
     what = "RSS of the process and its children" if sampler.with_children else "RSS"
     title = (f"pid {sampler.pid} ({sampler.name}): {what} {trend.slope_mb_per_hour:+,.1f} MB/hour "
              f"(r² {trend.r2:.2f}): {trend.verdict}")
-    try:
-        from introspect.render.plot import memory_png
+    from introspect.render.plot import memory_png, memory_svg
 
-        data = memory_png([s.t for s in samples], [s.rss for s in samples], [s.uss for s in samples], trend, title,
-                          rss_label="RSS (with children)" if sampler.with_children else "RSS")
-    except ImportError as exc:
-        notes.append(f"no PNG: matplotlib is not installed ({exc}); pip install matplotlib")
-        return csv_path, None, notes
-    return csv_path, str(out.write_bytes("monitor.png", data)), notes
+    ts = [s.t for s in samples]
+    rss_label = "RSS (with children)" if sampler.with_children else "RSS"
+    series: list[tuple[str, list[float | None]]] = [(rss_label, [float(s.rss) for s in samples])]
+    if samples and all(s.uss is not None for s in samples):
+        series.append(("USS", [float(s.uss) if s.uss is not None else None for s in samples]))
+    svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title)))
+    try:
+        data = memory_png(ts, [s.rss for s in samples], [s.uss for s in samples], trend, title, rss_label=rss_label)
+    except ImportError:
+        # The SVG is the chart; a PNG is an extra for those who installed matplotlib.
+        return csv_path, svg_path, None, notes
+    return csv_path, svg_path, str(out.write_bytes("monitor.png", data)), notes
+
+
+def wall(pid: int, rss: int, trend: Trend, summed: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The limit that applies to ``pid``, when a growing trend reaches it, and the role's stopgap:
+    (JSON fields ``limit``, ``seconds_to_limit``, ``stopgap``; lines for the text). ``summed``: ``rss``
+    is the process's with its children's (monitor --children on a master)."""
+    from introspect import limits, procs
+
+    growing = trend.verdict == "steady growth" and trend.slope_bytes_per_s > 0
+    limit = limits.memory_limit(pid, rss)
+    doc: dict[str, Any] = {"limit": limit.as_json() if limit else None,
+                           "seconds_to_limit": None, "stopgap": None}
+    lines: list[str] = []
+    line = limits.wall_line(limit, trend.slope_bytes_per_s, growing)
+    if line:
+        lines.append(line)
+    if not growing:
+        return doc, lines
+    secs = limits.seconds_to_limit(limit, trend.slope_bytes_per_s)
+    doc["seconds_to_limit"] = round(secs, 1) if secs is not None else None
+    try:  # the role decides the stopgap; a process that has exited has none
+        me, kids = procs.workers_of(pid)
+        if me is None:
+            return doc, lines
+        workers = max(1, len(kids))
+        if me.role.endswith(("-child", "-worker")):
+            _parent, siblings = procs.workers_of(me.ppid)
+            workers = max(1, sum(1 for k in siblings if k.role == me.role))
+    except (errors.IntrospectError, psutil.Error, OSError):
+        return doc, lines
+    per_worker = rss // workers if summed and kids else rss
+    slope = trend.slope_bytes_per_s / workers if summed and kids else trend.slope_bytes_per_s
+    gap = limits.stopgap(me.role, per_worker, slope, limit, workers)
+    if gap is not None:
+        doc["stopgap"] = gap.as_json()
+        lines.append(gap.text)
+    return doc, lines
 
 
 def trend_fields(trend: Trend) -> dict[str, Any]:
@@ -256,6 +300,18 @@ def _plateau_line(trend: Trend, what: str) -> str:
     flat_for = trend.flat_for_s or 0.0
     return (f"{what} grew then levelled off at ~{trend.levelled_off_at / MIB:,.0f} MB "
             f"since {trend.since_s:,.0f} s ({recent:+,.1f} MB/hour over the last {flat_for:,.0f} s)")
+
+
+def _sparkline(values: list[int]) -> str:
+    """The shape of the series in one line; plain ASCII where stdout cannot encode block characters."""
+    from introspect.render.plot import BARS, sparkline
+
+    try:
+        BARS.encode(sys.stdout.encoding or "ascii")
+        plain = False
+    except (UnicodeEncodeError, LookupError):
+        plain = True
+    return sparkline([float(v) for v in values], ascii_only=plain)
 
 
 def _per_day(mb_per_day: float) -> str:
@@ -307,9 +363,10 @@ class Command:
         samples, stopped, exited = sample_loop(sampler, args.interval, args.duration, show)
         progress.done()
         trend = trend_of(samples)
-        csv_path, png_path, notes = write_outputs(out, sampler, samples, trend)
+        csv_path, svg_path, png_path, notes = write_outputs(out, sampler, samples, trend)
         if sampler.uss_note:
             notes.insert(0, sampler.uss_note)
+        wall_fields, wall_lines = wall(args.pid, samples[-1].rss, trend, args.children) if samples else ({}, [])
         doc: dict[str, Any] = {
             "pid": args.pid,
             "name": sampler.name,
@@ -319,17 +376,19 @@ class Command:
             "stopped": stopped,
             "samples": [s.as_json() for s in samples],
             **trend_fields(trend),
+            **wall_fields,
             "csv": csv_path,
+            "svg": svg_path,
             "png": png_path,
             "notes": notes,
         }
-        emit(args, out, doc, render(doc, trend, samples))
+        emit(args, out, doc, render(doc, trend, samples, wall_lines))
         if exited is not None:
             raise exited
         return 0
 
 
-def render(doc: dict[str, Any], trend: Trend, samples: list[Sample]) -> str:
+def render(doc: dict[str, Any], trend: Trend, samples: list[Sample], wall_lines: list[str] | None = None) -> str:
     what = "RSS (process + children)" if doc["children"] else "RSS"
     lines = [f"pid {doc['pid']} ({doc['name']}): {len(samples)} samples over {doc['duration_s']:.1f} s, "
              f"every {doc['interval_s']:g} s" + ("" if doc["stopped"] == "duration" else f"; stopped: {doc['stopped']}")]
@@ -340,8 +399,13 @@ def render(doc: dict[str, Any], trend: Trend, samples: list[Sample]) -> str:
             span += f", USS {mb(first.uss)} -> {mb(last.uss)}"
         lines.append(span)
     lines.append(trend_line(trend, what))
+    lines += wall_lines or []
+    if len(samples) >= 2:
+        lines.append(f"{what} over time: {_sparkline([s.rss for s in samples])}  "
+                     f"({mb(min(s.rss for s in samples))} .. {mb(max(s.rss for s in samples))})")
     lines += doc["notes"]
     lines.append(f"csv: {doc['csv']}")
+    lines.append(f"svg: {doc['svg']}")
     if doc["png"]:
         lines.append(f"png: {doc['png']}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ counts (as `growth` does: the first one records a fresh baseline). It then trace
 of the grown types (as `backrefs` does): the application's own classes first, then those of common
 frameworks, then the standard library's and builtins, steady growers first within each (the page
 says why each was picked); and writes a directory: index.html (summary, memory verdict, growing types, chains and
-graphs, the memory plot), monitor.csv, monitor.png, growth.json, backrefs-<type>.json and graphs,
+graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with matplotlib), growth.json, backrefs-<type>.json and graphs,
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
 
@@ -26,7 +26,7 @@ from introspect import analysis, errors, tracing
 from introspect.commands import add_target_options, emit, logger
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
-from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, write_outputs
+from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
@@ -143,15 +143,18 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     from introspect.snapshot import collect, views
 
     def analyse(snap: Any, walker: Any) -> dict[str, Any]:
-        from introspect.snapshot import heap
+        from introspect.snapshot import heap, suspects
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
         # 50 kept for matching across looks (a holder outside the first look's top 10 is still
         # matched at the last); the report shows the first 10
-        found = heap.holders(h, walker.labels, 50)
+        found = heap.holders(h, walker.labels, 50, count=walker.counts)
         garbage = heap.garbage(snap, h.reachable)
-        value = {"look": views.look_of(time.time(), rows, found, garbage), "rows": rows, "holders": found,
+        now = time.time()
+        first = got.snapshots[0]["look"] if got.snapshots else None
+        value = {"look": views.look_of(now, rows, found, garbage), "rows": rows, "holders": found,
+                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts),
                  "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
                  "bytes": int(snap.size.sum()),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
@@ -247,6 +250,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     return {
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev)[:10],
+        "suspects": last.get("suspects", []),
         "garbage": last["garbage"],
         "garbage_first": first["garbage"] if prev else None,
         "bytes": last["bytes"],
@@ -302,9 +306,9 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
 
 
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
-    """growth.json, monitor.csv/png and index.html; returns the report document."""
+    """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    csv_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
@@ -354,14 +358,17 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
-        "files": {"csv": csv_path, "png": png_path, "growth": growth_path},
+        "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
     snap_doc = doc["snapshot"] or {}
     doc["garbage"] = snap_doc.get("garbage")  # top-level, as in top and growth: None without a snapshot
     doc["gc"] = snap_doc.get("gc") or (analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"]) if got.looks else None)
-    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     doc["memory"]["summary"] = trend_line(trend)
+    wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
+    doc["memory"].update(wall_fields)
+    doc["memory"]["wall"] = wall_lines
+    doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     return doc
 
 
@@ -410,6 +417,10 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
     snap = doc.get("snapshot") or {}
+    from introspect.snapshot.suspects import suspect_lines
+
+    lines += suspect_lines(snap.get("suspects") or [])
+    lines += mem.get("wall") or []
     grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
     if grown:  # forked snapshots count every object, untracked ones too
         lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))

@@ -62,9 +62,12 @@ class Command:
                                    "bytes": int(snap.size.sum()), "distinct_types": len(rows), "gc": snap.meta.get("gc", {})}
             doc["gc"] = analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", "")))
             if args.by == "retained":
+                from introspect.snapshot import suspects
+
                 h = heap.analyse(snap)
                 doc["garbage"] = heap.garbage(snap, h.reachable)
-                doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000), None)
+                doc["suspects"] = suspects.suspects(h, walker.labels, count=walker.counts)
+                doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000, count=walker.counts), None)
                 by_type = heap.retained_by_type(h)
                 doc["types"] = [{"type": t, "retained_bytes": b, "count": rows[t].count}
                                 for t, b in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))[:limit if limit > 0 else None]]
@@ -101,6 +104,9 @@ def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by
     if "garbage" in got:
         lines.append(analysis.garbage_line(got["garbage"], got.get("gc")))
     if by == "retained":
+        from introspect.snapshot.suspects import suspect_lines
+
+        lines[2:2] = suspect_lines(got["suspects"])
         lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
         lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]
         lines += ["", table(["type", "retained", "count"], [(t["type"], human_bytes(t["retained_bytes"]), t["count"]) for t in got["types"]])]

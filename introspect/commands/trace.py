@@ -9,7 +9,7 @@
           by the N innermost frames (start with --frames N to record them).
   stop    show what was seen last, stop tracing and free the traces.
 
-Tracing costs the target CPU and memory while on (see the README's overhead table); nothing is
+Tracing costs the target CPU and memory while on (see docs/benchmarks.md, "Tracing overhead"); nothing is
 left once it has ended.
 
 Examples:
@@ -73,7 +73,7 @@ class Command:
         add_target_options(parser)
         group = parser.add_argument_group("start")
         group.add_argument("--frames", type=int, default=1, metavar="N",
-                           help="frames recorded per allocation (1-100; default 1; more frames cost more, see the README)")
+                           help="frames recorded per allocation (1-100; default 1; more frames cost more, see docs/benchmarks.md)")
         group.add_argument("--for", dest="for_s", type=parse_duration, default=DEFAULT_FOR_S, metavar="DURATION",
                            help="tracing ends by itself after DURATION (e.g. 90s, 15m, 2h; default 10m)")
         group = parser.add_argument_group("show and stop")

@@ -25,7 +25,39 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap; }
 .incomplete { background: #fde0dc; border: 1px solid #e57373; padding: 8px 12px; }
 .verdict { font-weight: bold; } img { max-width: 100%; border: 1px solid #eee; }
+.answer { background: #eef5fb; border: 1px solid #90caf9; padding: 8px 14px; font-size: 1.05em; }
+.answer p { margin: 0.4em 0; }
 """
+
+
+def answer_paragraphs(doc: dict[str, Any]) -> list[str]:
+    """The answer first, in sentences: the suspect, what accumulates, its growth, when the worker
+    reaches its limit and the stopgap; or that nothing qualifies as a suspect."""
+    from introspect.render.text import human_bytes as _size
+
+    mem = doc["memory"]
+    snap = doc.get("snapshot") or {}
+    found = snap.get("suspects") or []
+    out: list[str] = []
+    if found:
+        s = found[0]
+        text = (f"Leak suspect: {s['path']} ({s['type']}, {s['items']:,} items) retains {_size(s['retained_bytes'])}, "
+                f"{s['share']:.0%} of the Python heap")
+        g = s.get("growth")
+        if g and g.get("new"):
+            text += f"; it was under {_size(g['under_bytes'])} at the first look, {g['seconds']:.0f} s before"
+        elif g and g["retained_bytes"] > 0:
+            text += (f"; it grew by {g['items']:+,} items, {_size(g['retained_bytes'])} in {g['seconds']:.0f} s "
+                     f"({_size(g['bytes_per_minute'])}/min)")
+        out.append(text + ".")
+        out.append(f"What accumulates: {s['accumulation_point']['shape']['text']}.")
+        if len(found) > 1:
+            out.append("Other suspects: " + "; ".join(f"{x['path']} ({_size(x['retained_bytes'])})" for x in found[1:]) + ".")
+    elif snap and not snap.get("problem"):
+        out.append("No leak suspect: no holder grew between the looks or retains 10 % of the Python heap.")
+    out.append(f"Memory: {mem['verdict']} ({mem['slope_mb_per_hour']:+,.1f} MB/hour, r² {mem['r2']:.2f}).")
+    out += [line[0].upper() + line[1:] + "." for line in mem.get("wall") or []]
+    return out
 
 
 def _e(value: object) -> str:
@@ -65,6 +97,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     if not doc["complete"]:
         out.append(f'<p class="incomplete"><b>Incomplete report:</b> {_e(doc["problem"])}. '
                    "Everything collected before that is below.</p>")
+    out.append('<div class="answer">' + "".join(f"<p>{_e(p)}</p>" for p in answer_paragraphs(doc)) + "</div>")
     summary = [
         ("process", f"pid {doc['pid']} ({doc['name']}), Python {doc['python'] or '?'}"),
         ("watched", f"{doc['duration_s']:.1f} s: {mem['samples']} memory samples every {doc['interval_s']:g} s, "
@@ -77,7 +110,11 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     ]
     out.append("<table>")
     out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary]
-    out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr></table>')
+    out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr>')
+    for line in mem.get("wall") or []:
+        key = "stopgap" if line.startswith("stopgap:") else "limit"
+        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: '))}</td></tr>")
+    out.append("</table>")
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 
@@ -117,7 +154,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
         out.append(f"<p>{_e(skip['type'])}: not traced: {_e(skip['reason'])}</p>")
 
     out.append("<h2>Memory over time</h2>")
-    out.append(_image(doc["files"].get("png"), "RSS over time") or f"<p>{_e('; '.join(mem['notes']) or 'no plot')}</p>")
+    out.append(_image(doc["files"].get("svg") or doc["files"].get("png"), "RSS over time") or f"<p>{_e('; '.join(mem['notes']) or 'no plot')}</p>")
     out.append("<h2>Raw files</h2><ul>")
     raw = [doc["files"].get("csv"), doc["files"].get("growth"), *(r["json"] for r in doc["backrefs"])]
     out += [f"<li>{_link(p)}</li>" for p in raw if p]

@@ -174,6 +174,13 @@ class Walker:
             out += self._ask("N " + " ".join(str(p) for p in positions[k:k + 4000]))
         return out
 
+    def counts(self, positions: Sequence[int]) -> list[int]:
+        """Items of each builtin container (dict: its keys, whatever the walk saw of them); -1 for others."""
+        out: list[int] = []
+        for k in range(0, len(positions), 4000):
+            out += [int(x) for x in self._ask("C " + " ".join(str(p) for p in positions[k:k + 4000]))]
+        return out
+
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         out: list[list[str]] = []
         for k in range(0, len(positions), 4000):

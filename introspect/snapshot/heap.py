@@ -229,14 +229,23 @@ def _items(snap: Snapshot, pos: int) -> int:
     return n
 
 
-def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024) -> list[int]:
+def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: Labeler | None = None) -> list[int]:
     """The containers retaining the most memory, outermost first: a container dominated by one
     already chosen is its content, not another holder. Attribute dicts (a module's, a class's,
-    an instance's __dict__) are not holders: what they hold is named by attribute instead."""
+    an instance's __dict__) are not holders: what they hold is named by attribute instead. With
+    ``label``, a dict under an object is an attribute dict only if the object holds it as its
+    ``__dict__`` (on 3.11+ an instance holds its attributes' values directly, and a C object's
+    dict, like an lru_cache's, is its data)."""
     snap = heap.snap
     cont_types = np.array([name in CONTAINERS for name in snap.types] or [False], bool)
     cand = np.nonzero(cont_types[snap.type_of] & (heap.retained >= min_bytes) & heap.reachable)[0]
     cand = cand[np.argsort(-heap.retained[cand], kind="stable")]
+    under_object = [(int(heap.parent[p]), p) for p in cand[:max(limit * 20, 1000)].tolist()
+                    if snap.type_name(p) == "dict" and p not in heap.root_name and heap.parent[p] >= 0
+                    and snap.type_name(int(heap.parent[p])) not in CONTAINERS | {"cell"}]
+    # dicts under objects whose label was asked and is not "__dict__": data, not a namespace
+    data_dicts = ({p for (_, p), lab in zip(under_object, label(under_object)) if lab != "__dict__"}
+                  if label is not None and under_object else set())
     chosen: list[int] = []
     chosen_set: set[int] = set()
     for p in cand.tolist():
@@ -244,7 +253,8 @@ def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024) -> list
             break
         name = snap.type_name(p)
         par = int(heap.parent[p])
-        if name == "dict" and p not in heap.root_name and par >= 0 and snap.type_name(par) not in CONTAINERS | {"cell"}:
+        if (name == "dict" and p not in heap.root_name and par >= 0 and snap.type_name(par) not in CONTAINERS | {"cell"}
+                and p not in data_dicts):
             continue  # an attribute dict
         if heap.dominated_by(p, chosen_set):
             continue
@@ -280,16 +290,25 @@ def edges_of(paths: list[list[int]]) -> list[tuple[int, int]]:
     return out
 
 
-def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024) -> list[Holder]:
-    picks = holder_positions(heap, limit, min_bytes)
+# positions -> items of each builtin container as len() says (-1 for anything else)
+Counter_ = Callable[[Sequence[int]], list[int]]
+
+
+def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024,
+            count: Counter_ | None = None) -> list[Holder]:
+    """``count``: the walker's len() of each holder; without it, items are read off the references
+    (a dict whose keys are all str references only its values: its count is then halved)."""
+    picks = holder_positions(heap, limit, min_bytes, label)
     paths = [heap.path(p) for p in picks]
     flat = label(edges_of(paths))
+    counted = count(picks) if count is not None and picks else [-1] * len(picks)
     out = []
     k = 0
-    for p, path in zip(picks, paths):
+    for p, path, n_items in zip(picks, paths, counted):
         labs = flat[k:k + len(path) - 1]
         k += len(path) - 1
-        out.append(Holder(p, describe(heap, path, labs), heap.snap.type_name(p), _items(heap.snap, p), int(heap.retained[p])))
+        items = n_items if n_items >= 0 else _items(heap.snap, p)
+        out.append(Holder(p, describe(heap, path, labs), heap.snap.type_name(p), items, int(heap.retained[p])))
     return out
 
 

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from introspect.agent import AGENT_PATH
-from tests.conftest import Interp, Victim, interp_params, introspect, state_beyond, victim_deps
+from tests.conftest import Interp, Victim, forked_copies, interp_params, introspect, state_beyond, victim_deps
 
 
 def _spawn(spawn: Any, interp: Interp, oracle: str, **env: str) -> Victim:
@@ -33,17 +33,8 @@ def _spawn(spawn: Any, interp: Interp, oracle: str, **env: str) -> Victim:
 
 
 def _copies(victim: Victim) -> list[psutil.Process]:
-    """Processes with the victim's command line born after it (forked copies: walkers, intermediates)."""
-    me = psutil.Process(victim.pid)
-    born, cmd = me.create_time(), me.cmdline()
-    out = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.pid != victim.pid and p.create_time() >= born and p.cmdline() == cmd:
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
+    """Processes forked from the victim (walkers, intermediates): see conftest.forked_copies."""
+    return forked_copies(victim.pid)
 
 
 def _serving(victim: Victim, after: int, timeout: float = 10.0) -> dict[str, Any]:

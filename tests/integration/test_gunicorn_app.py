@@ -150,6 +150,11 @@ def test_a_slow_leak_on_a_short_window_is_growth(tmp_path: Path) -> None:
         assert doc["verdict"] == "steady growth", run.stdout
         assert doc["slope_mb_per_day"] == pytest.approx(doc["slope_bytes_per_s"] * 86400 / 2**20, rel=1e-3)
         assert re.search(r"steady growth, \+[\d,.]+ [MG]B/day at this rate", run.stdout), run.stdout
+        # AND it says when the worker reaches the limit that applies (this machine's: no cgroup
+        # memory limit, so MemAvailable) and gunicorn's stopgap, from the worker's own role
+        assert doc["limit"]["bytes"] > doc["limit"]["used"] > 0 and doc["seconds_to_limit"] > 0, doc["limit"]
+        assert doc["stopgap"]["setting"] == "max_requests", doc["stopgap"]
+        assert "limit" in run.stdout and "stopgap: gunicorn --max-requests N --max-requests-jitter" in run.stdout
 
 
 def test_report_traces_the_application_first_and_counts_every_sample(tmp_path: Path) -> None:

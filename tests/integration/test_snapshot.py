@@ -15,23 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import INTERPS, REPO, Interp, interp_params, introspect
+from tests.conftest import INTERPS, REPO, Interp, forked_copies, interp_params, introspect
 
 HOLDER = "module __main__ .global_data_store"
 
 
 def _walkers(victim_pid: int, exe: str) -> list[psutil.Process]:
-    """Copies of the victim (same interpreter and command line, born after it): its walkers."""
-    victim = psutil.Process(victim_pid)
-    born, cmd = victim.create_time(), victim.cmdline()
-    out = []
-    for p in psutil.process_iter(["pid", "exe"]):
-        try:
-            if p.info["exe"] == exe and p.pid != victim_pid and p.create_time() >= born and p.cmdline() == cmd:
-                out.append(p)
-        except (psutil.Error, OSError):
-            pass
-    return out
+    """Copies of the victim (its interpreter, command line and session, born after it): its walkers."""
+    return forked_copies(victim_pid, exe)
 
 
 def _no_walker_left(victim_pid: int, exe: str, within: float = 15.0) -> list[psutil.Process]:

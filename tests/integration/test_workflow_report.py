@@ -129,6 +129,11 @@ def test_monitor_sees_steady_growth(worker: tuple[CeleryWorker, int], client: An
     sent_rate = LEAK_KIB * 1024 / SEND_EVERY_S  # an upper bound: the sender also spends time sending
     assert 0.2 * sent_rate < doc["slope_bytes_per_s"] < 2.0 * sent_rate, (doc["slope_bytes_per_s"], sent_rate)
     assert abs(doc["slope_mb_per_hour"] - doc["slope_bytes_per_s"] * 3600 / 2**20) < 0.01
+    # ... says when it reaches its limit, and Celery's stopgap with the value to set, in KiB
+    assert doc["seconds_to_limit"] > 0 and doc["limit"]["source"], doc["limit"]
+    gap = doc["stopgap"]
+    assert gap["setting"] == "--max-memory-per-child" and gap["value"] * 1024 > doc["samples"][-1]["rss"], gap
+    assert f"--max-memory-per-child={gap['value']}" in (Path(doc["csv"]).parent / "monitor.txt").read_text()
     # ... and writes a CSV with one row per sample, and a real PNG
     rows = read_csv(Path(doc["csv"]))
     assert list(rows[0]) == ["t", "rss", "vms", "uss"]
@@ -137,6 +142,9 @@ def test_monitor_sees_steady_growth(worker: tuple[CeleryWorker, int], client: An
     assert 3.9 <= float(rows[-1]["t"]) <= 4.5
     assert int(rows[-1]["rss"]) > int(rows[0]["rss"]) and all(r["uss"] for r in rows)
     assert Path(doc["png"]).read_bytes()[:8] == PNG_MAGIC
+    svg = Path(doc["svg"]).read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "trend" in svg  # RSS and USS
+    assert "RSS over time: " in (Path(doc["csv"]).parent / "monitor.txt").read_text()
     assert (Path(doc["csv"]).parent / "monitor.json").exists()
 
     # THEN with --children the master's CSV has a column for its prefork child, summed into rss
@@ -177,10 +185,11 @@ def test_report_names_the_leak_and_its_holder(worker: tuple[CeleryWorker, int], 
     index = Path(doc["files"]["index"])
     html = index.read_text()
     assert index.parent == out_dir and "MyCustomObject" in html and "steady growth" in html
-    assert '<img src="data:image/svg+xml;base64,' in html and '<img src="data:image/png;base64,' in html
+    # the reference graph and the memory chart, both SVG (no plotting library needed)
+    assert html.count('<img src="data:image/svg+xml;base64,') >= 2 and 'alt="RSS over time"' in html
     svgs = re.findall(r'href="([^"]+\.svg)"', html)
     assert svgs and all((out_dir / s).read_bytes().lstrip().startswith((b"<?xml", b"<svg")) for s in svgs), svgs
-    for name in ("monitor.csv", "monitor.png", "growth.json", "report.json", Path(ref["json"]).name):
+    for name in ("monitor.csv", "monitor.svg", "monitor.png", "growth.json", "report.json", Path(ref["json"]).name):
         assert (out_dir / name).exists(), name
     assert (out_dir / "monitor.png").read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out_dir / "growth.json").read_text())["looks"][0]["baseline_recorded"] is True
