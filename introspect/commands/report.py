@@ -437,7 +437,8 @@ def render(doc: dict[str, Any]) -> str:
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 
-        grew = [h for h in snap["holders"] if h.get("grew") is not False]  # None: one look, nothing to compare
+        compared = any(h.get("matched") is not None for h in snap["holders"])  # else one look: nothing to compare
+        grew = [h for h in snap["holders"] if h.get("grew")] if compared else snap["holders"]
         if grew:
             lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
         else:

@@ -126,12 +126,13 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
                                "items_delta": h.items - prev[0] if prev else None,
                                "retained_bytes": h.retained_bytes,
                                "retained_delta": h.retained_bytes - prev[1] if prev else None,
-                               "matched": None if previous is None else prev is not None,
+                               # None: nothing to compare with, or a path several holders share
+                               "matched": None if previous is None or h.path not in unique else prev is not None,
                                "grew": None}
         if prev is not None:
             rd = doc["retained_delta"]
             doc["grew"] = doc["items_delta"] > 0 or (rd >= GREW_MIN_BYTES and rd >= GREW_MIN_SHARE * prev[1])
-        elif previous is not None:
+        elif doc["matched"] is False:
             doc["grew"] = False
         out.append(doc)
     if previous is not None:
