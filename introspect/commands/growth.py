@@ -84,7 +84,12 @@ class Command:
             "samples": len(looks),
             "interval_s": args.interval,
             "grew_every_interval": steady,
-            "gc": res["gc"],
+            "intervals": [{"seconds": round(float(b.result["now"]) - float(a.result["now"]), 3),
+                           "objects_delta": b.result["objects"] - a.result["objects"],
+                           "grew": [{"type": t, "delta": v[1]} for t, v in
+                                    sorted(b.result["types"].items(), key=lambda kv: (-kv[1][1], kv[0]))[:3] if v[1] > 0]}
+                          for a, b in zip(looks, looks[1:])],
+            "gc": analysis.gc_doc(res["gc"], last.meta()["python"]),
             "collector": col,
             "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline} for r in rows],
         }
@@ -127,6 +132,9 @@ def render(outcome: Outcome, doc: dict[str, Any], rows: list[analysis.GrowthRow]
         return "\n".join(lines)
     lines.append(f"{doc['objects']:,} objects; change over the last {doc['since_previous_s']:g} s "
                  f"and since the baseline {doc['since_baseline_s']:g} s ago")
+    for k, iv in enumerate(doc.get("intervals", []), 1):  # in-process: gc-tracked objects, garbage included
+        grew = ", ".join(f"{g['type']} {g['delta']:+,}" for g in iv["grew"]) or "no type grew"
+        lines.append(f"  interval {k} ({iv['seconds']:g} s): {iv['objects_delta']:+,} objects ({grew})")
     if steady:
         lines.append(f"grew in every one of {doc['samples'] - 1} intervals: {', '.join(steady)}")
     changed = [r for r in rows if r.delta or r.since_baseline]
