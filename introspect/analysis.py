@@ -192,12 +192,14 @@ def unrooted_text(doc: dict[str, Any]) -> str:
     """
     parts = []
     if doc.get("unrooted_held_from_c"):
-        parts.append(f"{doc['unrooted_held_from_c']:,} held from C code or a frame the search does not list")
+        parts.append(f"{doc['unrooted_held_from_c']:,} held from C code or a frame the search "
+                     "does not list")
     if doc.get("unrooted_cycle"):
-        parts.append(f"{doc['unrooted_cycle']:,} by a reference cycle only (garbage the collector will free)")
+        parts.append(f"{doc['unrooted_cycle']:,} by a reference cycle only (garbage the "
+                     "collector will free)")
     if doc.get("unrooted_limit"):
-        parts.append(f"{doc['unrooted_limit']:,} not reached within the search limit (--max-depth or the time budget): "
-                     "held from C, a cycle or deeper")
+        parts.append(f"{doc['unrooted_limit']:,} not reached within the search limit "
+                     "(--max-depth or the time budget): held from C, a cycle or deeper")
     if not parts:  # an agent from before the split
         return "held from C code, by a reference cycle only, or beyond --max-depth"
     return ", ".join(parts)
@@ -233,14 +235,15 @@ def gc_doc(facts: dict[str, Any], python: str) -> dict[str, Any]:
     counts, th = facts.get("counts") or [], facts.get("thresholds") or []
     version = tuple(int(x) for x in python.split(".")[:2] if x.isdigit())
     full_done = doc["collections"][-1] if doc["collections"] else None
-    nth = f"full collection #{full_done + 1}" if full_done is not None else "the next full collection"
+    nth = ("the next full collection" if full_done is None
+           else f"full collection #{full_done + 1}")
     doc["young_collections_to_full"] = None
     if facts.get("enabled") is False:
-        doc["next_full"] = ("the collector is disabled (gc.disable()): cycles are freed only when the program "
-                            "calls gc.collect()")
+        doc["next_full"] = ("the collector is disabled (gc.disable()): cycles are freed only "
+                            "when the program calls gc.collect()")
     elif version >= (3, 14):
-        doc["next_full"] = ("Python 3.14+ collects the old generation incrementally, a slice with each young "
-                            "collection: cycles are freed over the next young collections")
+        doc["next_full"] = ("Python 3.14+ collects the old generation incrementally, a slice "
+                            "with each young collection: cycles are freed over the next ones")
     elif len(counts) == 3 and len(th) == 3 and th[0] > 0:
         # 3.8-3.13: generation 2 runs when its count (generation-1 collections since the last full
         # one) exceeds its threshold, and generation 1 when its count (generation-0 collections)
@@ -252,8 +255,9 @@ def gc_doc(facts: dict[str, Any], python: str) -> dict[str, Any]:
         # (and only if what survived since the last full one exceeds 25 % of what it kept: not
         # readable from Python, so the figure is the earliest it can run)
         if counts[2] > th[2]:
-            doc["next_full"] = (f"{nth} is past its count threshold ({counts[2]} > {th[2]}): it runs once the objects "
-                                "that survived since the last one exceed 25 % of those it kept")
+            doc["next_full"] = (f"{nth} is past its count threshold ({counts[2]} > {th[2]}): "
+                                "it runs once the objects that survived since the last one "
+                                "exceed 25 % of those it kept")
         else:
             doc["next_full"] = (f"{nth} due in ~{young:,} young collections "
                                 f"(~{_round_sig(allocs):,} net container allocations)")
@@ -289,11 +293,14 @@ def garbage_line(garbage: dict[str, Any], gc: dict[str, Any] | None) -> str:
 
     if not garbage.get("objects"):
         return "garbage: none (every object walked is reachable from a root)"
-    kinds = ", ".join(f"{t['type']} {human_bytes(t['bytes'])}" for t in garbage.get("by_type", [])[:3])
-    text = (f"garbage: {human_bytes(garbage['bytes'])} in {garbage['objects']:,} objects no root reaches "
-            f"(reference cycles awaiting collection: the collector will free them), mostly {kinds}")
+    kinds = ", ".join(f"{t['type']} {human_bytes(t['bytes'])}"
+                      for t in garbage.get("by_type", [])[:3])
+    text = (f"garbage: {human_bytes(garbage['bytes'])} in {garbage['objects']:,} objects "
+            "no root reaches (reference cycles awaiting collection: the collector will free "
+            f"them), mostly {kinds}")
     if garbage.get("classes"):
-        text += "; cycles of " + ", ".join(f"{t['type']} x{t['count']:,}" for t in garbage["classes"][:3])
+        text += "; cycles of " + ", ".join(f"{t['type']} x{t['count']:,}"
+                                           for t in garbage["classes"][:3])
     if gc and gc.get("next_full"):
         text += "; " + gc["next_full"]
     return text
@@ -311,5 +318,5 @@ def growth_split_line(total_delta: int, garbage_delta: int, since: str) -> str:
         return ("+" if n >= 0 else "-") + human_bytes(abs(n))
 
     reach = total_delta - garbage_delta
-    return (f"of {signed(total_delta)} {since}, {signed(garbage_delta)} is garbage the collector will free "
-            f"and {signed(reach)} stays reachable")
+    return (f"of {signed(total_delta)} {since}, {signed(garbage_delta)} is garbage the "
+            f"collector will free and {signed(reach)} stays reachable")

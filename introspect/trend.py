@@ -99,7 +99,8 @@ class Trend:
     @property
     def projected_bytes_per_s(self) -> float:
         """The slope worth projecting: after a plateau only what still grows."""
-        return self.slope_bytes_per_s if self.recent_slope_bytes_per_s is None else self.recent_slope_bytes_per_s
+        recent = self.recent_slope_bytes_per_s
+        return self.slope_bytes_per_s if recent is None else recent
 
     @property
     def slope_mb_per_hour(self) -> float:
@@ -167,8 +168,8 @@ def memory_trend(ts: Sequence[float], ys: Sequence[float], *, min_change: float 
         plateau = _plateau(ts, ys, f.slope, min_samples, min_change)
         if plateau is not None:
             level, since, recent = plateau
-            return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise, "levelled off", t_value,
-                         level, since, recent, ts[-1] - since)
+            return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise,
+                         "levelled off", t_value, level, since, recent, ts[-1] - since)
     return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise, verdict, t_value)
 
 
@@ -244,7 +245,8 @@ def _running_sums(ts: list[float], ys: list[float]) -> list[Sums]:
 
 
 def _sums_fit(sums: Sums, m: int) -> tuple[float, float, float] | None:
-    """(slope, squared error around the line, mean y) of m points from their sums; None if one time."""
+    """(slope, squared error around the line, mean y) of m points from their sums (None: one
+    time only)."""
     st, sy, stt, sty, syy = sums
     vtt = stt - st * st / m
     if m < 2 or vtt <= 0:

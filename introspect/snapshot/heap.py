@@ -176,10 +176,12 @@ def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str,
         row = per.setdefault(snap.types[i], [0, 0])
         row[0] += int(count[i])
         row[1] += int(nbytes[i])
-    by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in sorted(per.items(), key=lambda kv: (-kv[1][1], kv[0]))]
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in ranked]
     # The classes in it name the cycle (billiard.einfo.ExceptionInfo, not the tuples it copied):
     # module-qualified types, most instances first.
-    classes = sorted((t for t in per if "." in t and t not in CONTAINERS), key=lambda t: (-per[t][0], t))
+    classes = sorted((t for t in per if "." in t and t not in CONTAINERS),
+                     key=lambda t: (-per[t][0], t))
     return {"objects": int(dead.sum()), "bytes": int(snap.size[dead].sum()),
             "by_type": by_type[:limit] if limit > 0 else by_type,
             "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]]}
@@ -389,7 +391,7 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
         for q in reversed(path[:-1]):
             full = class_name.get(q) or snap.type_name(q)
             if "." not in full or full in CONTAINERS or full in TRANSIENT:
-                continue  # a builtin or standard container (a deque is no more `collections`' than a list)
+                continue  # a builtin or standard container (a deque is no more `collections`')
             parts = full.split(".")
             for k in range(len(parts) - 1, 0, -1):
                 if ".".join(parts[:k]) in modules:
@@ -417,7 +419,8 @@ def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[
     when there is such a path (else kept: the handle may be all that holds the object)."""
     snap = heap.snap
     tids = np.array([name in TRANSIENT for name in snap.types] or [False], bool)
-    passing = [p for p, path in paths.items() if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
+    passing = [p for p, path in paths.items()
+               if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
     if not passing:
         return paths
     igraph = _igraph()
@@ -459,7 +462,8 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     inst = np.nonzero(np.isin(snap.type_of, tids))[0]
     unreachable = int((~heap.reachable[inst]).sum())
     reach = inst[heap.reachable[inst]].tolist()[:200_000]
-    found_paths = _avoid_transient(heap, _from_owners(heap, {p: heap.path(p) for p in reach}, names))
+    shortest = {p: heap.path(p) for p in reach}
+    found_paths = _avoid_transient(heap, _from_owners(heap, shortest, names))
     groups: dict[tuple[object, ...], list[int]] = {}
     for p in reach:
         path = found_paths[p]

@@ -35,7 +35,8 @@ class Look:
     garbage: list[int] | None = None  # [objects, bytes] no root reached (None: not measured)
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": self.time, "types": self.types, "holders": self.holders, "garbage": self.garbage}
+        return {"time": self.time, "types": self.types, "holders": self.holders,
+                "garbage": self.garbage}
 
     @staticmethod
     def from_json(doc: dict[str, Any]) -> Look:
@@ -54,7 +55,8 @@ def _unique(holders: list[Holder]) -> dict[str, Holder]:
     return {h.path: h for h in holders if seen[h.path] == 1}
 
 
-def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder], garbage: dict[str, Any] | None = None) -> Look:
+def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder],
+            garbage: dict[str, Any] | None = None) -> Look:
     return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
                 {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()},
                 None if garbage is None else [int(garbage["objects"]), int(garbage["bytes"])])
@@ -127,16 +129,19 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
                                "retained_bytes": h.retained_bytes,
                                "retained_delta": h.retained_bytes - prev[1] if prev else None,
                                # None: nothing to compare with, or a path several holders share
-                               "matched": None if previous is None or h.path not in unique else prev is not None,
+                               "matched": (None if previous is None or h.path not in unique
+                                           else prev is not None),
                                "grew": None}
         if prev is not None:
             rd = doc["retained_delta"]
-            doc["grew"] = doc["items_delta"] > 0 or (rd >= GREW_MIN_BYTES and rd >= GREW_MIN_SHARE * prev[1])
+            doc["grew"] = doc["items_delta"] > 0 or (rd >= GREW_MIN_BYTES
+                                                     and rd >= GREW_MIN_SHARE * prev[1])
         elif doc["matched"] is False:
             doc["grew"] = False
         out.append(doc)
     if previous is not None:
-        out.sort(key=lambda d: (not d["grew"], not d["matched"], -(d["retained_delta"] or 0), -d["retained_bytes"]))
+        out.sort(key=lambda d: (not d["grew"], not d["matched"], -(d["retained_delta"] or 0),
+                                -d["retained_bytes"]))
     return out
 
 
