@@ -3,6 +3,7 @@ print and write as JSON. Pure: no I/O, no target access."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,19 @@ GREW_MIN_BYTES = 64 << 10
 GREW_MIN_SHARE = 0.05
 
 
+_FRAME_LINE = re.compile(r"^(thread .*?, \S+\(\) in \S+) line \d+(, local )")
+
+
+def match_key(path: str) -> str:
+    """A holder's path as matched between looks: a thread's frame is the same owner whatever line
+    it was running at each look.
+
+    >>> match_key("thread Thread-1, run() in events.py line 223, local self .state .tasks")
+    'thread Thread-1, run() in events.py, local self .state .tasks'
+    """
+    return _FRAME_LINE.sub(r"\1\2", path, count=1)
+
+
 def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, Any]]:
     """holders: [{path, type, items, items_delta, retained_bytes, retained_delta, matched, grew}].
 
@@ -122,8 +136,9 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
     """
     out: list[dict[str, Any]] = []
     unique = _unique(holders)
+    before = {match_key(p): v for p, v in previous.holders.items()} if previous is not None else {}
     for h in holders:
-        prev = previous.holders.get(h.path) if previous is not None and h.path in unique else None
+        prev = before.get(match_key(h.path)) if previous is not None and h.path in unique else None
         doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
                                "items_delta": h.items - prev[0] if prev else None,
                                "retained_bytes": h.retained_bytes,
