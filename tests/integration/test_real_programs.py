@@ -164,7 +164,7 @@ def test_flower_holders_at_the_cap_do_not_grow(rig: Rig, tmp_path: Path) -> None
         if h["matched"] is False:
             assert h["items_delta"] is None and h["retained_delta"] is None, h
         if h["grew"]:
-            assert h["items_delta"] > 0 or h["retained_delta"] >= 64 << 10, h
+            assert h["items_delta"] > 0 or h["retained_delta"] >= MIB, h
     # AND the first screen leads with a holder that grew, or says none did: never "+0 items"
     held = next(line for line in (tmp_path / "r" / "report.txt").read_text().splitlines()
                 if line.startswith(("held by:", "no holder grew")))
