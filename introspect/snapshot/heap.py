@@ -151,7 +151,26 @@ def _rooted_graph(snap: Snapshot) -> tuple[Any, dict[int, str], int]:
         root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
         held += 0 if immortal else 1
     g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
+    # Vertex n + 1 points at the long-lived roots only: modules and each thread's outermost frame.
+    # Paths are taken from it first (analyse): a call in flight on a worker's thread (its innermost
+    # frames) must not name what the thread's own object, or a module, keeps anyway.
+    long_lived = _long_lived_roots(snap)
+    g.add_vertices(1)
+    g.add_edges(np.column_stack([np.full(long_lived.shape[0], n + 1, np.int64), long_lived]))
     return g, root_name, held
+
+
+def _long_lived_roots(snap: Snapshot) -> np.ndarray:
+    """Positions of the module roots and of the locals of each thread's outermost function frame
+    (the walker lists a thread's frames innermost first: the last frame named for a thread)."""
+    outermost: dict[str, str] = {}
+    for r in snap.roots:
+        if r.kind != "module":
+            frame = r.name.rsplit(", local ", 1)[0]
+            outermost[frame.split(", ", 1)[0]] = frame
+    keep = {f for f in outermost.values()}
+    pos = [r.pos for r in snap.roots if r.kind == "module" or r.name.rsplit(", local ", 1)[0] in keep]
+    return np.asarray(sorted(set(pos)), dtype=np.int64)
 
 
 def reachable_of(snap: Snapshot) -> np.ndarray:
@@ -208,6 +227,13 @@ def analyse(snap: Snapshot) -> Heap:
     order = np.asarray(vids, dtype=np.int64)
     reachable = np.zeros(n, bool)
     reachable[order[order < n]] = True
+    # Shortest paths from the long-lived roots where they reach; from any root elsewhere.
+    long_vids, _long_layers, long_parents = g.bfs(n + 1, mode="out")
+    long_par = np.asarray(long_parents, dtype=np.int64)[:n]
+    from_long = np.zeros(n, bool)
+    lv = np.asarray(long_vids, dtype=np.int64)
+    from_long[lv[lv < n]] = True
+    parent = np.where(from_long, np.where(long_par >= n, -1, long_par), parent)
     parent[~reachable] = -1
     idom[~reachable] = -1
     retained = np.where(reachable, snap.size, 0).astype(np.int64)
