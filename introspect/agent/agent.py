@@ -420,7 +420,11 @@ def _gc_enabled():  # type: () -> bool
 
 
 def _gc_facts():  # type: () -> dict
-    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count())}
+    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count()), "thresholds": list(gc.get_threshold())}
+    try:  # C-level reads of the collector's own counters: no object is touched
+        facts["stats"] = [dict((k, v) for k, v in st.items() if type(v) is int) for st in gc.get_stats()]
+    except Exception:
+        pass
     if hasattr(gc, "get_freeze_count"):
         facts["frozen"] = gc.get_freeze_count()
     return facts
@@ -1135,6 +1139,7 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         else:
             grouped[key] = {"root": ch["root"], "count": 1, "path": ch["path"]}
     unrooted = len(sample) - len(chains)
+    held_c, cycle = (0, 0) if partial or not unrooted else _unrooted_kinds(sample, roots, down, nodes)
     opaque_named = {}  # type: dict
     for t, n in opaque.items():
         opaque_named[type_name(t)] = opaque_named.get(type_name(t), 0) + n
@@ -1150,6 +1155,9 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         "found": found,
         "sampled": len(sample),
         "unrooted": unrooted,
+        "unrooted_held_from_c": held_c,
+        "unrooted_cycle": cycle,
+        "unrooted_limit": unrooted if partial else 0,
         "chains": sorted(grouped.values(), key=lambda c: -c["count"]),
         "graph": graph,
         "partial": partial,
@@ -1263,9 +1271,44 @@ def _owner_module(ids, nodes):  # type: (list, dict) -> str
             mod = _type_module.__get__(t, type)
         except Exception:
             continue
-        if isinstance(mod, str) and mod != "builtins":
+        if isinstance(mod, str) and mod not in _NOT_OWNERS:
             return mod
     return ""
+
+
+# A deque or OrderedDict is no more `collections`' than a list is builtins'; a callback queued on
+# an event loop (asyncio.events.Handle) is not owned by asyncio.events.
+_NOT_OWNERS = ("builtins", "collections", "asyncio.events")
+
+
+def _below(starts, down):  # type: (list, dict) -> set
+    """Everything the discovered referrer edges lead to from ``starts`` (not the starts)."""
+    reach = set()  # type: set
+    stack = list(starts)
+    while stack:
+        n = stack.pop()
+        for c in down.get(n, ()):
+            if c not in reach:
+                reach.add(c)
+                stack.append(c)
+    return reach
+
+
+def _unrooted_kinds(sample, roots, down, nodes):  # type: (list, dict, dict, dict) -> tuple
+    """(held from C, cycle only) among the sampled instances no root reaches, once the search ran
+    out of referrers. Above an instance held from C (or by a frame the search does not list) some
+    holder has no referrer at all; above one held by a reference cycle only, every holder is held
+    by another: nothing outside the cycle keeps it, the collector will free it."""
+    children = set()  # type: set
+    for kids in down.values():
+        children.update(kids)
+    rooted = _below(list(roots), down)
+    tops = [k for k in nodes if k not in children and k not in roots]
+    above_c = _below(tops, down)
+    above_c.update(tops)
+    held_c = sum(1 for o in sample if id(o) not in rooted and id(o) in above_c)
+    cycle = sum(1 for o in sample if id(o) not in rooted and id(o) not in above_c)
+    return held_c, cycle
 
 
 def _owners_missing(sample, roots, down, nodes, module_dicts):  # type: (list, dict, dict, dict, dict) -> bool

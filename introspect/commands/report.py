@@ -150,12 +150,17 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 10, count=walker.counts)
+        # 50 kept for matching across looks (a holder outside the first look's top 10 is still
+        # matched at the last); the report shows the first 10
+        found = heap.holders(h, walker.labels, 50, count=walker.counts)
+        garbage = heap.garbage(snap, h.reachable)
         now = time.time()
         first = got.snapshots[0]["look"] if got.snapshots else None
-        value = {"look": views.look_of(now, rows, found), "rows": rows, "holders": found,
+        value = {"look": views.look_of(now, rows, found, garbage), "rows": rows, "holders": found,
                  "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts,
                                                preview=walker.previews if getattr(args, "values", False) else None),
+                 "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
+                 "bytes": int(snap.size.sum()),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
@@ -251,8 +256,13 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     prev = first["look"] if len(got.snapshots) > 1 else None
     return {
         "collector": last["collector"],
-        "holders": views.holder_docs(last["holders"], prev),
+        "holders": views.holder_docs(last["holders"], prev)[:10],
         "suspects": last.get("suspects", []),
+        "garbage": last["garbage"],
+        "garbage_first": first["garbage"] if prev else None,
+        "bytes": last["bytes"],
+        "bytes_first": first["bytes"] if prev else None,
+        "gc": last["gc"],
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -350,13 +360,17 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                     for r in rows[:args.top]],
         "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
                       "sampling": d.get("sampling", "newest first"),
-                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
+                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d},
+                      **{k: d[k] for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
         "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
+    snap_doc = doc["snapshot"] or {}
+    doc["garbage"] = snap_doc.get("garbage")  # top-level, as in top and growth: None without a snapshot
+    doc["gc"] = snap_doc.get("gc") or (analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"]) if got.looks else None)
     doc["memory"]["summary"] = trend_line(trend)
     wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
     doc["memory"].update(wall_fields)
@@ -369,8 +383,8 @@ def _held_by(ref: dict[str, Any]) -> str:
     """Where every traced instance went: the top roots, the rest, and those not traced to a root.
 
     >>> chain = {"root": "module app", "count": 3, "path": [{"type": "module", "via": ".cache"}, {"type": "list", "via": None}]}
-    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "chains": [chain]})
-    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root'
+    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "unrooted_cycle": 7, "chains": [chain]})
+    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root (7 by a reference cycle only (garbage the collector will free))'
     """
     sampled = ref["sampled"]
     held: dict[str, int] = {}
@@ -384,7 +398,10 @@ def _held_by(ref: dict[str, Any]) -> str:
     if rest:
         parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
     if ref.get("unrooted"):
-        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root")
+        if ref.get("sampling"):  # forked: every instance looked at; the unreachable ones are beside the traced
+            parts.append(f"{ref['unrooted']:,} more of {ref['found']:,} not reachable from any root ({analysis.unrooted_text(ref)})")
+        else:
+            parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 
@@ -422,10 +439,23 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
+    if snap.get("garbage") is not None:
+        lines.append(analysis.garbage_line(snap["garbage"], snap.get("gc")))
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            lines.append(analysis.growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                                    snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"],
+                                                    "since the first look"))
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 
-        lines.append("held by: " + holder_line(snap["holders"][0]).replace("since the last look", "since the first look"))
+        compared = any(h.get("matched") is not None for h in snap["holders"])  # else one look: nothing to compare
+        grew = [h for h in snap["holders"] if h.get("grew")] if compared else snap["holders"]
+        if grew:
+            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
+        else:
+            same = sum(1 for h in snap["holders"] if h.get("matched"))
+            lines.append(f"no holder grew since the first look ({same} listed then are unchanged, "
+                         f"{len(snap['holders']) - same} were not listed then)")
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
     lines += _allocated_lines(doc)

@@ -13,6 +13,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from introspect.analysis import garbage_line, growth_split_line, unrooted_text
+
 MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
 STYLE = """
@@ -142,8 +144,8 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
             out.append(f"<p><b>Partial:</b> {_e(ref['reason'])}</p>")
         lines = [f"{c['count']} of {ref['sampled']} held by: {c['root']}\n  {chain_text(c)}" for c in ref["chains"]]
         if ref["unrooted"]:
-            lines.append(f"{ref['unrooted']} of {ref['sampled']} not traced to a root (held from C code, by a "
-                         "reference cycle only, or beyond the depth limit)")
+            of = f"more of {ref['found']:,} not reachable from any root" if ref.get("sampling") else f"of {ref['sampled']} not traced to a root"
+            lines.append(f"{ref['unrooted']:,} {of}: {unrooted_text(ref)}")
         out.append(f"<pre>{_e(chr(10).join(lines) or 'no chain found')}</pre>")
         graph = ref["files"].get("svg") or ref["files"].get("png")
         out.append(_image(graph, f"reference graph of {ref['type']}") if graph else f"<p>{_e(ref['files'].get('note', ''))}</p>")
@@ -171,11 +173,19 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
     if snap.get("problem"):
         out.append(f"<p>No forked snapshot: {_e(snap['problem'])}</p>")
         return out
+    if snap.get("garbage") is not None:
+        out.append(f"<p>{_e(garbage_line(snap['garbage'], snap.get('gc')))}</p>")
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            split = growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                      snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"], "since the first look")
+            out.append(f"<p>{_e(split)}</p>")
     if snap["holders"]:
         out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
         for h in snap["holders"]:
             since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
                                                            f"{human_bytes(abs(h['retained_delta']))}"
+            if h.get("matched") is False:
+                since = "new: not listed at the first look"
             out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
                        f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
         out.append("</table>")
