@@ -123,7 +123,9 @@ def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by
 
         lines[2:2] = suspect_lines(got["suspects"])
         lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
-        lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]
+        listed, folded = views.fold_anonymous(got["holders"])
+        lines += ["  " + views.holder_line(h) for h in listed] or ["  (none above 1 KiB)"]
+        lines += [f"  {folded}"] if folded else []
         lines += ["", table(["type", "retained", "count"], [(t["type"], human_bytes(t["retained_bytes"]), t["count"]) for t in got["types"]])]
     elif not got.get("waste"):
         lines += ["", table(["type", "count", "untracked", "bytes", "avg"],

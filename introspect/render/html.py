@@ -180,8 +180,11 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
                                       snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"], "since the first look")
             out.append(f"<p>{_e(split)}</p>")
     if snap["holders"]:
+        from introspect.snapshot.views import fold_anonymous
+
+        listed, folded = fold_anonymous(snap["holders"])
         out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
-        for h in snap["holders"]:
+        for h in listed:
             since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
                                                            f"{human_bytes(abs(h['retained_delta']))}"
             if h.get("matched") is False:
@@ -189,6 +192,8 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
             out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
                        f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
         out.append("</table>")
+        if folded:
+            out.append(f"<p>{_e(folded)}</p>")
     out.append("<h2>Every type, tracked by the garbage collector or not</h2>")
     out.append("<table><tr><th>type</th><th>count</th><th>untracked</th><th>bytes</th><th>since the first look</th>"
                "<th>bytes since</th></tr>")

@@ -158,9 +158,44 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
             doc["grew"] = False
         out.append(doc)
     if previous is not None:
-        out.sort(key=lambda d: (not d["grew"], not d["matched"], -(d["retained_delta"] or 0),
-                                -d["retained_bytes"]))
+        out.sort(key=lambda d: (not d["grew"], not d["matched"], anonymous(d["path"]),
+                                -(d["retained_delta"] or 0), -d["retained_bytes"]))
+    else:  # named roots first: "held from C (dict)" says little a person can act on
+        out.sort(key=lambda d: (anonymous(d["path"]), -d["retained_bytes"]))
     return out
+
+
+_ANONYMOUS = re.compile(r"^(held from C|immortal) \([^()]*\)$")
+
+
+def anonymous(path: str) -> bool:
+    """A holder known only as held from C (or immortal), with no name on its path.
+
+    >>> anonymous("held from C (dict)"), anonymous("held from C (dict) ['path_importer_cache']")
+    (True, False)
+    """
+    return _ANONYMOUS.match(path) is not None
+
+
+def fold_anonymous(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """The holders to list one by one, and one line for the anonymous ones that did not grow.
+
+    >>> rows = [{"path": "module m .x", "type": "dict", "retained_bytes": 9000, "grew": None},
+    ...         {"path": "held from C (dict)", "type": "dict", "retained_bytes": 3000, "grew": None},
+    ...         {"path": "held from C (list)", "type": "list", "retained_bytes": 1000, "grew": None}]
+    >>> keep, line = fold_anonymous(rows)
+    >>> [d["path"] for d in keep], line
+    (['module m .x'], '2 more held from C with no name (dict, list): 3.9 KiB retained in all')
+    """
+    keep = [d for d in docs if not anonymous(d["path"]) or d.get("grew")]
+    folded = [d for d in docs if anonymous(d["path"]) and not d.get("grew")]
+    if not folded:
+        return keep, None
+    from introspect.render.text import human_bytes
+
+    kinds = ", ".join(sorted({d["type"] for d in folded}))
+    total = sum(d["retained_bytes"] for d in folded)
+    return keep, f"{len(folded)} more held from C with no name ({kinds}): {human_bytes(total)} retained in all"
 
 
 def holder_line(d: dict[str, Any]) -> str:
