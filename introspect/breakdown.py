@@ -8,7 +8,6 @@ Every figure is bytes; ``None`` where it could not be measured, with the reason 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 

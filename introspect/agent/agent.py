@@ -2617,32 +2617,29 @@ def _mem_pymalloc():  # type: () -> tuple
     return None, "no pymalloc arenas reported by sys._debugmallocstats() (a free-threaded build uses mimalloc)"
 
 
-def _mem_maps():  # type: () -> list
-    out = []
-    for line in _mem_read("/proc/self/maps").split(b"\n"):
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        lo, _, hi = parts[0].partition(b"-")
-        out.append((int(lo, 16), int(hi, 16), parts[5].decode("utf-8", "replace") if len(parts) > 5 else ""))
-    return out
+def _mem_allocator(ctypes):  # type: (Any) -> tuple
+    """(name, library path) of the malloc every caller gets: the first allocator in the dynamic
+    linker's search order (its link map: the executable, LD_PRELOAD, then what was loaded). Not
+    where dlsym(malloc) points: a non-PIE executable's canonical PLT entry answers that."""
+    class Info(ctypes.Structure):  # type: ignore[misc]  # the head of struct dl_phdr_info
+        _fields_ = [("addr", ctypes.c_void_p), ("name", ctypes.c_char_p)]
 
+    names = []  # type: list
+    visit = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Info), ctypes.c_size_t, ctypes.c_void_p)
 
-def _mem_allocator(ctypes, maps):  # type: (Any, list) -> tuple
-    """(name, library path) of the malloc every caller gets: where the global symbol resolves."""
-    addr = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value or 0
-    path = ""
-    for lo, hi, p in maps:
-        if lo <= addr < hi:
-            path = p
-            break
-    base = path.rsplit("/", 1)[-1]
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        if name in base:
-            return name, path
-    if base.startswith("libc.so") or base.startswith("libc-"):
-        return "glibc", path
-    return base or "unknown", path
+    def one(info, size, data):  # type: (Any, int, Any) -> int
+        names.append((info.contents.name or b"").decode("utf-8", "replace"))
+        return 0
+
+    ctypes.CDLL(None).dl_iterate_phdr(visit(one), None)
+    for path in names:
+        base = path.rsplit("/", 1)[-1]
+        for name in ("jemalloc", "tcmalloc", "mimalloc"):
+            if name in base:
+                return name, path
+        if base.startswith("libc.so") or base.startswith("libc-"):
+            return "glibc", path
+    return "unknown", ""
 
 
 def _mem_glibc(ctypes, libc_path, facts):  # type: (Any, str, dict) -> None
@@ -2742,8 +2739,7 @@ def _mem_look(deadline):  # type: (float) -> None
     facts = {"allocator": None}  # type: dict
     try:
         ctypes = __import__("ctypes")  # in the copy only: nothing of it reaches the target
-        maps = _mem_maps()
-        name, path = _mem_allocator(ctypes, maps)
+        name, path = _mem_allocator(ctypes)
         facts["allocator"] = name
         facts["path"] = path
         if name == "glibc":

@@ -26,6 +26,11 @@ libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 lock = threading.Lock()
 
 
+def _block(size):
+    """pymalloc's block for an object of ``size`` bytes: rounded up to its 16-byte alignment."""
+    return (size + 15) // 16 * 16
+
+
 def frag_thread(mib, keep, ready, stop):
     allocated = []
     total = mib << 20
@@ -64,7 +69,7 @@ for line in sys.stdin:
     elif cmd[0] == "tuples":
         n, keep = int(cmd[1]), int(cmd[2])
         big = [(i, i + 1) for i in range(1 << 20, (1 << 20) + n)]
-        per = sys.getsizeof(big[0]) + 2 * sys.getsizeof(1 << 20)
+        per = _block(sys.getsizeof(big[0])) + 2 * _block(sys.getsizeof(1 << 20))
         kept_tuples.extend(big[::keep])
         done["tuples_kept"] += len(big[::keep]) * per
         done["tuples_freed"] += (n - len(big[::keep])) * per
