@@ -173,8 +173,9 @@ def compose(proc: ProcMemory, python_objects: int | None, python_in_malloc: int 
     elif "native" not in missing:
         missing["native"] = "needs malloc's in-use figure and the Python objects' sizes"
     stack_bytes, how = stacks(proc)
-    known = sum(x for x in (python_objects, pymalloc["free"] if pymalloc else None, malloc["free"], native, stack_bytes)
-                if x is not None)
+    figures: list[int | None] = [python_objects, pymalloc["free"] if pymalloc else None, malloc["free"], native,
+                                 stack_bytes]
+    known = sum(int(x) for x in figures if x is not None)
     mem: dict[str, Any] = {"rss": proc.rss, "uss": proc.uss, "python_objects": python_objects, "pymalloc": pymalloc,
                            "malloc": malloc, "native": native, "stacks": stack_bytes,
                            "other": max(0, proc.uss - known)}
