@@ -158,7 +158,7 @@ def compose(proc: ProcMemory, python_objects: int | None, python_in_malloc: int 
     pymalloc = {"arenas": int(py["arenas"]), "used": int(py["used"]), "free": int(py["free"])} if py else None
     facts = copy.get("malloc") or {}
     allocator = facts.get("allocator") or allocator_from_maps(proc)
-    malloc = {"allocator": allocator, "in_use": facts.get("in_use"), "free": facts.get("free"),
+    malloc: dict[str, Any] = {"allocator": allocator, "in_use": facts.get("in_use"), "free": facts.get("free"),
               "mmapped": facts.get("mmapped"), "arenas": facts.get("arenas"), "trimmable": facts.get("trimmable")}
     if not copy:
         missing.setdefault("pymalloc", "needs the forked copy (sys._debugmallocstats writes to the target's stderr: "
