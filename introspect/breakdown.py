@@ -209,6 +209,9 @@ def verdict(mem: dict[str, Any], threads: int = 0) -> tuple[str | None, str]:
     ranked = sorted(known.items(), key=lambda kv: -kv[1])
     lead, size = ranked[0]
     second = ranked[1][1] if len(ranked) > 1 else 0
+    if size < uss / 2 and (mem.get("native") is None or len(ranked) < 2):
+        return None, (f"no verdict: {lead} holds {_m(size)} of {_m(uss)} USS, and the rest cannot be split "
+                      "without the allocators' figures (see missing)")
     if size < uss / 2 and size < 1.5 * second:
         a, b = ranked[0], ranked[1]
         return "mixed", (f"mixed: no single cause; {a[0]} {_m(a[1])} and {b[0]} {_m(b[1])} of {_m(uss)} USS; "

@@ -5,6 +5,7 @@ stdin, one JSON line back with what the program knows it did (bytes):
   tuples N KEEP            N small tuples, 1 in KEEP kept (pymalloc arenas pinned by sparse survivors)
   cleak N                  N x 64 KiB malloc'ed through ctypes and never freed (a C extension's leak)
   pyleak N                 the seeds' leak: N x {"id": i, "data": os.urandom(1024)} in a list
+                           (pyleak_bytes: their sizes as sys.getsizeof counts them)
   state                    what is held so far
 """
 
@@ -18,7 +19,7 @@ kept_bytes = []  # frag's survivors
 kept_tuples = []  # tuples' survivors
 global_data_store = []  # pyleak
 leaked = []  # cleak: addresses only (ints), never freed
-done = {"frag_free": 0, "frag_kept": 0, "tuples_freed": 0, "tuples_kept": 0, "cleak": 0, "pyleak": 0}
+done = {"frag_free": 0, "frag_kept": 0, "tuples_freed": 0, "tuples_kept": 0, "cleak": 0, "pyleak": 0, "pyleak_bytes": 0}
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -27,7 +28,10 @@ lock = threading.Lock()
 
 
 def _block(size):
-    """pymalloc's block for an object of ``size`` bytes: rounded up to its 16-byte alignment."""
+    """What an object of ``size`` bytes takes: pymalloc's block (rounded up to 16 bytes) or, with
+    PYTHONMALLOC=malloc, glibc's chunk (8 bytes of header, 16-byte steps, 32 at least)."""
+    if os.environ.get("PYTHONMALLOC", "").startswith("malloc"):
+        return max(32, (size + 8 + 15) // 16 * 16)
     return (size + 15) // 16 * 16
 
 
@@ -84,6 +88,8 @@ for line in sys.stdin:
         start = len(global_data_store)
         for i in range(start, start + int(cmd[1])):
             global_data_store.append({"id": i, "data": os.urandom(1024)})
+            rec = global_data_store[-1]
+            done["pyleak_bytes"] += sys.getsizeof(rec) + sys.getsizeof(rec["data"]) + sys.getsizeof(i)
         done["pyleak"] = len(global_data_store)
     sys.stdout.write(json.dumps(done) + "\n")
     sys.stdout.flush()
