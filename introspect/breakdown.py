@@ -246,6 +246,8 @@ def verdict(mem: dict[str, Any], threads: int = 0) -> tuple[str | None, str]:
                   "(`introspect growth PID`), or run under memray --native")
 
 
+PART_NAMES = {"python-objects": "Python objects", "pymalloc-fragmentation": "pymalloc free",
+              "malloc-fragmentation": "malloc free", "native": "native"}
 CHANGE_KEYS = ("rss", "uss", "python_objects", "native", "stacks", "other")
 
 
@@ -277,7 +279,7 @@ def change_verdict(ch: dict[str, Any]) -> tuple[str | None, str]:
     known = {k: int(v) for k, v in cands.items() if v is not None}
     secs = ch.get("seconds")
     during = f" in {secs:.0f} s" if secs else ""
-    parts_s = "; ".join(f"{k} {_signed(v)}" for k, v in sorted(known.items(), key=lambda kv: -abs(kv[1])))
+    parts_s = "; ".join(f"{PART_NAMES[k]} {_signed(v)}" for k, v in sorted(known.items(), key=lambda kv: -abs(kv[1])))
     head = f"USS {_signed(duss)}{during}: {parts_s}" if parts_s else f"USS {_signed(duss)}{during}"
     if abs(duss) < MiB or not known:
         return "flat" if abs(duss) < MiB else None, head

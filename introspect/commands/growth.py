@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
+from introspect.commands import memory as memory_cmd
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
@@ -96,7 +97,12 @@ class Command:
             "collector": col,
             "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline} for r in rows],
         }
-        emit(args, out, doc, render(last, doc, rows, steady))
+        # /proc's part of the breakdown only: the allocators are read in a forked copy, never here
+        mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(args.pid), None)
+        change = memory_cmd.change_since(args.pid, inspect_target(args.pid).create_time, mem, time.time(),
+                                         kind="memory-inproc", reset=args.reset)
+        doc.update(memory=mem, memory_change=change, memory_missing=missing)
+        emit(args, out, doc, _lead_with_memory(render(last, doc, rows, steady), doc))
         return 0
 
 
@@ -155,15 +161,18 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
     create_time = inspect_target(args.pid).create_time
     results: list[tuple[Outcome, dict[str, Any], dict[str, Any]]] = []
     steady_input: list[dict[str, list[int]]] = []
+    mem_looks: list[dict[str, Any]] = []
     for i in range(args.samples):
         if i:
             if sys.stderr.isatty() and not args.json:
                 print(f"introspect: next look in {args.interval:g} s ({i + 1}/{args.samples})", file=sys.stderr)
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
-
-        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid, args.values),
-                                         method=args.method, timeout=args.timeout, collect=args.collect, log=log)
+        proc = memory_cmd.read_before_fork(args.pid)  # RSS/USS before the fork (after it, all is shared)
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto",
+                                         memory_cmd.along(_analyser(saved, args.pid, args.values)),
+                                         method=args.method, timeout=args.timeout, collect=args.collect, log=log,
+                                         memory=True)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
                 raise errors.AgentError(f"look {i + 1} could not fork: {col['why']}")
@@ -171,6 +180,9 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             why_not.update(col)
             return None
         state.save(args.pid, create_time, {"baseline": got.pop("baseline").to_json(), "previous": got.pop("look").to_json()})
+        mem, missing = memory_cmd.compose_look(proc, got.pop("memory_facts"))
+        change = memory_cmd.change_since(args.pid, create_time, mem, time.time(), kind="memory", reset=args.reset and i == 0)
+        mem_looks.append({"memory": mem, "memory_change": change, "memory_missing": missing})
         results.append((outcome, got, col))
         if i:  # steadiness on reachable objects: garbage that comes and goes must not hide a grower
             before = results[-2][1]["reachable_counts"]
@@ -205,8 +217,18 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
         "holders": holders[:args.holders],
         "suspects": got["suspects"],
     }
-    emit(args, out, doc, render_forked(last, doc))
+    doc.update(mem_looks[-1])
+    if len(mem_looks) > 1:
+        doc["memory_looks"] = mem_looks
+    emit(args, out, doc, _lead_with_memory(render_forked(last, doc), doc))
     return 0
+
+
+def _lead_with_memory(text: str, doc: dict[str, Any]) -> str:
+    """The breakdown's change goes first, after the header and collector lines."""
+    lines = text.split("\n")
+    lines[2:2] = memory_cmd.growth_lines(doc["memory"], doc.get("memory_change"))
+    return "\n".join(lines)
 
 
 ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)

@@ -20,13 +20,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from introspect import breakdown, errors
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, header, logger
 from introspect.render.output import OutputDir
+from introspect.render.text import human_bytes
 from introspect.runner import Outcome, run_agent
-from introspect.snapshot import collect
+from introspect.snapshot import collect, state
 from introspect.target import inspect_target
 
 if TYPE_CHECKING:
@@ -112,3 +114,61 @@ class Command:
             lines += ["", "not measured:"] + [f"  {k}: {v}" for k, v in facts["missing"].items()]
         emit(args, out, doc, "\n".join(lines))
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# growth's share: the breakdown at every look and its change since the previous one
+
+
+def change_since(pid: int, create_time: float, mem: dict[str, Any], now: float, *, kind: str,
+                 reset: bool = False) -> dict[str, Any] | None:
+    """The signed change since the previous look kept in the state directory (None at the first
+    look), and this look kept for the next. ``kind``: "memory" (forked looks) or "memory-inproc"."""
+    saved = None if reset else state.load(pid, create_time, kind)
+    state.save(pid, create_time, {"time": now, "memory": mem}, kind)
+    try:
+        prev, then = saved["memory"], float(saved["time"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not isinstance(prev, dict) or "uss" not in prev:
+        return None
+    return breakdown.change(prev, mem, now - then)
+
+
+def growth_lines(mem: dict[str, Any], ch: dict[str, Any] | None) -> list[str]:
+    """What leads growth's text: the change of the breakdown and its verdict (or, at the first
+    look, the breakdown's verdict); Python objects not explaining the growth is said first."""
+    if ch is None:
+        return [f"memory: RSS {human_bytes(mem['rss'])}, USS {human_bytes(mem['uss'])}; "
+                + (mem.get("advice") or "no verdict")]
+    verdict = ch.get("verdict")
+    if verdict in ("native", "malloc-fragmentation", "pymalloc-fragmentation", "mixed"):
+        return [f"Python objects do not explain this growth ({verdict}): {ch['advice']}",
+                "  next: `introspect memory PID` for the whole breakdown and advice"]
+    if verdict == "python-objects":
+        return [f"{ch['advice']} (see the types and holders below)"]
+    return [ch.get("advice") or "memory: no change measured"]
+
+
+def along(analyse: Callable[[Snapshot, Walker], dict[str, Any]]) -> Callable[[Snapshot, Walker], dict[str, Any]]:
+    """``analyse`` (another command's, over the same snapshot) plus this command's facts, under
+    the key "memory_facts" (take them with ``compose_look``)."""
+
+    def both(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        got = analyse(snap, walker)
+        got["memory_facts"] = analyse_snapshot(snap, walker)
+        return got
+
+    return both
+
+
+def compose_look(proc: breakdown.ProcMemory, got: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(memory, missing) of one look: ``got`` is ``along``'s facts, None for an in-process look."""
+    missing: dict[str, str] = {}
+    if got is None:
+        mem = breakdown.compose(proc, None, None, None, missing)
+        missing["python_objects"] = "an in-process look counts objects without sizing them all"
+    else:
+        mem = breakdown.compose(proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing)
+    missing.pop("stacks_found", None)
+    return mem, missing

@@ -12,6 +12,7 @@ each shape runs on five of the nine kinds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,34 @@ def test_memory_in_process_says_what_is_missing(spawn, interp: Interp, tmp_path:
     assert m["verdict"] == "python-objects", m["advice"]
     text = introspect("memory", str(v.pid), "--in-process", "-o", str(tmp_path / "out2"))
     assert text.rc == 0 and "not measured:" in text.stdout and "pymalloc:" in text.stdout, text.stdout
+
+
+@pytest.mark.parametrize("interp", _kind("debian-3.11") + _kind("sid-3.14"))
+def test_growth_records_the_breakdown_and_its_change(spawn, interp: Interp, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    v = spawn(interp, "memory_shapes.py")
+    # GIVEN a baseline look
+    first = introspect("growth", str(v.pid), "--json", "-o", str(tmp_path / "g1"))
+    assert first.rc == 0, first.stderr
+    assert first.json()["memory"]["uss"] > 0 and first.json()["memory_change"] is None
+    # WHEN a C-level leak grows between two looks
+    leaked = v.ask("cleak 500")["cleak"]
+    second = introspect("growth", str(v.pid), "-o", str(tmp_path / "g2"))
+    assert second.rc == 0, second.stderr
+    doc = json.loads((tmp_path / "g2" / "growth.json").read_text())
+    ch = doc["memory_change"]
+    # THEN the change is native, by what was leaked, and the text leads with it
+    assert ch["verdict"] == "native", ch
+    assert abs(ch["native"] - leaked) <= 0.15 * leaked, ch
+    assert abs(ch["python_objects"]) < 0.05 * leaked, ch
+    assert second.stdout.splitlines()[2].startswith("Python objects do not explain this growth (native)"), second.stdout
+    # AND WHEN Python objects grow next, the change says so
+    before = v.ask("state")["pyleak_bytes"]
+    grown = v.ask("pyleak 30000")["pyleak_bytes"] - before
+    third = introspect("growth", str(v.pid), "--json", "-o", str(tmp_path / "g3"))
+    ch = third.json()["memory_change"]
+    assert ch["verdict"] == "python-objects", ch
+    assert abs(ch["python_objects"] - grown) <= 0.15 * grown, ch
+    assert set(third.json()["memory"]) == {"rss", "uss", "python_objects", "pymalloc", "malloc", "native", "stacks",
+                                           "other", "verdict", "advice"}
