@@ -196,9 +196,11 @@ def trend_of(samples: list[Sample]) -> Trend:
     return memory_trend([s.t for s in samples], [s.rss for s in samples])
 
 
-def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend) -> tuple[str, str, str | None, list[str]]:
+def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend,
+                  parts: list[tuple[float, dict[str, Any]]] | None = None) -> tuple[str, str, str | None, list[str]]:
     """monitor.csv, monitor.svg and, where matplotlib is installed, monitor.png; returns their paths
-    (png None when it could not be drawn) and notes."""
+    (png None when it could not be drawn) and notes. ``parts``: (time, memory breakdown) at the looks
+    that had one, stacked under the RSS line in the SVG."""
     notes: list[str] = []
     csv_path = str(out.write_text("monitor.csv", csv_text(samples, sampler.with_children)))
     what = "RSS of the process and its children" if sampler.with_children else "RSS"
@@ -211,7 +213,7 @@ def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend
     series: list[tuple[str, list[float | None]]] = [(rss_label, [float(s.rss) for s in samples])]
     if samples and all(s.uss is not None for s in samples):
         series.append(("USS", [float(s.uss) if s.uss is not None else None for s in samples]))
-    svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title)))
+    svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title, parts=parts)))
     try:
         data = memory_png(ts, [s.rss for s in samples], [s.uss for s in samples], trend, title, rss_label=rss_label)
     except ImportError:

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from introspect import analysis, errors, tracing
+from introspect import analysis, breakdown, errors, tracing
 from introspect.commands import add_target_options, emit, logger
+from introspect.commands import memory as memory_cmd
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
@@ -121,7 +122,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
             if len(got.looks) in (1, len(look_at)):
                 # In the background: memory sampling goes on while the snapshot is taken and analysed
                 # (the per-target lock makes the next look wait for it).
-                th = threading.Thread(target=snapshot_look, args=(args, got, log, len(got.looks) > 1), daemon=True)
+                th = threading.Thread(target=snapshot_look, args=(args, got, log, len(got.looks) > 1, sampler.elapsed()),
+                                      daemon=True)
                 th.start()
                 got.pending.append(th)
             continue
@@ -140,7 +142,7 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
 
 
-def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False) -> None:
+def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False, t: float = 0.0) -> None:
     """Types (every object) and holders from a forked snapshot; its absence is said, not fatal.
     The last look's snapshot also traces the grown types (see trace_in_snapshot): no further fork."""
     from introspect.snapshot import collect, views
@@ -167,7 +169,9 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
         return value
 
     try:
-        outcome, value, col = collect.take(args.pid, "auto", analyse, method=args.method, timeout=args.timeout, log=log)
+        proc = memory_cmd.read_before_fork(args.pid)  # the breakdown's RSS/USS: before the fork
+        outcome, value, col = collect.take(args.pid, "auto", memory_cmd.along(analyse), method=args.method,
+                                           timeout=args.timeout, log=log, memory=True)
     except errors.IntrospectError as exc:  # the looks in the main thread say what happened to the target
         got.snapshot_problem = exc.msg
         return
@@ -177,6 +181,8 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     if value is None:
         got.snapshot_problem = col["why"]
         return
+    mem, missing = memory_cmd.compose_look(proc, value.pop("memory_facts"))
+    value["breakdown"] = {"t": round(t, 3), "memory": mem, "memory_missing": missing}
     got.snapshots.append({**value, "collector": col, "paused_s": outcome.paused_s if outcome else 0.0})
     got.snapshots.sort(key=lambda x: x["look"].time)
 
@@ -312,10 +318,31 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
     return analysis.grown_since_baseline(types), steady
 
 
+def breakdown_doc(got: Collected) -> dict[str, Any] | None:
+    """The report's "breakdown" block: where the memory was at each forked look (first and last),
+    its change between them and the verdicts; None without a forked look."""
+    looks = [snap["breakdown"] for snap in got.snapshots if "breakdown" in snap]
+    if not looks:
+        return None
+    first, last = looks[0], looks[-1]
+    change = breakdown.change(first["memory"], last["memory"], last["t"] - first["t"]) if len(looks) > 1 else None
+    return {"looks": looks, "memory": last["memory"], "memory_missing": last["memory_missing"], "memory_change": change}
+
+
+def breakdown_lines(mem_doc: dict[str, Any] | None) -> list[str]:
+    """What leads the report's text: where the memory is, and what changed between the looks."""
+    if mem_doc is None:
+        return []
+    return memory_cmd.growth_lines(mem_doc["memory"], None) + (
+        memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"]) if mem_doc["memory_change"] else [])
+
+
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
     """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    mem_doc = breakdown_doc(got)
+    parts = [(lk["t"], lk["memory"]) for lk in mem_doc["looks"]] if mem_doc else None
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend, parts=parts)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
@@ -365,6 +392,7 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
+        "breakdown": mem_doc,
         "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
@@ -427,6 +455,7 @@ def render(doc: dict[str, Any]) -> str:
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
+    lines += breakdown_lines(doc.get("breakdown"))
     snap = doc.get("snapshot") or {}
     from introspect.snapshot.suspects import suspect_lines
 

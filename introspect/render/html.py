@@ -118,6 +118,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 
+    out += _breakdown_section(doc)
     out += _snapshot_sections(doc)
     out += _allocation_section(doc)
     out.append("<h2>Types that grew since the baseline</h2>")
@@ -160,6 +161,33 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     out += [f"<li>{_link(p)}</li>" for p in raw if p]
     out.append("</ul></body></html>")
     return "\n".join(out) + "\n"
+
+
+def _breakdown_section(doc: dict[str, Any]) -> list[str]:
+    """Where the memory is, at the first and last forked look, and its verdict (`introspect memory`)."""
+    bd = doc.get("breakdown")
+    if not bd:
+        return []
+    from introspect import breakdown
+    from introspect.render.text import human_bytes
+
+    looks = bd["looks"]
+    out = ["<h2>Where the memory is</h2>",
+           f'<p class="verdict">{_e(bd["memory"].get("advice") or "no verdict")}</p>']
+    if bd.get("memory_change"):
+        out.append(f"<p>Between the first and the last look: {_e(bd['memory_change']['advice'])}</p>")
+    head = "".join(f"<th>at {lk['t']:.0f} s</th>" for lk in looks)
+    out.append(f"<table><tr><th>part</th>{head}</tr>")
+    rows = [("RSS", [lk["memory"]["rss"] for lk in looks]), ("USS", [lk["memory"]["uss"] for lk in looks])]
+    rows += [(name.replace("_", " "), [breakdown.parts(lk["memory"])[name] for lk in looks])
+             for name in breakdown.parts(looks[-1]["memory"])]
+    for name, values in rows:
+        cells = "".join(f"<td class=n>{_e(human_bytes(v) if v is not None else '-')}</td>" for v in values)
+        out.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
+    out.append("</table>")
+    if bd.get("memory_missing"):
+        out.append("<p>Not measured: " + _e("; ".join(f"{k}: {v}" for k, v in bd["memory_missing"].items())) + "</p>")
+    return out
 
 
 def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
