@@ -48,7 +48,7 @@ def _limits_stack(pid: int) -> int:
         with open(f"/proc/{pid}/limits") as f:
             for line in f:
                 if line.startswith("Max stack size"):
-                    soft = line[len("Max stack size"):].split()[0]
+                    soft = line[len("Max stack size") :].split()[0]
                     return int(soft) if soft.isdigit() else 0
     except OSError:
         pass
@@ -60,7 +60,7 @@ def _preload(pid: int) -> str:
         with open(f"/proc/{pid}/environ", "rb") as f:
             for item in f.read().split(b"\0"):
                 if item.startswith(b"LD_PRELOAD="):
-                    return item[len(b"LD_PRELOAD="):].decode("utf-8", "replace")
+                    return item[len(b"LD_PRELOAD=") :].decode("utf-8", "replace")
     except OSError:
         pass
     return ""
@@ -92,7 +92,9 @@ def read_proc(pid: int) -> ProcMemory:
         threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         threads = 0
-    return ProcMemory(rss, uss, tuple(maps), threads, _limits_stack(pid), _preload(pid), _thread_sps(pid))
+    return ProcMemory(
+        rss, uss, tuple(maps), threads, _limits_stack(pid), _preload(pid), _thread_sps(pid)
+    )
 
 
 def _thread_sps(pid: int) -> tuple[int | None, ...]:
@@ -148,22 +150,43 @@ def allocator_from_maps(proc: ProcMemory) -> str:
     return "glibc"
 
 
-def compose(proc: ProcMemory, python_objects: int | None, python_in_malloc: int | None,
-            copy: dict[str, Any] | None, missing: dict[str, str]) -> dict[str, Any]:
-    """The ``memory`` block of the JSON contract. ``copy`` is what the walker read (Walker.memory()),
+def compose(
+    proc: ProcMemory,
+    python_objects: int | None,
+    python_in_malloc: int | None,
+    copy: dict[str, Any] | None,
+    missing: dict[str, str],
+) -> dict[str, Any]:
+    """The ``memory`` block of the JSON contract. ``copy``: what the walker read (Walker.memory()),
     None without a copy; ``missing`` collects why a figure is null."""
     copy = copy or {}
     missing.update(copy.get("missing") or {})
     py = copy.get("pymalloc")
-    pymalloc = {"arenas": int(py["arenas"]), "used": int(py["used"]), "free": int(py["free"])} if py else None
+    pymalloc = (
+        {"arenas": int(py["arenas"]), "used": int(py["used"]), "free": int(py["free"])}
+        if py
+        else None
+    )
     facts = copy.get("malloc") or {}
     allocator = facts.get("allocator") or allocator_from_maps(proc)
-    malloc: dict[str, Any] = {"allocator": allocator, "in_use": facts.get("in_use"), "free": facts.get("free"),
-              "mmapped": facts.get("mmapped"), "arenas": facts.get("arenas"), "trimmable": facts.get("trimmable")}
+    malloc: dict[str, Any] = {
+        "allocator": allocator,
+        "in_use": facts.get("in_use"),
+        "free": facts.get("free"),
+        "mmapped": facts.get("mmapped"),
+        "arenas": facts.get("arenas"),
+        "trimmable": facts.get("trimmable"),
+    }
     if not copy:
-        missing.setdefault("pymalloc", "needs the forked copy (sys._debugmallocstats writes to the target's stderr: "
-                                       "never called in the target)")
-        missing.setdefault("malloc", "needs the forked copy (mallinfo2 and malloc_trim are never called in the target)")
+        missing.setdefault(
+            "pymalloc",
+            "needs the forked copy (sys._debugmallocstats writes to the target's stderr: "
+            "never called in the target)",
+        )
+        missing.setdefault(
+            "malloc",
+            "needs the forked copy (mallinfo2 and malloc_trim are never called in the target)",
+        )
         pymalloc = None
     if python_objects is None:
         missing.setdefault("python_objects", "the Python objects were not sized")
@@ -173,12 +196,24 @@ def compose(proc: ProcMemory, python_objects: int | None, python_in_malloc: int 
     elif "native" not in missing:
         missing["native"] = "needs malloc's in-use figure and the Python objects' sizes"
     stack_bytes, how = stacks(proc)
-    figures: list[int | None] = [python_objects, pymalloc["free"] if pymalloc else None, malloc["free"], native,
-                                 stack_bytes]
+    figures: list[int | None] = [
+        python_objects,
+        pymalloc["free"] if pymalloc else None,
+        malloc["free"],
+        native,
+        stack_bytes,
+    ]
     known = sum(int(x) for x in figures if x is not None)
-    mem: dict[str, Any] = {"rss": proc.rss, "uss": proc.uss, "python_objects": python_objects, "pymalloc": pymalloc,
-                           "malloc": malloc, "native": native, "stacks": stack_bytes,
-                           "other": max(0, proc.uss - known)}
+    mem: dict[str, Any] = {
+        "rss": proc.rss,
+        "uss": proc.uss,
+        "python_objects": python_objects,
+        "pymalloc": pymalloc,
+        "malloc": malloc,
+        "native": native,
+        "stacks": stack_bytes,
+        "other": max(0, proc.uss - known),
+    }
     mem["verdict"], mem["advice"] = verdict(mem, proc.threads)
     missing.setdefault("stacks_found", how)
     return mem
@@ -187,9 +222,14 @@ def compose(proc: ProcMemory, python_objects: int | None, python_in_malloc: int 
 def parts(mem: dict[str, Any]) -> dict[str, int | None]:
     """The figures that add up to the USS, by name."""
     py = mem.get("pymalloc")
-    return {"python_objects": mem.get("python_objects"), "pymalloc_free": py["free"] if py else None,
-            "malloc_free": (mem.get("malloc") or {}).get("free"), "native": mem.get("native"),
-            "stacks": mem.get("stacks"), "other": mem.get("other")}
+    return {
+        "python_objects": mem.get("python_objects"),
+        "pymalloc_free": py["free"] if py else None,
+        "malloc_free": (mem.get("malloc") or {}).get("free"),
+        "native": mem.get("native"),
+        "stacks": mem.get("stacks"),
+        "other": mem.get("other"),
+    }
 
 
 def _m(n: float) -> str:
@@ -201,8 +241,12 @@ def verdict(mem: dict[str, Any], threads: int = 0) -> tuple[str | None, str]:
     and none is 1.5x the next; None when the allocator was not read (no copy)."""
     uss = max(1, int(mem["uss"]))
     py, malloc = mem.get("pymalloc"), mem.get("malloc") or {}
-    cands = {"python-objects": mem.get("python_objects"), "pymalloc-fragmentation": py["free"] if py else None,
-             "malloc-fragmentation": malloc.get("free"), "native": mem.get("native")}
+    cands = {
+        "python-objects": mem.get("python_objects"),
+        "pymalloc-fragmentation": py["free"] if py else None,
+        "malloc-fragmentation": malloc.get("free"),
+        "native": mem.get("native"),
+    }
     known = {k: int(v) for k, v in cands.items() if v is not None}
     if not known:
         return None, "no verdict: the allocators' figures need the forked copy (see missing)"
@@ -210,24 +254,33 @@ def verdict(mem: dict[str, Any], threads: int = 0) -> tuple[str | None, str]:
     lead, size = ranked[0]
     second = ranked[1][1] if len(ranked) > 1 else 0
     if size < uss / 2 and (mem.get("native") is None or len(ranked) < 2):
-        return None, (f"no verdict: {lead} holds {_m(size)} of {_m(uss)} USS, and the rest cannot be split "
-                      "without the allocators' figures (see missing)")
+        return None, (
+            f"no verdict: {lead} holds {_m(size)} of {_m(uss)} USS, and the rest cannot be split "
+            "without the allocators' figures (see missing)"
+        )
     if size < uss / 2 and size < 1.5 * second:
         a, b = ranked[0], ranked[1]
-        return "mixed", (f"mixed: no single cause; {a[0]} {_m(a[1])} and {b[0]} {_m(b[1])} of {_m(uss)} USS; "
-                         "run `introspect growth` a few times to see which part grows")
+        return "mixed", (
+            f"mixed: no single cause; {a[0]} {_m(a[1])} and {b[0]} {_m(b[1])} of {_m(uss)} USS; "
+            "run `introspect growth` a few times to see which part grows"
+        )
     share = f"{100 * size / uss:.0f} % of the USS"
     if lead == "python-objects":
-        return lead, (f"python-objects: {_m(size)} in live Python objects ({share}); see which types with "
-                      "`introspect top PID --by size` and `introspect growth PID`, who holds them with "
-                      "`introspect backrefs PID TYPE`")
+        return lead, (
+            f"python-objects: {_m(size)} in live Python objects ({share}); see which types with "
+            "`introspect top PID --by size` and `introspect growth PID`, who holds them with "
+            "`introspect backrefs PID TYPE`"
+        )
     if lead == "pymalloc-fragmentation":
         assert py is not None
-        return lead, (f"pymalloc-fragmentation: {_m(size)} free inside {_m(py['arenas'])} of pymalloc arenas "
-                      f"({_m(py['used'])} in use; {share}): a few long-lived small objects pin whole arenas, "
-                      "which return to the system only when empty; keep long-lived small objects apart from bulk "
-                      "temporary ones (build them after, or copy them out), or recycle workers "
-                      "(max-tasks-per-child, max-requests)")
+        return lead, (
+            f"pymalloc-fragmentation: {_m(size)} free inside {_m(py['arenas'])} of pymalloc arenas "
+            f"({_m(py['used'])} in use; {share}): a few long-lived small objects pin whole arenas, "
+            "which return to the system only when empty; keep long-lived small objects apart from "
+            "bulk "
+            "temporary ones (build them after, or copy them out), or recycle workers "
+            "(max-tasks-per-child, max-requests)"
+        )
     if lead == "malloc-fragmentation":
         alloc = malloc.get("allocator") or "malloc"
         trim = malloc.get("trimmable")
@@ -235,19 +288,29 @@ def verdict(mem: dict[str, Any], threads: int = 0) -> tuple[str | None, str]:
             arenas = malloc.get("arenas")
             where = f"{arenas} glibc arenas" if arenas else "glibc's arenas"
             trim_s = f"; `malloc_trim` would return {_m(trim)}" if trim is not None else ""
-            return lead, (f"malloc-fragmentation: {_m(size)} free inside {where} ({threads} threads; {share})"
-                          f"{trim_s}; run with MALLOC_ARENA_MAX=2 or jemalloc, or call malloc_trim(0) after "
-                          "big batches")
+            return lead, (
+                f"malloc-fragmentation: {_m(size)} free inside {where} ({threads} threads; {share})"
+                f"{trim_s}; run with MALLOC_ARENA_MAX=2 or jemalloc, or call malloc_trim(0) after "
+                "big batches"
+            )
         trim_s = f"; a purge would return {_m(trim)}" if trim is not None else ""
-        return lead, (f"malloc-fragmentation: {_m(size)} resident but free in {alloc} ({share}){trim_s}; "
-                      "lower its decay time (jemalloc: MALLOC_CONF=dirty_decay_ms:1000,muzzy_decay_ms:0)")
-    return lead, (f"native: {_m(size)} malloc'd outside Python objects ({share}); a C extension or library "
-                  "allocates it: see which libraries are loaded (/proc/PID/maps), whether it rises "
-                  "(`introspect growth PID`), or run under memray --native")
+        return lead, (
+            f"malloc-fragmentation: {_m(size)} resident but free in {alloc} ({share}){trim_s}; "
+            "lower its decay time (jemalloc: MALLOC_CONF=dirty_decay_ms:1000,muzzy_decay_ms:0)"
+        )
+    return lead, (
+        f"native: {_m(size)} malloc'd outside Python objects ({share}); a C extension or library "
+        "allocates it: see which libraries are loaded (/proc/PID/maps), whether it rises "
+        "(`introspect growth PID`), or run under memray --native"
+    )
 
 
-PART_NAMES = {"python-objects": "Python objects", "pymalloc-fragmentation": "pymalloc free",
-              "malloc-fragmentation": "malloc free", "native": "native"}
+PART_NAMES = {
+    "python-objects": "Python objects",
+    "pymalloc-fragmentation": "pymalloc free",
+    "malloc-fragmentation": "malloc free",
+    "native": "native",
+}
 CHANGE_KEYS = ("rss", "uss", "python_objects", "native", "stacks", "other")
 
 
@@ -256,13 +319,20 @@ def _sub(a: Any, b: Any) -> int | None:
 
 
 def change(prev: dict[str, Any], cur: dict[str, Any], seconds: float | None) -> dict[str, Any]:
-    """The signed change of every figure since ``prev`` (same keys as ``memory``) and its verdict."""
+    """The signed change of each figure since ``prev`` (the keys of ``memory``), and its verdict."""
     out: dict[str, Any] = {k: _sub(cur.get(k), prev.get(k)) for k in CHANGE_KEYS}
     pp, cp = prev.get("pymalloc"), cur.get("pymalloc")
-    out["pymalloc"] = ({k: _sub(cp[k], pp[k]) for k in ("arenas", "used", "free")} if pp and cp else None)
+    out["pymalloc"] = (
+        {k: _sub(cp[k], pp[k]) for k in ("arenas", "used", "free")} if pp and cp else None
+    )
     pm, cm = prev.get("malloc") or {}, cur.get("malloc") or {}
-    out["malloc"] = {"allocator": cm.get("allocator"),
-                     **{k: _sub(cm.get(k), pm.get(k)) for k in ("in_use", "free", "mmapped", "arenas", "trimmable")}}
+    out["malloc"] = {
+        "allocator": cm.get("allocator"),
+        **{
+            k: _sub(cm.get(k), pm.get(k))
+            for k in ("in_use", "free", "mmapped", "arenas", "trimmable")
+        },
+    }
     out["seconds"] = round(seconds, 3) if seconds is not None else None
     out["verdict"], out["advice"] = change_verdict(out)
     return out
@@ -274,12 +344,19 @@ def change_verdict(ch: dict[str, Any]) -> tuple[str | None, str]:
     if duss is None:
         return None, "no change measured"
     py = ch.get("pymalloc")
-    cands = {"python-objects": ch.get("python_objects"), "pymalloc-fragmentation": py["free"] if py else None,
-             "malloc-fragmentation": (ch.get("malloc") or {}).get("free"), "native": ch.get("native")}
+    cands = {
+        "python-objects": ch.get("python_objects"),
+        "pymalloc-fragmentation": py["free"] if py else None,
+        "malloc-fragmentation": (ch.get("malloc") or {}).get("free"),
+        "native": ch.get("native"),
+    }
     known = {k: int(v) for k, v in cands.items() if v is not None}
     secs = ch.get("seconds")
     during = f" in {secs:.0f} s" if secs else ""
-    parts_s = "; ".join(f"{PART_NAMES[k]} {_signed(v)}" for k, v in sorted(known.items(), key=lambda kv: -abs(kv[1])))
+    parts_s = "; ".join(
+        f"{PART_NAMES[k]} {_signed(v)}"
+        for k, v in sorted(known.items(), key=lambda kv: -abs(kv[1]))
+    )
     head = f"USS {_signed(duss)}{during}: {parts_s}" if parts_s else f"USS {_signed(duss)}{during}"
     if abs(duss) < MiB or not known:
         return "flat" if abs(duss) < MiB else None, head
@@ -308,10 +385,20 @@ def lines(mem: dict[str, Any], missing: dict[str, str]) -> list[str]:
         pct = f"{100 * value / uss:5.1f} %" if value is not None else "      "
         return f"  {name:<22} {fig:>11} {pct}  {note}"
 
-    out = [f"RSS {_m(mem['rss'])}, USS {_m(mem['uss'])} (read before the fork); the USS is made of:"]
-    out.append(row("Python objects", mem.get("python_objects"), "shallow sizes of every live object"))
+    out = [
+        f"RSS {_m(mem['rss'])}, USS {_m(mem['uss'])} (read before the fork); the USS is made of:"
+    ]
+    out.append(
+        row("Python objects", mem.get("python_objects"), "shallow sizes of every live object")
+    )
     if py:
-        out.append(row("pymalloc free", py["free"], f"inside {_m(py['arenas'])} of arenas, {_m(py['used'])} used"))
+        out.append(
+            row(
+                "pymalloc free",
+                py["free"],
+                f"inside {_m(py['arenas'])} of arenas, {_m(py['used'])} used",
+            )
+        )
     else:
         out.append(row("pymalloc free", None, missing.get("pymalloc", "")))
     alloc = malloc.get("allocator") or "?"
@@ -324,11 +411,19 @@ def lines(mem: dict[str, Any], missing: dict[str, str]) -> list[str]:
         out.append(row(f"{alloc} free", malloc["free"], ", ".join(extra)))
     else:
         out.append(row(f"{alloc} free", None, missing.get("malloc", "")))
-    out.append(row("native", mem.get("native"),
-                   f"malloc in use {_m(malloc['in_use'])} less the Python objects in it"
-                   if malloc.get("in_use") is not None else missing.get("native", "")))
+    out.append(
+        row(
+            "native",
+            mem.get("native"),
+            f"malloc in use {_m(malloc['in_use'])} less the Python objects in it"
+            if malloc.get("in_use") is not None
+            else missing.get("native", ""),
+        )
+    )
     out.append(row("thread stacks", mem.get("stacks"), missing.get("stacks_found", "")))
-    out.append(row("other", mem.get("other"), "libraries' private pages, interpreter state, the rest"))
+    out.append(
+        row("other", mem.get("other"), "libraries' private pages, interpreter state, the rest")
+    )
     out.append("")
     out.append("verdict: " + (mem.get("advice") or "none"))
     return out

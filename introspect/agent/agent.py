@@ -2339,7 +2339,7 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                     answer = [_trace_child_show(nums[0] if nums else 1)]
                 except Exception as exc:  # noqa: BLE001 - the CLI says what failed
                     answer = [{"error": _exc_record(exc, "")}]
-            elif parts[0] == b"B":  # the allocator's figures, read before the walk (the memory part)
+            elif parts[0] == b"B":  # the allocators' figures, read before the walk (memory part)
                 answer = [_G.get("_MEM") or {}]
             elif parts[0] == b"A":  # where each object was allocated (tracemalloc), innermost frame
                 blocks = _trace_block() if _MANAGED_DICT_311 else None
@@ -2585,7 +2585,7 @@ def _mem_pymalloc_parse(text):  # type: (bytes) -> dict
             continue
         if key == "# arenas allocated current" and "count" not in facts:
             facts["count"] = n
-        elif key.endswith("bytes/arena") and "arena_size" not in facts:  # 3.9+: "N arenas * S bytes/arena"
+        elif key.endswith("bytes/arena") and "arena_size" not in facts:  # "N arenas * S bytes/..."
             facts["arena_size"] = int(key.split("*")[1].split()[0])
             facts["arenas"] = n
         elif key == "# bytes in allocated blocks" and "used" not in facts:
@@ -2596,11 +2596,12 @@ def _mem_pymalloc_parse(text):  # type: (bytes) -> dict
                     break
     if "count" not in facts or "used" not in facts:
         return {}
-    if "arenas" not in facts:  # 3.8: 256 KiB arenas (1 MiB from 3.10); the "Total" line is their sum
+    if "arenas" not in facts:  # 3.8: 256 KiB arenas (1 MiB from 3.10); "Total" is their sum
         facts["arena_size"] = 1 << 20 if sys.version_info >= (3, 10) else 256 << 10
         facts["arenas"] = facts.get("total", facts["count"] * facts["arena_size"])
-    return {"arenas": facts["arenas"], "used": facts["used"], "free": max(0, facts["arenas"] - facts["used"]),
-            "count": facts["count"], "arena_size": facts["arena_size"]}
+    free = max(0, facts["arenas"] - facts["used"])
+    return {"arenas": facts["arenas"], "used": facts["used"], "free": free, "count": facts["count"],
+            "arena_size": facts["arena_size"]}
 
 
 def _mem_pymalloc():  # type: () -> tuple
@@ -2609,12 +2610,15 @@ def _mem_pymalloc():  # type: () -> tuple
     got = _mem_pymalloc_parse(text)
     if got:
         return got, ""
-    env = posix.environ.get(b"PYTHONMALLOC", b"").decode("ascii", "replace")  # type: ignore[attr-defined]
+    env = posix.environ.get(b"PYTHONMALLOC", b"")  # type: ignore[attr-defined]
+    env = env.decode("ascii", "replace")
     if env.startswith("malloc"):
-        return None, "no pymalloc: the target runs with PYTHONMALLOC=%s (every object is malloc'ed)" % env
+        return None, ("no pymalloc: the target runs with PYTHONMALLOC=%s (each object is malloc'ed)"
+                      % env)
     if env:
         return None, "no pymalloc arenas reported (PYTHONMALLOC=%s)" % env
-    return None, "no pymalloc arenas reported by sys._debugmallocstats() (a free-threaded build uses mimalloc)"
+    return None, ("no pymalloc arenas reported by sys._debugmallocstats() (a free-threaded build "
+                  "uses mimalloc)")
 
 
 def _mem_allocator(ctypes):  # type: (Any) -> tuple
@@ -2643,7 +2647,7 @@ def _mem_allocator(ctypes):  # type: (Any) -> tuple
 
 
 def _mem_glibc(ctypes, libc_path, facts):  # type: (Any, str, dict) -> None
-    libc = ctypes.CDLL(libc_path)  # the libc this process maps (a private root's, for 3.14/3.15 here)
+    libc = ctypes.CDLL(libc_path)  # the libc this process maps (a private root's, for sid 3.14)
     version = ctypes.c_char_p
     libc.gnu_get_libc_version.restype = version
     facts["libc"] = (libc.gnu_get_libc_version() or b"?").decode()
@@ -2653,17 +2657,19 @@ def _mem_glibc(ctypes, libc_path, facts):  # type: (Any, str, dict) -> None
     else:  # older glibc: int fields, which wrap past 2 GiB
         field = ctypes.c_int
         call = libc.mallinfo
-        facts["note"] = "glibc %s has no mallinfo2: mallinfo's int fields wrap past 2 GiB" % facts["libc"]
+        facts["note"] = ("glibc %s has no mallinfo2: mallinfo's int fields wrap past 2 GiB"
+                         % facts["libc"])
 
     class Info(ctypes.Structure):  # type: ignore[misc]
-        _fields_ = [(n, field) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                                          "uordblks", "fordblks", "keepcost")]
+        _fields_ = [(n, field) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     call.restype = Info
     info = call()
     mask = (1 << 32) - 1 if field is ctypes.c_int else -1
     uord, ford, hblkhd = info.uordblks & mask, info.fordblks & mask, info.hblkhd & mask
-    facts.update({"in_use": uord + hblkhd, "free": ford, "mmapped": hblkhd, "system": info.arena & mask})
+    facts.update({"in_use": uord + hblkhd, "free": ford, "mmapped": hblkhd,
+                  "system": info.arena & mask})
     # The number of arenas: malloc_info's <heap nr=...> elements, written to a memory file.
     try:
         fd = posix.memfd_create("introspect-mallocinfo")  # type: ignore[attr-defined]
@@ -2698,7 +2704,8 @@ def _mem_jemalloc(ctypes, path, facts):  # type: (Any, str, dict) -> None
     """jemalloc's own statistics (mallctl), refreshed first; its purge measured like a trim."""
     lib = ctypes.CDLL(path)
     mallctl = lib.mallctl
-    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    ptr = ctypes.c_void_p
+    mallctl.argtypes = [ctypes.c_char_p, ptr, ptr, ptr, ctypes.c_size_t]
     epoch = ctypes.c_uint64(1)
     size = ctypes.c_size_t(8)
     mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), 8)
@@ -2708,7 +2715,8 @@ def _mem_jemalloc(ctypes, path, facts):  # type: (Any, str, dict) -> None
         n = ctypes.c_size_t(ctypes.sizeof(v))
         return v.value if mallctl(name, ctypes.byref(v), ctypes.byref(n), None, 0) == 0 else None
 
-    allocated, resident, metadata = get(b"stats.allocated"), get(b"stats.resident"), get(b"stats.metadata")
+    allocated, resident = get(b"stats.allocated"), get(b"stats.resident")
+    metadata = get(b"stats.metadata")
     if allocated is None or resident is None:
         facts["note"] = "jemalloc's statistics are not readable (built without --enable-stats?)"
         return
@@ -2722,7 +2730,7 @@ def _mem_jemalloc(ctypes, path, facts):  # type: (Any, str, dict) -> None
 
 
 def _mem_look(deadline):  # type: (float) -> None
-    """Fill _MEM with the allocator's figures; every failure becomes a reason, never an exception."""
+    """Fill _MEM with the allocators' figures; each failure becomes a reason, never an exception."""
     t0 = time.perf_counter()
     sig = _builtin("_signal")
     sig.signal(sig.SIGALRM, sig.SIG_DFL)  # the walker's own deadline, set before anything can block
@@ -2735,7 +2743,8 @@ def _mem_look(deadline):  # type: (float) -> None
         _MEM["pymalloc"] = py
     except Exception as exc:  # noqa: BLE001
         _MEM["pymalloc"] = None
-        missing["pymalloc"] = "sys._debugmallocstats() failed in the copy: %s: %s" % (type(exc).__name__, exc)
+        missing["pymalloc"] = ("sys._debugmallocstats() failed in the copy: %s: %s"
+                               % (type(exc).__name__, exc))
     facts = {"allocator": None}  # type: dict
     try:
         ctypes = __import__("ctypes")  # in the copy only: nothing of it reaches the target
@@ -2747,9 +2756,11 @@ def _mem_look(deadline):  # type: (float) -> None
         elif name == "jemalloc":
             _mem_jemalloc(ctypes, path, facts)
         else:
-            missing["malloc"] = "%s (%s) is the allocator: introspect reads glibc's and jemalloc's figures only" % (name, path)
+            missing["malloc"] = ("%s (%s) is the allocator: introspect reads glibc's and "
+                                 "jemalloc's figures only" % (name, path))
     except Exception as exc:  # noqa: BLE001
-        missing["malloc"] = "the allocator could not be read in the copy: %s: %s" % (type(exc).__name__, exc)
+        missing["malloc"] = ("the allocator could not be read in the copy: %s: %s"
+                             % (type(exc).__name__, exc))
     _MEM["malloc"] = facts
     _MEM["missing"] = missing
     _MEM["seconds"] = time.perf_counter() - t0

@@ -99,8 +99,8 @@ class Command:
         }
         # /proc's part of the breakdown only: the allocators are read in a forked copy, never here
         mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(args.pid), None)
-        change = memory_cmd.change_since(args.pid, inspect_target(args.pid).create_time, mem, time.time(),
-                                         kind="memory-inproc", reset=args.reset)
+        change = memory_cmd.change_since(args.pid, inspect_target(args.pid).create_time, mem,
+                                         time.time(), kind="memory-inproc", reset=args.reset)
         doc.update(memory=mem, memory_change=change, memory_missing=missing)
         emit(args, out, doc, _lead_with_memory(render(last, doc, rows, steady), doc))
         return 0
@@ -168,11 +168,11 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
                 print(f"introspect: next look in {args.interval:g} s ({i + 1}/{args.samples})", file=sys.stderr)
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
-        proc = memory_cmd.read_before_fork(args.pid)  # RSS/USS before the fork (after it, all is shared)
+        proc = memory_cmd.read_before_fork(args.pid)  # RSS/USS before the fork (then all is shared)
         outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto",
                                          memory_cmd.along(_analyser(saved, args.pid, args.values)),
-                                         method=args.method, timeout=args.timeout, collect=args.collect, log=log,
-                                         memory=True)
+                                         method=args.method, timeout=args.timeout,
+                                         collect=args.collect, log=log, memory=True)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
                 raise errors.AgentError(f"look {i + 1} could not fork: {col['why']}")
@@ -181,7 +181,8 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             return None
         state.save(args.pid, create_time, {"baseline": got.pop("baseline").to_json(), "previous": got.pop("look").to_json()})
         mem, missing = memory_cmd.compose_look(proc, got.pop("memory_facts"))
-        change = memory_cmd.change_since(args.pid, create_time, mem, time.time(), kind="memory", reset=args.reset and i == 0)
+        change = memory_cmd.change_since(args.pid, create_time, mem, time.time(), kind="memory",
+                                         reset=args.reset and i == 0)
         mem_looks.append({"memory": mem, "memory_change": change, "memory_missing": missing})
         results.append((outcome, got, col))
         if i:  # steadiness on reachable objects: garbage that comes and goes must not hide a grower

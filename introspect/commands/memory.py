@@ -24,7 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from introspect import breakdown, errors
-from introspect.commands import add_collector_options, add_target_options, collector_line, emit, header, logger
+from introspect.commands import (
+    add_collector_options,
+    add_target_options,
+    collector_line,
+    emit,
+    header,
+    logger,
+)
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes
 from introspect.runner import Outcome, run_agent
@@ -41,8 +48,11 @@ def read_before_fork(pid: int) -> breakdown.ProcMemory:
     try:
         return breakdown.read_proc(pid)
     except OSError as exc:
-        raise errors.AccessDenied(f"cannot read /proc/{pid}/smaps: {exc.strerror}", pid=pid,
-                                  help="Run introspect as the target's user (or root).") from None
+        raise errors.AccessDenied(
+            f"cannot read /proc/{pid}/smaps: {exc.strerror}",
+            pid=pid,
+            help="Run introspect as the target's user (or root).",
+        ) from None
 
 
 def analyse_snapshot(snap: Snapshot, walker: Walker) -> dict[str, Any]:
@@ -65,29 +75,55 @@ def in_process_sizes(pid: int, args: argparse.Namespace, log: Any) -> tuple[Outc
     return outcome, sum(int(v[2]) for v in res["sizes"].values()), bool(res.get("partial"))
 
 
-def measure(pid: int, args: argparse.Namespace, log: Any) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
+def measure(
+    pid: int, args: argparse.Namespace, log: Any
+) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
     """(outcome, the JSON document's memory facts, the collector block) for one look."""
     proc = read_before_fork(pid)
-    outcome, got, col = collect.take(pid, args.collector, analyse_snapshot, method=args.method,
-                                     timeout=args.timeout, log=log, memory=True)
+    outcome, got, col = collect.take(
+        pid,
+        args.collector,
+        analyse_snapshot,
+        method=args.method,
+        timeout=args.timeout,
+        log=log,
+        memory=True,
+    )
     missing: dict[str, str] = {}
     if outcome is not None and got is not None:
-        mem = breakdown.compose(proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing)
-        extra = {"objects": got["objects"], "python_in_malloc": got["python_in_malloc"],
-                 "copy_s": round(float(got["copy"].get("seconds", 0.0)), 4)}
+        mem = breakdown.compose(
+            proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing
+        )
+        extra = {
+            "objects": got["objects"],
+            "python_in_malloc": got["python_in_malloc"],
+            "copy_s": round(float(got["copy"].get("seconds", 0.0)), 4),
+        }
     else:
         why = col["why"]
         outcome, py, partial = in_process_sizes(pid, args, log)
-        missing["pymalloc"] = f"no forked copy ({why}): sys._debugmallocstats writes to fd 2, never in the target"
-        missing["malloc"] = f"no forked copy ({why}): mallinfo2 and malloc_trim are never called in the target"
+        missing["pymalloc"] = (
+            f"no forked copy ({why}): sys._debugmallocstats writes to fd 2, never in the target"
+        )
+        missing["malloc"] = (
+            f"no forked copy ({why}): mallinfo2 and malloc_trim are never called in the target"
+        )
         missing["native"] = "needs malloc's in-use figure, read only in a forked copy"
         if partial:
-            missing["python_objects"] = (f"the in-process walk stopped at its budget of {args.budget:g} s: "
-                                         "the figure is a lower bound")
+            missing["python_objects"] = (
+                f"the in-process walk stopped at its budget of {args.budget:g} s: "
+                "the figure is a lower bound"
+            )
         mem = breakdown.compose(proc, py, None, None, missing)
         extra = {}
     stacks_how = missing.pop("stacks_found", "")
-    facts = {"memory": mem, "missing": missing, "stacks_found": stacks_how, "threads": proc.threads, **extra}
+    facts = {
+        "memory": mem,
+        "missing": missing,
+        "stacks_found": stacks_how,
+        "threads": proc.threads,
+        **extra,
+    }
     return outcome, facts, col
 
 
@@ -96,9 +132,14 @@ class Command:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_target_options(parser)
-        parser.add_argument("--budget", type=float, default=5.0, metavar="S",
-                            help="in-process only: stop sizing Python objects after S seconds in the target "
-                                 "(default: 5)")
+        parser.add_argument(
+            "--budget",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="in-process only: stop sizing Python objects after S seconds in the target "
+            "(default: 5)",
+        )
         add_collector_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -109,7 +150,9 @@ class Command:
         outcome, facts, col = measure(args.pid, args, log)
         doc: dict[str, Any] = {**outcome.meta(), "collector": col, **facts}
         lines = [header(outcome), collector_line(col)]
-        lines += breakdown.lines(facts["memory"], {**facts["missing"], "stacks_found": facts["stacks_found"]})
+        lines += breakdown.lines(
+            facts["memory"], {**facts["missing"], "stacks_found": facts["stacks_found"]}
+        )
         if facts["missing"]:
             lines += ["", "not measured:"] + [f"  {k}: {v}" for k, v in facts["missing"].items()]
         emit(args, out, doc, "\n".join(lines))
@@ -120,8 +163,9 @@ class Command:
 # growth's share: the breakdown at every look and its change since the previous one
 
 
-def change_since(pid: int, create_time: float, mem: dict[str, Any], now: float, *, kind: str,
-                 reset: bool = False) -> dict[str, Any] | None:
+def change_since(
+    pid: int, create_time: float, mem: dict[str, Any], now: float, *, kind: str, reset: bool = False
+) -> dict[str, Any] | None:
     """The signed change since the previous look kept in the state directory (None at the first
     look), and this look kept for the next. ``kind``: "memory" (forked looks) or "memory-inproc"."""
     saved = None if reset else state.load(pid, create_time, kind)
@@ -139,18 +183,24 @@ def growth_lines(mem: dict[str, Any], ch: dict[str, Any] | None) -> list[str]:
     """What leads growth's text: the change of the breakdown and its verdict (or, at the first
     look, the breakdown's verdict); Python objects not explaining the growth is said first."""
     if ch is None:
-        return [f"memory: RSS {human_bytes(mem['rss'])}, USS {human_bytes(mem['uss'])}; "
-                + (mem.get("advice") or "no verdict")]
+        return [
+            f"memory: RSS {human_bytes(mem['rss'])}, USS {human_bytes(mem['uss'])}; "
+            + (mem.get("advice") or "no verdict")
+        ]
     verdict = ch.get("verdict")
     if verdict in ("native", "malloc-fragmentation", "pymalloc-fragmentation", "mixed"):
-        return [f"Python objects do not explain this growth ({verdict}): {ch['advice']}",
-                "  next: `introspect memory PID` for the whole breakdown and advice"]
+        return [
+            f"Python objects do not explain this growth ({verdict}): {ch['advice']}",
+            "  next: `introspect memory PID` for the whole breakdown and advice",
+        ]
     if verdict == "python-objects":
         return [f"{ch['advice']} (see the types and holders below)"]
     return [ch.get("advice") or "memory: no change measured"]
 
 
-def along(analyse: Callable[[Snapshot, Walker], dict[str, Any]]) -> Callable[[Snapshot, Walker], dict[str, Any]]:
+def along(
+    analyse: Callable[[Snapshot, Walker], dict[str, Any]],
+) -> Callable[[Snapshot, Walker], dict[str, Any]]:
     """``analyse`` (another command's, over the same snapshot) plus this command's facts, under
     the key "memory_facts" (take them with ``compose_look``)."""
 
@@ -162,13 +212,17 @@ def along(analyse: Callable[[Snapshot, Walker], dict[str, Any]]) -> Callable[[Sn
     return both
 
 
-def compose_look(proc: breakdown.ProcMemory, got: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+def compose_look(
+    proc: breakdown.ProcMemory, got: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """(memory, missing) of one look: ``got`` is ``along``'s facts, None for an in-process look."""
     missing: dict[str, str] = {}
     if got is None:
         mem = breakdown.compose(proc, None, None, None, missing)
         missing["python_objects"] = "an in-process look counts objects without sizing them all"
     else:
-        mem = breakdown.compose(proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing)
+        mem = breakdown.compose(
+            proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing
+        )
     missing.pop("stacks_found", None)
     return mem, missing

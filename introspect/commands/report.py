@@ -122,8 +122,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
             if len(got.looks) in (1, len(look_at)):
                 # In the background: memory sampling goes on while the snapshot is taken and analysed
                 # (the per-target lock makes the next look wait for it).
-                th = threading.Thread(target=snapshot_look, args=(args, got, log, len(got.looks) > 1, sampler.elapsed()),
-                                      daemon=True)
+                th = threading.Thread(target=snapshot_look, daemon=True,
+                                      args=(args, got, log, len(got.looks) > 1, sampler.elapsed()))
                 th.start()
                 got.pending.append(th)
             continue
@@ -142,7 +142,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
 
 
-def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False, t: float = 0.0) -> None:
+def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False,
+                  t: float = 0.0) -> None:
     """Types (every object) and holders from a forked snapshot; its absence is said, not fatal.
     The last look's snapshot also traces the grown types (see trace_in_snapshot): no further fork."""
     from introspect.snapshot import collect, views
@@ -325,16 +326,21 @@ def breakdown_doc(got: Collected) -> dict[str, Any] | None:
     if not looks:
         return None
     first, last = looks[0], looks[-1]
-    change = breakdown.change(first["memory"], last["memory"], last["t"] - first["t"]) if len(looks) > 1 else None
-    return {"looks": looks, "memory": last["memory"], "memory_missing": last["memory_missing"], "memory_change": change}
+    change = None
+    if len(looks) > 1:
+        change = breakdown.change(first["memory"], last["memory"], last["t"] - first["t"])
+    return {"looks": looks, "memory": last["memory"], "memory_missing": last["memory_missing"],
+            "memory_change": change}
 
 
 def breakdown_lines(mem_doc: dict[str, Any] | None) -> list[str]:
     """What leads the report's text: where the memory is, and what changed between the looks."""
     if mem_doc is None:
         return []
-    return memory_cmd.growth_lines(mem_doc["memory"], None) + (
-        memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"]) if mem_doc["memory_change"] else [])
+    lines = memory_cmd.growth_lines(mem_doc["memory"], None)
+    if mem_doc["memory_change"]:
+        lines += memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"])
+    return lines
 
 
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
@@ -342,7 +348,8 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
     trend = trend_of(got.samples)
     mem_doc = breakdown_doc(got)
     parts = [(lk["t"], lk["memory"]) for lk in mem_doc["looks"]] if mem_doc else None
-    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend, parts=parts)
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend,
+                                                        parts=parts)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)

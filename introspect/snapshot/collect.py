@@ -425,7 +425,8 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
     Returns (outcome, value, walker stats); value is None when the agent could not fork
     (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
-    params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk, "memory": memory}
+    params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk,
+              "memory": memory}
     outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
                         session=session)
     res = outcome.result
@@ -438,15 +439,16 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
 
 def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
          collect: bool = False, log: Callable[[str], None] = lambda s: None,
-         walk: bool = True, memory: bool = False) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+         walk: bool = True,
+         memory: bool = False) -> tuple[Outcome | None, T | None, dict[str, Any]]:
     """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
     The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
     why = fork_or_reason(pid, mode, log)
     if why is not None:
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
-    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log, walk=walk,
-                                     memory=memory)
+    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect,
+                                     log=log, walk=walk, memory=memory)
     res = outcome.result
     if not res.get("forked"):
         why = str(res.get("error") or "the agent did not fork")

@@ -4,10 +4,10 @@ within 15 % of what the program knows it did, the parts adding up to the USS wit
 Six shapes (tests/victims/memory_shapes.py): glibc fragmentation in 4 threads, pymalloc arenas
 pinned by sparse survivors, a ctypes malloc leak, the seeds' Python-object leak, the sparse
 survivors under PYTHONMALLOC=malloc (no pymalloc: they fragment glibc's heap instead), and the
-malloc leak with Debian's libjemalloc2 preloaded. To keep the suite affordable, every shape runs on
-three kinds that differ where it matters (pyenv-3.8: 256 KiB arenas; debian-3.11: stripped; sid-3.15:
-Debian unstable's own glibc from a private root) and two shapes, in rotation, on every other kind:
-each shape runs on five of the nine kinds.
+malloc leak with Debian's libjemalloc2 preloaded. To keep the suite affordable, every shape runs
+on three kinds that differ where it matters (pyenv-3.8: 256 KiB arenas; debian-3.11: stripped;
+sid-3.15: Debian unstable's own glibc from a private root) and two shapes, in rotation, on every
+other kind: each shape runs on five of the nine kinds (31 cases, about 2 minutes).
 """
 
 from __future__ import annotations
@@ -48,14 +48,24 @@ SHAPES: dict[str, tuple[str, dict[str, str], str, Callable[[dict[str, Any]], int
     "tuples": ("tuples 1000000 100", {}, "pymalloc-fragmentation", _pymalloc_free, "tuples_freed"),
     "cleak": ("cleak 1000", {}, "native", _native, "cleak"),
     "pyleak": ("pyleak 60000", {}, "python-objects", _python, "pyleak_bytes"),
-    "pythonmalloc": ("tuples 1000000 100", {"PYTHONMALLOC": "malloc"}, "malloc-fragmentation", _malloc_free,
-                     "tuples_freed"),
+    "pythonmalloc": (
+        "tuples 1000000 100",
+        {"PYTHONMALLOC": "malloc"},
+        "malloc-fragmentation",
+        _malloc_free,
+        "tuples_freed",
+    ),
     "jemalloc": ("cleak 1000", {"LD_PRELOAD": JEMALLOC}, "native", _native, "cleak"),
 }
 FULL = ("pyenv-3.8", "debian-3.11", "sid-3.15")
-ROTATION = {"pyenv-3.9": ("tuples", "cleak"), "pyenv-3.10": ("frag", "pyleak"),
-            "pyenv-3.11": ("pythonmalloc", "jemalloc"), "pyenv-3.12": ("tuples", "frag"),
-            "pyenv-3.13": ("cleak", "jemalloc"), "sid-3.14": ("pyleak", "pythonmalloc")}
+ROTATION = {
+    "pyenv-3.9": ("tuples", "cleak"),
+    "pyenv-3.10": ("frag", "pyleak"),
+    "pyenv-3.11": ("pythonmalloc", "jemalloc"),
+    "pyenv-3.12": ("tuples", "frag"),
+    "pyenv-3.13": ("cleak", "jemalloc"),
+    "sid-3.14": ("pyleak", "pythonmalloc"),
+}
 
 
 def _cases() -> list[Any]:
@@ -68,8 +78,17 @@ def _cases() -> list[Any]:
 
 def _parts_sum(m: dict[str, Any]) -> int:
     py = m["pymalloc"]["free"] if m["pymalloc"] else 0
-    return sum(int(x or 0) for x in (m["python_objects"], py, m["malloc"]["free"], m["native"], m["stacks"],
-                                      m["other"]))
+    return sum(
+        int(x or 0)
+        for x in (
+            m["python_objects"],
+            py,
+            m["malloc"]["free"],
+            m["native"],
+            m["stacks"],
+            m["other"],
+        )
+    )
 
 
 @pytest.mark.parametrize("interp,shape", _cases())
@@ -90,14 +109,18 @@ def test_memory_shape(spawn, interp: Interp, shape: str, tmp_path: Path) -> None
     assert m["verdict"] == verdict, (m["advice"], doc["missing"])
     # the figure behind the verdict is what the program did, within 15 %
     got = figure(m)
-    assert abs(got - known) <= 0.15 * known, f"{verdict}: measured {got:,}, the program did {known:,}; {m}"
+    assert abs(got - known) <= 0.15 * known, (
+        f"{verdict}: measured {got:,}, the program did {known:,}; {m}"
+    )
     # the parts add up to the USS (read before the fork) within 10 %
     assert abs(_parts_sum(m) - m["uss"]) <= 0.10 * m["uss"], m
     assert 0 < m["uss"] <= m["rss"]
     # the allocators: which malloc, and pymalloc only where it runs
     assert m["malloc"]["allocator"] == ("jemalloc" if "LD_PRELOAD" in env else "glibc"), m["malloc"]
     if "PYTHONMALLOC" in env:
-        assert m["pymalloc"] is None and "PYTHONMALLOC=malloc" in doc["missing"]["pymalloc"], doc["missing"]
+        assert m["pymalloc"] is None and "PYTHONMALLOC=malloc" in doc["missing"]["pymalloc"], doc[
+            "missing"
+        ]
     else:
         py = m["pymalloc"]
         assert py["arenas"] == py["used"] + py["free"] and py["arenas"] > 0, py
@@ -133,15 +156,20 @@ def test_memory_in_process_says_what_is_missing(spawn, interp: Interp, tmp_path:
     assert m["pymalloc"] is None and m["native"] is None and m["malloc"]["free"] is None
     assert m["malloc"]["allocator"] == "glibc"
     for key in ("pymalloc", "malloc", "native"):
-        assert "never" in doc["missing"][key] or "forked copy" in doc["missing"][key], doc["missing"]
+        assert "never" in doc["missing"][key] or "forked copy" in doc["missing"][key], doc[
+            "missing"
+        ]
     assert m["verdict"] == "python-objects", m["advice"]
     text = introspect("memory", str(v.pid), "--in-process", "-o", str(tmp_path / "out2"))
-    assert text.rc == 0 and "not measured:" in text.stdout and "pymalloc:" in text.stdout, text.stdout
+    assert text.rc == 0 and "not measured:" in text.stdout and "pymalloc:" in text.stdout, (
+        text.stdout
+    )
 
 
 @pytest.mark.parametrize("interp", _kind("debian-3.11") + _kind("sid-3.14"))
-def test_growth_records_the_breakdown_and_its_change(spawn, interp: Interp, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_growth_records_the_breakdown_and_its_change(
+    spawn, interp: Interp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     v = spawn(interp, "memory_shapes.py")
     # GIVEN a baseline look
@@ -158,7 +186,9 @@ def test_growth_records_the_breakdown_and_its_change(spawn, interp: Interp, tmp_
     assert ch["verdict"] == "native", ch
     assert abs(ch["native"] - leaked) <= 0.15 * leaked, ch
     assert abs(ch["python_objects"]) < 0.05 * leaked, ch
-    assert second.stdout.splitlines()[2].startswith("Python objects do not explain this growth (native)"), second.stdout
+    assert second.stdout.splitlines()[2].startswith(
+        "Python objects do not explain this growth (native)"
+    ), second.stdout
     # AND WHEN Python objects grow next, the change says so
     before = v.ask("state")["pyleak_bytes"]
     grown = v.ask("pyleak 30000")["pyleak_bytes"] - before
@@ -166,21 +196,36 @@ def test_growth_records_the_breakdown_and_its_change(spawn, interp: Interp, tmp_
     ch = third.json()["memory_change"]
     assert ch["verdict"] == "python-objects", ch
     assert abs(ch["python_objects"] - grown) <= 0.15 * grown, ch
-    assert set(third.json()["memory"]) == {"rss", "uss", "python_objects", "pymalloc", "malloc", "native", "stacks",
-                                           "other", "verdict", "advice"}
+    assert set(third.json()["memory"]) == {
+        "rss",
+        "uss",
+        "python_objects",
+        "pymalloc",
+        "malloc",
+        "native",
+        "stacks",
+        "other",
+        "verdict",
+        "advice",
+    }
 
 
 @pytest.mark.parametrize("interp", _kind("pyenv-3.12"))
-def test_report_leads_with_the_breakdown(spawn, interp: Interp, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_leads_with_the_breakdown(
+    spawn, interp: Interp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     # GIVEN a C-level leak that grows while the report watches
     v = spawn(interp, "memory_shapes.py")
     # (after the first forked look: RSS/USS are read just before a fork, and an allocation between
     # the two would show in the allocator's figures but not in the USS)
-    leaker = threading.Thread(target=lambda: [time.sleep(t) or v.ask("cleak 200") for t in (3.0, 0.3, 0.3)])
+    leaker = threading.Thread(
+        target=lambda: [time.sleep(t) or v.ask("cleak 200") for t in (3.0, 0.3, 0.3)]
+    )
     leaker.start()
-    r = introspect("report", str(v.pid), "--duration", "6", "--backrefs", "0", "-o", str(tmp_path / "rep"))
+    r = introspect(
+        "report", str(v.pid), "--duration", "6", "--backrefs", "0", "-o", str(tmp_path / "rep")
+    )
     leaker.join()
     assert r.rc == 0, r.stderr
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -194,4 +239,6 @@ def test_report_leads_with_the_breakdown(spawn, interp: Interp, tmp_path: Path,
     assert r.stdout.splitlines()[2].startswith("memory: RSS"), r.stdout
     assert "Python objects do not explain this growth (native)" in r.stdout
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert "Where the memory is" in page and page.index("Where the memory is") < page.index("What holds the memory")
+    assert "Where the memory is" in page and page.index("Where the memory is") < page.index(
+        "What holds the memory"
+    )

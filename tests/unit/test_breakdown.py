@@ -37,8 +37,12 @@ def test_pymalloc_totals_from_the_real_stats(agent: dict[str, Any], interp: Inte
 
 
 def test_no_pymalloc_under_pythonmalloc_malloc(agent: dict[str, Any]) -> None:
-    err = subprocess.run(["/usr/bin/python3.11", "-c", "import sys; sys._debugmallocstats()"], capture_output=True,
-                         env={"PYTHONMALLOC": "malloc"}, timeout=60).stderr
+    err = subprocess.run(
+        ["/usr/bin/python3.11", "-c", "import sys; sys._debugmallocstats()"],
+        capture_output=True,
+        env={"PYTHONMALLOC": "malloc"},
+        timeout=60,
+    ).stderr
     assert agent["_mem_pymalloc_parse"](err) == {}
 
 
@@ -57,11 +61,23 @@ def test_read_proc_finds_this_process_and_its_thread_stacks() -> None:
 
 
 def _mem(**kw: Any) -> dict[str, Any]:
-    mem: dict[str, Any] = {"rss": 120 * MiB, "uss": 100 * MiB, "python_objects": 5 * MiB,
-                           "pymalloc": {"arenas": 6 * MiB, "used": 5 * MiB, "free": 1 * MiB},
-                           "malloc": {"allocator": "glibc", "in_use": 4 * MiB, "free": 2 * MiB, "mmapped": 0,
-                                      "arenas": 1, "trimmable": 1 * MiB},
-                           "native": 2 * MiB, "stacks": 0, "other": 0}
+    mem: dict[str, Any] = {
+        "rss": 120 * MiB,
+        "uss": 100 * MiB,
+        "python_objects": 5 * MiB,
+        "pymalloc": {"arenas": 6 * MiB, "used": 5 * MiB, "free": 1 * MiB},
+        "malloc": {
+            "allocator": "glibc",
+            "in_use": 4 * MiB,
+            "free": 2 * MiB,
+            "mmapped": 0,
+            "arenas": 1,
+            "trimmable": 1 * MiB,
+        },
+        "native": 2 * MiB,
+        "stacks": 0,
+        "other": 0,
+    }
     mem.update(kw)
     return mem
 
@@ -69,11 +85,28 @@ def _mem(**kw: Any) -> dict[str, Any]:
 def test_verdict_names_the_part_holding_half() -> None:
     assert breakdown.verdict(_mem(native=80 * MiB))[0] == "native"
     assert breakdown.verdict(_mem(python_objects=60 * MiB))[0] == "python-objects"
-    v, advice = breakdown.verdict(_mem(malloc={"allocator": "glibc", "in_use": 4 * MiB, "free": 90 * MiB,
-                                               "mmapped": 0, "arenas": 5, "trimmable": 80 * MiB}), threads=4)
-    assert v == "malloc-fragmentation" and "5 glibc arenas (4 threads" in advice and "80.0 MiB" in advice
-    assert breakdown.verdict(_mem(pymalloc={"arenas": 90 * MiB, "used": 5 * MiB, "free": 85 * MiB}))[0] == \
-        "pymalloc-fragmentation"
+    v, advice = breakdown.verdict(
+        _mem(
+            malloc={
+                "allocator": "glibc",
+                "in_use": 4 * MiB,
+                "free": 90 * MiB,
+                "mmapped": 0,
+                "arenas": 5,
+                "trimmable": 80 * MiB,
+            }
+        ),
+        threads=4,
+    )
+    assert (
+        v == "malloc-fragmentation"
+        and "5 glibc arenas (4 threads" in advice
+        and "80.0 MiB" in advice
+    )
+    assert (
+        breakdown.verdict(_mem(pymalloc={"arenas": 90 * MiB, "used": 5 * MiB, "free": 85 * MiB}))[0]
+        == "pymalloc-fragmentation"
+    )
 
 
 def test_verdict_mixed_and_none() -> None:
@@ -82,8 +115,18 @@ def test_verdict_mixed_and_none() -> None:
     # one part far ahead of the next, though under half: that part
     assert breakdown.verdict(_mem(native=40 * MiB))[0] == "native"
     # without the allocators (no copy), only a part holding half gets a verdict
-    bare = _mem(pymalloc=None, native=None, malloc={"allocator": "glibc", "in_use": None, "free": None,
-                                                    "mmapped": None, "arenas": None, "trimmable": None})
+    bare = _mem(
+        pymalloc=None,
+        native=None,
+        malloc={
+            "allocator": "glibc",
+            "in_use": None,
+            "free": None,
+            "mmapped": None,
+            "arenas": None,
+            "trimmable": None,
+        },
+    )
     assert breakdown.verdict(bare)[0] is None
     assert breakdown.verdict({**bare, "python_objects": 70 * MiB})[0] == "python-objects"
 
@@ -93,8 +136,20 @@ def test_change_is_signed_and_judged() -> None:
     after = _mem(uss=132 * MiB, native=33 * MiB, python_objects=5 * MiB + 100_000)
     ch = breakdown.change(before, after, 8.0)
     assert ch["uss"] == 32 * MiB and ch["native"] == 31 * MiB and ch["python_objects"] == 100_000
-    assert ch["verdict"] == "native" and ch["advice"].startswith("USS +32.0 MiB in 8 s: native +31.0 MiB")
-    assert set(ch) >= {"rss", "uss", "python_objects", "pymalloc", "malloc", "native", "stacks", "other", "verdict"}
+    assert ch["verdict"] == "native" and ch["advice"].startswith(
+        "USS +32.0 MiB in 8 s: native +31.0 MiB"
+    )
+    assert set(ch) >= {
+        "rss",
+        "uss",
+        "python_objects",
+        "pymalloc",
+        "malloc",
+        "native",
+        "stacks",
+        "other",
+        "verdict",
+    }
     shrink = breakdown.change(after, before, 8.0)
     assert shrink["uss"] == -32 * MiB and shrink["verdict"] == "native"
     assert breakdown.change(before, _mem(uss=100 * MiB + 4096), 1.0)["verdict"] == "flat"

@@ -2,8 +2,8 @@
 stdin, one JSON line back with what the program knows it did (bytes):
   frag THREADS MIB KEEP    each of THREADS threads allocates MIB MiB of 2-4 KiB bytes and keeps 1 in
                            KEEP (glibc keeps the rest, free, in the threads' arenas)
-  tuples N KEEP            N small tuples, 1 in KEEP kept (pymalloc arenas pinned by sparse survivors)
-  cleak N                  N x 64 KiB malloc'ed through ctypes and never freed (a C extension's leak)
+  tuples N KEEP            N small tuples, 1 in KEEP kept (pymalloc arenas pinned by survivors)
+  cleak N                  N x 64 KiB malloc'ed through ctypes, never freed (a C extension's leak)
   pyleak N                 the seeds' leak: N x {"id": i, "data": os.urandom(1024)} in a list
                            (pyleak_bytes: their sizes as sys.getsizeof counts them)
   state                    what is held so far
@@ -19,7 +19,15 @@ kept_bytes = []  # frag's survivors
 kept_tuples = []  # tuples' survivors
 global_data_store = []  # pyleak
 leaked = []  # cleak: addresses only (ints), never freed
-done = {"frag_free": 0, "frag_kept": 0, "tuples_freed": 0, "tuples_kept": 0, "cleak": 0, "pyleak": 0, "pyleak_bytes": 0}
+done = {
+    "frag_free": 0,
+    "frag_kept": 0,
+    "tuples_freed": 0,
+    "tuples_kept": 0,
+    "cleak": 0,
+    "pyleak": 0,
+    "pyleak_bytes": 0,
+}
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -89,7 +97,9 @@ for line in sys.stdin:
         for i in range(start, start + int(cmd[1])):
             global_data_store.append({"id": i, "data": os.urandom(1024)})
             rec = global_data_store[-1]
-            done["pyleak_bytes"] += sys.getsizeof(rec) + sys.getsizeof(rec["data"]) + sys.getsizeof(i)
+            done["pyleak_bytes"] += (
+                sys.getsizeof(rec) + sys.getsizeof(rec["data"]) + sys.getsizeof(i)
+            )
         done["pyleak"] = len(global_data_store)
     sys.stdout.write(json.dumps(done) + "\n")
     sys.stdout.flush()
