@@ -424,6 +424,12 @@ def lines(mem: dict[str, Any], missing: dict[str, str]) -> list[str]:
     out.append(
         row("other", mem.get("other"), "libraries' private pages, interpreter state, the rest")
     )
+    over = sum(int(v or 0) for v in parts(mem).values()) - int(mem["uss"])
+    if over > 0:
+        out.append(
+            f"  (the parts exceed the USS by {_m(over)}, {100 * over / uss:.1f} %: the free figures "
+            "count free space whether it is resident or not)"
+        )
     out.append("")
     out.append("verdict: " + (mem.get("advice") or "none"))
     return out

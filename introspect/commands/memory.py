@@ -4,7 +4,7 @@ RSS and USS are read from /proc before anything else. Then the target forks once
 and everything else is read in the frozen copy: the shallow size of every Python object (as
 `top --by size`), pymalloc's arenas (sys._debugmallocstats), the C allocator (which one, and for
 glibc mallinfo2 and what malloc_trim would give back, measured by trimming the copy; jemalloc's
-own statistics), and the Python threads' stacks. The parts add up to the USS; the verdict names
+own statistics); the threads' stacks come from /proc. The parts add up to the USS; the verdict names
 the biggest cause and the next step: python-objects, pymalloc-fragmentation,
 malloc-fragmentation, native or mixed. See docs/memory.md for what each figure means.
 
@@ -145,9 +145,9 @@ class Command:
     def run(self, args: argparse.Namespace) -> int:
         if args.budget <= 0:
             raise errors.UsageError("--budget must be > 0")
-        out = OutputDir(self.name, args.pid, args.output)
         log = logger(args)
         outcome, facts, col = measure(args.pid, args, log)
+        out = OutputDir(self.name, args.pid, args.output)  # after: no directory for a failed look
         doc: dict[str, Any] = {**outcome.meta(), "collector": col, **facts}
         lines = [header(outcome), collector_line(col)]
         lines += breakdown.lines(
