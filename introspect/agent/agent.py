@@ -2729,25 +2729,21 @@ def _mem_jemalloc(ctypes, path, facts):  # type: (Any, str, dict) -> None
         facts["trimmable"] = max(0, before - after)
 
 
-def _mem_look(deadline):  # type: (float) -> None
-    """Fill _MEM with the allocators' figures; each failure becomes a reason, never an exception."""
-    t0 = time.perf_counter()
-    sig = _builtin("_signal")
-    sig.signal(sig.SIGALRM, sig.SIG_DFL)  # the walker's own deadline, set before anything can block
-    sig.alarm(max(1, int(deadline - time.time()) + 1))
+def _mem_measure(out):  # type: (dict) -> None
+    """Fill ``out`` with the allocators' figures; each failure becomes a reason, never raised."""
     missing = {}  # type: dict
     try:
         py, why = _mem_pymalloc()
         if py is None:
             missing["pymalloc"] = why
-        _MEM["pymalloc"] = py
+        out["pymalloc"] = py
     except Exception as exc:  # noqa: BLE001
-        _MEM["pymalloc"] = None
+        out["pymalloc"] = None
         missing["pymalloc"] = ("sys._debugmallocstats() failed in the copy: %s: %s"
                                % (type(exc).__name__, exc))
     facts = {"allocator": None}  # type: dict
     try:
-        ctypes = __import__("ctypes")  # in the copy only: nothing of it reaches the target
+        ctypes = __import__("ctypes")  # in the copy's copy only: nothing of it reaches the target
         name, path = _mem_allocator(ctypes)
         facts["allocator"] = name
         facts["path"] = path
@@ -2761,8 +2757,47 @@ def _mem_look(deadline):  # type: (float) -> None
     except Exception as exc:  # noqa: BLE001
         missing["malloc"] = ("the allocator could not be read in the copy: %s: %s"
                              % (type(exc).__name__, exc))
-    _MEM["malloc"] = facts
-    _MEM["missing"] = missing
+    out["malloc"] = facts
+    out["missing"] = missing
+
+
+def _mem_look(deadline):  # type: (float) -> None
+    """Fill _MEM, from a fork of the walker made before its walk: what the measuring imports and
+    allocates (ctypes, its modules and objects) stays out of the walker's heap, which is walked
+    as the target's. Its figures come back marshalled through a pipe (between two copies of the
+    target: no trust boundary is crossed; the CLI gets JSON from the walker)."""
+    t0 = time.perf_counter()
+    sig = _builtin("_signal")
+    sig.signal(sig.SIGALRM, sig.SIG_DFL)  # the walker's own deadline, set before anything can block
+    sig.alarm(max(1, int(deadline - time.time()) + 1))
+    marshal = _builtin("marshal")
+    r, w = posix.pipe()  # type: ignore[attr-defined]
+    pid = posix.fork()  # type: ignore[attr-defined]
+    if pid == 0:
+        try:
+            posix.close(r)  # type: ignore[attr-defined]
+            sig.alarm(max(1, int(deadline - time.time()) + 1))  # alarms are not inherited
+            got = {}  # type: dict
+            _mem_measure(got)
+            data = memoryview(marshal.dumps(got, 2))
+            while data:
+                data = data[posix.write(w, data):]  # type: ignore[attr-defined]
+        finally:
+            posix._exit(0)  # type: ignore[attr-defined]
+    posix.close(w)  # type: ignore[attr-defined]
+    raw = b""
+    while True:
+        chunk = posix.read(r, 65536)  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        raw += chunk
+    posix.close(r)  # type: ignore[attr-defined]
+    posix.waitpid(pid, 0)  # type: ignore[attr-defined]
+    try:
+        _MEM.update(marshal.loads(raw))
+    except (ValueError, EOFError, TypeError):
+        _MEM["missing"] = {"pymalloc": "the measuring copy died before answering",
+                           "malloc": "the measuring copy died before answering"}
     _MEM["seconds"] = time.perf_counter() - t0
 
 

@@ -242,3 +242,23 @@ def test_report_leads_with_the_breakdown(
     assert "Where the memory is" in page and page.index("Where the memory is") < page.index(
         "What holds the memory"
     )
+
+
+@pytest.mark.parametrize("interp", _kind("pyenv-3.13"))
+def test_the_measuring_leaves_nothing_in_the_walked_heap(
+    spawn, interp: Interp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a target that never imported ctypes
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 2000")
+    # WHEN memory and growth (which read the allocators through ctypes in a copy) look at it
+    mem = introspect("memory", str(v.pid), "--json", "-o", str(tmp_path / "m"))
+    top = introspect("top", str(v.pid), "--by", "size", "-n", "0", "--json", "-o", str(tmp_path / "t"))
+    grow = introspect("growth", str(v.pid), "--json", "-n", "0", "-o", str(tmp_path / "g"))
+    assert mem.rc == 0 and top.rc == 0 and grow.rc == 0, (mem.stderr, top.stderr, grow.stderr)
+    # THEN no object of ctypes is counted as the target's, and the Python objects are top's bytes
+    assert not [t for t in grow.json()["types"] if "ctypes" in t["type"].lower()]
+    assert "ctypes" not in json.dumps(grow.json()["holders"])
+    assert abs(mem.json()["memory"]["python_objects"] - top.json()["bytes"]) <= 0.02 * top.json()["bytes"]
+    assert not v.stderr(), v.stderr()
