@@ -95,7 +95,7 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
             acc += got[key] / MIB
             cum.append(acc)
         stacked.append((t / scale, cum))
-        values.append(acc)
+        values += [acc, 0.0]  # stacked areas start at zero
     if len(stacked) == 1:  # one look: a narrow band at its time
         half = 0.005 * ((xs[-1] - xs[0]) if len(xs) >= 2 else 1.0)
         stacked = [(stacked[0][0] - half, stacked[0][1]), (stacked[0][0] + half, stacked[0][1])]

@@ -153,3 +153,14 @@ def test_change_is_signed_and_judged() -> None:
     shrink = breakdown.change(after, before, 8.0)
     assert shrink["uss"] == -32 * MiB and shrink["verdict"] == "native"
     assert breakdown.change(before, _mem(uss=100 * MiB + 4096), 1.0)["verdict"] == "flat"
+
+
+def test_chart_stacks_the_parts_from_zero() -> None:
+    from introspect.render.plot import memory_svg
+
+    ts = [0.0, 5.0, 10.0]
+    rss = [40.0 * MiB, 50.0 * MiB, 60.0 * MiB]
+    look = _mem(native=30 * MiB)
+    svg = memory_svg(ts, [("RSS", rss)], None, "t", parts=[(1.0, _mem()), (9.0, look)])
+    assert svg.count("<polygon") == 4 and "Python objects (at the forked looks)" in svg
+    assert 'text-anchor="end">0</text>' in svg  # the y axis starts at zero under stacked parts
