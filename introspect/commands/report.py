@@ -319,12 +319,17 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
     return analysis.grown_since_baseline(types), steady
 
 
-def breakdown_doc(got: Collected) -> dict[str, Any] | None:
+def breakdown_doc(got: Collected, pid: int) -> dict[str, Any] | None:
     """The report's "breakdown" block: where the memory was at each forked look (first and last),
     its change between them and the verdicts; None without a forked look."""
     looks = [snap["breakdown"] for snap in got.snapshots if "breakdown" in snap]
-    if not looks:
-        return None
+    if not looks:  # no forked look: what /proc tells, the rest said missing (never read in the target)
+        try:
+            mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(pid), None)
+        except errors.IntrospectError:
+            return None
+        missing["copy"] = got.snapshot_problem or "no forked look was taken"
+        return {"looks": [], "memory": mem, "memory_missing": missing, "memory_change": None}
     first, last = looks[0], looks[-1]
     change = None
     if len(looks) > 1:
@@ -346,7 +351,7 @@ def breakdown_lines(mem_doc: dict[str, Any] | None) -> list[str]:
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
     """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    mem_doc = breakdown_doc(got)
+    mem_doc = breakdown_doc(got, args.pid)
     parts = [(lk["t"], lk["memory"]) for lk in mem_doc["looks"]] if mem_doc else None
     csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend,
                                                         parts=parts)

@@ -171,7 +171,7 @@ def _breakdown_section(doc: dict[str, Any]) -> list[str]:
     from introspect import breakdown
     from introspect.render.text import human_bytes
 
-    looks = bd["looks"]
+    looks = bd["looks"] or [{"t": doc.get("duration_s", 0.0), "memory": bd["memory"]}]
     out = ["<h2>Where the memory is</h2>",
            f'<p class="verdict">{_e(bd["memory"].get("advice") or "no verdict")}</p>']
     if bd.get("memory_change"):
