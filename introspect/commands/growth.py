@@ -228,7 +228,7 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
 def _lead_with_memory(text: str, doc: dict[str, Any]) -> str:
     """The breakdown's change goes first, after the header and collector lines."""
     lines = text.split("\n")
-    lines[2:2] = memory_cmd.growth_lines(doc["memory"], doc.get("memory_change"))
+    lines[2:2] = memory_cmd.growth_lines(doc["memory"], doc.get("memory_change"), doc["pid"])
     return "\n".join(lines)
 
 

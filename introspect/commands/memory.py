@@ -150,9 +150,12 @@ class Command:
         out = OutputDir(self.name, args.pid, args.output)  # after: no directory for a failed look
         doc: dict[str, Any] = {**outcome.meta(), "collector": col, **facts}
         lines = [header(outcome), collector_line(col)]
-        lines += breakdown.lines(
-            facts["memory"], {**facts["missing"], "stacks_found": facts["stacks_found"]}
-        )
+        lines += [
+            with_pid(line, args.pid)
+            for line in breakdown.lines(
+                facts["memory"], {**facts["missing"], "stacks_found": facts["stacks_found"]}
+            )
+        ]
         if facts["missing"]:
             lines += ["", "not measured:"] + [f"  {k}: {v}" for k, v in facts["missing"].items()]
         emit(args, out, doc, "\n".join(lines))
@@ -179,23 +182,28 @@ def change_since(
     return breakdown.change(prev, mem, now - then)
 
 
-def growth_lines(mem: dict[str, Any], ch: dict[str, Any] | None) -> list[str]:
+def growth_lines(mem: dict[str, Any], ch: dict[str, Any] | None, pid: int) -> list[str]:
     """What leads growth's text: the change of the breakdown and its verdict (or, at the first
     look, the breakdown's verdict); Python objects not explaining the growth is said first."""
     if ch is None:
         return [
             f"memory: RSS {human_bytes(mem['rss'])}, USS {human_bytes(mem['uss'])}; "
-            + (mem.get("advice") or "no verdict")
+            + with_pid(mem.get("advice") or "no verdict", pid)
         ]
     verdict = ch.get("verdict")
     if verdict in ("native", "malloc-fragmentation", "pymalloc-fragmentation", "mixed"):
         return [
             f"Python objects do not explain this growth ({verdict}): {ch['advice']}",
-            "  next: `introspect memory PID` for the whole breakdown and advice",
+            f"  next: `introspect memory {pid}` for the whole breakdown and advice",
         ]
     if verdict == "python-objects":
         return [f"{ch['advice']} (see the types and holders below)"]
     return [ch.get("advice") or "memory: no change measured"]
+
+
+def with_pid(text: str, pid: int) -> str:
+    """The advice's commands with the target's pid in place of PID."""
+    return text.replace(" PID", f" {pid}").replace("/proc/PID/", f"/proc/{pid}/")
 
 
 def along(

@@ -338,13 +338,13 @@ def breakdown_doc(got: Collected, pid: int) -> dict[str, Any] | None:
             "memory_change": change}
 
 
-def breakdown_lines(mem_doc: dict[str, Any] | None) -> list[str]:
+def breakdown_lines(mem_doc: dict[str, Any] | None, pid: int) -> list[str]:
     """What leads the report's text: where the memory is, and what changed between the looks."""
     if mem_doc is None:
         return []
-    lines = memory_cmd.growth_lines(mem_doc["memory"], None)
+    lines = memory_cmd.growth_lines(mem_doc["memory"], None, pid)
     if mem_doc["memory_change"]:
-        lines += memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"])
+        lines += memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"], pid)
     return lines
 
 
@@ -467,7 +467,7 @@ def render(doc: dict[str, Any]) -> str:
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
-    lines += breakdown_lines(doc.get("breakdown"))
+    lines += breakdown_lines(doc.get("breakdown"), doc["pid"])
     snap = doc.get("snapshot") or {}
     from introspect.snapshot.suspects import suspect_lines
 
