@@ -43,6 +43,55 @@ class ProcMemory:
     sps: tuple[int | None, ...] = ()  # each other thread's stack pointer (None: running)
 
 
+def _size(x: Any, what: str, optional: bool = True) -> int | None:
+    if x is None and optional:
+        return None
+    if type(x) is not int or not 0 <= x < 1 << 62:
+        raise ValueError(f"{what} is not a byte count")
+    return x
+
+
+def _text(x: Any, what: str) -> str:
+    if not isinstance(x, str) or len(x) > 4096:
+        raise ValueError(f"{what} is not a short text")
+    return x
+
+
+def checked_copy(answer: dict[str, Any]) -> dict[str, Any]:
+    """The walker's memory answer (it comes from a copy of the target: data, not trusted) kept
+    only in the shape this module reads; ValueError names the first field out of shape."""
+    out: dict[str, Any] = {}
+    py = answer.get("pymalloc")
+    if py is not None:
+        if not isinstance(py, dict):
+            raise ValueError("pymalloc is not an object")
+        out["pymalloc"] = {k: _size(py.get(k), f"pymalloc.{k}", False)
+                           for k in ("arenas", "used", "free", "count", "arena_size")}
+    else:
+        out["pymalloc"] = None
+    malloc = answer.get("malloc") or {}
+    if not isinstance(malloc, dict):
+        raise ValueError("malloc is not an object")
+    alloc = malloc.get("allocator")
+    out["malloc"] = {
+        "allocator": None if alloc is None else _text(alloc, "malloc.allocator"),
+        **{k: _size(malloc.get(k), f"malloc.{k}")
+           for k in ("in_use", "free", "mmapped", "arenas", "trimmable", "system")},
+        **{k: _text(malloc[k], f"malloc.{k}") for k in ("path", "libc", "note") if k in malloc},
+    }
+    missing = answer.get("missing") or {}
+    if not isinstance(missing, dict):
+        raise ValueError("missing is not an object")
+    out["missing"] = {
+        _text(k, "a missing key"): _text(v, "a missing reason") for k, v in missing.items()
+    }
+    secs = answer.get("seconds", 0.0)
+    if type(secs) not in (int, float) or not 0 <= secs < 1e6:
+        raise ValueError("seconds is not a duration")
+    out["seconds"] = float(secs)
+    return out
+
+
 def _limits_stack(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/limits") as f:
@@ -427,8 +476,8 @@ def lines(mem: dict[str, Any], missing: dict[str, str]) -> list[str]:
     over = sum(int(v or 0) for v in parts(mem).values()) - int(mem["uss"])
     if over > 0:
         out.append(
-            f"  (the parts exceed the USS by {_m(over)}, {100 * over / uss:.1f} %: the free figures "
-            "count free space whether it is resident or not)"
+            f"  (the parts exceed the USS by {_m(over)}, {100 * over / uss:.1f} %: the free "
+            "figures count free space whether it is resident or not)"
         )
     out.append("")
     out.append("verdict: " + (mem.get("advice") or "none"))

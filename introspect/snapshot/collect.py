@@ -256,9 +256,16 @@ class Walker:
         return answer
 
     def memory(self) -> dict[str, Any]:
-        """The allocator's figures the walker read before its walk (asked for with memory=True)."""
-        answer: dict[str, Any] = self._ask("B")[0]
-        return answer
+        """The allocators' figures the walker read before its walk (asked for with memory=True),
+        checked field by field (breakdown.checked_copy): a wrong shape is a FormatError."""
+        from introspect.breakdown import checked_copy
+        from introspect.snapshot.records import FormatError
+
+        answer = self._ask("B", 1, lambda x: isinstance(x, dict))[0]
+        try:
+            return checked_copy(answer)
+        except ValueError as exc:
+            raise FormatError("memory answer", str(exc)) from None
 
     def tracing(self) -> bool:
         """Does the target trace allocations (tracemalloc on in the frozen copy)?"""

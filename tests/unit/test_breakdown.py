@@ -166,3 +166,39 @@ def test_chart_stacks_the_parts_from_zero() -> None:
     svg = memory_svg(ts, [("RSS", rss)], None, "t", parts=[(1.0, _mem()), (9.0, look)])
     assert svg.count("<polygon") == 4 and "Python objects (at the forked looks)" in svg
     assert 'text-anchor="end">0</text>' in svg  # the y axis starts at zero under stacked parts
+
+
+def test_the_walkers_memory_answer_is_checked() -> None:
+    good = {
+        "pymalloc": {
+            "arenas": 4 * MiB,
+            "used": MiB,
+            "free": 3 * MiB,
+            "count": 4,
+            "arena_size": MiB,
+        },
+        "malloc": {
+            "allocator": "glibc",
+            "path": "/lib/libc.so.6",
+            "in_use": MiB,
+            "free": 0,
+            "mmapped": 0,
+            "arenas": 1,
+            "trimmable": 0,
+            "junk": [1],
+        },
+        "missing": {},
+        "seconds": 0.05,
+        "extra": "dropped",
+    }
+    got = breakdown.checked_copy(good)
+    assert got["pymalloc"]["free"] == 3 * MiB and "junk" not in got["malloc"] and "extra" not in got
+    for bad in (
+        {**good, "pymalloc": {"arenas": "4"}},
+        {**good, "malloc": {"in_use": -1}},
+        {**good, "missing": {"pymalloc": 3}},
+        {**good, "seconds": "soon"},
+        {**good, "malloc": {"allocator": "x" * 5000}},
+    ):
+        with pytest.raises(ValueError):
+            breakdown.checked_copy(bad)
