@@ -55,8 +55,16 @@ def answer_paragraphs(doc: dict[str, Any]) -> list[str]:
             out.append("Other suspects: " + "; ".join(f"{x['path']} ({_size(x['retained_bytes'])})" for x in found[1:]) + ".")
     elif snap and not snap.get("problem"):
         out.append("No leak suspect: no holder grew between the looks or retains 10 % of the Python heap.")
-    out.append(f"Memory: {mem['verdict']} ({mem['slope_mb_per_hour']:+,.1f} MB/hour, r² {mem['r2']:.2f}).")
-    out += [line[0].upper() + line[1:] + "." for line in mem.get("wall") or []]
+    where = (doc.get("breakdown") or {}).get("memory") or {}
+    if where.get("verdict"):
+        uss = where.get("uss")
+        out.append(f"Where the memory is: {where['verdict']}"
+                   + (f" ({_size(where['python_objects'])} in Python objects of {_size(uss)} USS)"
+                      if where.get("python_objects") is not None and uss else "") + ".")
+    out.append(f"Memory over time: {mem.get('summary') or mem['verdict']}.")
+    for line in mem.get("wall") or []:
+        line = line.removeprefix("limit: ")
+        out.append(line[0].upper() + line[1:] + ".")
     return out
 
 
@@ -113,7 +121,7 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr>')
     for line in mem.get("wall") or []:
         key = "stopgap" if line.startswith("stopgap:") else "limit"
-        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: '))}</td></tr>")
+        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: ').removeprefix('limit: '))}</td></tr>")
     out.append("</table>")
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
