@@ -165,6 +165,9 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
                  "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
                  "bytes": int(snap.size.sum()),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+        if last:  # waste: duplicate str/bytes values and empty containers, in the last look's copy
+            value["waste"] = suspects.waste(h, walker.labels, walker.duplicates(8, 20),
+                                            walker.previews if getattr(args, "values", False) else None)
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
         return value
@@ -265,6 +268,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
         "collector": last["collector"],
         "holders": views.holder_docs(last["holders"], prev)[:10],
         "suspects": last.get("suspects", []),
+        "waste": last.get("waste"),
         "garbage": last["garbage"],
         "garbage_first": first["garbage"] if prev else None,
         "bytes": last["bytes"],
@@ -358,6 +362,8 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
+    if len(got.snapshots) > 1:  # every table from the same looks: the snapshots count every object
+        rows, steady = merged_growth(got, got.snapshots[-1]["rows"])
     outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced if o is not None]
     meta = got.looks[-1][1].meta()
     looks = [{"t": round(t, 3), "objects": lk.result["objects"], "baseline_recorded": lk.result["baseline_recorded"]}

@@ -230,6 +230,11 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
         out.append("</table>")
         if folded:
             out.append(f"<p>{_e(folded)}</p>")
+    if snap.get("waste"):
+        from introspect.snapshot.suspects import waste_lines
+
+        out.append("<h2>Waste: duplicate values, empty containers</h2>")
+        out.append(f"<pre>{_e(chr(10).join(waste_lines(snap['waste'])))}</pre>")
     out.append("<h2>Every type, tracked by the garbage collector or not</h2>")
     out.append("<table><tr><th>type</th><th>count</th><th>untracked</th><th>bytes</th><th>since the first look</th>"
                "<th>bytes since</th></tr>")
