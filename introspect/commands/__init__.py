@@ -108,7 +108,7 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, dump, exec_, export, growth, monitor, ps, report, top, trace
+    from introspect.commands import backrefs, dump, exec_, export, growth, memory, monitor, ps, report, top, trace
 
-    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
-            trace.Command(), exec_.Command(), dump.Command(), export.Command()]
+    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), memory.Command(), monitor.Command(),
+            report.Command(), trace.Command(), exec_.Command(), dump.Command(), export.Command()]

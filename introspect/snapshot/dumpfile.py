@@ -597,6 +597,12 @@ class FileWalker:
     def tracing(self) -> bool:
         return False
 
+    def memory(self) -> dict[str, Any]:
+        raise errors.UsageError(
+            "the memory breakdown is not in dumps (yet)",
+            help="Run `introspect memory PID` on the live process.",
+        )
+
     def allocated(self, positions: Sequence[int]) -> tuple[bool, list[list[Any] | None], str]:
         return False, [], ""
 
@@ -628,6 +634,10 @@ class FileOutcome:
         self.envelope: dict[str, Any] = {}
         self.result: dict[str, Any] = {}
         self.extra = None
+
+    @property
+    def paused_s(self) -> float:
+        return float(self.dump.facts.get("fork_pause_s", 0.0))
 
     def meta(self) -> dict[str, Any]:
         f = self.dump.facts

@@ -25,18 +25,27 @@ CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collection
                         "collections.defaultdict", "collections.Counter", "weakref.WeakValueDictionary",
                         "weakref.WeakKeyDictionary", "queue.Queue", "asyncio.queues.Queue"})
 
+# Objects that hold what they hold only for a moment: a callback queued on an event loop's ready
+# queue or timer heap. A chain through one names where a reference happened to pass, not the owner
+# that keeps the object alive: such paths are replaced by one avoiding them when one exists.
+TRANSIENT = frozenset({"asyncio.events.Handle", "asyncio.events.TimerHandle"})
+
 # (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]", ".attr").
 Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 # positions -> names of modules, classes and functions ("" for anything else).
 Namer = Callable[[Sequence[int]], list[str]]
 
 
-def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
-    """Count, gc-tracked/untracked split and shallow bytes per type name."""
+def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, TypeRow]:
+    """Count, gc-tracked/untracked split and shallow bytes per type name (of the objects where
+    ``among`` is true, when given: the reachable ones, say)."""
     k = len(snap.types)
-    count = np.bincount(snap.type_of, minlength=k)
-    tracked = np.bincount(snap.type_of, weights=snap.tracked.astype(np.int64), minlength=k)
-    nbytes = np.bincount(snap.type_of, weights=snap.size, minlength=k)
+    type_of, tracked_of, size = snap.type_of, snap.tracked, snap.size
+    if among is not None:
+        type_of, tracked_of, size = type_of[among], tracked_of[among], size[among]
+    count = np.bincount(type_of, minlength=k)
+    tracked = np.bincount(type_of, weights=tracked_of.astype(np.int64), minlength=k)
+    nbytes = np.bincount(type_of, weights=size, minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
         if count[i]:
@@ -115,13 +124,10 @@ def _igraph() -> Any:
     return igraph
 
 
-def analyse(snap: Snapshot) -> Heap:
-    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
-
-    Modules and frame locals are roots; then, among the objects they do not reach, those whose
-    refcount exceeds the references found are roots "held from C". (An object both reachable and
-    also held by C code is attributed to its Python path: the graph cannot see C's references.)
-    """
+def _rooted_graph(snap: Snapshot) -> tuple[Any, dict[int, str], int]:
+    """The object graph plus a virtual root (vertex n) pointing at every root: modules, frame
+    locals, and the objects held from C among those they do not reach. Returns (graph, root
+    names, how many are held from C, immortal ones aside)."""
     igraph = _igraph()
 
     n = snap.n
@@ -145,6 +151,71 @@ def analyse(snap: Snapshot) -> Heap:
         root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
         held += 0 if immortal else 1
     g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
+    # Vertex n + 1 points at the long-lived roots only: modules and each thread's outermost frame.
+    # Paths are taken from it first (analyse): a call in flight on a worker's thread (its innermost
+    # frames) must not name what the thread's own object, or a module, keeps anyway.
+    long_lived = _long_lived_roots(snap)
+    g.add_vertices(1)
+    g.add_edges(np.column_stack([np.full(long_lived.shape[0], n + 1, np.int64), long_lived]))
+    return g, root_name, held
+
+
+def _long_lived_roots(snap: Snapshot) -> np.ndarray:
+    """Positions of the module roots and of the locals of each thread's outermost function frame
+    (the walker lists a thread's frames innermost first: the last frame named for a thread)."""
+    outermost: dict[str, str] = {}
+    for r in snap.roots:
+        if r.kind != "module":
+            frame = r.name.rsplit(", local ", 1)[0]
+            outermost[frame.split(", ", 1)[0]] = frame
+    keep = {f for f in outermost.values()}
+    pos = [r.pos for r in snap.roots if r.kind == "module" or r.name.rsplit(", local ", 1)[0] in keep]
+    return np.asarray(sorted(set(pos)), dtype=np.int64)
+
+
+def reachable_of(snap: Snapshot) -> np.ndarray:
+    """Which objects some root reaches (no dominator tree: for counts that need only this)."""
+    g, _names, _held = _rooted_graph(snap)
+    out = np.zeros(snap.n + 1, bool)
+    out[np.asarray(g.bfs(snap.n, mode="out")[0], dtype=np.int64)] = True
+    return out[:snap.n]
+
+
+def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str, Any]:
+    """What no root reaches: objects kept alive only by reference cycles among themselves, which
+    the cyclic collector frees at its next collection of their generation (usually a full one:
+    cycles that outlive a few young collections sit in the oldest). Objects, bytes, and the types
+    it consists of (most bytes first)."""
+    dead = ~reachable
+    k = len(snap.types)
+    count = np.bincount(snap.type_of[dead], minlength=k)
+    nbytes = np.bincount(snap.type_of[dead], weights=snap.size[dead], minlength=k)
+    per: dict[str, list[int]] = {}
+    for i in np.nonzero(count)[0].tolist():
+        row = per.setdefault(snap.types[i], [0, 0])
+        row[0] += int(count[i])
+        row[1] += int(nbytes[i])
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in ranked]
+    # The classes in it name the cycle (billiard.einfo.ExceptionInfo, not the tuples it copied):
+    # module-qualified types, most instances first.
+    classes = sorted((t for t in per if "." in t and t not in CONTAINERS),
+                     key=lambda t: (-per[t][0], t))
+    return {"objects": int(dead.sum()), "bytes": int(snap.size[dead].sum()),
+            "by_type": by_type[:limit] if limit > 0 else by_type,
+            "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]]}
+
+
+def analyse(snap: Snapshot) -> Heap:
+    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
+
+    Modules and frame locals are roots; then, among the objects they do not reach, those whose
+    refcount exceeds the references found are roots "held from C". (An object both reachable and
+    also held by C code is attributed to its Python path: the graph cannot see C's references.)
+    """
+    g, root_name, held = _rooted_graph(snap)
+    n = snap.n
+    vroot = n
     # igraph marks vertices the root does not reach with NaN (a float among the ints).
     idom = np.nan_to_num(np.asarray(g.dominator(vroot, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:n]
     idom[idom == vroot] = -1
@@ -156,6 +227,13 @@ def analyse(snap: Snapshot) -> Heap:
     order = np.asarray(vids, dtype=np.int64)
     reachable = np.zeros(n, bool)
     reachable[order[order < n]] = True
+    # Shortest paths from the long-lived roots where they reach; from any root elsewhere.
+    long_vids, _long_layers, long_parents = g.bfs(n + 1, mode="out")
+    long_par = np.asarray(long_parents, dtype=np.int64)[:n]
+    from_long = np.zeros(n, bool)
+    lv = np.asarray(long_vids, dtype=np.int64)
+    from_long[lv[lv < n]] = True
+    parent = np.where(from_long, np.where(long_par >= n, -1, long_par), parent)
     parent[~reachable] = -1
     idom[~reachable] = -1
     retained = np.where(reachable, snap.size, 0).astype(np.int64)
@@ -224,6 +302,10 @@ def describe(heap: Heap, path: list[int], labels: list[str]) -> str:
             parts.append("." + nxt[2:-2])
             k += 2
             continue
+        if lab in ("(referent)", "(item)") and k + 1 < len(path):
+            # A reference the walker cannot name (a C type's slot): say what it leads to, so three
+            # in a row read as a route, not as "(referent) (referent) (referent)".
+            lab = "-> " + heap.snap.type_name(path[k + 1])
         parts.append(lab)
         k += 1
     return " ".join(parts)
@@ -334,8 +416,8 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
     def owner(path: list[int]) -> str:
         for q in reversed(path[:-1]):
             full = class_name.get(q) or snap.type_name(q)
-            if "." not in full:
-                continue  # a builtin container or object
+            if "." not in full or full in CONTAINERS or full in TRANSIENT:
+                continue  # a builtin or standard container (a deque is no more `collections`')
             parts = full.split(".")
             for k in range(len(parts) - 1, 0, -1):
                 if ".".join(parts[:k]) in modules:
@@ -350,7 +432,44 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
             wanted.setdefault(mod, set()).add(p)
     out = dict(paths)
     for mod, targets in wanted.items():
-        out.update(heap.path_from(modules[mod], targets))
+        for p, path in heap.path_from(modules[mod], targets).items():
+            # A path that leaves the module through another module (`._sys --> module sys
+            # --.modules-->`) is not the module's own: keep the shortest one.
+            if not any(snap.type_name(q) == "module" for q in path[1:]):
+                out[p] = path
+    return out
+
+
+def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Paths through a TRANSIENT holder replaced by the shortest path that avoids every one,
+    when there is such a path (else kept: the handle may be all that holds the object)."""
+    snap = heap.snap
+    tids = np.array([name in TRANSIENT for name in snap.types] or [False], bool)
+    passing = [p for p, path in paths.items()
+               if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
+    if not passing:
+        return paths
+    igraph = _igraph()
+    n = snap.n
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(snap.offsets))
+    keep = ~tids[snap.type_of[src]]
+    g = igraph.Graph(n=n + 1, directed=True)
+    g.add_edges(np.column_stack([src[keep], snap.refs.astype(np.int64)[keep]]))
+    roots = np.fromiter(heap.root_name.keys(), dtype=np.int64, count=len(heap.root_name))
+    g.add_edges(np.column_stack([np.full(roots.shape[0], n, np.int64), roots]))
+    vids, _layers, parents = g.bfs(n, mode="out")
+    par = np.asarray(parents, dtype=np.int64)
+    seen = np.zeros(n + 1, bool)
+    seen[np.asarray(vids, dtype=np.int64)] = True
+    out = dict(paths)
+    for p in passing:
+        if not seen[p]:
+            continue
+        path = [p]
+        while par[path[-1]] != n:
+            path.append(int(par[path[-1]]))
+        path.reverse()
+        out[p] = path
     return out
 
 
@@ -369,7 +488,8 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     inst = np.nonzero(np.isin(snap.type_of, tids))[0]
     unreachable = int((~heap.reachable[inst]).sum())
     reach = inst[heap.reachable[inst]].tolist()[:200_000]
-    found_paths = _from_owners(heap, {p: heap.path(p) for p in reach}, names)
+    shortest = {p: heap.path(p) for p in reach}
+    found_paths = _avoid_transient(heap, _from_owners(heap, shortest, names))
     groups: dict[tuple[object, ...], list[int]] = {}
     for p in reach:
         path = found_paths[p]
