@@ -56,7 +56,8 @@ def add_collector_options(parser: argparse.ArgumentParser) -> None:
 def collector_line(col: dict[str, Any]) -> str:
     if col["path"] == "fork":
         return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
-                f"{col['objects']:,} objects in {col['walk_s']:.2f} s")
+                f"{col['objects']:,} objects in {col['walk_s']:.2f} s"
+                + (f"\nPARTIAL: {col['partial']}" if col.get("partial") else ""))
     return f"in-process count ({col['why']})"
 
 

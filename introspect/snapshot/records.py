@@ -106,6 +106,7 @@ END_FIELDS: dict[str, tuple[type, ...]] = {
     "edges": (int,),
     "walk_s": _NUM,
     "total_s": _NUM,
+    "partial": (str,),  # why the walk stopped early: objects past it are listed without references
 }
 MIN_OBJECT = 16  # bytes: a PyObject header (refcount, type)
 MIN_REF = 8  # bytes: a pointer
@@ -447,9 +448,12 @@ def read_snapshot(
     reader: Reader,
     tee: list[bytes] | None = None,
     on_meta: Callable[[dict[str, Any]], None] | None = None,
+    on_objects: Callable[[int, int], None] | None = None,
 ) -> Snapshot:
     """Read one whole snapshot (up to its "E" frame), every rule checked. ``tee`` collects the
-    raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive."""
+    raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive;
+    ``on_objects`` sees (objects streamed, positions known) after each object frame (progress).
+    A walk stopped by its budget is whole in its format, its ``end["partial"]`` saying why."""
     reader.magic()
     meta: dict[str, Any] | None = None
     types: list[str] = []
@@ -491,8 +495,12 @@ def read_snapshot(
             roots = _roots(_json(kind, payload))
         elif kind in ARRAY_FRAMES:
             cols.add(kind, payload)
+            if on_objects is not None and kind == b"O":
+                on_objects(cols.objects, cols.known)
         elif kind == b"E":
             end = _fields(kind, _json(kind, payload), END_FIELDS, ("objects", "edges"))
+            if "partial" in end:
+                end["partial"] = _text(end["partial"])[:1000]
             break
         else:
             raise FormatError("frame order", f"a {kind!r} frame before the end of the snapshot")
