@@ -53,24 +53,20 @@ class Heap:
 
     snap: Snapshot
     retained: np.ndarray  # int64 bytes per object (0 where unreachable from every root)
-    idom: np.ndarray  # immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
-    parent: np.ndarray  # BFS parent position (shortest path from a root); -1 for roots and unreachable
+    idom: np.ndarray  # int32 immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
+    parent: np.ndarray  # int32 BFS parent position (shortest path from a root); -1 for roots and unreachable
     reachable: np.ndarray  # bool
     root_name: dict[int, str]
     held_from_c: int
-    graph: Any = None  # the igraph.Graph (objects plus the virtual root n), for searches from one root
+    graph: Any = None  # unused since issue 23 (searches from one root run over snap's arrays)
 
     def path_from(self, root: int, targets: set[int]) -> dict[int, list[int]]:
         """Shortest paths from the object ``root`` to those of ``targets`` it reaches."""
-        if self.graph is None:
-            return {}
-        vids, _layers, parents = self.graph.bfs(root, mode="out")
-        par = np.asarray(parents, dtype=np.int64)
-        seen = np.zeros(par.shape[0], bool)
-        seen[np.asarray(vids, dtype=np.int64)] = True
+        snap = self.snap
+        _order, _bounds, par = bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32))
         out: dict[int, list[int]] = {}
         for t in targets:
-            if not seen[t]:
+            if par[t] == -2:
                 continue
             p = [t]
             while p[-1] != root:
@@ -115,12 +111,75 @@ def _igraph() -> Any:
     return igraph
 
 
+def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
+    vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
+    where not reached). A child's parent is one of its parents in the layer before (shortest)."""
+    parent = np.full(n, -2, np.int32)
+    frontier = np.unique(sources.astype(np.int32))
+    parent[frontier] = -1
+    layers = [frontier]
+    bounds = [0, int(frontier.shape[0])]
+    while frontier.shape[0]:
+        starts = offsets[frontier]
+        cnt = offsets[frontier + 1] - starts
+        total = int(cnt.sum())
+        if not total:
+            break
+        shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
+        kids = refs[np.arange(total, dtype=np.int64) + shift]
+        del shift
+        fresh = parent[kids] == -2
+        kids, first = np.unique(kids[fresh], return_index=True)
+        if not kids.shape[0]:
+            break
+        parent[kids] = np.repeat(frontier, cnt)[fresh][first]
+        layers.append(kids)
+        bounds.append(bounds[-1] + int(kids.shape[0]))
+        frontier = kids
+    order = np.concatenate(layers) if len(layers) > 1 else layers[0]
+    return order, bounds, parent
+
+
+def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hanging trees off the graph: an object with one reference to it and none left from it
+    dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
+    of dicts of ints goes in three), what is left is the graph whose dominators need computing.
+    Returns (left: bool per object, pred: the one referrer, -1 for a root's virtual one)."""
+    n = snap.n
+    live = reachable[src]
+    into = snap.refs[live]
+    indeg = np.bincount(into, minlength=n).astype(np.int32)
+    indeg[root] += 1
+    pred = np.full(n, -1, np.int32)
+    pred[into] = src[live]
+    pred[root] = -1  # a root's one reference: the virtual root's
+    del into, live
+    outdeg = np.diff(snap.offsets).astype(np.int32)
+    left = reachable.copy()
+    leaf = np.nonzero(left & (indeg == 1) & (outdeg == 0))[0]
+    for _ in range(256):  # a long chain peels one link a round: the rest stays in the graph
+        if not leaf.shape[0]:
+            break
+        left[leaf] = False
+        up = pred[leaf]
+        up = up[up >= 0]
+        np.subtract.at(outdeg, up, 1)
+        up = np.unique(up)
+        leaf = up[left[up] & (indeg[up] == 1) & (outdeg[up] == 0)]
+    return left, pred
+
+
 def analyse(snap: Snapshot) -> Heap:
     """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
 
     Modules and frame locals are roots; then, among the objects they do not reach, those whose
     refcount exceeds the references found are roots "held from C". (An object both reachable and
     also held by C code is attributed to its Python path: the graph cannot see C's references.)
+
+    Lean for big heaps (issue 23): BFS in numpy over the snapshot's CSR arrays; the hanging trees
+    (most of a heap: the items of containers) are peeled off first (_peel), and igraph builds
+    the graph of what is left only, int32 arrays throughout.
     """
     igraph = _igraph()
 
@@ -131,44 +190,57 @@ def analyse(snap: Snapshot) -> Heap:
     for r in snap.roots:
         if r.pos not in root_name:
             root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
-    vroot = n
-    g = igraph.Graph(n=n + 1, directed=True)
-    g.add_edges(np.column_stack([np.repeat(np.arange(n, dtype=np.int64), counts), snap.refs.astype(np.int64)]))
     first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
-    g.add_edges(np.column_stack([np.full(first.shape[0], vroot, np.int64), first]))
-    seen = np.zeros(n + 1, bool)
-    seen[np.asarray(g.bfs(vroot, mode="out")[0], dtype=np.int64)] = True
-    c_held = np.nonzero((snap.excess > indeg) & ~seen[:n])[0]
+    _o, _b, par0 = bfs(snap.offsets, snap.refs, n, first)
+    del _o, _b
+    c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
+    del par0, indeg
     held = 0
     for p in c_held.tolist():
         immortal = snap.excess[p] >= IMMORTAL
         root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
         held += 0 if immortal else 1
-    g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
-    # igraph marks vertices the root does not reach with NaN (a float among the ints).
-    idom = np.nan_to_num(np.asarray(g.dominator(vroot, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:n]
-    idom[idom == vroot] = -1
-    idom[idom < 0] = -1
-    vids, layers, parents = g.bfs(vroot, mode="out")
-    parent = np.asarray(parents, dtype=np.int64)[:n]
-    parent[parent == vroot] = -1
-    parent[parent < 0] = -1
-    order = np.asarray(vids, dtype=np.int64)
-    reachable = np.zeros(n, bool)
-    reachable[order[order < n]] = True
+    roots = np.concatenate([first, c_held]).astype(np.int32)
+    order, bounds, parent = bfs(snap.offsets, snap.refs, n, roots)
+    reachable = parent != -2
     parent[~reachable] = -1
+    is_root = np.zeros(n, bool)
+    is_root[roots] = True
+    src = np.repeat(np.arange(n, dtype=np.int32), counts)
+    del counts
+    left, pred = _peel(snap, reachable, roots, src)
+    idom = np.where(reachable, pred, -1).astype(np.int32)
+    del pred
+    # The dominators of what is left: igraph over its edges, renumbered 0..k-1, the virtual root k.
+    keep = np.nonzero(left)[0].astype(np.int32)
+    k = int(keep.shape[0])
+    new = np.full(n, -1, np.int32)
+    new[keep] = np.arange(k, dtype=np.int32)
+    m = left[src] & left[snap.refs]
+    edges = np.column_stack([new[src[m]], new[snap.refs[m]]])
+    del m, src
+    left_roots = new[roots[left[roots]]]
+    g = igraph.Graph(n=k + 1, directed=True)
+    g.add_edges(edges)
+    del edges
+    g.add_edges(np.column_stack([np.full(left_roots.shape[0], k, np.int32), left_roots]))
+    # igraph marks vertices the root does not reach with NaN (a float among the ints).
+    sub = np.nan_to_num(np.asarray(g.dominator(k, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:k]
+    del g
+    sub_ok = (sub >= 0) & (sub < k)
+    idom[keep] = np.where(sub_ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
+    del sub, sub_ok, new, keep, left
+    idom[is_root] = -1
     idom[~reachable] = -1
     retained = np.where(reachable, snap.size, 0).astype(np.int64)
     # A dominator is strictly closer to the root than what it dominates: fold sizes upwards
     # one BFS layer at a time, deepest first.
-    bounds = list(layers)
-    for k in range(len(bounds) - 2, 0, -1):
-        layer = order[bounds[k]:bounds[k + 1]]
-        layer = layer[layer < n]
+    for j in range(len(bounds) - 2, 0, -1):
+        layer = order[bounds[j]:bounds[j + 1]]
         dom = idom[layer]
         ok = dom >= 0
         np.add.at(retained, dom[ok], retained[layer[ok]])
-    return Heap(snap, retained, idom, parent, reachable, root_name, held, g)
+    return Heap(snap, retained, idom, parent, reachable, root_name, held, None)
 
 
 def _items(snap: Snapshot, pos: int) -> int:
