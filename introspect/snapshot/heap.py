@@ -35,7 +35,7 @@ def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
     """Count, gc-tracked/untracked split and shallow bytes per type name."""
     k = len(snap.types)
     count = np.bincount(snap.type_of, minlength=k)
-    tracked = np.bincount(snap.type_of, weights=snap.tracked.astype(np.int64), minlength=k)
+    tracked = np.bincount(snap.type_of[snap.tracked], minlength=k)
     nbytes = np.bincount(snap.type_of, weights=snap.size, minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
@@ -184,8 +184,6 @@ def analyse(snap: Snapshot) -> Heap:
     igraph = _igraph()
 
     n = snap.n
-    counts = np.diff(snap.offsets)
-    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
     root_name: dict[int, str] = {}
     for r in snap.roots:
         if r.pos not in root_name:
@@ -193,6 +191,7 @@ def analyse(snap: Snapshot) -> Heap:
     first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
     _o, _b, par0 = bfs(snap.offsets, snap.refs, n, first)
     del _o, _b
+    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
     c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
     del par0, indeg
     held = 0
@@ -206,8 +205,7 @@ def analyse(snap: Snapshot) -> Heap:
     parent[~reachable] = -1
     is_root = np.zeros(n, bool)
     is_root[roots] = True
-    src = np.repeat(np.arange(n, dtype=np.int32), counts)
-    del counts
+    src = np.repeat(np.arange(n, dtype=np.int32), np.diff(snap.offsets))
     left, pred = _peel(snap, reachable, roots, src)
     idom = np.where(reachable, pred, -1).astype(np.int32)
     del pred
@@ -232,7 +230,7 @@ def analyse(snap: Snapshot) -> Heap:
     del sub, sub_ok, new, keep, left
     idom[is_root] = -1
     idom[~reachable] = -1
-    retained = np.where(reachable, snap.size, 0).astype(np.int64)
+    retained = np.where(reachable, snap.size, 0).astype(np.int64, copy=False)
     # A dominator is strictly closer to the root than what it dominates: fold sizes upwards
     # one BFS layer at a time, deepest first.
     for j in range(len(bounds) - 2, 0, -1):

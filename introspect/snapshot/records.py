@@ -403,8 +403,8 @@ class _Columns:
             got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
             off += k * np.dtype(dtype).itemsize
         self._check_columns(kind, got, items, known)
-        for name, arr in got.items():
-            self.chunks.setdefault(name, []).append(arr)
+        for name, arr in got.items():  # copied: the payload is freed now, not at the end
+            self.chunks.setdefault(name, []).append(arr.copy())
         if kind == b"O":
             self.objects += count
             self.refs += items
@@ -434,7 +434,14 @@ class _Columns:
         parts = self.chunks.pop(name, [])
         if not parts:
             return np.zeros(0, dtype)
-        out = np.concatenate(parts).astype(dtype, copy=False)
+        if len(parts) == 1:
+            return parts[0].astype(dtype, copy=False)
+        out = np.empty(sum(p.shape[0] for p in parts), dtype)
+        at = 0
+        while parts:  # each chunk freed once copied: the peak is the column plus one chunk
+            p = parts.pop(0)
+            out[at:at + p.shape[0]] = p
+            at += p.shape[0]
         return out
 
 
