@@ -2192,62 +2192,98 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     edges = 0
     partial = ""
     refcount = sys.getrefcount
-    dead_rc = 0
-    for r in [object()]:
-        dead_rc = refcount(r)  # an object whose only owner is the list being iterated
-    r = None
+    # Batches of SNAP_BATCH objects, each step a C-level loop over builtins (map over the batch:
+    # type, getsizeof, get_referents, is_tracked, id, index.get; chain.from_iterable): Python
+    # code runs per object only for what is new (its position) or unusual (sizes not computed in
+    # C, code objects, references that are our own or dead). docs/benchmarks.md has the costs.
+    chain = _builtin("itertools").chain.from_iterable
+    # A dead referent's owners below, calibrated alike: its get_referents list, the flat list of
+    # the batch's references, the variable.
+    probe = [[object()]]  # type: Any
+    refs = list(chain(probe))  # type: Any
+    r = refs[0]  # type: Any
+    dead_b = refcount(r)
+    r = refs = probe = None
     while pos < len(keep):
-        o = keep[pos]
-        t = type(o)
-        ti = tindex.get(t)
-        if ti is None:
-            ti = tindex[t] = len(tindex)
-            newtypes.append([ti, type_name(t)])
-            sizers[t] = _c_sizeof(t)
-        try:
-            b = getsizeof(o) if sizers[t] else object.__sizeof__(o) + gc_head
-        except Exception:
-            b = 0
-        k = 0
-        refs = getrefs(o)
-        if t is _CodeType:
-            refs = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
-        for r in refs:
-            i = id(r)
-            p = index.get(i)
-            if p is None:
-                if i in own:
-                    hold.append(r)
-                    continue
-                if refcount(r) <= dead_rc:
-                    # Owned by nothing but refs: a dead object a traverse handed out (gh-122695's
-                    # free list). Not part of the heap; held, so that it is never freed twice.
-                    own[i] = None
-                    hold.append(r)
-                    continue
-                p = index[i] = len(keep)
-                keep.append(r)
-            R.append(p)
-            k += 1
-        T.append(ti)
-        S.append(b)
-        F.append(is_tracked(o))  # a bool: bytes(F) makes it 0 or 1
-        N.append(k)
-        edges += k
-        pos += 1
-        if pos - start >= SNAP_BATCH or pos == len(keep):
-            if newtypes:
-                _snap_send(fd, b"T", _snap_json(newtypes))
-                newtypes = []
-            _snap_send(fd, b"O", _snap_columns(array, start, pos - start, len(R), len(keep),
-                                               [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
-            T, S, F, N, R = [], [], [], [], []
-            start = pos
-            if time.time() > deadline and pos < len(keep):
-                partial = ("the walk's budget ran out after %.0f s, %d of %d objects found "
-                           "walked (the rest are counted, without their references)"
-                           % (time.perf_counter() - t0, pos, len(keep)))
-                break
+        stop = min(len(keep), pos + SNAP_BATCH)
+        batch = keep[pos:stop]
+        types = list(map(type, batch))
+        tset = set(types)
+        for t in tset:
+            if t not in tindex:
+                tindex[t] = len(tindex)
+                newtypes.append([tindex[t], type_name(t)])
+                sizers[t] = _c_sizeof(t)
+        T = list(map(tindex.__getitem__, types))
+        sizes = None  # type: Any
+        if all(sizers[t] for t in tset):
+            try:
+                sizes = list(map(getsizeof, batch))
+            except Exception:
+                sizes = None
+        if sizes is None:
+            sizes = []
+            for o in batch:
+                try:
+                    sizes.append(getsizeof(o) if sizers[type(o)] else object.__sizeof__(o) + gc_head)
+                except Exception:
+                    sizes.append(0)
+        S = sizes
+        F = list(map(is_tracked, batch))
+        rl = list(map(getrefs, batch))  # type: Any
+        if _CodeType in tset:
+            for j in range(len(batch)):
+                if types[j] is _CodeType:
+                    rl[j] = [getattr(batch[j], a) for a in _CODE_ATTRS if hasattr(batch[j], a)]
+        N = list(map(len, rl))
+        o = None
+        batch = types = None  # type: ignore[assignment]  # freed before the references
+        R = list(map(index.get, map(id, chain(rl))))
+        skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
+        if None in R:
+            refs = list(chain(rl))
+            for j in [j for j, p in enumerate(R) if p is None]:
+                r = refs[j]
+                i = id(r)
+                p = index.get(i)  # found earlier in this batch
+                if p is None:
+                    if i in own:
+                        hold.append(r)
+                        skipped.append(j)
+                        continue
+                    if refcount(r) <= dead_b:
+                        # Owned by nothing but its get_referents list: a dead object a traverse
+                        # handed out (gh-122695's free list). Not part of the heap; held, so that
+                        # it is never freed twice.
+                        own[i] = None
+                        hold.append(r)
+                        skipped.append(j)
+                        continue
+                    p = index[i] = len(keep)
+                    keep.append(r)
+                R[j] = p
+            r = refs = None
+        rl = None
+        if skipped:
+            ends = list(_builtin("itertools").accumulate(N))
+            bisect = _builtin("_bisect").bisect_right
+            for j in skipped:
+                N[bisect(ends, j)] -= 1
+            drop = set(skipped)
+            R = [p for j, p in enumerate(R) if j not in drop]
+        edges += len(R)
+        if newtypes:
+            _snap_send(fd, b"T", _snap_json(newtypes))
+            newtypes = []
+        _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, len(R), len(keep),
+                                           [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
+        T, S, F, N, R = [], [], [], [], []
+        pos = stop
+        if time.time() > deadline and pos < len(keep):
+            partial = ("the walk's budget ran out after %.0f s, %d of %d objects found "
+                       "walked (the rest are counted, without their references)"
+                       % (time.perf_counter() - t0, pos, len(keep)))
+            break
     refs = None
     walk_s = time.perf_counter() - t0
     # Past the budget: every object found is still streamed (sizes and types), none followed.
