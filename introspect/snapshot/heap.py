@@ -34,9 +34,15 @@ Namer = Callable[[Sequence[int]], list[str]]
 def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
     """Count, gc-tracked/untracked split and shallow bytes per type name."""
     k = len(snap.types)
-    count = np.bincount(snap.type_of, minlength=k)
-    tracked = np.bincount(snap.type_of[snap.tracked], minlength=k)
-    nbytes = np.bincount(snap.type_of, weights=snap.size, minlength=k)
+    count = np.zeros(k, np.int64)
+    tracked = np.zeros(k, np.int64)
+    nbytes = np.zeros(k, np.float64)
+    step = 1 << 20  # in blocks: bincount's float weights would copy a whole column
+    for a in range(0, snap.n, step):
+        t = snap.type_of[a:a + step]
+        count += np.bincount(t, minlength=k)
+        tracked += np.bincount(t[snap.tracked[a:a + step]], minlength=k)
+        nbytes += np.bincount(t, weights=snap.size[a:a + step], minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
         if count[i]:

@@ -347,7 +347,10 @@ class _Columns:
     excess: int = 0  # streamed by C frames
     refs: int = 0
     known: int = 0
-    chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # One growing array per column (grown in place by realloc: no second copy of a big column),
+    # and how much of it is filled.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: bytes, payload: bytes) -> None:
         columns = ARRAY_FRAMES[kind]
@@ -404,7 +407,7 @@ class _Columns:
             off += k * np.dtype(dtype).itemsize
         self._check_columns(kind, got, items, known)
         for name, arr in got.items():  # copied: the payload is freed now, not at the end
-            self.chunks.setdefault(name, []).append(arr.copy())
+            self._append(name, arr, known if name != "refs" else self.refs + items)
         if kind == b"O":
             self.objects += count
             self.refs += items
@@ -430,19 +433,25 @@ class _Columns:
             )
             _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
 
+    def _append(self, name: str, part: np.ndarray, hint: int) -> None:
+        """Copy ``part`` to the end of its column; ``hint``: entries the column will have at least
+        (the positions known so far): grown to it, or by half, whichever is more."""
+        arr = self.arrays.get(name)
+        at = self.filled.get(name, 0)
+        need = at + part.shape[0]
+        if arr is None:
+            arr = self.arrays[name] = np.empty(max(need, hint, 1024), part.dtype)
+        elif need > arr.shape[0]:
+            arr.resize(max(need, hint, arr.shape[0] * 3 // 2), refcheck=False)  # realloc
+        arr[at:need] = part
+        self.filled[name] = need
+
     def column(self, name: str, dtype: str) -> np.ndarray:
-        parts = self.chunks.pop(name, [])
-        if not parts:
+        arr = self.arrays.pop(name, None)
+        if arr is None:
             return np.zeros(0, dtype)
-        if len(parts) == 1:
-            return parts[0].astype(dtype, copy=False)
-        out = np.empty(sum(p.shape[0] for p in parts), dtype)
-        at = 0
-        while parts:  # each chunk freed once copied: the peak is the column plus one chunk
-            p = parts.pop(0)
-            out[at:at + p.shape[0]] = p
-            at += p.shape[0]
-        return out
+        arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
+        return arr.astype(dtype, copy=False)
 
 
 def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
@@ -535,7 +544,10 @@ def read_snapshot(
         )
     nrefs = cols.column("nrefs", "<u4")
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(nrefs, out=offsets[1:])
+    step = 1 << 20  # in blocks: a cumsum into int64 of the whole uint32 column makes a temporary
+    for k in range(0, n, step):
+        np.cumsum(nrefs[k : k + step], dtype=np.int64, out=offsets[k + 1 : k + step + 1])
+        offsets[k + 1 : k + step + 1] += offsets[k]
     del nrefs
     return Snapshot(
         meta=meta or {},
