@@ -117,6 +117,9 @@ def _igraph() -> Any:
     return igraph
 
 
+_BLOCK = 1 << 20  # edges or objects per step of the loops that would otherwise copy a column
+
+
 def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
     vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
@@ -127,41 +130,51 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray) -> t
     layers = [frontier]
     bounds = [0, int(frontier.shape[0])]
     while frontier.shape[0]:
-        starts = offsets[frontier]
-        cnt = offsets[frontier + 1] - starts
-        total = int(cnt.sum())
-        if not total:
+        found = []
+        for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
+            part = frontier[a:a + (1 << 18)]
+            starts = offsets[part]
+            cnt = offsets[part + 1] - starts
+            total = int(cnt.sum())
+            if not total:
+                continue
+            shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
+            kids = refs[np.arange(total, dtype=np.int64) + shift]
+            del shift, starts
+            fresh = parent[kids] == -2
+            kids, first = np.unique(kids[fresh], return_index=True)
+            if kids.shape[0]:
+                parent[kids] = np.repeat(part, cnt)[fresh][first]
+                found.append(kids)
+        if not found:
             break
-        shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
-        kids = refs[np.arange(total, dtype=np.int64) + shift]
-        del shift
-        fresh = parent[kids] == -2
-        kids, first = np.unique(kids[fresh], return_index=True)
-        if not kids.shape[0]:
-            break
-        parent[kids] = np.repeat(frontier, cnt)[fresh][first]
-        layers.append(kids)
-        bounds.append(bounds[-1] + int(kids.shape[0]))
-        frontier = kids
+        frontier = np.concatenate(found) if len(found) > 1 else found[0]
+        layers.append(frontier)
+        bounds.append(bounds[-1] + int(frontier.shape[0]))
     order = np.concatenate(layers) if len(layers) > 1 else layers[0]
     return order, bounds, parent
 
 
-def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarray,
+          indeg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hanging trees off the graph: an object with one reference to it and none left from it
     dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
     of dicts of ints goes in three), what is left is the graph whose dominators need computing.
     Returns (left: bool per object, pred: the one referrer, -1 for a root's virtual one)."""
     n = snap.n
-    live = reachable[src]
-    into = snap.refs[live]
-    indeg = np.bincount(into, minlength=n).astype(np.int32)
-    indeg[root] += 1
     pred = np.full(n, -1, np.int32)
-    pred[into] = src[live]
+    for a in range(0, src.shape[0], _BLOCK):  # in blocks: an int32 index becomes an int64 copy
+        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
+        live = reachable[s]
+        if live.all():
+            pred[dst] = s
+        else:  # ``indeg`` counted every edge: those from unreachable objects are out of the graph
+            np.subtract.at(indeg, dst[~live], 1)
+            pred[dst[live]] = s[live]
+    indeg[root] += 1
     pred[root] = -1  # a root's one reference: the virtual root's
-    del into, live
-    outdeg = np.diff(snap.offsets).astype(np.int32)
+    outdeg = np.empty(n, np.int32)
+    np.subtract(snap.offsets[1:], snap.offsets[:-1], out=outdeg, casting="unsafe")
     left = reachable.copy()
     leaf = np.nonzero(left & (indeg == 1) & (outdeg == 0))[0]
     for _ in range(256):  # a long chain peels one link a round: the rest stays in the graph
@@ -197,9 +210,9 @@ def analyse(snap: Snapshot) -> Heap:
     first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
     _o, _b, par0 = bfs(snap.offsets, snap.refs, n, first)
     del _o, _b
-    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
+    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
     c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
-    del par0, indeg
+    del par0
     held = 0
     for p in c_held.tolist():
         immortal = snap.excess[p] >= IMMORTAL
@@ -211,8 +224,13 @@ def analyse(snap: Snapshot) -> Heap:
     parent[~reachable] = -1
     is_root = np.zeros(n, bool)
     is_root[roots] = True
-    src = np.repeat(np.arange(n, dtype=np.int32), np.diff(snap.offsets))
-    left, pred = _peel(snap, reachable, roots, src)
+    src = np.empty(snap.refs.shape[0], np.int32)  # the referrer of each reference
+    for a in range(0, n, _BLOCK):
+        b = min(n, a + _BLOCK)
+        src[snap.offsets[a]:snap.offsets[b]] = np.repeat(
+            np.arange(a, b, dtype=np.int32), snap.offsets[a + 1:b + 1] - snap.offsets[a:b])
+    left, pred = _peel(snap, reachable, roots, src, indeg)
+    del indeg
     idom = np.where(reachable, pred, -1).astype(np.int32)
     del pred
     # The dominators of what is left: igraph over its edges, renumbered 0..k-1, the virtual root k.
@@ -220,9 +238,14 @@ def analyse(snap: Snapshot) -> Heap:
     k = int(keep.shape[0])
     new = np.full(n, -1, np.int32)
     new[keep] = np.arange(k, dtype=np.int32)
-    m = left[src] & left[snap.refs]
-    edges = np.column_stack([new[src[m]], new[snap.refs[m]]])
-    del m, src
+    parts = []
+    for a in range(0, src.shape[0], _BLOCK):
+        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
+        m = left[s] & left[dst]
+        if m.any():
+            parts.append(np.column_stack([new[s[m]], new[dst[m]]]))
+    edges = np.concatenate(parts) if parts else np.zeros((0, 2), np.int32)
+    del parts, src
     left_roots = new[roots[left[roots]]]
     g = igraph.Graph(n=k + 1, directed=True)
     g.add_edges(edges)
