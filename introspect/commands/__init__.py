@@ -38,7 +38,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
                             "one thread stopped for under a millisecond) or gdb (3.8+, every thread stopped for "
                             "tens of milliseconds); default: auto (pep768 on 3.14+, else ptrace)")
     group.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                       help="give up (and void the request) after S seconds (default: 30)")
+                       help="give up (and void the request) after S seconds waiting for the target to take "
+                            "it (default: 30); a forked snapshot's walk and analysis then get a budget "
+                            "that scales with the heap (docs/snapshots.md)")
     add_output_options(parser)
 
 
