@@ -360,8 +360,9 @@ class _Session:
 
         def on_meta(meta: dict[str, Any]) -> None:
             tracked[0] = int(meta.get("gc_objects", 0))
-            # 5 s more than the walker's own budget: its partial answer arrives first.
-            reader.deadline = time.monotonic() + walk_budget(tracked[0]) + 5.0
+            # Half the budget more than the walker's own: past its budget it still lists the objects
+            # found but not walked and counts every refcount (cheaper per object than the walk).
+            reader.deadline = time.monotonic() + walk_budget(tracked[0]) * 1.5 + 10.0
             self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
                                  reader.deadline)
             self.log(f"walker pid {self.walker.pid} streaming; {tracked[0]:,} gc-tracked objects at the fork, "
