@@ -7,6 +7,7 @@ import os
 import sys
 import sysconfig
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -195,3 +196,143 @@ def why_picked(row: GrowthRow, steady: list[str]) -> str:
         parts.append("grew in every interval")
     parts.append(f"{row.since_baseline:+,} since the baseline")
     return ", ".join(parts)
+
+
+def unrooted_text(doc: dict[str, Any]) -> str:
+    """The instances not traced to a root, each case counted apart.
+
+    >>> unrooted_text({"unrooted": 7, "unrooted_held_from_c": 2, "unrooted_cycle": 5, "unrooted_limit": 0})
+    '2 held from C code or a frame the search does not list, 5 by a reference cycle only (garbage the collector will free)'
+    >>> unrooted_text({"unrooted": 3, "unrooted_limit": 3})
+    '3 not reached within the search limit (--max-depth or the time budget): held from C, a cycle or deeper'
+    """
+    parts = []
+    if doc.get("unrooted_held_from_c"):
+        parts.append(f"{doc['unrooted_held_from_c']:,} held from C code or a frame the search "
+                     "does not list")
+    if doc.get("unrooted_cycle"):
+        parts.append(f"{doc['unrooted_cycle']:,} by a reference cycle only (garbage the "
+                     "collector will free)")
+    if doc.get("unrooted_limit"):
+        parts.append(f"{doc['unrooted_limit']:,} not reached within the search limit "
+                     "(--max-depth or the time budget): held from C, a cycle or deeper")
+    if not parts:  # an agent from before the split
+        return "held from C code, by a reference cycle only, or beyond --max-depth"
+    return ", ".join(parts)
+
+
+def gc_doc(facts: dict[str, Any], python: str) -> dict[str, Any]:
+    """The collector's state as read in the target (or its forked copy, identical at the fork):
+    on or off, thresholds, generation counts, collections so far per generation, and when the
+    next full collection is due (``next_full``, a sentence).
+
+    >>> d = gc_doc({"enabled": True, "counts": [512, 3, 7], "thresholds": [700, 10, 10],
+    ...             "stats": [{"collections": 900, "collected": 10, "uncollectable": 0},
+    ...                       {"collections": 81, "collected": 5, "uncollectable": 0},
+    ...                       {"collections": 7, "collected": 2000, "uncollectable": 0}]}, "3.11.2")
+    >>> d["collections"], d["young_collections_to_full"]
+    ([900, 81, 7], 41)
+    >>> print(d["next_full"])
+    full collection #8 due in ~41 young collections (~29,000 net container allocations)
+    >>> print(gc_doc({"enabled": True, "counts": [2782, 11, 19], "thresholds": [700, 10, 10]}, "3.11.7")["next_full"])
+    the next full collection is past its count threshold (19 > 10): it runs once the objects that survived since the last one exceed 25 % of those it kept
+    """
+    stats = facts.get("stats") or []
+    doc: dict[str, Any] = {
+        "enabled": facts.get("enabled"),
+        "thresholds": facts.get("thresholds"),
+        "counts": facts.get("counts"),
+        "collections": [int(s.get("collections", 0)) for s in stats] or None,
+        "collected": [int(s.get("collected", 0)) for s in stats] or None,
+        "uncollectable": [int(s.get("uncollectable", 0)) for s in stats] or None,
+    }
+    if "frozen" in facts:
+        doc["frozen"] = facts["frozen"]
+    counts, th = facts.get("counts") or [], facts.get("thresholds") or []
+    version = tuple(int(x) for x in python.split(".")[:2] if x.isdigit())
+    full_done = doc["collections"][-1] if doc["collections"] else None
+    nth = ("the next full collection" if full_done is None
+           else f"full collection #{full_done + 1}")
+    doc["young_collections_to_full"] = None
+    if facts.get("enabled") is False:
+        doc["next_full"] = ("the collector is disabled (gc.disable()): cycles are freed only "
+                            "when the program calls gc.collect()")
+    elif version >= (3, 14):
+        doc["next_full"] = ("Python 3.14+ collects the old generation incrementally, a slice "
+                            "with each young collection: cycles are freed over the next ones")
+    elif len(counts) == 3 and len(th) == 3 and th[0] > 0:
+        # 3.8-3.13: generation 2 runs when its count (generation-1 collections since the last full
+        # one) exceeds its threshold, and generation 1 when its count (generation-0 collections)
+        # exceeds its own; generation 0 after threshold0 net container allocations.
+        gen1_left = max(0, th[2] - counts[2] + 1)
+        young = max(0, gen1_left * (th[1] + 1) - counts[1])
+        doc["young_collections_to_full"] = young
+        allocs = young * th[0]
+        # (and only if what survived since the last full one exceeds 25 % of what it kept: not
+        # readable from Python, so the figure is the earliest it can run)
+        if counts[2] > th[2]:
+            doc["next_full"] = (f"{nth} is past its count threshold ({counts[2]} > {th[2]}): "
+                                "it runs once the objects that survived since the last one "
+                                "exceed 25 % of those it kept")
+        else:
+            doc["next_full"] = (f"{nth} due in ~{young:,} young collections "
+                                f"(~{_round_sig(allocs):,} net container allocations)")
+    else:
+        doc["next_full"] = "unknown (the collector's counts were not read)"
+    return doc
+
+
+def _round_sig(n: int) -> int:
+    """Two significant digits: an estimate should not look exact.
+
+    >>> _round_sig(25_900), _round_sig(7)
+    (26000, 7)
+    """
+    if n < 100:
+        return n
+    k = 10 ** (len(str(n)) - 2)
+    return int(round(n / k)) * int(k)
+
+
+def garbage_line(garbage: dict[str, Any], gc: dict[str, Any] | None) -> str:
+    """One sentence: how much is cyclic garbage, what it is, and when the collector frees it.
+
+    >>> g = {"objects": 160_000, "bytes": 60 << 20, "by_type": [{"type": "tuple", "count": 150_000, "bytes": 50 << 20},
+    ...      {"type": "billiard.einfo.ExceptionInfo", "count": 160, "bytes": 1 << 20}]}
+    >>> line = garbage_line(g, {"next_full": "full collection #3 due in ~12 young collections"})
+    >>> line.startswith("garbage: 60.0 MiB in 160,000 objects no root reaches (reference cycles awaiting")
+    True
+    >>> line.endswith("mostly tuple 50.0 MiB, billiard.einfo.ExceptionInfo 1.0 MiB; full collection #3 due in ~12 young collections")
+    True
+    """
+    from introspect.render.text import human_bytes
+
+    if not garbage.get("objects"):
+        return "garbage: none (every object walked is reachable from a root)"
+    kinds = ", ".join(f"{t['type']} {human_bytes(t['bytes'])}"
+                      for t in garbage.get("by_type", [])[:3])
+    text = (f"garbage: {human_bytes(garbage['bytes'])} in {garbage['objects']:,} objects "
+            "no root reaches (reference cycles awaiting collection: the collector will free "
+            f"them), mostly {kinds}")
+    if garbage.get("classes"):
+        text += "; cycles of " + ", ".join(f"{t['type']} x{t['count']:,}"
+                                           for t in garbage["classes"][:3])
+    if gc and gc.get("next_full"):
+        text += "; " + gc["next_full"]
+    return text
+
+
+def growth_split_line(total_delta: int, garbage_delta: int, since: str) -> str:
+    """Whether growth is garbage the collector will free or objects that stay reachable.
+
+    >>> print(growth_split_line(80 << 20, 60 << 20, "since the first look"))
+    of +80.0 MiB since the first look, +60.0 MiB is garbage the collector will free and +20.0 MiB stays reachable
+    """
+    from introspect.render.text import human_bytes
+
+    def signed(n: int) -> str:
+        return ("+" if n >= 0 else "-") + human_bytes(abs(n))
+
+    reach = total_delta - garbage_delta
+    return (f"of {signed(total_delta)} {since}, {signed(garbage_delta)} is garbage the "
+            f"collector will free and {signed(reach)} stays reachable")

@@ -13,7 +13,14 @@ The verdict rule (``MIN_SAMPLES`` = 5, ``R2_STEADY`` = 0.8, ``T_SIGNIFICANT`` = 
 - ``shrinking``: the same, falling;
 - ``flat``: not a steady trend, and both the fitted change and the scatter around the line
   (residual standard deviation) are under 1 MiB: nothing moves enough to matter;
-- ``noisy``: everything else: memory moves by 1 MiB or more, but not like a line.
+- ``noisy``: everything else: memory moves by 1 MiB or more, but not like a line;
+- ``levelled off``: a window that would be ``steady growth`` or ``noisy`` but whose recent part
+  is flat: a capped cache that filled up, a worker that warmed up. The change point is the
+  earliest sample from which the rest of the window (at least a quarter of it, and 5 samples)
+  rises by less than ``max(1 MiB, 5 % of the climb)`` with a slope under a fifth of the whole
+  window's, and the climb to that level is at least 1 MiB and 4 times the scatter after it.
+  ``levelled_off_at`` is the mean level after the change point, ``since_s`` its time, and
+  ``recent_slope_bytes_per_s`` the slope after it: only that is projected.
 
 A short window is judged by its slope, not by how much it added: a worker leaking 1 GB a day adds
 only 230 KB in 20 s, yet its line is as clean as it gets. What such a slope means is stated as a
@@ -32,7 +39,10 @@ MIN_STEADY_BYTES = 64 << 10
 R2_STEADY = 0.8
 T_SIGNIFICANT = 4.0
 MIN_SAMPLES = 5
-VERDICTS = ("steady growth", "flat", "noisy", "shrinking", "too few samples")
+PLATEAU_MIN_FRACTION = 0.25  # the flat tail covers at least this share of the window
+PLATEAU_SLOPE_RATIO = 0.2  # its slope is at most this share of the whole window's
+PLATEAU_TOLERANCE = 0.05  # and it moves by at most this share of the climb (or 1 MiB)
+VERDICTS = ("steady growth", "flat", "noisy", "shrinking", "levelled off", "too few samples")
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,16 @@ class Trend:
     noise_bytes: float
     verdict: str
     t_value: float = 0.0  # slope / its standard error (inf for a perfect line)
+    levelled_off_at: float | None = None  # bytes: the mean level after the change point
+    since_s: float | None = None  # the time of the change point (the samples' own clock)
+    recent_slope_bytes_per_s: float | None = None  # the slope after the change point
+    flat_for_s: float | None = None  # from the change point to the last sample
+
+    @property
+    def projected_bytes_per_s(self) -> float:
+        """The slope worth projecting: after a plateau only what still grows."""
+        recent = self.recent_slope_bytes_per_s
+        return self.slope_bytes_per_s if recent is None else recent
 
     @property
     def slope_mb_per_hour(self) -> float:
@@ -123,6 +143,12 @@ def memory_trend(ts: Sequence[float], ys: Sequence[float], *, min_change: float 
     ('steady growth', 1012)
     >>> memory_trend([0, 1], [0, 10 * MIB]).verdict
     'too few samples'
+
+    A cache that fills by 1 MiB/s for 30 s and then stays full for 30 s:
+
+    >>> t = memory_trend(range(61), [50 * MIB + MIB * min(s, 30) for s in range(61)])
+    >>> t.verdict, t.levelled_off_at == 80 * MIB, t.since_s, t.recent_slope_bytes_per_s
+    ('levelled off', True, 30.0, 0.0)
     """
     ts = [float(t) for t in ts]
     ys = [float(y) for y in ys]
@@ -138,7 +164,54 @@ def memory_trend(ts: Sequence[float], ys: Sequence[float], *, min_change: float 
         verdict = "flat"
     else:
         verdict = "noisy"
+    if verdict in ("steady growth", "noisy") and f.slope > 0:
+        plateau = _plateau(ts, ys, f.slope, min_samples, min_change)
+        if plateau is not None:
+            level, since, recent = plateau
+            return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise,
+                         "levelled off", t_value, level, since, recent, ts[-1] - since)
     return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise, verdict, t_value)
+
+
+def _plateau(ts: list[float], ys: list[float], slope: float, min_samples: int,
+             min_change: float) -> tuple[float, float, float] | None:
+    """(level, since, recent slope) of the flat tail that follows a climb, or None (rule above).
+
+    Of the tails that qualify, the change point is the one where a line before it and a line
+    after it fit best (least total squared error): the knee, not the earliest tail that passes.
+    Prefix and suffix sums make every candidate's fit O(1) (an hour sampled every second is 3,600
+    candidates); times and values are centred first so the sums of squares keep their precision.
+    """
+    n = len(ts)
+    t0, y0 = ts[0], math.fsum(ys) / n
+    ct = [t - t0 for t in ts]
+    cy = [y - y0 for y in ys]
+    span = ct[-1]
+    suffix = _running_sums(ct[::-1], cy[::-1])[::-1]  # suffix[k]: sums over k..n-1
+    prefix = _running_sums(ct, cy)  # prefix[k - 1]: sums over 0..k-1
+    best: tuple[float, float, float, float] | None = None  # (sse, level, since, slope)
+    head_min = ys[0]
+    for k in range(1, n - min_samples + 1):
+        head_min = min(head_min, ys[k - 1])
+        tail_span = ct[-1] - ct[k]
+        if tail_span < PLATEAU_MIN_FRACTION * span:
+            break
+        tail = _sums_fit(suffix[k], n - k)
+        if tail is None:
+            continue
+        tail_slope, tail_sse, tail_mean = tail
+        noise = math.sqrt(tail_sse / (n - k - 2)) if n - k > 2 else 0.0
+        level = y0 + tail_mean
+        rise = level - head_min
+        tolerance = max(min_change, PLATEAU_TOLERANCE * rise)
+        if not (rise >= max(min_change, 4 * noise) and abs(tail_slope) * tail_span <= tolerance
+                and tail_slope <= PLATEAU_SLOPE_RATIO * slope and noise <= tolerance):
+            continue
+        head = _sums_fit(prefix[k - 1], k)
+        sse = tail_sse + (head[1] if head is not None else 0.0)
+        if best is None or sse < best[0]:
+            best = (sse, level, ts[k], tail_slope)
+    return None if best is None else best[1:]
 
 
 def _t_value(ts: Sequence[float], f: Fit) -> float:
@@ -152,3 +225,33 @@ def _t_value(ts: Sequence[float], f: Fit) -> float:
         return 0.0
     se = f.noise / math.sqrt(stt)
     return math.inf if se == 0 else abs(f.slope) / se
+
+
+Sums = tuple[float, float, float, float, float]
+
+
+def _running_sums(ts: list[float], ys: list[float]) -> list[Sums]:
+    """Cumulative (Σt, Σy, Σt², Σty, Σy²) after each element."""
+    out: list[Sums] = []
+    st = sy = stt = sty = syy = 0.0
+    for t, y in zip(ts, ys):
+        st += t
+        sy += y
+        stt += t * t
+        sty += t * y
+        syy += y * y
+        out.append((st, sy, stt, sty, syy))
+    return out
+
+
+def _sums_fit(sums: Sums, m: int) -> tuple[float, float, float] | None:
+    """(slope, squared error around the line, mean y) of m points from their sums (None: one
+    time only)."""
+    st, sy, stt, sty, syy = sums
+    vtt = stt - st * st / m
+    if m < 2 or vtt <= 0:
+        return None
+    vty = sty - st * sy / m
+    vyy = syy - sy * sy / m
+    slope = vty / vtt
+    return slope, max(0.0, vyy - slope * vty), sy / m

@@ -17,7 +17,10 @@ own fork() call, and its whole snapshot command (start to return). The first run
 command compiles; later runs load. The walker's peak memory is sampled from /proc every 50 ms
 while the CLI runs.
 
-Usage: scripts/bench-snapshot [--sizes 1000000,5000000] [--repeat N] [--python PATH]
+`memory` runs top's walk plus the breakdown (the allocators read in the walker before it walks):
+its pause should be top's; its walker time is shown with the breakdown's share.
+
+Usage: scripts/bench-snapshot [--sizes 1000000,5000000] [--repeat N] [--python PATH] [--only top,memory]
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, An
         ready = target.read(timeout=600)
         intro = Introspect(opts.python_cli, "auto", workdir, opts.timeout)
         ops = [("top", ["top"]), ("growth (2nd call)", ["growth"]), ("backrefs BenchLeaf", ["backrefs", "BenchLeaf"]),
-               ("backrefs bytes", ["backrefs", "bytes"]), ("top --in-process", ["top", "--in-process"])]
+               ("backrefs bytes", ["backrefs", "bytes"]), ("top --in-process", ["top", "--in-process"]),
+               ("memory (top's walk + the breakdown)", ["memory"])]
+        if opts.only:
+            ops = [(name, args) for name, args in ops if name.split()[0] in opts.only.split(",")]
         intro.run(["growth", str(target.pid), "--reset"])  # the baseline for "growth (2nd call)"
         for _ in range(opts.repeat):
             for name, args in ops:
@@ -92,14 +98,14 @@ def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, An
                     "pause_s": s.pause_s, "main_max_s": s.main_max_s, "attach_pause_s": doc.get("attach_pause_s"),
                     "fork_pause_s": col.get("fork_pause_s"), "fork_s": col.get("fork_s"), "walk_s": col.get("walk_s"),
                     "path": col.get("path"), "agent_code": doc.get("agent_code"), "agent_code_s": doc.get("agent_code_s"),
-                    "walker_peak_bytes": peak.get("peak"), "error": s.error,
+                    "walker_peak_bytes": peak.get("peak"), "error": s.error, "breakdown_s": doc.get("copy_s"),
                     "gc_ms": report.get("gc_ms")})
             floor = target.call("fork_time", timeout=60)
             rows.setdefault("one plain os.fork() (floor)", []).append({"pause_s": floor["fork_s"], "main_max_s": floor["fork_s"], "floor": True,
                                                                        "error": ""})
         # guppy3 and objgraph last: what they leave in the target (guppy's views, imported modules)
         # would otherwise weigh on the collections of the introspect runs after them.
-        for _ in range(opts.repeat):
+        for _ in range(0 if opts.only else opts.repeat):
             for name, cmd in (("guppy3 hpy().heap()", "guppy_census"), ("objgraph most_common_types", "objgraph_top")):
                 s = measure_objgraph(target, cmd, timeout=600)
                 rows.setdefault(name, []).append({"pause_s": s.pause_s, "main_max_s": s.main_max_s, "error": s.error})
@@ -139,6 +145,9 @@ def render(result: dict[str, Any]) -> str:
         errs = {s["error"] for s in samples if s.get("error")}
         walk = _med([s.get("walk_s") for s in samples])
         walk_text = "-" if walk is None else f"{walk:.2f} s"
+        extra = _med([s.get("breakdown_s") for s in samples])
+        if extra is not None:  # the allocators read in the walker before its walk (memory part)
+            walk_text += f" + {extra * 1000:.0f} ms breakdown"
         peak_text = "-" if peak is None else f"{peak / 2**20:,.0f} MiB"
         fork = ms(_med([s.get("fork_pause_s") for s in samples]))
         ratio = "-" if net is None or not floor else f"{net / floor:.1f}x"
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000000", help="total objects, comma separated (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--only", default="", metavar="CMDS",
+                   help="only these introspect commands, comma separated (e.g. top,memory), and no guppy3/objgraph")
     p.add_argument("--results-dir", default=str(REPO / "bench-results"))
     opts = p.parse_args(argv)
     os.environ["BENCH_MIXED"] = "1"

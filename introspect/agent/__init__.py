@@ -28,7 +28,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "snapshot": ("snapshot",),
 }
 # What the forked walker compiles in the child (walker.py in the run dir).
-WALKER_PARTS = ("trace", "walker")
+WALKER_PARTS = ("trace", "walker", "memory")
 MARK = "# @part "
 
 

@@ -96,7 +96,7 @@ def header(outcome: Outcome) -> str:
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, exec_, growth, monitor, ps, report, top, trace
+    from introspect.commands import backrefs, exec_, growth, memory, monitor, ps, report, top, trace
 
-    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), monitor.Command(), report.Command(),
-            trace.Command(), exec_.Command()]
+    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), memory.Command(), monitor.Command(),
+            report.Command(), trace.Command(), exec_.Command()]

@@ -20,7 +20,7 @@ import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from introspect import errors, tracing
+from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
 from introspect.render.graph import FORMATS, write_graph
 from introspect.render.output import OutputDir
@@ -85,6 +85,7 @@ def trace(out: OutputDir, pid: int, type_name: str, *, samples: int = 10, max_de
         "found": res["found"],
         "sampled": res["sampled"],
         "unrooted": res["unrooted"],
+        **{k: res[k] for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit") if k in res},
         "partial": res["partial"],
         "reason": res["reason"] or None,
         "opaque": res.get("opaque", {}),
@@ -114,6 +115,9 @@ def forked_chains(snap: Snapshot, walker: Walker, type_name: str, pid: int, samp
     chains, found, unreachable = heap.chains(h, names[0], walker.labels, walker.names, samples, walker.freevars)
     alloc = tracing.allocated(walker, tracing.instances(snap, names[0]), tracing.FunctionNames(f"/proc/{pid}/root"))
     return {**_allocated_doc(alloc), "type": names[0], "found": found, "sampled": sum(int(str(c["count"])) for c in chains), "unrooted": unreachable,
+            # C-held objects are roots of the forked graph and it has no depth limit: what no root
+            # reaches is held by reference cycles only
+            "unrooted_held_from_c": 0, "unrooted_cycle": unreachable, "unrooted_limit": 0,
             "partial": False, "reason": None, "levels": max((len(c["path"]) for c in chains), default=0),  # type: ignore[arg-type]
             "chains": chains, "graph": chain_graph(chains, names[0]),
             "sampling": "every instance grouped by its path's shape; one instance's path shown per group (walk order: roots first, "
@@ -187,11 +191,21 @@ def chain_text(chain: dict[str, Any]) -> str:
     ...     {"type": "module", "via": ".Logger", "name": "logging"}, {"type": "type", "via": ".manager", "name": "logging.Logger"},
     ...     {"type": "logging.Manager", "via": ".loggerDict"}, {"type": "dict", "via": "['req-7']"}, {"type": "logging.Logger", "via": None}]})
     "module logging --.Logger.manager--> logging.Manager --.loggerDict--> dict --['req-7']--> logging.Logger"
+
+    A chain through other modules names each by its own name, not the root's:
+
+    >>> chain_text({"root": "module collections", "count": 1, "path": [
+    ...     {"type": "module", "via": "._sys", "name": "collections"}, {"type": "module", "via": ".modules", "name": "sys"},
+    ...     {"type": "dict", "via": "['app']"}, {"type": "module", "via": ".cache", "name": "app"}, {"type": "list", "via": None}]})
+    "module collections --._sys--> module sys --.modules--> dict --['app']--> module app --.cache--> list"
     """
     parts = []
-    for step in _merge_class_steps(chain["path"]):
+    for k, step in enumerate(_merge_class_steps(chain["path"])):
         name = step.get("name")
-        parts.append(f"{step['type']} {name}" if name and step["type"] != "module" else (chain["root"] if step["type"] == "module" else step["type"]))
+        if name:  # every module by its own name: only the first step is the root
+            parts.append(f"{step['type']} {name}")
+        else:
+            parts.append(chain["root"] if k == 0 and step["type"] == "module" else step["type"])
         if step["via"]:
             parts.append(f"--{step['via']}-->")
     if chain["path"] and chain["path"][0]["type"] != "module":
@@ -224,7 +238,7 @@ def render(outcome: Outcome, doc: dict[str, Any]) -> str:
         if doc.get("sampling"):
             lines.append(f"{doc['unrooted']:,} not reachable from any root (garbage awaiting collection: a reference cycle only)")
         else:
-            lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root (held from C code, by a reference cycle only, or beyond --max-depth)")
+            lines.append(f"{doc['unrooted']} of {doc['sampled']} not traced to a root: {analysis.unrooted_text(doc)}")
     lines.append("")
     lines += tracing.allocated_text(doc, doc["pid"], tracing.FunctionNames(f"/proc/{doc['pid']}/root"))
     lines.append("")

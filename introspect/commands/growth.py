@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect import analysis, errors, tracing
 from introspect.commands import add_collector_options, add_target_options, collector_line, emit, fanout, header, logger
+from introspect.commands import memory as memory_cmd
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, signed, table
 from introspect.runner import Outcome, run_agent
@@ -87,11 +88,21 @@ class Command:
             "samples": len(looks),
             "interval_s": args.interval,
             "grew_every_interval": steady,
-            "gc": res["gc"],
+            "intervals": [{"seconds": round(float(b.result["now"]) - float(a.result["now"]), 3),
+                           "objects_delta": b.result["objects"] - a.result["objects"],
+                           "grew": [{"type": t, "delta": v[1]} for t, v in
+                                    sorted(b.result["types"].items(), key=lambda kv: (-kv[1][1], kv[0]))[:3] if v[1] > 0]}
+                          for a, b in zip(looks, looks[1:])],
+            "gc": analysis.gc_doc(res["gc"], last.meta()["python"]),
             "collector": col,
             "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline} for r in rows],
         }
-        emit(args, out, doc, render(last, doc, rows, steady))
+        # /proc's part of the breakdown only: the allocators are read in a forked copy, never here
+        mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(args.pid), None)
+        change = memory_cmd.change_since(args.pid, inspect_target(args.pid).create_time, mem,
+                                         time.time(), kind="memory-inproc", reset=args.reset)
+        doc.update(memory=mem, memory_change=change, memory_missing=missing)
+        emit(args, out, doc, _lead_with_memory(render(last, doc, rows, steady), doc))
         return 0
 
 
@@ -130,6 +141,9 @@ def render(outcome: Outcome, doc: dict[str, Any], rows: list[analysis.GrowthRow]
         return "\n".join(lines)
     lines.append(f"{doc['objects']:,} objects; change over the last {doc['since_previous_s']:g} s "
                  f"and since the baseline {doc['since_baseline_s']:g} s ago")
+    for k, iv in enumerate(doc.get("intervals", []), 1):  # in-process: gc-tracked objects, garbage included
+        grew = ", ".join(f"{g['type']} {g['delta']:+,}" for g in iv["grew"]) or "no type grew"
+        lines.append(f"  interval {k} ({iv['seconds']:g} s): {iv['objects_delta']:+,} objects ({grew})")
     if steady:
         lines.append(f"grew in every one of {doc['samples'] - 1} intervals: {', '.join(steady)}")
     changed = [r for r in rows if r.delta or r.since_baseline]
@@ -147,15 +161,18 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
     create_time = inspect_target(args.pid).create_time
     results: list[tuple[Outcome, dict[str, Any], dict[str, Any]]] = []
     steady_input: list[dict[str, list[int]]] = []
+    mem_looks: list[dict[str, Any]] = []
     for i in range(args.samples):
         if i:
             if sys.stderr.isatty() and not args.json:
                 print(f"introspect: next look in {args.interval:g} s ({i + 1}/{args.samples})", file=sys.stderr)
             time.sleep(args.interval)
         saved = None if (args.reset and i == 0) else state.load(args.pid, create_time)
-
-        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto", _analyser(saved, args.pid, args.values),
-                                         method=args.method, timeout=args.timeout, collect=args.collect, log=log)
+        proc = memory_cmd.read_before_fork(args.pid)  # RSS/USS before the fork (then all is shared)
+        outcome, got, col = collect.take(args.pid, "fork" if args.collector == "fork" else "auto",
+                                         memory_cmd.along(_analyser(saved, args.pid, args.values)),
+                                         method=args.method, timeout=args.timeout,
+                                         collect=args.collect, log=log, memory=True)
         if outcome is None or got is None:
             if results:  # the fork worked before: say why it stopped rather than mix two kinds of counts
                 raise errors.AgentError(f"look {i + 1} could not fork: {col['why']}")
@@ -163,14 +180,21 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
             why_not.update(col)
             return None
         state.save(args.pid, create_time, {"baseline": got.pop("baseline").to_json(), "previous": got.pop("look").to_json()})
+        mem, missing = memory_cmd.compose_look(proc, got.pop("memory_facts"))
+        change = memory_cmd.change_since(args.pid, create_time, mem, time.time(), kind="memory",
+                                         reset=args.reset and i == 0)
+        mem_looks.append({"memory": mem, "memory_change": change, "memory_missing": missing})
         results.append((outcome, got, col))
-        if i:
-            steady_input.append({r["type"]: [r["count"], r["delta"], r["since_baseline"]] for r in got["rows"]})
+        if i:  # steadiness on reachable objects: garbage that comes and goes must not hide a grower
+            before = results[-2][1]["reachable_counts"]
+            now_counts = got["reachable_counts"]
+            steady_input.append({t: [c, c - before.get(t, 0), 0] for t, c in now_counts.items()})
     last, got, col = results[-1]
     steady = analysis.steady_growers(steady_input) if steady_input else []
+    intervals = _intervals(results)
     holders = got["holders"]
-    if not got["baseline_recorded"]:
-        holders = [h for h in holders if h["retained_delta"] or h["items_delta"]]
+    if not got["baseline_recorded"]:  # those that grew, then those not listed at the previous look
+        holders = [h for h in holders if h["grew"]] + [h for h in holders if h["matched"] is False]
     doc: dict[str, Any] = {
         **last.meta(),
         "paused_s": round(sum(o.paused_s for o, _, _ in results), 6),
@@ -184,14 +208,28 @@ def forked(args: argparse.Namespace, out: OutputDir, log: Any, why_not: dict[str
         "samples": len(results),
         "interval_s": args.interval,
         "grew_every_interval": steady,
+        "intervals": intervals,
         "gc": got["gc"],
+        "garbage": got["garbage"],
+        "garbage_previous": got["garbage_previous"],
+        "previous_bytes": got["previous_bytes"],
         "tracing": got["tracing"],
         "types": got["rows"][:args.limit] if args.limit > 0 else got["rows"],
         "holders": holders[:args.holders],
         "suspects": got["suspects"],
     }
-    emit(args, out, doc, render_forked(last, doc))
+    doc.update(mem_looks[-1])
+    if len(mem_looks) > 1:
+        doc["memory_looks"] = mem_looks
+    emit(args, out, doc, _lead_with_memory(render_forked(last, doc), doc))
     return 0
+
+
+def _lead_with_memory(text: str, doc: dict[str, Any]) -> str:
+    """The breakdown's change goes first, after the header and collector lines."""
+    lines = text.split("\n")
+    lines[2:2] = memory_cmd.growth_lines(doc["memory"], doc.get("memory_change"), doc["pid"])
+    return "\n".join(lines)
 
 
 ALLOCATED_ROWS = 10  # growing types whose instances' allocation sites are looked up (tracing on)
@@ -206,15 +244,24 @@ def _analyser(saved: dict[str, Any] | None, pid: int, values: bool = False) -> A
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
         found = heap.holders(h, walker.labels, 50, count=walker.counts)
+        garbage = heap.garbage(snap, h.reachable)
         now = time.time()
-        look = views.look_of(now, rows, found)
+        look = views.look_of(now, rows, found, garbage)
         baseline = views.Look.from_json(saved["baseline"]) if saved else look
         previous = views.Look.from_json(saved["previous"]) if saved else look
         tracing_on = walker.tracing()
+        reach_rows = heap.type_rows(snap, h.reachable)
         found_suspects = suspects.suspects(h, walker.labels, found, previous if saved else None, now, 50, count=walker.counts,
                                            preview=walker.previews if values else None)
-        return {"suspects": found_suspects,"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "bytes": int(snap.size.sum()),
-                "gc": snap.meta.get("gc", {}), "baseline_recorded": saved is None, "now": now,
+        return {"suspects": found_suspects, "objects": snap.n, "untracked_objects": int((~snap.tracked).sum()),
+                "bytes": int(snap.size.sum()),
+                "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
+                "garbage": garbage, "garbage_previous": None if previous.garbage is None else
+                {"objects": previous.garbage[0], "bytes": previous.garbage[1]},
+                "reachable_counts": {t: r.count for t, r in reach_rows.items()},
+                "previous_bytes": sum(v[1] for v in previous.types.values()),
+                "reachable_bytes": sum(r.bytes for r in reach_rows.values()),
+                "baseline_recorded": saved is None, "now": now,
                 "baseline_time": baseline.time, "previous_time": previous.time,
                 "rows": _with_allocated(views.growth_docs(rows, previous, baseline, 0), snap, walker, pid, tracing_on),
                 "tracing": tracing_on,
@@ -238,6 +285,32 @@ def _with_allocated(docs: list[dict[str, Any]], snap: Snapshot, walker: Walker, 
     return docs
 
 
+def _intervals(results: list[tuple[Outcome, dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per interval between this run's looks: objects and bytes in all, the garbage's
+    share, and the reachable types that grew most."""
+    out: list[dict[str, Any]] = []
+    for (_o, a, _c), (_o2, b, _c2) in zip(results, results[1:]):
+        grew = sorted(((t, c - a["reachable_counts"].get(t, 0)) for t, c in b["reachable_counts"].items()),
+                      key=lambda tc: (-tc[1], tc[0]))
+        out.append({"seconds": round(b["now"] - a["now"], 3), "objects_delta": b["objects"] - a["objects"],
+                    "bytes_delta": b["bytes"] - a["bytes"],
+                    "garbage_objects_delta": b["garbage"]["objects"] - a["garbage"]["objects"],
+                    "garbage_bytes_delta": b["garbage"]["bytes"] - a["garbage"]["bytes"],
+                    "reachable_bytes_delta": b["reachable_bytes"] - a["reachable_bytes"],
+                    "reachable_grew": [{"type": t, "delta": d} for t, d in grew[:3] if d > 0]})
+    return out
+
+
+def _interval_line(k: int, iv: dict[str, Any]) -> str:
+    """`interval 2 (10 s): +1,200 objects, +1.2 MiB: garbage +1.0 MiB, reachable +0.2 MiB (dict +100)`"""
+    def sb(n: int) -> str:
+        return ("+" if n >= 0 else "-") + human_bytes(abs(n))
+
+    grew = ", ".join(f"{g['type']} {g['delta']:+,}" for g in iv["reachable_grew"]) or "no reachable type grew"
+    return (f"interval {k} ({iv['seconds']:g} s): {iv['objects_delta']:+,} objects, {sb(iv['bytes_delta'])}: "
+            f"garbage {sb(iv['garbage_bytes_delta'])}, reachable {sb(iv['reachable_bytes_delta'])} ({grew})")
+
+
 def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
     lines = [header(outcome), collector_line(doc["collector"])]
     if doc["baseline_recorded"] and doc["samples"] == 1:
@@ -249,10 +322,26 @@ def render_forked(outcome: Outcome, doc: dict[str, Any]) -> str:
     lines += suspect_lines(doc["suspects"])
     lines.append(f"{doc['objects']:,} objects ({doc['untracked_objects']:,} not tracked by gc), {human_bytes(doc['bytes'])}; "
                  f"change over the last {doc['since_previous_s']:g} s and since the baseline {doc['since_baseline_s']:g} s ago")
+    lines.append(analysis.garbage_line(doc["garbage"], doc["gc"]))
+    if doc.get("garbage_previous") is not None:
+        lines.append(analysis.growth_split_line(doc["bytes"] - doc["previous_bytes"],
+                                                doc["garbage"]["bytes"] - doc["garbage_previous"]["bytes"],
+                                                "since the previous look"))
+    for k, iv in enumerate(doc.get("intervals", []), 1):
+        lines.append("  " + _interval_line(k, iv))
     if doc["grew_every_interval"]:
-        lines.append(f"grew in every one of {doc['samples'] - 1} intervals: {', '.join(doc['grew_every_interval'])}")
-    if doc["holders"]:
-        lines += ["", "holders, most grown first:"] + ["  " + views.holder_line(h) for h in doc["holders"]]
+        lines.append(f"reachable objects grew in every one of {doc['samples'] - 1} intervals: {', '.join(doc['grew_every_interval'])}")
+    elif doc["samples"] > 2:
+        lines.append(f"no type's reachable objects grew in every one of {doc['samples'] - 1} intervals")
+    grew = [h for h in doc["holders"] if h.get("grew")]
+    unmatched = [h for h in doc["holders"] if h.get("matched") is False]
+    if grew:
+        lines += ["", "holders, most grown first:"] + ["  " + views.holder_line(h) for h in grew]
+    elif doc["holders"]:
+        lines += ["", "no holder listed at the previous look grew"]
+    if unmatched:
+        lines += ["", f"{len(unmatched)} holders not listed at the previous look (new, or too small to list then):"]
+        lines += ["  " + views.holder_line(h) for h in unmatched[:5]]
     if not doc["types"]:
         lines.append("no type changed.")
         return "\n".join(lines)

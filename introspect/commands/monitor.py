@@ -10,7 +10,10 @@ Verdict (a line fitted through RSS): "steady growth" when the slope is significa
 times its standard error), the line explains at least 80% of the variance (r² >= 0.8) and it rose
 by 64 KiB or more (a short window is judged by its slope, and the projection per hour and per day
 is stated); "shrinking" the same, falling; "flat" when both the change and the scatter stay under
-1 MiB; "noisy" otherwise; "too few samples" below 5 samples. MB means MiB (2**20 bytes).
+1 MiB; "noisy" otherwise; "too few samples" below 5 samples. "levelled off" when memory climbed
+and then stayed flat for at least the last quarter of the window (a capped cache that filled up, a
+worker that warmed up): the level and the time it levelled off are given, and only the slope after
+it is projected. MB means MiB (2**20 bytes).
 
 Examples:
   introspect monitor 1234                         # every second until Ctrl-C
@@ -193,9 +196,11 @@ def trend_of(samples: list[Sample]) -> Trend:
     return memory_trend([s.t for s in samples], [s.rss for s in samples])
 
 
-def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend) -> tuple[str, str, str | None, list[str]]:
+def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend,
+                  parts: list[tuple[float, dict[str, Any]]] | None = None) -> tuple[str, str, str | None, list[str]]:
     """monitor.csv, monitor.svg and, where matplotlib is installed, monitor.png; returns their paths
-    (png None when it could not be drawn) and notes."""
+    (png None when it could not be drawn) and notes. ``parts``: (time, memory breakdown) at the looks
+    that had one, stacked under the RSS line in the SVG."""
     notes: list[str] = []
     csv_path = str(out.write_text("monitor.csv", csv_text(samples, sampler.with_children)))
     what = "RSS of the process and its children" if sampler.with_children else "RSS"
@@ -208,7 +213,7 @@ def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend
     series: list[tuple[str, list[float | None]]] = [(rss_label, [float(s.rss) for s in samples])]
     if samples and all(s.uss is not None for s in samples):
         series.append(("USS", [float(s.uss) if s.uss is not None else None for s in samples]))
-    svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title)))
+    svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title, parts=parts)))
     try:
         data = memory_png(ts, [s.rss for s in samples], [s.uss for s in samples], trend, title, rss_label=rss_label)
     except ImportError:
@@ -263,6 +268,11 @@ def trend_fields(trend: Trend) -> dict[str, Any]:
         "verdict": trend.verdict,
         "change_bytes": round(trend.change_bytes),
         "noise_bytes": round(trend.noise_bytes),
+        "levelled_off_at": None if trend.levelled_off_at is None else round(trend.levelled_off_at),
+        "since_s": None if trend.since_s is None else round(trend.since_s, 3),
+        "flat_for_s": None if trend.flat_for_s is None else round(trend.flat_for_s, 3),
+        "recent_slope_bytes_per_s": (None if trend.recent_slope_bytes_per_s is None
+                                     else round(trend.recent_slope_bytes_per_s, 3)),
     }
 
 
@@ -273,9 +283,25 @@ def trend_line(trend: Trend, what: str = "RSS") -> str:
     RSS slope +11,646 bytes/s = +40.0 MB/hour: steady growth, +960 MB/day at this rate (fitted change +0.2 MB over 20.0 s, r² 0.97, noise 0.0 MB)
     """
     projection = f", {_per_day(trend.slope_mb_per_day)} at this rate" if trend.verdict in ("steady growth", "shrinking") else ""
+    if trend.levelled_off_at is not None and trend.since_s is not None:
+        return _plateau_line(trend, what)
     return (f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} MB/hour: "
             f"{trend.verdict}{projection} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
             f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})" + _watch_longer(trend))
+
+
+def _plateau_line(trend: Trend, what: str) -> str:
+    """A climb that stopped: the level, since when, and only the slope after it projected.
+
+    >>> t = Trend(85, 420.0, 20_000.0, 0.0, 0.9, 8e6, 9e5, "levelled off", 30.0, 77.0 * MIB, 275.0, 50.0, 145.0)
+    >>> print(_plateau_line(t, "RSS"))
+    RSS grew then levelled off at ~77 MB since 275 s (+0.2 MB/hour over the last 145 s)
+    """
+    assert trend.levelled_off_at is not None and trend.since_s is not None
+    recent = trend.projected_bytes_per_s * 3600 / MIB
+    flat_for = trend.flat_for_s or 0.0
+    return (f"{what} grew then levelled off at ~{trend.levelled_off_at / MIB:,.0f} MB "
+            f"since {trend.since_s:,.0f} s ({recent:+,.1f} MB/hour over the last {flat_for:,.0f} s)")
 
 
 def _sparkline(values: list[int]) -> str:

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from introspect import analysis, errors, tracing
+from introspect import analysis, breakdown, errors, tracing
 from introspect.commands import add_target_options, emit, logger
+from introspect.commands import memory as memory_cmd
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
 from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
@@ -121,7 +122,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
             if len(got.looks) in (1, len(look_at)):
                 # In the background: memory sampling goes on while the snapshot is taken and analysed
                 # (the per-target lock makes the next look wait for it).
-                th = threading.Thread(target=snapshot_look, args=(args, got, log, len(got.looks) > 1), daemon=True)
+                th = threading.Thread(target=snapshot_look, daemon=True,
+                                      args=(args, got, log, len(got.looks) > 1, sampler.elapsed()))
                 th.start()
                 got.pending.append(th)
             continue
@@ -140,7 +142,8 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
 
 
-def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False) -> None:
+def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False,
+                  t: float = 0.0) -> None:
     """Types (every object) and holders from a forked snapshot; its absence is said, not fatal.
     The last look's snapshot also traces the grown types (see trace_in_snapshot): no further fork."""
     from introspect.snapshot import collect, views
@@ -150,19 +153,29 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
 
         rows = heap.type_rows(snap)
         h = heap.analyse(snap)
-        found = heap.holders(h, walker.labels, 10, count=walker.counts)
+        # 50 kept for matching across looks (a holder outside the first look's top 10 is still
+        # matched at the last); the report shows the first 10
+        found = heap.holders(h, walker.labels, 50, count=walker.counts)
+        garbage = heap.garbage(snap, h.reachable)
         now = time.time()
         first = got.snapshots[0]["look"] if got.snapshots else None
-        value = {"look": views.look_of(now, rows, found), "rows": rows, "holders": found,
+        value = {"look": views.look_of(now, rows, found, garbage), "rows": rows, "holders": found,
                  "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts,
                                                preview=walker.previews if getattr(args, "values", False) else None),
+                 "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
+                 "bytes": int(snap.size.sum()),
                  "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+        if last:  # waste: duplicate str/bytes values and empty containers, in the last look's copy
+            value["waste"] = suspects.waste(h, walker.labels, walker.duplicates(8, 20),
+                                            walker.previews if getattr(args, "values", False) else None)
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
         return value
 
     try:
-        outcome, value, col = collect.take(args.pid, "auto", analyse, method=args.method, timeout=args.timeout, log=log)
+        proc = memory_cmd.read_before_fork(args.pid)  # the breakdown's RSS/USS: before the fork
+        outcome, value, col = collect.take(args.pid, "auto", memory_cmd.along(analyse), method=args.method,
+                                           timeout=args.timeout, log=log, memory=True)
     except errors.IntrospectError as exc:  # the looks in the main thread say what happened to the target
         got.snapshot_problem = exc.msg
         return
@@ -172,6 +185,8 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
     if value is None:
         got.snapshot_problem = col["why"]
         return
+    mem, missing = memory_cmd.compose_look(proc, value.pop("memory_facts"))
+    value["breakdown"] = {"t": round(t, 3), "memory": mem, "memory_missing": missing}
     got.snapshots.append({**value, "collector": col, "paused_s": outcome.paused_s if outcome else 0.0})
     got.snapshots.sort(key=lambda x: x["look"].time)
 
@@ -251,8 +266,14 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     prev = first["look"] if len(got.snapshots) > 1 else None
     return {
         "collector": last["collector"],
-        "holders": views.holder_docs(last["holders"], prev),
+        "holders": views.holder_docs(last["holders"], prev)[:10],
         "suspects": last.get("suspects", []),
+        "waste": last.get("waste"),
+        "garbage": last["garbage"],
+        "garbage_first": first["garbage"] if prev else None,
+        "bytes": last["bytes"],
+        "bytes_first": first["bytes"] if prev else None,
+        "gc": last["gc"],
         "allocation": last.get("allocation"),
         "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
         "problem": None,
@@ -302,13 +323,47 @@ def growth_of(got: Collected) -> tuple[list[analysis.GrowthRow], list[str]]:
     return analysis.grown_since_baseline(types), steady
 
 
+def breakdown_doc(got: Collected, pid: int) -> dict[str, Any] | None:
+    """The report's "breakdown" block: where the memory was at each forked look (first and last),
+    its change between them and the verdicts; None without a forked look."""
+    looks = [snap["breakdown"] for snap in got.snapshots if "breakdown" in snap]
+    if not looks:  # no forked look: what /proc tells, the rest said missing (never read in the target)
+        try:
+            mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(pid), None)
+        except errors.IntrospectError:
+            return None
+        missing["copy"] = got.snapshot_problem or "no forked look was taken"
+        return {"looks": [], "memory": mem, "memory_missing": missing, "memory_change": None}
+    first, last = looks[0], looks[-1]
+    change = None
+    if len(looks) > 1:
+        change = breakdown.change(first["memory"], last["memory"], last["t"] - first["t"])
+    return {"looks": looks, "memory": last["memory"], "memory_missing": last["memory_missing"],
+            "memory_change": change}
+
+
+def breakdown_lines(mem_doc: dict[str, Any] | None, pid: int) -> list[str]:
+    """What leads the report's text: where the memory is, and what changed between the looks."""
+    if mem_doc is None:
+        return []
+    lines = memory_cmd.growth_lines(mem_doc["memory"], None, pid)
+    if mem_doc["memory_change"]:
+        lines += memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"], pid)
+    return lines
+
+
 def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
     """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
-    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend)
+    mem_doc = breakdown_doc(got, args.pid)
+    parts = [(lk["t"], lk["memory"]) for lk in mem_doc["looks"]] if mem_doc else None
+    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend,
+                                                        parts=parts)
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
+    if len(got.snapshots) > 1:  # every table from the same looks: the snapshots count every object
+        rows, steady = merged_growth(got, got.snapshots[-1]["rows"])
     outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced if o is not None]
     meta = got.looks[-1][1].meta()
     looks = [{"t": round(t, 3), "objects": lk.result["objects"], "baseline_recorded": lk.result["baseline_recorded"]}
@@ -350,13 +405,18 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
                     for r in rows[:args.top]],
         "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
                       "sampling": d.get("sampling", "newest first"),
-                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d}}
+                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d},
+                      **{k: d[k] for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit") if k in d}}
                      for _, d in got.traced],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
+        "breakdown": mem_doc,
         "files": {"csv": csv_path, "svg": svg_path, "png": png_path, "growth": growth_path},
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
+    snap_doc = doc["snapshot"] or {}
+    doc["garbage"] = snap_doc.get("garbage")  # top-level, as in top and growth: None without a snapshot
+    doc["gc"] = snap_doc.get("gc") or (analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"]) if got.looks else None)
     doc["memory"]["summary"] = trend_line(trend)
     wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
     doc["memory"].update(wall_fields)
@@ -369,8 +429,8 @@ def _held_by(ref: dict[str, Any]) -> str:
     """Where every traced instance went: the top roots, the rest, and those not traced to a root.
 
     >>> chain = {"root": "module app", "count": 3, "path": [{"type": "module", "via": ".cache"}, {"type": "list", "via": None}]}
-    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "chains": [chain]})
-    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root'
+    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "unrooted_cycle": 7, "chains": [chain]})
+    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root (7 by a reference cycle only (garbage the collector will free))'
     """
     sampled = ref["sampled"]
     held: dict[str, int] = {}
@@ -384,7 +444,10 @@ def _held_by(ref: dict[str, Any]) -> str:
     if rest:
         parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
     if ref.get("unrooted"):
-        parts.append(f"{ref['unrooted']} of {sampled} not traced to a root")
+        if ref.get("sampling"):  # forked: every instance looked at; the unreachable ones are beside the traced
+            parts.append(f"{ref['unrooted']:,} more of {ref['found']:,} not reachable from any root ({analysis.unrooted_text(ref)})")
+        else:
+            parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
     return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
 
 
@@ -410,6 +473,7 @@ def render(doc: dict[str, Any]) -> str:
     mem = doc["memory"]
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
+    lines += breakdown_lines(doc.get("breakdown"), doc["pid"])
     snap = doc.get("snapshot") or {}
     from introspect.snapshot.suspects import suspect_lines
 
@@ -422,10 +486,23 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
     elif len(doc["looks"]) >= 2:
         lines.append("no type grew since the baseline")
+    if snap.get("garbage") is not None:
+        lines.append(analysis.garbage_line(snap["garbage"], snap.get("gc")))
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            lines.append(analysis.growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                                    snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"],
+                                                    "since the first look"))
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 
-        lines.append("held by: " + holder_line(snap["holders"][0]).replace("since the last look", "since the first look"))
+        compared = any(h.get("matched") is not None for h in snap["holders"])  # else one look: nothing to compare
+        grew = [h for h in snap["holders"] if h.get("grew")] if compared else snap["holders"]
+        if grew:
+            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
+        else:
+            same = sum(1 for h in snap["holders"] if h.get("matched"))
+            lines.append(f"no holder grew since the first look ({same} listed then are unchanged, "
+                         f"{len(snap['holders']) - same} were not listed then)")
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
     lines += _allocated_lines(doc)

@@ -67,10 +67,12 @@ class Command:
             rows = heap.type_rows(snap)
             doc: dict[str, Any] = {"objects": snap.n, "untracked_objects": int((~snap.tracked).sum()), "partial": False,
                                    "bytes": int(snap.size.sum()), "distinct_types": len(rows), "gc": snap.meta.get("gc", {})}
+            doc["gc"] = analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", "")))
             if args.by == "retained":
                 from introspect.snapshot import suspects
 
                 h = heap.analyse(snap)
+                doc["garbage"] = heap.garbage(snap, h.reachable)
                 doc["suspects"] = suspects.suspects(h, walker.labels, count=walker.counts,
                                                     preview=walker.previews if args.values else None)
                 doc["holders"] = views.holder_docs(heap.holders(h, walker.labels, limit if limit > 0 else 10_000, count=walker.counts), None)
@@ -79,6 +81,7 @@ class Command:
                                 for t, b in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))[:limit if limit > 0 else None]]
                 doc["held_from_c"] = h.held_from_c
             else:
+                doc["garbage"] = heap.garbage(snap, heap.reachable_of(snap))
                 doc["types"] = views.type_docs(rows, args.by, limit)
             if args.waste:
                 from introspect.snapshot import suspects
@@ -113,12 +116,16 @@ def from_snapshot(outcome: Outcome, got: dict[str, Any], col: dict[str, Any], by
     lines = [header(outcome), collector_line(col),
              f"{human_bytes(got['bytes'])} in {got['objects']:,} objects ({got['untracked_objects']:,} not tracked by gc), "
              f"{got['distinct_types']:,} types; shallow sizes"]
+    if "garbage" in got:
+        lines.append(analysis.garbage_line(got["garbage"], got.get("gc")))
     if by == "retained":
         from introspect.snapshot.suspects import suspect_lines
 
         lines[2:2] = suspect_lines(got["suspects"])
         lines += ["", "holders retaining the most (retained: what would be freed if the holder went away):"]
-        lines += ["  " + views.holder_line(h) for h in got["holders"]] or ["  (none above 1 KiB)"]
+        listed, folded = views.fold_anonymous(got["holders"])
+        lines += ["  " + views.holder_line(h) for h in listed] or ["  (none above 1 KiB)"]
+        lines += [f"  {folded}"] if folded else []
         lines += ["", table(["type", "retained", "count"], [(t["type"], human_bytes(t["retained_bytes"]), t["count"]) for t in got["types"]])]
     elif not got.get("waste"):
         lines += ["", table(["type", "count", "untracked", "bytes", "avg"],

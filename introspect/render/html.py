@@ -13,6 +13,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from introspect.analysis import garbage_line, growth_split_line, unrooted_text
+
 MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
 STYLE = """
@@ -53,8 +55,16 @@ def answer_paragraphs(doc: dict[str, Any]) -> list[str]:
             out.append("Other suspects: " + "; ".join(f"{x['path']} ({_size(x['retained_bytes'])})" for x in found[1:]) + ".")
     elif snap and not snap.get("problem"):
         out.append("No leak suspect: no holder grew between the looks or retains 10 % of the Python heap.")
-    out.append(f"Memory: {mem['verdict']} ({mem['slope_mb_per_hour']:+,.1f} MB/hour, r² {mem['r2']:.2f}).")
-    out += [line[0].upper() + line[1:] + "." for line in mem.get("wall") or []]
+    where = (doc.get("breakdown") or {}).get("memory") or {}
+    if where.get("verdict"):
+        uss = where.get("uss")
+        out.append(f"Where the memory is: {where['verdict']}"
+                   + (f" ({_size(where['python_objects'])} in Python objects of {_size(uss)} USS)"
+                      if where.get("python_objects") is not None and uss else "") + ".")
+    out.append(f"Memory over time: {mem.get('summary') or mem['verdict']}.")
+    for line in mem.get("wall") or []:
+        line = line.removeprefix("limit: ")
+        out.append(line[0].upper() + line[1:] + ".")
     return out
 
 
@@ -111,11 +121,12 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     out.append(f'<tr><th>verdict</th><td class="verdict">{_e(mem["verdict"])}</td></tr>')
     for line in mem.get("wall") or []:
         key = "stopgap" if line.startswith("stopgap:") else "limit"
-        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: '))}</td></tr>")
+        out.append(f"<tr><th>{key}</th><td>{_e(line.removeprefix('stopgap: ').removeprefix('limit: '))}</td></tr>")
     out.append("</table>")
     if doc["grew_every_interval"]:
         out.append(f"<p>Grew in every interval: {_e(', '.join(doc['grew_every_interval']))}</p>")
 
+    out += _breakdown_section(doc)
     out += _snapshot_sections(doc)
     out += _allocation_section(doc)
     out.append("<h2>Types that grew since the baseline</h2>")
@@ -142,8 +153,8 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
             out.append(f"<p><b>Partial:</b> {_e(ref['reason'])}</p>")
         lines = [f"{c['count']} of {ref['sampled']} held by: {c['root']}\n  {chain_text(c)}" for c in ref["chains"]]
         if ref["unrooted"]:
-            lines.append(f"{ref['unrooted']} of {ref['sampled']} not traced to a root (held from C code, by a "
-                         "reference cycle only, or beyond the depth limit)")
+            of = f"more of {ref['found']:,} not reachable from any root" if ref.get("sampling") else f"of {ref['sampled']} not traced to a root"
+            lines.append(f"{ref['unrooted']:,} {of}: {unrooted_text(ref)}")
         out.append(f"<pre>{_e(chr(10).join(lines) or 'no chain found')}</pre>")
         graph = ref["files"].get("svg") or ref["files"].get("png")
         out.append(_image(graph, f"reference graph of {ref['type']}") if graph else f"<p>{_e(ref['files'].get('note', ''))}</p>")
@@ -160,6 +171,33 @@ def report_html(doc: dict[str, Any], chain_text: Callable[[dict[str, Any]], str]
     return "\n".join(out) + "\n"
 
 
+def _breakdown_section(doc: dict[str, Any]) -> list[str]:
+    """Where the memory is, at the first and last forked look, and its verdict (`introspect memory`)."""
+    bd = doc.get("breakdown")
+    if not bd:
+        return []
+    from introspect import breakdown
+    from introspect.render.text import human_bytes
+
+    looks = bd["looks"] or [{"t": doc.get("duration_s", 0.0), "memory": bd["memory"]}]
+    out = ["<h2>Where the memory is</h2>",
+           f'<p class="verdict">{_e(bd["memory"].get("advice") or "no verdict")}</p>']
+    if bd.get("memory_change"):
+        out.append(f"<p>Between the first and the last look: {_e(bd['memory_change']['advice'])}</p>")
+    head = "".join(f"<th>at {lk['t']:.0f} s</th>" for lk in looks)
+    out.append(f"<table><tr><th>part</th>{head}</tr>")
+    rows = [("RSS", [lk["memory"]["rss"] for lk in looks]), ("USS", [lk["memory"]["uss"] for lk in looks])]
+    rows += [(name.replace("_", " "), [breakdown.parts(lk["memory"])[name] for lk in looks])
+             for name in breakdown.parts(looks[-1]["memory"])]
+    for name, values in rows:
+        cells = "".join(f"<td class=n>{_e(human_bytes(v) if v is not None else '-')}</td>" for v in values)
+        out.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
+    out.append("</table>")
+    if bd.get("memory_missing"):
+        out.append("<p>Not measured: " + _e("; ".join(f"{k}: {v}" for k, v in bd["memory_missing"].items())) + "</p>")
+    return out
+
+
 def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
     """Holders and every type (tracked by gc or not), from forked snapshots at the first and last look."""
     snap = doc.get("snapshot")
@@ -171,14 +209,32 @@ def _snapshot_sections(doc: dict[str, Any]) -> list[str]:
     if snap.get("problem"):
         out.append(f"<p>No forked snapshot: {_e(snap['problem'])}</p>")
         return out
+    if snap.get("garbage") is not None:
+        out.append(f"<p>{_e(garbage_line(snap['garbage'], snap.get('gc')))}</p>")
+        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
+            split = growth_split_line(snap["bytes"] - snap["bytes_first"],
+                                      snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"], "since the first look")
+            out.append(f"<p>{_e(split)}</p>")
     if snap["holders"]:
+        from introspect.snapshot.views import fold_anonymous
+
+        listed, folded = fold_anonymous(snap["holders"])
         out.append("<table><tr><th>holder</th><th>type</th><th>items</th><th>retains</th><th>since the first look</th></tr>")
-        for h in snap["holders"]:
+        for h in listed:
             since = "" if h["retained_delta"] is None else f"{h['items_delta']:+,} items, {'+' if h['retained_delta'] >= 0 else '-'}" \
                                                            f"{human_bytes(abs(h['retained_delta']))}"
+            if h.get("matched") is False:
+                since = "new: not listed at the first look"
             out.append(f"<tr><td>{_e(h['path'])}</td><td>{_e(h['type'])}</td><td class=n>{h['items']:,}</td>"
                        f"<td class=n>{_e(human_bytes(h['retained_bytes']))}</td><td class=n>{_e(since)}</td></tr>")
         out.append("</table>")
+        if folded:
+            out.append(f"<p>{_e(folded)}</p>")
+    if snap.get("waste"):
+        from introspect.snapshot.suspects import waste_lines
+
+        out.append("<h2>Waste: duplicate values, empty containers</h2>")
+        out.append(f"<pre>{_e(chr(10).join(waste_lines(snap['waste'])))}</pre>")
     out.append("<h2>Every type, tracked by the garbage collector or not</h2>")
     out.append("<table><tr><th>type</th><th>count</th><th>untracked</th><th>bytes</th><th>since the first look</th>"
                "<th>bytes since</th></tr>")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
+from typing import Any
 
 from introspect.trend import MIB, Trend
 
@@ -52,8 +53,30 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 or v == int(v) else f"{v:,.1f}"
 
 
+# The memory breakdown's parts (`introspect memory`), bottom to top, stacked under the RSS line at
+# the looks that had a forked copy.
+PARTS = (("python_objects", "Python objects"), ("allocator_free", "allocator free space"),
+         ("native", "native"), ("rest", "stacks and the rest"))
+PART_COLOURS = ("#009E73", "#D55E00", "#CC79A7", "#999999")
+
+
+def part_values(mem: Mapping[str, Any]) -> dict[str, int]:
+    """A breakdown's figures grouped as the chart shows them (unmeasured ones as 0).
+
+    >>> part_values({"python_objects": 5, "pymalloc": {"free": 1}, "malloc": {"free": 2}, "native": 3,
+    ...              "stacks": 1, "other": None})
+    {'python_objects': 5, 'allocator_free': 3, 'native': 3, 'rest': 1}
+    """
+    py = mem.get("pymalloc") or {}
+    malloc = mem.get("malloc") or {}
+    return {"python_objects": int(mem.get("python_objects") or 0),
+            "allocator_free": int(py.get("free") or 0) + int(malloc.get("free") or 0),
+            "native": int(mem.get("native") or 0),
+            "rest": int(mem.get("stacks") or 0) + int(mem.get("other") or 0)}
+
+
 def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float | None]]], trend: Trend | None,
-               title: str) -> str:
+               title: str, parts: Sequence[tuple[float, Mapping[str, Any]]] | None = None) -> str:
     """The chart as an SVG document. ``series`` are (label, bytes per sample) pairs drawn in order,
     the first one the series the trend was fitted to; a None value leaves a gap.
 
@@ -64,6 +87,18 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
     scale, unit = (60.0, "min") if ts and ts[-1] > 1200 else (1.0, "s")
     xs = [t / scale for t in ts]
     values = [v / MIB for _, vs in series for v in vs if v is not None]
+    stacked: list[tuple[float, list[float]]] = []  # (x, cumulative MiB per part)
+    for t, mem in parts or ():
+        got = part_values(mem)
+        cum, acc = [], 0.0
+        for key, _ in PARTS:
+            acc += got[key] / MIB
+            cum.append(acc)
+        stacked.append((t / scale, cum))
+        values += [acc, 0.0]  # stacked areas start at zero
+    if len(stacked) == 1:  # one look: a narrow band at its time
+        half = 0.005 * ((xs[-1] - xs[0]) if len(xs) >= 2 else 1.0)
+        stacked = [(stacked[0][0] - half, stacked[0][1]), (stacked[0][0] + half, stacked[0][1])]
     lines_mb: list[tuple[float, float]] = []
     if trend is not None and len(ts) >= 2:
         lines_mb = [(x, (trend.slope_bytes_per_s * t + trend.intercept) / MIB) for x, t in ((xs[0], ts[0]), (xs[-1], ts[-1]))]
@@ -95,6 +130,12 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
     out.append(f'<text x="{LEFT + pw / 2:.0f}" y="{HEIGHT - 12}" text-anchor="middle">time ({unit})</text>')
     out.append(f'<text transform="translate(16 {TOP + ph / 2:.0f}) rotate(-90)" text-anchor="middle">MB (MiB)</text>')
     legend: list[tuple[str, str, str]] = []
+    for k, (_, label) in enumerate(PARTS if stacked else ()):
+        top = [f"{px(x):.1f},{py(cum[k]):.1f}" for x, cum in stacked]
+        bottom = [f"{px(x):.1f},{py(cum[k - 1] if k else y0):.1f}" for x, cum in reversed(stacked)]
+        out.append(f'<polygon fill="{PART_COLOURS[k]}" fill-opacity="0.35" stroke="none" '
+                   f'points="{" ".join(top + bottom)}"/>')
+        legend.append((label + (" (at the forked looks)" if k == 0 else ""), PART_COLOURS[k], ' stroke-width="8"'))
     for i, (label, vs) in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         run: list[str] = []
@@ -122,7 +163,8 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
                'fill="white" fill-opacity="0.85" stroke="#ccc"/>')
     for i, (label, colour, dash) in enumerate(legend):
         y = TOP + 14 + i * 16
-        out.append(f'<line x1="{LEFT + 10}" x2="{LEFT + 34}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" stroke-width="2"{dash}/>')
+        width_attr = "" if "stroke-width" in dash else ' stroke-width="2"'
+        out.append(f'<line x1="{LEFT + 10}" x2="{LEFT + 34}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}"{width_attr}{dash}/>')
         out.append(f'<text x="{LEFT + 40}" y="{y}">{escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -276,6 +276,18 @@ class Walker:
                               f"{str(err.get('frames', []))[-300:]}")
         return answer
 
+    def memory(self) -> dict[str, Any]:
+        """The allocators' figures the walker read before its walk (asked for with memory=True),
+        checked field by field (breakdown.checked_copy): a wrong shape is a FormatError."""
+        from introspect.breakdown import checked_copy
+        from introspect.snapshot.records import FormatError
+
+        answer = self._ask("B", 1, lambda x: isinstance(x, dict))[0]
+        try:
+            return checked_copy(answer)
+        except ValueError as exc:
+            raise FormatError("memory answer", str(exc)) from None
+
     def tracing(self) -> bool:
         """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
         return bool(self._ask("A", 3)[0])
@@ -470,14 +482,15 @@ def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | Non
 
 def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
              collect: bool = False, log: Callable[[str], None] = lambda s: None,
-             walk: bool = True) -> tuple[Outcome, T | None, dict[str, Any]]:
+             walk: bool = True, memory: bool = False) -> tuple[Outcome, T | None, dict[str, Any]]:
     """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
     Returns (outcome, value, walker stats); value is None when the agent could not fork
     (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
     params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk,
               "walk_base_s": WALK_BASE_S, "walk_per_object_s": WALK_PER_OBJECT_S,
-              "answer_s": ANALYSE_BASE_S, "answer_per_object_s": ANALYSE_PER_OBJECT_S}
+              "answer_s": ANALYSE_BASE_S, "answer_per_object_s": ANALYSE_PER_OBJECT_S,
+              "memory": memory}
     outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
                         session=session)
     res = outcome.result
@@ -490,14 +503,16 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
 
 def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
          collect: bool = False, log: Callable[[str], None] = lambda s: None,
-         walk: bool = True) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+         walk: bool = True,
+         memory: bool = False) -> tuple[Outcome | None, T | None, dict[str, Any]]:
     """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
     The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
     why = fork_or_reason(pid, mode, log)
     if why is not None:
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
-    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect, log=log, walk=walk)
+    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect,
+                                     log=log, walk=walk, memory=memory)
     res = outcome.result
     if not res.get("forked"):
         why = str(res.get("error") or "the agent did not fork")

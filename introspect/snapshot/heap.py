@@ -25,24 +25,33 @@ CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collection
                         "collections.defaultdict", "collections.Counter", "weakref.WeakValueDictionary",
                         "weakref.WeakKeyDictionary", "queue.Queue", "asyncio.queues.Queue"})
 
+# Objects that hold what they hold only for a moment: a callback queued on an event loop's ready
+# queue or timer heap. A chain through one names where a reference happened to pass, not the owner
+# that keeps the object alive: such paths are replaced by one avoiding them when one exists.
+TRANSIENT = frozenset({"asyncio.events.Handle", "asyncio.events.TimerHandle"})
+
 # (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]", ".attr").
 Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 # positions -> names of modules, classes and functions ("" for anything else).
 Namer = Callable[[Sequence[int]], list[str]]
 
 
-def type_rows(snap: Snapshot) -> dict[str, TypeRow]:
-    """Count, gc-tracked/untracked split and shallow bytes per type name."""
+def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, TypeRow]:
+    """Count, gc-tracked/untracked split and shallow bytes per type name (of the objects where
+    ``among`` is true, when given: the reachable ones, say)."""
     k = len(snap.types)
     count = np.zeros(k, np.int64)
     tracked = np.zeros(k, np.int64)
     nbytes = np.zeros(k, np.float64)
     step = 1 << 20  # in blocks: bincount's float weights would copy a whole column
     for a in range(0, snap.n, step):
-        t = snap.type_of[a:a + step]
+        t, tr, sz = snap.type_of[a:a + step], snap.tracked[a:a + step], snap.size[a:a + step]
+        if among is not None:
+            m = among[a:a + step]
+            t, tr, sz = t[m], tr[m], sz[m]
         count += np.bincount(t, minlength=k)
-        tracked += np.bincount(t[snap.tracked[a:a + step]], minlength=k)
-        nbytes += np.bincount(t, weights=snap.size[a:a + step], minlength=k)
+        tracked += np.bincount(t[tr], minlength=k)
+        nbytes += np.bincount(t, weights=sz, minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
         if count[i]:
@@ -189,6 +198,73 @@ def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarr
     return left, pred
 
 
+def _roots(snap: Snapshot) -> tuple[dict[int, str], int, np.ndarray]:
+    """Root names by position, how many are held from C (immortal ones aside), and the roots'
+    positions (int32): modules and frame locals, then among the objects they do not reach those
+    whose refcount exceeds the references found."""
+    n = snap.n
+    root_name: dict[int, str] = {}
+    for r in snap.roots:
+        if r.pos not in root_name:
+            root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
+    first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
+    par0 = bfs(snap.offsets, snap.refs, n, first)[2]
+    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
+    c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
+    del par0, indeg
+    held = 0
+    for p in c_held.tolist():
+        immortal = snap.excess[p] >= IMMORTAL
+        root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
+        held += 0 if immortal else 1
+    return root_name, held, np.concatenate([first, c_held]).astype(np.int32)
+
+
+def _long_lived_roots(snap: Snapshot) -> np.ndarray:
+    """Positions of the module roots and of the locals of each thread's outermost function frame
+    (the walker lists a thread's frames innermost first: the last frame named for a thread)."""
+    outermost: dict[str, str] = {}
+    for r in snap.roots:
+        if r.kind != "module":
+            frame = r.name.rsplit(", local ", 1)[0]
+            outermost[frame.split(", ", 1)[0]] = frame
+    keep = {f for f in outermost.values()}
+    pos = [r.pos for r in snap.roots if r.kind == "module" or r.name.rsplit(", local ", 1)[0] in keep]
+    return np.asarray(sorted(set(pos)), dtype=np.int64)
+
+
+def reachable_of(snap: Snapshot) -> np.ndarray:
+    """Which objects some root reaches (no dominator tree: for counts that need only this)."""
+    _names, _held, roots = _roots(snap)
+    reached: np.ndarray = bfs(snap.offsets, snap.refs, snap.n, roots)[2] != -2
+    return reached
+
+
+def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str, Any]:
+    """What no root reaches: objects kept alive only by reference cycles among themselves, which
+    the cyclic collector frees at its next collection of their generation (usually a full one:
+    cycles that outlive a few young collections sit in the oldest). Objects, bytes, and the types
+    it consists of (most bytes first)."""
+    dead = ~reachable
+    k = len(snap.types)
+    count = np.bincount(snap.type_of[dead], minlength=k)
+    nbytes = np.bincount(snap.type_of[dead], weights=snap.size[dead], minlength=k)
+    per: dict[str, list[int]] = {}
+    for i in np.nonzero(count)[0].tolist():
+        row = per.setdefault(snap.types[i], [0, 0])
+        row[0] += int(count[i])
+        row[1] += int(nbytes[i])
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in ranked]
+    # The classes in it name the cycle (billiard.einfo.ExceptionInfo, not the tuples it copied):
+    # module-qualified types, most instances first.
+    classes = sorted((t for t in per if "." in t and t not in CONTAINERS),
+                     key=lambda t: (-per[t][0], t))
+    return {"objects": int(dead.sum()), "bytes": int(snap.size[dead].sum()),
+            "by_type": by_type[:limit] if limit > 0 else by_type,
+            "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]]}
+
+
 def analyse(snap: Snapshot) -> Heap:
     """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
 
@@ -201,26 +277,18 @@ def analyse(snap: Snapshot) -> Heap:
     the graph of what is left only, int32 arrays throughout.
     """
     igraph = _igraph()
-
     n = snap.n
-    root_name: dict[int, str] = {}
-    for r in snap.roots:
-        if r.pos not in root_name:
-            root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
-    first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
-    _o, _b, par0 = bfs(snap.offsets, snap.refs, n, first)
-    del _o, _b
+    root_name, held, roots = _roots(snap)
     indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
-    c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
-    del par0
-    held = 0
-    for p in c_held.tolist():
-        immortal = snap.excess[p] >= IMMORTAL
-        root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
-        held += 0 if immortal else 1
-    roots = np.concatenate([first, c_held]).astype(np.int32)
     order, bounds, parent = bfs(snap.offsets, snap.refs, n, roots)
     reachable = parent != -2
+    # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
+    # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
+    # must not name what the thread's own object, or a module, keeps anyway.
+    _lo, _lb, long_par = bfs(snap.offsets, snap.refs, n, _long_lived_roots(snap))
+    del _lo, _lb
+    parent = np.where(long_par != -2, long_par, parent).astype(np.int32, copy=False)
+    del long_par
     parent[~reachable] = -1
     is_root = np.zeros(n, bool)
     is_root[roots] = True
@@ -323,6 +391,10 @@ def describe(heap: Heap, path: list[int], labels: list[str]) -> str:
             parts.append("." + nxt[2:-2])
             k += 2
             continue
+        if lab in ("(referent)", "(item)") and k + 1 < len(path):
+            # A reference the walker cannot name (a C type's slot): say what it leads to, so three
+            # in a row read as a route, not as "(referent) (referent) (referent)".
+            lab = "-> " + heap.snap.type_name(path[k + 1])
         parts.append(lab)
         k += 1
     return " ".join(parts)
@@ -433,8 +505,8 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
     def owner(path: list[int]) -> str:
         for q in reversed(path[:-1]):
             full = class_name.get(q) or snap.type_name(q)
-            if "." not in full:
-                continue  # a builtin container or object
+            if "." not in full or full in CONTAINERS or full in TRANSIENT:
+                continue  # a builtin or standard container (a deque is no more `collections`')
             parts = full.split(".")
             for k in range(len(parts) - 1, 0, -1):
                 if ".".join(parts[:k]) in modules:
@@ -449,7 +521,44 @@ def _from_owners(heap: Heap, paths: dict[int, list[int]], names: Namer) -> dict[
             wanted.setdefault(mod, set()).add(p)
     out = dict(paths)
     for mod, targets in wanted.items():
-        out.update(heap.path_from(modules[mod], targets))
+        for p, path in heap.path_from(modules[mod], targets).items():
+            # A path that leaves the module through another module (`._sys --> module sys
+            # --.modules-->`) is not the module's own: keep the shortest one.
+            if not any(snap.type_name(q) == "module" for q in path[1:]):
+                out[p] = path
+    return out
+
+
+def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Paths through a TRANSIENT holder replaced by the shortest path that avoids every one,
+    when there is such a path (else kept: the handle may be all that holds the object)."""
+    snap = heap.snap
+    tids = np.array([name in TRANSIENT for name in snap.types] or [False], bool)
+    passing = [p for p, path in paths.items()
+               if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
+    if not passing:
+        return paths
+    igraph = _igraph()
+    n = snap.n
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(snap.offsets))
+    keep = ~tids[snap.type_of[src]]
+    g = igraph.Graph(n=n + 1, directed=True)
+    g.add_edges(np.column_stack([src[keep], snap.refs.astype(np.int64)[keep]]))
+    roots = np.fromiter(heap.root_name.keys(), dtype=np.int64, count=len(heap.root_name))
+    g.add_edges(np.column_stack([np.full(roots.shape[0], n, np.int64), roots]))
+    vids, _layers, parents = g.bfs(n, mode="out")
+    par = np.asarray(parents, dtype=np.int64)
+    seen = np.zeros(n + 1, bool)
+    seen[np.asarray(vids, dtype=np.int64)] = True
+    out = dict(paths)
+    for p in passing:
+        if not seen[p]:
+            continue
+        path = [p]
+        while par[path[-1]] != n:
+            path.append(int(par[path[-1]]))
+        path.reverse()
+        out[p] = path
     return out
 
 
@@ -468,7 +577,8 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     inst = np.nonzero(np.isin(snap.type_of, tids))[0]
     unreachable = int((~heap.reachable[inst]).sum())
     reach = inst[heap.reachable[inst]].tolist()[:200_000]
-    found_paths = _from_owners(heap, {p: heap.path(p) for p in reach}, names)
+    shortest = {p: heap.path(p) for p in reach}
+    found_paths = _avoid_transient(heap, _from_owners(heap, shortest, names))
     groups: dict[tuple[object, ...], list[int]] = {}
     for p in reach:
         path = found_paths[p]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, Namer, _items, describe
-from introspect.snapshot.views import Holder, Look
+from introspect.snapshot.views import Holder, Look, match_key
 
 SHARE = 0.10  # a holder retaining this share of the Python heap is a suspect (MAT: 10 %)
 KEEP = 0.70  # walk down while the biggest child keeps this share of its parent (MAT: 70 %)
@@ -164,11 +164,15 @@ def _growth(path: str, retained: int, items: int, previous: Look | None, dt: flo
     if previous is None:
         return None
     per_min = 60.0 / dt if dt > 0 else 0.0
-    if path in previous.holders:
-        before_items, before_bytes = previous.holders[path]
+    # a thread's frame is matched whatever line it was running at each look
+    before = {match_key(p): v for p, v in previous.holders.items()}
+    if match_key(path) in before:
+        before_items, before_bytes = before[match_key(path)]
         d_bytes, d_items = retained - before_bytes, items - before_items
         return {"retained_bytes": d_bytes, "items": d_items, "seconds": round(dt, 3), "new": False,
                 "bytes_per_minute": round(d_bytes * per_min), "items_per_minute": round(d_items * per_min, 1)}
+    if path.startswith(("held from C", "immortal")):
+        return None  # such paths name no single holder (two can share one): nothing to compare
     listed = [b for _, b in previous.holders.values()]
     under = min(listed) if len(listed) >= holder_limit else 1024
     d_bytes = max(0, retained - under)

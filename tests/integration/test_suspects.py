@@ -52,7 +52,7 @@ def test_suspects_name_each_leak_and_what_accumulates(spawn: Any, interp: Interp
     assert strings["accumulation_point"]["shape"]["item_type"] == "str" and strings["items"] == 3000
     # ... and the text leads with them
     text = (tmp_path / "g2" / "growth.txt").read_text()
-    assert text.index("leak suspects:") < text.index("holders, most grown first:")
+    assert text.index("leak suspects:") < text.index("holders not listed at the previous look")
     assert "accumulates: list of 3,000 × dict {'id': int, 'data': bytes" in text
 
     # WHEN asked for values THEN builtin values are shown, a user object only by its type

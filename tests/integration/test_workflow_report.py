@@ -202,7 +202,7 @@ def test_monitor_target_exits(spawn: Any, tmp_path: Path) -> None:
     assert PY is not None
     victim = spawn(PY)
     cli = start_cli("monitor", str(victim.pid), "--interval", "0.1", "-o", str(tmp_path / "m"))
-    time.sleep(1.0)
+    time.sleep(2.0)  # the CLI starts (imports, /proc) before its first sample: slower on a busy machine
     # WHEN the victim dies mid-monitor
     victim.proc.kill()
     victim.proc.wait(5)

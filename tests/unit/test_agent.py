@@ -76,6 +76,31 @@ print(json.dumps(res))
     assert "._HOLDER_FOR_TEST" in vias and "closure var held" in vias
 
 
+def test_backrefs_counts_cycle_only_and_held_from_c_apart() -> None:
+    # GIVEN in a fresh interpreter with the collector off: one Kept held by a module global, three
+    # in reference cycles nothing else holds, two in a list whose only reference C code keeps
+    code = f"""
+import ctypes, gc, json, runpy
+gc.disable()
+agent = runpy.run_path({str(AGENT_PATH)!r})
+class Kept: pass
+KEPT = Kept()
+for _ in range(3):
+    k = Kept()
+    k.me = k
+del k
+c_held = [Kept(), Kept()]
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(c_held))
+del c_held
+res = agent["cmd_backrefs"]({{"type": agent["type_name"](Kept), "samples": 10}})
+print(json.dumps(res))
+"""
+    res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout)
+    # THEN each case is counted apart, and the search limit is not blamed
+    assert res["status"] == "ok" and res["found"] == 6 and not res["partial"]
+    assert (res["unrooted"], res["unrooted_cycle"], res["unrooted_held_from_c"], res["unrooted_limit"]) == (5, 3, 2, 0), res
+
+
 def test_backrefs_unknown_and_ambiguous(agent: dict[str, Any]) -> None:
     assert agent["cmd_backrefs"]({"type": "NoSuchTypeAnywhere"})["status"] == "unknown"
 

@@ -146,3 +146,65 @@ def test_five_samples_need_a_significant_slope() -> None:
     ys = [100 * MIB + v * 1024 for v in (0, 300, 100, 500, 400)]
     trend = memory_trend(ts, ys)
     assert trend.t_value < 4.0 and trend.verdict != "steady growth", trend
+
+
+# Series shaped like the ones recorded on real programs (issue 25): RSS every 5 s, in whole pages,
+# with the jitter a busy worker shows. The verdict must tell a cache that filled from a leak.
+def _pages(y: float) -> float:
+    return 4096.0 * int(y / 4096)
+
+
+def test_flower_filling_its_task_cap_then_full_levels_off() -> None:
+    # GIVEN Flower's 420 s: 51.8 -> 77.2 MB in 275 s (--max_tasks filling), then 76.5-77.2 MB
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(85, 5.0, lambda t: _pages(MIB * (51.8 + 25.4 * min(t, 275) / 275 + rng.uniform(-0.35, 0.35))))
+    trend = memory_trend(ts, ys)
+    # THEN it is not "steady growth": it levelled off at ~77 MB, near 275 s, and what is projected
+    # is the flat slope after it
+    assert trend.verdict == "levelled off", trend
+    assert trend.levelled_off_at is not None and trend.since_s is not None
+    assert 76.5 * MIB < trend.levelled_off_at < 77.5 * MIB
+    assert 250 <= trend.since_s <= 300
+    assert abs(trend.projected_bytes_per_s) * 3600 < 5 * MIB
+    assert trend.slope_bytes_per_s > 0  # the whole window's line is still there, for the record
+
+
+def test_celery_child_fast_climb_then_flat_levels_off() -> None:
+    # GIVEN the prefork child: 45.7 -> 140 MB in 33 s, then ~150 MB with +-3 MB of garbage coming and going
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(60, 5.0, lambda t: _pages(MIB * ((45.7 + 94.3 * t / 33) if t < 33 else 150 + rng.uniform(-3, 3))))
+    trend = memory_trend(ts, ys)
+    assert trend.verdict == "levelled off", trend
+    assert trend.since_s is not None and 30 <= trend.since_s <= 40
+    assert trend.levelled_off_at is not None and abs(trend.levelled_off_at - 150 * MIB) < 2 * MIB
+
+
+def test_linear_growth_recorded_in_pages_is_not_a_plateau() -> None:
+    # GIVEN a leak of 0.3 MB/min over 420 s: the last quarter adds only 0.5 MB (under 1 MiB)
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(85, 5.0, lambda t: _pages(MIB * (60 + 0.005 * t) + rng.uniform(-16, 16) * 1024))
+    trend = memory_trend(ts, ys)
+    # THEN the recent slope equals the whole window's: still growing, no plateau
+    assert trend.verdict == "steady growth", trend
+    assert trend.levelled_off_at is None and trend.since_s is None
+
+
+def test_sawtooth_is_not_a_plateau() -> None:
+    # GIVEN a heap that see-saws with garbage: +2 MiB/s for 10 s, collected, again, after a warm-up climb
+    ts, ys = series(300, 1.0, lambda t: 100 * MIB + MIB * min(t, 60) + 2 * MIB * (t % 10))
+    trend = memory_trend(ts, ys)
+    # THEN the swings after the climb are too wide to call it level
+    assert trend.verdict != "levelled off", trend
+
+
+def test_noise_around_a_level_is_not_a_plateau() -> None:
+    rng = random.Random(RNG_SEED)
+    ts, ys = series(120, 1.0, lambda t: 80 * MIB + rng.gauss(0, 3 * MIB))
+    trend = memory_trend(ts, ys)
+    assert trend.verdict == "noisy" and trend.levelled_off_at is None, trend
+
+
+def test_a_late_short_flat_stretch_on_a_leak_is_still_growth() -> None:
+    # GIVEN a steady leak whose last 10 % happened to be flat: too short a tail to call a plateau
+    ts, ys = series(100, 1.0, lambda t: 100 * MIB + MIB * min(t, 90))
+    assert memory_trend(ts, ys).verdict == "steady growth"
