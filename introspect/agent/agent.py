@@ -2111,7 +2111,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     """The grandchild: walk every object once, stream it, answer label questions, never return."""
     gc.disable()  # a collection here would run the target's finalizers (its __del__ may do I/O)
     t0 = time.perf_counter()
-    deadline = float(params.get("child_deadline", time.time() + 300))
+    deadline = float(params.get("child_deadline", time.time() + 300))  # the wait for this fork
     # First: with the stream open, any failure below reaches the CLI as an "X" frame at once.
     fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)  # type: ignore[attr-defined]
     posix.set_blocking(fd, True)  # type: ignore[attr-defined]
@@ -2128,7 +2128,12 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         hold = []  # type: list  # our own objects met on the way: alive too, never recorded
         index = {}  # type: dict  # id -> position
         objs = gc.get_objects() if walk else []
-        _snap_quiet(deadline, fd)
+        # The walk's budget scales with the heap (the CLI's --timeout only bounded the wait for the
+        # fork): past it the walk answers with what it has, marked partial. The hard deadline
+        # (SIGALRM) leaves the CLI time to analyse and ask its questions after that.
+        budget = _snap_budget(params, len(objs))
+        deadline = time.time() + budget
+        _snap_quiet(deadline + budget + float(params.get("answer_s", 60.0)), fd)
         _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes
         array = _builtin("array").array
         own = _snap_own(frame_ids, mods)
@@ -2153,7 +2158,18 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
             pass
         return
     _trace_resume()
+    # Re-armed for the CLI's analysis and questions, sized as the CLI sizes its own wait (+5 s).
+    sig = _builtin("_signal")
+    sig.alarm(max(1, int(float(params.get("answer_s", 60.0))
+                         + float(params.get("answer_per_object_s", 0.0)) * len(keep)) + 5))
     _snap_answer(fd, params, keep, index)
+
+
+def _snap_budget(params, tracked):  # type: (dict, int) -> float
+    """Seconds the walk may take over a heap of ``tracked`` gc-tracked objects (at the fork)."""
+    base = float(params.get("walk_base_s", 30.0))
+    per = float(params.get("walk_per_object_s", 0.0))
+    return max(1.0, base + per * tracked)
 
 
 def _snap_columns(array, start, count, items, known, columns):
@@ -2219,62 +2235,127 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     newtypes = []  # type: list
     start = pos = 0
     edges = 0
+    partial = ""
     refcount = sys.getrefcount
-    dead_rc = 0
-    for r in [object()]:
-        dead_rc = refcount(r)  # an object whose only owner is the list being iterated
-    r = None
+    # Batches of SNAP_BATCH objects, each step a C-level loop over builtins (map over the batch:
+    # type, getsizeof, get_referents, is_tracked, id, index.get; chain.from_iterable): Python
+    # code runs per object only for what is new (its position) or unusual (sizes not computed in
+    # C, code objects, references that are our own or dead). docs/benchmarks.md has the costs.
+    chain = _builtin("itertools").chain.from_iterable
+    # A dead referent's owners below, calibrated alike: its get_referents list, the flat list of
+    # the batch's references, the variable.
+    probe = [[object()]]  # type: Any
+    refs = list(chain(probe))  # type: Any
+    r = refs[0]  # type: Any
+    dead_b = refcount(r)
+    r = refs = probe = None
     while pos < len(keep):
-        o = keep[pos]
-        t = type(o)
-        ti = tindex.get(t)
-        if ti is None:
-            ti = tindex[t] = len(tindex)
-            newtypes.append([ti, type_name(t)])
-            sizers[t] = _c_sizeof(t)
-        try:
-            b = getsizeof(o) if sizers[t] else object.__sizeof__(o) + gc_head
-        except Exception:
-            b = 0
-        k = 0
-        refs = getrefs(o)
-        if t is _CodeType:
-            refs = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
-        for r in refs:
-            i = id(r)
-            p = index.get(i)
-            if p is None:
-                if i in own:
-                    hold.append(r)
-                    continue
-                if refcount(r) <= dead_rc:
-                    # Owned by nothing but refs: a dead object a traverse handed out (gh-122695's
-                    # free list). Not part of the heap; held, so that it is never freed twice.
-                    own[i] = None
-                    hold.append(r)
-                    continue
-                p = index[i] = len(keep)
-                keep.append(r)
-            R.append(p)
-            k += 1
-        T.append(ti)
-        S.append(b)
-        F.append(is_tracked(o))  # a bool: bytes(F) makes it 0 or 1
-        N.append(k)
-        edges += k
-        pos += 1
-        if pos - start >= SNAP_BATCH or pos == len(keep):
-            if newtypes:
-                _snap_send(fd, b"T", _snap_json(newtypes))
-                newtypes = []
-            _snap_send(fd, b"O", _snap_columns(array, start, pos - start, len(R), len(keep),
-                                               [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
-            T, S, F, N, R = [], [], [], [], []
-            start = pos
-            if time.time() > deadline:
-                raise RuntimeError("deadline reached after %d objects" % pos)
+        stop = min(len(keep), pos + SNAP_BATCH)
+        batch = keep[pos:stop]
+        types = list(map(type, batch))
+        tset = set(types)
+        for t in tset:
+            if t not in tindex:
+                tindex[t] = len(tindex)
+                newtypes.append([tindex[t], type_name(t)])
+                sizers[t] = _c_sizeof(t)
+        T = list(map(tindex.__getitem__, types))
+        sizes = None  # type: Any
+        if all(sizers[t] for t in tset):
+            try:
+                sizes = list(map(getsizeof, batch))
+            except Exception:
+                sizes = None
+        if sizes is None:
+            sizes = []
+            for o in batch:
+                try:
+                    sizes.append(getsizeof(o) if sizers[type(o)] else object.__sizeof__(o) + gc_head)
+                except Exception:
+                    sizes.append(0)
+        S = sizes
+        F = list(map(is_tracked, batch))
+        rl = list(map(getrefs, batch))  # type: Any
+        if _CodeType in tset:
+            for j in range(len(batch)):
+                if types[j] is _CodeType:
+                    rl[j] = [getattr(batch[j], a) for a in _CODE_ATTRS if hasattr(batch[j], a)]
+        N = list(map(len, rl))
+        o = None
+        batch = types = None  # type: ignore[assignment]  # freed before the references
+        R = list(map(index.get, map(id, chain(rl))))
+        skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
+        if None in R:
+            refs = list(chain(rl))
+            for j in [j for j, p in enumerate(R) if p is None]:
+                r = refs[j]
+                i = id(r)
+                p = index.get(i)  # found earlier in this batch
+                if p is None:
+                    if i in own:
+                        hold.append(r)
+                        skipped.append(j)
+                        continue
+                    if refcount(r) <= dead_b:
+                        # Owned by nothing but its get_referents list: a dead object a traverse
+                        # handed out (gh-122695's free list). Not part of the heap; held, so that
+                        # it is never freed twice.
+                        own[i] = None
+                        hold.append(r)
+                        skipped.append(j)
+                        continue
+                    p = index[i] = len(keep)
+                    keep.append(r)
+                R[j] = p
+            r = refs = None
+        rl = None
+        if skipped:
+            ends = list(_builtin("itertools").accumulate(N))
+            bisect = _builtin("_bisect").bisect_right
+            for j in skipped:
+                N[bisect(ends, j)] -= 1
+            drop = set(skipped)
+            R = [p for j, p in enumerate(R) if j not in drop]
+        edges += len(R)
+        if newtypes:
+            _snap_send(fd, b"T", _snap_json(newtypes))
+            newtypes = []
+        _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, len(R), len(keep),
+                                           [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
+        T, S, F, N, R = [], [], [], [], []
+        pos = stop
+        if time.time() > deadline and pos < len(keep):
+            partial = ("the walk's budget ran out after %.0f s, %d of %d objects found "
+                       "walked (the rest are counted, without their references)"
+                       % (time.perf_counter() - t0, pos, len(keep)))
+            break
     refs = None
     walk_s = time.perf_counter() - t0
+    # Past the budget: every object found is still streamed (sizes and types), none followed.
+    while pos < len(keep):
+        stop = min(len(keep), pos + SNAP_BATCH)
+        for o in keep[pos:stop]:
+            t = type(o)
+            ti = tindex.get(t)
+            if ti is None:
+                ti = tindex[t] = len(tindex)
+                newtypes.append([ti, type_name(t)])
+                sizers[t] = _c_sizeof(t)
+            try:
+                b = getsizeof(o) if sizers[t] else object.__sizeof__(o) + gc_head
+            except Exception:
+                b = 0
+            T.append(ti)
+            S.append(b)
+            F.append(is_tracked(o))
+        N = [0] * (stop - pos)
+        if newtypes:
+            _snap_send(fd, b"T", _snap_json(newtypes))
+            newtypes = []
+        _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, 0, len(keep),
+                                           [("q", S), ("i", T), ("I", N), ("i", []), ("B", F)]))
+        T, S, F, N = [], [], [], []
+        pos = stop
     # Refcount excess: references the walk could not see (C code, running frames' stacks).
     # Each object is held here by keep, the loop variable and getrefcount's argument; the
     # calibration object below has keep as its only other owner.
@@ -2296,8 +2377,11 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     o = None
     if C:
         _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
-    _snap_send(fd, b"E", _snap_json({"objects": len(keep), "edges": edges, "walk_s": walk_s,
-                                     "total_s": time.perf_counter() - t0}))
+    end = {"objects": len(keep), "edges": edges, "walk_s": walk_s,
+           "total_s": time.perf_counter() - t0}  # type: dict
+    if partial:
+        end["partial"] = partial
+    _snap_send(fd, b"E", _snap_json(end))
 
 
 def _snap_start_ticks():  # type: () -> int

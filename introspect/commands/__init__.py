@@ -48,7 +48,9 @@ def add_target_options(parser: argparse.ArgumentParser, *, files: bool = False) 
                             "one thread stopped for under a millisecond) or gdb (3.8+, every thread stopped for "
                             "tens of milliseconds); default: auto (pep768 on 3.14+, else ptrace)")
     group.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                       help="give up (and void the request) after S seconds (default: 30)")
+                       help="give up (and void the request) after S seconds waiting for the target to take "
+                            "it (default: 30); a forked snapshot's walk and analysis then get a budget "
+                            "that scales with the heap (docs/snapshots.md)")
     add_output_options(parser)
 
 
@@ -66,7 +68,8 @@ def add_collector_options(parser: argparse.ArgumentParser) -> None:
 def collector_line(col: dict[str, Any]) -> str:
     if col["path"] == "fork":
         return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
-                f"{col['objects']:,} objects in {col['walk_s']:.2f} s")
+                f"{col['objects']:,} objects in {col['walk_s']:.2f} s"
+                + (f"\nPARTIAL: {col['partial']}" if col.get("partial") else ""))
     if col["path"] == "dump":
         return (f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s "
                 "by a forked copy")

@@ -24,6 +24,27 @@ if TYPE_CHECKING:
     from introspect.snapshot.records import Reader, Snapshot
 
 T = TypeVar("T")
+# Deadlines that fit the work (issue 23): --timeout bounds the wait for the target to take the
+# request and fork; the walk then gets WALK_BASE_S plus WALK_PER_OBJECT_S per gc-tracked object at
+# the fork (it finds 1-3 objects per tracked one, walked at 0.2-0.5M/s on a loaded 2-core host:
+# the budget is about 10x that, a ceiling, not a target), and a walk past it answers with what it
+# has, marked partial. The analysis and the walker's answers get ANALYSE_BASE_S plus
+# ANALYSE_PER_OBJECT_S per object in the snapshot.
+WALK_BASE_S = 30.0
+WALK_PER_OBJECT_S = 30e-6
+ANALYSE_BASE_S = 60.0
+ANALYSE_PER_OBJECT_S = 20e-6
+
+
+def walk_budget(tracked: int) -> float:
+    """Seconds the forked copy may walk a heap of ``tracked`` gc-tracked objects."""
+    return WALK_BASE_S + WALK_PER_OBJECT_S * max(0, tracked)
+
+
+def analyse_budget(objects: int) -> float:
+    """Seconds the CLI may analyse (and the walker answer about) a snapshot of ``objects``."""
+    return ANALYSE_BASE_S + ANALYSE_PER_OBJECT_S * max(0, objects)
+
 # The walker's RSS reached about 2x the parent's (DESIGN.md, "Forked snapshot"): it copies each page
 # whose refcounts it touches, plus its own tables. Ask for that much free memory before forking.
 COPY_FACTOR = 1.0
@@ -331,6 +352,7 @@ class _Session:
         res = envelope.get("result") or {}
         if not res.get("forked"):
             return None
+        from introspect.progress import Progress
         from introspect.snapshot.records import (  # numpy: only when a snapshot comes
             FormatError,
             Limits,
@@ -341,25 +363,53 @@ class _Session:
         )
 
         limits = Limits.for_memory(target_memory(run.target.pid))
+        # Until the walker's first frame: --timeout. Then the walk's budget, from the heap's size.
         reader = Reader(self.fd, time.monotonic() + self.timeout, limits)
+        progress = Progress()
+        t0 = time.monotonic()
+        tracked = [0]
+        stage = ["waiting for the forked copy"]
 
         def on_meta(meta: dict[str, Any]) -> None:
+            tracked[0] = int(meta.get("gc_objects", 0))
+            # Half the budget more than the walker's own: past its budget it still lists the objects
+            # found but not walked and counts every refcount (cheaper per object than the walk).
+            reader.deadline = time.monotonic() + walk_budget(tracked[0]) * 1.5 + 10.0
             self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
                                  reader.deadline)
-            self.log(f"walker pid {self.walker.pid} streaming")
+            self.log(f"walker pid {self.walker.pid} streaming; {tracked[0]:,} gc-tracked objects at the fork, "
+                     f"walk budget {walk_budget(tracked[0]):.0f} s")
+            stage[0] = "walking"
+
+        def on_objects(objects: int, known: int) -> None:
+            progress.update(f"walked {_short(objects)} of ~{_short(max(known, tracked[0]))} objects, "
+                            f"{time.monotonic() - t0:.0f} s")
 
         try:
-            snap = read_snapshot(reader, on_meta=on_meta)
+            snap = read_snapshot(reader, on_meta=on_meta, on_objects=on_objects)
+            progress.done()
             walker = self.walker
             if walker is None:
                 raise StreamError("the stream carried no walker facts")
             walker.n = snap.n
-            self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s")
+            reader.deadline = walker.deadline = time.monotonic() + analyse_budget(snap.n)
+            stage[0] = "analysing"
+            partial = str(snap.end.get("partial") or "")
+            self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s"
+                     + (f"; PARTIAL: {partial}" if partial else "") + f"; analysis budget {analyse_budget(snap.n):.0f} s")
             stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
-                     "walker_pid": walker.pid}
-            return self.analyse(snap, walker), stats
+                     "walker_pid": walker.pid, "partial": partial or None}
+            value = self.analyse(snap, walker)
+            if partial and isinstance(value, dict) and "partial" in value:  # never shown as whole
+                value["partial"] = True
+                if value.get("reason") is None and "reason" in value:
+                    value["reason"] = partial
+            return value, stats
         except TimeoutError:
-            raise errors.TimeoutExpired(f"the forked snapshot did not finish within {self.timeout:g} s (its walker was killed)",
+            what = {"waiting for the forked copy": f"did not start streaming within --timeout {self.timeout:g} s",
+                    "walking": f"did not finish its walk within its budget of {walk_budget(tracked[0]):.0f} s",
+                    "analysing": "did not answer within the analysis budget"}[stage[0]]
+            raise errors.TimeoutExpired(f"the forked snapshot {what} (its walker was killed)",
                                         help="Try a larger --timeout, or --in-process.") from None
         except FormatError:
             raise
@@ -367,6 +417,7 @@ class _Session:
             raise errors.AgentError(f"forked snapshot failed: {exc}",
                                     help="The target was not affected (only its forked copy). Try --in-process.") from None
         finally:
+            progress.done()
             if self.walker is not None:
                 self.walker.close()
                 self.walker.kill()
@@ -388,6 +439,10 @@ class Taken:
     why: str
     pause_s: float
     value: Any
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.0f}k" if n >= 1000 else str(n)
 
 
 def grpc_core(pid: int) -> str | None:
@@ -433,6 +488,8 @@ def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str 
     (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
     params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk,
+              "walk_base_s": WALK_BASE_S, "walk_per_object_s": WALK_PER_OBJECT_S,
+              "answer_s": ANALYSE_BASE_S, "answer_per_object_s": ANALYSE_PER_OBJECT_S,
               "memory": memory}
     outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
                         session=session)

@@ -40,12 +40,18 @@ def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, Type
     """Count, gc-tracked/untracked split and shallow bytes per type name (of the objects where
     ``among`` is true, when given: the reachable ones, say)."""
     k = len(snap.types)
-    type_of, tracked_of, size = snap.type_of, snap.tracked, snap.size
-    if among is not None:
-        type_of, tracked_of, size = type_of[among], tracked_of[among], size[among]
-    count = np.bincount(type_of, minlength=k)
-    tracked = np.bincount(type_of, weights=tracked_of.astype(np.int64), minlength=k)
-    nbytes = np.bincount(type_of, weights=size, minlength=k)
+    count = np.zeros(k, np.int64)
+    tracked = np.zeros(k, np.int64)
+    nbytes = np.zeros(k, np.float64)
+    step = 1 << 20  # in blocks: bincount's float weights would copy a whole column
+    for a in range(0, snap.n, step):
+        t, tr, sz = snap.type_of[a:a + step], snap.tracked[a:a + step], snap.size[a:a + step]
+        if among is not None:
+            m = among[a:a + step]
+            t, tr, sz = t[m], tr[m], sz[m]
+        count += np.bincount(t, minlength=k)
+        tracked += np.bincount(t[tr], minlength=k)
+        nbytes += np.bincount(t, weights=sz, minlength=k)
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(snap.types):
         if count[i]:
@@ -62,24 +68,20 @@ class Heap:
 
     snap: Snapshot
     retained: np.ndarray  # int64 bytes per object (0 where unreachable from every root)
-    idom: np.ndarray  # immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
-    parent: np.ndarray  # BFS parent position (shortest path from a root); -1 for roots and unreachable
+    idom: np.ndarray  # int32 immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
+    parent: np.ndarray  # int32 BFS parent position (shortest path from a root); -1 for roots and unreachable
     reachable: np.ndarray  # bool
     root_name: dict[int, str]
     held_from_c: int
-    graph: Any = None  # the igraph.Graph (objects plus the virtual root n), for searches from one root
+    graph: Any = None  # unused since issue 23 (searches from one root run over snap's arrays)
 
     def path_from(self, root: int, targets: set[int]) -> dict[int, list[int]]:
         """Shortest paths from the object ``root`` to those of ``targets`` it reaches."""
-        if self.graph is None:
-            return {}
-        vids, _layers, parents = self.graph.bfs(root, mode="out")
-        par = np.asarray(parents, dtype=np.int64)
-        seen = np.zeros(par.shape[0], bool)
-        seen[np.asarray(vids, dtype=np.int64)] = True
+        snap = self.snap
+        _order, _bounds, par = bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32))
         out: dict[int, list[int]] = {}
         for t in targets:
-            if not seen[t]:
+            if par[t] == -2:
                 continue
             p = [t]
             while p[-1] != root:
@@ -124,40 +126,98 @@ def _igraph() -> Any:
     return igraph
 
 
-def _rooted_graph(snap: Snapshot) -> tuple[Any, dict[int, str], int]:
-    """The object graph plus a virtual root (vertex n) pointing at every root: modules, frame
-    locals, and the objects held from C among those they do not reach. Returns (graph, root
-    names, how many are held from C, immortal ones aside)."""
-    igraph = _igraph()
+_BLOCK = 1 << 20  # edges or objects per step of the loops that would otherwise copy a column
 
+
+def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
+    vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
+    where not reached). A child's parent is one of its parents in the layer before (shortest)."""
+    parent = np.full(n, -2, np.int32)
+    frontier = np.unique(sources.astype(np.int32))
+    parent[frontier] = -1
+    layers = [frontier]
+    bounds = [0, int(frontier.shape[0])]
+    while frontier.shape[0]:
+        found = []
+        for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
+            part = frontier[a:a + (1 << 18)]
+            starts = offsets[part]
+            cnt = offsets[part + 1] - starts
+            total = int(cnt.sum())
+            if not total:
+                continue
+            shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
+            kids = refs[np.arange(total, dtype=np.int64) + shift]
+            del shift, starts
+            fresh = parent[kids] == -2
+            kids, first = np.unique(kids[fresh], return_index=True)
+            if kids.shape[0]:
+                parent[kids] = np.repeat(part, cnt)[fresh][first]
+                found.append(kids)
+        if not found:
+            break
+        frontier = np.concatenate(found) if len(found) > 1 else found[0]
+        layers.append(frontier)
+        bounds.append(bounds[-1] + int(frontier.shape[0]))
+    order = np.concatenate(layers) if len(layers) > 1 else layers[0]
+    return order, bounds, parent
+
+
+def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarray,
+          indeg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hanging trees off the graph: an object with one reference to it and none left from it
+    dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
+    of dicts of ints goes in three), what is left is the graph whose dominators need computing.
+    Returns (left: bool per object, pred: the one referrer, -1 for a root's virtual one)."""
     n = snap.n
-    counts = np.diff(snap.offsets)
-    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
+    pred = np.full(n, -1, np.int32)
+    for a in range(0, src.shape[0], _BLOCK):  # in blocks: an int32 index becomes an int64 copy
+        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
+        live = reachable[s]
+        if live.all():
+            pred[dst] = s
+        else:  # ``indeg`` counted every edge: those from unreachable objects are out of the graph
+            np.subtract.at(indeg, dst[~live], 1)
+            pred[dst[live]] = s[live]
+    indeg[root] += 1
+    pred[root] = -1  # a root's one reference: the virtual root's
+    outdeg = np.empty(n, np.int32)
+    np.subtract(snap.offsets[1:], snap.offsets[:-1], out=outdeg, casting="unsafe")
+    left = reachable.copy()
+    leaf = np.nonzero(left & (indeg == 1) & (outdeg == 0))[0]
+    for _ in range(256):  # a long chain peels one link a round: the rest stays in the graph
+        if not leaf.shape[0]:
+            break
+        left[leaf] = False
+        up = pred[leaf]
+        up = up[up >= 0]
+        np.subtract.at(outdeg, up, 1)
+        up = np.unique(up)
+        leaf = up[left[up] & (indeg[up] == 1) & (outdeg[up] == 0)]
+    return left, pred
+
+
+def _roots(snap: Snapshot) -> tuple[dict[int, str], int, np.ndarray]:
+    """Root names by position, how many are held from C (immortal ones aside), and the roots'
+    positions (int32): modules and frame locals, then among the objects they do not reach those
+    whose refcount exceeds the references found."""
+    n = snap.n
     root_name: dict[int, str] = {}
     for r in snap.roots:
         if r.pos not in root_name:
             root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
-    vroot = n
-    g = igraph.Graph(n=n + 1, directed=True)
-    g.add_edges(np.column_stack([np.repeat(np.arange(n, dtype=np.int64), counts), snap.refs.astype(np.int64)]))
     first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
-    g.add_edges(np.column_stack([np.full(first.shape[0], vroot, np.int64), first]))
-    seen = np.zeros(n + 1, bool)
-    seen[np.asarray(g.bfs(vroot, mode="out")[0], dtype=np.int64)] = True
-    c_held = np.nonzero((snap.excess > indeg) & ~seen[:n])[0]
+    par0 = bfs(snap.offsets, snap.refs, n, first)[2]
+    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
+    c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
+    del par0, indeg
     held = 0
     for p in c_held.tolist():
         immortal = snap.excess[p] >= IMMORTAL
         root_name[p] = f"{'immortal' if immortal else 'held from C'} ({snap.type_name(p)})"
         held += 0 if immortal else 1
-    g.add_edges(np.column_stack([np.full(c_held.shape[0], vroot, np.int64), c_held.astype(np.int64)]))
-    # Vertex n + 1 points at the long-lived roots only: modules and each thread's outermost frame.
-    # Paths are taken from it first (analyse): a call in flight on a worker's thread (its innermost
-    # frames) must not name what the thread's own object, or a module, keeps anyway.
-    long_lived = _long_lived_roots(snap)
-    g.add_vertices(1)
-    g.add_edges(np.column_stack([np.full(long_lived.shape[0], n + 1, np.int64), long_lived]))
-    return g, root_name, held
+    return root_name, held, np.concatenate([first, c_held]).astype(np.int32)
 
 
 def _long_lived_roots(snap: Snapshot) -> np.ndarray:
@@ -175,10 +235,9 @@ def _long_lived_roots(snap: Snapshot) -> np.ndarray:
 
 def reachable_of(snap: Snapshot) -> np.ndarray:
     """Which objects some root reaches (no dominator tree: for counts that need only this)."""
-    g, _names, _held = _rooted_graph(snap)
-    out = np.zeros(snap.n + 1, bool)
-    out[np.asarray(g.bfs(snap.n, mode="out")[0], dtype=np.int64)] = True
-    return out[:snap.n]
+    _names, _held, roots = _roots(snap)
+    reached: np.ndarray = bfs(snap.offsets, snap.refs, snap.n, roots)[2] != -2
+    return reached
 
 
 def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str, Any]:
@@ -212,41 +271,71 @@ def analyse(snap: Snapshot) -> Heap:
     Modules and frame locals are roots; then, among the objects they do not reach, those whose
     refcount exceeds the references found are roots "held from C". (An object both reachable and
     also held by C code is attributed to its Python path: the graph cannot see C's references.)
+
+    Lean for big heaps (issue 23): BFS in numpy over the snapshot's CSR arrays; the hanging trees
+    (most of a heap: the items of containers) are peeled off first (_peel), and igraph builds
+    the graph of what is left only, int32 arrays throughout.
     """
-    g, root_name, held = _rooted_graph(snap)
+    igraph = _igraph()
     n = snap.n
-    vroot = n
-    # igraph marks vertices the root does not reach with NaN (a float among the ints).
-    idom = np.nan_to_num(np.asarray(g.dominator(vroot, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:n]
-    idom[idom == vroot] = -1
-    idom[idom < 0] = -1
-    vids, layers, parents = g.bfs(vroot, mode="out")
-    parent = np.asarray(parents, dtype=np.int64)[:n]
-    parent[parent == vroot] = -1
-    parent[parent < 0] = -1
-    order = np.asarray(vids, dtype=np.int64)
-    reachable = np.zeros(n, bool)
-    reachable[order[order < n]] = True
-    # Shortest paths from the long-lived roots where they reach; from any root elsewhere.
-    long_vids, _long_layers, long_parents = g.bfs(n + 1, mode="out")
-    long_par = np.asarray(long_parents, dtype=np.int64)[:n]
-    from_long = np.zeros(n, bool)
-    lv = np.asarray(long_vids, dtype=np.int64)
-    from_long[lv[lv < n]] = True
-    parent = np.where(from_long, np.where(long_par >= n, -1, long_par), parent)
+    root_name, held, roots = _roots(snap)
+    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
+    order, bounds, parent = bfs(snap.offsets, snap.refs, n, roots)
+    reachable = parent != -2
+    # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
+    # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
+    # must not name what the thread's own object, or a module, keeps anyway.
+    _lo, _lb, long_par = bfs(snap.offsets, snap.refs, n, _long_lived_roots(snap))
+    del _lo, _lb
+    parent = np.where(long_par != -2, long_par, parent).astype(np.int32, copy=False)
+    del long_par
     parent[~reachable] = -1
+    is_root = np.zeros(n, bool)
+    is_root[roots] = True
+    src = np.empty(snap.refs.shape[0], np.int32)  # the referrer of each reference
+    for a in range(0, n, _BLOCK):
+        b = min(n, a + _BLOCK)
+        src[snap.offsets[a]:snap.offsets[b]] = np.repeat(
+            np.arange(a, b, dtype=np.int32), snap.offsets[a + 1:b + 1] - snap.offsets[a:b])
+    left, pred = _peel(snap, reachable, roots, src, indeg)
+    del indeg
+    idom = np.where(reachable, pred, -1).astype(np.int32)
+    del pred
+    # The dominators of what is left: igraph over its edges, renumbered 0..k-1, the virtual root k.
+    keep = np.nonzero(left)[0].astype(np.int32)
+    k = int(keep.shape[0])
+    new = np.full(n, -1, np.int32)
+    new[keep] = np.arange(k, dtype=np.int32)
+    parts = []
+    for a in range(0, src.shape[0], _BLOCK):
+        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
+        m = left[s] & left[dst]
+        if m.any():
+            parts.append(np.column_stack([new[s[m]], new[dst[m]]]))
+    edges = np.concatenate(parts) if parts else np.zeros((0, 2), np.int32)
+    del parts, src
+    left_roots = new[roots[left[roots]]]
+    g = igraph.Graph(n=k + 1, directed=True)
+    g.add_edges(edges)
+    del edges
+    g.add_edges(np.column_stack([np.full(left_roots.shape[0], k, np.int32), left_roots]))
+    # igraph marks vertices the root does not reach with NaN (a float among the ints).
+    sub = np.nan_to_num(np.asarray(g.dominator(k, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:k]
+    del g
+    sub_ok = (sub >= 0) & (sub < k)
+    idom[keep] = np.where(sub_ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
+    del sub, sub_ok, new, keep, left
+    idom[is_root] = -1
     idom[~reachable] = -1
-    retained = np.where(reachable, snap.size, 0).astype(np.int64)
+    retained = np.where(reachable, snap.size, 0).astype(np.int64, copy=False)
     # A dominator is strictly closer to the root than what it dominates: fold sizes upwards
     # one BFS layer at a time, deepest first.
-    bounds = list(layers)
-    for k in range(len(bounds) - 2, 0, -1):
-        layer = order[bounds[k]:bounds[k + 1]]
-        layer = layer[layer < n]
+    for j in range(len(bounds) - 2, 0, -1):
+        layer = order[bounds[j]:bounds[j + 1]]
         dom = idom[layer]
         ok = dom >= 0
         np.add.at(retained, dom[ok], retained[layer[ok]])
-    return Heap(snap, retained, idom, parent, reachable, root_name, held, g)
+    return Heap(snap, retained, idom, parent, reachable, root_name, held, None)
 
 
 def _items(snap: Snapshot, pos: int) -> int:

@@ -110,6 +110,7 @@ END_FIELDS: dict[str, tuple[type, ...]] = {
     "edges": (int,),
     "walk_s": _NUM,
     "total_s": _NUM,
+    "partial": (str,),  # why the walk stopped early: objects past it are listed without references
 }
 MIN_OBJECT = 16  # bytes: a PyObject header (refcount, type)
 MIN_REF = 8  # bytes: a pointer
@@ -350,7 +351,10 @@ class _Columns:
     excess: int = 0  # streamed by C frames
     refs: int = 0
     known: int = 0
-    chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # One growing array per column (grown in place by realloc: no second copy of a big column),
+    # and how much of it is filled.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: bytes, payload: bytes) -> None:
         columns = ARRAY_FRAMES[kind]
@@ -406,8 +410,8 @@ class _Columns:
             got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
             off += k * np.dtype(dtype).itemsize
         self._check_columns(kind, got, items, known)
-        for name, arr in got.items():
-            self.chunks.setdefault(name, []).append(arr)
+        for name, arr in got.items():  # copied: the payload is freed now, not at the end
+            self._append(name, arr, known if name != "refs" else self.refs + items)
         if kind == b"O":
             self.objects += count
             self.refs += items
@@ -433,12 +437,25 @@ class _Columns:
             )
             _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
 
+    def _append(self, name: str, part: np.ndarray, hint: int) -> None:
+        """Copy ``part`` to the end of its column; ``hint``: entries the column will have at least
+        (the positions known so far): grown to it, or by half, whichever is more."""
+        arr = self.arrays.get(name)
+        at = self.filled.get(name, 0)
+        need = at + part.shape[0]
+        if arr is None:
+            arr = self.arrays[name] = np.empty(max(need, hint, 1024), part.dtype)
+        elif need > arr.shape[0]:
+            arr.resize(max(need, hint, arr.shape[0] * 3 // 2), refcheck=False)  # realloc
+        arr[at:need] = part
+        self.filled[name] = need
+
     def column(self, name: str, dtype: str) -> np.ndarray:
-        parts = self.chunks.pop(name, [])
-        if not parts:
+        arr = self.arrays.pop(name, None)
+        if arr is None:
             return np.zeros(0, dtype)
-        out = np.concatenate(parts).astype(dtype, copy=False)
-        return out
+        arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
+        return arr.astype(dtype, copy=False)
 
 
 def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
@@ -451,9 +468,12 @@ def read_snapshot(
     reader: Reader,
     tee: list[bytes] | None = None,
     on_meta: Callable[[dict[str, Any]], None] | None = None,
+    on_objects: Callable[[int, int], None] | None = None,
 ) -> Snapshot:
     """Read one whole snapshot (up to its "E" frame), every rule checked. ``tee`` collects the
-    raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive."""
+    raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive;
+    ``on_objects`` sees (objects streamed, positions known) after each object frame (progress).
+    A walk stopped by its budget is whole in its format, its ``end["partial"]`` saying why."""
     reader.magic()
     meta: dict[str, Any] | None = None
     types: list[str] = []
@@ -495,8 +515,12 @@ def read_snapshot(
             roots = _roots(_json(kind, payload))
         elif kind in ARRAY_FRAMES:
             cols.add(kind, payload)
+            if on_objects is not None and kind == b"O":
+                on_objects(cols.objects, cols.known)
         elif kind == b"E":
             end = _fields(kind, _json(kind, payload), END_FIELDS, ("objects", "edges"))
+            if "partial" in end:
+                end["partial"] = _text(end["partial"])[:1000]
             break
         else:
             raise FormatError("frame order", f"a {kind!r} frame before the end of the snapshot")
@@ -524,7 +548,10 @@ def read_snapshot(
         )
     nrefs = cols.column("nrefs", "<u4")
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(nrefs, out=offsets[1:])
+    step = 1 << 20  # in blocks: a cumsum into int64 of the whole uint32 column makes a temporary
+    for k in range(0, n, step):
+        np.cumsum(nrefs[k : k + step], dtype=np.int64, out=offsets[k + 1 : k + step + 1])
+        offsets[k + 1 : k + step + 1] += offsets[k]
     del nrefs
     return Snapshot(
         meta=meta or {},

@@ -43,11 +43,11 @@ class DominatorChildren:
     @staticmethod
     def of(heap: Heap) -> DominatorChildren:
         n = heap.snap.n
-        kids = np.nonzero(heap.idom >= 0)[0]
+        kids = np.nonzero(heap.idom >= 0)[0].astype(np.int32)  # int32: lean on big heaps
         parents = heap.idom[kids]
-        order = np.argsort(parents, kind="stable")
-        kids, parents = kids[order], parents[order]
-        starts = np.searchsorted(parents, np.arange(n + 1))
+        kids = kids[np.argsort(parents, kind="stable")]
+        starts = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(parents, minlength=n), out=starts[1:])
         return DominatorChildren(starts, kids)
 
     def __call__(self, pos: int) -> np.ndarray:

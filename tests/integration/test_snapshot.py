@@ -251,3 +251,36 @@ def test_low_headroom_takes_in_process_path(spawn, tmp_path: Path) -> None:
     finally:
         Path(f"{base}/cgroup.procs").write_text(str(v.pid))
         os.rmdir(group)
+
+
+def test_walk_past_its_budget_answers_partial(spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a heap of about 2M objects and a walk budget of 1 s (the walker's floor)
+    from introspect.commands import collector_line
+    from introspect.snapshot import collect, heap
+
+    interp = next((i for i in INTERPS if i.id == "pyenv-3.12"), INTERPS[0])
+    v = spawn(interp, "seeds_leak.py")
+    v.ask("leak 100")
+    v.ask("ballast 2000000", timeout=120)
+    monkeypatch.setattr(collect, "WALK_BASE_S", 0.0)
+    monkeypatch.setattr(collect, "WALK_PER_OBJECT_S", 0.0)
+    seen: dict[str, object] = {}
+
+    def analyse(snap: object, walker: collect.Walker) -> dict[str, object]:
+        from introspect.snapshot.records import Snapshot
+
+        assert isinstance(snap, Snapshot)
+        seen["n"], seen["edges"] = snap.n, int(snap.refs.shape[0])
+        seen["holders"] = len(heap.holders(heap.analyse(snap), walker.labels, 5))
+        return {"partial": False, "reason": None}
+
+    # WHEN the walk runs past it
+    outcome, value, stats = collect.snapshot(v.pid, analyse, timeout=60)
+    # THEN the answer is what was walked, every object found listed, marked partial with the reason
+    assert outcome.result.get("forked"), outcome.result
+    assert stats["partial"] and "budget ran out" in stats["partial"], stats
+    assert value == {"partial": True, "reason": stats["partial"]}
+    assert seen["n"] == stats["objects"] and int(seen["n"]) > 100_000, (seen, stats)
+    line = collector_line({"path": "fork", "fork_pause_s": 0.001, **stats})
+    assert "\nPARTIAL: the walk's budget ran out" in line, line
+    assert v.ask("count")["count"] == 100  # the target goes on

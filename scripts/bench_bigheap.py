@@ -1,0 +1,194 @@
+"""Big heaps (issue 23): `introspect top PID --by retained` with default settings on heaps of 1M,
+5M (10M) objects, for main before the change and for this tree, in one run, on the same heaps.
+
+Per size one target (this script with --target N: about N objects, half not tracked by gc: a list
+holding a list holding a dict holding bytes, per 4 objects), then for each code tree:
+  wall time and exit of `top --by retained` (defaults: no --timeout), the CLI's peak RSS (its
+  rusage), the walker's private memory (the largest Private_Clean + Private_Dirty of the target's
+  copies in /proc/PID/smaps_rollup, sampled every 50 ms), the walk's rate (objects / walk_s),
+and as anchors, in the target: gc.get_objects()'s rate and guppy3's census time (hpy().heap()).
+
+Usage: scripts/bench-bigheap [--sizes 1000000,5000000] [--base COMMIT] [--python PATH]
+The base tree is a `git worktree` of COMMIT in a temporary directory, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def target(n: int) -> None:
+    data = [[[{"b": bytes(16)}]] for _ in range(n // 4)]
+    gc.collect()
+    print(json.dumps({"ready": len(gc.get_objects()), "data": len(data)}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "get_objects":
+            t0 = time.perf_counter()
+            k = len(gc.get_objects())
+            out: dict[str, Any] = {"s": time.perf_counter() - t0, "objects": k}
+        elif cmd == "guppy":
+            try:
+                from guppy import hpy
+
+                t0 = time.perf_counter()
+                h = hpy().heap()
+                out = {"s": time.perf_counter() - t0, "count": h.count}
+            except ImportError as exc:
+                out = {"error": str(exc)}
+        else:
+            break
+        print(json.dumps(out), flush=True)
+
+
+def _kb(pid: int, key: str, fname: str = "status") -> int:
+    total = 0
+    try:
+        with open(f"/proc/{pid}/{fname}") as f:
+            for line in f:
+                if line.split(":")[0] in key.split("+"):
+                    total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total * 1024
+
+
+def _copies_private(pid: int, stop: threading.Event, out: dict[str, int]) -> None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    while not stop.is_set():
+        for d in os.listdir("/proc"):
+            if d.isdigit() and int(d) != pid:
+                try:
+                    if Path(f"/proc/{d}/cmdline").read_bytes() != cmd:
+                        continue
+                except OSError:
+                    continue
+                got = _kb(int(d), "Private_Clean+Private_Dirty", "smaps_rollup")
+                out["private"] = max(out.get("private", 0), got)
+        stop.wait(0.05)
+
+
+def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    stop, peak = threading.Event(), {}  # type: ignore[var-annotated]
+    watcher = threading.Thread(target=_copies_private, args=(pid, stop, peak), daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([python, "-m", "introspect", "top", str(pid), "--by", "retained", "--json",
+                             "-o", str(outdir)], cwd=str(tree), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    got: dict[str, str] = {}
+
+    def drain(key: str, f: Any) -> None:
+        got[key] = f.read()
+
+    readers = [threading.Thread(target=drain, args=(k, f)) for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    _pid, status, ru = os.wait4(proc.pid, 0)  # reaped here: its rusage has the CLI's peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    for t in readers:
+        t.join()
+    out, err = got.get("out", ""), got.get("err", "")
+    stop.set()
+    watcher.join()
+    doc: dict[str, Any] = {}
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        pass
+    col = doc.get("collector") or {}
+    holders = doc.get("holders") or [{}]
+    return {"rc": proc.returncode, "wall_s": wall, "err": err.strip().splitlines()[-1:] if proc.returncode else [],
+            "walk_s": col.get("walk_s"), "objects": col.get("objects"), "partial": col.get("partial"),
+            "walker_private": peak.get("private"), "top_holder": holders[0].get("path"),
+            "cli_peak": ru.ru_maxrss * 1024}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,5000000")
+    ap.add_argument("--base", default="163b50e", help="main before the change (a commit)")
+    ap.add_argument("--python", default=sys.executable, help="the target's interpreter (guppy3 importable)")
+    ap.add_argument("--target", type=int, help=argparse.SUPPRESS)
+    opts = ap.parse_args()
+    if opts.target is not None:
+        target(opts.target)
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bigheap-"))
+    base = tmp / "base"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), opts.base],
+                   check=True, capture_output=True)
+    rows = []
+    try:
+        for size in [int(s) for s in opts.sizes.split(",")]:
+            proc = subprocess.Popen([opts.python, __file__, "--target", str(size)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+            assert proc.stdin is not None and proc.stdout is not None
+            ready = json.loads(proc.stdout.readline())
+            rss = _kb(proc.pid, "VmRSS")
+            try:
+                for name, tree in (("main before", base), ("this change", REPO)):
+                    r = look(tree, sys.executable, proc.pid, tmp / f"{name[:4]}-{size}")
+                    r.update(name=name, size=size, tracked=ready["ready"], target_rss=rss)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                proc.stdin.write("get_objects\n")
+                proc.stdin.flush()
+                go = json.loads(proc.stdout.readline())
+                proc.stdin.write("guppy\n")
+                proc.stdin.flush()
+                gp = json.loads(proc.stdout.readline())
+                for r in rows:
+                    if r["size"] == size:
+                        r["get_objects_rate"] = go["objects"] / go["s"] if go["s"] else None
+                        r["guppy_s"] = gp.get("s")
+            finally:
+                proc.kill()
+                proc.wait()
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], capture_output=True)
+    print(render(rows))
+    return 0
+
+
+def _mib(b: int | None) -> str:
+    return "-" if not b else f"{b / 2**20:,.0f} MiB"
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    out = ["| objects | code | target RSS | `top --by retained` (defaults) | CLI peak RSS | walker private |"
+           " walk rate | gc.get_objects() rate | guppy3 census |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        res = (f"{r['wall_s']:.1f} s" if r["rc"] == 0 else f"**fails** (exit {r['rc']}) after {r['wall_s']:.1f} s: "
+               + " ".join(r["err"])[:120])
+        if r.get("partial"):
+            res += " PARTIAL"
+        rate = (f"{r['objects'] / r['walk_s'] / 1e3:,.0f}k/s" if r.get("walk_s") and r.get("objects") else "-")
+        cli = f"{_mib(r.get('cli_peak'))} ({r['cli_peak'] / r['target_rss']:.1f}x)" if r.get("cli_peak") else "-"
+        go = f"{r['get_objects_rate'] / 1e6:,.1f}M/s" if r.get("get_objects_rate") else "-"
+        gp = f"{r['guppy_s']:.1f} s" if r.get("guppy_s") else "-"
+        out.append(f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | {res} | {cli} | "
+                   f"{_mib(r.get('walker_private'))} | {rate} | {go} | {gp} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
