@@ -1218,14 +1218,7 @@ def _shape(via):  # type: (str | None) -> str | None
 
 
 def _rooted(sample, roots, down):  # type: (list, dict, dict) -> int
-    reach = set()  # type: set
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        for c in down.get(n, ()):
-            if c not in reach:
-                reach.add(c)
-                stack.append(c)
+    reach = _below(roots, down)
     return sum(1 for o in sample if id(o) in reach)
 
 
