@@ -1218,7 +1218,7 @@ def _shape(via):  # type: (str | None) -> str | None
 
 
 def _rooted(sample, roots, down):  # type: (list, dict, dict) -> int
-    reach = _below(roots, down)
+    reach = _below(list(roots), down)
     return sum(1 for o in sample if id(o) in reach)
 
 
