@@ -562,6 +562,18 @@ def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[
     return out
 
 
+def _import_machinery(root: str) -> bool:
+    """A root of the import system's own (``module _frozen_importlib``, ``importlib._bootstrap``,
+    ``zipimport``...), whose tables reach every module's objects.
+
+    >>> _import_machinery("module _frozen_importlib_external"), _import_machinery("module tasks")
+    (True, False)
+    """
+    name = root[len("module "):] if root.startswith("module ") else ""
+    top = name.split(".", 1)[0]
+    return top in ("_frozen_importlib", "_frozen_importlib_external", "importlib", "zipimport", "_imp", "pkgutil")
+
+
 def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
            freevars: Callable[[Sequence[int]], list[list[str]]] | None = None) -> tuple[list[dict[str, object]], int, int]:
     """Reference chains from a root to instances of ``type_name``, grouped by shape.
@@ -585,11 +597,12 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
         key = (heap.root_name.get(path[0], ""), tuple(int(snap.type_of[q]) for q in path))
         g = groups.setdefault(key, [0, p])
         g[0] += 1
-    def rank(g: list[int]) -> tuple[bool, int]:
+    def rank(g: list[int]) -> tuple[bool, bool, int]:
         # Paths from modules and frames first: a group "held from C" (code objects' name tuples and
-        # kind bytes on 3.11+, interned and immortal objects) is rarely what a person looks for.
+        # kind bytes on 3.11+, interned and immortal objects) is rarely what a person looks for;
+        # nor is a path rooted in the import machinery (its caches hold every module's objects).
         root = heap.root_name.get(found_paths[g[1]][0], "")
-        return (root.startswith(("held from C", "immortal")), -g[0])
+        return (root.startswith(("held from C", "immortal")), _import_machinery(root), -g[0])
 
     ranked = sorted(groups.values(), key=rank)[:samples]
     paths = [found_paths[rep] for _, rep in ranked]
