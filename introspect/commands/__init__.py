@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Protocol
 
@@ -31,8 +32,17 @@ def add_output_options(parser: argparse.ArgumentParser, *, files_by_default: boo
 
 
 def pid_or_file(text: str) -> int | str:
-    """A command's target: a pid (digits) or a dump file's path."""
-    return int(text) if text.isdigit() else text
+    """A command's target: a pid (digits) or a dump file's path. A bare word that is no file here
+    (no directory, no suffix) is a mistyped pid: a usage error (exit 2), not a file error.
+
+    >>> pid_or_file("4822"), pid_or_file("heap.pydump")
+    (4822, 'heap.pydump')
+    """
+    if text.isdigit():
+        return int(text)
+    if not os.path.lexists(text) and os.sep not in text and "." not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a pid nor a file (a dump written by `introspect dump`)")
+    return text
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, files: bool = False) -> None:
