@@ -346,6 +346,21 @@ def _items(snap: Snapshot, pos: int) -> int:
     return n
 
 
+# Objects whose dicts are namespaces or their own machinery (a frame's globals and locals, a
+# function's __globals__, a class's namespace), never data an application accumulates.
+NAMESPACE_OWNERS = frozenset({"frame", "function", "module", "type", "code", "method", "cell",
+                              "builtin_function_or_method", "generator", "coroutine", "async_generator"})
+
+
+def is_data_dict(snap: Snapshot, parent: int, label: str) -> bool:
+    """Is a dict that an object (not a container) holds data rather than a namespace? An attribute's
+    value (``.loggerDict``) is; so is what a C object holds unnamed (an ``lru_cache``'s cache); an
+    object's ``__dict__``, and any dict of a frame, function, module or class, is not."""
+    if label.startswith("."):
+        return True
+    return label == "(referent)" and snap.type_name(parent) not in NAMESPACE_OWNERS
+
+
 def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: Labeler | None = None) -> list[int]:
     """The containers retaining the most memory, outermost first: a container dominated by one
     already chosen is its content, not another holder. Attribute dicts (a module's, a class's,
@@ -361,7 +376,7 @@ def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: 
                     if snap.type_name(p) == "dict" and p not in heap.root_name and heap.parent[p] >= 0
                     and snap.type_name(int(heap.parent[p])) not in CONTAINERS | {"cell"}]
     # dicts under objects whose label was asked and is not "__dict__": data, not a namespace
-    data_dicts = ({p for (_, p), lab in zip(under_object, label(under_object)) if lab != "__dict__"}
+    data_dicts = ({p for (par, p), lab in zip(under_object, label(under_object)) if is_data_dict(snap, par, lab)}
                   if label is not None and under_object else set())
     chosen: list[int] = []
     chosen_set: set[int] = set()

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, Namer, _items, describe
+from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, Namer, _items, describe, is_data_dict
 from introspect.snapshot.views import Holder, Look, match_key
 
 SHARE = 0.10  # a holder retaining this share of the Python heap is a suspect (MAT: 10 %)
@@ -66,7 +66,7 @@ def _is_collection(heap: Heap, pos: int, label: Labeler) -> bool:
     if name == "dict" and pos not in heap.root_name:
         par = int(heap.parent[pos])
         if par >= 0 and snap.type_name(par) not in CONTAINERS | {"cell"}:
-            return label([(par, pos)])[0] != "__dict__"
+            return is_data_dict(snap, par, label([(par, pos)])[0])
     return True
 
 
