@@ -2453,10 +2453,10 @@ def _snap_preview(obj, depth):  # type: (object, int) -> str
         n = t.__len__(x)
         if t is dict:
             items = []  # type: list
-            for k in dict.__iter__(x):
+            for k, v in dict.items(x):  # no lookup: a user key's __hash__/__eq__ never runs
                 if len(items) >= 4:
                     break
-                items.append(_snap_preview(k, 0) + ": " + _snap_preview(dict.__getitem__(x, k), depth - 1))
+                items.append(_snap_preview(k, 0) + ": " + _snap_preview(v, depth - 1))
             return "{" + ", ".join(items) + (", ...(%d)" % n if n > 4 else "") + "}"
         parts = []  # type: list
         for v in t.__iter__(x):
