@@ -2639,15 +2639,19 @@ def _snap_name(obj):  # type: (object) -> str
 _MEM = {}  # type: dict
 
 
+def _mem_read_fd(fd):  # type: (int) -> bytes
+    out = b""
+    while True:
+        chunk = posix.read(fd, 65536)  # type: ignore[attr-defined]
+        if not chunk:
+            return out
+        out += chunk
+
+
 def _mem_read(path):  # type: (str) -> bytes
     fd = posix.open(path, posix.O_RDONLY)  # type: ignore[attr-defined]
     try:
-        out = b""
-        while True:
-            chunk = posix.read(fd, 65536)  # type: ignore[attr-defined]
-            if not chunk:
-                return out
-            out += chunk
+        return _mem_read_fd(fd)
     finally:
         posix.close(fd)  # type: ignore[attr-defined]
 
@@ -2674,12 +2678,7 @@ def _mem_capture(call):  # type: (Any) -> bytes
         finally:
             posix.dup2(saved, 2)  # type: ignore[attr-defined]
         posix.lseek(tmp, 0, 0)  # type: ignore[attr-defined]
-        out = b""
-        while True:
-            chunk = posix.read(tmp, 65536)  # type: ignore[attr-defined]
-            if not chunk:
-                return out
-            out += chunk
+        return _mem_read_fd(tmp)
     finally:
         posix.close(saved)  # type: ignore[attr-defined]
         posix.close(tmp)  # type: ignore[attr-defined]
