@@ -266,7 +266,7 @@ def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     prev = first["look"] if len(got.snapshots) > 1 else None
     return {
         "collector": last["collector"],
-        "holders": views.holder_docs(last["holders"], prev)[:10],
+        "holders": views.holder_docs(last["holders"], prev)[:20],
         "suspects": last.get("suspects", []),
         "waste": last.get("waste"),
         "garbage": last["garbage"],
