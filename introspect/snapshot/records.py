@@ -33,11 +33,10 @@ Extending (bump FORMAT when old readers would misread the new stream):
     value never reaches the analysis;
   - a per-object or per-reference array: add a column to OBJECT_COLUMNS (the walker appends the
     same column in the same place) or give it a frame kind of its own in ARRAY_FRAMES, with a
-    range check in ``_check_columns``; Snapshot gets a field for it;
+    range check in ``columns.Columns._check_columns``; Snapshot gets a field for it;
   - a JSON frame: a kind in JSON_MAX with its size bound, and a parse function.
-Big heaps (issue 23) can write each column straight into a preallocated or memory-mapped array
-(the per-frame header gives start and count before any data); dump files (issue 19) are MAGIC +
-these frames, read by ``load_recorded`` under the file's own bounds.
+Big heaps (issue 23): array frames go into narrow columns frame by frame (columns.py); dump
+files (issue 19) are MAGIC + these frames, read by ``load_recorded`` under the file's own bounds.
 """
 
 from __future__ import annotations
@@ -204,11 +203,12 @@ class Snapshot:
     meta: dict[str, Any]
     types: list[str]  # type index -> module.qualname
     type_of: np.ndarray  # int32 per object
-    size: np.ndarray  # int64 shallow bytes per object
+    size: np.ndarray  # shallow bytes per object: uint32 (int64 once one reaches 4 GiB)
     tracked: np.ndarray  # bool per object
-    offsets: np.ndarray  # int64, n + 1: references of object i are refs[offsets[i]:offsets[i + 1]]
+    offsets: np.ndarray  # n + 1, int32 (int64 past 2**31 references): references of object i
+    #                      are refs[offsets[i]:offsets[i + 1]]
     refs: np.ndarray  # int32 positions
-    excess: np.ndarray  # int64 refcount minus the walker's own holds
+    excess: np.ndarray  # int32 refcount minus the walker's own holds (clipped to int32)
     roots: list[Root]
     end: dict[str, Any] = field(default_factory=dict)
 
@@ -341,127 +341,28 @@ def _fields(
     return out
 
 
-@dataclass
-class _Columns:
-    """Chunks of every column as frames arrive, with the counters the rules need."""
+def lean_malloc() -> None:
+    """Give big arrays back to the system as soon as they are freed (glibc): every allocation of
+    256 KiB or more is its own mapping. glibc's default raises that threshold to the size of the
+    last freed mapping (up to 32 MiB), after which the analysis' freed temporaries stay in the
+    CLI's heap and its RSS only grows. No-op elsewhere (musl, macOS) or when it fails."""
+    global _LEAN
+    if _LEAN:
+        return
+    _LEAN = True
+    try:
+        import ctypes
 
-    limits: Limits
-    ntypes: int = 0
-    objects: int = 0  # streamed by O frames
-    excess: int = 0  # streamed by C frames
-    refs: int = 0
-    known: int = 0
-    # One growing array per column (grown in place by realloc: no second copy of a big column),
-    # and how much of it is filled.
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    filled: dict[str, int] = field(default_factory=dict)
-
-    def add(self, kind: bytes, payload: bytes) -> None:
-        columns = ARRAY_FRAMES[kind]
-        if len(payload) < ARRAY_HEADER.size:
-            raise FormatError(
-                "array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes"
-            )
-        start, count, items, known = ARRAY_HEADER.unpack_from(payload)
-        lim = self.limits
-        expect = self.objects if kind == b"O" else self.excess
-        if start != expect:
-            raise FormatError(
-                "contiguous frames",
-                f"a {kind.decode()!r} frame starts at object {start:,}, expected {expect:,}",
-            )
-        if count > lim.max_objects - start or items > lim.max_refs - self.refs:
-            raise FormatError(
-                "object and reference bounds",
-                f"a {kind.decode()!r} frame announces {count:,} objects and "
-                f"{items:,} references: more than a process of this memory can hold",
-            )
-        if kind == b"O" and not (start + count <= known <= lim.max_objects and known >= self.known):
-            raise FormatError(
-                "known positions",
-                f"{known:,} positions known after {start + count:,} objects "
-                f"(before: {self.known:,}; bound {lim.max_objects:,})",
-            )
-        if kind != b"O" and not (start + count <= self.objects and known == self.known):
-            raise FormatError(
-                "known positions",
-                f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
-                f"({known:,} known) before they were streamed ({self.objects:,}, "
-                f"{self.known:,} known)",
-            )
-        if not any(per == PER_REF for _, _, per in columns) and items:
-            raise FormatError(
-                "frame length",
-                f"a {kind.decode()!r} frame announces {items:,} references (it has none)",
-            )
-        size = ARRAY_HEADER.size + sum(
-            np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns
-        )
-        if len(payload) != size:
-            raise FormatError(
-                "frame length",
-                f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
-                f"is {size:,} bytes, not {len(payload):,}",
-            )
-        got: dict[str, np.ndarray] = {}
-        off = ARRAY_HEADER.size
-        for name, dtype, per in columns:
-            k = count if per == PER_OBJECT else items
-            got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
-            off += k * np.dtype(dtype).itemsize
-        self._check_columns(kind, got, items, known)
-        for name, arr in got.items():  # copied: the payload is freed now, not at the end
-            self._append(name, arr, known if name != "refs" else self.refs + items)
-        if kind == b"O":
-            self.objects += count
-            self.refs += items
-            self.known = known
-        else:
-            self.excess += count
-
-    def _check_columns(
-        self, kind: bytes, got: dict[str, np.ndarray], items: int, known: int
-    ) -> None:
-        if kind == b"O":
-            n = got["nrefs"]
-            if int(n.sum(dtype=np.int64)) != items:
-                raise FormatError(
-                    "reference counts",
-                    f"objects list {int(n.sum(dtype=np.int64)):,} references, "
-                    f"the frame carries {items:,}",
-                )
-            _in_range("type index", got["type_of"], self.ntypes, "types declared so far")
-            _in_range("reference index", got["refs"], known, "positions known")
-            _in_range(
-                "object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory"
-            )
-            _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
-
-    def _append(self, name: str, part: np.ndarray, hint: int) -> None:
-        """Copy ``part`` to the end of its column; ``hint``: entries the column will have at least
-        (the positions known so far): grown to it, or by half, whichever is more."""
-        arr = self.arrays.get(name)
-        at = self.filled.get(name, 0)
-        need = at + part.shape[0]
-        if arr is None:
-            arr = self.arrays[name] = np.empty(max(need, hint, 1024), part.dtype)
-        elif need > arr.shape[0]:
-            arr.resize(max(need, hint, arr.shape[0] * 3 // 2), refcheck=False)  # realloc
-        arr[at:need] = part
-        self.filled[name] = need
-
-    def column(self, name: str, dtype: str) -> np.ndarray:
-        arr = self.arrays.pop(name, None)
-        if arr is None:
-            return np.zeros(0, dtype)
-        arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
-        return arr.astype(dtype, copy=False)
+        libc = ctypes.CDLL(None)
+        mallopt = getattr(libc, "mallopt", None)
+        if mallopt is not None:
+            mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD: fixed, no dynamic raise
+            mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: the heap's free top back above 1 MiB
+    except (OSError, AttributeError):
+        pass
 
 
-def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
-    if a.shape[0] and (int(a.min()) < 0 or int(a.max()) >= bound):
-        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
-        raise FormatError(rule, f"{bad:,} is outside 0..{bound - 1:,} ({what})")
+_LEAN = False
 
 
 def read_snapshot(
@@ -478,7 +379,10 @@ def read_snapshot(
     meta: dict[str, Any] | None = None
     types: list[str] = []
     roots: list[Root] | None = None
-    cols = _Columns(reader.limits)
+    from introspect.snapshot.columns import Columns, offsets_of
+
+    lean_malloc()
+    cols = Columns(reader.limits)
     while True:
         kind, payload = reader.frame()
         if tee is not None:
@@ -546,22 +450,16 @@ def read_snapshot(
         raise FormatError(
             "root index", f"root {bad.name[:80]!r} at position {bad.pos:,} of {n:,} objects"
         )
-    nrefs = cols.column("nrefs", "<u4")
-    offsets = np.zeros(n + 1, np.int64)
-    step = 1 << 20  # in blocks: a cumsum into int64 of the whole uint32 column makes a temporary
-    for k in range(0, n, step):
-        np.cumsum(nrefs[k : k + step], dtype=np.int64, out=offsets[k + 1 : k + step + 1])
-        offsets[k + 1 : k + step + 1] += offsets[k]
-    del nrefs
+    offsets = offsets_of(cols.column("nrefs", "<u4"))
     return Snapshot(
         meta=meta or {},
         types=types,
         type_of=cols.column("type_of", "int32"),
-        size=cols.column("size", "int64"),
+        size=cols.column("size", "int64"),  # uint32 unless an object reaches 4 GiB
         tracked=cols.column("tracked", "u1").view(bool),
         offsets=offsets,
         refs=cols.column("refs", "int32"),
-        excess=cols.column("excess", "int64"),
+        excess=cols.column("excess", "int64"),  # int32, clipped
         roots=roots,
         end=end,
     )

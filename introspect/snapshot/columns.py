@@ -1,0 +1,182 @@
+"""Array frames of the record stream (records.py) into compact columns, every rule checked.
+
+Each frame is checked, then copied into one growing array per column and dropped: the payload's
+bytes are freed frame by frame, never kept to the end. Columns are kept as narrow as their values
+allow (issue 23: a 10M-object heap in at most half the target's memory):
+
+  size     uint32 (widened to int64 in place the first time an object of 4 GiB or more comes)
+  excess   int32, clipped: only ``excess > in-degree`` and ``excess >= IMMORTAL`` are asked of it
+           (an immortal's 2**32 becomes 2**31 - 1, still immortal)
+  type_of  int32; nrefs uint32; refs int32; tracked one byte
+
+That is 17 bytes per object and 4 per reference, against 33 and 4 in the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from introspect.snapshot.records import (
+    ARRAY_FRAMES,
+    ARRAY_HEADER,
+    PER_OBJECT,
+    PER_REF,
+    FormatError,
+    Limits,
+)
+
+_I32 = np.iinfo(np.int32)
+_U32_MAX = int(np.iinfo(np.uint32).max)
+# column -> dtype it is kept in (others: the stream's own)
+COMPACT = {"size": np.dtype(np.uint32), "excess": np.dtype(np.int32)}
+
+
+@dataclass
+class Columns:
+    """Chunks of every column as frames arrive, with the counters the rules need."""
+
+    limits: Limits
+    ntypes: int = 0
+    objects: int = 0  # streamed by O frames
+    excess: int = 0  # streamed by C frames
+    refs: int = 0
+    known: int = 0
+    # One growing array per column (grown in place by realloc: no second copy of a big column),
+    # and how much of it is filled.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: bytes, payload: bytes) -> None:
+        columns = ARRAY_FRAMES[kind]
+        if len(payload) < ARRAY_HEADER.size:
+            raise FormatError(
+                "array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes"
+            )
+        start, count, items, known = ARRAY_HEADER.unpack_from(payload)
+        lim = self.limits
+        expect = self.objects if kind == b"O" else self.excess
+        if start != expect:
+            raise FormatError(
+                "contiguous frames",
+                f"a {kind.decode()!r} frame starts at object {start:,}, expected {expect:,}",
+            )
+        if count > lim.max_objects - start or items > lim.max_refs - self.refs:
+            raise FormatError(
+                "object and reference bounds",
+                f"a {kind.decode()!r} frame announces {count:,} objects and "
+                f"{items:,} references: more than a process of this memory can hold",
+            )
+        if kind == b"O" and not (start + count <= known <= lim.max_objects and known >= self.known):
+            raise FormatError(
+                "known positions",
+                f"{known:,} positions known after {start + count:,} objects "
+                f"(before: {self.known:,}; bound {lim.max_objects:,})",
+            )
+        if kind != b"O" and not (start + count <= self.objects and known == self.known):
+            raise FormatError(
+                "known positions",
+                f"a {kind.decode()!r} frame for objects {start:,}..{start + count:,} "
+                f"({known:,} known) before they were streamed ({self.objects:,}, "
+                f"{self.known:,} known)",
+            )
+        if not any(per == PER_REF for _, _, per in columns) and items:
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame announces {items:,} references (it has none)",
+            )
+        size = ARRAY_HEADER.size + sum(
+            np.dtype(d).itemsize * (count if per == PER_OBJECT else items) for _, d, per in columns
+        )
+        if len(payload) != size:
+            raise FormatError(
+                "frame length",
+                f"a {kind.decode()!r} frame of {count:,} objects and {items:,} references "
+                f"is {size:,} bytes, not {len(payload):,}",
+            )
+        got: dict[str, np.ndarray] = {}
+        off = ARRAY_HEADER.size
+        for name, dtype, per in columns:
+            k = count if per == PER_OBJECT else items
+            got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
+            off += k * np.dtype(dtype).itemsize
+        self._check_columns(kind, got, items, known)
+        for name, arr in got.items():  # copied: the payload is freed now, not at the end
+            self._append(name, arr, known if name != "refs" else self.refs + items)
+        if kind == b"O":
+            self.objects += count
+            self.refs += items
+            self.known = known
+        else:
+            self.excess += count
+
+    def _check_columns(
+        self, kind: bytes, got: dict[str, np.ndarray], items: int, known: int
+    ) -> None:
+        if kind == b"O":
+            n = got["nrefs"]
+            if int(n.sum(dtype=np.int64)) != items:
+                raise FormatError(
+                    "reference counts",
+                    f"objects list {int(n.sum(dtype=np.int64)):,} references, "
+                    f"the frame carries {items:,}",
+                )
+            _in_range("type index", got["type_of"], self.ntypes, "types declared so far")
+            _in_range("reference index", got["refs"], known, "positions known")
+            _in_range(
+                "object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory"
+            )
+            _in_range("gc-tracked flag", got["tracked"], 2, "(0 or 1)")
+
+    def _append(self, name: str, part: np.ndarray, hint: int) -> None:
+        """Copy ``part`` to the end of its column (narrowed, see the module's docstring);
+        ``hint``: entries the column will have at least (the positions known so far): grown to
+        it, or by half, whichever is more."""
+        arr = self.arrays.get(name)
+        want = COMPACT.get(name, part.dtype) if arr is None else arr.dtype
+        if name == "excess":
+            part = np.clip(part, _I32.min, _I32.max)
+        elif want == np.uint32 and part.shape[0] and int(part.max()) > _U32_MAX:
+            want = np.dtype(np.int64)  # an object of 4 GiB or more: the column widens once
+            if arr is not None:
+                arr = self.arrays[name] = arr.astype(want)
+        at = self.filled.get(name, 0)
+        need = at + part.shape[0]
+        if arr is None:
+            arr = self.arrays[name] = np.empty(max(need, hint, 1024), want)
+        elif need > arr.shape[0]:
+            arr.resize(max(need, hint, arr.shape[0] * 3 // 2), refcheck=False)  # realloc
+        arr[at:need] = part
+        self.filled[name] = need
+
+    def column(self, name: str, dtype: str) -> np.ndarray:
+        """The column, its unused tail given back; ``dtype`` where it has no narrow form."""
+        arr = self.arrays.pop(name, None)
+        if arr is None:
+            return np.zeros(0, COMPACT.get(name, np.dtype(dtype)))
+        arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
+        return arr if name in COMPACT else arr.astype(dtype, copy=False)
+
+
+def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
+    if a.shape[0] and (int(a.min()) < 0 or int(a.max()) >= bound):
+        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+        raise FormatError(rule, f"{bad:,} is outside 0..{bound - 1:,} ({what})")
+
+
+def offsets_of(nrefs: np.ndarray) -> np.ndarray:
+    """CSR offsets (n + 1) from each object's reference count: int32 while the references fit
+    in it, else int64; summed in blocks (a cumsum of the whole column would make an int64
+    temporary of it)."""
+    n = int(nrefs.shape[0])
+    total = int(nrefs.sum(dtype=np.int64)) if n else 0
+    offsets = np.zeros(n + 1, np.int32 if total <= _I32.max else np.int64)
+    step = 1 << 20
+    base = 0
+    for k in range(0, n, step):
+        part = np.cumsum(nrefs[k:k + step], dtype=np.int64)
+        part += base
+        offsets[k + 1:k + 1 + part.shape[0]] = part
+        base = int(part[-1])
+    return offsets
