@@ -10,13 +10,13 @@ values on a running frame's stack; on 3.12+ also immortal objects).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from introspect.snapshot import graph
 from introspect.snapshot.records import IMMORTAL, Snapshot
 from introspect.snapshot.views import Holder, TypeRow
 
@@ -43,7 +43,7 @@ def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, Type
     count = np.zeros(k, np.int64)
     tracked = np.zeros(k, np.int64)
     nbytes = np.zeros(k, np.float64)
-    step = 1 << 20  # in blocks: bincount's float weights would copy a whole column
+    step = graph.BLOCK  # in blocks: bincount's float weights would copy a whole column
     for a in range(0, snap.n, step):
         t, tr, sz = snap.type_of[a:a + step], snap.tracked[a:a + step], snap.size[a:a + step]
         if among is not None:
@@ -78,7 +78,7 @@ class Heap:
     def path_from(self, root: int, targets: set[int]) -> dict[int, list[int]]:
         """Shortest paths from the object ``root`` to those of ``targets`` it reaches."""
         snap = self.snap
-        _order, _bounds, par = bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32))
+        par = graph.bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32), order=False)[2]
         out: dict[int, list[int]] = {}
         for t in targets:
             if par[t] == -2:
@@ -107,111 +107,24 @@ class Heap:
         return False
 
 
-def _igraph() -> Any:
-    """python-igraph, imported only when a graph is analysed. When matplotlib is installed igraph
-    imports matplotlib.pyplot at its own import, for drawing we never use: 0.6-0.7 s of every
-    forked command (measured with cProfile on `growth`, 1.1 s in all). matplotlib is hidden for
-    that import only (igraph then keeps a stand-in for its drawing); `monitor` and `report`
-    import it themselves when they draw."""
-    if "igraph" in sys.modules:
-        return sys.modules["igraph"]
-    hide = "matplotlib" not in sys.modules
-    if hide:
-        sys.modules["matplotlib"] = None  # type: ignore[assignment]  # `import matplotlib` raises ImportError
-    try:
-        import igraph
-    finally:
-        if hide and "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
-            del sys.modules["matplotlib"]
-    return igraph
-
-
-_BLOCK = 1 << 20  # edges or objects per step of the loops that would otherwise copy a column
-
-
-def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
-    vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
-    where not reached). A child's parent is one of its parents in the layer before (shortest)."""
-    parent = np.full(n, -2, np.int32)
-    frontier = np.unique(sources.astype(np.int32))
-    parent[frontier] = -1
-    layers = [frontier]
-    bounds = [0, int(frontier.shape[0])]
-    while frontier.shape[0]:
-        found = []
-        for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
-            part = frontier[a:a + (1 << 18)]
-            starts = offsets[part]
-            cnt = offsets[part + 1] - starts
-            total = int(cnt.sum())
-            if not total:
-                continue
-            shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
-            kids = refs[np.arange(total, dtype=np.int64) + shift]
-            del shift, starts
-            fresh = parent[kids] == -2
-            kids, first = np.unique(kids[fresh], return_index=True)
-            if kids.shape[0]:
-                parent[kids] = np.repeat(part, cnt)[fresh][first]
-                found.append(kids)
-        if not found:
-            break
-        frontier = np.concatenate(found) if len(found) > 1 else found[0]
-        layers.append(frontier)
-        bounds.append(bounds[-1] + int(frontier.shape[0]))
-    order = np.concatenate(layers) if len(layers) > 1 else layers[0]
-    return order, bounds, parent
-
-
-def _peel(snap: Snapshot, reachable: np.ndarray, root: np.ndarray, src: np.ndarray,
-          indeg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hanging trees off the graph: an object with one reference to it and none left from it
-    dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
-    of dicts of ints goes in three), what is left is the graph whose dominators need computing.
-    Returns (left: bool per object, pred: the one referrer, -1 for a root's virtual one)."""
-    n = snap.n
-    pred = np.full(n, -1, np.int32)
-    for a in range(0, src.shape[0], _BLOCK):  # in blocks: an int32 index becomes an int64 copy
-        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
-        live = reachable[s]
-        if live.all():
-            pred[dst] = s
-        else:  # ``indeg`` counted every edge: those from unreachable objects are out of the graph
-            np.subtract.at(indeg, dst[~live], 1)
-            pred[dst[live]] = s[live]
-    indeg[root] += 1
-    pred[root] = -1  # a root's one reference: the virtual root's
-    outdeg = np.empty(n, np.int32)
-    np.subtract(snap.offsets[1:], snap.offsets[:-1], out=outdeg, casting="unsafe")
-    left = reachable.copy()
-    leaf = np.nonzero(left & (indeg == 1) & (outdeg == 0))[0]
-    for _ in range(256):  # a long chain peels one link a round: the rest stays in the graph
-        if not leaf.shape[0]:
-            break
-        left[leaf] = False
-        up = pred[leaf]
-        up = up[up >= 0]
-        np.subtract.at(outdeg, up, 1)
-        up = np.unique(up)
-        leaf = up[left[up] & (indeg[up] == 1) & (outdeg[up] == 0)]
-    return left, pred
-
-
-def _roots(snap: Snapshot) -> tuple[dict[int, str], int, np.ndarray]:
+def _roots(snap: Snapshot, indeg: np.ndarray | None = None) -> tuple[dict[int, str], int, np.ndarray]:
     """Root names by position, how many are held from C (immortal ones aside), and the roots'
     positions (int32): modules and frame locals, then among the objects they do not reach those
-    whose refcount exceeds the references found."""
+    whose refcount exceeds the references found (``indeg``: counted here when not given)."""
     n = snap.n
     root_name: dict[int, str] = {}
     for r in snap.roots:
         if r.pos not in root_name:
             root_name[r.pos] = ("module " + r.name) if r.kind == "module" else r.name
     first = np.fromiter(root_name.keys(), dtype=np.int64, count=len(root_name))
-    par0 = bfs(snap.offsets, snap.refs, n, first)[2]
-    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
-    c_held = np.nonzero((snap.excess > indeg) & (par0 == -2))[0]
-    del par0, indeg
+    reached = graph.bfs(snap.offsets, snap.refs, n, first, order=False, parents=False)[2]
+    if indeg is None:
+        indeg = graph.indegree(snap.refs, n)
+    over = snap.excess > indeg
+    over &= ~reached
+    del reached
+    c_held = np.flatnonzero(over)
+    del over
     held = 0
     for p in c_held.tolist():
         immortal = snap.excess[p] >= IMMORTAL
@@ -236,7 +149,7 @@ def _long_lived_roots(snap: Snapshot) -> np.ndarray:
 def reachable_of(snap: Snapshot) -> np.ndarray:
     """Which objects some root reaches (no dominator tree: for counts that need only this)."""
     _names, _held, roots = _roots(snap)
-    reached: np.ndarray = bfs(snap.offsets, snap.refs, snap.n, roots)[2] != -2
+    reached: np.ndarray = graph.bfs(snap.offsets, snap.refs, snap.n, roots, order=False, parents=False)[2]
     return reached
 
 
@@ -272,69 +185,34 @@ def analyse(snap: Snapshot) -> Heap:
     refcount exceeds the references found are roots "held from C". (An object both reachable and
     also held by C code is attributed to its Python path: the graph cannot see C's references.)
 
-    Lean for big heaps (issue 23): BFS in numpy over the snapshot's CSR arrays; the hanging trees
-    (most of a heap: the items of containers) are peeled off first (_peel), and igraph builds
-    the graph of what is left only, int32 arrays throughout.
+    Lean for big heaps (issue 23, graph.py): BFS in numpy over the snapshot's CSR arrays; the
+    hanging trees (most of a heap: the items of containers) are peeled off first, and igraph
+    builds the graph of what is left only; int32 arrays, each step's temporaries freed before the
+    next. What stays: parent and idom (int32), retained (int64), reachable (bool): 17 bytes per
+    object.
     """
-    igraph = _igraph()
     n = snap.n
-    root_name, held, roots = _roots(snap)
-    indeg = np.bincount(snap.refs, minlength=n).astype(np.int32) if snap.refs.size else np.zeros(n, np.int32)
-    order, bounds, parent = bfs(snap.offsets, snap.refs, n, roots)
-    reachable = parent != -2
+    off, refs = snap.offsets, snap.refs
+    indeg = graph.indegree(refs, n)
+    root_name, held, roots = _roots(snap, indeg)
     # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
     # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
     # must not name what the thread's own object, or a module, keeps anyway.
-    _lo, _lb, long_par = bfs(snap.offsets, snap.refs, n, _long_lived_roots(snap))
-    del _lo, _lb
-    parent = np.where(long_par != -2, long_par, parent).astype(np.int32, copy=False)
-    del long_par
+    parent = graph.bfs(off, refs, n, roots, order=False)[2]
+    long_par = graph.bfs(off, refs, n, _long_lived_roots(snap), order=False)[2]
+    by_long = long_par != -2
+    parent[by_long] = long_par[by_long]
+    del long_par, by_long
+    reachable = parent != -2
     parent[~reachable] = -1
-    is_root = np.zeros(n, bool)
-    is_root[roots] = True
-    src = np.empty(snap.refs.shape[0], np.int32)  # the referrer of each reference
-    for a in range(0, n, _BLOCK):
-        b = min(n, a + _BLOCK)
-        src[snap.offsets[a]:snap.offsets[b]] = np.repeat(
-            np.arange(a, b, dtype=np.int32), snap.offsets[a + 1:b + 1] - snap.offsets[a:b])
-    left, pred = _peel(snap, reachable, roots, src, indeg)
+    left, idom = graph.peel(off, refs, n, reachable, roots, indeg)
     del indeg
-    idom = np.where(reachable, pred, -1).astype(np.int32)
-    del pred
-    # The dominators of what is left: igraph over its edges, renumbered 0..k-1, the virtual root k.
-    keep = np.nonzero(left)[0].astype(np.int32)
-    k = int(keep.shape[0])
-    new = np.full(n, -1, np.int32)
-    new[keep] = np.arange(k, dtype=np.int32)
-    parts = []
-    for a in range(0, src.shape[0], _BLOCK):
-        s, dst = src[a:a + _BLOCK], snap.refs[a:a + _BLOCK]
-        m = left[s] & left[dst]
-        if m.any():
-            parts.append(np.column_stack([new[s[m]], new[dst[m]]]))
-    edges = np.concatenate(parts) if parts else np.zeros((0, 2), np.int32)
-    del parts, src
-    left_roots = new[roots[left[roots]]]
-    g = igraph.Graph(n=k + 1, directed=True)
-    g.add_edges(edges)
-    del edges
-    g.add_edges(np.column_stack([np.full(left_roots.shape[0], k, np.int32), left_roots]))
-    # igraph marks vertices the root does not reach with NaN (a float among the ints).
-    sub = np.nan_to_num(np.asarray(g.dominator(k, mode="out"), dtype=np.float64), nan=-1).astype(np.int64)[:k]
-    del g
-    sub_ok = (sub >= 0) & (sub < k)
-    idom[keep] = np.where(sub_ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
-    del sub, sub_ok, new, keep, left
-    idom[is_root] = -1
     idom[~reachable] = -1
-    retained = np.where(reachable, snap.size, 0).astype(np.int64, copy=False)
-    # A dominator is strictly closer to the root than what it dominates: fold sizes upwards
-    # one BFS layer at a time, deepest first.
-    for j in range(len(bounds) - 2, 0, -1):
-        layer = order[bounds[j]:bounds[j + 1]]
-        dom = idom[layer]
-        ok = dom >= 0
-        np.add.at(retained, dom[ok], retained[layer[ok]])
+    graph.dominators(off, refs, n, left, roots, idom)
+    del left
+    idom[roots] = -1
+    idom[~reachable] = -1
+    retained = graph.fold_retained(off, refs, snap.size, roots, reachable, idom)
     return Heap(snap, retained, idom, parent, reachable, root_name, held, None)
 
 
@@ -449,12 +327,14 @@ def retained_by_type(heap: Heap) -> dict[str, int]:
     counted twice): what would be freed if every object of the type went away."""
     snap = heap.snap
     out: dict[str, int] = {}
-    same = np.zeros(snap.n, bool)
-    dom = heap.idom
-    ok = dom >= 0
-    same[ok] = snap.type_of[dom[ok]] == snap.type_of[ok]
-    top = np.nonzero(heap.reachable & ~same)[0]
-    sums = np.bincount(snap.type_of[top], weights=heap.retained[top], minlength=len(snap.types))
+    sums = np.zeros(len(snap.types), np.int64)
+    for a in range(0, snap.n, graph.BLOCK):  # in blocks: the temporaries of a whole column
+        b = min(snap.n, a + graph.BLOCK)
+        dom, t = heap.idom[a:b], snap.type_of[a:b]
+        top = heap.reachable[a:b].copy()
+        ok = np.flatnonzero(dom >= 0)
+        top[ok[t[ok] == snap.type_of[dom[ok]]]] = False
+        np.add.at(sums, t[top], heap.retained[a:b][top])
     for i, name in enumerate(snap.types):
         if sums[i]:
             out[name] = out.get(name, 0) + int(sums[i])
@@ -553,7 +433,7 @@ def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[
                if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
     if not passing:
         return paths
-    igraph = _igraph()
+    igraph = graph.igraph_module()
     n = snap.n
     src = np.repeat(np.arange(n, dtype=np.int64), np.diff(snap.offsets))
     keep = ~tids[snap.type_of[src]]

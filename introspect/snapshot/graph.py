@@ -1,0 +1,217 @@
+"""Graph algorithms over a snapshot's CSR arrays (``offsets``, ``refs``), in numpy blocks.
+
+Lean for big heaps (issue 23): no per-object Python objects, int32 arrays, every loop that would
+copy a whole column (an int32 index becomes an int64 one) runs in blocks of ``BLOCK``, and what
+a step needs only for itself is freed before the next. igraph (Lengauer-Tarjan, in C) computes
+dominators only for what is left once the hanging trees are peeled off (``peel``).
+
+numpy 2.x's ``np.unique`` takes a hash path that measured about 80x slower than a sort on int32
+positions (0.64 s against 7 ms for 750k): ``unique`` and ``unique_first`` sort.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+BLOCK = 1 << 18  # objects (or references) per step of the loops that would copy a column: their
+# temporaries, up to ~30 bytes an entry, stay under 8 MiB
+_MINUS_ONE = np.int32(-1)  # ufunc.at with a numpy scalar of the array's dtype: its fast path
+_ONE = np.int32(1)
+
+
+def unique(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of ``a``."""
+    s = np.sort(a)
+    if s.shape[0] < 2:
+        return s
+    keep = np.empty(s.shape[0], bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def unique_first(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of ``a`` and the index of each one's first occurrence
+    (``np.unique(a, return_index=True)``)."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    keep = np.empty(s.shape[0], bool)
+    if s.shape[0]:
+        keep[0] = True
+        np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep], order[keep]
+
+
+def igraph_module() -> Any:
+    """python-igraph, imported only when a graph is analysed. When matplotlib is installed igraph
+    imports matplotlib.pyplot at its own import, for drawing we never use: 0.6-0.7 s of every
+    forked command (measured with cProfile on `growth`, 1.1 s in all). matplotlib is hidden for
+    that import only (igraph then keeps a stand-in for its drawing); `monitor` and `report`
+    import it themselves when they draw."""
+    if "igraph" in sys.modules:
+        return sys.modules["igraph"]
+    hide = "matplotlib" not in sys.modules
+    if hide:
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]  # `import matplotlib` fails
+    try:
+        import igraph
+    finally:
+        if hide and "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
+            del sys.modules["matplotlib"]
+    return igraph
+
+
+def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray,
+        order: bool = True, parents: bool = True) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
+    vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
+    where not reached). A child's parent is its first referrer in the layer before (shortest).
+    ``order=False``: no order (an empty array, bounds []); ``parents=False``: a bool per object
+    (reached or not) in place of the parents, which are not worked out."""
+    seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
+    frontier = unique(np.asarray(sources).astype(np.int32))
+    seen[frontier] = -1 if parents else True
+    # the order is written in place, layer by layer (no list of layers joined at the end)
+    out = np.empty(n if order else 0, np.int32)
+    out[:frontier.shape[0] if order else 0] = frontier[:out.shape[0]]
+    bounds = [0, int(frontier.shape[0])] if order else []
+    while frontier.shape[0]:
+        found = []
+        for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
+            part = frontier[a:a + (1 << 18)]
+            starts = offsets[part]
+            cnt = offsets[part + 1] - starts
+            total = int(cnt.sum())
+            if not total:
+                continue
+            shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
+            kids = refs[np.arange(total, dtype=np.int64) + shift]
+            del shift, starts
+            fresh = (seen[kids] == -2) if parents else ~seen[kids]
+            if parents:
+                kids, first = unique_first(kids[fresh])
+                if kids.shape[0]:
+                    seen[kids] = np.repeat(part, cnt)[fresh][first]
+            else:
+                kids = unique(kids[fresh])
+                seen[kids] = True
+            if kids.shape[0]:
+                found.append(kids)
+        if not found:
+            break
+        frontier = np.concatenate(found) if len(found) > 1 else found[0]
+        del found
+        if order:
+            out[bounds[-1]:bounds[-1] + frontier.shape[0]] = frontier
+            bounds.append(bounds[-1] + int(frontier.shape[0]))
+    if order:
+        out.resize(bounds[-1], refcheck=False)  # realloc: the unreached tail given back
+    return out, bounds, seen
+
+
+def edge_blocks(offsets: np.ndarray, refs: np.ndarray, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(referrer, referent) int32 arrays of every reference, a block of objects at a time: the
+    referrer column is never whole (it would be 4 bytes per reference)."""
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        if hi == lo:
+            continue
+        src = np.repeat(np.arange(a, b, dtype=np.int32), np.diff(offsets[a:b + 1]))
+        yield src, refs[lo:hi]
+
+
+def indegree(refs: np.ndarray, n: int) -> np.ndarray:
+    """References to each object, int32 (counted in blocks: ``np.bincount`` would make an int64
+    copy of the references and an int64 count)."""
+    out = np.zeros(n, np.int32)
+    for a in range(0, refs.shape[0], BLOCK):
+        np.add.at(out, refs[a:a + BLOCK], _ONE)
+    return out
+
+
+def peel(offsets: np.ndarray, refs: np.ndarray, n: int, reachable: np.ndarray, roots: np.ndarray,
+         indeg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hanging trees off the graph: an object with one reference to it and none left from it
+    dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
+    of dicts of ints goes in three), what is left is the graph whose dominators need computing.
+    ``indeg`` is changed (references from unreachable objects and the roots' virtual one).
+    Returns (left: bool per object, pred: the one referrer, -1 for a root's virtual one)."""
+    pred = np.full(n, -1, np.int32)
+    for s, dst in edge_blocks(offsets, refs, n):
+        live = reachable[s]
+        if live.all():
+            pred[dst] = s
+        else:  # ``indeg`` counted every edge: those from unreachable objects are out of the graph
+            np.add.at(indeg, dst[~live], _MINUS_ONE)
+            pred[dst[live]] = s[live]
+    indeg[roots] += 1
+    pred[roots] = -1  # a root's one reference: the virtual root's
+    outdeg = np.diff(offsets).astype(np.int32, copy=False)
+    left = reachable.copy()
+    leaf = np.flatnonzero(left & (indeg == 1) & (outdeg == 0))
+    for _ in range(256):  # a long chain peels one link a round: the rest stays in the graph
+        if not leaf.shape[0]:
+            break
+        left[leaf] = False
+        up = pred[leaf]
+        up = up[up >= 0]
+        np.add.at(outdeg, up, _MINUS_ONE)
+        up = unique(up)
+        leaf = up[left[up] & (indeg[up] == 1) & (outdeg[up] == 0)]
+    return left, pred
+
+
+def dominators(offsets: np.ndarray, refs: np.ndarray, n: int, left: np.ndarray,
+               roots: np.ndarray, idom: np.ndarray) -> None:
+    """Immediate dominators of the objects still ``left`` after peeling, written into ``idom``:
+    igraph over their edges only, renumbered 0..k-1, the virtual root k (-1 where it reaches
+    none)."""
+    keep = np.flatnonzero(left).astype(np.int32)
+    k = int(keep.shape[0])
+    if not k:
+        return
+    new = np.full(n, -1, np.int32)
+    new[keep] = np.arange(k, dtype=np.int32)
+    parts = []
+    for s, dst in edge_blocks(offsets, refs, n):
+        m = left[s] & left[dst]
+        if m.any():
+            parts.append(np.column_stack([new[s[m]], new[dst[m]]]))
+    edges = np.concatenate(parts) if parts else np.zeros((0, 2), np.int32)
+    del parts
+    left_roots = new[roots[left[roots]]]
+    del new
+    g = igraph_module().Graph(n=k + 1, directed=True)
+    g.add_edges(edges)
+    del edges
+    g.add_edges(np.column_stack([np.full(left_roots.shape[0], k, np.int32), left_roots]))
+    # igraph marks vertices the root does not reach with NaN (a float among the ints).
+    sub = np.nan_to_num(np.asarray(g.dominator(k, mode="out"), dtype=np.float64), nan=-1)
+    del g
+    sub = sub[:k].astype(np.int64)
+    ok = (sub >= 0) & (sub < k)
+    idom[keep] = np.where(ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
+
+
+def fold_retained(offsets: np.ndarray, refs: np.ndarray, size: np.ndarray, roots: np.ndarray,
+                  reachable: np.ndarray, idom: np.ndarray) -> np.ndarray:
+    """Retained bytes per object (int64; 0 where unreachable): a dominator is strictly closer to
+    the roots than what it dominates, so sizes fold upwards one BFS layer at a time, deepest
+    first."""
+    n = int(size.shape[0])
+    order, bounds, _seen = bfs(offsets, refs, n, roots, parents=False)
+    del _seen
+    retained = size.astype(np.int64)
+    retained[~reachable] = 0
+    for j in range(len(bounds) - 2, 0, -1):
+        for a in range(bounds[j], bounds[j + 1], BLOCK):  # no order within a layer: in blocks
+            layer = order[a:min(a + BLOCK, bounds[j + 1])]
+            dom = idom[layer]
+            ok = dom >= 0
+            np.add.at(retained, dom[ok], retained[layer[ok]])
+    return retained
