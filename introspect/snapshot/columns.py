@@ -4,17 +4,19 @@ Each frame is checked, then copied into one growing array per column and dropped
 bytes are freed frame by frame, never kept to the end. Columns are kept as narrow as their values
 allow (issue 23: a 10M-object heap in at most half the target's memory):
 
-  size     uint32 (widened to int64 in place the first time an object of 4 GiB or more comes)
+  size     uint32 (widened to int64 once, the first time an object of 4 GiB or more comes)
+  type_of  uint16 (widened to int32 once, past 65,536 types)
   excess   int32, clipped: only ``excess > in-degree`` and ``excess >= IMMORTAL`` are asked of it
            (an immortal's 2**32 becomes 2**31 - 1, still immortal)
-  type_of  int32; nrefs uint32; refs int32; tracked one byte
+  nrefs uint32 (offsets once read: int32 while the references fit); refs int32; tracked one byte
 
-That is 17 bytes per object and 4 per reference, against 33 and 4 in the stream.
+That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,10 @@ from introspect.snapshot.records import (
 )
 
 _I32 = np.iinfo(np.int32)
-_U32_MAX = int(np.iinfo(np.uint32).max)
 # column -> dtype it is kept in (others: the stream's own)
-COMPACT = {"size": np.dtype(np.uint32), "excess": np.dtype(np.int32)}
+COMPACT: dict[str, np.dtype[Any]] = {"size": np.dtype(np.uint32), "type_of": np.dtype(np.uint16), "excess": np.dtype(np.int32)}
+# a narrow column -> its wide form, taken when a value does not fit
+WIDE: dict[np.dtype[Any], np.dtype[Any]] = {np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint16): np.dtype(np.int32)}
 
 
 @dataclass
@@ -134,11 +137,11 @@ class Columns:
         ``hint``: entries the column will have at least (the positions known so far): grown to
         it, or by half, whichever is more."""
         arr = self.arrays.get(name)
-        want = COMPACT.get(name, part.dtype) if arr is None else arr.dtype
+        want: np.dtype[Any] = COMPACT.get(name, part.dtype) if arr is None else arr.dtype
         if name == "excess":
             part = np.clip(part, _I32.min, _I32.max)
-        elif want == np.uint32 and part.shape[0] and int(part.max()) > _U32_MAX:
-            want = np.dtype(np.int64)  # an object of 4 GiB or more: the column widens once
+        elif want in WIDE and part.shape[0] and int(part.max()) > int(np.iinfo(want).max):
+            want = WIDE[want]  # an object of 4 GiB or more, or the 65,537th type: widened once
             if arr is not None:
                 arr = self.arrays[name] = arr.astype(want)
         at = self.filled.get(name, 0)

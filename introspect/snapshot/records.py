@@ -202,7 +202,7 @@ class Snapshot:
 
     meta: dict[str, Any]
     types: list[str]  # type index -> module.qualname
-    type_of: np.ndarray  # int32 per object
+    type_of: np.ndarray  # per object: uint16 (int32 past 65,536 types)
     size: np.ndarray  # shallow bytes per object: uint32 (int64 once one reaches 4 GiB)
     tracked: np.ndarray  # bool per object
     offsets: np.ndarray  # n + 1, int32 (int64 past 2**31 references): references of object i
@@ -343,7 +343,7 @@ def _fields(
 
 def lean_malloc() -> None:
     """Give big arrays back to the system as soon as they are freed (glibc): every allocation of
-    256 KiB or more is its own mapping. glibc's default raises that threshold to the size of the
+    4 MiB or more is its own mapping (smaller blocks are reused from the heap). glibc's default raises that threshold to the size of the
     last freed mapping (up to 32 MiB), after which the analysis' freed temporaries stay in the
     CLI's heap and its RSS only grows. No-op elsewhere (musl, macOS) or when it fails."""
     global _LEAN
@@ -356,7 +356,7 @@ def lean_malloc() -> None:
         libc = ctypes.CDLL(None)
         mallopt = getattr(libc, "mallopt", None)
         if mallopt is not None:
-            mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD: fixed, no dynamic raise
+            mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: fixed, no dynamic raise
             mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: the heap's free top back above 1 MiB
     except (OSError, AttributeError):
         pass
@@ -454,7 +454,7 @@ def read_snapshot(
     return Snapshot(
         meta=meta or {},
         types=types,
-        type_of=cols.column("type_of", "int32"),
+        type_of=cols.column("type_of", "int32"),  # uint16 unless the types outgrow it
         size=cols.column("size", "int64"),  # uint32 unless an object reaches 4 GiB
         tracked=cols.column("tracked", "u1").view(bool),
         offsets=offsets,
