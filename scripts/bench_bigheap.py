@@ -89,15 +89,34 @@ def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
     watcher = threading.Thread(target=_copies_private, args=(pid, stop, peak), daemon=True)
     watcher.start()
     t0 = time.monotonic()
-    proc = subprocess.Popen([python, "-m", "introspect", "top", str(pid), "--by", "retained", "--json",
-                             "-o", str(outdir)], cwd=str(tree), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "introspect",
+            "top",
+            str(pid),
+            "--by",
+            "retained",
+            "--json",
+            "-o",
+            str(outdir),
+        ],
+        cwd=str(tree),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     got: dict[str, str] = {}
 
     def drain(key: str, f: Any) -> None:
         got[key] = f.read()
 
-    readers = [threading.Thread(target=drain, args=(k, f)) for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    readers = [
+        threading.Thread(target=drain, args=(k, f))
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
     for t in readers:
         t.start()
     _pid, status, ru = os.wait4(proc.pid, 0)  # reaped here: its rusage has the CLI's peak RSS
@@ -115,17 +134,26 @@ def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
         pass
     col = doc.get("collector") or {}
     holders = doc.get("holders") or [{}]
-    return {"rc": proc.returncode, "wall_s": wall, "err": err.strip().splitlines()[-1:] if proc.returncode else [],
-            "walk_s": col.get("walk_s"), "objects": col.get("objects"), "partial": col.get("partial"),
-            "walker_private": peak.get("private"), "top_holder": holders[0].get("path"),
-            "cli_peak": ru.ru_maxrss * 1024}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "err": err.strip().splitlines()[-1:] if proc.returncode else [],
+        "walk_s": col.get("walk_s"),
+        "objects": col.get("objects"),
+        "partial": col.get("partial"),
+        "walker_private": peak.get("private"),
+        "top_holder": holders[0].get("path"),
+        "cli_peak": ru.ru_maxrss * 1024,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,5000000")
     ap.add_argument("--base", default="163b50e", help="main before the change (a commit)")
-    ap.add_argument("--python", default=sys.executable, help="the target's interpreter (guppy3 importable)")
+    ap.add_argument(
+        "--python", default=sys.executable, help="the target's interpreter (guppy3 importable)"
+    )
     ap.add_argument("--target", type=int, help=argparse.SUPPRESS)
     opts = ap.parse_args()
     if opts.target is not None:
@@ -133,13 +161,20 @@ def main() -> int:
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-bigheap-"))
     base = tmp / "base"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), opts.base],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), opts.base],
+        check=True,
+        capture_output=True,
+    )
     rows = []
     try:
         for size in [int(s) for s in opts.sizes.split(",")]:
-            proc = subprocess.Popen([opts.python, __file__, "--target", str(size)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [opts.python, __file__, "--target", str(size)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert proc.stdin is not None and proc.stdout is not None
             ready = json.loads(proc.stdout.readline())
             rss = _kb(proc.pid, "VmRSS")
@@ -163,7 +198,10 @@ def main() -> int:
                 proc.kill()
                 proc.wait()
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+            capture_output=True,
+        )
     print(render(rows))
     return 0
 
@@ -173,20 +211,37 @@ def _mib(b: int | None) -> str:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    out = ["| objects | code | target RSS | `top --by retained` (defaults) | CLI peak RSS | walker private |"
-           " walk rate | gc.get_objects() rate | guppy3 census |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| objects | code | target RSS | `top --by retained` (defaults) | CLI peak RSS | "
+        "walker private |"
+        " walk rate | gc.get_objects() rate | guppy3 census |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        res = (f"{r['wall_s']:.1f} s" if r["rc"] == 0 else f"**fails** (exit {r['rc']}) after {r['wall_s']:.1f} s: "
-               + " ".join(r["err"])[:120])
+        res = (
+            f"{r['wall_s']:.1f} s"
+            if r["rc"] == 0
+            else f"**fails** (exit {r['rc']}) after {r['wall_s']:.1f} s: "
+            + " ".join(r["err"])[:120]
+        )
         if r.get("partial"):
             res += " PARTIAL"
-        rate = (f"{r['objects'] / r['walk_s'] / 1e3:,.0f}k/s" if r.get("walk_s") and r.get("objects") else "-")
-        cli = f"{_mib(r.get('cli_peak'))} ({r['cli_peak'] / r['target_rss']:.1f}x)" if r.get("cli_peak") else "-"
+        rate = (
+            f"{r['objects'] / r['walk_s'] / 1e3:,.0f}k/s"
+            if r.get("walk_s") and r.get("objects")
+            else "-"
+        )
+        cli = (
+            f"{_mib(r.get('cli_peak'))} ({r['cli_peak'] / r['target_rss']:.1f}x)"
+            if r.get("cli_peak")
+            else "-"
+        )
         go = f"{r['get_objects_rate'] / 1e6:,.1f}M/s" if r.get("get_objects_rate") else "-"
         gp = f"{r['guppy_s']:.1f} s" if r.get("guppy_s") else "-"
-        out.append(f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | {res} | {cli} | "
-                   f"{_mib(r.get('walker_private'))} | {rate} | {go} | {gp} |")
+        out.append(
+            f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | {res} | {cli} | "
+            f"{_mib(r.get('walker_private'))} | {rate} | {go} | {gp} |"
+        )
     return "\n".join(out)
 
 

@@ -31,14 +31,27 @@ def _collapse(steps: list[dict[str, object]]) -> list[dict[str, object]]:
         nxt = steps[i + 1] if i + 1 < len(steps) else None
         via = nxt.get("via") if nxt else None
         freevars = st.pop("_freevars", None)
-        if st.get("via") == "__closure__" and i + 2 < len(steps) and steps[i + 2]["type"] == "cell" and isinstance(via, str) \
-                and via[1:-1].isdigit() and isinstance(freevars, list) and int(via[1:-1]) < len(freevars):
+        if (
+            st.get("via") == "__closure__"
+            and i + 2 < len(steps)
+            and steps[i + 2]["type"] == "cell"
+            and isinstance(via, str)
+            and via[1:-1].isdigit()
+            and isinstance(freevars, list)
+            and int(via[1:-1]) < len(freevars)
+        ):
             st["via"] = "closure var " + str(freevars[int(via[1:-1])])
             out.append(st)
             i += 3
             continue
-        if st.get("via") == "__dict__" and nxt is not None and nxt["type"] == "dict" and isinstance(via, str) \
-                and via.startswith("['") and via.endswith("']"):
+        if (
+            st.get("via") == "__dict__"
+            and nxt is not None
+            and nxt["type"] == "dict"
+            and isinstance(via, str)
+            and via.startswith("['")
+            and via.endswith("']")
+        ):
             st["via"] = "." + via[2:-2]
             i += 2
         else:
@@ -52,8 +65,11 @@ def _avoid_transient(heap: Heap, paths: dict[int, list[int]]) -> dict[int, list[
     when there is such a path (else kept: the handle may be all that holds the object)."""
     snap = heap.snap
     tids = np.array([name in TRANSIENT for name in snap.types] or [False], bool)
-    passing = [p for p, path in paths.items()
-               if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()]
+    passing = [
+        p
+        for p, path in paths.items()
+        if tids[snap.type_of[np.asarray(path[:-1], dtype=np.int64)]].any()
+    ]
     if not passing:
         return paths
     igraph = graph.igraph_module()
@@ -87,9 +103,16 @@ def _import_machinery(root: str) -> bool:
     >>> _import_machinery("module _frozen_importlib_external"), _import_machinery("module tasks")
     (True, False)
     """
-    name = root[len("module "):] if root.startswith("module ") else ""
+    name = root[len("module ") :] if root.startswith("module ") else ""
     top = name.split(".", 1)[0]
-    return top in ("_frozen_importlib", "_frozen_importlib_external", "importlib", "zipimport", "_imp", "pkgutil")
+    return top in (
+        "_frozen_importlib",
+        "_frozen_importlib_external",
+        "importlib",
+        "zipimport",
+        "_imp",
+        "pkgutil",
+    )
 
 
 class _Paths:
@@ -210,9 +233,14 @@ def match_type(snap: Snapshot, query: str) -> list[str]:
     return sorted(n for n in names if n.rsplit(".", 1)[-1] == query or n.split(".", 1)[-1] == query)
 
 
-def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
-           freevars: Callable[[Sequence[int]], list[list[str]]] | None = None
-           ) -> tuple[list[dict[str, object]], int, int]:
+def chains(
+    heap: Heap,
+    type_name: str,
+    ask: Labeler,
+    names: Namer,
+    samples: int = 10,
+    freevars: Callable[[Sequence[int]], list[list[str]]] | None = None,
+) -> tuple[list[dict[str, object]], int, int]:
     """Reference chains from a root to instances of ``type_name``, grouped by shape.
 
     Every reachable instance is grouped by its root and the types along its shortest path from it
@@ -235,8 +263,11 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
     paths = _Paths(snap, heap.parent, reach)
     source = np.zeros(reach.shape[0], np.int32)  # 0: heap.parent; m + 1: module m's BFS
     explicit: dict[int, list[int]] = {}  # instance index -> its path, where made by hand
-    modules = {name[len("module "):]: pos for pos, name in heap.root_name.items()
-               if name.startswith("module ")}
+    modules = {
+        name[len("module ") :]: pos
+        for pos, name in heap.root_name.items()
+        if name.startswith("module ")
+    }
     mods = list(modules)
     if modules and reach.shape[0]:
         owner = _owners(heap, reach, names, modules)
@@ -245,8 +276,9 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
             want = np.flatnonzero((owner == m) & (root_is != "module " + mods[m]))
             if not want.shape[0]:
                 continue
-            par = graph.bfs(snap.offsets, snap.refs, snap.n,
-                            np.array([modules[mods[m]]], np.int32), order=False)[2]
+            par = graph.bfs(
+                snap.offsets, snap.refs, snap.n, np.array([modules[mods[m]]], np.int32), order=False
+            )[2]
             want = want[par[reach[want]] != -2]
             par[modules[mods[m]]] = -1
             alt = _Paths(snap, par, reach[want])
@@ -295,8 +327,11 @@ def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int 
 
     ranked = sorted(groups, key=rank)[:samples]
     shown = _paths_of(heap, reach, [i for _, i in ranked], source, explicit, modules)
-    return _described(heap, [(c, shown[i]) for c, i in ranked], ask, names, freevars), found, \
-        unreachable
+    return (
+        _described(heap, [(c, shown[i]) for c, i in ranked], ask, names, freevars),
+        found,
+        unreachable,
+    )
 
 
 def _path_up(parent: np.ndarray, pos: int) -> list[int]:
@@ -307,8 +342,14 @@ def _path_up(parent: np.ndarray, pos: int) -> list[int]:
     return out
 
 
-def _paths_of(heap: Heap, reach: np.ndarray, which: list[int], source: np.ndarray,
-              explicit: dict[int, list[int]], modules: dict[str, int]) -> dict[int, list[int]]:
+def _paths_of(
+    heap: Heap,
+    reach: np.ndarray,
+    which: list[int],
+    source: np.ndarray,
+    explicit: dict[int, list[int]],
+    modules: dict[str, int],
+) -> dict[int, list[int]]:
     """The paths of the instances ``which`` (indices into ``reach``) as lists, root first."""
     snap = heap.snap
     mods = list(modules)
@@ -323,17 +364,20 @@ def _paths_of(heap: Heap, reach: np.ndarray, which: list[int], source: np.ndarra
             pending.setdefault(int(source[i]) - 1, []).append(i)
     for m, idx in pending.items():
         root = modules[mods[m]]
-        par = graph.bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32),
-                        order=False)[2]
+        par = graph.bfs(snap.offsets, snap.refs, snap.n, np.array([root], np.int32), order=False)[2]
         par[root] = -1
         for i in idx:
             out[i] = _path_up(par, int(reach[i]))
     return out
 
 
-def _described(heap: Heap, ranked: list[tuple[int, list[int]]], ask: Labeler, names: Namer,
-               freevars: Callable[[Sequence[int]], list[list[str]]] | None
-               ) -> list[dict[str, object]]:
+def _described(
+    heap: Heap,
+    ranked: list[tuple[int, list[int]]],
+    ask: Labeler,
+    names: Namer,
+    freevars: Callable[[Sequence[int]], list[list[str]]] | None,
+) -> list[dict[str, object]]:
     """Each shown group as {root, count, path: [{type, via, name}]}, labels asked at once."""
     snap = heap.snap
     paths = [p for _, p in ranked]
@@ -345,12 +389,14 @@ def _described(heap: Heap, ranked: list[tuple[int, list[int]]], ask: Labeler, na
     out: list[dict[str, object]] = []
     k = 0
     for count, path in ranked:
-        labs = flat[k:k + len(path) - 1]
+        labs = flat[k : k + len(path) - 1]
         k += len(path) - 1
         steps: list[dict[str, object]] = []
         for i, q in enumerate(path):
-            step: dict[str, object] = {"type": snap.type_name(q),
-                                       "via": labs[i] if i < len(labs) else None}
+            step: dict[str, object] = {
+                "type": snap.type_name(q),
+                "via": labs[i] if i < len(labs) else None,
+            }
             if named.get(q):
                 step["name"] = named[q]
             if q in free:

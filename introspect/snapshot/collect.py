@@ -8,20 +8,20 @@ whenever the CLI gives up, fails, or is interrupted; it also has its own deadlin
 
 from __future__ import annotations
 
-import errno
 import os
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from introspect import errors
 from introspect.channel import RunDir
 from introspect.runner import Outcome, run_agent
+from introspect.snapshot.walker import Walker as Walker
+from introspect.snapshot.walker import _start_ticks as _start_ticks
 
 if TYPE_CHECKING:
-    from introspect.snapshot.records import Reader, Snapshot
+    from introspect.snapshot.records import Snapshot
 
 T = TypeVar("T")
 # Deadlines that fit the work (issue 23): --timeout bounds the wait for the target to take the
@@ -45,6 +45,7 @@ def analyse_budget(objects: int) -> float:
     """Seconds the CLI may analyse (and the walker answer about) a snapshot of ``objects``."""
     return ANALYSE_BASE_S + ANALYSE_PER_OBJECT_S * max(0, objects)
 
+
 # The walker's RSS reached about 2x the parent's (DESIGN.md, "Forked snapshot"): it copies each page
 # whose refcounts it touches, plus its own tables. Ask for that much free memory before forking.
 COPY_FACTOR = 1.0
@@ -59,8 +60,11 @@ class Headroom:
     limited_by: str
 
     def why(self) -> str:
-        return (f"{self.limited_by} leaves {self.available / 2**20:,.0f} MiB; a forked snapshot may need "
-                f"{self.need / 2**20:,.0f} MiB (the target's private memory copied, plus the walker's tables)")
+        return (
+            f"{self.limited_by} leaves {self.available / 2**20:,.0f} MiB; a forked snapshot may "
+            f"need {self.need / 2**20:,.0f} MiB (the target's private memory copied, plus the "
+            "walker's tables)"
+        )
 
 
 def _read_int(path: str) -> int | None:
@@ -102,9 +106,17 @@ def cgroup_room(pid: int, root: str = "/sys/fs/cgroup") -> list[tuple[str, int]]
             continue
         _hid, controllers, path = parts
         if controllers == "":
-            base, limit_f, usage_f = root if os.path.exists(f"{root}/cgroup.controllers") else f"{root}/unified", "memory.max", "memory.current"
+            base, limit_f, usage_f = (
+                root if os.path.exists(f"{root}/cgroup.controllers") else f"{root}/unified",
+                "memory.max",
+                "memory.current",
+            )
         elif "memory" in controllers.split(","):
-            base, limit_f, usage_f = f"{root}/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+            base, limit_f, usage_f = (
+                f"{root}/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
         else:
             continue
         rel = path.strip("/")
@@ -141,199 +153,6 @@ def headroom(pid: int, *, cgroup_root: str = "/sys/fs/cgroup") -> Headroom:
         return Headroom(True, need, -1, "no limit readable")
     where, room = min(limits, key=lambda x: x[1])
     return Headroom(room >= need, need, room, where)
-
-
-def _is_int(x: object) -> bool:
-    return type(x) is int
-
-
-def _is_str(x: object) -> bool:
-    return isinstance(x, str) and len(x) <= 1 << 16
-
-
-def _is_site(x: object) -> bool:
-    """An allocation site as the walker answers it: [file, line, ...], or nothing."""
-    if x is None or x == []:
-        return True
-    return isinstance(x, list) and len(x) >= 2 and _is_str(x[0]) and type(x[1]) is int
-
-
-def _start_ticks(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        return int(raw[raw.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return -1
-
-
-class Walker:
-    """The live walker after its stream: edge labels and names on demand, then gone."""
-
-    def __init__(self, reader: Reader, control_host: str, pid: int, start_ticks: int, deadline: float) -> None:
-        self.reader = reader
-        self.control_host = control_host
-        self.pid = pid
-        self.start_ticks = start_ticks
-        self.deadline = deadline
-        self.cfd = -1
-        self.n = -1  # objects in the snapshot, once read: bounds the positions the walker answers
-
-    def _ask(
-        self, line: str, count: int | None = None, item: Callable[[Any], bool] = lambda x: True
-    ) -> list[Any]:
-        """The walker's answer to one question: a JSON list of ``count`` entries (if given), each
-        passing ``item``; anything else is a FormatError (the walker is data from the target)."""
-        from introspect.snapshot.records import FormatError, StreamError, _json
-
-        if self.cfd < 0:
-            while True:  # the walker opens its end after its last frame; never block on a dead one
-                try:
-                    self.cfd = os.open(self.control_host, os.O_WRONLY | os.O_NONBLOCK)
-                    os.set_blocking(self.cfd, True)
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO or time.monotonic() > self.deadline or not self.alive():
-                        raise StreamError("the snapshot walker stopped answering") from None
-                    time.sleep(0.005)
-        os.write(self.cfd, line.encode() + b"\n")
-        kind, payload = self.reader.frame()
-        if kind != b"L":
-            raise FormatError("answer frame", f"a {kind!r} frame where an answer ('L') belongs")
-        answer = _json(kind, payload)
-        if not isinstance(answer, list) or (count is not None and len(answer) != count):
-            raise FormatError(
-                "answer shape",
-                f"the walker's answer to {line[:1]!r} is not a list of {count} entries",
-            )
-        if not all(item(x) for x in answer):
-            raise FormatError(
-                "answer type", f"an entry of the walker's answer to {line[:1]!r} has the wrong type"
-            )
-        return answer
-
-    def labels(self, edges: Sequence[tuple[int, int]]) -> list[str]:
-        out: list[str] = []
-        for k in range(0, len(edges), 2000):
-            chunk = edges[k:k + 2000]
-            out += self._ask("L " + " ".join(f"{a} {b}" for a, b in chunk), len(chunk), _is_str)
-        return out
-
-    def names(self, positions: Sequence[int]) -> list[str]:
-        out: list[str] = []
-        for k in range(0, len(positions), 4000):
-            chunk = positions[k:k + 4000]
-            out += self._ask("N " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
-        return out
-
-    def counts(self, positions: Sequence[int]) -> list[int]:
-        """Items of each builtin container (dict: its keys, whatever the walk saw of them); -1 for others."""
-        out: list[int] = []
-        for k in range(0, len(positions), 4000):
-            chunk = positions[k:k + 4000]
-            out += self._ask("C " + " ".join(str(p) for p in chunk), len(chunk), _is_int)
-        return out
-
-    def previews(self, positions: Sequence[int]) -> list[str]:
-        """Short texts of builtin values (str, bytes, numbers, containers of those), made in the
-        frozen copy; any other object is named by its type, never repr()'d."""
-        out: list[str] = []
-        for k in range(0, len(positions), 1000):
-            chunk = positions[k:k + 1000]
-            out += self._ask("P " + " ".join(str(p) for p in chunk), len(chunk), _is_str)
-        return out
-
-    def duplicates(self, min_len: int = 8, top: int = 50) -> list[list[Any]]:
-        """Equal str/bytes values held as distinct objects: [type, length, copies, bytes of one,
-        [positions of up to 5 copies]], most wasted bytes first."""
-
-        n = self.n if self.n >= 0 else 1 << 31  # every position one of the snapshot's
-
-        def group(g: Any) -> bool:
-            return (isinstance(g, list) and len(g) == 5 and _is_str(g[0])
-                    and all(map(_is_int, g[1:4])) and isinstance(g[4], list)
-                    and all(_is_int(q) and 0 <= q < n for q in g[4]))
-
-        answer = self._ask(f"W {int(min_len)} {int(top)}", None, group)
-        return answer[:max(0, int(top))]
-
-    def freevars(self, positions: Sequence[int]) -> list[list[str]]:
-        out: list[list[str]] = []
-        for k in range(0, len(positions), 4000):
-            chunk = positions[k:k + 4000]
-            out += self._ask("V " + " ".join(str(p) for p in chunk), len(chunk),
-                             lambda x: isinstance(x, list) and all(_is_str(v) for v in x))
-        return out
-
-    def traces(self, depth: int) -> dict[str, Any]:
-        """tracemalloc's facts and live traces grouped by ``depth`` frames, read in the walker."""
-        answer: dict[str, Any] = self._ask(f"G {depth}", 1, lambda x: isinstance(x, dict))[0]
-        if "error" in answer:
-            from introspect.snapshot.records import StreamError
-
-            err = answer["error"] if isinstance(answer["error"], dict) else {}
-            raise StreamError(f"reading the traces failed in the walker: {err.get('type')}: {err.get('message')} "
-                              f"{str(err.get('frames', []))[-300:]}")
-        return answer
-
-    def memory(self) -> dict[str, Any]:
-        """The allocators' figures the walker read before its walk (asked for with memory=True),
-        checked field by field (breakdown.checked_copy): a wrong shape is a FormatError."""
-        from introspect.breakdown import checked_copy
-        from introspect.snapshot.records import FormatError
-
-        answer = self._ask("B", 1, lambda x: isinstance(x, dict))[0]
-        try:
-            return checked_copy(answer)
-        except ValueError as exc:
-            raise FormatError("memory answer", str(exc)) from None
-
-    def tracing(self) -> bool:
-        """Does the target trace allocations (tracemalloc on in the frozen copy)?"""
-        return bool(self._ask("A", 3)[0])
-
-    def allocated(self, positions: Sequence[int]) -> tuple[bool, list[list[Any] | None], str]:
-        """(tracing on?, the innermost allocation frame of each object as [file, line] or, where
-        an object it alone holds stands in (CPython 3.11), [file, line, "held"], None when
-        untraced; how the copy walked: "paused" when it traced none of its own allocations)."""
-        tracing_on = False
-        walk = ""
-        out: list[list[Any] | None] = []
-        for k in range(0, len(positions), 4000):
-            chunk = positions[k:k + 4000]
-            answer = self._ask("A " + " ".join(str(p) for p in chunk), 3)
-            if not answer[0]:
-                return False, [], ""
-            sites = answer[1]
-            if not (isinstance(sites, list) and len(sites) == len(chunk) and all(map(_is_site, sites))):
-                from introspect.snapshot.records import FormatError
-
-                raise FormatError("answer type",
-                                  "the walker's allocation sites are not [[file, line] or null]")
-            tracing_on = True
-            walk = str(answer[2])
-            out += [[str(x[0]), int(x[1]), *x[2:3]] if x else None for x in sites]
-        return tracing_on, out, walk
-
-    def alive(self) -> bool:
-        return self.pid > 0 and _start_ticks(self.pid) == self.start_ticks
-
-    def close(self) -> None:
-        if self.cfd >= 0:
-            try:
-                os.write(self.cfd, b"Q\n")
-            except OSError:
-                pass
-            os.close(self.cfd)
-            self.cfd = -1
-
-    def kill(self) -> None:
-        """SIGKILL the walker if it is still this walker (pid and start time both match)."""
-        if self.alive():
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 @dataclass
@@ -375,15 +194,25 @@ class _Session:
             # Half the budget more than the walker's own: past its budget it still lists the objects
             # found but not walked and counts every refcount (cheaper per object than the walk).
             reader.deadline = time.monotonic() + walk_budget(tracked[0]) * 1.5 + 10.0
-            self.walker = Walker(reader, run.host_file("control"), int(meta.get("pid", 0)), int(meta.get("start_ticks", -2)),
-                                 reader.deadline)
-            self.log(f"walker pid {self.walker.pid} streaming; {tracked[0]:,} gc-tracked objects at the fork, "
-                     f"walk budget {walk_budget(tracked[0]):.0f} s")
+            self.walker = Walker(
+                reader,
+                run.host_file("control"),
+                int(meta.get("pid", 0)),
+                int(meta.get("start_ticks", -2)),
+                reader.deadline,
+            )
+            self.log(
+                f"walker pid {self.walker.pid} streaming; {tracked[0]:,} gc-tracked objects at "
+                "the fork, "
+                f"walk budget {walk_budget(tracked[0]):.0f} s"
+            )
             stage[0] = "walking"
 
         def on_objects(objects: int, known: int) -> None:
-            progress.update(f"walked {_short(objects)} of ~{_short(max(known, tracked[0]))} objects, "
-                            f"{time.monotonic() - t0:.0f} s")
+            progress.update(
+                f"walked {_short(objects)} of ~{_short(max(known, tracked[0]))} objects, "
+                f"{time.monotonic() - t0:.0f} s"
+            )
 
         try:
             snap = read_snapshot(reader, on_meta=on_meta, on_objects=on_objects)
@@ -395,10 +224,19 @@ class _Session:
             reader.deadline = walker.deadline = time.monotonic() + analyse_budget(snap.n)
             stage[0] = "analysing"
             partial = str(snap.end.get("partial") or "")
-            self.log(f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, walked in {snap.end.get('walk_s', 0):.2f} s"
-                     + (f"; PARTIAL: {partial}" if partial else "") + f"; analysis budget {analyse_budget(snap.n):.0f} s")
-            stats = {"objects": snap.n, "references": int(snap.refs.shape[0]), "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
-                     "walker_pid": walker.pid, "partial": partial or None}
+            self.log(
+                f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, "
+                f"walked in {snap.end.get('walk_s', 0):.2f} s"
+                + (f"; PARTIAL: {partial}" if partial else "")
+                + f"; analysis budget {analyse_budget(snap.n):.0f} s"
+            )
+            stats = {
+                "objects": snap.n,
+                "references": int(snap.refs.shape[0]),
+                "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
+                "walker_pid": walker.pid,
+                "partial": partial or None,
+            }
             value = self.analyse(snap, walker)
             if partial and isinstance(value, dict) and "partial" in value:  # never shown as whole
                 value["partial"] = True
@@ -406,16 +244,24 @@ class _Session:
                     value["reason"] = partial
             return value, stats
         except TimeoutError:
-            what = {"waiting for the forked copy": f"did not start streaming within --timeout {self.timeout:g} s",
-                    "walking": f"did not finish its walk within its budget of {walk_budget(tracked[0]):.0f} s",
-                    "analysing": "did not answer within the analysis budget"}[stage[0]]
-            raise errors.TimeoutExpired(f"the forked snapshot {what} (its walker was killed)",
-                                        help="Try a larger --timeout, or --in-process.") from None
+            what = {
+                "waiting for the forked copy": "did not start streaming within --timeout "
+                f"{self.timeout:g} s",
+                "walking": "did not finish its walk within its budget of "
+                f"{walk_budget(tracked[0]):.0f} s",
+                "analysing": "did not answer within the analysis budget",
+            }[stage[0]]
+            raise errors.TimeoutExpired(
+                f"the forked snapshot {what} (its walker was killed)",
+                help="Try a larger --timeout, or --in-process.",
+            ) from None
         except FormatError:
             raise
         except StreamError as exc:
-            raise errors.AgentError(f"forked snapshot failed: {exc}",
-                                    help="The target was not affected (only its forked copy). Try --in-process.") from None
+            raise errors.AgentError(
+                f"forked snapshot failed: {exc}",
+                help="The target was not affected (only its forked copy). Try --in-process.",
+            ) from None
         finally:
             progress.done()
             if self.walker is not None:
@@ -448,14 +294,18 @@ def _short(n: int) -> str:
 def grpc_core(pid: int) -> str | None:
     """The path of gRPC Python's C core (grpc/_cython/cygrpc*.so) if the target has it mapped.
 
-    Its fork handlers run in the target at any fork: such a target is never forked (agent._grpc_refusal
-    has the measured reasons and decides again from sys.modules). Read here from /proc, so that the
-    common case costs no injection of an agent that would refuse."""
+    Its fork handlers run in the target at any fork: such a target is never forked
+    (agent._grpc_refusal has the measured reasons and decides again from sys.modules). Read here
+    from /proc, so that the common case costs no injection of an agent that would refuse."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
                 parts = line.rstrip("\n").split(None, 5)
-                if len(parts) == 6 and os.path.basename(parts[5]).startswith("cygrpc.") and parts[5].endswith(".so"):
+                if (
+                    len(parts) == 6
+                    and os.path.basename(parts[5]).startswith("cygrpc.")
+                    and parts[5].endswith(".so")
+                ):
                     return parts[5]
     except OSError:
         pass
@@ -468,57 +318,120 @@ def fork_or_reason(pid: int, mode: str, log: Callable[[str], None]) -> str | Non
         return "--in-process given"
     lib = grpc_core(pid)
     if lib is not None:
-        return (f"gRPC is loaded in the target ({os.path.basename(lib)}): its fork handlers would run there (a line on its "
-                "stderr, or its threads stopped and restarted) and the forked copy may crash or hang in them; a process "
-                "with gRPC loaded is never forked, even with --fork")
+        return (
+            f"gRPC is loaded in the target ({os.path.basename(lib)}): its fork handlers would run "
+            "there (a line on its stderr, or its threads stopped and restarted) and the forked "
+            "copy may crash or hang in them; a process "
+            "with gRPC loaded is never forked, even with --fork"
+        )
     if mode == "fork":
         return None
     room = headroom(pid)
     if not room.ok:
         return "not enough memory to fork: " + room.why()
-    log("memory headroom: " + room.why() if room.available >= 0 else "memory headroom: no limit readable")
+    log(
+        "memory headroom: " + room.why()
+        if room.available >= 0
+        else "memory headroom: no limit readable"
+    )
     return None
 
 
-def snapshot(pid: int, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
-             collect: bool = False, log: Callable[[str], None] = lambda s: None,
-             walk: bool = True, memory: bool = False) -> tuple[Outcome, T | None, dict[str, Any]]:
+def snapshot(
+    pid: int,
+    analyse: Callable[[Snapshot, Walker], T],
+    *,
+    method: str = "auto",
+    timeout: float = 30.0,
+    collect: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+    walk: bool = True,
+    memory: bool = False,
+) -> tuple[Outcome, T | None, dict[str, Any]]:
     """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
     Returns (outcome, value, walker stats); value is None when the agent could not fork
     (outcome.result["error"] says why)."""
     session = _Session(analyse, timeout, log)
-    params = {"collect": collect, "child_deadline": time.time() + timeout, "objects": walk,
-              "walk_base_s": WALK_BASE_S, "walk_per_object_s": WALK_PER_OBJECT_S,
-              "answer_s": ANALYSE_BASE_S, "answer_per_object_s": ANALYSE_PER_OBJECT_S,
-              "memory": memory}
-    outcome = run_agent(pid, "snapshot", params, method=method, timeout=timeout, log=log, fifos=("stream", "control"),
-                        session=session)
+    params = {
+        "collect": collect,
+        "child_deadline": time.time() + timeout,
+        "objects": walk,
+        "walk_base_s": WALK_BASE_S,
+        "walk_per_object_s": WALK_PER_OBJECT_S,
+        "answer_s": ANALYSE_BASE_S,
+        "answer_per_object_s": ANALYSE_PER_OBJECT_S,
+        "memory": memory,
+    }
+    outcome = run_agent(
+        pid,
+        "snapshot",
+        params,
+        method=method,
+        timeout=timeout,
+        log=log,
+        fifos=("stream", "control"),
+        session=session,
+    )
     res = outcome.result
     if res.get("forked"):
-        fork = f" (the fork itself {float(res['fork_s']) * 1000:.1f} ms)" if isinstance(res.get("fork_s"), (int, float)) else ""
-        log(f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the snapshot command (start to return){fork}")
+        fork = (
+            f" (the fork itself {float(res['fork_s']) * 1000:.1f} ms)"
+            if isinstance(res.get("fork_s"), (int, float))
+            else ""
+        )
+        log(
+            f"forked: target paused {res['pause_s'] * 1000:.1f} ms by the snapshot command "
+            f"(start to return){fork}"
+        )
     value, stats = outcome.extra if outcome.extra is not None else (None, {})
     return outcome, value, stats
 
 
-def take(pid: int, mode: str, analyse: Callable[[Snapshot, Walker], T], *, method: str = "auto", timeout: float = 30.0,
-         collect: bool = False, log: Callable[[str], None] = lambda s: None,
-         walk: bool = True,
-         memory: bool = False) -> tuple[Outcome | None, T | None, dict[str, Any]]:
+def take(
+    pid: int,
+    mode: str,
+    analyse: Callable[[Snapshot, Walker], T],
+    *,
+    method: str = "auto",
+    timeout: float = 30.0,
+    collect: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+    walk: bool = True,
+    memory: bool = False,
+) -> tuple[Outcome | None, T | None, dict[str, Any]]:
     """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
     The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
     why = fork_or_reason(pid, mode, log)
     if why is not None:
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
-    outcome, value, stats = snapshot(pid, analyse, method=method, timeout=timeout, collect=collect,
-                                     log=log, walk=walk, memory=memory)
+    outcome, value, stats = snapshot(
+        pid,
+        analyse,
+        method=method,
+        timeout=timeout,
+        collect=collect,
+        log=log,
+        walk=walk,
+        memory=memory,
+    )
     res = outcome.result
     if not res.get("forked"):
         why = str(res.get("error") or "the agent did not fork")
         log(f"collecting in-process: {why}")
         return None, None, {"path": "in-process", "why": why}
-    return outcome, value, {"path": "fork", "why": "--fork given" if mode == "fork" else "memory headroom available",
-                            "fork_pause_s": round(float(res["pause_s"]), 6),
-                            **({"fork_s": round(float(res["fork_s"]), 6)} if isinstance(res.get("fork_s"), (int, float)) else {}),
-                            **stats}
+    return (
+        outcome,
+        value,
+        {
+            "path": "fork",
+            "why": "--fork given" if mode == "fork" else "memory headroom available",
+            "fork_pause_s": round(float(res["pause_s"]), 6),
+            **(
+                {"fork_s": round(float(res["fork_s"]), 6)}
+                if isinstance(res.get("fork_s"), (int, float))
+                else {}
+            ),
+            **stats,
+        },
+    )

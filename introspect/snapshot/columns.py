@@ -31,9 +31,16 @@ from introspect.snapshot.records import (
 
 _I32 = np.iinfo(np.int32)
 # column -> dtype it is kept in (others: the stream's own)
-COMPACT: dict[str, np.dtype[Any]] = {"size": np.dtype(np.uint32), "type_of": np.dtype(np.uint16), "excess": np.dtype(np.int32)}
+COMPACT: dict[str, np.dtype[Any]] = {
+    "size": np.dtype(np.uint32),
+    "type_of": np.dtype(np.uint16),
+    "excess": np.dtype(np.int32),
+}
 # a narrow column -> its wide form, taken when a value does not fit
-WIDE: dict[np.dtype[Any], np.dtype[Any]] = {np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint16): np.dtype(np.int32)}
+WIDE: dict[np.dtype[Any], np.dtype[Any]] = {
+    np.dtype(np.uint32): np.dtype(np.int64),
+    np.dtype(np.uint16): np.dtype(np.int32),
+}
 
 
 @dataclass
@@ -178,8 +185,8 @@ def offsets_of(nrefs: np.ndarray) -> np.ndarray:
     step = 1 << 20
     base = 0
     for k in range(0, n, step):
-        part = np.cumsum(nrefs[k:k + step], dtype=np.int64)
+        part = np.cumsum(nrefs[k : k + step], dtype=np.int64)
         part += base
-        offsets[k + 1:k + 1 + part.shape[0]] = part
+        offsets[k + 1 : k + 1 + part.shape[0]] = part
         base = int(part[-1])
     return offsets

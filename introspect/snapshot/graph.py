@@ -65,8 +65,14 @@ def igraph_module() -> Any:
     return igraph
 
 
-def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray,
-        order: bool = True, parents: bool = True) -> tuple[np.ndarray, list[int], np.ndarray]:
+def bfs(
+    offsets: np.ndarray,
+    refs: np.ndarray,
+    n: int,
+    sources: np.ndarray,
+    order: bool = True,
+    parents: bool = True,
+) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
     vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
     where not reached). A child's parent is its first referrer in the layer before (shortest).
@@ -77,12 +83,12 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray,
     seen[frontier] = -1 if parents else True
     # the order is written in place, layer by layer (no list of layers joined at the end)
     out = np.empty(n if order else 0, np.int32)
-    out[:frontier.shape[0] if order else 0] = frontier[:out.shape[0]]
+    out[: frontier.shape[0] if order else 0] = frontier[: out.shape[0]]
     bounds = [0, int(frontier.shape[0])] if order else []
     while frontier.shape[0]:
         found = []
         for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
-            part = frontier[a:a + (1 << 18)]
+            part = frontier[a : a + (1 << 18)]
             starts = offsets[part]
             cnt = offsets[part + 1] - starts
             total = int(cnt.sum())
@@ -106,14 +112,16 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray,
         frontier = np.concatenate(found) if len(found) > 1 else found[0]
         del found
         if order:
-            out[bounds[-1]:bounds[-1] + frontier.shape[0]] = frontier
+            out[bounds[-1] : bounds[-1] + frontier.shape[0]] = frontier
             bounds.append(bounds[-1] + int(frontier.shape[0]))
     if order:
         out.resize(bounds[-1], refcheck=False)  # realloc: the unreached tail given back
     return out, bounds, seen
 
 
-def edge_blocks(offsets: np.ndarray, refs: np.ndarray, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def edge_blocks(
+    offsets: np.ndarray, refs: np.ndarray, n: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(referrer, referent) int32 arrays of every reference, a block of objects at a time: the
     referrer column is never whole (it would be 4 bytes per reference)."""
     for a in range(0, n, BLOCK):
@@ -121,7 +129,7 @@ def edge_blocks(offsets: np.ndarray, refs: np.ndarray, n: int) -> Iterator[tuple
         lo, hi = int(offsets[a]), int(offsets[b])
         if hi == lo:
             continue
-        src = np.repeat(np.arange(a, b, dtype=np.int32), np.diff(offsets[a:b + 1]))
+        src = np.repeat(np.arange(a, b, dtype=np.int32), np.diff(offsets[a : b + 1]))
         yield src, refs[lo:hi]
 
 
@@ -130,12 +138,18 @@ def indegree(refs: np.ndarray, n: int) -> np.ndarray:
     copy of the references and an int64 count)."""
     out = np.zeros(n, np.int32)
     for a in range(0, refs.shape[0], BLOCK):
-        np.add.at(out, refs[a:a + BLOCK], _ONE)
+        np.add.at(out, refs[a : a + BLOCK], _ONE)
     return out
 
 
-def peel(offsets: np.ndarray, refs: np.ndarray, n: int, reachable: np.ndarray, roots: np.ndarray,
-         indeg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def peel(
+    offsets: np.ndarray,
+    refs: np.ndarray,
+    n: int,
+    reachable: np.ndarray,
+    roots: np.ndarray,
+    indeg: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Hanging trees off the graph: an object with one reference to it and none left from it
     dominates nothing, and its one referrer is its immediate dominator. Peeled in rounds (a list
     of dicts of ints goes in three), what is left is the graph whose dominators need computing.
@@ -166,8 +180,14 @@ def peel(offsets: np.ndarray, refs: np.ndarray, n: int, reachable: np.ndarray, r
     return left, pred
 
 
-def dominators(offsets: np.ndarray, refs: np.ndarray, n: int, left: np.ndarray,
-               roots: np.ndarray, idom: np.ndarray) -> None:
+def dominators(
+    offsets: np.ndarray,
+    refs: np.ndarray,
+    n: int,
+    left: np.ndarray,
+    roots: np.ndarray,
+    idom: np.ndarray,
+) -> None:
     """Immediate dominators of the objects still ``left`` after peeling, written into ``idom``:
     igraph over their edges only, renumbered 0..k-1, the virtual root k (-1 where it reaches
     none)."""
@@ -198,8 +218,14 @@ def dominators(offsets: np.ndarray, refs: np.ndarray, n: int, left: np.ndarray,
     idom[keep] = np.where(ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
 
 
-def fold_retained(offsets: np.ndarray, refs: np.ndarray, size: np.ndarray, roots: np.ndarray,
-                  reachable: np.ndarray, idom: np.ndarray) -> np.ndarray:
+def fold_retained(
+    offsets: np.ndarray,
+    refs: np.ndarray,
+    size: np.ndarray,
+    roots: np.ndarray,
+    reachable: np.ndarray,
+    idom: np.ndarray,
+) -> np.ndarray:
     """Retained bytes per object (int64; 0 where unreachable): a dominator is strictly closer to
     the roots than what it dominates, so sizes fold upwards one BFS layer at a time, deepest
     first."""
@@ -210,7 +236,7 @@ def fold_retained(offsets: np.ndarray, refs: np.ndarray, size: np.ndarray, roots
     retained[~reachable] = 0
     for j in range(len(bounds) - 2, 0, -1):
         for a in range(bounds[j], bounds[j + 1], BLOCK):  # no order within a layer: in blocks
-            layer = order[a:min(a + BLOCK, bounds[j + 1])]
+            layer = order[a : min(a + BLOCK, bounds[j + 1])]
             dom = idom[layer]
             ok = dom >= 0
             np.add.at(retained, dom[ok], retained[layer[ok]])

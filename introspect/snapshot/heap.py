@@ -21,16 +21,31 @@ from introspect.snapshot.records import IMMORTAL, Snapshot
 from introspect.snapshot.views import Holder, TypeRow
 
 # Types whose instances hold items: the candidates for "holder".
-CONTAINERS = frozenset({"list", "dict", "set", "frozenset", "tuple", "collections.deque", "collections.OrderedDict",
-                        "collections.defaultdict", "collections.Counter", "weakref.WeakValueDictionary",
-                        "weakref.WeakKeyDictionary", "queue.Queue", "asyncio.queues.Queue"})
+CONTAINERS = frozenset(
+    {
+        "list",
+        "dict",
+        "set",
+        "frozenset",
+        "tuple",
+        "collections.deque",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "collections.Counter",
+        "weakref.WeakValueDictionary",
+        "weakref.WeakKeyDictionary",
+        "queue.Queue",
+        "asyncio.queues.Queue",
+    }
+)
 
 # Objects that hold what they hold only for a moment: a callback queued on an event loop's ready
 # queue or timer heap. A chain through one names where a reference happened to pass, not the owner
 # that keeps the object alive: such paths are replaced by one avoiding them when one exists.
 TRANSIENT = frozenset({"asyncio.events.Handle", "asyncio.events.TimerHandle"})
 
-# (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]", ".attr").
+# (holder position, child position) pairs -> how the holder holds the child ("['k']", "[3]",
+# ".attr").
 Labeler = Callable[[Sequence[tuple[int, int]]], list[str]]
 # positions -> names of modules, classes and functions ("" for anything else).
 Namer = Callable[[Sequence[int]], list[str]]
@@ -45,9 +60,9 @@ def type_rows(snap: Snapshot, among: np.ndarray | None = None) -> dict[str, Type
     nbytes = np.zeros(k, np.float64)
     step = graph.BLOCK  # in blocks: bincount's float weights would copy a whole column
     for a in range(0, snap.n, step):
-        t, tr, sz = snap.type_of[a:a + step], snap.tracked[a:a + step], snap.size[a:a + step]
+        t, tr, sz = snap.type_of[a : a + step], snap.tracked[a : a + step], snap.size[a : a + step]
         if among is not None:
-            m = among[a:a + step]
+            m = among[a : a + step]
             t, tr, sz = t[m], tr[m], sz[m]
         count += np.bincount(t, minlength=k)
         tracked += np.bincount(t[tr], minlength=k)
@@ -68,8 +83,12 @@ class Heap:
 
     snap: Snapshot
     retained: np.ndarray  # int64 bytes per object (0 where unreachable from every root)
-    idom: np.ndarray  # int32 immediate dominator position; -1 for roots (dominated by the virtual root) and unreachable
-    parent: np.ndarray  # int32 BFS parent position (shortest path from a root); -1 for roots and unreachable
+    # int32 immediate dominator position; -1 for roots (dominated by the virtual root) and
+    # unreachable objects
+    idom: np.ndarray
+    parent: (
+        np.ndarray
+    )  # int32 BFS parent position (shortest path from a root); -1 for roots and unreachable
     reachable: np.ndarray  # bool
     root_name: dict[int, str]
     held_from_c: int
@@ -107,7 +126,9 @@ class Heap:
         return False
 
 
-def _roots(snap: Snapshot, indeg: np.ndarray | None = None) -> tuple[dict[int, str], int, np.ndarray]:
+def _roots(
+    snap: Snapshot, indeg: np.ndarray | None = None
+) -> tuple[dict[int, str], int, np.ndarray]:
     """Root names by position, how many are held from C (immortal ones aside), and the roots'
     positions (int32): modules and frame locals, then among the objects they do not reach those
     whose refcount exceeds the references found (``indeg``: counted here when not given)."""
@@ -142,14 +163,18 @@ def _long_lived_roots(snap: Snapshot) -> np.ndarray:
             frame = r.name.rsplit(", local ", 1)[0]
             outermost[frame.split(", ", 1)[0]] = frame
     keep = {f for f in outermost.values()}
-    pos = [r.pos for r in snap.roots if r.kind == "module" or r.name.rsplit(", local ", 1)[0] in keep]
+    pos = [
+        r.pos for r in snap.roots if r.kind == "module" or r.name.rsplit(", local ", 1)[0] in keep
+    ]
     return np.asarray(sorted(set(pos)), dtype=np.int64)
 
 
 def reachable_of(snap: Snapshot) -> np.ndarray:
     """Which objects some root reaches (no dominator tree: for counts that need only this)."""
     _names, _held, roots = _roots(snap)
-    reached: np.ndarray = graph.bfs(snap.offsets, snap.refs, snap.n, roots, order=False, parents=False)[2]
+    reached: np.ndarray = graph.bfs(
+        snap.offsets, snap.refs, snap.n, roots, order=False, parents=False
+    )[2]
     return reached
 
 
@@ -171,11 +196,15 @@ def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str,
     by_type = [{"type": t, "count": c, "bytes": b} for t, (c, b) in ranked]
     # The classes in it name the cycle (billiard.einfo.ExceptionInfo, not the tuples it copied):
     # module-qualified types, most instances first.
-    classes = sorted((t for t in per if "." in t and t not in CONTAINERS),
-                     key=lambda t: (-per[t][0], t))
-    return {"objects": int(dead.sum()), "bytes": int(snap.size[dead].sum()),
-            "by_type": by_type[:limit] if limit > 0 else by_type,
-            "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]]}
+    classes = sorted(
+        (t for t in per if "." in t and t not in CONTAINERS), key=lambda t: (-per[t][0], t)
+    )
+    return {
+        "objects": int(dead.sum()),
+        "bytes": int(snap.size[dead].sum()),
+        "by_type": by_type[:limit] if limit > 0 else by_type,
+        "classes": [{"type": t, "count": per[t][0], "bytes": per[t][1]} for t in classes[:5]],
+    }
 
 
 def analyse(snap: Snapshot) -> Heap:
@@ -219,15 +248,33 @@ def analyse(snap: Snapshot) -> Heap:
 def _items(snap: Snapshot, pos: int) -> int:
     n = int(snap.offsets[pos + 1] - snap.offsets[pos])
     name = snap.type_name(pos)
-    if name in ("dict", "collections.OrderedDict", "collections.defaultdict", "collections.Counter"):
+    if name in (
+        "dict",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "collections.Counter",
+    ):
         return n // 2
     return n
 
 
 # Objects whose dicts are namespaces or their own machinery (a frame's globals and locals, a
 # function's __globals__, a class's namespace), never data an application accumulates.
-NAMESPACE_OWNERS = frozenset({"frame", "function", "module", "type", "code", "method", "cell",
-                              "builtin_function_or_method", "generator", "coroutine", "async_generator"})
+NAMESPACE_OWNERS = frozenset(
+    {
+        "frame",
+        "function",
+        "module",
+        "type",
+        "code",
+        "method",
+        "cell",
+        "builtin_function_or_method",
+        "generator",
+        "coroutine",
+        "async_generator",
+    }
+)
 
 
 def is_data_dict(snap: Snapshot, parent: int, label: str) -> bool:
@@ -239,7 +286,9 @@ def is_data_dict(snap: Snapshot, parent: int, label: str) -> bool:
     return label == "(referent)" and snap.type_name(parent) not in NAMESPACE_OWNERS
 
 
-def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: Labeler | None = None) -> list[int]:
+def holder_positions(
+    heap: Heap, limit: int = 10, min_bytes: int = 1024, label: Labeler | None = None
+) -> list[int]:
     """The containers retaining the most memory, outermost first: a container dominated by one
     already chosen is its content, not another holder. Attribute dicts (a module's, a class's,
     an instance's __dict__) are not holders: what they hold is named by attribute instead. With
@@ -250,12 +299,24 @@ def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: 
     cont_types = np.array([name in CONTAINERS for name in snap.types] or [False], bool)
     cand = np.nonzero(cont_types[snap.type_of] & (heap.retained >= min_bytes) & heap.reachable)[0]
     cand = cand[np.argsort(-heap.retained[cand], kind="stable")]
-    under_object = [(int(heap.parent[p]), p) for p in cand[:max(limit * 20, 1000)].tolist()
-                    if snap.type_name(p) == "dict" and p not in heap.root_name and heap.parent[p] >= 0
-                    and snap.type_name(int(heap.parent[p])) not in CONTAINERS | {"cell"}]
+    under_object = [
+        (int(heap.parent[p]), p)
+        for p in cand[: max(limit * 20, 1000)].tolist()
+        if snap.type_name(p) == "dict"
+        and p not in heap.root_name
+        and heap.parent[p] >= 0
+        and snap.type_name(int(heap.parent[p])) not in CONTAINERS | {"cell"}
+    ]
     # dicts under objects whose label was asked and is not "__dict__": data, not a namespace
-    data_dicts = ({p for (par, p), lab in zip(under_object, label(under_object)) if is_data_dict(snap, par, lab)}
-                  if label is not None and under_object else set())
+    data_dicts = (
+        {
+            p
+            for (par, p), lab in zip(under_object, label(under_object))
+            if is_data_dict(snap, par, lab)
+        }
+        if label is not None and under_object
+        else set()
+    )
     chosen: list[int] = []
     chosen_set: set[int] = set()
     for p in cand.tolist():
@@ -263,8 +324,13 @@ def holder_positions(heap: Heap, limit: int = 10, min_bytes: int = 1024, label: 
             break
         name = snap.type_name(p)
         par = int(heap.parent[p])
-        if (name == "dict" and p not in heap.root_name and par >= 0 and snap.type_name(par) not in CONTAINERS | {"cell"}
-                and p not in data_dicts):
+        if (
+            name == "dict"
+            and p not in heap.root_name
+            and par >= 0
+            and snap.type_name(par) not in CONTAINERS | {"cell"}
+            and p not in data_dicts
+        ):
             continue  # an attribute dict
         if heap.dominated_by(p, chosen_set):
             continue
@@ -304,8 +370,13 @@ def edges_of(paths: list[list[int]]) -> list[tuple[int, int]]:
 Counter_ = Callable[[Sequence[int]], list[int]]
 
 
-def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024,
-            count: Counter_ | None = None) -> list[Holder]:
+def holders(
+    heap: Heap,
+    label: Labeler,
+    limit: int = 10,
+    min_bytes: int = 1024,
+    count: Counter_ | None = None,
+) -> list[Holder]:
     """``count``: the walker's len() of each holder; without it, items are read off the references
     (a dict whose keys are all str references only its values: its count is then halved)."""
     picks = holder_positions(heap, limit, min_bytes, label)
@@ -315,10 +386,14 @@ def holders(heap: Heap, label: Labeler, limit: int = 10, min_bytes: int = 1024,
     out = []
     k = 0
     for p, path, n_items in zip(picks, paths, counted):
-        labs = flat[k:k + len(path) - 1]
+        labs = flat[k : k + len(path) - 1]
         k += len(path) - 1
         items = n_items if n_items >= 0 else _items(heap.snap, p)
-        out.append(Holder(p, describe(heap, path, labs), heap.snap.type_name(p), items, int(heap.retained[p])))
+        out.append(
+            Holder(
+                p, describe(heap, path, labs), heap.snap.type_name(p), items, int(heap.retained[p])
+            )
+        )
     return out
 
 
@@ -348,9 +423,14 @@ def match_type(snap: Snapshot, query: str) -> list[str]:
     return chains_mod.match_type(snap, query)
 
 
-def chains(heap: Heap, type_name: str, ask: Labeler, names: Namer, samples: int = 10,
-           freevars: Callable[[Sequence[int]], list[list[str]]] | None = None
-           ) -> tuple[list[dict[str, object]], int, int]:
+def chains(
+    heap: Heap,
+    type_name: str,
+    ask: Labeler,
+    names: Namer,
+    samples: int = 10,
+    freevars: Callable[[Sequence[int]], list[list[str]]] | None = None,
+) -> tuple[list[dict[str, object]], int, int]:
     """Reference chains to instances of ``type_name`` (chains.chains)."""
     from introspect.snapshot import chains as chains_mod
 

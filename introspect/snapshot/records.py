@@ -343,9 +343,10 @@ def _fields(
 
 def lean_malloc() -> None:
     """Give big arrays back to the system as soon as they are freed (glibc): every allocation of
-    4 MiB or more is its own mapping (smaller blocks are reused from the heap). glibc's default raises that threshold to the size of the
-    last freed mapping (up to 32 MiB), after which the analysis' freed temporaries stay in the
-    CLI's heap and its RSS only grows. No-op elsewhere (musl, macOS) or when it fails."""
+    4 MiB or more is its own mapping (smaller blocks are reused from the heap). glibc's default
+    raises that threshold to the size of the last freed mapping (up to 32 MiB), after which the
+    analysis' freed temporaries stay in the CLI's heap and its RSS only grows. No-op elsewhere
+    (musl, macOS) or when it fails."""
     global _LEAN
     if _LEAN:
         return

@@ -23,7 +23,9 @@ def test_look_at_three_million_objects_with_defaults(spawn, interp: Interp, tmp_
     v = spawn(interp, "seeds_leak.py")
     assert v.ask("ballast 2000000", timeout=120)["ballast"] == 1_000_000
     # WHEN top --by retained looks with default settings
-    run = introspect("top", str(v.pid), "--by", "retained", "--json", "-o", str(tmp_path / "t"), timeout=300)
+    run = introspect(
+        "top", str(v.pid), "--by", "retained", "--json", "-o", str(tmp_path / "t"), timeout=300
+    )
     # THEN it finishes whole, every object walked, and names the holder of the bulk first
     assert run.rc == 0, run.stderr
     doc = run.json()
@@ -32,5 +34,7 @@ def test_look_at_three_million_objects_with_defaults(spawn, interp: Interp, tmp_
     assert col["objects"] >= 3_000_000, col
     top = doc["holders"][0]
     assert top["path"] == "module __main__ .ballast" and top["items"] == 1_000_000, top
-    assert top["retained_bytes"] >= 1_000_000 * (56 + 64), top  # each item: a list and a dict at least
+    assert top["retained_bytes"] >= 1_000_000 * (56 + 64), (
+        top
+    )  # each item: a list and a dict at least
     assert v.ask("count")["count"] == 0  # the target goes on
