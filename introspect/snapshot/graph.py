@@ -72,14 +72,19 @@ def bfs(
     sources: np.ndarray,
     order: bool = True,
     parents: bool = True,
+    seen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Breadth-first from ``sources`` over the CSR edges, one numpy step per layer: (order of the
     vertices reached, int32; bounds of each layer in it; BFS parent, int32: -1 for a source, -2
     where not reached). A child's parent is its first referrer in the layer before (shortest).
     ``order=False``: no order (an empty array, bounds []); ``parents=False``: a bool per object
-    (reached or not) in place of the parents, which are not worked out."""
-    seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
+    (reached or not) in place of the parents, which are not worked out. ``seen``: the parents of
+    an earlier search, continued in place: what it reached is neither a source nor entered again.
+    """
+    if seen is None:
+        seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
     frontier = unique(np.asarray(sources).astype(np.int32))
+    frontier = frontier[seen[frontier] == -2] if parents else frontier[~seen[frontier]]
     seen[frontier] = -1 if parents else True
     # the order is written in place, layer by layer (no list of layers joined at the end)
     out = np.empty(n if order else 0, np.int32)
@@ -87,24 +92,24 @@ def bfs(
     bounds = [0, int(frontier.shape[0])] if order else []
     while frontier.shape[0]:
         found = []
-        for a in range(0, frontier.shape[0], 1 << 18):  # in slices: a wide layer's temporaries
-            part = frontier[a : a + (1 << 18)]
-            starts = offsets[part]
-            cnt = offsets[part + 1] - starts
-            total = int(cnt.sum())
-            if not total:
+        for a in range(0, frontier.shape[0], BLOCK):  # in slices: a wide layer's temporaries
+            part = frontier[a : a + BLOCK]
+            got = []  # the slice's new referents, each marked (with its first referrer) at once
+            for who, kids in _referents(offsets, refs, part):
+                if parents:
+                    fresh = seen[kids] == -2
+                    kids, first = unique_first(kids[fresh])
+                    seen[kids] = part[who[fresh][first]]
+                else:
+                    kids = unique(kids[~seen[kids]])
+                    seen[kids] = True
+                got.append(kids)
+            if not got:
                 continue
-            shift = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt)
-            kids = refs[np.arange(total, dtype=np.int64) + shift]
-            del shift, starts
-            fresh = (seen[kids] == -2) if parents else ~seen[kids]
-            if parents:
-                kids, first = unique_first(kids[fresh])
-                if kids.shape[0]:
-                    seen[kids] = np.repeat(part, cnt)[fresh][first]
-            else:
-                kids = unique(kids[fresh])
-                seen[kids] = True
+            kids = np.concatenate(got) if len(got) != 1 else got[0]
+            if len(got) > 1:
+                kids.sort()  # the slice's referents in order, whatever the blocks
+            del got
             if kids.shape[0]:
                 found.append(kids)
         if not found:
@@ -117,6 +122,30 @@ def bfs(
     if order:
         out.resize(bounds[-1], refcheck=False)  # realloc: the unreached tail given back
     return out, bounds, seen
+
+
+def _referents(
+    offsets: np.ndarray, refs: np.ndarray, part: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The references of the objects ``part``, in order, BLOCK references at a time: (index in
+    ``part`` of each one's referrer, int32; the referents). One object may hold millions (a
+    list of every record): its references are cut into blocks too."""
+    starts = offsets[part].astype(np.int64)
+    cnt = offsets[part + 1] - starts
+    ends = np.cumsum(cnt)
+    total = int(ends[-1]) if ends.shape[0] else 0
+    if total <= BLOCK:
+        if total:
+            first = ends - cnt
+            who = np.repeat(np.arange(part.shape[0], dtype=np.int32), cnt)
+            yield who, refs[np.arange(total, dtype=np.int64) + (starts - first)[who]]
+        return
+    first = ends - cnt
+    for e in range(0, total, BLOCK):
+        j = np.arange(e, min(total, e + BLOCK), dtype=np.int64)
+        who = np.searchsorted(ends, j, side="right").astype(np.int32)
+        j += (starts - first)[who]
+        yield who, refs[j]
 
 
 def edge_blocks(

@@ -224,16 +224,7 @@ def analyse(snap: Snapshot) -> Heap:
     off, refs = snap.offsets, snap.refs
     indeg = graph.indegree(refs, n)
     root_name, held, roots = _roots(snap, indeg)
-    # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
-    # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
-    # must not name what the thread's own object, or a module, keeps anyway.
-    parent = graph.bfs(off, refs, n, roots, order=False)[2]
-    long_par = graph.bfs(off, refs, n, _long_lived_roots(snap), order=False)[2]
-    by_long = long_par != -2
-    parent[by_long] = long_par[by_long]
-    del long_par, by_long
-    reachable = parent != -2
-    parent[~reachable] = -1
+    reachable = graph.bfs(off, refs, n, roots, order=False, parents=False)[2]
     left, idom = graph.peel(off, refs, n, reachable, roots, indeg)
     del indeg
     idom[~reachable] = -1
@@ -242,6 +233,15 @@ def analyse(snap: Snapshot) -> Heap:
     idom[roots] = -1
     idom[~reachable] = -1
     retained = graph.fold_retained(off, refs, snap.size, roots, reachable, idom)
+    # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
+    # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
+    # must not name what the thread's own object, or a module, keeps anyway. The second search
+    # continues the first: a path from another root never passes what a long-lived one reaches
+    # (that would be reached too), so its parents are those of one search from every root. Last,
+    # when the peeling's and the fold's arrays are gone: one int32 array in all.
+    parent = graph.bfs(off, refs, n, _long_lived_roots(snap), order=False)[2]
+    parent = graph.bfs(off, refs, n, roots, order=False, seen=parent)[2]
+    parent[~reachable] = -1
     return Heap(snap, retained, idom, parent, reachable, root_name, held, None)
 
 
