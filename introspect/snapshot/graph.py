@@ -248,19 +248,15 @@ def dominators(
 
 
 def fold_retained(
-    offsets: np.ndarray,
-    refs: np.ndarray,
     size: np.ndarray,
-    roots: np.ndarray,
+    order: np.ndarray,
+    bounds: list[int],
     reachable: np.ndarray,
     idom: np.ndarray,
 ) -> np.ndarray:
     """Retained bytes per object (int64; 0 where unreachable): a dominator is strictly closer to
-    the roots than what it dominates, so sizes fold upwards one BFS layer at a time, deepest
-    first."""
-    n = int(size.shape[0])
-    order, bounds, _seen = bfs(offsets, refs, n, roots, parents=False)
-    del _seen
+    the roots than what it dominates, so sizes fold upwards one layer of the BFS from the roots
+    (``order``, ``bounds``) at a time, deepest first."""
     retained = size.astype(np.int64)
     retained[~reachable] = 0
     for j in range(len(bounds) - 2, 0, -1):

@@ -224,7 +224,7 @@ def analyse(snap: Snapshot) -> Heap:
     off, refs = snap.offsets, snap.refs
     indeg = graph.indegree(refs, n)
     root_name, held, roots = _roots(snap, indeg)
-    reachable = graph.bfs(off, refs, n, roots, order=False, parents=False)[2]
+    order, bounds, reachable = graph.bfs(off, refs, n, roots, parents=False)
     left, idom = graph.peel(off, refs, n, reachable, roots, indeg)
     del indeg
     idom[~reachable] = -1
@@ -232,7 +232,8 @@ def analyse(snap: Snapshot) -> Heap:
     del left
     idom[roots] = -1
     idom[~reachable] = -1
-    retained = graph.fold_retained(off, refs, snap.size, roots, reachable, idom)
+    retained = graph.fold_retained(snap.size, order, bounds, reachable, idom)
+    del order
     # Shortest paths from the long-lived roots (modules, each thread's outermost frame) where they
     # reach; from any root elsewhere: a call in flight on a worker's thread (its innermost frames)
     # must not name what the thread's own object, or a module, keeps anyway. The second search
