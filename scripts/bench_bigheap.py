@@ -1,14 +1,17 @@
-"""Big heaps (issue 23): `introspect top PID --by retained` with default settings on heaps of 1M,
-5M (10M) objects, for main before the change and for this tree, in one run, on the same heaps.
+"""Big heaps (issue 23): `introspect top PID --by retained` (and `growth`, `backrefs PID bytes`
+with --commands) with default settings on heaps of 1M, 5M (10M) objects, for main before the
+change and for this tree, in one run, on the same heaps.
 
 Per size one target (this script with --target N: about N objects, half not tracked by gc: a list
 holding a list holding a dict holding bytes, per 4 objects), then for each code tree:
-  wall time and exit of `top --by retained` (defaults: no --timeout), the CLI's peak RSS (its
-  rusage), the walker's private memory (the largest Private_Clean + Private_Dirty of the target's
-  copies in /proc/PID/smaps_rollup, sampled every 50 ms), the walk's rate (objects / walk_s),
+  wall time and exit of each command (defaults: no --timeout), the CLI's CPU time (user + sys)
+  and peak RSS (its rusage: CPU time is what a loaded machine leaves stable, with memory), the
+  walker's private memory (the largest Private_Clean + Private_Dirty of the target's copies in
+  /proc/PID/smaps_rollup, sampled every 50 ms), the walk's rate (objects / walk_s),
 and as anchors, in the target: gc.get_objects()'s rate and guppy3's census time (hpy().heap()).
 
-Usage: scripts/bench-bigheap [--sizes 1000000,5000000] [--base COMMIT] [--python PATH]
+Usage: scripts/bench-bigheap [--sizes 1000000,5000000] [--commands top,growth,backrefs]
+                             [--base COMMIT] [--python PATH]
 The base tree is a `git worktree` of COMMIT in a temporary directory, removed at the end.
 """
 
@@ -83,25 +86,29 @@ def _copies_private(pid: int, stop: threading.Event, out: dict[str, int]) -> Non
         stop.wait(0.05)
 
 
-def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+COMMANDS = {
+    "top": ["top", "{pid}", "--by", "retained"],
+    "growth": ["growth", "{pid}"],  # after a first look that records the baseline
+    "backrefs": ["backrefs", "{pid}", "bytes"],
+}
+
+
+def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "XDG_STATE_HOME": str(outdir / "state")}
+    argv = [a.format(pid=pid) for a in COMMANDS[command]]
+    if command == "growth":  # the baseline: not measured
+        subprocess.run(
+            [python, "-m", "introspect", *argv, "--json", "-o", str(outdir / "base")],
+            cwd=str(tree),
+            env=env,
+            capture_output=True,
+        )
     stop, peak = threading.Event(), {}  # type: ignore[var-annotated]
     watcher = threading.Thread(target=_copies_private, args=(pid, stop, peak), daemon=True)
     watcher.start()
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "introspect",
-            "top",
-            str(pid),
-            "--by",
-            "retained",
-            "--json",
-            "-o",
-            str(outdir),
-        ],
+        [python, "-m", "introspect", *argv, "--json", "-o", str(outdir)],
         cwd=str(tree),
         env=env,
         stdout=subprocess.PIPE,
@@ -135,6 +142,8 @@ def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
     col = doc.get("collector") or {}
     holders = doc.get("holders") or [{}]
     return {
+        "command": command,
+        "cli_cpu_s": ru.ru_utime + ru.ru_stime,
         "rc": proc.returncode,
         "wall_s": wall,
         "err": err.strip().splitlines()[-1:] if proc.returncode else [],
@@ -150,10 +159,11 @@ def look(tree: Path, python: str, pid: int, outdir: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,5000000")
-    ap.add_argument("--base", default="163b50e", help="main before the change (a commit)")
+    ap.add_argument("--base", default="80928fe", help="main before the change (a commit)")
     ap.add_argument(
         "--python", default=sys.executable, help="the target's interpreter (guppy3 importable)"
     )
+    ap.add_argument("--commands", default="top", help="of top,growth,backrefs (default: top)")
     ap.add_argument("--target", type=int, help=argparse.SUPPRESS)
     opts = ap.parse_args()
     if opts.target is not None:
@@ -180,10 +190,17 @@ def main() -> int:
             rss = _kb(proc.pid, "VmRSS")
             try:
                 for name, tree in (("main before", base), ("this change", REPO)):
-                    r = look(tree, sys.executable, proc.pid, tmp / f"{name[:4]}-{size}")
-                    r.update(name=name, size=size, tracked=ready["ready"], target_rss=rss)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
+                    for command in opts.commands.split(","):
+                        r = look(
+                            tree,
+                            sys.executable,
+                            proc.pid,
+                            tmp / f"{name[:4]}-{size}-{command}",
+                            command,
+                        )
+                        r.update(name=name, size=size, tracked=ready["ready"], target_rss=rss)
+                        rows.append(r)
+                        print(json.dumps(r), flush=True)
                 proc.stdin.write("get_objects\n")
                 proc.stdin.flush()
                 go = json.loads(proc.stdout.readline())
@@ -212,10 +229,9 @@ def _mib(b: int | None) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| objects | code | target RSS | `top --by retained` (defaults) | CLI peak RSS | "
-        "walker private |"
-        " walk rate | gc.get_objects() rate | guppy3 census |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| objects | code | target RSS | command (defaults) | wall | CLI CPU (user+sys) | "
+        "CLI peak RSS | walker private | walk rate | gc.get_objects() rate | guppy3 census |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = (
@@ -238,9 +254,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         )
         go = f"{r['get_objects_rate'] / 1e6:,.1f}M/s" if r.get("get_objects_rate") else "-"
         gp = f"{r['guppy_s']:.1f} s" if r.get("guppy_s") else "-"
+        cmd = " ".join(COMMANDS[r["command"]]).replace("{pid}", "PID")
         out.append(
-            f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | {res} | {cli} | "
-            f"{_mib(r.get('walker_private'))} | {rate} | {go} | {gp} |"
+            f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | `{cmd}` | {res} | "
+            f"{r['cli_cpu_s']:.1f} s | {cli} | {_mib(r.get('walker_private'))} | {rate} | {go} | "
+            f"{gp} |"
         )
     return "\n".join(out)
 
