@@ -272,7 +272,7 @@ def chains(
     if modules and reach.shape[0]:
         owner = _owners(heap, reach, names, modules)
         root_is = np.array([heap.root_name.get(int(r), "") for r in paths.root.tolist()], object)
-        for m in np.unique(owner[owner >= 0]).tolist():
+        for m in graph.unique(owner[owner >= 0]).tolist():
             want = np.flatnonzero((owner == m) & (root_is != "module " + mods[m]))
             if not want.shape[0]:
                 continue
