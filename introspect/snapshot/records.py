@@ -251,7 +251,8 @@ class Reader:
 
     def _take(self, n: int) -> bytes:
         self._fill(n)
-        out = bytes(self.buf[:n])
+        with memoryview(self.buf) as view:  # one copy (a bytearray slice would be a second)
+            out = bytes(view[:n])
         del self.buf[:n]
         self.consumed += n
         return out
