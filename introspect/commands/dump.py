@@ -112,18 +112,25 @@ def take(
     log: Any = lambda s: None,
 ) -> dict[str, Any]:
     """Fork ``pid`` and write its heap to ``path``; the JSON document of the dump (plus "_text")."""
-    from introspect.snapshot import dumpfile
-
-    facts = base_facts(pid)
-
-    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
-        _fill(facts, snap)
-        return dumpfile.write(path, snap, walker, facts, no_keys, log)
+    from introspect.commands import memory as memory_cmd
+    from introspect.snapshot import dumpformat, dumpwrite
 
     if collector == "in-process":
         raise errors.UsageError("a dump needs a forked snapshot; --in-process cannot write one")
+    proc = memory_cmd.read_before_fork(pid)  # RSS/USS before the fork (then all is shared)
+    facts = {**base_facts(pid), "rss": proc.rss, "uss": proc.uss}
+
+    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        _fill(facts, snap)
+        got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
+        facts["memory"] = dumpformat.memory_block(
+            got["memory"], got["missing"], got["stacks_found"], got["threads"],
+            got["python_in_malloc"], got["copy_s"],
+        )
+        return dumpwrite.write(path, snap, walker, facts, no_keys, log)
+
     outcome, got, col = collect.take(
-        pid, collector, analyse, method=method, timeout=timeout, log=log
+        pid, collector, analyse, method=method, timeout=timeout, log=log, memory=True
     )
     if outcome is None or got is None:
         raise errors.UsageError(
@@ -164,12 +171,12 @@ def check_keep(args: argparse.Namespace) -> None:
 def base_facts(pid: int) -> dict[str, Any]:
     """What a dump says of its process, read by the CLI from /proc before the fork."""
     from introspect import __version__
-    from introspect.snapshot import dumpfile
+    from introspect.snapshot import dumpwrite
 
     facts: dict[str, Any] = {
         "pid": pid,
         "start_ticks": collect._start_ticks(pid),
-        **dumpfile.process_facts(pid),
+        **dumpwrite.process_facts(pid),
         "time": time.time(),
         "introspect": str(__version__),
     }
@@ -189,13 +196,17 @@ def keeping(
     if not path or isinstance(args.pid, str):
         return analyse
     check_writable(path)
-    facts = base_facts(args.pid)
+    facts = {
+        **base_facts(args.pid),
+        "memory_missing": "it was kept by a live top, growth or backrefs (--keep), which does not "
+        "read the allocators; `introspect dump PID` writes the breakdown",
+    }
 
     def wrapped(snap: Snapshot, walker: Walker) -> T:
-        from introspect.snapshot import dumpfile
+        from introspect.snapshot import dumpwrite
 
         _fill(facts, snap)
-        got = dumpfile.write(path, snap, walker, facts, False, log)
+        got = dumpwrite.write(path, snap, walker, facts, False, log)
         log(f"kept the snapshot in {path} ({got['bytes']:,} bytes)")
         return analyse(snap, walker)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from introspect.snapshot import dumpfile, records
+from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
 from scripts.fuzz_records import VICTIM
 
-HEAD = len(dumpfile.DUMP_MAGIC)
+HEAD = len(dumpformat.DUMP_MAGIC)
 
 
 def _dump(path: str, no_keys: bool = False) -> None:
@@ -49,7 +49,7 @@ def _dump(path: str, no_keys: bool = False) -> None:
                 int(str(metas[0]["start_ticks"])),
                 reader.deadline,
             )
-            dumpfile.write(
+            dumpwrite.write(
                 path,
                 snap,
                 walker,
@@ -77,7 +77,7 @@ def _raw(good: Path) -> bytes:
 
 def _refused(tmp: Path, raw: bytes, name: str = "bad.pydump") -> str:
     p = tmp / name
-    p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(raw))
+    p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(raw))
     with pytest.raises(dumpfile.DumpError) as caught:
         dumpfile.load(str(p))
     assert caught.value.exit_code == 14 and str(p) in str(caught.value)
@@ -180,7 +180,7 @@ def test_mutated_dumps_read_whole_or_refused(good: Path, tmp_path: Path) -> None
             a = rng.randrange(len(data))
             data = data[:a] + data[a + rng.randint(1, 64) :]
         p = tmp_path / f"m{i}.pydump"
-        p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(bytes(data)))
+        p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(bytes(data)))
         try:
             d = dumpfile.load(str(p))
         except dumpfile.DumpError as exc:
