@@ -9,7 +9,13 @@ graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with matplotlib)
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
 
-Example: introspect report 1234 --duration 60
+On dump files (`introspect report FILE [FILE2]`) the same page from what the files hold: the
+suspects, holders, types, garbage, memory breakdown and chains, with two dumps their change from
+the first to the second; what a file cannot answer (memory samples, trend) is said (docs/dumps.md).
+
+Examples:
+  introspect report 1234 --duration 60
+  introspect report morning.pydump evening.pydump
 """
 
 from __future__ import annotations
@@ -65,7 +71,10 @@ class Command:
     name = "report"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
+        add_target_options(parser, files=True)
+        parser.add_argument("new", nargs="?", metavar="FILE2",
+                            help="with a dump FILE in place of PID: a later dump of the same "
+                                 "process, compared with the first (docs/dumps.md)")
         parser.add_argument("--duration", type=float, default=30.0, metavar="S", help="watch for S seconds (default: 30)")
         parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between memory samples (default: 1)")
         parser.add_argument("--looks", type=int, default=3, metavar="N",
@@ -80,6 +89,10 @@ class Command:
     def run(self, args: argparse.Namespace) -> int:
         if args.duration <= 0 or args.interval <= 0 or args.looks < 2 or args.top < 1 or args.backrefs < 0 or args.budget <= 0:
             raise errors.UsageError("--duration, --interval and --budget must be > 0, --looks >= 2, --top >= 1, --backrefs >= 0")
+        if isinstance(args.pid, str) or args.new is not None:
+            from introspect.commands import report_files
+
+            return report_files.run(args)
         sampler = Sampler(args.pid, children=False)
         out = OutputDir(self.name, args.pid, args.output)
         progress = Progress()
@@ -474,6 +487,18 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"report: {Path(doc['files']['index']).resolve()}",
              f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
     lines += breakdown_lines(doc.get("breakdown"), doc["pid"])
+    lines += findings_lines(doc, "since the first look")
+    lines += _allocated_lines(doc)
+    if not doc["complete"]:
+        lines.append(f"INCOMPLETE: {doc['problem']}")
+    return "\n".join(lines)
+
+
+def findings_lines(doc: dict[str, Any], since: str) -> list[str]:
+    """Suspects, growth, garbage, holders and the traced types' holders, a line or a few each
+    (a live report's, and one from dumps: ``since`` names the first look)."""
+    lines: list[str] = []
+    mem = doc["memory"]
     snap = doc.get("snapshot") or {}
     from introspect.snapshot.suspects import suspect_lines
 
@@ -481,32 +506,29 @@ def render(doc: dict[str, Any]) -> str:
     lines += mem.get("wall") or []
     grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
     if grown:  # forked snapshots count every object, untracked ones too
-        lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
+        lines.append(f"grew {since}: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
     elif doc["growing"]:
         lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
     elif len(doc["looks"]) >= 2:
-        lines.append("no type grew since the baseline")
+        lines.append("no type grew " + ("since the baseline" if since.endswith("look") else since))
     if snap.get("garbage") is not None:
         lines.append(analysis.garbage_line(snap["garbage"], snap.get("gc")))
         if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
             lines.append(analysis.growth_split_line(snap["bytes"] - snap["bytes_first"],
                                                     snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"],
-                                                    "since the first look"))
+                                                    since))
     if snap.get("holders"):
         from introspect.snapshot.views import holder_line
 
         compared = any(h.get("matched") is not None for h in snap["holders"])  # else one look: nothing to compare
         grew = [h for h in snap["holders"] if h.get("grew")] if compared else snap["holders"]
         if grew:
-            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
+            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", since))
         else:
             same = sum(1 for h in snap["holders"] if h.get("matched"))
-            lines.append(f"no holder grew since the first look ({same} listed then are unchanged, "
+            lines.append(f"no holder grew {since} ({same} listed then are unchanged, "
                          f"{len(snap['holders']) - same} were not listed then)")
     if doc["backrefs"]:
         lines += [_held_by(r) for r in doc["backrefs"]]
-    lines += _allocated_lines(doc)
-    if not doc["complete"]:
-        lines.append(f"INCOMPLETE: {doc['problem']}")
-    return "\n".join(lines)
+    return lines
 
