@@ -124,8 +124,12 @@ def take(
         _fill(facts, snap)
         got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
         facts["memory"] = dumpformat.memory_block(
-            got["memory"], got["missing"], got["stacks_found"], got["threads"],
-            got["python_in_malloc"], got["copy_s"],
+            got["memory"],
+            got["missing"],
+            got["stacks_found"],
+            got["threads"],
+            got["python_in_malloc"],
+            got["copy_s"],
         )
         return dumpwrite.write(path, snap, walker, facts, no_keys, log)
 
@@ -164,8 +168,10 @@ def add_keep_option(parser: argparse.ArgumentParser) -> None:
 def check_keep(args: argparse.Namespace) -> None:
     """--keep FILE names one file: refused with --children (one snapshot per child)."""
     if getattr(args, "keep", None) and getattr(args, "children", False):
-        raise errors.UsageError("--keep FILE keeps one snapshot; with --children each child has its own",
-                                help="Run the command on one child's pid with --keep.")
+        raise errors.UsageError(
+            "--keep FILE keeps one snapshot; with --children each child has its own",
+            help="Run the command on one child's pid with --keep.",
+        )
 
 
 def base_facts(pid: int) -> dict[str, Any]:

@@ -50,7 +50,9 @@ class Command:
 
         log = logger(args)
         base = (
-            args.file[: -len(dumpformat.SUFFIX)] if args.file.endswith(dumpformat.SUFFIX) else args.file
+            args.file[: -len(dumpformat.SUFFIX)]
+            if args.file.endswith(dumpformat.SUFFIX)
+            else args.file
         )
         out = args.output or base + ".heapsnapshot"
         if os.path.lexists(out):

@@ -61,8 +61,11 @@ def _look(dump: Any, first: dict[str, Any] | None) -> dict[str, Any]:
     mem = dump.facts.get("memory")
     if mem is not None:
         t = now - float(first["time"]) if first else 0.0
-        value["breakdown"] = {"t": round(t, 3), "memory": mem["memory"],
-                              "memory_missing": mem["missing"]}
+        value["breakdown"] = {
+            "t": round(t, 3),
+            "memory": mem["memory"],
+            "memory_missing": mem["missing"],
+        }
     value["time"] = now
     return value
 
@@ -89,25 +92,33 @@ def _candidates(
     if len(looks) > 1:
         first = looks[0]["look"].types
         grown = [
-            analysis.GrowthRow(name, r.count, r.count - first.get(name, [0, 0])[0],
-                               r.count - first.get(name, [0, 0])[0])
+            analysis.GrowthRow(
+                name,
+                r.count,
+                r.count - first.get(name, [0, 0])[0],
+                r.count - first.get(name, [0, 0])[0],
+            )
             for name, r in last.items()
             if r.count - first.get(name, [0, 0])[0] > 0
         ]
         grown.sort(key=lambda r: (-r.since_baseline, r.type))
         added = {name: r.bytes - first.get(name, [0, 0])[1] for name, r in last.items()}
         names = analysis.backref_candidates(grown, [], n, added)
-        why = {r.type: analysis.why_picked(r, []).replace("since the baseline",
-                                                          "since the first dump")
-               for r in grown if r.type in names}
+        why = {
+            r.type: analysis.why_picked(r, []).replace("since the baseline", "since the first dump")
+            for r in grown
+            if r.type in names
+        }
         return names, why, grown
     # one dump: the application's classes among the largest types first, then the largest
     biggest = sorted(last.values(), key=lambda r: (-r.bytes, r.type))[:15]
     biggest.sort(key=lambda r: analysis.origin(r.type) != "application")
     names = [r.type for r in biggest[:n]]
-    why = {r.type: f"among the largest types by bytes ({human_bytes(r.bytes)}, {r.count:,} "
-           f"objects; {analysis.origin(r.type)}): one dump has no growth to rank by"
-           for r in biggest[:n]}
+    why = {
+        r.type: f"among the largest types by bytes ({human_bytes(r.bytes)}, {r.count:,} "
+        f"objects; {analysis.origin(r.type)}): one dump has no growth to rank by"
+        for r in biggest[:n]
+    }
     return names, why, []
 
 
@@ -136,12 +147,18 @@ def run(args: argparse.Namespace) -> int:
     if len(dumps) == 2:
         fo, fn = dumps[0].facts, dumps[1].facts
         if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
-            print(f"introspect: {paths[0]} and {paths[1]} are dumps of different processes "
-                  f"(pid {fo.get('pid')} and {fn.get('pid')}): compared anyway, type by type and "
-                  "holder by holder", file=sys.stderr)
+            print(
+                f"introspect: {paths[0]} and {paths[1]} are dumps of different processes "
+                f"(pid {fo.get('pid')} and {fn.get('pid')}): compared anyway, type by type and "
+                "holder by holder",
+                file=sys.stderr,
+            )
         if float(fn.get("time", 0)) < float(fo.get("time", 0)):
-            print(f"introspect: {paths[1]} was taken before {paths[0]}: the change shown is from "
-                  "the first file given to the second", file=sys.stderr)
+            print(
+                f"introspect: {paths[1]} was taken before {paths[0]}: the change shown is from "
+                "the first file given to the second",
+                file=sys.stderr,
+            )
     looks: list[dict[str, Any]] = []
     for d in dumps:
         looks.append(_look(d, looks[0] if looks else None))
@@ -174,33 +191,58 @@ def run(args: argparse.Namespace) -> int:
         change = None
         if len(bd) > 1:
             change = breakdown.change(bd[0]["memory"], bd[-1]["memory"], bd[-1]["t"] - bd[0]["t"])
-        mem_doc = {"looks": bd, "memory": bd[-1]["memory"],
-                   "memory_missing": bd[-1]["memory_missing"], "memory_change": change}
+        mem_doc = {
+            "looks": bd,
+            "memory": bd[-1]["memory"],
+            "memory_missing": bd[-1]["memory_missing"],
+            "memory_change": change,
+        }
     cannot = dict(CANNOT)
     if len(bd) < len(dumps):
-        whys = [str(d.facts.get("memory_missing") or "written before dumps carried it")
-                for d in dumps if d.facts.get("memory") is None]
-        cannot["breakdown"] = "the memory breakdown of " + (
-            "every dump" if not bd else "the first dump") + ": " + whys[0]
+        whys = [
+            str(d.facts.get("memory_missing") or "written before dumps carried it")
+            for d in dumps
+            if d.facts.get("memory") is None
+        ]
+        cannot["breakdown"] = (
+            "the memory breakdown of "
+            + ("every dump" if not bd else "the first dump")
+            + ": "
+            + whys[0]
+        )
     seconds = looks[-1]["time"] - looks[0]["time"]
     doc: dict[str, Any] = {
         "pid": pid,
         "name": facts.get("name", ""),
         "python": facts.get("python", ""),
         "method": "dump",
-        "dumps": [{"file": d.path, "pid": d.facts.get("pid"), "time": d.facts.get("time"),
-                   "objects": d.snap.n, "introspect": d.facts.get("introspect")} for d in dumps],
+        "dumps": [
+            {
+                "file": d.path,
+                "pid": d.facts.get("pid"),
+                "time": d.facts.get("time"),
+                "objects": d.snap.n,
+                "introspect": d.facts.get("introspect"),
+            }
+            for d in dumps
+        ],
         "paused_s": round(sum(lk["paused_s"] for lk in looks), 6),
         "complete": True,
         "problem": None,
         "duration_s": round(seconds, 3),
-        "looks": [{"t": round(lk["time"] - looks[0]["time"], 3), "objects": d.snap.n,
-                   "file": d.path} for lk, d in zip(looks, dumps)],
+        "looks": [
+            {"t": round(lk["time"] - looks[0]["time"], 3), "objects": d.snap.n, "file": d.path}
+            for lk, d in zip(looks, dumps)
+        ],
         "grew_every_interval": [],
-        "growing": [{"type": r.type, "count": r.count, "delta": r.delta,
-                     "since_baseline": r.since_baseline} for r in grown[: args.top]],
-        "backrefs": [{k: v for k, v in d.items() if k not in ("graph", "collector", "levels")}
-                     for d in traced],
+        "growing": [
+            {"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
+            for r in grown[: args.top]
+        ],
+        "backrefs": [
+            {k: v for k, v in d.items() if k not in ("graph", "collector", "levels")}
+            for d in traced
+        ],
         "skipped": skipped,
         "snapshot": snap_doc,
         "breakdown": mem_doc,
@@ -210,10 +252,12 @@ def run(args: argparse.Namespace) -> int:
         "files": {},
     }
     doc["memory"] = {"samples": 0, "summary": "not measured: " + CANNOT["trend"]}
-    text_lines = [f"dump {d.path}: pid {d.facts.get('pid')} ({d.facts.get('name', '')}), "
-                  f"Python {d.facts.get('python', '')}, {d.snap.n:,} objects, taken "
-                  + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(d.facts.get("time", 0))))
-                  for d in dumps]
+    text_lines = [
+        f"dump {d.path}: pid {d.facts.get('pid')} ({d.facts.get('name', '')}), "
+        f"Python {d.facts.get('python', '')}, {d.snap.n:,} objects, taken "
+        + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(d.facts.get("time", 0))))
+        for d in dumps
+    ]
     if len(dumps) == 2:
         text_lines.append(f"compared: the second dump was taken {seconds:,.0f} s after the first")
     text_lines += breakdown_lines(mem_doc, pid)
@@ -232,10 +276,16 @@ def page(doc: dict[str, Any], text_lines: list[str], chain_text: Any) -> str:
 
     e = html.escape
     title = f"introspect report: pid {doc['pid']} ({doc['name']}) from " + (
-        "two dumps" if len(doc["dumps"]) > 1 else "a dump")
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(title)}</title>", f"<style>{page_html.STYLE}</style></head><body>",
-           f"<h1>{e(title)}</h1>", "<pre>" + e("\n".join(text_lines)) + "</pre>"]
+        "two dumps" if len(doc["dumps"]) > 1 else "a dump"
+    )
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{page_html.STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<pre>" + e("\n".join(text_lines)) + "</pre>",
+    ]
     out += page_html._breakdown_section(doc)
     out += page_html._snapshot_sections(doc)
     out.append("<h2>Who keeps the traced types alive</h2>")
