@@ -9,7 +9,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -83,25 +83,26 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
 
 def _by_type_sample(
     snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any
-) -> list[list[Any]]:
-    """[position, answer] for every object of each type whose first instance has an answer other
-    than ``empty`` (names: modules, classes, functions; counts: containers): one question per type
-    first, then only the instances of the types that answered."""
+) -> Iterator[tuple[list[int], list[Any]]]:
+    """(positions, answers) other than ``empty``, a chunk at a time, for every object of each type
+    whose first instance has such an answer (names: modules, classes, functions; counts:
+    containers): one question per type first, then only the instances of the types that
+    answered. A chunk at a time: a million containers' counts are never all in memory."""
     first = np.full(len(snap.types), -1, np.int64)
     order = np.arange(snap.n, dtype=np.int64)[::-1]
     first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
+    del order
     probe = [int(p) for p in first if p >= 0]
     answered = {
         int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
     }
     if not answered:
-        return []
-    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64))).tolist()
-    out: list[list[Any]] = []
+        return
+    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64)))
     for s in range(0, len(want), 40_000):
-        chunk = want[s : s + 40_000]
-        out += [[p, a] for p, a in zip(chunk, ask(chunk)) if a != empty]
-    return out
+        chunk = want[s : s + 40_000].tolist()
+        got = [(p, a) for p, a in zip(chunk, ask(chunk)) if a != empty]
+        yield [p for p, _ in got], [a for _, a in got]
 
 
 def write(
@@ -122,17 +123,25 @@ def write(
         out._write(DUMP_MAGIC)
         _write_snapshot(out, snap)
         out.json(b"D", {**facts, "no_keys": no_keys})
-        names = _by_type_sample(snap, walker.names, "")
-        counts = _by_type_sample(snap, walker.counts, -1)
-        items: dict[int, int] = {p: c for p, c in counts}
-        total = _write_labels(out, snap, walker, items, no_keys)
-        del items
-        log(f"dump: {total:,} labels written")
-        _json_chunks(out, "names", names)
-        _json_chunks(out, "counts", counts)
-        named = [p for p, _ in names]
+        # names and counts are written as they are answered; only what the labels need is kept:
+        # the named positions (for their free variables) and big containers' item counts
+        named: list[int] = []
+        for pos, got in _by_type_sample(snap, walker.names, ""):
+            _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
+            named += pos
+        items: dict[int, int] = {}
+        nrefs = np.diff(snap.offsets)
+        for pos, got in _by_type_sample(snap, walker.counts, -1):
+            _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
+            if pos:
+                big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
+                items.update((pos[k], got[k]) for k in big)
+        del nrefs
         free = walker.freevars(named) if named else []
         _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
+        del named, free
+        total = _write_labels(out, snap, walker, items, no_keys)
+        log(f"dump: {total:,} labels written")
         out.json(b"Z", {"labels": total})
         out.finish()
         os.fsync(fd)

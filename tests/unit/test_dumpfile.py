@@ -128,7 +128,7 @@ def test_no_keys_writes_key_types(tmp_path: Path) -> None:
 def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
     raw = _raw(good)
     fr = _frames(raw)
-    ys = [(a, b) for k, a, b in fr if k == b"Y"]
+    ys = [(a, b) for k, a, b in fr if k == b"Y" and b'"what":"labels"' in raw[a : a + 40]]
     ((z0, z1),) = [(a, b) for k, a, b in fr if k == b"Z"]
     ((d0, d1),) = [(a, b) for k, a, b in fr if k == b"D"]
     first_y = json.loads(raw[ys[0][0] + 5 : ys[0][1]])
