@@ -168,11 +168,8 @@ BIG = 32  # references of a container whose labels are asked in one pass (K), no
 K_ITEMS = 50_000  # items of one container per K question
 
 
-def _container_labels(
-    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int
-) -> list[str] | None:
-    """Labels of a container's references in one pass of the walker (K questions), or None when
-    the walker does not answer for this holder (then each is asked alone)."""
+def _k_answer(n: int) -> Callable[[Any], bool]:
+    """The shape of one item of a K answer: True/False (answered or not), or [child, label]."""
 
     def ok(x: Any) -> bool:
         return (
@@ -188,6 +185,50 @@ def _container_labels(
             )
         )
 
+    return ok
+
+
+def _streamed_labels(
+    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int,
+    emit: Callable[[list[str]], None],
+) -> int:
+    """A container's labels handed to ``emit`` a K answer at a time, in the order of ``refs``,
+    as long as the answers name its references in that order or its reverse (CPython traverses a
+    list or tuple last item first): nothing of a million items is held. Only for a container
+    whose references are distinct (else each gets its child's first label, as the live walker
+    answers). Returns how many references were labelled so (0: the walker does not answer for
+    this holder, or its answers come in another order)."""
+    ok, total = _k_answer(n), len(refs)
+    if len(np.unique(refs)) != total:
+        return 0  # a child held twice gets its first item's label everywhere: the mapping does it
+    starts = list(range(0, max(n_items, 1), K_ITEMS))
+    for backwards in (True, False):
+        done = 0
+        for s in starts[::-1] if backwards else starts:
+            ans = walker._ask(f"K {pos} {s} {K_ITEMS}", None, ok)
+            if not ans or ans[0] is not True:
+                return done
+            got = ans[1:][::-1] if backwards else ans[1:]
+            kids = [c for c, _ in got]
+            if done + len(kids) > total or refs[done : done + len(kids)].tolist() != kids:
+                break
+            if kids:
+                emit([lab for _, lab in got])
+            done += len(kids)
+        else:
+            return done
+        if done:
+            return done
+    return 0
+
+
+def _container_labels(
+    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int
+) -> list[str] | None:
+    """Labels of a container's references in one pass of the walker (K questions), in any order
+    (each reference gets its child's first label), or None when the walker does not answer for
+    this holder (then each is asked alone)."""
+    ok = _k_answer(n)
     first: dict[int, str] = {}
     for s in range(0, max(n_items, 1), K_ITEMS):
         ans = walker._ask(f"K {pos} {s} {K_ITEMS}", None, ok)
@@ -227,17 +268,28 @@ def _write_labels(
         if lo == hi:
             continue
         got = None
+        hide = no_keys and int(snap.type_of[p]) not in seq
         if hi - lo > BIG and p in items:
-            got = _container_labels(walker, p, refs[lo:hi], items[p], n)
-        if got is not None:
+            flush()  # what came before goes first, in the order of refs
+
+            def emit(labels: list[str], hide: bool = hide) -> None:
+                nonlocal buf
+                buf += [_no_key(lab) for lab in labels] if hide else labels
+                if len(buf) >= 50 * CHUNK:
+                    flush()
+
+            lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
+            if lo < hi:
+                got = _container_labels(walker, p, refs[lo:hi], items[p], n)
+        if lo == hi:
+            pass
+        elif got is not None:
             flush()
-            if no_keys and int(snap.type_of[p]) not in seq:
-                got = [_no_key(lab) for lab in got]
-            buf += got
+            buf += [_no_key(lab) for lab in got] if hide else got
         else:
             pairs.extend((p, r) for r in refs[lo:hi].tolist())
             if no_keys:
-                keyed.extend([int(snap.type_of[p]) not in seq] * (hi - lo))
+                keyed.extend([hide] * (hi - lo))
         if len(pairs) >= 50 * CHUNK or len(buf) >= 50 * CHUNK:
             flush()
     flush(final=True)
