@@ -3,10 +3,11 @@
 The target forks once (a pause of milliseconds, as for a forked `top`); its frozen copy walks every
 object and answers, while it exists, everything the analysis will ask: each reference's label
 (`['key']`, `[3]`, `.attr`), the names of modules, classes and functions, closures' free variable
-names, container sizes. The file is compressed, mode 0600 (dict keys and attribute names can be
-data; --no-keys writes each key's type instead of its text), and no object's value is ever
-written. Analyse it anywhere, after the process is gone: `top FILE`, `backrefs FILE TYPE`,
-`growth OLD NEW`, `export FILE` (docs/dumps.md).
+names, container sizes; and the memory breakdown as `introspect memory` reads it (RSS/USS before
+the fork, the allocators in the copy). The file is compressed, mode 0600 (dict keys and attribute
+names can be data; --no-keys writes each key's type instead of its text), and no object's value
+is ever written. Analyse it anywhere, after the process is gone: `top FILE`, `backrefs FILE TYPE`,
+`memory FILE`, `growth OLD NEW`, `report FILE [FILE2]`, `export FILE` (docs/dumps.md).
 
 Examples:
   introspect dump 1234 -o worker.pydump

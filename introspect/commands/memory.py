@@ -12,9 +12,13 @@ Without memory headroom for the fork (or with --in-process, or gRPC loaded) only
 the target is read: /proc's figures and the Python objects' sizes (within --budget); the
 allocators' figures stay null, and the output says why.
 
+On a dump file (`introspect memory FILE`): the breakdown read when `introspect dump` took it,
+with the same output and JSON (docs/dumps.md).
+
 Examples:
   introspect memory 1234
   introspect memory 1234 --json
+  introspect memory worker.pydump
 """
 
 from __future__ import annotations
