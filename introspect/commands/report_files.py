@@ -198,17 +198,14 @@ def run(args: argparse.Namespace) -> int:
             "memory_change": change,
         }
     cannot = dict(CANNOT)
-    if len(bd) < len(dumps):
-        whys = [
-            str(d.facts.get("memory_missing") or "written before dumps carried it")
-            for d in dumps
-            if d.facts.get("memory") is None
-        ]
+    lacking = [d for d in dumps if d.facts.get("memory") is None]
+    if lacking:
+        reason = lacking[0].facts.get("memory_missing") or (
+            f"written by introspect {lacking[0].facts.get('introspect', '(unknown)')}, before "
+            "dumps carried it"
+        )
         cannot["breakdown"] = (
-            "the memory breakdown of "
-            + ("every dump" if not bd else "the first dump")
-            + ": "
-            + whys[0]
+            f"the memory breakdown of {', '.join(d.path for d in lacking)}: {reason}"
         )
     seconds = looks[-1]["time"] - looks[0]["time"]
     doc: dict[str, Any] = {
