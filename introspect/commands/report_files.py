@@ -125,12 +125,11 @@ def _candidates(
 def run(args: argparse.Namespace) -> int:
     """report FILE [FILE2]: the report document and its page from one or two dumps."""
     from introspect.commands.backrefs import chain_text, forked_chains
-    from introspect.commands.report import (
-        Collected,
+    from introspect.commands.report_doc import (
         breakdown_lines,
         findings_lines,
         slug,
-        snapshot_doc,
+        snapshot_block,
     )
     from introspect.snapshot import dumpfile
 
@@ -181,9 +180,8 @@ def run(args: argparse.Namespace) -> int:
         ch = {**ch, "why": why[name], "collector": last["collector"], "files": files}
         ch["json"] = str(out.write_json(f"{stem}.json", ch))
         traced.append(ch)
-    got = Collected()
-    got.snapshots = [{k: v for k, v in lk.items() if k not in ("heap", "walker")} for lk in looks]
-    snap_doc = snapshot_doc(got, args.top)
+    snaps = [{k: v for k, v in lk.items() if k not in ("heap", "walker")} for lk in looks]
+    snap_doc = snapshot_block(snaps, None, args.top)
     assert snap_doc is not None
     bd = [lk["breakdown"] for lk in looks if "breakdown" in lk]
     mem_doc = None
