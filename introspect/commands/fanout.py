@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from introspect import errors, procs
+from introspect import errors, procs, roles
 from introspect.commands import emit
 from introspect.progress import Progress
 from introspect.render.output import OutputDir
@@ -75,7 +75,7 @@ def divert(command: _Runnable, args: argparse.Namespace) -> int | None:
 def note_if_master(pid: int) -> None:
     """One line on stderr when PID is a master whose workers hold the heap that matters."""
     master, kids = procs.workers_of(pid)
-    if master is None or master.role not in procs.MASTER_ROLES or not kids:
+    if master is None or master.role not in roles.MASTER_ROLES or not kids:
         return
     what = f"{master.role} ({master.pool})" if master.pool else master.role
     pids = ", ".join(str(k.pid) for k in kids)

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from introspect import procs
+from introspect import procs, roles
 from introspect.commands import add_output_options, emit
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
@@ -35,7 +35,7 @@ class Command:
         parser.add_argument("pattern", nargs="?", help="only processes whose command line contains PATTERN (case-insensitive)")
         parser.add_argument("--user", metavar="USER", help="only processes of USER (name or uid)")
         parser.add_argument("--role", metavar="ROLE",
-                            help=f"only this role, or a family (celery, gunicorn, uwsgi): {', '.join(procs.ROLES)}")
+                            help=f"only this role, or a family (celery, gunicorn, uwsgi): {', '.join(roles.ROLES)}")
         add_output_options(parser, files_by_default=False)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -94,7 +94,7 @@ def render(ordered: list[tuple[int, procs.Proc]], now: float, filtered: bool = F
                      short_cmdline(p.cmdline)))
     headers = ["PID", "PPID", "USER", "PY", "ROLE", "RSS", "USS", "AGE", "INSPECT", "COMMAND"]
     right = [False, True, False, False, False, True, True, True, False, False]
-    masters = [p for _, p in ordered if p.role in procs.MASTER_ROLES and p.children]
+    masters = [p for _, p in ordered if p.role in roles.MASTER_ROLES and p.children]
     lines = [table(headers, rows, right)]
     if masters:
         lines.append("")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from introspect import errors
 from introspect.channel import RunDir
 from introspect.inject import Injection
-from introspect.inject.ptrace import vm_read, vm_write
+from introspect.inject.linux import vm_read, vm_write
 from introspect.target import Target, explain_ptrace_denied
 
 COOKIE = b"xdebugpy"
