@@ -18,15 +18,14 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from introspect import errors
+from introspect.maps import Mapping, parse_maps
 from introspect.roles import PYTHON_NAME_RE, Launch, RoleInput, assign_roles, basename, launch_of, role_matches
 from introspect.target import (
     _LIBPYTHON_RE,
     CAP_SYS_PTRACE,
-    Mapping,
     Target,
     check_injectable,
     is_dumpable,
-    parse_maps,
     python_version_from_maps,
     user_name,
     yama_ptrace_scope,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import psutil
 
 from introspect import errors
+from introspect.maps import Mapping, parse_maps
 
 # Version from the mapped files, not only /proc/PID/exe: a renamed or loader-started binary
 # exists in the wild (DESIGN.md), and libpython or lib-dynload paths still tell the truth.
@@ -20,15 +21,6 @@ _LIBPYTHON_RE = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so")
 _EXE_RE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
 _STDLIB_RE = re.compile(r"/lib(?:64)?/python(\d)\.(\d+)[a-z]*/")
 _LIBC_RE = re.compile(r"/(libc\.so\.6|libc-2\.\d+\.so|ld-musl-[^/]+\.so\.1|libc\.musl-[^/]+\.so\.1)$")
-
-
-@dataclass(frozen=True)
-class Mapping:
-    start: int
-    end: int
-    perms: str
-    offset: int
-    path: str
 
 
 @dataclass(frozen=True)
@@ -73,18 +65,6 @@ class Target:
             return False
         except psutil.AccessDenied:
             return os.path.exists(f"/proc/{self.pid}")
-
-
-def parse_maps(text: str) -> list[Mapping]:
-    out = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        path = parts[5].strip() if len(parts) == 6 else ""
-        out.append(Mapping(start, end, parts[1], int(parts[2], 16), path))
-    return out
 
 
 def python_version_from_maps(maps: list[Mapping], exe: str) -> tuple[int, int] | None:

@@ -125,7 +125,8 @@ from introspect.inject.trampoline import (
     page_size,
     wrapper_code,
 )
-from introspect.target import Mapping, Target, explain_ptrace_denied
+from introspect.maps import Mapping
+from introspect.target import Target, explain_ptrace_denied
 
 BUSY_STACK = 16 * 1024  # C stack the busy trampoline may use below its block (Py_AddPendingCall)
 PARKED_STACK = 512 * 1024  # the agent runs there in parked mode: deep Python C stacks

@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections.abc import Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+
+from introspect.maps import Mapping
 
 # STT_FUNC only: an STT_GNU_IFUNC symbol's address is its resolver, which must never be called as it.
 _STT_FUNC = 2
@@ -56,11 +59,9 @@ def exports(path: str, name: str) -> bool:
         return False
 
 
-def resolve(pid: int, mappings: list[object] | tuple[object, ...], path: str, names: list[str]) -> dict[str, int]:
+def resolve(pid: int, mappings: Sequence[Mapping], path: str, names: list[str]) -> dict[str, int]:
     """Runtime addresses of ``names`` exported by ``path`` (a mapped file, target's view)."""
-    from introspect.target import Mapping
-
-    maps = [m for m in mappings if isinstance(m, Mapping) and m.path == path]
+    maps = [m for m in mappings if m.path == path]
     if not maps:
         raise LookupError(f"{path} is not mapped in process {pid}")
     base_map = min((m for m in maps if m.offset == 0), key=lambda m: m.start, default=None)
