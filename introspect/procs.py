@@ -19,7 +19,15 @@ import psutil
 
 from introspect import errors
 from introspect.maps import Mapping, parse_maps
-from introspect.roles import PYTHON_NAME_RE, Launch, RoleInput, assign_roles, basename, launch_of, role_matches
+from introspect.roles import (
+    PYTHON_NAME_RE,
+    Launch,
+    RoleInput,
+    assign_roles,
+    basename,
+    launch_of,
+    role_matches,
+)
 from introspect.target import (
     _LIBPYTHON_RE,
     CAP_SYS_PTRACE,
@@ -67,11 +75,10 @@ class Proc:
         return f"{self.version[0]}.{self.version[1]}" if self.version else None
 
     def doc(self, now: float) -> dict[str, object]:
-        return {
-            "pid": self.pid, "ppid": self.ppid, "user": self.user, "python": self.python, "role": self.role,
-            "pool": self.pool, "rss": self.rss, "uss": self.uss, "age_s": round(max(0.0, now - self.create_time), 1),
-            "cmdline": self.cmdline, "inspectable": self.inspectable, "reason": self.reason, "children": self.children,
-        }
+        return {"pid": self.pid, "ppid": self.ppid, "user": self.user, "python": self.python,
+                "role": self.role, "pool": self.pool, "rss": self.rss, "uss": self.uss,
+                "age_s": round(max(0.0, now - self.create_time), 1), "cmdline": self.cmdline,
+                "inspectable": self.inspectable, "reason": self.reason, "children": self.children}
 
 
 def _read_maps(pid: int) -> list[Mapping] | None:
@@ -86,8 +93,12 @@ def _read_maps(pid: int) -> list[Mapping] | None:
 def _fallback_version(name: str, cmdline: Sequence[str]) -> tuple[tuple[int, int] | None, bool]:
     """For an unreadable process: (version from argv[0], looks like Python by name)."""
     first = basename(cmdline[0]) if cmdline else ""
-    looks = bool(PYTHON_NAME_RE.match(first) or PYTHON_NAME_RE.match(name) or name == "uwsgi"
-                 or launch_of(cmdline).kind != "python")
+    looks = bool(
+        PYTHON_NAME_RE.match(first)
+        or PYTHON_NAME_RE.match(name)
+        or name == "uwsgi"
+        or launch_of(cmdline).kind != "python"
+    )
     found = _PYTHON_VERSION_RE.search(first) or _PYTHON_VERSION_RE.search(name)
     return ((int(found.group(1)), int(found.group(2))) if found else None), looks
 
@@ -116,7 +127,9 @@ def _one(proc: psutil.Process) -> Proc | None:
             if status == psutil.STATUS_ZOMBIE:
                 if not _ZOMBIE_NAMES_RE.match(name):
                     return None
-                return Proc(pid, ppid, user, uids.real, name, "", [name], status, create_time, None, 0, None)
+                return Proc(
+                    pid, ppid, user, uids.real, name, "", [name], status, create_time, None, 0, None
+                )
             cmdline = proc.cmdline()
             try:
                 exe = proc.exe()
@@ -139,14 +152,17 @@ def _one(proc: psutil.Process) -> Proc | None:
             return None
     try:
         uss: int | None = proc.memory_full_info().uss
-    except (psutil.AccessDenied, psutil.ZombieProcess, psutil.NoSuchProcess, AttributeError, OSError):
-        uss = None  # smaps of another user's process needs privileges: shown as "-", never a failure
-    return Proc(pid, ppid, user, uids.real, name, exe, cmdline, status, create_time, version, rss, uss,
-                gid=gids.real, maps=tuple(maps or ()), launch=launch_of(cmdline, exe))
+    except (psutil.AccessDenied, psutil.ZombieProcess, psutil.NoSuchProcess, AttributeError,
+            OSError):
+        # smaps of another user's process needs privileges: shown as "-", never a failure
+        uss = None
+    return Proc(pid, ppid, user, uids.real, name, exe, cmdline, status, create_time, version, rss,
+                uss, gid=gids.real, maps=tuple(maps or ()), launch=launch_of(cmdline, exe))
 
 
 def discover(pids: Iterable[int] | None = None) -> list[Proc]:
-    """Python processes (all, or among ``pids``), roles assigned, children linked. Never attaches."""
+    """Python processes (all, or among ``pids``), roles assigned, children linked. Never
+    attaches."""
     excluded = _excluded_pids()
     found: list[Proc] = []
     candidates: Iterable[psutil.Process]
@@ -220,8 +236,11 @@ def _remote_debug_disabled(target: Target) -> bool:
         return True
     try:
         with open(f"/proc/{target.pid}/environ", "rb") as f:
-            return any(v.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=") and v != b"PYTHON_DISABLE_REMOTE_DEBUG="
-                       for v in f.read().split(b"\0"))
+            return any(
+                v.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=")
+                and v != b"PYTHON_DISABLE_REMOTE_DEBUG="
+                for v in f.read().split(b"\0")
+            )
     except OSError:
         return False
 
@@ -297,14 +316,16 @@ def _capi_object(p: Proc) -> str | None:
 
 def as_target(p: Proc) -> Target:
     """The facts ``target.check_injectable`` judges, gathered without parsing any ELF file."""
-    return Target(pid=p.pid, name=p.name, exe=p.exe.removesuffix(" (deleted)"), cmdline=tuple(p.cmdline), uid=p.uid,
-                  gid=p.gid, status=p.status, tracer_pid=_tracer_pid(p.pid), create_time=p.create_time,
-                  version=p.version, capi_object=_capi_object(p), libc_object=None, mappings=p.maps,
+    return Target(pid=p.pid, name=p.name, exe=p.exe.removesuffix(" (deleted)"),
+                  cmdline=tuple(p.cmdline), uid=p.uid, gid=p.gid, status=p.status,
+                  tracer_pid=_tracer_pid(p.pid), create_time=p.create_time, version=p.version,
+                  capi_object=_capi_object(p), libc_object=None, mappings=p.maps,
                   same_root=_same_root(p.pid))
 
 
 def inspectability(p: Proc) -> tuple[bool, str | None]:
-    """(inspectable, reason) without side effects: target.py's checks, the ptrace rules, a backend."""
+    """(inspectable, reason) without side effects: target.py's checks, the ptrace rules, a
+    backend."""
     if p.status == psutil.STATUS_ZOMBIE:
         return False, "zombie"
     if p.pid == 1:
@@ -328,7 +349,8 @@ def inspectability(p: Proc) -> tuple[bool, str | None]:
 # -- the tree ------------------------------------------------------------------------------------
 
 
-def select(procs: Sequence[Proc], user: str | None = None, role: str | None = None, pattern: str | None = None) -> list[Proc]:
+def select(procs: Sequence[Proc], user: str | None = None, role: str | None = None,
+           pattern: str | None = None) -> list[Proc]:
     """Filters of ``ps``: user name or uid, role (or role family), a case-insensitive substring."""
     out = []
     for p in procs:
@@ -365,7 +387,9 @@ def forest(procs: Sequence[Proc]) -> list[tuple[int, Proc]]:
             return
         seen.add(p.pid)
         out.append((depth, p))
-        for kid in sorted((by_pid[c] for c in p.children if c in by_pid), key=lambda k: (-k.rss, k.pid)):
+        for kid in sorted(
+            (by_pid[c] for c in p.children if c in by_pid), key=lambda k: (-k.rss, k.pid)
+        ):
             walk(kid, depth + 1)
 
     for root in sorted(roots, key=lambda r: (-r.rss, r.pid)):
@@ -384,4 +408,3 @@ def workers_of(pid: int) -> tuple[Proc | None, list[Proc]]:
         return None, []
     found = {p.pid: p for p in discover([*parent, pid, *kids])}
     return found.get(pid), [found[k] for k in kids if k in found]
-

@@ -18,16 +18,17 @@ ROLES = ("celery-master", "celery-child", "celery-worker", "gunicorn-master", "g
 MASTER_ROLES = ("celery-master", "gunicorn-master", "uwsgi-master")
 
 PYTHON_NAME_RE = re.compile(r"^python(\d(\.\d+)?)?[a-z]*$")
-# setproctitle titles: Celery `[celeryd: celery@host:MainProcess] -active- (-A proj worker -P gevent)`
-# and `[celeryd: celery@host:ForkPoolWorker-1]`; gunicorn `gunicorn: master [app]` / `gunicorn: worker
-# [app]`; uWSGI with auto-procname `uWSGI master` / `uWSGI worker 1`.
+# setproctitle titles: Celery `[celeryd: celery@host:MainProcess] -active- (-A proj worker -P
+# gevent)` and `[celeryd: celery@host:ForkPoolWorker-1]`; gunicorn `gunicorn: master [app]` /
+# `gunicorn: worker [app]`; uWSGI with auto-procname `uWSGI master` / `uWSGI worker 1`.
 _CELERY_TITLE_RE = re.compile(r"^\[celeryd: (?:[^\]]*:)?(?P<proc>[^:\]]+)\](?:.*\((?P<argv>.*)\))?")
 _GUNICORN_TITLE_RE = re.compile(r"^gunicorn: (?P<what>master|worker)\b")
 _UWSGI_TITLE_RE = re.compile(r"^uWSGI (?P<what>master|worker|mule|http|spooler)\b")
 # Interpreter options that take a value (`python -X dev -W error -m celery ...`).
 _PY_VALUE_OPTS = {"-X", "-W", "--check-hash-based-pycs"}
 # `celery` options before the subcommand that take a value (click; `celery -A proj worker`).
-_CELERY_VALUE_OPTS = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
+_CELERY_VALUE_OPTS = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config",
+                      "--workdir"}
 _CELERY_POOL_ALIASES = {"processes": "prefork"}
 
 
@@ -65,18 +66,18 @@ def entry_point(cmdline: Sequence[str]) -> tuple[str, list[str]]:
     while i < len(cmdline):
         arg = cmdline[i]
         if arg == "-m":
-            return (cmdline[i + 1] if i + 1 < len(cmdline) else ""), list(cmdline[i + 2:])
+            return (cmdline[i + 1] if i + 1 < len(cmdline) else ""), list(cmdline[i + 2 :])
         if arg.startswith("-m") and len(arg) > 2:
-            return arg[2:], list(cmdline[i + 1:])
+            return arg[2:], list(cmdline[i + 1 :])
         if arg == "-c":
-            return "-c", list(cmdline[i + 2:])
+            return "-c", list(cmdline[i + 2 :])
         if arg in _PY_VALUE_OPTS:
             i += 2
             continue
         if arg.startswith("-") and arg != "-":
             i += 1
             continue
-        return basename(arg), list(cmdline[i + 1:])
+        return basename(arg), list(cmdline[i + 1 :])
     return first, []
 
 
@@ -95,14 +96,15 @@ def celery_subcommand(args: Sequence[str]) -> tuple[str | None, list[str]]:
         if arg.startswith("-"):
             i += 1
             continue
-        return arg, list(args[i + 1:])
+        return arg, list(args[i + 1 :])
     return None, []
 
 
 def celery_pool(args: Sequence[str]) -> str:
     """The pool a ``celery worker`` command line asks for (``prefork`` when not given).
 
-    >>> celery_pool(["-P", "gevent"]), celery_pool(["--pool=threads"]), celery_pool(["-Peventlet"]), celery_pool([])
+    >>> (celery_pool(["-P", "gevent"]), celery_pool(["--pool=threads"]),
+    ...  celery_pool(["-Peventlet"]), celery_pool([]))
     ('gevent', 'threads', 'eventlet', 'prefork')
     """
     pool = "prefork"
@@ -181,7 +183,8 @@ def assign_roles(procs: Iterable[RoleInput]) -> dict[int, tuple[str, str | None]
     >>> c = RoleInput(11, 10, Launch("celery", "prefork"), "/usr/bin/python3.11")
     >>> g = RoleInput(20, 1, Launch("celery", "gevent"), "/usr/bin/python3.11")
     >>> assign_roles([c, m, g])
-    {11: ('celery-child', 'prefork'), 10: ('celery-master', 'prefork'), 20: ('celery-worker', 'gevent')}
+    {11: ('celery-child', 'prefork'), 10: ('celery-master', 'prefork'), 20: ('celery-worker',
+    'gevent')}
     """
     by_pid = {p.pid: p for p in procs}
     roles: dict[int, tuple[str, str | None]] = {}
@@ -199,19 +202,35 @@ def assign_roles(procs: Iterable[RoleInput]) -> dict[int, tuple[str, str | None]
     return {pid: roles[pid] for pid in by_pid}
 
 
-def _role(p: RoleInput, parent: RoleInput | None, parent_role: str | None) -> tuple[str, str | None]:
+def _role(
+    p: RoleInput, parent: RoleInput | None, parent_role: str | None
+) -> tuple[str, str | None]:
     kind, pool, title = p.launch.kind, p.launch.pool, p.launch.title
-    forked_by_master = (parent is not None and parent_role == f"{parent.launch.kind}-master"
-                        and _same_exe(p, parent))
-    if (title is None and parent is not None and parent.launch.kind == kind != "python" and _same_exe(p, parent)
-            and not forked_by_master):
-        return "python", None  # a worker's own fork (a task calling os.fork()): neither master nor worker
+    forked_by_master = (
+        parent is not None
+        and parent_role == f"{parent.launch.kind}-master"
+        and _same_exe(p, parent)
+    )
+    if (
+        title is None
+        and parent is not None
+        and parent.launch.kind == kind != "python"
+        and _same_exe(p, parent)
+        and not forked_by_master
+    ):
+        # a worker's own fork (a task calling os.fork()): neither master nor worker
+        return "python", None
     if kind == "celery":
         if title == "worker":
             return "celery-child", "prefork"
         if pool != "prefork":
             return "celery-worker", pool
-        if forked_by_master and parent is not None and parent.launch.kind == "celery" and parent.launch.pool == "prefork":
+        if (
+            forked_by_master
+            and parent is not None
+            and parent.launch.kind == "celery"
+            and parent.launch.pool == "prefork"
+        ):
             return "celery-child", "prefork"
         return "celery-master", "prefork"
     if kind in ("gunicorn", "uwsgi"):
@@ -221,7 +240,12 @@ def _role(p: RoleInput, parent: RoleInput | None, parent_role: str | None) -> tu
             return f"{kind}-worker", None
         return f"{kind}-master", None
     # A billiard child started by spawn/forkserver runs `python -c ...`: still the master's child.
-    if forked_by_master and parent is not None and parent.launch.kind == "celery" and parent.launch.pool == "prefork":
+    if (
+        forked_by_master
+        and parent is not None
+        and parent.launch.kind == "celery"
+        and parent.launch.pool == "prefork"
+    ):
         return "celery-child", "prefork"
     return "python", None
 

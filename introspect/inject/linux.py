@@ -36,8 +36,8 @@ def _libc() -> ctypes.CDLL:
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     for fn in (libc.process_vm_readv, libc.process_vm_writev):
         fn.restype = ctypes.c_ssize_t
-        fn.argtypes = [ctypes.c_int, ctypes.POINTER(Iovec), ctypes.c_ulong, ctypes.POINTER(Iovec), ctypes.c_ulong,
-                       ctypes.c_ulong]
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(Iovec), ctypes.c_ulong, ctypes.POINTER(Iovec),
+                       ctypes.c_ulong, ctypes.c_ulong]
     return libc
 
 

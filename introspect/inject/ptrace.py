@@ -65,6 +65,7 @@ cave in ``trampoline.py``; the register layout, the syscall restart and the sign
 in ``sigframe.py``; the ctypes calls (ptrace, process_vm_readv/writev, ``/proc/PID/task``) in
 ``linux.py``. This file seizes the thread, writes the block, runs the trampoline and detaches.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -181,16 +182,21 @@ class Session:
     def _explain(self, exc: OSError) -> errors.IntrospectError:
         t = self.target
         if exc.errno == errno.ESRCH:
-            return errors.TargetExited("the process exited before it could be attached", pid=t.pid, name=t.name)
+            return errors.TargetExited(
+                "the process exited before it could be attached", pid=t.pid, name=t.name
+            )
         if exc.errno == errno.EPERM:
             tracer = tracer_of(self.pid, self.tid)
             if tracer:
                 from introspect.target import process_name
 
                 return errors.BadTargetState(
-                    f"the process is already traced by pid {tracer} ({process_name(tracer)}); only one tracer can be "
-                    "attached at a time", pid=t.pid, name=t.name,
-                    help=f"Detach it (pid {tracer}) first, e.g. quit the debugger or strace.")
+                    f"the process is already traced by pid {tracer} ({process_name(tracer)}); only "
+                    "one tracer can be attached at a time",
+                    pid=t.pid,
+                    name=t.name,
+                    help=f"Detach it (pid {tracer}) first, e.g. quit the debugger or strace.",
+                )
             return explain_ptrace_denied(t)
         return errors.InjectionFailed(f"ptrace failed: {exc}", pid=t.pid, name=t.name)
 
@@ -214,7 +220,8 @@ class Session:
                 time.sleep(0.0002)
 
     def interrupt(self) -> tuple[float, Stopped]:
-        """Stop T; return when it stopped and its saved state. Signals meanwhile are re-delivered."""
+        """Stop T; return when it stopped and its saved state. Signals meanwhile are
+        re-delivered."""
         t0 = time.monotonic()
         ptrace(PTRACE_INTERRUPT, self.tid)
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -223,9 +230,13 @@ class Session:
                 status = self._wait(deadline)
             except TimeoutError:
                 raise errors.InjectionFailed(
-                    f"thread {self.tid} did not stop within {STOP_TIMEOUT_S:g} s (uninterruptible sleep, D state?)",
-                    pid=self.pid, name=self.target.name,
-                    help="Check `cat /proc/PID/stack`; try again when the process is not blocked in the kernel.") from None
+                    f"thread {self.tid} did not stop within {STOP_TIMEOUT_S:g} s (uninterruptible "
+                    "sleep, D state?)",
+                    pid=self.pid,
+                    name=self.target.name,
+                    help="Check `cat /proc/PID/stack`; try again when the process is not blocked "
+                         "in the kernel.",
+                ) from None
             self._check_alive(status)
             sig, event = os.WSTOPSIG(status), status >> 16
             if event == PTRACE_EVENT_STOP and sig == signal.SIGTRAP:
@@ -233,9 +244,11 @@ class Session:
             if event == PTRACE_EVENT_STOP:
                 # A group-stop (someone sent SIGSTOP): leave it stopped, as they asked.
                 self.stopped = True
-                raise errors.BadTargetState("the process was stopped (SIGSTOP) while introspect attached",
-                                            pid=self.pid, name=self.target.name,
-                                            help=f"Resume it with `kill -CONT {self.pid}` and run introspect again.")
+                raise errors.BadTargetState(
+                    "the process was stopped (SIGSTOP) while introspect attached", pid=self.pid,
+                    name=self.target.name,
+                    help=f"Resume it with `kill -CONT {self.pid}` and run introspect again.",
+                )
             # A signal-delivery-stop: deliver it and keep waiting for our interrupt's stop.
             ptrace(PTRACE_CONT, self.tid, 0, sig)
         self.stopped = True
@@ -249,8 +262,8 @@ class Session:
     def _check_alive(self, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.attached = False
-            raise errors.TargetExited("the process exited while introspect was attached", pid=self.pid,
-                                      name=self.target.name)
+            raise errors.TargetExited("the process exited while introspect was attached",
+                                      pid=self.pid, name=self.target.name)
 
     def hijack(self, regs: list[int], marker_rdi: int, deadline_s: float) -> None:
         """Resume T with ``regs`` under syscall tracing until it makes the marker syscall (raises
@@ -280,9 +293,11 @@ class Session:
             if event == PTRACE_EVENT_STOP:
                 if wsig == signal.SIGTRAP:
                     continue
-                raise errors.BadTargetState("the process was stopped (SIGSTOP) while introspect worked on it",
-                                            pid=self.pid, name=self.target.name,
-                                            help=f"Resume it with `kill -CONT {self.pid}`; the request completes then.")
+                raise errors.BadTargetState(
+                    "the process was stopped (SIGSTOP) while introspect worked on it", pid=self.pid,
+                    name=self.target.name,
+                    help=f"Resume it with `kill -CONT {self.pid}`; the request completes then.",
+                )
             sig = wsig  # re-deliver
 
     def detach(self) -> None:
@@ -290,7 +305,8 @@ class Session:
             return
         try:
             if not self.stopped:
-                # Detaching needs a stopped tracee: stop it (our trampoline goes on by itself after).
+                # Detaching needs a stopped tracee: stop it (our trampoline goes on by itself
+                # after).
                 ptrace(PTRACE_INTERRUPT, self.tid)
                 deadline = time.monotonic() + STOP_TIMEOUT_S
                 while True:
@@ -325,15 +341,19 @@ class PtraceInjector:
 
     def _addresses(self, target: Target) -> dict[str, int]:
         if target.capi_object is None or target.libc_object is None:
-            raise errors.InjectionFailed("cannot find the Python C API or libc in the target's memory map",
-                                         pid=target.pid, name=target.name, help="Try --method gdb.")
+            raise errors.InjectionFailed(
+                "cannot find the Python C API or libc in the target's memory map", pid=target.pid,
+                name=target.name, help="Try --method gdb.",
+            )
         try:
             addrs = symbols.resolve(target.pid, target.mappings, target.capi_object, PY_FUNCS)
-            addrs.update(symbols.resolve(target.pid, target.mappings, target.libc_object, ["munmap"]))
+            addrs.update(
+                symbols.resolve(target.pid, target.mappings, target.libc_object, ["munmap"])
+            )
             addrs["cave"] = find_cave(target, target.libc_object)
         except (LookupError, OSError, ValueError) as exc:
-            raise errors.InjectionFailed(f"cannot prepare the injection: {exc}", pid=target.pid, name=target.name,
-                                         help="Try --method gdb.") from None
+            raise errors.InjectionFailed(f"cannot prepare the injection: {exc}", pid=target.pid,
+                                         name=target.name, help="Try --method gdb.") from None
         return addrs
 
     def _install_cave(self, target: Target, addr: int) -> None:
@@ -354,16 +374,18 @@ class PtraceInjector:
         # /proc/PID/mem writes may be disabled (proc_mem.force_override=never): poke words.
         data = TRAMPOLINE + b"\0" * (-len(TRAMPOLINE) % 8)
         for off in range(0, len(data), 8):
-            word = int.from_bytes(data[off:off + 8], "little")
+            word = int.from_bytes(data[off : off + 8], "little")
             if off + 8 > len(TRAMPOLINE):
                 old = vm_read(target.pid, addr + off, 8)
                 keep = len(TRAMPOLINE) - off
-                word = int.from_bytes(data[off:off + keep] + old[keep:], "little")
+                word = int.from_bytes(data[off : off + keep] + old[keep:], "little")
             ptrace(PTRACE_POKEDATA, target.pid, addr + off, word)
         if vm_read(target.pid, addr, len(TRAMPOLINE)) != TRAMPOLINE:
             raise OSError(errno.EIO, "the trampoline could not be written")
 
-    def _run(self, target: Target, tid: int, mode: int, bootstrap: str, addrs: dict[str, int]) -> HijackResult:
+    def _run(
+        self, target: Target, tid: int, mode: int, bootstrap: str, addrs: dict[str, int]
+    ) -> HijackResult:
         text = bootstrap.encode() + b"\0"
         if mode == MODE_BUSY:
             wrapper = wrapper_code(addrs["PyRun_SimpleString"], addrs["munmap"], page_size(text))
@@ -371,7 +393,9 @@ class PtraceInjector:
         else:
             blob = text
         if shadow_stack(target.pid, tid):
-            raise Refused(f"thread {tid} runs with an x86 shadow stack, which this injector does not support")
+            raise Refused(
+                f"thread {tid} runs with an x86 shadow stack, which this injector does not support"
+            )
         session = Session(target, tid)
         label = session.label = "busy" if mode == MODE_BUSY else "parked"
         session.seize()
@@ -380,13 +404,16 @@ class PtraceInjector:
             try:
                 self._install_cave(target, addrs["cave"])
             except OSError as exc:
-                raise errors.InjectionFailed(f"cannot write the trampoline into the target: {exc}", pid=target.pid,
-                                             name=target.name, help="Try --method gdb.") from None
+                raise errors.InjectionFailed(f"cannot write the trampoline into the target: {exc}",
+                                             pid=target.pid, name=target.name,
+                                             help="Try --method gdb.") from None
             t0, st = session.interrupt()
             _stage(f"{label}:stopped")
             xcr0 = struct.unpack_from("<Q", st.xstate, 464)[0] if len(st.xstate) >= 576 else 0
             if len(st.xstate) < 576 or xcr0 & XFEATURE_AMX:
-                raise Refused("the thread's vector state is not one this injector restores (AMX, or no XSAVE)")
+                raise Refused(
+                    "the thread's vector state is not one this injector restores (AMX, or no XSAVE)"
+                )
             if mode == MODE_PARKED:
                 _check_parked(st)
             fp = fpstate(st.xstate)
@@ -399,13 +426,15 @@ class PtraceInjector:
                 raise Refused(f"thread {tid}'s stack has too little room below its stack pointer")
             blob_addr = ctx + (FPSTATE + len(fp) + 63 & ~63)
             block = bytearray(size)
-            struct.pack_into("<3Q", block, 0, mode, page_size(text) if mode == MODE_BUSY else 0, len(blob))
+            struct.pack_into(
+                "<3Q", block, 0, mode, page_size(text) if mode == MODE_BUSY else 0, len(blob)
+            )
             struct.pack_into("<6Q", block, P_FUNCS, *(addrs[n] for n in PY_FUNCS))
             struct.pack_into("<Q", block, P_BLOB, blob_addr)
             uc = ucontext(resume_frame(st), ctx + FPSTATE)
-            block[UC:UC + len(uc)] = uc
-            block[FPSTATE:FPSTATE + len(fp)] = fp
-            block[blob_addr - ctx:] = blob
+            block[UC : UC + len(uc)] = uc
+            block[FPSTATE : FPSTATE + len(fp)] = fp
+            block[blob_addr - ctx :] = blob
             try:
                 vm_write(target.pid, ctx, bytes(block))
             except OSError as exc:
@@ -422,8 +451,11 @@ class PtraceInjector:
                 session.hijack(regs, ctx, HIJACK_TIMEOUT_S)
             except TimeoutError:
                 raise errors.InjectionFailed(
-                    f"the injected call on thread {tid} did not finish within {HIJACK_TIMEOUT_S:g} s; it will finish "
-                    "by itself and restore the thread", pid=target.pid, name=target.name) from None
+                    f"the injected call on thread {tid} did not finish within {HIJACK_TIMEOUT_S:g} "
+                    "s; it will finish by itself and restore the thread",
+                    pid=target.pid,
+                    name=target.name,
+                ) from None
             _stage(f"{label}:marker")
             raw = vm_read(target.pid, ctx, 0x78)
             words = struct.unpack("<15Q", raw)
@@ -451,20 +483,33 @@ class PtraceInjector:
                 continue
             r = hr.results
             if r["mmap"] >= (1 << 64) - 4095:
-                raise errors.InjectionFailed(f"mmap failed in the target: {os.strerror(-_signed(r['mmap']))}",
-                                             pid=target.pid, name=target.name)
+                raise errors.InjectionFailed(
+                    f"mmap failed in the target: {os.strerror(-_signed(r['mmap']))}",
+                    pid=target.pid, name=target.name,
+                )
             if r["mprotect"] != 0:
                 raise errors.InjectionFailed(
-                    f"the target may not map executable memory (mprotect: {os.strerror(-r['mprotect'])}; "
-                    "an SELinux or seccomp policy?)", pid=target.pid, name=target.name, help="Try --method gdb.")
+                    "the target may not map executable memory (mprotect: "
+                    f"{os.strerror(-r['mprotect'])}; an SELinux or seccomp policy?)",
+                    pid=target.pid,
+                    name=target.name,
+                    help="Try --method gdb.",
+                )
             if r["rc"] != 0:
                 raise errors.InjectionFailed(
-                    "Py_AddPendingCall refused the request (its queue is full or the interpreter is finalizing)",
-                    pid=target.pid, name=target.name, help="Try again in a moment.")
+                    "Py_AddPendingCall refused the request (its queue is full or the interpreter "
+                    "is finalizing)",
+                    pid=target.pid,
+                    name=target.name,
+                    help="Try again in a moment.",
+                )
             who = "main thread" if tid == target.pid else f"thread {tid}"
-            return Injection("ptrace", hr.total_s,
-                             f"Py_AddPendingCall from {who} (stopped {hr.stop_s * 1e3:.2f} ms, "
-                             f"{hr.total_s * 1e3:.2f} ms with the call); runs on the main thread")
+            return Injection(
+                "ptrace",
+                hr.total_s,
+                f"Py_AddPendingCall from {who} (stopped {hr.stop_s * 1e3:.2f} ms, "
+                f"{hr.total_s * 1e3:.2f} ms with the call); runs on the main thread",
+            )
         raise errors.InjectionFailed(f"no thread of the target could take the injection: {last}",
                                      pid=target.pid, name=target.name, help="Try --method gdb.")
 
@@ -481,20 +526,27 @@ class PtraceInjector:
         try:
             hr = self._run(target, target.pid, MODE_PARKED, bootstrap, addrs)
         except Refused as exc:
-            raise errors.InjectionFailed(f"cannot run on the parked main thread: {exc}", pid=target.pid,
-                                         name=target.name) from None
+            raise errors.InjectionFailed(
+                f"cannot run on the parked main thread: {exc}", pid=target.pid, name=target.name
+            ) from None
         r = hr.results
         nr = hr.syscall
         where = f"{BLOCKING_SYSCALLS.get(nr, nr)}()"
         if r["stage"] != 1:
             raise errors.InjectionFailed(
-                f"cannot run on the main thread: it holds the GIL while blocked in {where} inside C code called "
-                "from Python (a Python frame is executing), so there is no safe point until that call returns",
-                pid=target.pid, name=target.name,
-                help="It will answer once that call returns; if it never returns, nothing can run Python there safely.")
+                f"cannot run on the main thread: it holds the GIL while blocked in {where} inside "
+                "C code called from Python (a Python frame is executing), so there is no safe "
+                "point until that call returns",
+                pid=target.pid,
+                name=target.name,
+                help="It will answer once that call returns; if it never returns, nothing can run "
+                     "Python there safely.",
+            )
         held = "holding the GIL outside any Python frame" if r["held"] else "with the GIL released"
-        return Injection("ptrace", hr.total_s,
-                         f"PyGILState_Ensure + PyRun_SimpleString on the main thread parked in {where} {held}")
+        return Injection(
+            "ptrace", hr.total_s,
+            f"PyGILState_Ensure + PyRun_SimpleString on the main thread parked in {where} {held}",
+        )
 
     def release(self, target: Target, injection: Injection) -> None:
         return None  # the page unmaps itself after the pending call ran
@@ -503,19 +555,25 @@ class PtraceInjector:
 # x86_64 syscalls in which a thread parks with the GIL released (Python wraps each in
 # Py_BEGIN_ALLOW_THREADS) or in a C event loop, never inside the allocator. futex is left out on
 # purpose: a thread waiting for the GIL, or for malloc's lock, sits in futex too.
-BLOCKING_SYSCALLS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept", 45: "recvfrom",
-                     47: "recvmsg", 61: "wait4", 230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid",
-                     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2"}
+BLOCKING_SYSCALLS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept",
+                     45: "recvfrom", 47: "recvmsg", 61: "wait4", 230: "clock_nanosleep",
+                     232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll",
+                     281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2"}
 
 
 def _check_parked(st: Stopped) -> None:
     nr = st.syscall
     if nr < 0:
-        raise Refused("the main thread is running code outside any system call (a long C loop?); "
-                      "the queued request runs when it returns to the interpreter")
+        raise Refused(
+            "the main thread is running code outside any system call (a long C loop?); "
+            "the queued request runs when it returns to the interpreter"
+        )
     if nr == 202:
-        raise Refused("the main thread waits on a lock (futex): that may be the GIL, or a lock inside the "
-                      "allocator, where running Python would deadlock; the queued request runs once it is released")
+        raise Refused(
+            "the main thread waits on a lock (futex): that may be the GIL, or a lock inside the "
+            "allocator, where running Python would deadlock; the queued request runs once it is "
+            "released"
+        )
     if nr not in BLOCKING_SYSCALLS or not st.in_syscall:
         raise Refused(f"the main thread is in system call {nr}, not one it parks in")
 

@@ -18,8 +18,10 @@ SYS_RESTART = 219
 _RESTART_SAME = (-512, -513, -514)
 _RESTART_BLOCK = -516
 _EINTR = -4
-REG_NAMES = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
-             "fs_base gs_base ds es fs gs").split()
+REG_NAMES = (
+    "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
+    "fs_base gs_base ds es fs gs"
+).split()
 REGS = struct.Struct("<27Q")
 IDX = {n: i for i, n in enumerate(REG_NAMES)}
 XFEATURE_AMX = (1 << 17) | (1 << 18)
@@ -74,6 +76,7 @@ def resume_frame(st: Stopped) -> list[int]:
 def _restartable_as_is(nr: int, regs: list[int]) -> bool:
     """True when issuing syscall ``nr`` again with the same arguments is exactly its restart:
     no timeout, or an absolute one (x86_64 numbers and argument registers)."""
+
     def arg(name: str) -> int:
         return regs[IDX[name]]
 
@@ -84,7 +87,8 @@ def _restartable_as_is(nr: int, regs: list[int]) -> bool:
         return arg("rdx") == 0
     if nr == 230:  # clock_nanosleep(clock, flags, req, rem): TIMER_ABSTIME
         return bool(arg("rsi") & 1)
-    if nr == 202:  # futex(uaddr, op, val, timeout, ...): FUTEX_WAIT without timeout, WAIT_BITSET (absolute)
+    # futex(uaddr, op, val, timeout, ...): FUTEX_WAIT without timeout, WAIT_BITSET (absolute)
+    if nr == 202:
         cmd = arg("rsi") & ~(128 | 256)
         return (cmd == 0 and arg("r10") == 0) or cmd == 9
     return False
@@ -93,15 +97,10 @@ def _restartable_as_is(nr: int, regs: list[int]) -> bool:
 def ucontext(regs: list[int], fpstate_addr: int) -> bytes:
     """ucontext (without the signal mask, which the trampoline reads on T)."""
     r = {n: regs[i] for i, n in enumerate(REG_NAMES)}
-    mctx = struct.pack(
-        "<18Q4H5Q8Q",
-        r["r8"], r["r9"], r["r10"], r["r11"], r["r12"], r["r13"], r["r14"], r["r15"],
-        r["rdi"], r["rsi"], r["rbp"], r["rbx"], r["rdx"], r["rax"], r["rcx"], r["rsp"], r["rip"],
-        r["eflags"],
-        r["cs"] & 0xFFFF, 0, 0, r["ss"] & 0xFFFF,
-        0, 0, 0, 0, fpstate_addr,
-        *([0] * 8),
-    )
+    mctx = struct.pack("<18Q4H5Q8Q", r["r8"], r["r9"], r["r10"], r["r11"], r["r12"], r["r13"],
+                       r["r14"], r["r15"], r["rdi"], r["rsi"], r["rbp"], r["rbx"], r["rdx"],
+                       r["rax"], r["rcx"], r["rsp"], r["rip"], r["eflags"], r["cs"] & 0xFFFF, 0, 0,
+                       r["ss"] & 0xFFFF, 0, 0, 0, 0, fpstate_addr, *([0] * 8))
     assert len(mctx) == 256
     # uc_flags: UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, as the kernel's own frames.
     # uc_stack: an invalid mode, so rt_sigreturn's restore_altstack fails, silently by design

@@ -17,7 +17,8 @@ from elftools.elf.sections import SymbolTableSection
 
 from introspect.maps import Mapping
 
-# STT_FUNC only: an STT_GNU_IFUNC symbol's address is its resolver, which must never be called as it.
+# STT_FUNC only: an STT_GNU_IFUNC symbol's address is its resolver, which must never be called as
+# it.
 _STT_FUNC = 2
 
 
@@ -38,7 +39,9 @@ def _dynsyms(path: str, _stat_key: tuple[int, int, float]) -> tuple[dict[str, in
             if not isinstance(sec, SymbolTableSection):
                 continue
             strtab = elf.get_section(sec["sh_link"]).data()
-            for st_name, st_info, _other, _shndx, st_value, _size in struct.iter_unpack("<IBBHQQ", sec.data()):
+            for st_name, st_info, _other, _shndx, st_value, _size in struct.iter_unpack(
+                "<IBBHQQ", sec.data()
+            ):
                 if st_value and (st_info & 0xF) == _STT_FUNC:
                     end = strtab.find(b"\0", st_name)
                     sym = strtab[st_name:end].decode("ascii", "replace")

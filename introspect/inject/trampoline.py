@@ -28,7 +28,7 @@ TRAMPOLINE_ASM = """\
     syscall
     cmp qword ptr [r15], 2
     je idle
-    xor edi, edi                 ; mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
+    xor edi, edi                 ; mmap(NULL, size, PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS, -1, 0)
     mov rsi, [r15+0x08]
     mov edx, 3
     mov r10d, 0x22
@@ -100,11 +100,12 @@ restore:
     ud2
 """
 TRAMPOLINE = bytes.fromhex(
-    "4989fffc31ff31f6498d973002000041ba08000000b80e0000000f0549833f020f848200000031ff498b7708ba030000"
-    "0041ba2200000049c7c0ffffffff4531c9b8090000000f0549894748483d01f0ffff0f83990000004889c34889c7498b"
-    "7778498b4f10f3a44889df498b7708ba05000000b80a0000000f05498947504885c075144889df4889de41ff57184898"
-    "4989475885c074594889df498b7708b80b0000000f05eb4941ff572848984989476085c0740d41ff5730498947684885"
-    "c0752e49c74770010000004c89ffb8270000000f0541ff573889c3498b7f7841ff572048984989475889df41ff5740eb"
+    "4989fffc31ff31f6498d973002000041ba08000000b80e0000000f0549833f020f848200000031ff"
+    "498b7708ba0300000041ba2200000049c7c0ffffffff4531c9b8090000000f0549894748483d01f0"
+    "ffff0f83990000004889c34889c7498b7778498b4f10f3a44889df498b7708ba05000000b80a0000"
+    "000f05498947504885c075144889df4889de41ff571848984989475885c074594889df498b7708b8"
+    "0b0000000f05eb4941ff572848984989476085c0740d41ff5730498947684885c0752e49c7477001"
+    "0000004c89ffb8270000000f0541ff573889c3498b7f7841ff572048984989475889df41ff5740eb"
     "0a4c89ffb8270000000f05498da708010000b80f0000000f050f0b"
 )
 # The pending call, at the start of the page: PyRun_SimpleString(page + 0x100), then a tail call
@@ -178,9 +179,11 @@ def find_cave(target: Target, path: str) -> int:
 
 def wrapper_code(run: int, unmap: int, size: int) -> bytes:
     """WRAPPER_ASM's bytes for these addresses of PyRun_SimpleString and munmap, and page size."""
-    return bytes.fromhex(_WRAPPER_HEX.format(run=run.to_bytes(8, "little").hex(),
-                                             size=size.to_bytes(4, "little").hex(),
-                                             unmap=unmap.to_bytes(8, "little").hex()))
+    return bytes.fromhex(
+        _WRAPPER_HEX.format(run=run.to_bytes(8, "little").hex(),
+                            size=size.to_bytes(4, "little").hex(),
+                            unmap=unmap.to_bytes(8, "little").hex())
+    )
 
 
 def page_size(text: bytes) -> int:
