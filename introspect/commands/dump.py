@@ -122,16 +122,23 @@ def take(
     facts = {**base_facts(pid), "rss": proc.rss, "uss": proc.uss}
 
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        from introspect.snapshot.records import FormatError
+
         _fill(facts, snap)
-        got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
-        facts["memory"] = dumpformat.memory_block(
-            got["memory"],
-            got["missing"],
-            got["stacks_found"],
-            got["threads"],
-            got["python_in_malloc"],
-            got["copy_s"],
-        )
+        try:
+            got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
+        except FormatError as exc:  # the copy's answer out of shape: the heap is still dumped
+            facts["memory_missing"] = f"the copy's memory answer was refused ({exc})"[:4096]
+            log(f"dump: no memory breakdown: {exc}")
+        else:
+            facts["memory"] = dumpformat.memory_block(
+                got["memory"],
+                got["missing"],
+                got["stacks_found"],
+                got["threads"],
+                got["python_in_malloc"],
+                got["copy_s"],
+            )
         return dumpwrite.write(path, snap, walker, facts, no_keys, log)
 
     outcome, got, col = collect.take(
