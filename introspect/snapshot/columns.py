@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.snapshot.records import (
+from introspect.snapshot.recformat import (
     ARRAY_FRAMES,
     ARRAY_HEADER,
     PER_OBJECT,

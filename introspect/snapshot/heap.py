@@ -415,24 +415,3 @@ def retained_by_type(heap: Heap) -> dict[str, int]:
         if sums[i]:
             out[name] = out.get(name, 0) + int(sums[i])
     return out
-
-
-def match_type(snap: Snapshot, query: str) -> list[str]:
-    """Type names matching a query (chains.match_type)."""
-    from introspect.snapshot import chains as chains_mod
-
-    return chains_mod.match_type(snap, query)
-
-
-def chains(
-    heap: Heap,
-    type_name: str,
-    ask: Labeler,
-    names: Namer,
-    samples: int = 10,
-    freevars: Callable[[Sequence[int]], list[list[str]]] | None = None,
-) -> tuple[list[dict[str, object]], int, int]:
-    """Reference chains to instances of ``type_name`` (chains.chains)."""
-    from introspect.snapshot import chains as chains_mod
-
-    return chains_mod.chains(heap, type_name, ask, names, samples, freevars)

@@ -53,7 +53,7 @@ def save(pid: int, create_time: float, doc: dict[str, Any], kind: str = "") -> s
     except OSError as exc:
         raise errors.OutputError(
             f"cannot keep the growth baseline in {d}: {exc.strerror or exc}",
-            help="Make that directory writable, or point XDG_STATE_HOME at one that is, "
-            "and run it again.",
+            help="Make that directory writable, or point XDG_STATE_HOME at one that is, and run it "
+                 "again.",
         ) from None
     return path

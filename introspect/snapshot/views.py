@@ -36,22 +36,15 @@ class Look:
     garbage: list[int] | None = None  # [objects, bytes] no root reached (None: not measured)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "types": self.types,
-            "holders": self.holders,
-            "garbage": self.garbage,
-        }
+        return {"time": self.time, "types": self.types, "holders": self.holders,
+                "garbage": self.garbage}
 
     @staticmethod
     def from_json(doc: dict[str, Any]) -> Look:
         g = doc.get("garbage")
-        return Look(
-            float(doc["time"]),
-            {k: list(v) for k, v in doc["types"].items()},
-            {k: list(v) for k, v in doc.get("holders", {}).items()},
-            [int(g[0]), int(g[1])] if isinstance(g, list) and len(g) == 2 else None,
-        )
+        return Look(float(doc["time"]), {k: list(v) for k, v in doc["types"].items()},
+                    {k: list(v) for k, v in doc.get("holders", {}).items()},
+                    [int(g[0]), int(g[1])] if isinstance(g, list) and len(g) == 2 else None)
 
 
 def _unique(holders: list[Holder]) -> dict[str, Holder]:
@@ -66,12 +59,9 @@ def _unique(holders: list[Holder]) -> dict[str, Holder]:
 def look_of(
     t: float, rows: dict[str, TypeRow], holders: list[Holder], garbage: dict[str, Any] | None = None
 ) -> Look:
-    return Look(
-        t,
-        {r.type: [r.count, r.bytes] for r in rows.values()},
-        {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()},
-        None if garbage is None else [int(garbage["objects"]), int(garbage["bytes"])],
-    )
+    return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
+                {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()},
+                None if garbage is None else [int(garbage["objects"]), int(garbage["bytes"])])
 
 
 def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, Any]]:
@@ -85,13 +75,8 @@ def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, A
     if limit > 0:
         ranked = ranked[:limit]
     return [
-        {
-            "type": r.type,
-            "count": r.count,
-            "tracked": r.tracked,
-            "untracked": r.untracked,
-            "bytes": r.bytes,
-        }
+        {"type": r.type, "count": r.count, "tracked": r.tracked, "untracked": r.untracked,
+         "bytes": r.bytes}
         for r in ranked
     ]
 
@@ -113,16 +98,10 @@ def growth_docs(
         count, nbytes = (r.count, r.bytes) if r else (0, 0)
         pc, pb = previous.types.get(name, [0, 0])
         bc, _bb = baseline.types.get(name, [0, 0])
-        doc: dict[str, Any] = {
-            "type": name,
-            "count": count,
-            "tracked": r.tracked if r else 0,
-            "untracked": r.untracked if r else 0,
-            "bytes": nbytes,
-            "delta": count - pc,
-            "since_baseline": count - bc,
-            "bytes_delta": nbytes - pb,
-        }
+        doc: dict[str, Any] = {"type": name, "count": count, "tracked": r.tracked if r else 0,
+                               "untracked": r.untracked if r else 0, "bytes": nbytes,
+                               "delta": count - pc, "since_baseline": count - bc,
+                               "bytes_delta": nbytes - pb}
         if doc["delta"] or doc["since_baseline"] or doc["bytes_delta"]:
             out.append(doc)
     out.sort(key=lambda d: (-abs(d["delta"]), -d["delta"], -abs(d["bytes_delta"]), d["type"]))
@@ -167,11 +146,9 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
     ...      Holder(3, "module m .TABLE", "tuple", 128, 21_000)]
     >>> before = Look(0, {}, {"module __main__ .store": [10, 1000],
     ...                       "module m .TABLE": [128, 20_000]})
-    >>> for d in holder_docs(h, before):
-    ...     print(d["path"], d["items_delta"], d["matched"], d["grew"])
-    module __main__ .store 20 True True
-    module m .TABLE 0 True False
-    module m .x None False False
+    >>> [(d["path"], d["items_delta"], d["matched"], d["grew"]) for d in holder_docs(h, before)]
+    [('module __main__ .store', 20, True, True), ('module m .TABLE', 0, True, False),
+     ('module m .x', None, False, False)]
     """
     out: list[dict[str, Any]] = []
     unique = _unique(holders)
@@ -201,13 +178,8 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
         # growers by how much they grew; the rest by what they retain (a holder at its cap whose
         # bytes dipped is not less worth listing than a constant table)
         out.sort(
-            key=lambda d: (
-                not d["grew"],
-                not d["matched"],
-                anonymous(d["path"]),
-                -(d["retained_delta"] or 0) if d["grew"] else 0,
-                -d["retained_bytes"],
-            )
+            key=lambda d: (not d["grew"], not d["matched"], anonymous(d["path"]),
+                           -(d["retained_delta"] or 0) if d["grew"] else 0, -d["retained_bytes"])
         )
     else:  # named roots first: "held from C (dict)" says little a person can act on
         out.sort(key=lambda d: (anonymous(d["path"]), -d["retained_bytes"]))
@@ -229,10 +201,10 @@ def anonymous(path: str) -> bool:
 def fold_anonymous(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
     """The holders to list one by one, and one line for the anonymous ones that did not grow.
 
-    >>> row = {"type": "dict", "grew": None}
-    >>> rows = [{**row, "path": "module m .x", "retained_bytes": 9000},
-    ...         {**row, "path": "held from C (dict)", "retained_bytes": 3000},
-    ...         {**row, "path": "held from C (list)", "type": "list", "retained_bytes": 1000}]
+    >>> rows = [
+    ...     {"path": "module m .x", "type": "dict", "retained_bytes": 9000, "grew": None},
+    ...     {"path": "held from C (dict)", "type": "dict", "retained_bytes": 3000, "grew": None},
+    ...     {"path": "held from C (list)", "type": "list", "retained_bytes": 1000, "grew": None}]
     >>> keep, line = fold_anonymous(rows)
     >>> [d["path"] for d in keep], line
     (['module m .x'], '2 more held from C with no name (dict, list): 3.9 KiB retained in all')
@@ -247,14 +219,14 @@ def fold_anonymous(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
     total = sum(d["retained_bytes"] for d in folded)
     return (
         keep,
-        f"{len(folded)} more held from C with no name ({kinds}): {human_bytes(total)} "
-        "retained in all",
+        f"{len(folded)} more held from C with no name ({kinds}): {human_bytes(total)} retained in "
+        "all",
     )
 
 
 def holder_line(d: dict[str, Any]) -> str:
-    """`module __main__ .store (list: 26,000 items, retains 27.1 MiB; +1,500 items, +1.6 MiB
-    since the last look)`"""
+    """`module __main__ .store (list: 26,000 items, retains 27.1 MiB; +1,500 items, +1.6 MiB since
+    the last look)`"""
     from introspect.render.text import human_bytes
 
     text = (

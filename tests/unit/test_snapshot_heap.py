@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from introspect.agent import AGENT_PATH
+from introspect.snapshot import chains as chains_mod
 from introspect.snapshot import heap, views
 from introspect.snapshot.collect import Walker
 from introspect.snapshot.records import MAGIC, Reader, Snapshot, load_recorded, read_snapshot
@@ -108,7 +109,7 @@ def test_retained_sizes_agree_with_guppy(taken: Taken) -> None:
 
 def test_chains_start_at_the_owner_module(taken: Taken) -> None:
     h = heap.analyse(taken.snap)
-    chains, found, _ = heap.chains(h, "logging.Logger", taken.walker.labels, taken.walker.names, 10, taken.walker.freevars)
+    chains, found, _ = chains_mod.chains(h, "logging.Logger", taken.walker.labels, taken.walker.names, 10, taken.walker.freevars)
     # __main__ .log_manager .loggerDict['fixture-request-0'] is the shortest path, but the loggers'
     # nearest non-builtin holder is a logging.Manager: the chain starts at module logging
     mine = [c for c in chains if any(str(s.get("via", "")).startswith("['fixture-request-") for s in c["path"])]  # type: ignore[union-attr]
@@ -119,7 +120,7 @@ def test_chains_start_at_the_owner_module(taken: Taken) -> None:
 
 def test_chains_pass_through_untracked_containers(taken: Taken) -> None:
     h = heap.analyse(taken.snap)
-    chains, found, unreachable = heap.chains(h, "bytes", taken.walker.labels, taken.walker.names, 500, taken.walker.freevars)
+    chains, found, unreachable = chains_mod.chains(h, "bytes", taken.walker.labels, taken.walker.names, 500, taken.walker.freevars)
     texts = [[(s["type"], s["via"]) for s in c["path"]] for c in chains]
     assert [("module", ".store"), ("list", texts[0][1][1]), ("dict", "['data']"), ("bytes", None)] == texts[0]
     assert chains[0]["count"] == 300 and found >= 331 and unreachable == 0
