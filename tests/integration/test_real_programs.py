@@ -125,9 +125,11 @@ def rig(redis_server: RedisServer) -> Iterator[Rig]:
 
 
 def test_flower_filling_its_cap_levels_off(rig: Rig, tmp_path: Path) -> None:
-    # GIVEN Flower idle, then 900 failing tasks (3x its cap) sent while monitor watches it for 30 s
+    # GIVEN Flower idle, then 900 failing tasks (3x its cap) sent while monitor watches it for 40 s
+    # (40 s: on a loaded machine Flower may take 20 s to take in the 900 events; the verdict needs
+    # a level held for a while after that)
     mon = subprocess.Popen([sys.executable, "-m", "introspect", "monitor", str(rig.flower.pid), "--interval", "0.5",
-                            "--duration", "30", "--json", "-o", str(tmp_path / "m")],
+                            "--duration", "40", "--json", "-o", str(tmp_path / "m")],
                            cwd=tempfile.gettempdir(), env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
@@ -141,7 +143,7 @@ def test_flower_filling_its_cap_levels_off(rig: Rig, tmp_path: Path) -> None:
     assert max(rss) - rss[0] >= MIB, rss
     assert doc["verdict"] == "levelled off", (doc["verdict"], [round(r / MIB, 1) for r in rss])
     assert min(rss) <= doc["levelled_off_at"] <= max(rss)
-    assert doc["since_s"] < 22 and doc["flat_for_s"] >= 7.5, doc
+    assert doc["since_s"] < 32 and doc["flat_for_s"] >= 7.5, doc
     assert abs(doc["recent_slope_bytes_per_s"]) * 3600 < 0.25 * doc["slope_bytes_per_s"] * 3600
     text = (tmp_path / "m" / "monitor.txt").read_text()
     assert "grew then levelled off at ~" in text and "MB/day" not in text, text
@@ -160,8 +162,9 @@ def test_flower_holders_at_the_cap_do_not_grow(rig: Rig, tmp_path: Path) -> None
     holders = doc["snapshot"]["holders"]
     by_path = {h["path"]: h for h in holders}
     # THEN the task store at its cap is matched between the looks and did not grow
-    tasks = next((h for p, h in by_path.items() if p.endswith(".state .tasks .data")), None)
-    assert tasks is not None, sorted(by_path)
+    # (named from the events thread's state, or from a frame of the handler running at the fork)
+    tasks = next((h for p, h in by_path.items() if p.endswith(".tasks .data")), None)
+    assert tasks is not None, [(h["path"], h["retained_bytes"], h["matched"], h["grew"]) for h in holders]
     assert tasks["items"] == MAX_TASKS and tasks["matched"] is True, tasks
     assert tasks["items_delta"] == 0 and tasks["grew"] is False, tasks
     # AND no constant table is a grown holder; a holder not listed at the first look has no change figures
