@@ -51,7 +51,8 @@ def _via(holder, child):  # type: (object, object) -> str
     """How ``holder`` references ``child``: attribute, key, index, closure variable..."""
     th = type(holder)
     try:
-        if issubclass(th, dict):  # issubclass(type(x)), never isinstance(): that may run a __class__ property
+        # issubclass(type(x)), never isinstance(): that may run a __class__ property
+        if issubclass(th, dict):
             for k, v in dict.items(holder):  # type: ignore
                 if v is child:
                     return _key_label(k)
@@ -68,14 +69,16 @@ def _via(holder, child):  # type: (object, object) -> str
         if th is _ModuleType:
             return "__dict__"
         if th is _FunctionType:
-            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__",
+                         "__code__"):
                 if getattr(holder, attr, None) is child:
                     return attr
             return "(function)"
         if th is _MethodType:
-            return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
+            bound_self = holder.__self__  # type: ignore[attr-defined]
+            return "__self__" if bound_self is child else "__func__"
         if issubclass(th, type):
-            if type(child) is dict and "__module__" in child:  # type: ignore[operator]
+            if type(child) is dict and "__module__" in child:
                 return "__dict__"
             if any(b is child for b in type.__dict__["__bases__"].__get__(holder, type)):
                 return "__bases__"
@@ -172,7 +175,8 @@ def _frame_roots():  # type: () -> dict
                             tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var)
             f = f.f_back
         del f
-    frame = None  # type: ignore[assignment]  # our own thread's frame may be the last one seen: no cycle through it
+    # our own thread's frame may be the last one seen: no cycle through it
+    frame = None  # type: ignore[assignment]
     return roots
 
 
@@ -219,11 +223,14 @@ def cmd_backrefs(params):  # type: (dict) -> dict
         for t, n in counts.items():
             named[type_name(t)] = named.get(type_name(t), 0) + n
         _empty(gens)
-        return {"status": "unknown", "query": query, "names": sorted(named, key=lambda k: -named[k])[:5000]}
+        return {"status": "unknown", "query": query,
+                "names": sorted(named, key=lambda k: -named[k])[:5000]}
     names = sorted(set(type_name(t) for t in matched))
     if len(names) > 1:
         _empty(gens)
-        return {"status": "ambiguous", "query": query, "candidates": [[n, sum(counts[t] for t in matched if type_name(t) == n)] for n in names]}
+        return {"status": "ambiguous", "query": query,
+                "candidates": [[n, sum(counts[t] for t in matched if type_name(t) == n)]
+                               for n in names]}
     tset = set(matched)
     found = 0
     sample = []  # type: list
@@ -246,11 +253,13 @@ def cmd_backrefs(params):  # type: (dict) -> dict
         del sample[:]
 
 
-def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list, str, int, float, int, float, float) -> dict
+def _search(sample, tname, found, budget, max_depth, t0, scan_s):
+    # type: (list, str, int, float, int, float, float) -> dict
     module_dicts = {}  # type: dict
     modules = {}  # type: dict
     for name, mod in list(sys.modules.items()):
-        if issubclass(type(mod), _ModuleType):  # not isinstance(): that may run a lazy proxy's __class__
+        # not isinstance(): that may run a lazy proxy's __class__
+        if issubclass(type(mod), _ModuleType):
             try:
                 module_dicts[id(_module_dict.__get__(mod, _ModuleType))] = name
                 modules[id(mod)] = name
@@ -262,7 +271,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
     roots = {}  # type: dict  # id(root node) -> description; frame roots are virtual: "frame:<id>"
     for o in sample:
         nodes[id(o)] = o
-    own = {id(sample), id(nodes), id(down), id(roots), id(module_dicts), id(modules), id(frames), id(_G)}
+    own = {id(sample), id(nodes), id(down), id(roots), id(module_dicts), id(modules), id(frames),
+           id(_G)}
     partial = False
     reason = ""
     levels = 0
@@ -289,7 +299,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         if _rooted(sample, roots, down) >= len(sample):
             # All rooted: a couple more levels (within half the budget) if the module that defines
             # a holder's class is not among the roots yet; _chains then prefers the chain from it.
-            if (extra >= _OWNER_LEVELS or levels >= max_depth or time.perf_counter() - t0 > budget / 2
+            if (extra >= _OWNER_LEVELS or levels >= max_depth
+                    or time.perf_counter() - t0 > budget / 2
                     or not _owners_missing(sample, roots, down, nodes, module_dicts)):
                 break
             extra += 1
@@ -316,7 +327,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
             if rid in own or type(r) is _FrameType:
                 continue
             if r is args:
-                continue  # the argument tuple of get_referrers itself (listed on 3.14+; 3.8-3.13 skip it).
+                # the argument tuple of get_referrers itself (listed on 3.14+; 3.8-3.13 skip it).
+                continue
                 # Never a tuple merely equal to it: a closure of one cell is (cell,) too.
             held = _held(r, fset, args, opaque)
             if held is None:
@@ -352,7 +364,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         else:
             grouped[key] = {"root": ch["root"], "count": 1, "path": ch["path"]}
     unrooted = len(sample) - len(chains)
-    held_c, cycle = (0, 0) if partial or not unrooted else _unrooted_kinds(sample, roots, down, nodes)
+    held_c, cycle = ((0, 0) if partial or not unrooted
+                     else _unrooted_kinds(sample, roots, down, nodes))
     opaque_named = {}  # type: dict
     for t, n in opaque.items():
         opaque_named[type_name(t)] = opaque_named.get(type_name(t), 0) + n
@@ -379,7 +392,8 @@ def _search(sample, tname, found, budget, max_depth, t0, scan_s):  # type: (list
         "levels": levels,
         "scan_s": scan_s,
         "search_s": search_s,
-        "allocated": _alloc_sites(sample),  # [tracing, innermost allocation frame per sampled instance]
+        # [tracing, innermost allocation frame per sampled instance]
+        "allocated": _alloc_sites(sample),
     }
 
 

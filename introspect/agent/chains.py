@@ -1,5 +1,6 @@
-# introspect agent, backrefs, chains and owners: runs in the TARGET, on its main thread, shipped with
-# backrefs.py. From the search's discovered edges: rooted counts, owner modules, chains, graph.
+# introspect agent, backrefs, chains and owners: runs in the TARGET, on its main thread,
+# shipped with backrefs.py. From the search's discovered edges: rooted counts, owner modules,
+# chains, graph.
 #
 # Imports: nothing at run time; builtin C modules through core's _builtin(). Python 3.8
 # syntax. Every rule in core.py's header binds it (no reference to a target object kept
@@ -57,7 +58,8 @@ def _owner_module(ids, nodes):  # type: (list, dict) -> str
             continue
         obj = nodes[nid]
         try:
-            t = obj if issubclass(type(obj), type) else type(obj)  # never isinstance(): a __class__ property is user code
+            # never isinstance(): a __class__ property is user code
+            t = obj if issubclass(type(obj), type) else type(obj)
             mod = _type_module.__get__(t, type)
         except Exception:
             continue
@@ -101,8 +103,10 @@ def _unrooted_kinds(sample, roots, down, nodes):  # type: (list, dict, dict, dic
     return held_c, cycle
 
 
-def _owners_missing(sample, roots, down, nodes, module_dicts):  # type: (list, dict, dict, dict, dict) -> bool
-    """Is some sample's owner module (see _owner_module) loaded but not reached by the search yet?"""
+def _owners_missing(sample, roots, down, nodes, module_dicts):
+    # type: (list, dict, dict, dict, dict) -> bool
+    """Is some sample's owner module (see _owner_module) loaded but not reached by the search
+    yet?"""
     found = set(v for v in roots.values() if v.startswith("module "))
     loaded = set(module_dicts.values())
     parent = _parents(list(roots), down)
@@ -169,7 +173,7 @@ def _object_name(obj):  # type: (object) -> str
         if issubclass(type(obj), type):
             return type_name(obj)  # type: ignore[arg-type]
         if type(obj) is _FunctionType:
-            return obj.__qualname__  # type: ignore[attr-defined, no-any-return]
+            return obj.__qualname__
         if type(obj) is _ModuleType:
             name = obj.__dict__.get("__name__")
             return name if isinstance(name, str) else ""
@@ -200,8 +204,10 @@ def _graph(chains, nodes, roots, tname):  # type: (list, dict, dict, str) -> dic
             last = k == len(ch["path"]) - 1
             if key not in ids:
                 ids[key] = "n%d" % len(ids)
-                role = "target" if last else ("root" if k == 0 and prev is None else ("holder" if k == len(ch["path"]) - 2 else "path"))
-                label = ch["root"] if role == "root" else (step["type"] + (" " + step["name"] if step.get("name") else ""))
+                role = ("target" if last else "root" if k == 0 and prev is None
+                        else "holder" if k == len(ch["path"]) - 2 else "path")
+                label = ch["root"] if role == "root" else (
+                    step["type"] + (" " + step["name"] if step.get("name") else ""))
                 gnodes.append({"id": ids[key], "label": label, "role": role, "type": step["type"]})
             if prev is not None:
                 e = (prev[0], ids[key], prev[1])

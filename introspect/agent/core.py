@@ -1,4 +1,4 @@
-# introspect agent, core: runs INSIDE the target process, on its main thread, at a safe point.
+# introspect agent, core: runs in the TARGET process, on its main thread, at a safe point.
 # Shipped with every command, first; run.py (the entry point) is shipped last, the command's
 # files in between. Imports: builtin C modules only, through _builtin() below.
 #
@@ -69,7 +69,7 @@ time = _builtin("time")
 posix = _builtin("posix")
 _thread = _builtin("_thread")
 try:
-    _count_elements = _builtin("_collections")._count_elements  # type: ignore[attr-defined]
+    _count_elements = _builtin("_collections")._count_elements
 except (ImportError, AttributeError):  # pragma: no cover - every CPython 3.8+ has it
     _count_elements = None
 
@@ -92,7 +92,8 @@ def _dump(obj, out):  # type: (object, list) -> None
     elif isinstance(obj, int):
         out.append(int.__repr__(obj))
     elif isinstance(obj, float):
-        out.append(float.__repr__(obj) if obj == obj and obj not in (float("inf"), float("-inf")) else "null")
+        finite = obj == obj and obj not in (float("inf"), float("-inf"))
+        out.append(float.__repr__(obj) if finite else "null")
     elif isinstance(obj, dict):
         out.append("{")
         first = True
@@ -116,13 +117,13 @@ def _dump(obj, out):  # type: (object, list) -> None
 
 def _write_file(path, data):  # type: (str, bytes) -> None
     # O_EXCL|O_NOFOLLOW: never follow a planted symlink; 0600: results can hold secrets.
-    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o600)  # type: ignore[attr-defined]
+    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o600)
     try:
         view = memoryview(data)
         while view:
-            view = view[posix.write(fd, view):]  # type: ignore[attr-defined]
+            view = view[posix.write(fd, view):]
     finally:
-        posix.close(fd)  # type: ignore[attr-defined]
+        posix.close(fd)
 
 
 def _write_json(path, obj):  # type: (str, object) -> None
@@ -130,7 +131,7 @@ def _write_json(path, obj):  # type: (str, object) -> None
     _dump(obj, out)
     tmp = path + ".tmp"
     _write_file(tmp, "".join(out).encode("utf-8", "backslashreplace"))
-    posix.rename(tmp, path)  # type: ignore[attr-defined]
+    posix.rename(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,12 +156,14 @@ def type_name(t):  # type: (type) -> str
 # the traverse rule: which objects gc.get_referents() may be called on (see the header)
 
 _HEAPTYPE = 1 << 9
-_IMMUTABLETYPE = 1 << 8  # 3.10+: set on C types made from a spec (_asyncio.Future...), never on a class statement's
+# 3.10+: set on C types made from a spec (_asyncio.Future...), never on a class statement's
+_IMMUTABLETYPE = 1 << 8
 _HAVE_GC = 1 << 14
 _type_flags = type.__dict__["__flags__"]
 _type_base = type.__dict__["__base__"]
 _ModuleType = type(sys)
-_module_dict = _ModuleType.__dict__["__dict__"]  # type: ignore[index]  # a member descriptor: a plain read of md_dict
+# a member descriptor: a plain read of md_dict
+_module_dict = _ModuleType.__dict__["__dict__"]  # type: ignore[index]
 
 
 def _core_types():  # type: () -> set
@@ -180,16 +183,19 @@ def _core_types():  # type: () -> set
         return x
 
     c = coro()
-    core = set([list, tuple, dict, set, frozenset, type, object, property, classmethod, staticmethod, super,
-                enumerate, zip, map, filter, reversed, range, slice, bytearray, memoryview,
-                type(cellf), type(cellf.__closure__[0]), type(sys._getframe()), type(gen()), type(c),  # type: ignore[index]
+    core = set([list, tuple, dict, set, frozenset, type, object, property, classmethod,
+                staticmethod, super, enumerate, zip, map, filter, reversed, range, slice,
+                bytearray, memoryview, type(cellf), type(sys._getframe()), type(gen()), type(c),
+                type(cellf.__closure__[0]),  # type: ignore[index]
                 type(agen()), type(len), type(_dump.__get__(0)), type([].append), type(list.append),
                 type(object.__init__), type(type.__dict__["__dict__"]), type(_module_dict),
-                type(dict.__dict__["fromkeys"]), type(type.__dict__), type({}.keys()), type({}.values()),
-                type({}.items()), type(iter([])), type(iter(())), type(iter({})), type(iter(set())), type(iter(range(1))),
-                type(iter(lambda: 0, 1)), type(reversed([])), type(sys.implementation), type(object().__str__)])
+                type(dict.__dict__["fromkeys"]), type(type.__dict__), type({}.keys()),
+                type({}.values()), type({}.items()), type(iter([])), type(iter(())), type(iter({})),
+                type(iter(set())), type(iter(range(1))), type(iter(lambda: 0, 1)),
+                type(reversed([])), type(sys.implementation), type(object().__str__)])
     c.close()
-    core.update((int, bool, float, complex, str, bytes))  # no traverse of their own: a subclass walks its __dict__
+    # no traverse of their own: a subclass walks its __dict__
+    core.update((int, bool, float, complex, str, bytes))
     if sys.version_info >= (3, 9):
         core.add(type(list[int]))  # types.GenericAlias
     if sys.version_info >= (3, 10):
@@ -198,12 +204,15 @@ def _core_types():  # type: () -> set
     for v in (b if type(b) is dict else vars(b)).values():
         if type(v) is type and issubclass(v, BaseException):
             core.add(v)
-    # CPython's own C modules whose traverse visits live references only (read, not assumed: _asyncio
-    # is CPython's own too, and its module traverse is the gh-122695 bug).
-    for modname, names in (("_collections", ("deque", "defaultdict", "OrderedDict", "_deque_iterator", "_tuplegetter")),
-                           ("_functools", ("partial", "_lru_cache_wrapper")), ("_abc", ("_abc_data",)),
-                           ("_weakref", ("ref", "ReferenceType", "ProxyType", "CallableProxyType"))):
-        mod = sys.modules.get(modname)  # looked up, never imported: a builtin the target already has
+    # CPython's own C modules whose traverse visits live references only (read, not assumed:
+    # _asyncio is CPython's own too, and its module traverse is the gh-122695 bug).
+    for modname, names in (
+            ("_collections",
+             ("deque", "defaultdict", "OrderedDict", "_deque_iterator", "_tuplegetter")),
+            ("_functools", ("partial", "_lru_cache_wrapper")), ("_abc", ("_abc_data",)),
+            ("_weakref", ("ref", "ReferenceType", "ProxyType", "CallableProxyType"))):
+        # looked up, never imported: a builtin the target already has
+        mod = sys.modules.get(modname)
         if mod is not None:
             for n in names:
                 t = getattr(mod, n, None)
@@ -255,14 +264,17 @@ def _trusted(t):  # type: (type) -> bool
 
 def _opaque(t):  # type: (type) -> bool
     """A gc-capable type whose traverse we will not run: what it holds is not walked."""
-    return not _trusted(t) and bool(_type_flags.__get__(t, type) & _HAVE_GC) and not issubclass(t, _ModuleType)
+    return (not _trusted(t) and bool(_type_flags.__get__(t, type) & _HAVE_GC)
+            and not issubclass(t, _ModuleType))
 
 
 def _walkable(objs, opaque, skip):  # type: (list, dict, set) -> list
     """The objects of objs that gc.get_referents() may see; opaque ones are counted by type;
     those whose id is in skip (the agent's own) are left out."""
     trust = _TRUST
-    out = [o for o in objs if (trust.get(type(o)) or (trust.get(type(o)) is None and _trusted(type(o)))) and id(o) not in skip]
+    out = [o for o in objs
+           if (trust.get(type(o)) or (trust.get(type(o)) is None and _trusted(type(o))))
+           and id(o) not in skip]
     if len(out) < len(objs):
         for o in objs:
             t = type(o)
@@ -274,12 +286,16 @@ def _walkable(objs, opaque, skip):  # type: (list, dict, set) -> list
 # ---------------------------------------------------------------------------------------------
 # budget, deadline and cancellation: every loop asks _stopped()
 
-_LIMIT = {"stop": float("inf"), "kind": "", "deadline": float("inf"), "dir": "", "next_check": 0.0}  # type: dict
+_LIMIT = {
+    "stop": float("inf"), "kind": "", "deadline": float("inf"), "dir": "", "next_check": 0.0,
+}  # type: dict
 _DIR_CHECK_S = 0.25  # how often a long walk looks whether the CLI gave up (it removes the run dir)
 _ANSWER_S = 1.0  # kept free before the request's deadline to write the (partial) answer
 _MAX_NODES = 200000  # objects a backrefs search may hold at once
-_STOP_REASONS = {"budget": "budget of %(budget)gs spent", "deadline": "the request's deadline (--timeout) came first",
-                 "cancelled": "the CLI gave up", "memory": "memory cap reached (200,000 objects held by the search)"}
+_STOP_REASONS = {"budget": "budget of %(budget)gs spent",
+                 "deadline": "the request's deadline (--timeout) came first",
+                 "cancelled": "the CLI gave up",
+                 "memory": "memory cap reached (200,000 objects held by the search)"}
 
 
 
@@ -298,11 +314,11 @@ def _stopped():  # type: () -> str
     """'' while the walk may go on; else why it must stop: budget, deadline or cancelled."""
     now = time.perf_counter()
     if now > _LIMIT["stop"]:
-        return _LIMIT["kind"]  # type: ignore[return-value]
+        return _LIMIT["kind"]
     if _LIMIT["dir"] and now > _LIMIT["next_check"]:
         _LIMIT["next_check"] = now + _DIR_CHECK_S
         try:
-            posix.stat(_LIMIT["dir"])  # type: ignore[attr-defined]
+            posix.stat(_LIMIT["dir"])
         except OSError:
             _LIMIT["stop"], _LIMIT["kind"] = 0.0, "cancelled"
             return "cancelled"
@@ -362,7 +378,8 @@ def _key_label(k):  # type: (object) -> str
 
 
 def _short_file(path):  # type: (str) -> str
-    """The file's name, with its directory when the name alone says little (a package's __init__.py)."""
+    """The file's name, with its directory when the name alone says little (a package's
+    __init__.py)."""
     parts = str(path).rsplit("/", 2)
     if len(parts) >= 2 and parts[-1] in ("__init__.py", "__main__.py"):
         return parts[-2] + "/" + parts[-1]
@@ -432,9 +449,11 @@ def _gc_enabled():  # type: () -> bool
 
 
 def _gc_facts():  # type: () -> dict
-    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count()), "thresholds": list(gc.get_threshold())}
+    facts = {"enabled": _gc_enabled(), "counts": list(gc.get_count()),
+             "thresholds": list(gc.get_threshold())}
     try:  # C-level reads of the collector's own counters: no object is touched
-        facts["stats"] = [dict((k, v) for k, v in st.items() if type(v) is int) for st in gc.get_stats()]
+        facts["stats"] = [dict((k, v) for k, v in st.items() if type(v) is int)
+                          for st in gc.get_stats()]
     except Exception:
         pass
     if hasattr(gc, "get_freeze_count"):
@@ -448,9 +467,10 @@ def _gc_facts():  # type: () -> dict
 
 def _settle(params):  # type: (dict) -> None
     """gc.collect() when asked; else a young-generation pass only. Compiling this agent made a few
-    hundred tuples of names and constants; whether the collector had untracked them yet depended on
-    where its allocation counter stood, so counts moved by ~150 tuples between otherwise equal runs.
-    Our own allocations trigger these young passes anyway: it collects nothing old, hides no leak."""
+    hundred tuples of names and constants; whether the collector had untracked them yet depended
+    on where its allocation counter stood, so counts moved by ~150 tuples between otherwise equal
+    runs. Our own allocations trigger these young passes anyway: it collects nothing old, hides
+    no leak."""
     if params.get("collect"):
         gc.collect()
     elif _gc_enabled():
@@ -497,7 +517,8 @@ _type_dict = type.__dict__["__dict__"]
 
 
 def _c_sizeof(t):  # type: (type) -> bool
-    """True when t's __sizeof__ is C code: sys.getsizeof(o) then runs no Python code of the target."""
+    """True when t's __sizeof__ is C code: sys.getsizeof(o) then runs no Python code of the
+    target."""
     try:
         for k in _type_mro.__get__(t, type):
             d = _type_dict.__get__(k, type)
@@ -513,7 +534,8 @@ def _gc_head():  # type: () -> int
     return sys.getsizeof(probe) - probe.__sizeof__()
 
 
-_STEP = 65536  # objects per batch: bounded temporary lists, and the budget is checked between batches
+# objects per batch: bounded temporary lists, and the budget is checked between batches
+_STEP = 65536
 _SLICE = 16384  # objects tallied between two budget checks
 
 def _ours(name):  # type: (str) -> bool

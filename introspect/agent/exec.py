@@ -18,7 +18,8 @@ def _capture_class():  # type: () -> type
     # Made per exec call, not at agent load: a class is cyclic garbage once we are done, and the
     # commands that count objects must not leave one behind for growth to report.
     class _Capture(object):
-        """sys.stdout/sys.stderr stand-in: keeps what *our* thread writes, passes other threads' on."""
+        """sys.stdout/sys.stderr stand-in: keeps what *our* thread writes, passes other threads'
+        on."""
 
         def __init__(self, orig, tid):  # type: (object, int) -> None
             self._orig = orig
@@ -50,9 +51,10 @@ def cmd_exec(params):  # type: (dict) -> dict
     err = _Capture(sys.stderr, tid)
     namespace = {"__name__": "__introspect_exec__", "__file__": params["display_name"]}
     error = None
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    sys.stdout, sys.stderr = out, err
     t0 = time.perf_counter()
-    held = _gc_enabled() and not gc.isenabled()  # the user's code sees the collector as the target had it
+    # the user's code sees the collector as the target had it
+    held = _gc_enabled() and not gc.isenabled()
     try:
         if held:
             gc.enable()
@@ -64,9 +66,9 @@ def cmd_exec(params):  # type: (dict) -> dict
         if held and gc.isenabled():
             gc.disable()
         if sys.stdout is out:
-            sys.stdout = out._orig  # type: ignore[assignment]
+            sys.stdout = out._orig
         if sys.stderr is err:
-            sys.stderr = err._orig  # type: ignore[assignment]
+            sys.stderr = err._orig
     return {
         "stdout": "".join(out.parts),
         "stderr": "".join(err.parts),

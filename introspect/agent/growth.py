@@ -16,7 +16,8 @@ def cmd_growth(params):  # type: (dict) -> dict
     """Counts per type (gc-tracked objects). The CLI keeps the baseline and the previous look
     (introspect/snapshot/state.py) and computes the changes: nothing of ours stays here."""
     total, counts, scan_s = _snapshot(params)
-    return {"objects": total, "counts": counts, "now": time.time(), "gc": _gc_facts(), "scan_s": scan_s}
+    return {"objects": total, "counts": counts, "now": time.time(), "gc": _gc_facts(),
+            "scan_s": scan_s}
 
 
 COMMANDS["growth"] = cmd_growth

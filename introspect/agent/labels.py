@@ -52,7 +52,9 @@ def _snap_preview(obj, depth):  # type: (object, int) -> str
                 break
             parts.append(_snap_preview(v, depth - 1))
         body = ", ".join(parts) + (", ...(%d)" % n if n > 4 else "")
-        shapes = {list: "[%s]", tuple: "(%s)", set: "{%s}", frozenset: "frozenset({%s})"}  # type: dict
+        shapes = {
+            list: "[%s]", tuple: "(%s)", set: "{%s}", frozenset: "frozenset({%s})",
+        }  # type: dict
         return shapes[t] % body
     if t in (list, tuple, set, frozenset, dict):
         return "<%s of %d>" % (t.__name__, t.__len__(x))
@@ -61,13 +63,14 @@ def _snap_preview(obj, depth):  # type: (object, int) -> str
 
 def _snap_dups(keep, min_len, top):  # type: (list, int, int) -> list
     """Groups of equal str/bytes values held as distinct objects: [type, length, copies, bytes of
-    one, positions of up to 5 copies], the most wasted bytes first. At most 2M values are looked at."""
+    one, positions of up to 5 copies], the most wasted bytes first. At most 2M values are looked
+    at."""
     seen = {}  # type: dict
     getsizeof = sys.getsizeof
     looked = 0
     for pos, x in enumerate(keep):
         t = type(x)
-        if (t is str or t is bytes) and len(x) >= min_len:  # type: ignore[arg-type]
+        if (t is str or t is bytes) and len(x) >= min_len:
             looked += 1
             if looked > 2000000:
                 break
@@ -80,7 +83,8 @@ def _snap_dups(keep, min_len, top):  # type: (list, int, int) -> list
     for v, g in seen.items():
         if len(g) > 1:
             one = getsizeof(keep[g[0]])
-            groups.append([(len(g) - 1) * one, "str" if type(v) is str else "bytes", len(v), len(g), one, g[:5]])
+            groups.append([(len(g) - 1) * one, "str" if type(v) is str else "bytes", len(v),
+                           len(g), one, g[:5]])
     groups.sort(key=lambda r: -r[0])
     return [r[1:] for r in groups[:top]]
 
@@ -154,14 +158,17 @@ def _snap_via(holder, child):  # type: (object, object) -> str
                     return "." + attr
             return "(code)"
         if th is _FunctionType:
-            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__", "__code__"):
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__",
+                         "__code__"):
                 if getattr(holder, attr, None) is child:
                     return attr
             return "(function)"
         if th is _MethodType:
-            return "__self__" if holder.__self__ is child else "__func__"  # type: ignore[attr-defined]
+            bound_self = holder.__self__  # type: ignore[attr-defined]
+            return "__self__" if bound_self is child else "__func__"
         if isinstance(holder, type):
-            if type(child) is dict and _type_dict.__get__(holder, type) is not None and "__module__" in child:  # type: ignore[operator]
+            if (type(child) is dict and _type_dict.__get__(holder, type) is not None
+                    and "__module__" in child):
                 return "__dict__"
             if child in type.__dict__["__bases__"].__get__(holder, type):
                 return "__bases__"
@@ -198,9 +205,9 @@ def _snap_via(holder, child):  # type: (object, object) -> str
 def _snap_name(obj):  # type: (object) -> str
     try:
         if isinstance(obj, type):
-            return type_name(obj)  # type: ignore[arg-type]
+            return type_name(obj)
         if type(obj) is _FunctionType:
-            return obj.__qualname__  # type: ignore[attr-defined, no-any-return]
+            return obj.__qualname__
         if type(obj) is _ModuleType:
             name = obj.__dict__.get("__name__")
             return name if isinstance(name, str) else ""

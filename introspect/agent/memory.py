@@ -30,18 +30,18 @@ _MEM = {}  # type: dict
 def _mem_read_fd(fd):  # type: (int) -> bytes
     out = b""
     while True:
-        chunk = posix.read(fd, 65536)  # type: ignore[attr-defined]
+        chunk = posix.read(fd, 65536)
         if not chunk:
             return out
         out += chunk
 
 
 def _mem_read(path):  # type: (str) -> bytes
-    fd = posix.open(path, posix.O_RDONLY)  # type: ignore[attr-defined]
+    fd = posix.open(path, posix.O_RDONLY)
     try:
         return _mem_read_fd(fd)
     finally:
-        posix.close(fd)  # type: ignore[attr-defined]
+        posix.close(fd)
 
 
 def _mem_rss_anon():  # type: () -> int
@@ -54,22 +54,22 @@ def _mem_rss_anon():  # type: () -> int
 def _mem_capture(call):  # type: (Any) -> bytes
     """What ``call()`` writes to fd 2 (C's stderr), captured in a memory file."""
     try:
-        tmp = posix.memfd_create("introspect-memstats")  # type: ignore[attr-defined]
+        tmp = posix.memfd_create("introspect-memstats")
     except (AttributeError, OSError):
-        flags = posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC  # type: ignore[attr-defined]
-        tmp = posix.open(_LIMIT["dir"] + "/memstats", flags, 0o600)  # type: ignore[attr-defined]
-    saved = posix.dup(2)  # type: ignore[attr-defined]
+        flags = posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC
+        tmp = posix.open(_LIMIT["dir"] + "/memstats", flags, 0o600)
+    saved = posix.dup(2)
     try:
-        posix.dup2(tmp, 2)  # type: ignore[attr-defined]
+        posix.dup2(tmp, 2)
         try:
             call()
         finally:
-            posix.dup2(saved, 2)  # type: ignore[attr-defined]
-        posix.lseek(tmp, 0, 0)  # type: ignore[attr-defined]
+            posix.dup2(saved, 2)
+        posix.lseek(tmp, 0, 0)
         return _mem_read_fd(tmp)
     finally:
-        posix.close(saved)  # type: ignore[attr-defined]
-        posix.close(tmp)  # type: ignore[attr-defined]
+        posix.close(saved)
+        posix.close(tmp)
 
 
 def _mem_pymalloc_parse(text):  # type: (bytes) -> dict
@@ -108,11 +108,11 @@ def _mem_pymalloc_parse(text):  # type: (bytes) -> dict
 
 def _mem_pymalloc():  # type: () -> tuple
     """(pymalloc's figures or None, why None)."""
-    text = _mem_capture(sys._debugmallocstats)  # type: ignore[attr-defined]
+    text = _mem_capture(sys._debugmallocstats)
     got = _mem_pymalloc_parse(text)
     if got:
         return got, ""
-    env = posix.environ.get(b"PYTHONMALLOC", b"")  # type: ignore[attr-defined]
+    env = posix.environ.get(b"PYTHONMALLOC", b"")
     env = env.decode("ascii", "replace")
     if env.startswith("malloc"):
         return None, ("no pymalloc: the target runs with PYTHONMALLOC=%s (each object is malloc'ed)"
@@ -174,24 +174,24 @@ def _mem_glibc(ctypes, libc_path, facts):  # type: (Any, str, dict) -> None
                   "system": info.arena & mask})
     # The number of arenas: malloc_info's <heap nr=...> elements, written to a memory file.
     try:
-        fd = posix.memfd_create("introspect-mallocinfo")  # type: ignore[attr-defined]
+        fd = posix.memfd_create("introspect-mallocinfo")
         libc.fdopen.restype = ctypes.c_void_p
         libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
         libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
         libc.fclose.argtypes = [ctypes.c_void_p]
-        fp = libc.fdopen(posix.dup(fd), b"w")  # type: ignore[attr-defined]
+        fp = libc.fdopen(posix.dup(fd), b"w")
         if fp:
             libc.malloc_info(0, fp)
             libc.fclose(fp)
-            posix.lseek(fd, 0, 0)  # type: ignore[attr-defined]
+            posix.lseek(fd, 0, 0)
             xml = b""
             while True:
-                chunk = posix.read(fd, 65536)  # type: ignore[attr-defined]
+                chunk = posix.read(fd, 65536)
                 if not chunk:
                     break
                 xml += chunk
             facts["arenas"] = xml.count(b"<heap nr=")
-        posix.close(fd)  # type: ignore[attr-defined]
+        posix.close(fd)
     except Exception:  # noqa: BLE001 - the count is missing, said by the CLI
         pass
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
@@ -273,28 +273,28 @@ def _mem_look(deadline):  # type: (float) -> None
     sig.signal(sig.SIGALRM, sig.SIG_DFL)  # the walker's own deadline, set before anything can block
     sig.alarm(max(1, int(deadline - time.time()) + 1))
     marshal = _builtin("marshal")
-    r, w = posix.pipe()  # type: ignore[attr-defined]
-    pid = posix.fork()  # type: ignore[attr-defined]
+    r, w = posix.pipe()
+    pid = posix.fork()
     if pid == 0:
         try:
-            posix.close(r)  # type: ignore[attr-defined]
+            posix.close(r)
             sig.alarm(max(1, int(deadline - time.time()) + 1))  # alarms are not inherited
             got = {}  # type: dict
             _mem_measure(got)
             data = memoryview(marshal.dumps(got, 2))
             while data:
-                data = data[posix.write(w, data):]  # type: ignore[attr-defined]
+                data = data[posix.write(w, data):]
         finally:
-            posix._exit(0)  # type: ignore[attr-defined]
-    posix.close(w)  # type: ignore[attr-defined]
+            posix._exit(0)
+    posix.close(w)
     raw = b""
     while True:
-        chunk = posix.read(r, 65536)  # type: ignore[attr-defined]
+        chunk = posix.read(r, 65536)
         if not chunk:
             break
         raw += chunk
-    posix.close(r)  # type: ignore[attr-defined]
-    posix.waitpid(pid, 0)  # type: ignore[attr-defined]
+    posix.close(r)
+    posix.waitpid(pid, 0)
     try:
         _MEM.update(marshal.loads(raw))
     except (ValueError, EOFError, TypeError):

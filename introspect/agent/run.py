@@ -34,7 +34,8 @@ def _agent_running():  # type: () -> bool
     # Every frame this holds is let go before it returns: its own frame, kept in a local, would be
     # a reference cycle holding our run's frames (and the bootstrap's namespace, the agent's code
     # and its source bytes under them) until the target's next collection.
-    me = sys._getframe()  # type: Any  # not _thread.get_ident(): gevent patches it to name greenlets
+    # not _thread.get_ident(): gevent patches it to name greenlets
+    me = sys._getframe()  # type: Any
     frames = top = f = None  # type: Any
     try:
         frames = sys._current_frames()
@@ -52,7 +53,8 @@ def _agent_running():  # type: () -> bool
         me = frames = top = f = None
 
 
-_ANSWERED = ("the forked child wrote the answer",)  # a command's result meaning: nothing left to write
+# a command's result meaning: nothing left to write
+_ANSWERED = ("the forked child wrote the answer",)
 
 
 def _answer(result):  # type: (object) -> None
@@ -64,7 +66,8 @@ def _answer(result):  # type: (object) -> None
         envelope["result"] = result
         envelope["ok"] = True
     envelope["agent_s"] = time.perf_counter() - t0
-    envelope["code"] = _G.get("_LOADED")  # ("loaded" precompiled | "compiled", seconds): see codecache
+    # ("loaded" precompiled | "compiled", seconds): see codecache
+    envelope["code"] = _G.get("_LOADED")
     envelope["python"] = "%d.%d.%d" % sys.version_info[:3]
     envelope["imported"] = list(_NEW_MODULES)
     try:
@@ -81,7 +84,9 @@ def run(request):  # type: (dict) -> None
     if _agent_running():
         try:
             _write_json(rundir + "/result.json", {"nonce": request["nonce"], "ok": False, "error": {
-                "type": "AgentBusy", "message": "an agent of an earlier run is still running in this process", "frames": []}})
+                "type": "AgentBusy",
+                "message": "an agent of an earlier run is still running in this process",
+                "frames": []}})
         except OSError:
             pass
         return
@@ -91,7 +96,7 @@ def run(request):  # type: (dict) -> None
         _write_file(rundir + "/started", b"")
     except OSError:
         return  # run dir gone or not ours: a late or foreign request
-    envelope = {"nonce": request["nonce"], "command": request["command"], "pid": posix.getpid()}  # type: ignore[attr-defined]
+    envelope = {"nonce": request["nonce"], "command": request["command"], "pid": posix.getpid()}
     _LIMIT["answer"] = (envelope, t0)
     result = None  # type: Any
     try:

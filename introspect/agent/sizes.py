@@ -100,11 +100,11 @@ def _referent_batches(objs):  # type: (list) -> Any
                 acc, n = [], 0
             if t is list or t is tuple:
                 for k in range(0, size, _SLICE):
-                    yield list(o[k:k + _SLICE])  # type: ignore[index]
+                    yield list(o[k:k + _SLICE])
             else:
                 part = []  # type: list
                 try:
-                    for x in (dict.items(o) if t is dict else o):  # type: ignore[call-overload, attr-defined]
+                    for x in (dict.items(o) if t is dict else o):
                         if t is dict:
                             part.append(x[0])
                             part.append(x[1])
@@ -168,8 +168,9 @@ def _sizes(params):  # type: (dict) -> dict
     tb, tc, ub, uc = {}, {}, {}, {}  # type: dict, dict, dict, dict
     opaque = {}  # type: dict
     # Calibrate: the refcount of an object whose only owners are one container and the list walked.
-    probe = [[float(posix.getpid()) + 0.5]]  # type: ignore[attr-defined]
-    unique = _tally(gc.get_referents(*probe), {}, {}, sizers, gc_head, 0, {}, [])  # a list: core traverse
+    probe = [[float(posix.getpid()) + 0.5]]
+    # a list: core traverse
+    unique = _tally(gc.get_referents(*probe), {}, {}, sizers, gc_head, 0, {}, [])
     del probe
     objs = gc.get_objects()
     own = _own_objects()

@@ -72,22 +72,25 @@ def _grpc_refusal():  # type: () -> str
     handlers printed "Other threads are currently calling into gRPC, skipping fork() handlers" on
     the target's stderr at most forks, or stopped and restarted its thread pools, and a copy forked
     twice (as ours is) died of SIGSEGV in a gRPC event_engine thread about once in 40 (plain
-    os.fork, no agent). With GRPC_ENABLE_FORK_SUPPORT on, its os.register_at_fork hooks also hold the
-    target's RPCs until its threads are idle (up to 5 s), and our copy hung inside them (no walker;
-    the copy stayed, and so did our reaper thread in the target). Read from module dicts and
-    posix.environ only: no code of gRPC's runs."""
+    os.fork, no agent). With GRPC_ENABLE_FORK_SUPPORT on, its os.register_at_fork hooks also hold
+    the target's RPCs until its threads are idle (up to 5 s), and our copy hung inside them (no
+    walker; the copy stayed, and so did our reaper thread in the target). Read from module dicts
+    and posix.environ only: no code of gRPC's runs."""
     cy = sys.modules.get("grpc._cython.cygrpc")
     if cy is None:
         return ""
     d = cy.__dict__ if type(cy) is type(sys) else {}
     on = d.get("_GRPC_ENABLE_FORK_SUPPORT")
     if type(on) is not bool:  # not set by this grpcio version: what it would read at import
-        on = posix.environ.get(b"GRPC_ENABLE_FORK_SUPPORT", b"0").lower() in (b"1", b"yes", b"true")  # type: ignore[attr-defined]
+        on = (posix.environ.get(b"GRPC_ENABLE_FORK_SUPPORT", b"0").lower()
+              in (b"1", b"yes", b"true"))
     if on:
-        return ("gRPC fork support is on in the target (GRPC_ENABLE_FORK_SUPPORT): its fork hooks would hold its RPCs "
-                "during a fork and hang the forked copy; a process with gRPC loaded is never forked, even with --fork")
-    return ("gRPC is loaded in the target: its fork handlers would run there (a line on its stderr, or its threads stopped "
-            "and restarted) and the forked copy may crash in them; a process with gRPC loaded is never forked, even with --fork")
+        return ("gRPC fork support is on in the target (GRPC_ENABLE_FORK_SUPPORT): its fork hooks "
+                "would hold its RPCs during a fork and hang the forked copy; a process with gRPC "
+                "loaded is never forked, even with --fork")
+    return ("gRPC is loaded in the target: its fork handlers would run there (a line on its "
+            "stderr, or its threads stopped and restarted) and the forked copy may crash in them; "
+            "a process with gRPC loaded is never forked, even with --fork")
 
 
 def cmd_snapshot(params):  # type: (dict) -> Any
@@ -95,7 +98,8 @@ def cmd_snapshot(params):  # type: (dict) -> Any
     t0 = time.perf_counter()
     refused = _grpc_refusal()
     if refused:
-        return {"forked": False, "error": refused, "refused": "grpc", "pause_s": time.perf_counter() - t0}
+        return {"forked": False, "error": refused, "refused": "grpc",
+                "pause_s": time.perf_counter() - t0}
     if params.get("collect"):
         gc.collect()
     # Read before the fork: other threads die in the child, and their frames with them (3.14+
@@ -112,8 +116,8 @@ def cmd_snapshot(params):  # type: (dict) -> Any
     # walker is the target's own child, reaped by the kernel or by our short-lived thread, which
     # then waits out the walk (bounded by its deadline). Elsewhere the walker is a grandchild.
     how = _snap_reaper()
-    direct = how != "wait" and posix.getpid() == 1  # type: ignore[attr-defined]
-    _G["_TARGET_PID"] = posix.getpid()  # type: ignore[attr-defined]  # for the tracing part, compiled in the walker
+    direct = how != "wait" and posix.getpid() == 1
+    _G["_TARGET_PID"] = posix.getpid()  # for the tracing part, compiled in the walker
     flt = _snap_filters()
     entry = ("ignore", None, DeprecationWarning, _G.get("__name__", "__introspect_agent__"), 0)
     frame_ids.append(id(entry))
@@ -122,10 +126,11 @@ def cmd_snapshot(params):  # type: (dict) -> Any
     answering = "answer" in _LIMIT  # run() called us (not a test calling this function directly)
     try:
         t_fork = time.perf_counter()
-        pid = posix.fork()  # type: ignore[attr-defined]
+        pid = posix.fork()
         t_fork = time.perf_counter() - t_fork
     except OSError as exc:
-        return {"forked": False, "error": "fork failed: %s" % (exc,), "pause_s": time.perf_counter() - t0}
+        return {"forked": False, "error": "fork failed: %s" % (exc,),
+                "pause_s": time.perf_counter() - t0}
     finally:
         if flt is not None:
             for k in range(len(flt)):
@@ -138,20 +143,21 @@ def cmd_snapshot(params):  # type: (dict) -> Any
             # and gc.get_objects() would otherwise compete with the target for its CPUs just as it
             # resumes (the walker inherits this).
             try:
-                posix.nice(19)  # type: ignore[attr-defined]
+                posix.nice(19)
             except OSError:
                 pass
             # The answer the parent would write, written here: after the fork every page the parent
             # writes is copied first (~0.5 ms for result.json alone, measured at 1M objects).
             now = time.perf_counter()
             if answering:
-                _answer({"forked": True, "child": posix.getpid(), "pause_s": now - t0, "fork_s": t_fork,  # type: ignore[attr-defined]
-                         "reaped": _snap_reaped(how, direct), "answered_by": "child"})
-            if direct or posix.fork() == 0:  # type: ignore[attr-defined]
+                _answer({"forked": True, "child": posix.getpid(), "pause_s": now - t0,
+                         "fork_s": t_fork, "reaped": _snap_reaped(how, direct),
+                         "answered_by": "child"})
+            if direct or posix.fork() == 0:
                 _load_walker(params.get("walker", ()))
                 _snap_walker(params, frame_roots, frame_ids)
         finally:
-            posix._exit(0)  # type: ignore[attr-defined]
+            posix._exit(0)
     done = _snap_reap(pid, how, direct)
     if answering and done == how:
         return _ANSWERED  # as the child said: nothing more to do here
@@ -160,7 +166,7 @@ def cmd_snapshot(params):  # type: (dict) -> Any
             "reaped": _snap_reaped(done, direct)}
 
 
-def _reap(pid, waitpid=posix.waitpid, error=OSError):  # type: ignore[attr-defined]
+def _reap(pid, waitpid=posix.waitpid, error=OSError):
     # type: (int, Any, Any) -> None
     """The reaper thread's body: names bound as defaults, so it looks nothing up in our globals
     (cleared when the agent returns) and cannot print (the target's waitpid(-1) may win: ECHILD)."""
@@ -182,14 +188,16 @@ def _snap_reaper():  # type: () -> str
         disposition = None
     if disposition == sig.SIG_IGN:
         return "kernel"
-    if disposition == sig.SIG_DFL and type(_thread.start_new_thread).__name__ == "builtin_function_or_method":
+    builtin = type(_thread.start_new_thread).__name__ == "builtin_function_or_method"
+    if disposition == sig.SIG_DFL and builtin:
         return "thread"
     return "wait"
 
 
 def _snap_reaped(how, direct):  # type: (str, bool) -> str
     """How the target's child is reaped, in words (``how``: see _snap_reaper and _snap_reap)."""
-    said = {"kernel": "by the kernel (SIGCHLD ignored)", "thread": "by a short-lived thread"}.get(how, "waited for")
+    said = {"kernel": "by the kernel (SIGCHLD ignored)",
+            "thread": "by a short-lived thread"}.get(how, "waited for")
     return said + (" (the walker itself: pid 1 adopts orphans)" if direct else "")
 
 
@@ -205,9 +213,10 @@ def _snap_reap(pid, how, direct):  # type: (int, str, bool) -> str
             _thread.start_new_thread(_reap, (pid,))
             return how
         except Exception:
-            if direct:  # never wait out a whole walk: the snapshot is lost, the target is not stopped
+            # never wait out a whole walk: the snapshot is lost, the target is not stopped
+            if direct:
                 try:
-                    posix.kill(pid, 9)  # type: ignore[attr-defined]
+                    posix.kill(pid, 9)
                 except OSError:
                     pass
     _reap(pid)
@@ -240,7 +249,8 @@ def _snap_frames(frames):  # type: (dict) -> tuple
         while f is not None:
             ids.append(id(f))
             code = f.f_code
-            if ours and (_ours(code.co_filename) or (code.co_filename == "<string>" and not code.co_flags & 1)):
+            if ours and (_ours(code.co_filename)
+                         or (code.co_filename == "<string>" and not code.co_flags & 1)):
                 if id(f.f_globals) not in module_dicts:
                     ids.append(id(f.f_globals))  # the bootstrap's fresh dict (agent source, file)
                 f = f.f_back
@@ -254,7 +264,8 @@ def _snap_frames(frames):  # type: (dict) -> tuple
                 for var, val in items:
                     if type(var) is str:
                         roots.append(("thread %s, %s() in %s line %d, local %s" % (
-                            tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var), val))
+                            tname, code.co_name, _short_file(code.co_filename), f.f_lineno, var),
+                            val))
             f = f.f_back
     ids.append(id(roots))
     return roots, ids

@@ -47,12 +47,15 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
 TRACE_MODULE = "__introspect_trace__"
 # The target's pid: a snapshot's walker compiles this part in the fork, where cmd_snapshot left it.
-_PID = _G.get("_TARGET_PID") or posix.getpid()  # type: ignore[attr-defined]
-_TRACE_BYTES_PER_TRACE = 40  # tracemalloc's own memory per live trace is 60-68 B (measured, 3.8/3.15): an over-estimate of the count
+_PID = _G.get("_TARGET_PID") or posix.getpid()
+# tracemalloc's own memory per live trace is 60-68 B (measured, 3.8/3.15): an over-estimate of
+# the count
+_TRACE_BYTES_PER_TRACE = 40
 _MAX_SITES = 20000  # sites returned by one show, largest first
 
 
-def _trace_timer(tm, modules, name, session, wake, clock, until):  # type: (Any, dict, str, str, Any, Any, float) -> None
+def _trace_timer(tm, modules, name, session, wake, clock, until):
+    # type: (Any, dict, str, str, Any, Any, float) -> None
     """The session's end, on its own thread. Runs with globals holding only __builtins__ (the
     agent's globals are cleared when it returns): everything it needs comes as arguments."""
     try:
@@ -95,7 +98,8 @@ def _trace_facts(tm):  # type: (Any) -> dict
     tracing = tm.is_tracing()
     facts = {"tracing": tracing, "owner": None, "remaining_s": None, "session": None,
              "frames": tm.get_traceback_limit() if tracing else None,
-             "traced": list(tm.get_traced_memory()), "tracemalloc_memory": tm.get_tracemalloc_memory(),
+             "traced": list(tm.get_traced_memory()),
+             "tracemalloc_memory": tm.get_tracemalloc_memory(),
              "inherited_from": None}  # type: dict
     if tracing:
         if mod is not None and mod.__dict__.get("session"):
@@ -123,7 +127,8 @@ def cmd_trace_start(params):  # type: (dict) -> dict
             facts["status"] = "application"  # theirs: left exactly as it is
             return facts
         if tm.get_traceback_limit() != frames:
-            tm.stop()  # a different depth needs a fresh start (tracemalloc keeps the old limit otherwise)
+            # a different depth needs a fresh start (tracemalloc keeps the old limit otherwise)
+            tm.stop()
             restarted = True
         _trace_end(mod)  # ours (or inherited over fork): a new session replaces it, new end time
         status = "restarted" if restarted else "extended"
@@ -131,20 +136,23 @@ def cmd_trace_start(params):  # type: (dict) -> dict
         if mod is not None:
             _trace_end(mod)  # ours, but tracing was stopped by someone else
         status = "started"
-    session = "%d-%d" % (posix.getpid(), int(time.time() * 1e6))  # type: ignore[attr-defined]
+    session = "%d-%d" % (posix.getpid(), int(time.time() * 1e6))
     wake = _thread.allocate_lock()
     wake.acquire()
     until = time.monotonic() + for_s
-    mod = _ModuleType(TRACE_MODULE, "introspect: a tracemalloc session; ends by itself (see `introspect trace`)")
-    mod.__dict__.update({"session": session, "until": until, "pid": posix.getpid(), "wake": wake})  # type: ignore[attr-defined]
+    mod = _ModuleType(TRACE_MODULE,
+                      "introspect: a tracemalloc session; ends by itself (see `introspect trace`)")
+    mod.__dict__.update({"session": session, "until": until, "pid": posix.getpid(), "wake": wake})
     if not tm.is_tracing():
         tm.start(frames)
     sys.modules[TRACE_MODULE] = mod
     b = sys.modules.get("builtins")
-    timer = _FunctionType(_trace_timer.__code__, {"__builtins__": vars(b) if b is not None else {}},  # type: ignore[misc]
-                          "introspect_trace_timer")
+    timer_globals = {"__builtins__": vars(b) if b is not None else {}}
+    timer = _FunctionType(  # type: ignore[misc]
+        _trace_timer.__code__, timer_globals, "introspect_trace_timer")
     try:
-        _thread.start_new_thread(timer, (tm, sys.modules, TRACE_MODULE, session, wake, time.monotonic, until))
+        _thread.start_new_thread(
+            timer, (tm, sys.modules, TRACE_MODULE, session, wake, time.monotonic, until))
     except BaseException:
         _trace_end(mod)  # no timer, no tracing: never a trace without its end
         tm.stop()
@@ -174,14 +182,16 @@ def _trace_sites(tm, depth, max_traces, child=False):  # type: (Any, int, int, b
     """Live traces grouped by their `depth` innermost frames, largest first. Reading them
     (_tracemalloc._get_traces) makes one tuple per trace in this process: refused above
     max_traces (estimated from tracemalloc's own memory), and the grouping stops on the budget."""
-    out = {"sites": [], "traces": 0, "partial": False, "reason": "", "own_skipped": 0, "more_sites": 0}  # type: dict
+    out = {"sites": [], "traces": 0, "partial": False, "reason": "", "own_skipped": 0,
+           "more_sites": 0}  # type: dict
     est = tm.get_tracemalloc_memory() // _TRACE_BYTES_PER_TRACE
     out["estimated_traces"] = est
     if est > max_traces:
         # Hook for the forked snapshot: there, a child reads the traces of its frozen copy and no
         # temporary list is made here. In-process we refuse rather than allocate ~100 B per trace.
         out["partial"] = True
-        out["reason"] = "about %d traces live, above --max-traces %d: not read in-process" % (est, max_traces)
+        out["reason"] = ("about %d traces live, above --max-traces %d: not read in-process"
+                         % (est, max_traces))
         return out
     own_lines = _own_lines()
     traces = tm._get_traces()
@@ -213,7 +223,8 @@ def _trace_sites(tm, depth, max_traces, child=False):  # type: (Any, int, int, b
         traces = None
     for key in list(groups):
         if key and (key[0] in own_lines or _own_file(key[0][0])):
-            own += groups.pop(key)[1]  # the agent's own allocations (this list included) and our session's module
+            # the agent's own allocations (this list included) and our session's module
+            own += groups.pop(key)[1]
     out["own_skipped"] = own
     ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
     groups.clear()

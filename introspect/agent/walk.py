@@ -60,15 +60,17 @@ _CodeType = type(_builtin.__code__)
 # Code objects are not gc containers (no tp_traverse): their references are read from the stored
 # attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
 # new objects of the walker's own).
-_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable", "co_exceptiontable")
+_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable",
+                "co_exceptiontable")
                if sys.version_info >= (3, 11) else
-               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename", "co_name", "co_code", "co_lnotab"))
+               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename",
+                "co_name", "co_code", "co_lnotab"))
 
 
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
     data = memoryview(kind + len(payload).to_bytes(4, "little") + payload)
     while data:
-        data = data[posix.write(fd, data):]  # type: ignore[attr-defined]
+        data = data[posix.write(fd, data):]
 
 
 def _snap_json(obj):  # type: (object) -> bytes
@@ -82,30 +84,30 @@ def _snap_quiet(deadline, keep_fd):  # type: (float, int) -> None
     a hard deadline, no inherited descriptor kept open (a held pipe or socket would delay EOF seen
     by its peer)."""
     try:
-        fd = posix.open("/proc/self/oom_score_adj", posix.O_WRONLY)  # type: ignore[attr-defined]
+        fd = posix.open("/proc/self/oom_score_adj", posix.O_WRONLY)
         try:
-            posix.write(fd, b"1000")  # type: ignore[attr-defined]
+            posix.write(fd, b"1000")
         finally:
-            posix.close(fd)  # type: ignore[attr-defined]
+            posix.close(fd)
     except OSError:
         pass
     sig = _builtin("_signal")
     sig.signal(sig.SIGALRM, sig.SIG_DFL)
     sig.alarm(max(1, int(deadline - time.time()) + 1))
     try:
-        null = posix.open("/dev/null", posix.O_RDWR)  # type: ignore[attr-defined]
+        null = posix.open("/dev/null", posix.O_RDWR)
         sink = (null, null, null)
     except OSError:  # a container root without /dev: a pipe nobody reads, writes never blocking
-        r, w = posix.pipe()  # type: ignore[attr-defined]
-        posix.set_blocking(w, False)  # type: ignore[attr-defined]
+        r, w = posix.pipe()
+        posix.set_blocking(w, False)
         sink = (r, w, w)
     for k in (0, 1, 2):
-        posix.dup2(sink[k], k)  # type: ignore[attr-defined]
-    for name in posix.listdir("/proc/self/fd"):  # type: ignore[attr-defined]
+        posix.dup2(sink[k], k)
+    for name in posix.listdir("/proc/self/fd"):
         k = int(name)
         if k > 2 and k != keep_fd:
             try:
-                posix.close(k)  # type: ignore[attr-defined]
+                posix.close(k)
             except OSError:
                 pass
 
@@ -116,7 +118,8 @@ def _snap_own(frame_ids, mods):  # type: (list, list) -> dict
     own = {id(_G): None}  # type: dict
     for i in frame_ids:
         own[i] = None
-    stack = [v for k, v in _G.items() if k != "__builtins__"]  # exec put the target's builtins there
+    # exec put the target's builtins there
+    stack = [v for k, v in _G.items() if k != "__builtins__"]
     while stack:
         v = stack.pop()
         if id(v) in own:
@@ -139,14 +142,15 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     t0 = time.perf_counter()
     deadline = float(params.get("child_deadline", time.time() + 300))  # the wait for this fork
     # First: with the stream open, any failure below reaches the CLI as an "X" frame at once.
-    fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)  # type: ignore[attr-defined]
-    posix.set_blocking(fd, True)  # type: ignore[attr-defined]
-    sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # type: ignore[attr-defined]  # < PIPE_BUF: atomic
+    fd = posix.open(params["stream"], posix.O_WRONLY | posix.O_NONBLOCK)
+    posix.set_blocking(fd, True)
+    sent_magic = posix.write(fd, SNAP_MAGIC) == len(SNAP_MAGIC)  # < PIPE_BUF: atomic
     if params.get("memory"):  # before the walk: its tables would count as the target's
         _mem_look(deadline)
     err = None
     try:
-        walk = params.get("objects", True)  # False: no object walk, only questions (`trace show` reads traces here)
+        # False: no object walk, only questions (`trace show` reads traces here)
+        walk = params.get("objects", True)
         mods = [(k, v) for k, v in list(sys.modules.items()) if isinstance(k, str)] if walk else []
         if not walk:
             frame_roots = []
@@ -178,7 +182,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     if err is not None:
         try:
             if not sent_magic:
-                posix.write(fd, SNAP_MAGIC)  # type: ignore[attr-defined]
+                posix.write(fd, SNAP_MAGIC)
             _snap_send(fd, b"X", _snap_json({"error": _exc_record(err, False)}))
         except Exception:
             pass
@@ -222,8 +226,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                                % (code, array(code).itemsize, width))
     facts = _gc_facts()
     _snap_send(fd, b"M", _snap_json({
-        "format": 2, "pid": posix.getpid(),  # type: ignore[attr-defined]
-        "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3], "gc": facts,
+        "format": 2, "pid": posix.getpid(),
+        "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3],
+        "gc": facts,
         "gc_objects": len(objs), "byteorder": sys.byteorder, "time": time.time(),
     }))
     roots = []  # type: list
@@ -296,7 +301,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             sizes = []
             for o in batch:
                 try:
-                    sizes.append(getsizeof(o) if sizers[type(o)] else object.__sizeof__(o) + gc_head)
+                    sizes.append(getsizeof(o) if sizers[type(o)]
+                                 else object.__sizeof__(o) + gc_head)
                 except Exception:
                     sizes.append(0)
         S = sizes
@@ -414,11 +420,11 @@ def _snap_start_ticks():  # type: () -> int
     """This process's start time (clock ticks since boot, /proc/self/stat field 22): with the pid,
     lets the CLI make sure the process it kills is this walker and not a reused pid."""
     try:
-        fd = posix.open("/proc/self/stat", posix.O_RDONLY)  # type: ignore[attr-defined]
+        fd = posix.open("/proc/self/stat", posix.O_RDONLY)
         try:
-            raw = posix.read(fd, 4096)  # type: ignore[attr-defined]
+            raw = posix.read(fd, 4096)
         finally:
-            posix.close(fd)  # type: ignore[attr-defined]
+            posix.close(fd)
         return int(raw[raw.rindex(b")") + 2:].split()[19])
     except Exception:
         return 0
@@ -426,10 +432,10 @@ def _snap_start_ticks():  # type: () -> int
 
 def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) -> None
     """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
-    cfd = posix.open(params["control"], posix.O_RDONLY)  # type: ignore[attr-defined]
+    cfd = posix.open(params["control"], posix.O_RDONLY)
     buf = b""
     while True:
-        chunk = posix.read(cfd, 65536)  # type: ignore[attr-defined]
+        chunk = posix.read(cfd, 65536)
         if not chunk:
             return
         buf += chunk
@@ -441,12 +447,15 @@ def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) 
             nums = [int(x) for x in parts[1:]]
             answer = []  # type: list
             if parts[0] == b"L":
-                answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums) - 1, 2)]
+                answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]])
+                          for k in range(0, len(nums) - 1, 2)]
             elif parts[0] == b"K":  # one container's labels in one pass (dumps): K pos start count
                 answer = _snap_items(keep[nums[0]], index or {}, nums[1], nums[2])
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
-                answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ())) for p in nums]
-            elif parts[0] == b"G":  # tracemalloc's live traces, grouped by the nums[0] innermost frames
+                answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ()))
+                          for p in nums]
+            # tracemalloc's live traces, grouped by the nums[0] innermost frames
+            elif parts[0] == b"G":
                 try:
                     answer = [_trace_child_show(nums[0] if nums else 1)]
                 except Exception as exc:  # noqa: BLE001 - the CLI says what failed
@@ -457,7 +466,8 @@ def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) 
                 blocks = _trace_block() if _MANAGED_DICT_311 else None
                 answer = _alloc_sites([keep[p] for p in nums], blocks)
                 answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
-            elif parts[0] == b"C":  # items of builtin containers (C-level len, never a Python __len__)
+            # items of builtin containers (C-level len, never a Python __len__)
+            elif parts[0] == b"C":
                 answer = [_snap_len(keep[p]) for p in nums]
             elif parts[0] == b"P":  # previews of builtin values (never repr() of anything else)
                 answer = [_snap_preview(keep[p], 2) for p in nums]
