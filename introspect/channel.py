@@ -250,7 +250,9 @@ def bootstrap_source(
     collector's counts end where they began. The agent reports and uses the state it found
     (``_GC``); `exec` runs the user's code with the collector as the target had it.
     """
-    globs = {"__name__": "__introspect_agent__", "__file__": AGENT_NAME, "REQUEST": request.literal()}
+    globs = {
+        "__name__": "__introspect_agent__", "__file__": AGENT_NAME, "REQUEST": request.literal()
+    }
     # Stage 1 runs in its own fresh dict: the file handles and data bind there, not in __main__,
     # and the files are closed (an unclosed file's ResourceWarning would plant __warningregistry__
     # in __main__).
@@ -263,7 +265,8 @@ def bootstrap_source(
         "try:\n"
         " c=k=None\n"
         " try:\n"
-        "  k=M['_frozen_importlib_external'].MAGIC_NUMBER+(' %x %s\\n'%(sys.hexversion,getattr(sys,'abiflags','?'))).encode()\n"
+        "  k=M['_frozen_importlib_external'].MAGIC_NUMBER"
+        "+(' %x %s\\n'%(sys.hexversion,getattr(sys,'abiflags','?'))).encode()\n"
         f"  with open({code_path!r},'rb') as f:d=f.read()\n"
         "  if d[:len(k)]==k:c=M['marshal'].loads(d[len(k):])\n"
         "  d=None\n"
@@ -282,11 +285,15 @@ def bootstrap_source(
     )
     # Stage 1 is compiled under its own name: tracemalloc attributes the agent's source and code
     # objects to it, and `trace show` leaves them out (a plain exec would file them under <string>).
-    return f"{MAGIC}\ntry:exec(compile({stage1!r},{BOOTSTRAP_NAME!r},'exec'),{{}})\nexcept BaseException:pass\n"
+    return (
+        f"{MAGIC}\ntry:exec(compile({stage1!r},{BOOTSTRAP_NAME!r},'exec'),{{}})\n"
+        "except BaseException:pass\n"
+    )
 
 
 def prepare(
-    target: Target, command: str, params: dict[str, Any], timeout: float, files: dict[str, bytes] | None = None,
+    target: Target, command: str, params: dict[str, Any], timeout: float,
+    files: dict[str, bytes] | None = None,
     fifos: tuple[str, ...] = (),
 ) -> tuple[Request, str]:
     """Create the run dir with the agent (and ``files``, and FIFOs named in ``fifos``, whose target

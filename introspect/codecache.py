@@ -25,10 +25,10 @@ users and past Yama's ptrace_scope. The code file is made either
 Else the target compiles the source itself (4-7 ms) and nothing it makes leaves it.
 
 The cache ($XDG_CACHE_HOME/introspect/agent-code, 0700, ours) keeps what a trusted interpreter
-made, keyed by the agent's files (names and sources) and the interpreter's files (path, device, inode, size, mtime):
-one compile per interpreter and agent version. A cache directory or file not owned by us, or
-writable by others, is neither read nor written. (Before this rule the cache lived in
-``introspect/code`` and held code targets had made: it is never read again.)
+made, keyed by the agent's files (names and sources) and the interpreter's files (path, device,
+inode, size, mtime): one compile per interpreter and agent version. A cache directory or file not
+owned by us, or writable by others, is neither read nor written. (Before this rule the cache
+lived in ``introspect/code`` and held code targets had made: it is never read again.)
 """
 
 from __future__ import annotations

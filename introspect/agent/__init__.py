@@ -20,7 +20,7 @@ only, Python 3.8 syntax, no reference to a target object kept (core.py's header 
 The files share one namespace at run time: each is compiled on its own under the name
 ``<introspect>/FILE`` (``code_name``) and executed, in order, in one fresh dict, so a traceback
 names the file and its true line. Their ``if MYPY:`` imports are the type checker's view of that
-namespace; nothing is imported at run time.
+namespace; they are shipped as blank lines (``shipped``): nothing is imported at run time.
 """
 
 from __future__ import annotations
@@ -64,8 +64,25 @@ def code_name(name: str) -> str:
     return PREFIX + name
 
 
+def shipped(data: bytes) -> bytes:
+    """A file's source as the target gets it: its ``MYPY = False`` line and ``if MYPY:`` block
+    (the type checker's imports, dead code at run time that the target would compile and keep)
+    as blank lines, so every other line keeps its number."""
+    lines = data.split(b"\n")
+    block = False
+    for i, line in enumerate(lines):
+        if line == b"MYPY = False" or line.startswith(b"if MYPY:"):
+            block = line.startswith(b"if MYPY:")
+            lines[i] = b""
+        elif block and (line.startswith(b" ") or not line):
+            lines[i] = b""
+        else:
+            block = False
+    return b"\n".join(lines)
+
+
 def _read(names: tuple[str, ...] | list[str]) -> Source:
-    return [(n, (AGENT_DIR / n).read_bytes()) for n in names]
+    return [(n, shipped((AGENT_DIR / n).read_bytes())) for n in names]
 
 
 def names(command: str | None = None) -> list[str]:

@@ -22,8 +22,9 @@
 # These rules bind every file of this package (introspect/agent/*.py, but __init__.py and
 # whole.py, which run in the CLI and in tests). The files share one namespace at run time: the
 # bootstrap executes each file's code, compiled on its own under the name "<introspect>/FILE",
-# in one fresh dict, in the order introspect.agent.files() gives, so a traceback names the file
-# and its true line. Their "if MYPY:" imports are for the type checker only.
+# in one fresh dict, in the order introspect.agent.names() gives, so a traceback names the file
+# and its true line. Their "if MYPY:" imports are for the type checker only: the CLI ships them
+# as blank lines (introspect.agent.shipped).
 #
 # The CLI ships the target only this core, run.py and the files its command runs (introspect.agent
 # PARTS). Compiling costs the target memory it keeps (its allocator's arenas): 7 MiB of RSS for
@@ -92,8 +93,8 @@ def _dump(obj, out):  # type: (object, list) -> None
     elif isinstance(obj, int):
         out.append(int.__repr__(obj))
     elif isinstance(obj, float):
-        finite = obj == obj and obj not in (float("inf"), float("-inf"))
-        out.append(float.__repr__(obj) if finite else "null")
+        out.append(float.__repr__(obj)
+                   if obj == obj and obj not in (float("inf"), float("-inf")) else "null")
     elif isinstance(obj, dict):
         out.append("{")
         first = True
@@ -539,7 +540,7 @@ _STEP = 65536
 _SLICE = 16384  # objects tallied between two budget checks
 
 def _ours(name):  # type: (str) -> bool
-    """Is ``name`` the file name of this agent's code (any file of this package, this run's)?"""
+    # Is ``name`` the file name of this agent's code (any file of this package, this run's)?
     return name.startswith(_OWN_DIR)
 
 
@@ -552,8 +553,8 @@ def _own_file(name):  # type: (str) -> bool
 
 
 def _exc_record(exc, skip_own):  # type: (BaseException, bool) -> dict
-    """type, message and frames [file, line, function] of ``exc``; ``skip_own``: without the
-    agent's own frames (exec: the user's code failed, not ours)."""
+    # type, message and frames [file, line, function] of ``exc``; ``skip_own``: without the
+    # agent's own frames (exec: the user's code failed, not ours)
     frames = []
     tb = exc.__traceback__
     while tb is not None:

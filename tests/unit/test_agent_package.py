@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from introspect.agent import (
     agent_files,
     code_name,
     names,
+    shipped,
     walker_files,
 )
 from introspect.channel import Request, RunDir, bootstrap_source
@@ -72,6 +74,15 @@ def test_each_file_says_where_it_runs_and_keeps_the_rules(name: str) -> None:
             mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
             assert mod in ("sys", "typing", "ctypes") or str(mod).startswith("introspect.agent."), (
                 name, mod)
+
+
+def test_the_type_checkers_imports_are_shipped_as_blank_lines() -> None:
+    for name, data in [*agent_files(None), *walker_files()]:
+        real = (AGENT_DIR / name).read_bytes()
+        assert data == shipped(real) and data.count(b"\n") == real.count(b"\n"), name
+        assert not re.search(rb"^\s*(from introspect|from typing|MYPY =|if MYPY)", data, re.M), name
+        kept = [(a, b) for a, b in zip(real.split(b"\n"), data.split(b"\n")) if a != b]
+        assert kept and all(not b for _, b in kept), name  # only blanked, nothing else changed
 
 
 def _line(name: str, text: str) -> int:
