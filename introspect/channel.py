@@ -87,8 +87,8 @@ class RunDir:
             pid=self.target.pid,
             name=self.target.name,
             help="Only the process's own user (or root) can write there: the process itself, or "
-            "another of its user's, is interfering. Nothing was run in it; the run directory is "
-            "removed.",
+                 "another of its user's, is interfering. Nothing was run in it; the run directory "
+                 "is removed.",
         )
 
     def exists(self, name: str) -> bool:
@@ -165,22 +165,22 @@ def make_run_dir(target: Target) -> RunDir:
             pid=target.pid,
             name=target.name,
             help="Another process is interfering with introspect's run directories; look at who "
-            f"owns it (ls -ld {host}). Nothing was done to the target.",
+                 f"owns it (ls -ld {host}). Nothing was done to the target.",
         ) from None
     except FileNotFoundError:
         if not target.is_alive():
-            raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
+            raise errors.TargetExited(
+                "the process exited", pid=target.pid, name=target.name
+            ) from None
         raise errors.InjectionFailed(
-            f"the target has no {tmp} directory we can reach through {target.root}",
-            pid=target.pid,
+            f"the target has no {tmp} directory we can reach through {target.root}", pid=target.pid,
             name=target.name,
             help="introspect needs a writable /tmp inside the target's filesystem.",
         ) from None
     except PermissionError:
         raise errors.AccessDenied(
             f"cannot create a run directory in the target's {tmp} ({target.root}{tmp})",
-            pid=target.pid,
-            name=target.name,
+            pid=target.pid, name=target.name,
             help="Run introspect as root (sudo -E introspect ...) or as the process's own user.",
         ) from None
     run = RunDir(target, nonce, path)
@@ -190,7 +190,9 @@ def make_run_dir(target: Target) -> RunDir:
         st = os.lstat(host)
         if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o700:
             raise errors.InjectionFailed(f"run directory {host} is not a private directory")
-        run.lock_fd = os.open(f"{host}/{CLI_LOCK}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        run.lock_fd = os.open(
+            f"{host}/{CLI_LOCK}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+        )
         fcntl.flock(run.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.geteuid() == 0:
             os.fchown(run.lock_fd, target.uid, target.gid)
@@ -212,13 +214,8 @@ class Request:
         self.deadline = time.time() + self.timeout
 
     def literal(self) -> dict[str, Any]:
-        return {
-            "nonce": self.run.nonce,
-            "deadline": self.deadline,
-            "dir": self.run.path,
-            "command": self.command,
-            "params": self.params,
-        }
+        return {"nonce": self.run.nonce, "deadline": self.deadline, "dir": self.run.path,
+                "command": self.command, "params": self.params}
 
 
 BOOTSTRAP_NAME = "<introspect-bootstrap>"
@@ -250,9 +247,8 @@ def bootstrap_source(
     collector's counts end where they began. The agent reports and uses the state it found
     (``_GC``); `exec` runs the user's code with the collector as the target had it.
     """
-    globs = {
-        "__name__": "__introspect_agent__", "__file__": AGENT_NAME, "REQUEST": request.literal()
-    }
+    globs = {"__name__": "__introspect_agent__", "__file__": AGENT_NAME,
+             "REQUEST": request.literal()}
     # Stage 1 runs in its own fresh dict: the file handles and data bind there, not in __main__,
     # and the files are closed (an unclosed file's ResourceWarning would plant __warningregistry__
     # in __main__).
@@ -291,11 +287,9 @@ def bootstrap_source(
     )
 
 
-def prepare(
-    target: Target, command: str, params: dict[str, Any], timeout: float,
-    files: dict[str, bytes] | None = None,
-    fifos: tuple[str, ...] = (),
-) -> tuple[Request, str]:
+def prepare(target: Target, command: str, params: dict[str, Any], timeout: float,
+            files: dict[str, bytes] | None = None,
+            fifos: tuple[str, ...] = ()) -> tuple[Request, str]:
     """Create the run dir with the agent (and ``files``, and FIFOs named in ``fifos``, whose target
     paths go into ``params`` under their names); return the request and the bootstrap text."""
     run = make_run_dir(target)
@@ -321,12 +315,8 @@ def prepare(
 Progress = Callable[[str], None]
 
 # The steps the agent marks (agent/core.py _phase), as the timeout message names them.
-PHASES = {
-    "collect": "a full gc.collect() (--collect)",
-    "settle": "a young-generation collection",
-    "walk": "the walk over the heap (by size)",
-    "referrers": "the referrer search",
-}
+PHASES = {"collect": "a full gc.collect() (--collect)", "settle": "a young-generation collection",
+          "walk": "the walk over the heap (by size)", "referrers": "the referrer search"}
 
 
 _NUM = (int, float)
@@ -345,14 +335,8 @@ def _list_of(ok: Check) -> Check:
     return lambda v: isinstance(v, list) and all(ok(x) for x in v)
 
 
-_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = (
-    _is(int),
-    _is(int, float),
-    _is(str),
-    _is(bool),
-    _is(dict),
-    _is(list),
-)
+_INT, _NUMBER, _STR, _BOOL, _DICT, _LIST = (_is(int), _is(int, float), _is(str), _is(bool),
+                                            _is(dict), _is(list))
 _STR_OR_NONE, _INTS = _is(str, type(None)), _map_of(_is(int))
 
 
@@ -389,21 +373,10 @@ RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
         ("forked",),
     ),
     "top": (
-        {
-            "objects": _INT,
-            "types": _INTS,
-            "gc": gc_facts_ok,
-            "scan_s": _NUMBER,
-            "untracked_objects": _INT,
-            "sizes": _map_of(_list_of(_NUMBER)),
-            "opaque": _INTS,
-            "partial": _BOOL,
-            "stopped": _STR_OR_NONE,
-            "walked": _is(int, type(None)),
-            "levels": _is(int, type(None)),
-            "tracked_total": _is(int, type(None)),
-            "budget": _NUMBER,
-        },
+        {"objects": _INT, "types": _INTS, "gc": gc_facts_ok, "scan_s": _NUMBER,
+         "untracked_objects": _INT, "sizes": _map_of(_list_of(_NUMBER)), "opaque": _INTS,
+         "partial": _BOOL, "stopped": _STR_OR_NONE, "walked": _is(int, type(None)),
+         "levels": _is(int, type(None)), "tracked_total": _is(int, type(None)), "budget": _NUMBER},
         ("objects", "types", "gc", "scan_s"),
     ),
     "growth": (
@@ -433,16 +406,13 @@ RESULT_FIELDS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
         },
         ("status",),
     ),
-    "exec": (
-        {"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
-        ("stdout", "stderr", "run_s"),
-    ),
+    "exec": ({"stdout": _STR, "stderr": _STR, "exception": _is(dict, type(None)), "run_s": _NUMBER},
+             ("stdout", "stderr", "run_s")),
 }
 # backrefs: the fields each status needs
 _BACKREFS_NEEDS = {
     "ok": ("type", "found", "sampled", "unrooted", "chains", "graph", "partial", "levels"),
-    "unknown": ("names",),
-    "ambiguous": ("candidates",),
+    "unknown": ("names",), "ambiguous": ("candidates",),
 }
 
 
@@ -452,8 +422,7 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
 
     def bad(what: str) -> errors.AgentError:
         return errors.AgentError(
-            f"the agent's result breaks its format: {what}",
-            pid=pid,
+            f"the agent's result breaks its format: {what}", pid=pid,
             help="The target wrote a result introspect cannot trust; nothing of it was used.",
         )
 
@@ -501,20 +470,16 @@ def checked_envelope(envelope: dict[str, Any], pid: int) -> dict[str, Any]:
 def last_phase(run: RunDir) -> str:
     """The last step the agent marked in the run dir ('' if none)."""
     try:
-        names = [n[len("phase-"):] for n in os.listdir(run.host) if n.startswith("phase-")]
+        names = [n[len("phase-") :] for n in os.listdir(run.host) if n.startswith("phase-")]
     except OSError:
         return ""
     order = list(PHASES)
     return max(names, key=lambda n: order.index(n) if n in order else -1, default="")
 
 
-def wait_for_result(
-    request: Request,
-    *,
-    on_stall: Callable[[float], None] | None = None,
-    stall_after: float = 2.0,
-    on_tick: Callable[[float, bool], None] | None = None,
-) -> dict[str, Any]:
+def wait_for_result(request: Request, *, on_stall: Callable[[float], None] | None = None,
+                    stall_after: float = 2.0,
+                    on_tick: Callable[[float, bool], None] | None = None) -> dict[str, Any]:
     """Wait for the agent's result; notice at once when the target exits; respect the deadline."""
     run = request.run
     target = run.target
@@ -526,12 +491,17 @@ def wait_for_result(
             try:
                 result = run.read_json("result.json", RESULT_MAX_BYTES)
             except (OSError, ValueError) as exc:
-                raise errors.AgentError(f"unreadable result from the agent: {exc}", pid=target.pid) from None
+                raise errors.AgentError(
+                    f"unreadable result from the agent: {exc}", pid=target.pid
+                ) from None
             if not isinstance(result, dict) or result.get("nonce") != run.nonce:
-                raise errors.AgentError("result does not carry our nonce; refusing it", pid=target.pid)
+                raise errors.AgentError(
+                    "result does not carry our nonce; refusing it", pid=target.pid
+                )
             return checked_envelope(result, target.pid)
         if not target.is_alive():
-            raise errors.TargetExited("the process exited while introspect waited for it", pid=target.pid, name=target.name)
+            raise errors.TargetExited("the process exited while introspect waited for it",
+                                      pid=target.pid, name=target.name)
         started_seen = started_seen or run.exists("started")
         waited = time.monotonic() - t_start
         if on_tick is not None:
@@ -548,11 +518,16 @@ def wait_for_result(
                     pid=target.pid,
                     name=target.name,
                     help=(
-                        "The request is now void: the agent stops at its next check and leaves nothing behind. "
-                        + ("A full collection is one call that cannot be interrupted: leave out --collect, "
-                           "or run it when the process is quieter." if phase == "collect" else
-                           "Its walks check their --budget between batches, so one step ran far longer than a batch should "
-                           "(a main thread starved by other threads?): run it again; `-v` shows the timings.")
+                        "The request is now void: the agent stops at its next check and leaves "
+                        "nothing behind. "
+                        + (
+                            "A full collection is one call that cannot be interrupted: leave out "
+                            "--collect, or run it when the process is quieter."
+                            if phase == "collect"
+                            else "Its walks check their --budget between batches, so one step ran "
+                                 "far longer than a batch should (a main thread starved by other "
+                                 "threads?): run it again; `-v` shows the timings."
+                        )
                     ),
                 )
             raise errors.TimeoutExpired(
@@ -560,9 +535,10 @@ def wait_for_result(
                 pid=target.pid,
                 name=target.name,
                 help=(
-                    "Its main thread never reached a point where Python code can run (a long call in C code, or "
-                    "waiting for a lock). The queued request is now void and will do nothing if it runs later. "
-                    "Try again when that call has returned; a larger --timeout helps only if it returns soon."
+                    "Its main thread never reached a point where Python code can run (a long call "
+                    "in C code, or waiting for a lock). The queued request is now void and will do "
+                    "nothing if it runs later. Try again when that call has returned; a larger "
+                    "--timeout helps only if it returns soon."
                 ),
             )
         time.sleep(POLL_S)

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="introspect",
-        description="Look inside a live Python process (a leaking worker, a daemon) without restarting it.",
+        description="Look inside a live Python process (a leaking worker, a daemon) without "
+                    "restarting it.",
         epilog=f"exit codes:\n{codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,8 +45,8 @@ def _write_error_file(exc: errors.IntrospectError) -> None:
     path = os.environ.get(ERROR_FILE_ENV)
     if not path:
         return
-    doc = {"type": type(exc).__name__, "message": exc.msg, "pid": exc.pid, "name": exc.name, "help": exc.help,
-           "exit_code": exc.exit_code}
+    doc = {"type": type(exc).__name__, "message": exc.msg, "pid": exc.pid, "name": exc.name,
+           "help": exc.help, "exit_code": exc.exit_code}
     try:
         with open(path, "x") as f:
             json.dump(doc, f)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_error_file(exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("introspect: interrupted; the request was withdrawn and nothing was left behind.", file=sys.stderr)
+        print("introspect: interrupted; the request was withdrawn and nothing was left behind.",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

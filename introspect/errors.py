@@ -14,14 +14,8 @@ class IntrospectError(Exception):
     exit_code = 1
     help_text = ""
 
-    def __init__(
-        self,
-        msg: str,
-        *,
-        pid: int | None = None,
-        name: str | None = None,
-        help: str | None = None,
-    ) -> None:
+    def __init__(self, msg: str, *, pid: int | None = None, name: str | None = None,
+                 help: str | None = None) -> None:
         super().__init__(msg)
         self.msg = msg
         self.pid = pid
@@ -49,7 +43,10 @@ class NoSuchProcess(IntrospectError):
 
 class NotPython(IntrospectError):
     exit_code = 4
-    help_text = "Point introspect at a CPython 3.8+ process (`ps -eo pid,user,cmd | grep -i python` lists them)."
+    help_text = (
+        "Point introspect at a CPython 3.8+ process (`ps -eo pid,user,cmd | grep -i python` lists "
+        "them)."
+    )
 
 
 class AccessDenied(IntrospectError):
@@ -102,7 +99,8 @@ EXIT_CODES: dict[int, str] = {
     3: "no such process",
     4: "not a (supported) Python process",
     5: "permission denied (ptrace rules, other user, non-dumpable)",
-    6: "target in a state we refuse to touch (zombie, stopped, traced by another tool), or that cannot run Python code now",
+    6: "target in a state we refuse to touch (zombie, stopped, traced by another tool), or that "
+       "cannot run Python code now",
     7: "timed out waiting for the target",
     8: "target exited while we waited",
     9: "injection failed (gdb missing, remote debugging disabled, no backend)",

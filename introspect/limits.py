@@ -34,7 +34,8 @@ class Limit:
         return max(0, self.bytes - self.used)
 
     def as_json(self) -> dict[str, object]:
-        return {"bytes": self.bytes, "used": self.used, "headroom": self.headroom, "source": self.source}
+        return {"bytes": self.bytes, "used": self.used, "headroom": self.headroom,
+                "source": self.source}
 
 
 def _read(path: str) -> str | None:
@@ -89,7 +90,7 @@ def _dir_of(cgroup_path: str, mounts: list[tuple[str, str]]) -> tuple[str, str] 
         if root != "/":
             if not (cgroup_path == root or cgroup_path.startswith(root.rstrip("/") + "/")):
                 continue
-            rel = cgroup_path[len(root):]
+            rel = cgroup_path[len(root) :]
         d = os.path.join(point, rel.lstrip("/"))
         if os.path.isdir(d):
             return d, point
@@ -109,10 +110,15 @@ def cgroup_limit(pid: int, proc: str = "/proc") -> Limit | None:
         hid, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hid == "0" and controllers == "":
-            where, mounts, files = "cgroup v2", v2_mounts, ("memory.max", "memory.current", ("inactive_file",))
+            where, mounts, files = ("cgroup v2", v2_mounts,
+                                    ("memory.max", "memory.current", ("inactive_file",)))
         elif "memory" in controllers.split(","):
-            where, mounts, files = "cgroup v1", v1_mounts, ("memory.limit_in_bytes", "memory.usage_in_bytes",
-                                                            ("total_inactive_file", "inactive_file"))
+            where, mounts, files = (
+                "cgroup v1",
+                v1_mounts,
+                ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                 ("total_inactive_file", "inactive_file")),
+            )
         else:
             continue
         found = _dir_of(path, mounts)
@@ -175,18 +181,24 @@ def _size(n: float) -> str:
 def wall_line(limit: Limit | None, slope_bytes_per_s: float, growing: bool) -> str | None:
     """One sentence: when the limit is reached at this rate.
 
-    >>> print(wall_line(Limit(2 * 1024 * MIB, 2 * 1024 * MIB - 1920 * MIB, "cgroup v2 memory.max of /x"),
-    ...                 4.4 * 1024 * MIB / 3600, True))
-    at +4,506 MB/hour it reaches its 2.0 GiB limit (cgroup v2 memory.max of /x; 1.9 GiB left) in about 26 min
+    >>> lim = Limit(2 * 1024 * MIB, 2 * 1024 * MIB - 1920 * MIB, "cgroup v2 memory.max of /x")
+    >>> print(wall_line(lim, 4.4 * 1024 * MIB / 3600, True))
+    at +4,506 MB/hour it reaches its 2.0 GiB limit (cgroup v2 memory.max of /x; 1.9 GiB left) in
+    about 26 min
     """
     if limit is None:
         return None
     if not growing or slope_bytes_per_s <= 0:
-        return f"limit: {_size(limit.bytes)} ({limit.source}; {_size(limit.headroom)} left); not growing: no time to it"
+        return (
+            f"limit: {_size(limit.bytes)} ({limit.source}; {_size(limit.headroom)} left); not "
+            "growing: no time to it"
+        )
     secs = seconds_to_limit(limit, slope_bytes_per_s) or 0.0
     rate = slope_bytes_per_s * 3600 / MIB
-    return (f"at {rate:+,.0f} MB/hour it reaches its {_size(limit.bytes)} limit ({limit.source}; "
-            f"{_size(limit.headroom)} left) in about {duration(secs)}")
+    return (
+        f"at {rate:+,.0f} MB/hour it reaches its {_size(limit.bytes)} limit ({limit.source}; "
+        f"{_size(limit.headroom)} left) in about {duration(secs)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -211,12 +223,15 @@ def budget(rss: int, limit: Limit | None, workers: int) -> int:
     return rss + limit.headroom // (2 * max(1, workers))
 
 
-def stopgap(role: str, rss: int, slope_bytes_per_s: float, limit: Limit | None, workers: int = 1) -> Stopgap | None:
+def stopgap(
+    role: str, rss: int, slope_bytes_per_s: float, limit: Limit | None, workers: int = 1
+) -> Stopgap | None:
     """The role's setting that recycles a growing worker before it hits the wall, with its value.
 
     >>> lim = Limit(2048 * MIB, 1048 * MIB, "x")
-    >>> print(stopgap("celery-child", 300 * MIB, 1000.0, lim, 4).text)  # doctest: +NORMALIZE_WHITESPACE
-    stopgap: celery worker --max-memory-per-child=435200 (KiB; worker_max_memory_per_child = 435200 in the
+    >>> print(stopgap("celery-child", 300 * MIB, 1000.0, lim, 4).text)
+    stopgap: celery worker --max-memory-per-child=435200 (KiB; worker_max_memory_per_child = 435200
+    in the
     config): each prefork child is replaced after the task that takes it past 425 MiB (now 300 MiB)
     >>> stopgap("uwsgi-worker", 300 * MIB, 1000.0, lim, 4).setting
     'reload-on-rss'
@@ -226,18 +241,28 @@ def stopgap(role: str, rss: int, slope_bytes_per_s: float, limit: Limit | None, 
     grow_s = (cap - rss) / slope_bytes_per_s if slope_bytes_per_s > 0 else None
     if family == "celery":
         kib = cap // 1024
-        return Stopgap("--max-memory-per-child", kib,
-                       f"stopgap: celery worker --max-memory-per-child={kib} (KiB; worker_max_memory_per_child = {kib} "
-                       f"in the config): each prefork child is replaced after the task that takes it past "
-                       f"{_size(cap)} (now {_size(rss)})")
+        return Stopgap(
+            "--max-memory-per-child",
+            kib,
+            f"stopgap: celery worker --max-memory-per-child={kib} (KiB; "
+            f"worker_max_memory_per_child = {kib} in the config): each prefork child is replaced "
+            f"after the task that takes it past {_size(cap)} (now {_size(rss)})",
+        )
     if family == "uwsgi":
         mib = cap // MIB
-        return Stopgap("reload-on-rss", mib, f"stopgap: uwsgi --reload-on-rss {mib} (MiB): a worker past {_size(cap)} "
-                                              f"(now {_size(rss)}) is reloaded after its request")
+        return Stopgap(
+            "reload-on-rss",
+            mib,
+            f"stopgap: uwsgi --reload-on-rss {mib} (MiB): a worker past {_size(cap)} "
+            f"(now {_size(rss)}) is reloaded after its request",
+        )
     if family == "gunicorn":
         when = f"within {duration(grow_s)}" if grow_s else "before it doubles"
-        return Stopgap("max_requests", None,
-                       f"stopgap: gunicorn --max-requests N --max-requests-jitter N/10 with N = the requests one worker "
-                       f"serves {when} (the time it takes to grow from {_size(rss)} to {_size(cap)} at this rate); "
-                       "gunicorn has no RSS-based setting")
+        return Stopgap(
+            "max_requests",
+            None,
+            "stopgap: gunicorn --max-requests N --max-requests-jitter N/10 with N = the requests "
+            f"one worker serves {when} (the time it takes to grow from {_size(rss)} to "
+            f"{_size(cap)} at this rate); gunicorn has no RSS-based setting",
+        )
     return None

@@ -1,9 +1,9 @@
-"""Python processes on this host: discovery, role (Celery / gunicorn / uWSGI master or worker) and
-whether introspect could look inside, all read from psutil and ``/proc`` without touching anyone.
+"""Python processes on this host: discovery, their tree, and whether introspect could look
+inside, all read from psutil and ``/proc`` without touching anyone.
 
-``ps`` must never attach, stop or signal a process: everything here only reads. Role
-classification is pure (``launch_of`` / ``assign_roles`` over command lines and parent links) so
-it can be tested on synthetic command lines.
+``ps`` must never attach, stop or signal a process: everything here only reads. Which role a
+process plays (Celery / gunicorn / uWSGI master or worker) is decided in ``roles.py`` from the
+command lines and parent links read here.
 """
 
 from __future__ import annotations
@@ -18,242 +18,30 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from introspect import errors
+from introspect.maps import Mapping, parse_maps
+from introspect.roles import (
+    PYTHON_NAME_RE,
+    Launch,
+    RoleInput,
+    assign_roles,
+    basename,
+    launch_of,
+    role_matches,
+)
 from introspect.target import (
     _LIBPYTHON_RE,
     CAP_SYS_PTRACE,
-    Mapping,
     Target,
     check_injectable,
     is_dumpable,
-    parse_maps,
     python_version_from_maps,
     user_name,
     yama_ptrace_scope,
 )
 
-ROLES = ("celery-master", "celery-child", "celery-worker", "gunicorn-master", "gunicorn-worker",
-         "uwsgi-master", "uwsgi-worker", "python")
-# Masters whose leak lives in their worker processes: `top/growth/backrefs` point at the children.
-MASTER_ROLES = ("celery-master", "gunicorn-master", "uwsgi-master")
-
-_PYTHON_NAME_RE = re.compile(r"^python(\d(\.\d+)?)?[a-z]*$")
 _PYTHON_VERSION_RE = re.compile(r"python(\d)\.(\d+)")
-# setproctitle titles: Celery `[celeryd: celery@host:MainProcess] -active- (-A proj worker -P gevent)`
-# and `[celeryd: celery@host:ForkPoolWorker-1]`; gunicorn `gunicorn: master [app]` / `gunicorn: worker
-# [app]`; uWSGI with auto-procname `uWSGI master` / `uWSGI worker 1`.
-_CELERY_TITLE_RE = re.compile(r"^\[celeryd: (?:[^\]]*:)?(?P<proc>[^:\]]+)\](?:.*\((?P<argv>.*)\))?")
-_GUNICORN_TITLE_RE = re.compile(r"^gunicorn: (?P<what>master|worker)\b")
-_UWSGI_TITLE_RE = re.compile(r"^uWSGI (?P<what>master|worker|mule|http|spooler)\b")
-# Interpreter options that take a value (`python -X dev -W error -m celery ...`).
-_PY_VALUE_OPTS = {"-X", "-W", "--check-hash-based-pycs"}
-# `celery` options before the subcommand that take a value (click; `celery -A proj worker`).
-_CELERY_VALUE_OPTS = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
-_CELERY_POOL_ALIASES = {"processes": "prefork"}
 # A zombie has no cmdline or maps left: only its name (comm) says what it was.
 _ZOMBIE_NAMES_RE = re.compile(r"^(python\S*|celery|gunicorn|uwsgi)$")
-
-
-@dataclass(frozen=True)
-class Launch:
-    """What a command line alone says: the server kind, the Celery pool, a title's own claim."""
-
-    kind: str = "python"  # celery (a worker), gunicorn, uwsgi, python
-    pool: str | None = None  # Celery pool (prefork when not given)
-    title: str | None = None  # "master" / "worker" when a process title says so
-
-
-def _basename(arg: str) -> str:
-    return arg.rstrip("/").rsplit("/", 1)[-1]
-
-
-def entry_point(cmdline: Sequence[str]) -> tuple[str, list[str]]:
-    """The program a command line runs and the arguments it gets.
-
-    ``python [opts] -m mod args`` -> (mod, args); ``python [opts] script args`` -> (script's
-    basename, args); ``python -c ...`` -> ("-c", args); anything else -> (argv[0]'s basename, args).
-
-    >>> entry_point(["/venv/bin/python3", "-u", "-m", "celery", "-A", "proj", "worker"])
-    ('celery', ['-A', 'proj', 'worker'])
-    >>> entry_point(["/venv/bin/python", "/venv/bin/gunicorn", "app:app"])
-    ('gunicorn', ['app:app'])
-    """
-    if not cmdline:
-        return "", []
-    first = _basename(cmdline[0])
-    if not _PYTHON_NAME_RE.match(first):
-        return first, list(cmdline[1:])
-    i = 1
-    while i < len(cmdline):
-        arg = cmdline[i]
-        if arg == "-m":
-            return (cmdline[i + 1] if i + 1 < len(cmdline) else ""), list(cmdline[i + 2:])
-        if arg.startswith("-m") and len(arg) > 2:
-            return arg[2:], list(cmdline[i + 1:])
-        if arg == "-c":
-            return "-c", list(cmdline[i + 2:])
-        if arg in _PY_VALUE_OPTS:
-            i += 2
-            continue
-        if arg.startswith("-") and arg != "-":
-            i += 1
-            continue
-        return _basename(arg), list(cmdline[i + 1:])
-    return first, []
-
-
-def celery_subcommand(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The celery subcommand (``worker``, ``beat``...) and the arguments after it.
-
-    >>> celery_subcommand(["-A", "worker", "--broker=redis://", "worker", "-P", "solo"])
-    ('worker', ['-P', 'solo'])
-    """
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in _CELERY_VALUE_OPTS:
-            i += 2
-            continue
-        if arg.startswith("-"):
-            i += 1
-            continue
-        return arg, list(args[i + 1:])
-    return None, []
-
-
-def celery_pool(args: Sequence[str]) -> str:
-    """The pool a ``celery worker`` command line asks for (``prefork`` when not given).
-
-    >>> celery_pool(["-P", "gevent"]), celery_pool(["--pool=threads"]), celery_pool(["-Peventlet"]), celery_pool([])
-    ('gevent', 'threads', 'eventlet', 'prefork')
-    """
-    pool = "prefork"
-    for i, arg in enumerate(args):
-        value: str | None = None
-        if arg in ("-P", "--pool"):
-            value = args[i + 1] if i + 1 < len(args) else None
-        elif arg.startswith("--pool="):
-            value = arg.split("=", 1)[1]
-        elif arg.startswith("-P") and len(arg) > 2 and not arg.startswith("--"):
-            value = arg[2:].lstrip("=")
-        if value:
-            pool = value  # the last one wins, as with click
-    return _CELERY_POOL_ALIASES.get(pool, pool)
-
-
-def _split_title(text: str) -> list[str]:
-    return [a for a in text.replace("\0", " ").split(" ") if a]
-
-
-def launch_of(cmdline: Sequence[str], exe: str = "") -> Launch:
-    """Classify one command line (or a setproctitle title) on its own, without parent links.
-
-    >>> launch_of(["/usr/bin/python3", "-m", "celery", "-A", "proj", "worker", "--pool=prefork"])
-    Launch(kind='celery', pool='prefork', title=None)
-    >>> launch_of(["gunicorn: worker [app:app]"])
-    Launch(kind='gunicorn', pool=None, title='worker')
-    """
-    joined = " ".join(cmdline).strip()
-    title = _CELERY_TITLE_RE.match(joined)
-    if title:
-        proc = title.group("proc")
-        if proc.startswith("ForkPoolWorker") or proc.startswith("PoolWorker"):
-            return Launch("celery", "prefork", "worker")
-        sub, rest = celery_subcommand(_split_title(title.group("argv") or ""))
-        return Launch("celery", celery_pool(rest) if sub == "worker" else "prefork", "master")
-    gtitle = _GUNICORN_TITLE_RE.match(joined)
-    if gtitle:
-        return Launch("gunicorn", None, gtitle.group("what"))
-    utitle = _UWSGI_TITLE_RE.match(joined)
-    if utitle:
-        return Launch("uwsgi", None, "master" if utitle.group("what") == "master" else "worker")
-    program, args = entry_point(cmdline)
-    program = program.removesuffix(".py")
-    if program in ("celery", "celery.__main__"):
-        sub, rest = celery_subcommand(args)
-        if sub == "worker":
-            return Launch("celery", celery_pool(rest))
-        return Launch()
-    if program in ("gunicorn", "gunicorn.__main__"):
-        return Launch("gunicorn")
-    if program == "uwsgi" or _basename(exe) == "uwsgi":
-        return Launch("uwsgi")
-    return Launch()
-
-
-@dataclass(frozen=True)
-class RoleInput:
-    """What ``assign_roles`` needs to know of one process."""
-
-    pid: int
-    ppid: int
-    launch: Launch
-    exe: str = ""  # empty when unreadable (another user's process)
-
-
-def _same_exe(a: RoleInput, b: RoleInput) -> bool:
-    return not a.exe or not b.exe or a.exe == b.exe
-
-
-def assign_roles(procs: Iterable[RoleInput]) -> dict[int, tuple[str, str | None]]:
-    """pid -> (role, pool). A prefork Celery worker, gunicorn or uWSGI process whose parent is
-    the master of the same kind, running the same executable, is that master's child/worker.
-
-    >>> m = RoleInput(10, 1, Launch("celery", "prefork"), "/usr/bin/python3.11")
-    >>> c = RoleInput(11, 10, Launch("celery", "prefork"), "/usr/bin/python3.11")
-    >>> g = RoleInput(20, 1, Launch("celery", "gevent"), "/usr/bin/python3.11")
-    >>> assign_roles([c, m, g])
-    {11: ('celery-child', 'prefork'), 10: ('celery-master', 'prefork'), 20: ('celery-worker', 'gevent')}
-    """
-    by_pid = {p.pid: p for p in procs}
-    roles: dict[int, tuple[str, str | None]] = {}
-
-    def role(p: RoleInput, depth: int = 0) -> tuple[str, str | None]:
-        if p.pid in roles:
-            return roles[p.pid]
-        parent = by_pid.get(p.ppid)
-        parent_role = role(parent, depth + 1)[0] if parent is not None and depth < 64 else None
-        roles[p.pid] = _role(p, parent, parent_role)
-        return roles[p.pid]
-
-    for p in by_pid.values():
-        role(p)
-    return {pid: roles[pid] for pid in by_pid}
-
-
-def _role(p: RoleInput, parent: RoleInput | None, parent_role: str | None) -> tuple[str, str | None]:
-    kind, pool, title = p.launch.kind, p.launch.pool, p.launch.title
-    forked_by_master = (parent is not None and parent_role == f"{parent.launch.kind}-master"
-                        and _same_exe(p, parent))
-    if (title is None and parent is not None and parent.launch.kind == kind != "python" and _same_exe(p, parent)
-            and not forked_by_master):
-        return "python", None  # a worker's own fork (a task calling os.fork()): neither master nor worker
-    if kind == "celery":
-        if title == "worker":
-            return "celery-child", "prefork"
-        if pool != "prefork":
-            return "celery-worker", pool
-        if forked_by_master and parent is not None and parent.launch.kind == "celery" and parent.launch.pool == "prefork":
-            return "celery-child", "prefork"
-        return "celery-master", "prefork"
-    if kind in ("gunicorn", "uwsgi"):
-        if title is not None:
-            return f"{kind}-{title}", None
-        if forked_by_master and parent is not None and parent.launch.kind == kind:
-            return f"{kind}-worker", None
-        return f"{kind}-master", None
-    # A billiard child started by spawn/forkserver runs `python -c ...`: still the master's child.
-    if forked_by_master and parent is not None and parent.launch.kind == "celery" and parent.launch.pool == "prefork":
-        return "celery-child", "prefork"
-    return "python", None
-
-
-def role_matches(role: str, wanted: str) -> bool:
-    """``--role celery`` matches every Celery role; ``--role celery-child`` only that one.
-
-    >>> role_matches("celery-child", "celery"), role_matches("celery-child", "celery-master")
-    (True, False)
-    """
-    return role == wanted or role.startswith(wanted + "-")
 
 
 # -- discovery (reads /proc; never attaches) ----------------------------------------------------
@@ -287,11 +75,10 @@ class Proc:
         return f"{self.version[0]}.{self.version[1]}" if self.version else None
 
     def doc(self, now: float) -> dict[str, object]:
-        return {
-            "pid": self.pid, "ppid": self.ppid, "user": self.user, "python": self.python, "role": self.role,
-            "pool": self.pool, "rss": self.rss, "uss": self.uss, "age_s": round(max(0.0, now - self.create_time), 1),
-            "cmdline": self.cmdline, "inspectable": self.inspectable, "reason": self.reason, "children": self.children,
-        }
+        return {"pid": self.pid, "ppid": self.ppid, "user": self.user, "python": self.python,
+                "role": self.role, "pool": self.pool, "rss": self.rss, "uss": self.uss,
+                "age_s": round(max(0.0, now - self.create_time), 1), "cmdline": self.cmdline,
+                "inspectable": self.inspectable, "reason": self.reason, "children": self.children}
 
 
 def _read_maps(pid: int) -> list[Mapping] | None:
@@ -305,9 +92,13 @@ def _read_maps(pid: int) -> list[Mapping] | None:
 
 def _fallback_version(name: str, cmdline: Sequence[str]) -> tuple[tuple[int, int] | None, bool]:
     """For an unreadable process: (version from argv[0], looks like Python by name)."""
-    first = _basename(cmdline[0]) if cmdline else ""
-    looks = bool(_PYTHON_NAME_RE.match(first) or _PYTHON_NAME_RE.match(name) or name == "uwsgi"
-                 or launch_of(cmdline).kind != "python")
+    first = basename(cmdline[0]) if cmdline else ""
+    looks = bool(
+        PYTHON_NAME_RE.match(first)
+        or PYTHON_NAME_RE.match(name)
+        or name == "uwsgi"
+        or launch_of(cmdline).kind != "python"
+    )
     found = _PYTHON_VERSION_RE.search(first) or _PYTHON_VERSION_RE.search(name)
     return ((int(found.group(1)), int(found.group(2))) if found else None), looks
 
@@ -336,7 +127,9 @@ def _one(proc: psutil.Process) -> Proc | None:
             if status == psutil.STATUS_ZOMBIE:
                 if not _ZOMBIE_NAMES_RE.match(name):
                     return None
-                return Proc(pid, ppid, user, uids.real, name, "", [name], status, create_time, None, 0, None)
+                return Proc(
+                    pid, ppid, user, uids.real, name, "", [name], status, create_time, None, 0, None
+                )
             cmdline = proc.cmdline()
             try:
                 exe = proc.exe()
@@ -359,14 +152,17 @@ def _one(proc: psutil.Process) -> Proc | None:
             return None
     try:
         uss: int | None = proc.memory_full_info().uss
-    except (psutil.AccessDenied, psutil.ZombieProcess, psutil.NoSuchProcess, AttributeError, OSError):
-        uss = None  # smaps of another user's process needs privileges: shown as "-", never a failure
-    return Proc(pid, ppid, user, uids.real, name, exe, cmdline, status, create_time, version, rss, uss,
-                gid=gids.real, maps=tuple(maps or ()), launch=launch_of(cmdline, exe))
+    except (psutil.AccessDenied, psutil.ZombieProcess, psutil.NoSuchProcess, AttributeError,
+            OSError):
+        # smaps of another user's process needs privileges: shown as "-", never a failure
+        uss = None
+    return Proc(pid, ppid, user, uids.real, name, exe, cmdline, status, create_time, version, rss,
+                uss, gid=gids.real, maps=tuple(maps or ()), launch=launch_of(cmdline, exe))
 
 
 def discover(pids: Iterable[int] | None = None) -> list[Proc]:
-    """Python processes (all, or among ``pids``), roles assigned, children linked. Never attaches."""
+    """Python processes (all, or among ``pids``), roles assigned, children linked. Never
+    attaches."""
     excluded = _excluded_pids()
     found: list[Proc] = []
     candidates: Iterable[psutil.Process]
@@ -440,8 +236,11 @@ def _remote_debug_disabled(target: Target) -> bool:
         return True
     try:
         with open(f"/proc/{target.pid}/environ", "rb") as f:
-            return any(v.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=") and v != b"PYTHON_DISABLE_REMOTE_DEBUG="
-                       for v in f.read().split(b"\0"))
+            return any(
+                v.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=")
+                and v != b"PYTHON_DISABLE_REMOTE_DEBUG="
+                for v in f.read().split(b"\0")
+            )
     except OSError:
         return False
 
@@ -517,14 +316,16 @@ def _capi_object(p: Proc) -> str | None:
 
 def as_target(p: Proc) -> Target:
     """The facts ``target.check_injectable`` judges, gathered without parsing any ELF file."""
-    return Target(pid=p.pid, name=p.name, exe=p.exe.removesuffix(" (deleted)"), cmdline=tuple(p.cmdline), uid=p.uid,
-                  gid=p.gid, status=p.status, tracer_pid=_tracer_pid(p.pid), create_time=p.create_time,
-                  version=p.version, capi_object=_capi_object(p), libc_object=None, mappings=p.maps,
+    return Target(pid=p.pid, name=p.name, exe=p.exe.removesuffix(" (deleted)"),
+                  cmdline=tuple(p.cmdline), uid=p.uid, gid=p.gid, status=p.status,
+                  tracer_pid=_tracer_pid(p.pid), create_time=p.create_time, version=p.version,
+                  capi_object=_capi_object(p), libc_object=None, mappings=p.maps,
                   same_root=_same_root(p.pid))
 
 
 def inspectability(p: Proc) -> tuple[bool, str | None]:
-    """(inspectable, reason) without side effects: target.py's checks, the ptrace rules, a backend."""
+    """(inspectable, reason) without side effects: target.py's checks, the ptrace rules, a
+    backend."""
     if p.status == psutil.STATUS_ZOMBIE:
         return False, "zombie"
     if p.pid == 1:
@@ -548,7 +349,8 @@ def inspectability(p: Proc) -> tuple[bool, str | None]:
 # -- the tree ------------------------------------------------------------------------------------
 
 
-def select(procs: Sequence[Proc], user: str | None = None, role: str | None = None, pattern: str | None = None) -> list[Proc]:
+def select(procs: Sequence[Proc], user: str | None = None, role: str | None = None,
+           pattern: str | None = None) -> list[Proc]:
     """Filters of ``ps``: user name or uid, role (or role family), a case-insensitive substring."""
     out = []
     for p in procs:
@@ -585,7 +387,9 @@ def forest(procs: Sequence[Proc]) -> list[tuple[int, Proc]]:
             return
         seen.add(p.pid)
         out.append((depth, p))
-        for kid in sorted((by_pid[c] for c in p.children if c in by_pid), key=lambda k: (-k.rss, k.pid)):
+        for kid in sorted(
+            (by_pid[c] for c in p.children if c in by_pid), key=lambda k: (-k.rss, k.pid)
+        ):
             walk(kid, depth + 1)
 
     for root in sorted(roots, key=lambda r: (-r.rss, r.pid)):
@@ -604,4 +408,3 @@ def workers_of(pid: int) -> tuple[Proc | None, list[Proc]]:
         return None, []
     found = {p.pid: p for p in discover([*parent, pid, *kids])}
     return found.get(pid), [found[k] for k in kids if k in found]
-

@@ -13,22 +13,16 @@ from dataclasses import dataclass
 import psutil
 
 from introspect import errors
+from introspect.maps import Mapping, parse_maps
 
 # Version from the mapped files, not only /proc/PID/exe: a renamed or loader-started binary
 # exists in the wild (DESIGN.md), and libpython or lib-dynload paths still tell the truth.
 _LIBPYTHON_RE = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so")
 _EXE_RE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
 _STDLIB_RE = re.compile(r"/lib(?:64)?/python(\d)\.(\d+)[a-z]*/")
-_LIBC_RE = re.compile(r"/(libc\.so\.6|libc-2\.\d+\.so|ld-musl-[^/]+\.so\.1|libc\.musl-[^/]+\.so\.1)$")
-
-
-@dataclass(frozen=True)
-class Mapping:
-    start: int
-    end: int
-    perms: str
-    offset: int
-    path: str
+_LIBC_RE = re.compile(
+    r"/(libc\.so\.6|libc-2\.\d+\.so|ld-musl-[^/]+\.so\.1|libc\.musl-[^/]+\.so\.1)$"
+)
 
 
 @dataclass(frozen=True)
@@ -75,18 +69,6 @@ class Target:
             return os.path.exists(f"/proc/{self.pid}")
 
 
-def parse_maps(text: str) -> list[Mapping]:
-    out = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        path = parts[5].strip() if len(parts) == 6 else ""
-        out.append(Mapping(start, end, parts[1], int(parts[2], 16), path))
-    return out
-
-
 def python_version_from_maps(maps: list[Mapping], exe: str) -> tuple[int, int] | None:
     for regex in (_LIBPYTHON_RE, _EXE_RE, _STDLIB_RE):
         for m in maps:
@@ -123,7 +105,8 @@ def inspect_target(pid: int) -> Target:
         raise errors.BadTargetState(
             "refusing to attach to PID 1 (init): stopping it, even briefly, can hang the machine",
             pid=pid,
-            help="Pick the worker process itself: `ps -eo pid,user,cmd | grep -i python` lists Python processes.",
+            help="Pick the worker process itself: `ps -eo pid,user,cmd | grep -i python` lists "
+                 "Python processes.",
         )
     try:
         proc = psutil.Process(pid)
@@ -137,14 +120,14 @@ def inspect_target(pid: int) -> Target:
         raise errors.BadTargetState(
             "the process is a zombie: it has exited and waits for its parent to reap it",
             pid=pid,
-            help="There is no heap left to inspect. Look at its parent, or the worker that replaced it.",
+            help="There is no heap left to inspect. Look at its parent, or the worker that "
+                 "replaced it.",
         ) from None
     except psutil.NoSuchProcess:
         raise errors.NoSuchProcess("no such process", pid=pid) from None
     except psutil.AccessDenied:
         raise errors.AccessDenied(
-            "cannot read the process's details",
-            pid=pid,
+            "cannot read the process's details", pid=pid,
             help="Run introspect as the process's user or as root (sudo -E introspect ...).",
         ) from None
     if status == psutil.STATUS_ZOMBIE:
@@ -152,7 +135,8 @@ def inspect_target(pid: int) -> Target:
             "the process is a zombie: it has exited and waits for its parent to reap it",
             pid=pid,
             name=name,
-            help="There is no heap left to inspect. Look at its parent, or the worker that replaced it.",
+            help="There is no heap left to inspect. Look at its parent, or the worker that "
+                 "replaced it.",
         )
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
@@ -170,22 +154,10 @@ def inspect_target(pid: int) -> Target:
     capi = _find_capi_object(maps, exe, pid)
     libc = next((m.path for m in maps if _LIBC_RE.search(m.path)), None)
     tracer = _status_field(pid, "TracerPid")
-    return Target(
-        pid=pid,
-        name=name,
-        exe=exe,
-        cmdline=cmdline,
-        uid=uids.real,
-        gid=gids.real,
-        status=status,
-        tracer_pid=int(tracer) if tracer.isdigit() else 0,
-        create_time=create_time,
-        version=version,
-        capi_object=capi,
-        libc_object=libc,
-        mappings=tuple(maps),
-        same_root=_same_root(pid),
-    )
+    return Target(pid=pid, name=name, exe=exe, cmdline=cmdline, uid=uids.real, gid=gids.real,
+                  status=status, tracer_pid=int(tracer) if tracer.isdigit() else 0,
+                  create_time=create_time, version=version, capi_object=capi, libc_object=libc,
+                  mappings=tuple(maps), same_root=_same_root(pid))
 
 
 def _same_root(pid: int) -> bool:
@@ -196,7 +168,9 @@ def _same_root(pid: int) -> bool:
         ns_a, ns_b = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
     except OSError:
         return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and (ns_a.st_dev, ns_a.st_ino) == (ns_b.st_dev, ns_b.st_ino)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and (ns_a.st_dev, ns_a.st_ino) == (
+        ns_b.st_dev, ns_b.st_ino,
+    )
 
 
 def _find_capi_object(maps: list[Mapping], exe: str, pid: int) -> str | None:
@@ -220,20 +194,17 @@ def check_injectable(target: Target) -> None:
     if target.capi_object is None:
         raise errors.NotPython(
             f"{target.exe} is not a CPython interpreter: it exports no Py_AddPendingCall",
-            pid=target.pid,
-            name=target.name,
+            pid=target.pid, name=target.name,
         )
     if target.version is not None and target.version < (3, 8):
         raise errors.NotPython(
             f"Python {target.version_str} is not supported (introspect needs CPython 3.8 or newer)",
-            pid=target.pid,
-            name=target.name,
+            pid=target.pid, name=target.name,
         )
     if target.status == psutil.STATUS_STOPPED:
         raise errors.BadTargetState(
             "the process is stopped (SIGSTOP or Ctrl-Z): its code cannot run until it is resumed",
-            pid=target.pid,
-            name=target.name,
+            pid=target.pid, name=target.name,
             help=f"Resume it with `kill -CONT {target.pid}` and run introspect again.",
         )
     if target.tracer_pid:
@@ -243,7 +214,8 @@ def check_injectable(target: Target) -> None:
             "only one tracer can be attached at a time",
             pid=target.pid,
             name=target.name,
-            help=f"Detach {tracer} (pid {target.tracer_pid}) first, e.g. quit the debugger or strace.",
+            help=f"Detach {tracer} (pid {target.tracer_pid}) first, e.g. quit the debugger or "
+                 "strace.",
         )
 
 
@@ -262,7 +234,8 @@ YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 
 
 def yama_ptrace_scope() -> int | None:
-    """``kernel.yama.ptrace_scope``, or None when the kernel has no Yama LSM (the file is absent)."""
+    """``kernel.yama.ptrace_scope``, or None when the kernel has no Yama LSM (the file is
+    absent)."""
     try:
         with open(YAMA_SCOPE) as f:
             return int(f.read().strip())
@@ -302,9 +275,8 @@ def _capabilities(pid: int, field: str) -> int:
         return 0
 
 
-def ptrace_denied_cause(
-    *, me: int, target_uid: int, has_cap: bool, yama: int | None, dumpable: bool, caps_exceed: bool = False
-) -> tuple[str, str]:
+def ptrace_denied_cause(*, me: int, target_uid: int, has_cap: bool, yama: int | None,
+                        dumpable: bool, caps_exceed: bool = False) -> tuple[str, str]:
     """(cause, fix) for a ptrace refusal, from the facts alone: the kernel's rules in order.
 
     ``caps_exceed``: the process holds permitted capabilities we lack (the commoncap rule: only a
@@ -312,13 +284,18 @@ def ptrace_denied_cause(
     """
     if me != target_uid and not has_cap:
         if me == 0:
-            return ("introspect runs as root but without CAP_SYS_PTRACE (in a container?), and the process "
-                    f"runs as another user, {user_name(target_uid)}",
-                    "Give introspect the capability (docker run --cap-add=SYS_PTRACE ..., or kubernetes "
-                    "securityContext.capabilities.add: [SYS_PTRACE]), or run it on the host with sudo -E.")
-        return (f"the process runs as {user_name(target_uid)} and introspect as {user_name(me)}",
-                "Run introspect as root (sudo -E introspect ...) or as the process's own user "
-                f"(sudo -u {login_name(target_uid) or f'#{target_uid}'} ...).")
+            return (
+                "introspect runs as root but without CAP_SYS_PTRACE (in a container?), and the "
+                f"process runs as another user, {user_name(target_uid)}",
+                "Give introspect the capability (docker run --cap-add=SYS_PTRACE ..., or "
+                "kubernetes securityContext.capabilities.add: [SYS_PTRACE]), or run it on the host "
+                "with sudo -E.",
+            )
+        return (
+            f"the process runs as {user_name(target_uid)} and introspect as {user_name(me)}",
+            "Run introspect as root (sudo -E introspect ...) or as the process's own user "
+            f"(sudo -u {login_name(target_uid) or f'#{target_uid}'} ...).",
+        )
     if yama is not None and yama >= 3:
         return ("kernel.yama.ptrace_scope is 3: no process may attach to another until reboot",
                 "Nothing short of a reboot with ptrace_scope < 3 allows it.")
@@ -328,26 +305,34 @@ def ptrace_denied_cause(
     if yama == 1 and not has_cap:
         return ("kernel.yama.ptrace_scope is 1: only a parent may attach to its descendants",
                 "Run introspect with sudo -E, or `sysctl kernel.yama.ptrace_scope=0` (less safe).")
-    cap_fix = "Give introspect CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE ...) or run it on the host with sudo -E."
+    cap_fix = (
+        "Give introspect CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE ...) or run it on the "
+        "host with sudo -E."
+    )
     if not dumpable and not has_cap:
-        return ("the process is not dumpable (it changed uid or called prctl(PR_SET_DUMPABLE, 0)), "
-                "so only a tracer with CAP_SYS_PTRACE may attach",
-                cap_fix if me == 0 else "Run introspect as root (sudo -E introspect ...).")
+        return (
+            "the process is not dumpable (it changed uid or called prctl(PR_SET_DUMPABLE, 0)), "
+            "so only a tracer with CAP_SYS_PTRACE may attach",
+            cap_fix if me == 0 else "Run introspect as root (sudo -E introspect ...).",
+        )
     if caps_exceed and not has_cap:
-        return ("the process holds capabilities introspect lacks (introspect runs without CAP_SYS_PTRACE, "
-                "in a container?); only a tracer with at least the same capabilities may attach", cap_fix)
-    return ("the kernel refused ptrace (a seccomp or LSM policy?)",
-            "Run introspect as root on the host with CAP_SYS_PTRACE (sudo -E, --cap-add=SYS_PTRACE).")
+        return (
+            "the process holds capabilities introspect lacks (introspect runs without "
+            "CAP_SYS_PTRACE, in a container?); only a tracer with at least the same capabilities "
+            "may attach",
+            cap_fix,
+        )
+    return (
+        "the kernel refused ptrace (a seccomp or LSM policy?)",
+        "Run introspect as root on the host with CAP_SYS_PTRACE (sudo -E, --cap-add=SYS_PTRACE).",
+    )
 
 
 def access_denied(pid: int, name: str, uid: int, doing: str) -> errors.AccessDenied:
     """Say which ptrace rule refused us ``doing`` something to the process, and how to lift it."""
     cause, fix = ptrace_denied_cause(
-        me=os.geteuid(),
-        target_uid=uid,
-        has_cap=bool(_our_capabilities() & (1 << CAP_SYS_PTRACE)),
-        yama=yama_ptrace_scope(),
-        dumpable=is_dumpable(pid, uid),
+        me=os.geteuid(), target_uid=uid, has_cap=bool(_our_capabilities() & (1 << CAP_SYS_PTRACE)),
+        yama=yama_ptrace_scope(), dumpable=is_dumpable(pid, uid),
         caps_exceed=bool(_capabilities(pid, "CapPrm") & ~_capabilities(os.getpid(), "CapPrm")),
     )
     return errors.AccessDenied(f"permission denied {doing}: {cause}", pid=pid, name=name, help=fix)

@@ -29,13 +29,17 @@ class Site:
     count: int
     size_delta: int
     count_delta: int
-    traceback: tuple[tuple[str, int, str], ...] = field(default=())  # (file, line, function), innermost first
+    # (file, line, function), innermost first
+    traceback: tuple[tuple[str, int, str], ...] = field(default=())
 
     def as_json(self, with_traceback: bool) -> dict[str, Any]:
-        doc: dict[str, Any] = {"file": self.file, "line": self.line, "function": self.function, "size": self.size,
-                               "count": self.count, "size_delta": self.size_delta, "count_delta": self.count_delta}
+        doc: dict[str, Any] = {"file": self.file, "line": self.line, "function": self.function,
+                               "size": self.size, "count": self.count,
+                               "size_delta": self.size_delta, "count_delta": self.count_delta}
         if with_traceback:
-            doc["traceback"] = [{"file": f, "line": ln, "function": fn} for f, ln, fn in self.traceback]
+            doc["traceback"] = [
+                {"file": f, "line": ln, "function": fn} for f, ln, fn in self.traceback
+            ]
         return doc
 
 
@@ -95,7 +99,9 @@ def _collect(node: ast.AST, prefix: str, out: list[tuple[int, int, str]]) -> Non
             name = f"{prefix}{child.name}"
             start = min([child.lineno] + [d.lineno for d in child.decorator_list])
             out.append((start, child.end_lineno or child.lineno, name))
-            _collect(child, f"{name}.<locals>." if not isinstance(child, ast.ClassDef) else f"{name}.", out)
+            _collect(child,
+                     f"{name}.<locals>." if not isinstance(child, ast.ClassDef) else f"{name}.",
+                     out)
         else:
             _collect(child, prefix, out)
 
@@ -104,7 +110,9 @@ def site_key(frames: list[list[Any]]) -> str:
     return "|".join(f"{f}:{ln}" for f, ln in frames)
 
 
-def sites(raw: list[list[Any]], previous: dict[str, list[int]] | None, names: FunctionNames) -> list[Site]:
+def sites(
+    raw: list[list[Any]], previous: dict[str, list[int]] | None, names: FunctionNames
+) -> list[Site]:
     """Sites with signed deltas against ``previous`` (key -> [size, count]; None: since tracing
     began, when every site was empty). Sites gone since then appear with size 0 and a negative
     delta. Ordered by size_delta, then size, largest first."""
@@ -116,8 +124,10 @@ def sites(raw: list[list[Any]], previous: dict[str, list[int]] | None, names: Fu
         seen.add(key)
         before = prev.get(key, [0, 0])
         tb = tuple((str(f), int(ln), names(str(f), int(ln))) for f, ln in frames)
-        out.append(Site(tb[0][0], tb[0][1], tb[0][2], int(size), int(count), int(size) - before[0],
-                        int(count) - before[1], tb))
+        out.append(
+            Site(tb[0][0], tb[0][1], tb[0][2], int(size), int(count), int(size) - before[0],
+                 int(count) - before[1], tb)
+        )
     for key, (size, count) in prev.items():
         if key in seen:
             continue
@@ -141,7 +151,9 @@ def figures(raw: list[list[Any]]) -> dict[str, list[int]]:
 
 
 def state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, "introspect")
 
 
@@ -219,14 +231,18 @@ class Allocated:
         return doc
 
 
-HELD_NOTE = ("CPython 3.11's tracemalloc cannot look up an instance of a class with a managed "
-             "__dict__ (a class without __slots__: its memory starts 16 bytes before where 3.11 "
-             "looks; fixed in 3.12). Read inside the target, such an instance is placed where an "
-             "object it alone holds (an attribute value, its __dict__) was allocated: its "
-             "constructor's lines, or the line that called it")
+HELD_NOTE = (
+    "CPython 3.11's tracemalloc cannot look up an instance of a class with a managed "
+    "__dict__ (a class without __slots__: its memory starts 16 bytes before where 3.11 "
+    "looks; fixed in 3.12). Read inside the target, such an instance is placed where an "
+    "object it alone holds (an attribute value, its __dict__) was allocated: its "
+    "constructor's lines, or the line that called it"
+)
 
 
-def allocated(walker: Any, positions: list[int], names: FunctionNames, limit: int = 5) -> Allocated | None:
+def allocated(
+    walker: Any, positions: list[int], names: FunctionNames, limit: int = 5
+) -> Allocated | None:
     """None when the target does not trace (the walker's copy has no tracemalloc traces)."""
     if not positions:
         return Allocated([], 0, 0)
@@ -241,11 +257,16 @@ _RUN_AGENT = re.compile(r"/introspect-\d+-[0-9a-f]{16}/agent\.py$")
 def ours(file: str) -> bool:
     """introspect's own allocations: its bootstrap's stage 1, its agent's code (``<introspect>/``,
     the target's and the walker's) or an agent file in a run dir."""
-    return (file == "<introspect-bootstrap>" or file.startswith("<introspect>/")
-            or bool(_RUN_AGENT.search(file)))
+    return (
+        file == "<introspect-bootstrap>"
+        or file.startswith("<introspect>/")
+        or bool(_RUN_AGENT.search(file))
+    )
 
 
-def summarize(on: bool, frames: list[Any], names: FunctionNames, limit: int = 5) -> Allocated | None:
+def summarize(
+    on: bool, frames: list[Any], names: FunctionNames, limit: int = 5
+) -> Allocated | None:
     """Sites of the sampled instances' innermost allocation frames ([file, line], [file, line,
     "held"] or None each)."""
     if not on:
@@ -256,24 +277,40 @@ def summarize(on: bool, frames: list[Any], names: FunctionNames, limit: int = 5)
             key = (str(fr[0]), int(fr[1]), len(fr) > 2 and fr[2] == "held")
             counts[key] = counts.get(key, 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    sites = [{"file": f, "line": ln, "function": names(f, ln), "count": n,
-              **({"via": "held"} if held else {})} for (f, ln, held), n in ranked]
+    sites = [
+        {"file": f, "line": ln, "function": names(f, ln), "count": n,
+         **({"via": "held"} if held else {})}
+        for (f, ln, held), n in ranked
+    ]
     held_n = sum(n for k, n in counts.items() if k[2])
     return Allocated(sites, len(frames), sum(counts.values()), held_n)
 
 
 def allocated_text(doc: dict[str, Any], pid: int, names: FunctionNames | None = None) -> list[str]:
-    """Lines for a text report from a doc holding ``tracing`` and ``allocated_*`` (Allocated.as_json)."""
+    """Lines for a text report from a doc holding ``tracing`` and ``allocated_*``
+    (Allocated.as_json)."""
     if not doc.get("tracing"):
-        return [f"allocation sites: tracing is off (turn it on with `introspect trace start {pid}`, let the leak grow, look again)"]
+        return [
+            f"allocation sites: tracing is off (turn it on with `introspect trace start {pid}`, "
+            "let the leak grow, look again)"
+        ]
     if not doc.get("allocated_traced"):
-        return [f"allocation sites: none of {doc.get('allocated_sampled', 0):,} sampled instances was allocated while tracing was on"]
-    out = [f"allocated at ({doc['allocated_traced']:,} of {doc['allocated_sampled']:,} sampled instances were allocated while tracing):"]
+        return [
+            f"allocation sites: none of {doc.get('allocated_sampled', 0):,} sampled instances was "
+            "allocated while tracing was on"
+        ]
+    out = [
+        f"allocated at ({doc['allocated_traced']:,} of {doc['allocated_sampled']:,} sampled "
+        "instances were allocated while tracing):"
+    ]
     for s in doc["allocated_at"]:
         code = names.line(s["file"], s["line"]) if names is not None else ""
         held = "   [held: an object it alone holds]" if s.get("via") == "held" else ""
-        out.append(f"  {s['count']:>5,}  {s['file']}:{s['line']} in {s['function']}"
-                   + (f"   {code}" if code else "") + held)
+        out.append(
+            f"  {s['count']:>5,}  {s['file']}:{s['line']} in {s['function']}"
+            + (f"   {code}" if code else "")
+            + held
+        )
     if doc.get("allocated_held"):
         out.append(f"  [held]: {HELD_NOTE}.")
     return out

@@ -113,19 +113,22 @@ class Trend:
 
 
 def memory_trend(ts: Sequence[float], ys: Sequence[float], *, min_change: float = MIN_CHANGE_BYTES,
-                 r2_steady: float = R2_STEADY, min_samples: int = MIN_SAMPLES, min_steady: float = MIN_STEADY_BYTES,
+                 r2_steady: float = R2_STEADY, min_samples: int = MIN_SAMPLES,
+                 min_steady: float = MIN_STEADY_BYTES,
                  t_significant: float = T_SIGNIFICANT) -> Trend:
-    """Fit a line through (seconds, bytes) and name what it shows (the rule is in the module docstring).
+    """Fit a line through (seconds, bytes) and name what it shows (the rule is in the module
+    docstring).
 
     A leak of 2 MiB/s, sampled for 10 s:
 
-    >>> t = memory_trend([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [100 * MIB + 2 * MIB * s for s in range(11)])
+    >>> t = memory_trend(list(range(11)), [100 * MIB + 2 * MIB * s for s in range(11)])
     >>> t.verdict, t.slope_bytes_per_s == 2 * MIB, t.slope_mb_per_hour, t.r2
     ('steady growth', True, 7200.0, 1.0)
 
     A few pages coming and going:
 
-    >>> memory_trend(range(6), [50 * MIB, 50 * MIB + 4096, 50 * MIB, 50 * MIB + 8192, 50 * MIB, 50 * MIB]).verdict
+    >>> pages = [50 * MIB, 50 * MIB + 4096, 50 * MIB, 50 * MIB + 8192, 50 * MIB, 50 * MIB]
+    >>> memory_trend(range(6), pages).verdict
     'flat'
 
     Freed and refilled in 6 MiB waves (a sawtooth), no net growth:
@@ -168,13 +171,14 @@ def memory_trend(ts: Sequence[float], ys: Sequence[float], *, min_change: float 
         plateau = _plateau(ts, ys, f.slope, min_samples, min_change)
         if plateau is not None:
             level, since, recent = plateau
-            return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise,
-                         "levelled off", t_value, level, since, recent, ts[-1] - since)
+            return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise, "levelled off",
+                         t_value, level, since, recent, ts[-1] - since)
     return Trend(len(ts), span, f.slope, f.intercept, f.r2, change, f.noise, verdict, t_value)
 
 
-def _plateau(ts: list[float], ys: list[float], slope: float, min_samples: int,
-             min_change: float) -> tuple[float, float, float] | None:
+def _plateau(
+    ts: list[float], ys: list[float], slope: float, min_samples: int, min_change: float
+) -> tuple[float, float, float] | None:
     """(level, since, recent slope) of the flat tail that follows a climb, or None (rule above).
 
     Of the tails that qualify, the change point is the one where a line before it and a line
@@ -204,8 +208,12 @@ def _plateau(ts: list[float], ys: list[float], slope: float, min_samples: int,
         level = y0 + tail_mean
         rise = level - head_min
         tolerance = max(min_change, PLATEAU_TOLERANCE * rise)
-        if not (rise >= max(min_change, 4 * noise) and abs(tail_slope) * tail_span <= tolerance
-                and tail_slope <= PLATEAU_SLOPE_RATIO * slope and noise <= tolerance):
+        if not (
+            rise >= max(min_change, 4 * noise)
+            and abs(tail_slope) * tail_span <= tolerance
+            and tail_slope <= PLATEAU_SLOPE_RATIO * slope
+            and noise <= tolerance
+        ):
             continue
         head = _sums_fit(prefix[k - 1], k)
         sse = tail_sse + (head[1] if head is not None else 0.0)

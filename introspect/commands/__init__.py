@@ -25,9 +25,14 @@ class Command(Protocol):
 def add_output_options(parser: argparse.ArgumentParser, *, files_by_default: bool = True) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    group.add_argument("-o", "--output", metavar="DIR",
-                       help="write result files into DIR (default: a new introspect-<cmd>-<pid>-<time>/)" if files_by_default
-                       else "also write the result files into DIR (default: none are written)")
+    group.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="write result files into DIR (default: a new introspect-<cmd>-<pid>-<time>/)"
+        if files_by_default
+        else "also write the result files into DIR (default: none are written)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="say what happens on stderr")
 
 
@@ -41,48 +46,72 @@ def pid_or_file(text: str) -> int | str:
     if text.isdigit():
         return int(text)
     if not os.path.lexists(text) and os.sep not in text and "." not in text:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a pid nor a file (a dump written by `introspect dump`)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a pid nor a file (a dump written by `introspect dump`)"
+        )
     return text
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, files: bool = False) -> None:
     if files:  # a dump file where a pid goes (docs/dumps.md)
-        parser.add_argument("pid", type=pid_or_file, metavar="PID|FILE",
-                            help="process id of the live Python process, or a file written "
-                                 "by `introspect dump`")
+        parser.add_argument(
+            "pid", type=pid_or_file, metavar="PID|FILE",
+            help="process id of the live Python process, or a file written by `introspect dump`",
+        )
     else:
         parser.add_argument("pid", type=int, help="process id of the live Python process")
     group = parser.add_argument_group("injection")
-    group.add_argument("--method", choices=METHODS, default="auto",
-                       help="how to get inside: pep768 (3.14+, stops nothing), ptrace (ours, 3.8+ on x86_64: "
-                            "one thread stopped for under a millisecond) or gdb (3.8+, every thread stopped for "
-                            "tens of milliseconds); default: auto (pep768 on 3.14+, else ptrace)")
-    group.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                       help="give up (and void the request) after S seconds waiting for the target to take "
-                            "it (default: 30); a forked snapshot's walk and analysis then get a budget "
-                            "that scales with the heap (docs/snapshots.md)")
+    group.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="how to get inside: pep768 (3.14+, stops nothing), ptrace (ours, 3.8+ on x86_64: one "
+             "thread stopped for under a millisecond) or gdb (3.8+, every thread stopped for tens "
+             "of milliseconds); default: auto (pep768 on 3.14+, else ptrace)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up (and void the request) after S seconds waiting for the target to take it "
+             "(default: 30); a forked snapshot's walk and analysis then get a budget that scales "
+             "with the heap (docs/snapshots.md)",
+    )
     add_output_options(parser)
 
 
 def add_collector_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("collection").add_mutually_exclusive_group()
-    group.add_argument("--fork", dest="collector", action="store_const", const="fork",
-                       help="take a forked snapshot even without the usual memory headroom (the default when there is headroom: "
-                            "the target pauses only for a fork, a copy walks every object, tracked or not; never for a "
-                            "process with gRPC loaded, whose fork handlers would run in it)")
-    group.add_argument("--in-process", dest="collector", action="store_const", const="in-process",
-                       help="count inside the target instead (gc-tracked objects, within --budget; the old way)")
+    group.add_argument(
+        "--fork",
+        dest="collector",
+        action="store_const",
+        const="fork",
+        help="take a forked snapshot even without the usual memory headroom (the default when "
+             "there is headroom: the target pauses only for a fork, a copy walks every object, "
+             "tracked or not; never for a process with gRPC loaded, whose fork handlers would run "
+             "in it)",
+    )
+    group.add_argument(
+        "--in-process", dest="collector", action="store_const", const="in-process",
+        help="count inside the target instead (gc-tracked objects, within --budget; the old way)",
+    )
     parser.set_defaults(collector="auto")
 
 
 def collector_line(col: dict[str, Any]) -> str:
     if col["path"] == "fork":
-        return (f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its copy walked "
-                f"{col['objects']:,} objects in {col['walk_s']:.2f} s"
-                + (f"\nPARTIAL: {col['partial']}" if col.get("partial") else ""))
+        return (
+            f"forked snapshot: the fork paused the target {col['fork_pause_s'] * 1000:.1f} ms; its "
+            f"copy walked {col['objects']:,} objects in {col['walk_s']:.2f} s"
+            + (f"\nPARTIAL: {col['partial']}" if col.get("partial") else "")
+        )
     if col["path"] == "dump":
-        return (f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s "
-                "by a forked copy")
+        return (
+            f"dump {col['file']}: {col['objects']:,} objects, walked in {col['walk_s']:.2f} s "
+            "by a forked copy"
+        )
     return f"in-process count ({col['why']})"
 
 
@@ -97,8 +126,8 @@ def logger(args: argparse.Namespace) -> Any:
 
 
 def emit(args: argparse.Namespace, out: OutputDir | None, doc: dict[str, Any], text: str) -> None:
-    """Write ``<cmd>.json`` and ``<cmd>.txt`` (unless ``out`` is None); print text or JSON on stdout,
-    the path on stderr."""
+    """Write ``<cmd>.json`` and ``<cmd>.txt`` (unless ``out`` is None); print text or JSON on
+    stdout, the path on stderr."""
     json_path = None
     if out is not None:
         json_path = out.write_json(f"{out.command}.json", doc)
@@ -116,12 +145,27 @@ def header(outcome: Outcome) -> str:
     m = outcome.meta()
     if m["method"] == "dump":
         return f"dump {m['file']} of pid {m['pid']} ({m['name']}), Python {m['python']}"
-    return (f"pid {m['pid']} ({m['name']}), Python {m['python']}, via {m['method']}; "
-            f"target paused {m['paused_s'] * 1000:.1f} ms")
+    return (
+        f"pid {m['pid']} ({m['name']}), Python {m['python']}, via {m['method']}; "
+        f"target paused {m['paused_s'] * 1000:.1f} ms"
+    )
 
 
 def all_commands() -> list[Command]:
-    from introspect.commands import backrefs, dump, exec_, export, growth, memory, monitor, ps, report, top, trace
+    from introspect.commands import (
+        backrefs,
+        dump,
+        exec_,
+        export,
+        growth,
+        memory,
+        monitor,
+        ps,
+        report,
+        top,
+        trace,
+    )
 
-    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), memory.Command(), monitor.Command(),
-            report.Command(), trace.Command(), exec_.Command(), dump.Command(), export.Command()]
+    return [ps.Command(), top.Command(), growth.Command(), backrefs.Command(), memory.Command(),
+            monitor.Command(), report.Command(), trace.Command(), exec_.Command(), dump.Command(),
+            export.Command()]

@@ -3,10 +3,11 @@
 The target forks once (a pause of milliseconds, as for a forked `top`); its frozen copy walks every
 object and answers, while it exists, everything the analysis will ask: each reference's label
 (`['key']`, `[3]`, `.attr`), the names of modules, classes and functions, closures' free variable
-names, container sizes. The file is compressed, mode 0600 (dict keys and attribute names can be
-data; --no-keys writes each key's type instead of its text), and no object's value is ever
-written. Analyse it anywhere, after the process is gone: `top FILE`, `backrefs FILE TYPE`,
-`growth OLD NEW`, `export FILE` (docs/dumps.md).
+names, container sizes; and the memory breakdown as `introspect memory` reads it (RSS/USS before
+the fork, the allocators in the copy). The file is compressed, mode 0600 (dict keys and attribute
+names can be data; --no-keys writes each key's type instead of its text), and no object's value
+is ever written. Analyse it anywhere, after the process is gone: `top FILE`, `backrefs FILE TYPE`,
+`memory FILE`, `growth OLD NEW`, `report FILE [FILE2]`, `export FILE` (docs/dumps.md).
 
 Examples:
   introspect dump 1234 -o worker.pydump
@@ -112,18 +113,36 @@ def take(
     log: Any = lambda s: None,
 ) -> dict[str, Any]:
     """Fork ``pid`` and write its heap to ``path``; the JSON document of the dump (plus "_text")."""
-    from introspect.snapshot import dumpfile
-
-    facts = base_facts(pid)
-
-    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
-        _fill(facts, snap)
-        return dumpfile.write(path, snap, walker, facts, no_keys, log)
+    from introspect.commands import memory as memory_cmd
+    from introspect.snapshot import dumpformat, dumpwrite
 
     if collector == "in-process":
         raise errors.UsageError("a dump needs a forked snapshot; --in-process cannot write one")
+    proc = memory_cmd.read_before_fork(pid)  # RSS/USS before the fork (then all is shared)
+    facts = {**base_facts(pid), "rss": proc.rss, "uss": proc.uss}
+
+    def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
+        from introspect.snapshot.records import FormatError
+
+        _fill(facts, snap)
+        try:
+            got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
+        except FormatError as exc:  # the copy's answer out of shape: the heap is still dumped
+            facts["memory_missing"] = f"the copy's memory answer was refused ({exc})"[:4096]
+            log(f"dump: no memory breakdown: {exc}")
+        else:
+            facts["memory"] = dumpformat.memory_block(
+                got["memory"],
+                got["missing"],
+                got["stacks_found"],
+                got["threads"],
+                got["python_in_malloc"],
+                got["copy_s"],
+            )
+        return dumpwrite.write(path, snap, walker, facts, no_keys, log)
+
     outcome, got, col = collect.take(
-        pid, collector, analyse, method=method, timeout=timeout, log=log
+        pid, collector, analyse, method=method, timeout=timeout, log=log, memory=True
     )
     if outcome is None or got is None:
         raise errors.UsageError(
@@ -157,19 +176,21 @@ def add_keep_option(parser: argparse.ArgumentParser) -> None:
 def check_keep(args: argparse.Namespace) -> None:
     """--keep FILE names one file: refused with --children (one snapshot per child)."""
     if getattr(args, "keep", None) and getattr(args, "children", False):
-        raise errors.UsageError("--keep FILE keeps one snapshot; with --children each child has its own",
-                                help="Run the command on one child's pid with --keep.")
+        raise errors.UsageError(
+            "--keep FILE keeps one snapshot; with --children each child has its own",
+            help="Run the command on one child's pid with --keep.",
+        )
 
 
 def base_facts(pid: int) -> dict[str, Any]:
     """What a dump says of its process, read by the CLI from /proc before the fork."""
     from introspect import __version__
-    from introspect.snapshot import dumpfile
+    from introspect.snapshot import dumpwrite
 
     facts: dict[str, Any] = {
         "pid": pid,
         "start_ticks": collect._start_ticks(pid),
-        **dumpfile.process_facts(pid),
+        **dumpwrite.process_facts(pid),
         "time": time.time(),
         "introspect": str(__version__),
     }
@@ -189,13 +210,17 @@ def keeping(
     if not path or isinstance(args.pid, str):
         return analyse
     check_writable(path)
-    facts = base_facts(args.pid)
+    facts = {
+        **base_facts(args.pid),
+        "memory_missing": "it was kept by a live top, growth or backrefs (--keep), which does not "
+        "read the allocators; `introspect dump PID` writes the breakdown",
+    }
 
     def wrapped(snap: Snapshot, walker: Walker) -> T:
-        from introspect.snapshot import dumpfile
+        from introspect.snapshot import dumpwrite
 
         _fill(facts, snap)
-        got = dumpfile.write(path, snap, walker, facts, False, log)
+        got = dumpwrite.write(path, snap, walker, facts, False, log)
         log(f"kept the snapshot in {path} ({got['bytes']:,} bytes)")
         return analyse(snap, walker)
 

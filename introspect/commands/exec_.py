@@ -39,16 +39,19 @@ class Command:
         try:
             compile(source, str(path), "exec", dont_inherit=True)
         except SyntaxError as exc:
-            raise errors.UsageError(f"payload {path} has a syntax error: {exc}",
-                                    help="Fix the payload; nothing was sent to the target.") from None
+            raise errors.UsageError(
+                f"payload {path} has a syntax error: {exc}",
+                help="Fix the payload; nothing was sent to the target.",
+            ) from None
         out = OutputDir(self.name, args.pid, args.output)
         outcome = run_agent(args.pid, "exec", {"display_name": str(path)}, method=args.method,
                             timeout=args.timeout, log=logger(args), files={"payload": source})
         res = outcome.result
         exc_info: dict[str, Any] | None = res.get("exception")
         tb_text = format_exception(exc_info, str(path), source) if exc_info else ""
-        doc = {**outcome.meta(), "payload": str(path), "stdout": res["stdout"], "stderr": res["stderr"],
-               "exception": exc_info, "traceback": tb_text or None, "run_s": round(res["run_s"], 6)}
+        doc = {**outcome.meta(), "payload": str(path), "stdout": res["stdout"],
+               "stderr": res["stderr"], "exception": exc_info, "traceback": tb_text or None,
+               "run_s": round(res["run_s"], 6)}
         if args.json:
             emit(args, out, doc, _text(outcome, res, tb_text))
         else:
@@ -84,7 +87,8 @@ def format_exception(exc: dict[str, Any], payload_name: str, source: bytes) -> s
 
 
 def _text(outcome: Any, res: dict[str, Any], tb_text: str) -> str:
-    parts = [header(outcome), "--- stdout ---", res["stdout"].rstrip("\n"), "--- stderr ---", res["stderr"].rstrip("\n")]
+    parts = [header(outcome), "--- stdout ---", res["stdout"].rstrip("\n"), "--- stderr ---",
+             res["stderr"].rstrip("\n")]
     if tb_text:
         parts += ["--- exception ---", tb_text.rstrip("\n")]
     return "\n".join(parts)

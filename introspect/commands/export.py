@@ -46,11 +46,13 @@ class Command:
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from introspect.snapshot import dumpfile, heapsnapshot
+        from introspect.snapshot import dumpfile, dumpformat, heapsnapshot
 
         log = logger(args)
         base = (
-            args.file[: -len(dumpfile.SUFFIX)] if args.file.endswith(dumpfile.SUFFIX) else args.file
+            args.file[: -len(dumpformat.SUFFIX)]
+            if args.file.endswith(dumpformat.SUFFIX)
+            else args.file
         )
         out = args.output or base + ".heapsnapshot"
         if os.path.lexists(out):

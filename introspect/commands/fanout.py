@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from introspect import errors, procs
+from introspect import errors, procs, roles
 from introspect.commands import emit
 from introspect.progress import Progress
 from introspect.render.output import OutputDir
@@ -40,13 +40,16 @@ _ERROR_CELL_WIDTH = 28
 ERROR_FILE_ENV = "INTROSPECT_ERROR_FILE"
 # Interpreter start-up and injection of a child introspect, beyond the --timeout of its own waits.
 _START_S = 15.0
-# After this long, name the children still pending on stderr once (a terminal also gets a live line).
+# After this long, name the children still pending on stderr once (a terminal also gets a live
+# line).
 _PENDING_NOTE_S = 5.0
 _POLL_S = 0.05
-# A child asked to stop (SIGINT: it withdraws its request and cleans up) gets this long before SIGKILL.
+# A child asked to stop (SIGINT: it withdraws its request and cleans up) gets this long before
+# SIGKILL.
 _STOP_GRACE_S = 5.0
 # Options each child gets from run_children itself.
-_NOT_PASSED = {"help", "children", "json", "output", "timeout", "verbose", "command", "handler", "parser"}
+_NOT_PASSED = {"help", "children", "json", "output", "timeout", "verbose", "command", "handler",
+               "parser"}
 
 
 class _Runnable(Protocol):
@@ -56,9 +59,12 @@ class _Runnable(Protocol):
 
 
 def add_children_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--children", action="store_true",
-                        help="PID is a master (Celery prefork, gunicorn, uWSGI): run on each of its Python child "
-                             "processes instead and show them side by side")
+    parser.add_argument(
+        "--children",
+        action="store_true",
+        help="PID is a master (Celery prefork, gunicorn, uWSGI): run on each of its Python child "
+             "processes instead and show them side by side",
+    )
 
 
 def divert(command: _Runnable, args: argparse.Namespace) -> int | None:
@@ -75,12 +81,16 @@ def divert(command: _Runnable, args: argparse.Namespace) -> int | None:
 def note_if_master(pid: int) -> None:
     """One line on stderr when PID is a master whose workers hold the heap that matters."""
     master, kids = procs.workers_of(pid)
-    if master is None or master.role not in procs.MASTER_ROLES or not kids:
+    if master is None or master.role not in roles.MASTER_ROLES or not kids:
         return
     what = f"{master.role} ({master.pool})" if master.pool else master.role
     pids = ", ".join(str(k.pid) for k in kids)
-    print(f"introspect: note: pid {pid} is a {what}; its workers are the processes that run your code and "
-          f"hold the leak: {pids}. Add --children to look inside each of them.", file=sys.stderr, flush=True)
+    print(
+        f"introspect: note: pid {pid} is a {what}; its workers are the processes that run your "
+        f"code and hold the leak: {pids}. Add --children to look inside each of them.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,12 @@ class ChildResult:
         if self.doc is not None:
             return {"pid": self.pid, "ok": True, **self.doc}
         assert self.error is not None
-        return {"pid": self.pid, "ok": False,
-                "error": {"type": type(self.error).__name__, "message": str(self.error),
-                          "help": self.error.help or None, "exit_code": self.error.exit_code}}
+        return {
+            "pid": self.pid,
+            "ok": False,
+            "error": {"type": type(self.error).__name__, "message": str(self.error),
+                      "help": self.error.help or None, "exit_code": self.error.exit_code},
+        }
 
 
 def run_children(command: _Runnable, args: argparse.Namespace) -> int:
@@ -104,19 +117,19 @@ def run_children(command: _Runnable, args: argparse.Namespace) -> int:
         raise errors.NoSuchProcess("no such Python process", pid=args.pid)
     if not kids:
         raise errors.UsageError(
-            f"--children: pid {args.pid} ({master.role}) has no Python child processes", pid=args.pid,
-            help="Run without --children, or give the pid of a Celery prefork, gunicorn or uWSGI master "
-                 "(`introspect ps` shows roles and children).")
+            f"--children: pid {args.pid} ({master.role}) has no Python child processes",
+            pid=args.pid,
+            help="Run without --children, or give the pid of a Celery prefork, gunicorn or uWSGI "
+                 "master (`introspect ps` shows roles and children).",
+        )
     out = OutputDir(command.name, args.pid, args.output)
     results = _run_all(command.name, args, [kid.pid for kid in kids], out)
     for r in results:
         if isinstance(r.error, _SAME_FOR_ALL):
             raise r.error
-    doc: dict[str, Any] = {
-        "pid": master.pid, "role": master.role, "pool": master.pool, "command": command.name,
-        "children": [r.as_doc() for r in results],
-        "failed": sum(1 for r in results if r.error is not None),
-    }
+    doc: dict[str, Any] = {"pid": master.pid, "role": master.role, "pool": master.pool,
+                           "command": command.name, "children": [r.as_doc() for r in results],
+                           "failed": sum(1 for r in results if r.error is not None)}
     for r in results:
         if r.error is not None:
             print(f"introspect: child {r.pid} failed: {r.error}", file=sys.stderr)
@@ -128,18 +141,25 @@ def run_children(command: _Runnable, args: argparse.Namespace) -> int:
 def child_deadline_s(args: argparse.Namespace) -> float:
     """How long a child introspect may take, all its own waits included: the one deadline for all.
 
-    >>> child_deadline_s(argparse.Namespace(command="growth", timeout=30.0, samples=3, interval=10.0))
+    >>> child_deadline_s(argparse.Namespace(command="growth", timeout=30.0, samples=3,
+    ...                                     interval=10.0))
     125.0
-    >>> child_deadline_s(argparse.Namespace(command="backrefs", timeout=5.0, budget=20.0, samples=10))
+    >>> child_deadline_s(argparse.Namespace(command="backrefs", timeout=5.0, budget=20.0,
+    ...                                     samples=10))
     45.0
     """
-    per_run = max(args.timeout, getattr(args, "budget", 0.0) + 10) if args.command == "backrefs" else args.timeout
+    per_run = (
+        max(args.timeout, getattr(args, "budget", 0.0) + 10)
+        if args.command == "backrefs"
+        else args.timeout
+    )
     runs = max(1, getattr(args, "samples", 1)) if args.command == "growth" else 1
     return float(runs * per_run + (runs - 1) * getattr(args, "interval", 0.0) + _START_S)
 
 
 def child_argv(args: argparse.Namespace, pid: int, out_dir: Path) -> list[str]:
-    """The command line that runs this command on one child: the user's options, our own output ones."""
+    """The command line that runs this command on one child: the user's options, our own output
+    ones."""
     argv = [args.command]
     for action in args.parser._actions:
         dest = action.dest
@@ -172,15 +192,22 @@ class _Child:
 
     def last_line(self) -> str:
         self.stderr.seek(0)
-        lines = [ln.strip() for ln in self.stderr.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        lines = [
+            ln.strip()
+            for ln in self.stderr.read().decode("utf-8", "replace").splitlines()
+            if ln.strip()
+        ]
         self.log = lines
-        # "waiting up to --timeout" says less than the line before it (what the main thread is doing).
+        # "waiting up to --timeout" says less than the line before it (what the main thread is
+        # doing).
         telling = [ln for ln in lines if "waiting up to --timeout" not in ln]
         last = telling[-1] if telling else lines[-1] if lines else "starting"
         return last.removeprefix("introspect: ")
 
 
-def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDir) -> list[ChildResult]:
+def _run_all(
+    name: str, args: argparse.Namespace, pids: list[int], out: OutputDir
+) -> list[ChildResult]:
     """Start one introspect per child, all at once; collect their documents or errors."""
     limit = child_deadline_s(args)
     t0 = time.monotonic()
@@ -191,10 +218,17 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
     try:
         for pid in pids:
             error_file = os.path.join(tmp.name, f"{pid}.error.json")
-            stdout, stderr = tempfile.TemporaryFile(dir=tmp.name), tempfile.TemporaryFile(dir=tmp.name)
+            stdout, stderr = (tempfile.TemporaryFile(dir=tmp.name),
+                              tempfile.TemporaryFile(dir=tmp.name))
             env = {**os.environ, ERROR_FILE_ENV: error_file}
-            proc = subprocess.Popen([sys.executable, "-m", "introspect", *child_argv(args, pid, out.path / f"child-{pid}")],
-                                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "introspect",
+                 *child_argv(args, pid, out.path / f"child-{pid}")],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+            )
             children.append(_Child(pid, proc, stdout, stderr, error_file))
         while True:
             pending = [c for c in children if c.result is None]
@@ -209,17 +243,29 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
                 doing = {c.pid: c.last_line() for c in pending}
                 _stop(pending, interrupt=True)
                 for c in pending:
-                    c.result = ChildResult(c.pid, None, errors.TimeoutExpired(
-                        f"still pending after {waited:.0f} s, the deadline for all children: {doing[c.pid]}", pid=c.pid,
-                        help="Its request was withdrawn. Run the command on that pid alone to see why."))
+                    c.result = ChildResult(
+                        c.pid,
+                        None,
+                        errors.TimeoutExpired(
+                            f"still pending after {waited:.0f} s, the deadline for all children: "
+                            f"{doing[c.pid]}",
+                            pid=c.pid,
+                            help="Its request was withdrawn. Run the command on that pid alone to "
+                                 "see why.",
+                        ),
+                    )
                 break
-            progress.update(f"{name} --children: {len(children) - len(pending)}/{len(children)} done; waiting for "
-                            + "; ".join(f"pid {c.pid} ({c.last_line()})" for c in pending))
+            progress.update(
+                f"{name} --children: {len(children) - len(pending)}/{len(children)} done; waiting "
+                "for "
+                + "; ".join(f"pid {c.pid} ({c.last_line()})" for c in pending)
+            )
             if not noted and waited > _PENDING_NOTE_S:
                 noted = True
                 progress.done()
                 for c in pending:
-                    print(f"introspect: still waiting for child {c.pid}: {c.last_line()}", file=sys.stderr, flush=True)
+                    print(f"introspect: still waiting for child {c.pid}: {c.last_line()}",
+                          file=sys.stderr, flush=True)
             time.sleep(_POLL_S)
     except KeyboardInterrupt:
         # A terminal's Ctrl-C reached the children too: each withdraws its request and cleans up.
@@ -232,7 +278,8 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
             if args.verbose:
                 c.last_line()
                 for line in c.log:
-                    print(f"introspect: [child {c.pid}] {line.removeprefix('introspect: ')}", file=sys.stderr)
+                    print(f"introspect: [child {c.pid}] {line.removeprefix('introspect: ')}",
+                          file=sys.stderr)
             c.stdout.close()
             c.stderr.close()
         tmp.cleanup()
@@ -240,8 +287,9 @@ def _run_all(name: str, args: argparse.Namespace, pids: list[int], out: OutputDi
 
 
 def _stop(children: list[_Child], *, interrupt: bool) -> None:
-    """Stop child introspects we started: SIGINT (each withdraws its request and cleans up), a grace,
-    then SIGKILL; all reaped. With ``interrupt`` False they are presumed to have had their SIGINT."""
+    """Stop child introspects we started: SIGINT (each withdraws its request and cleans up), a
+    grace, then SIGKILL; all reaped. With ``interrupt`` False they are presumed to have had their
+    SIGINT."""
     for step in ("interrupt", "kill"):
         running = [c for c in children if c.proc.poll() is None]
         if not running:
@@ -272,9 +320,13 @@ def _collect(c: _Child) -> ChildResult:
         cls = getattr(errors, e["type"], None)
         if not (isinstance(cls, type) and issubclass(cls, errors.IntrospectError)):
             cls = errors.IntrospectError
-        return ChildResult(c.pid, None, cls(e["message"], pid=e.get("pid"), name=e.get("name"), help=e.get("help")))
+        return ChildResult(
+            c.pid, None, cls(e["message"], pid=e.get("pid"), name=e.get("name"), help=e.get("help"))
+        )
     except (OSError, ValueError, KeyError):
-        err = errors.IntrospectError(f"introspect on this child ended with exit code {rc}: {c.last_line()}", pid=c.pid)
+        err = errors.IntrospectError(
+            f"introspect on this child ended with exit code {rc}: {c.last_line()}", pid=c.pid
+        )
         err.exit_code = rc if rc > 0 else 1
         return ChildResult(c.pid, None, err)
 
@@ -304,7 +356,8 @@ def _growth_cells(doc: dict[str, Any]) -> Cells:
 
 
 def _backrefs_cells(doc: dict[str, Any]) -> Cells:
-    out: Cells = {"live objects": (float("inf"), f"{doc['found']:,}"), "traced": (float("inf"), f"{doc['sampled']:,}")}
+    out: Cells = {"live objects": (float("inf"), f"{doc['found']:,}"),
+                  "traced": (float("inf"), f"{doc['sampled']:,}")}
     held: dict[str, int] = {}
     for chain in doc.get("chains", []):
         via = chain["path"][0]["via"] if chain.get("path") else None
@@ -317,7 +370,8 @@ def _backrefs_cells(doc: dict[str, Any]) -> Cells:
     return out
 
 
-_CELLS: dict[str, Callable[[dict[str, Any]], Cells]] = {"top": _top_cells, "growth": _growth_cells, "backrefs": _backrefs_cells}
+_CELLS: dict[str, Callable[[dict[str, Any]], Cells]] = {"top": _top_cells, "growth": _growth_cells,
+                                                        "backrefs": _backrefs_cells}
 _FIRST_COLUMN = {"top": "type", "growth": "type: count (change)", "backrefs": ""}
 
 
@@ -333,9 +387,13 @@ def _status(r: ChildResult) -> str:
     return msg if len(msg) <= _ERROR_CELL_WIDTH else msg[: _ERROR_CELL_WIDTH - 3] + "..."
 
 
-def render(name: str, args: argparse.Namespace, master: procs.Proc, results: list[ChildResult]) -> str:
+def render(
+    name: str, args: argparse.Namespace, master: procs.Proc, results: list[ChildResult]
+) -> str:
     what = f"{master.role} ({master.pool})" if master.pool else master.role
-    lines = [f"{name} in each child of pid {master.pid}, a {what}; the master itself was not looked into"]
+    lines = [
+        f"{name} in each child of pid {master.pid}, a {what}; the master itself was not looked into"
+    ]
     per_child = [_CELLS.get(name, _top_cells)(r.doc) if r.doc is not None else {} for r in results]
     weight: dict[str, float] = {}
     for cells in per_child:
@@ -346,16 +404,26 @@ def render(name: str, args: argparse.Namespace, master: procs.Proc, results: lis
     if limit > 0:
         labels = labels[:limit]
     rows: list[list[str]] = [["status", *(_status(r) for r in results)]]
-    rows += [[label, *(cells[label][1] if label in cells else "-" for cells in per_child)] for label in labels]
+    rows += [
+        [label, *(cells[label][1] if label in cells else "-" for cells in per_child)]
+        for label in labels
+    ]
     headers = [_FIRST_COLUMN.get(name, ""), *(f"pid {r.pid}" for r in results)]
     lines += ["", table(headers, rows)]
     if name == "growth" and any(r.doc and r.doc.get("baseline_recorded") for r in results):
-        lines += ["", f"Run `introspect growth {master.pid} --children` again later to see what grew since the baseline."]
+        lines += [
+            "",
+            f"Run `introspect growth {master.pid} --children` again later to see what grew since "
+            "the baseline.",
+        ]
     failed = [r for r in results if r.error is not None]
     if failed:
         lines.append("")
         lines += [f"pid {r.pid}: {r.error}" for r in failed]
     if labels:
-        lines += ["", "'-' means not among that child's rows (below its --limit, or unchanged). Each child's own "
-                      f"{name}.txt and {name}.json are in child-PID/ of the output directory."]
+        lines += [
+            "",
+            "'-' means not among that child's rows (below its --limit, or unchanged). Each "
+            f"child's own {name}.txt and {name}.json are in child-PID/ of the output directory.",
+        ]
     return "\n".join(lines)

@@ -12,16 +12,20 @@ Without memory headroom for the fork (or with --in-process, or gRPC loaded) only
 the target is read: /proc's figures and the Python objects' sizes (within --budget); the
 allocators' figures stay null, and the output says why.
 
+On a dump file (`introspect memory FILE`): the breakdown read when `introspect dump` took it,
+with the same output and JSON (docs/dumps.md).
+
 Examples:
   introspect memory 1234
   introspect memory 1234 --json
+  introspect memory worker.pydump
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from introspect import breakdown, errors
 from introspect.commands import (
@@ -91,14 +95,7 @@ def measure(
     )
     missing: dict[str, str] = {}
     if outcome is not None and got is not None:
-        mem = breakdown.compose(
-            proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing
-        )
-        extra = {
-            "objects": got["objects"],
-            "python_in_malloc": got["python_in_malloc"],
-            "copy_s": round(float(got["copy"].get("seconds", 0.0)), 4),
-        }
+        return outcome, forked_facts(proc, got), col
     else:
         why = col["why"]
         outcome, py, partial = in_process_sizes(pid, args, log)
@@ -115,23 +112,66 @@ def measure(
                 "the figure is a lower bound"
             )
         mem = breakdown.compose(proc, py, None, None, missing)
-        extra = {}
     stacks_how = missing.pop("stacks_found", "")
     facts = {
         "memory": mem,
         "missing": missing,
         "stacks_found": stacks_how,
         "threads": proc.threads,
-        **extra,
     }
     return outcome, facts, col
+
+
+def forked_facts(proc: breakdown.ProcMemory, got: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document's memory facts of a forked look: ``proc`` read before the fork, ``got``
+    what analyse_snapshot found in the copy (also what a dump carries: dumpformat.memory_block)."""
+    missing: dict[str, str] = {}
+    mem = breakdown.compose(
+        proc, got["python_objects"], got["python_in_malloc"], got["copy"], missing
+    )
+    return {
+        "memory": mem,
+        "missing": missing,
+        "stacks_found": missing.pop("stacks_found", ""),
+        "threads": proc.threads,
+        "objects": got["objects"],
+        "python_in_malloc": got["python_in_malloc"],
+        "copy_s": round(float(got["copy"].get("seconds", 0.0)), 4),
+    }
+
+
+def dump_key(target: int | str) -> int | str:
+    from introspect.snapshot import dumpfile
+
+    return dumpfile.out_key(target)
+
+
+def from_file(path: str, log: Any) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
+    """(outcome, memory facts, collector block) from the breakdown a dump carries, read while it
+    was taken (RSS/USS before its fork, the allocators in its copy); a plain error for a dump
+    without one."""
+    from introspect.snapshot import dumpfile
+
+    outcome, block, col = dumpfile.take(path, lambda snap, w: w.dump.facts.get("memory"), log)
+    if block is None:
+        facts = cast("dumpfile.FileOutcome", outcome).dump.facts
+        why = facts.get("memory_missing") or (
+            f"it was written by introspect {facts.get('introspect', '(unknown)')}, "
+            "before dumps carried the memory breakdown"
+        )
+        raise errors.UsageError(
+            f"{path} carries no memory breakdown: {why}",
+            help="`introspect memory PID` answers on the live process; a new "
+            "`introspect dump PID` writes the breakdown into the dump.",
+        )
+    return outcome, {**block, "objects": col["objects"]}, col
 
 
 class Command:
     name = "memory"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
+        add_target_options(parser, files=True)
         parser.add_argument(
             "--budget",
             type=float,
@@ -146,12 +186,18 @@ class Command:
         if args.budget <= 0:
             raise errors.UsageError("--budget must be > 0")
         log = logger(args)
-        outcome, facts, col = measure(args.pid, args, log)
-        out = OutputDir(self.name, args.pid, args.output)  # after: no directory for a failed look
+        if isinstance(args.pid, str):
+            outcome, facts, col = from_file(args.pid, log)
+            pid = int(outcome.meta()["pid"])
+        else:
+            outcome, facts, col = measure(args.pid, args, log)
+            pid = args.pid
+        # after the look: no directory for a failed one
+        out = OutputDir(self.name, dump_key(args.pid), args.output)
         doc: dict[str, Any] = {**outcome.meta(), "collector": col, **facts}
         lines = [header(outcome), collector_line(col)]
         lines += [
-            with_pid(line, args.pid)
+            with_pid(line, pid)
             for line in breakdown.lines(
                 facts["memory"], {**facts["missing"], "stacks_found": facts["stacks_found"]}
             )

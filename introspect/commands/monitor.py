@@ -46,7 +46,8 @@ class Sample:
     children: dict[int, int] = field(default_factory=dict)  # child pid -> its RSS (with --children)
 
     def as_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"t": round(self.t, 3), "rss": self.rss, "vms": self.vms, "uss": self.uss}
+        doc: dict[str, Any] = {"t": round(self.t, 3), "rss": self.rss, "vms": self.vms,
+                               "uss": self.uss}
         if self.children:
             doc["children"] = {str(pid): rss for pid, rss in self.children.items()}
         return doc
@@ -65,11 +66,15 @@ def open_process(pid: int) -> psutil.Process:
     except psutil.NoSuchProcess:
         raise errors.NoSuchProcess("no such process", pid=pid) from None
     except psutil.AccessDenied:
-        raise errors.AccessDenied("cannot read the process's details", pid=pid,
-                                  help="Run introspect as the process's user or as root (sudo -E introspect ...).") from None
+        raise errors.AccessDenied(
+            "cannot read the process's details", pid=pid,
+            help="Run introspect as the process's user or as root (sudo -E introspect ...).",
+        ) from None
     if status == psutil.STATUS_ZOMBIE:
-        raise errors.BadTargetState("the process is a zombie: it has exited and waits for its parent to reap it",
-                                    pid=pid, name=name, help="There is no memory left to watch. Look at its parent.")
+        raise errors.BadTargetState(
+            "the process is a zombie: it has exited and waits for its parent to reap it", pid=pid,
+            name=name, help="There is no memory left to watch. Look at its parent.",
+        )
     return proc
 
 
@@ -94,8 +99,10 @@ class Sampler:
                 return full.rss, full.vms, full.uss
             except psutil.AccessDenied:
                 # USS needs /proc/PID/smaps, which only the owner (or root) may read.
-                self.uss_note = ("USS unavailable (reading /proc/PID/smaps was denied: another user's process); "
-                                 "RSS and VMS only. Run as the process's user or root to get USS.")
+                self.uss_note = (
+                    "USS unavailable (reading /proc/PID/smaps was denied: another user's process); "
+                    "RSS and VMS only. Run as the process's user or root to get USS."
+                )
         info = proc.memory_info()
         return info.rss, info.vms, None
 
@@ -111,14 +118,17 @@ class Sampler:
             rss, vms, uss = self._memory(self.proc)
             kids = self.proc.children(recursive=True) if self.with_children else []
         except psutil.NoSuchProcess:  # ZombieProcess included
-            raise errors.TargetExited(f"the process exited {t:.1f} s after monitoring started", pid=self.pid,
-                                      name=self.name, help="What was sampled until then has been written.") from None
+            raise errors.TargetExited(
+                f"the process exited {t:.1f} s after monitoring started", pid=self.pid,
+                name=self.name, help="What was sampled until then has been written.",
+            ) from None
         per_child: dict[int, int] = {}
         for kid in kids:
             try:
                 k_rss, k_vms, k_uss = self._memory(kid)
             except psutil.NoSuchProcess:
-                continue  # a child that ended between listing and reading (a recycled prefork child)
+                # a child that ended between listing and reading (a recycled prefork child)
+                continue
             per_child[kid.pid] = k_rss
             rss += k_rss
             vms += k_vms
@@ -152,8 +162,10 @@ class Progress:
             self.dirty = False
 
 
-def sample_loop(sampler: Sampler, interval: float, duration: float | None,
-                on_sample: Callable[[Sample], None] = lambda s: None) -> tuple[list[Sample], str, errors.TargetExited | None]:
+def sample_loop(
+    sampler: Sampler, interval: float, duration: float | None,
+    on_sample: Callable[[Sample], None] = lambda s: None,
+) -> tuple[list[Sample], str, errors.TargetExited | None]:
     """Sample every ``interval`` s until ``duration`` (or Ctrl-C, or the target's exit).
 
     Returns the samples, why sampling stopped ("duration", "interrupted", "target exited") and the
@@ -174,7 +186,8 @@ def sample_loop(sampler: Sampler, interval: float, duration: float | None,
             if delay > 0:
                 time.sleep(delay)
             else:
-                next_t = sampler.elapsed()  # a slow read: skip the missed slots, keep the real times
+                # a slow read: skip the missed slots, keep the real times
+                next_t = sampler.elapsed()
     except KeyboardInterrupt:
         return samples, "interrupted", None
     except errors.TargetExited as exc:
@@ -182,7 +195,8 @@ def sample_loop(sampler: Sampler, interval: float, duration: float | None,
 
 
 def csv_text(samples: list[Sample], children: bool) -> str:
-    """t, rss, vms, uss in bytes (uss empty when unavailable), then rss_<pid> per child ever seen."""
+    """t, rss, vms, uss in bytes (uss empty when unavailable), then rss_<pid> per child ever
+    seen."""
     kids = sorted({pid for s in samples for pid in s.children}) if children else []
     lines = [",".join(["t", "rss", "vms", "uss", *(f"rss_{pid}" for pid in kids)])]
     for s in samples:
@@ -196,16 +210,20 @@ def trend_of(samples: list[Sample]) -> Trend:
     return memory_trend([s.t for s in samples], [s.rss for s in samples])
 
 
-def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend,
-                  parts: list[tuple[float, dict[str, Any]]] | None = None) -> tuple[str, str, str | None, list[str]]:
+def write_outputs(
+    out: OutputDir, sampler: Sampler, samples: list[Sample], trend: Trend,
+    parts: list[tuple[float, dict[str, Any]]] | None = None,
+) -> tuple[str, str, str | None, list[str]]:
     """monitor.csv, monitor.svg and, where matplotlib is installed, monitor.png; returns their paths
-    (png None when it could not be drawn) and notes. ``parts``: (time, memory breakdown) at the looks
-    that had one, stacked under the RSS line in the SVG."""
+    (png None when it could not be drawn) and notes. ``parts``: (time, memory breakdown) at the
+    looks that had one, stacked under the RSS line in the SVG."""
     notes: list[str] = []
     csv_path = str(out.write_text("monitor.csv", csv_text(samples, sampler.with_children)))
     what = "RSS of the process and its children" if sampler.with_children else "RSS"
-    title = (f"pid {sampler.pid} ({sampler.name}): {what} {trend.slope_mb_per_hour:+,.1f} MB/hour "
-             f"(r² {trend.r2:.2f}): {trend.verdict}")
+    title = (
+        f"pid {sampler.pid} ({sampler.name}): {what} {trend.slope_mb_per_hour:+,.1f} MB/hour "
+        f"(r² {trend.r2:.2f}): {trend.verdict}"
+    )
     from introspect.render.plot import memory_png, memory_svg
 
     ts = [s.t for s in samples]
@@ -215,23 +233,26 @@ def write_outputs(out: OutputDir, sampler: Sampler, samples: list[Sample], trend
         series.append(("USS", [float(s.uss) if s.uss is not None else None for s in samples]))
     svg_path = str(out.write_text("monitor.svg", memory_svg(ts, series, trend, title, parts=parts)))
     try:
-        data = memory_png(ts, [s.rss for s in samples], [s.uss for s in samples], trend, title, rss_label=rss_label)
+        data = memory_png(ts, [s.rss for s in samples], [s.uss for s in samples], trend, title,
+                          rss_label=rss_label)
     except ImportError:
         # The SVG is the chart; a PNG is an extra for those who installed matplotlib.
         return csv_path, svg_path, None, notes
     return csv_path, svg_path, str(out.write_bytes("monitor.png", data)), notes
 
 
-def wall(pid: int, rss: int, trend: Trend, summed: bool = False) -> tuple[dict[str, Any], list[str]]:
+def wall(
+    pid: int, rss: int, trend: Trend, summed: bool = False
+) -> tuple[dict[str, Any], list[str]]:
     """The limit that applies to ``pid``, when a growing trend reaches it, and the role's stopgap:
-    (JSON fields ``limit``, ``seconds_to_limit``, ``stopgap``; lines for the text). ``summed``: ``rss``
-    is the process's with its children's (monitor --children on a master)."""
+    (JSON fields ``limit``, ``seconds_to_limit``, ``stopgap``; lines for the text). ``summed``:
+    ``rss`` is the process's with its children's (monitor --children on a master)."""
     from introspect import limits, procs
 
     growing = trend.verdict == "steady growth" and trend.slope_bytes_per_s > 0
     limit = limits.memory_limit(pid, rss)
-    doc: dict[str, Any] = {"limit": limit.as_json() if limit else None,
-                           "seconds_to_limit": None, "stopgap": None}
+    doc: dict[str, Any] = {"limit": limit.as_json() if limit else None, "seconds_to_limit": None,
+                           "stopgap": None}
     lines: list[str] = []
     line = limits.wall_line(limit, trend.slope_bytes_per_s, growing)
     if line:
@@ -271,41 +292,57 @@ def trend_fields(trend: Trend) -> dict[str, Any]:
         "levelled_off_at": None if trend.levelled_off_at is None else round(trend.levelled_off_at),
         "since_s": None if trend.since_s is None else round(trend.since_s, 3),
         "flat_for_s": None if trend.flat_for_s is None else round(trend.flat_for_s, 3),
-        "recent_slope_bytes_per_s": (None if trend.recent_slope_bytes_per_s is None
-                                     else round(trend.recent_slope_bytes_per_s, 3)),
+        "recent_slope_bytes_per_s": (
+            None
+            if trend.recent_slope_bytes_per_s is None
+            else round(trend.recent_slope_bytes_per_s, 3)
+        ),
     }
 
 
 def trend_line(trend: Trend, what: str = "RSS") -> str:
     """The slope and verdict, with the numbers the verdict was drawn from.
 
-    >>> print(trend_line(Trend(21, 20.0, 11_646.0, 0.0, 0.97, 232_920.0, 9_000.0, "steady growth", 25.0)))
-    RSS slope +11,646 bytes/s = +40.0 MB/hour: steady growth, +960 MB/day at this rate (fitted change +0.2 MB over 20.0 s, r² 0.97, noise 0.0 MB)
+    >>> t = Trend(21, 20.0, 11_646.0, 0.0, 0.97, 232_920.0, 9_000.0, "steady growth", 25.0)
+    >>> print(trend_line(t))
+    RSS slope +11,646 bytes/s = +40.0 MB/hour: steady growth, +960 MB/day at this rate (fitted
+    change +0.2 MB over 20.0 s, r² 0.97, noise 0.0 MB)
     """
-    projection = f", {_per_day(trend.slope_mb_per_day)} at this rate" if trend.verdict in ("steady growth", "shrinking") else ""
+    projection = (
+        f", {_per_day(trend.slope_mb_per_day)} at this rate"
+        if trend.verdict in ("steady growth", "shrinking")
+        else ""
+    )
     if trend.levelled_off_at is not None and trend.since_s is not None:
         return _plateau_line(trend, what)
-    return (f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} MB/hour: "
-            f"{trend.verdict}{projection} (fitted change {trend.change_bytes / MIB:+,.1f} MB over {trend.span_s:.1f} s, "
-            f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})" + _watch_longer(trend))
+    return (
+        f"{what} slope {trend.slope_bytes_per_s:+,.0f} bytes/s = {trend.slope_mb_per_hour:+,.1f} "
+        f"MB/hour: {trend.verdict}{projection} (fitted change {trend.change_bytes / MIB:+,.1f} MB "
+        f"over {trend.span_s:.1f} s, "
+        f"r² {trend.r2:.2f}, noise {mb(trend.noise_bytes)})" + _watch_longer(trend)
+    )
 
 
 def _plateau_line(trend: Trend, what: str) -> str:
     """A climb that stopped: the level, since when, and only the slope after it projected.
 
-    >>> t = Trend(85, 420.0, 20_000.0, 0.0, 0.9, 8e6, 9e5, "levelled off", 30.0, 77.0 * MIB, 275.0, 50.0, 145.0)
+    >>> t = Trend(85, 420.0, 20_000.0, 0.0, 0.9, 8e6, 9e5, "levelled off", 30.0, 77.0 * MIB,
+    ...           275.0, 50.0, 145.0)
     >>> print(_plateau_line(t, "RSS"))
     RSS grew then levelled off at ~77 MB since 275 s (+0.2 MB/hour over the last 145 s)
     """
     assert trend.levelled_off_at is not None and trend.since_s is not None
     recent = trend.projected_bytes_per_s * 3600 / MIB
     flat_for = trend.flat_for_s or 0.0
-    return (f"{what} grew then levelled off at ~{trend.levelled_off_at / MIB:,.0f} MB "
-            f"since {trend.since_s:,.0f} s ({recent:+,.1f} MB/hour over the last {flat_for:,.0f} s)")
+    return (
+        f"{what} grew then levelled off at ~{trend.levelled_off_at / MIB:,.0f} MB "
+        f"since {trend.since_s:,.0f} s ({recent:+,.1f} MB/hour over the last {flat_for:,.0f} s)"
+    )
 
 
 def _sparkline(values: list[int]) -> str:
-    """The shape of the series in one line; plain ASCII where stdout cannot encode block characters."""
+    """The shape of the series in one line; plain ASCII where stdout cannot encode block
+    characters."""
     from introspect.render.plot import BARS, sparkline
 
     try:
@@ -331,23 +368,33 @@ def _watch_longer(trend: Trend) -> str:
     """A flat window whose line rises cleanly but by too little to tell: say how long would tell.
 
     >>> _watch_longer(Trend(11, 5.0, 2_000.0, 0.0, 0.98, 10_000.0, 1_000.0, "flat"))
-    '; it rises steadily but by too little to tell: watch for 33 s or more (the time to rise 64 KiB at this slope)'
+    '; it rises steadily but by too little to tell: watch for 33 s or more (the time to rise 64 KiB
+    at this slope)'
     """
     if trend.verdict != "flat" or trend.slope_bytes_per_s <= 0 or trend.r2 < R2_STEADY:
         return ""
     need_s = MIN_STEADY_BYTES / trend.slope_bytes_per_s
-    return f"; it rises steadily but by too little to tell: watch for {need_s:,.0f} s or more (the time to rise 64 KiB at this slope)"
+    return (
+        f"; it rises steadily but by too little to tell: watch for {need_s:,.0f} s or more (the "
+        "time to rise 64 KiB at this slope)"
+    )
 
 
 class Command:
     name = "monitor"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("pid", type=int, help="process id to watch (any process; nothing is injected)")
-        parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between samples (default: 1)")
-        parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
-        parser.add_argument("--children", action="store_true",
-                            help="sum over the process and all its children (per-child RSS columns in the CSV)")
+        parser.add_argument(
+            "pid", type=int, help="process id to watch (any process; nothing is injected)"
+        )
+        parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                            help="seconds between samples (default: 1)")
+        parser.add_argument("--duration", type=float, default=None, metavar="S",
+                            help="stop after S seconds (default: at Ctrl-C)")
+        parser.add_argument(
+            "--children", action="store_true",
+            help="sum over the process and all its children (per-child RSS columns in the CSV)",
+        )
         add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -360,7 +407,10 @@ class Command:
         until = "  (Ctrl-C to stop)" if args.duration is None else f" of {args.duration:g} s"
 
         def show(s: Sample) -> None:
-            progress.show(f"pid {args.pid}: {s.t:.1f} s{until}, RSS {mb(s.rss)}" + (f", USS {mb(s.uss)}" if s.uss is not None else ""))
+            progress.show(
+                f"pid {args.pid}: {s.t:.1f} s{until}, RSS {mb(s.rss)}"
+                + (f", USS {mb(s.uss)}" if s.uss is not None else "")
+            )
 
         samples, stopped, exited = sample_loop(sampler, args.interval, args.duration, show)
         progress.done()
@@ -368,32 +418,30 @@ class Command:
         csv_path, svg_path, png_path, notes = write_outputs(out, sampler, samples, trend)
         if sampler.uss_note:
             notes.insert(0, sampler.uss_note)
-        wall_fields, wall_lines = wall(args.pid, samples[-1].rss, trend, args.children) if samples else ({}, [])
-        doc: dict[str, Any] = {
-            "pid": args.pid,
-            "name": sampler.name,
-            "interval_s": args.interval,
-            "duration_s": round(samples[-1].t, 3) if samples else 0.0,
-            "children": args.children,
-            "stopped": stopped,
-            "samples": [s.as_json() for s in samples],
-            **trend_fields(trend),
-            **wall_fields,
-            "csv": csv_path,
-            "svg": svg_path,
-            "png": png_path,
-            "notes": notes,
-        }
+        wall_fields, wall_lines = (
+            wall(args.pid, samples[-1].rss, trend, args.children) if samples else ({}, [])
+        )
+        doc: dict[str, Any] = {"pid": args.pid, "name": sampler.name, "interval_s": args.interval,
+                               "duration_s": round(samples[-1].t, 3) if samples else 0.0,
+                               "children": args.children, "stopped": stopped,
+                               "samples": [s.as_json() for s in samples], **trend_fields(trend),
+                               **wall_fields, "csv": csv_path, "svg": svg_path, "png": png_path,
+                               "notes": notes}
         emit(args, out, doc, render(doc, trend, samples, wall_lines))
         if exited is not None:
             raise exited
         return 0
 
 
-def render(doc: dict[str, Any], trend: Trend, samples: list[Sample], wall_lines: list[str] | None = None) -> str:
+def render(
+    doc: dict[str, Any], trend: Trend, samples: list[Sample], wall_lines: list[str] | None = None
+) -> str:
     what = "RSS (process + children)" if doc["children"] else "RSS"
-    lines = [f"pid {doc['pid']} ({doc['name']}): {len(samples)} samples over {doc['duration_s']:.1f} s, "
-             f"every {doc['interval_s']:g} s" + ("" if doc["stopped"] == "duration" else f"; stopped: {doc['stopped']}")]
+    lines = [
+        f"pid {doc['pid']} ({doc['name']}): {len(samples)} samples over {doc['duration_s']:.1f} s, "
+        f"every {doc['interval_s']:g} s"
+        + ("" if doc["stopped"] == "duration" else f"; stopped: {doc['stopped']}")
+    ]
     if samples:
         first, last = samples[0], samples[-1]
         span = f"{what} {mb(first.rss)} -> {mb(last.rss)}"
@@ -403,8 +451,10 @@ def render(doc: dict[str, Any], trend: Trend, samples: list[Sample], wall_lines:
     lines.append(trend_line(trend, what))
     lines += wall_lines or []
     if len(samples) >= 2:
-        lines.append(f"{what} over time: {_sparkline([s.rss for s in samples])}  "
-                     f"({mb(min(s.rss for s in samples))} .. {mb(max(s.rss for s in samples))})")
+        lines.append(
+            f"{what} over time: {_sparkline([s.rss for s in samples])}  "
+            f"({mb(min(s.rss for s in samples))} .. {mb(max(s.rss for s in samples))})"
+        )
     lines += doc["notes"]
     lines.append(f"csv: {doc['csv']}")
     lines.append(f"svg: {doc['svg']}")

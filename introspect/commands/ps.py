@@ -1,9 +1,9 @@
 """Python processes on this host as a tree: role, memory, and whether introspect can look inside.
 
 Roles tell a Celery prefork master from its children (and celery-worker for the other pools),
-gunicorn and uWSGI masters from their workers. Nothing is attached, stopped or injected: everything is read from /proc. Roots and siblings are
-sorted by RSS, largest first, so a leaking worker stands out. USS (memory only that process holds)
-needs the right to read its smaps: "-" when we lack it.
+gunicorn and uWSGI masters from their workers. Nothing is attached, stopped or injected: everything
+is read from /proc. Roots and siblings are sorted by RSS, largest first, so a leaking worker stands
+out. USS (memory only that process holds) needs the right to read its smaps: "-" when we lack it.
 
 Nothing is written unless -o DIR is given (then ps.json and ps.txt).
 
@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from introspect import procs
+from introspect import procs, roles
 from introspect.commands import add_output_options, emit
 from introspect.render.output import OutputDir
 from introspect.render.text import human_bytes, table
@@ -32,10 +32,15 @@ class Command:
     name = "ps"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("pattern", nargs="?", help="only processes whose command line contains PATTERN (case-insensitive)")
+        parser.add_argument(
+            "pattern", nargs="?",
+            help="only processes whose command line contains PATTERN (case-insensitive)",
+        )
         parser.add_argument("--user", metavar="USER", help="only processes of USER (name or uid)")
-        parser.add_argument("--role", metavar="ROLE",
-                            help=f"only this role, or a family (celery, gunicorn, uwsgi): {', '.join(procs.ROLES)}")
+        parser.add_argument(
+            "--role", metavar="ROLE",
+            help=f"only this role, or a family (celery, gunicorn, uwsgi): {', '.join(roles.ROLES)}",
+        )
         add_output_options(parser, files_by_default=False)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -45,7 +50,8 @@ class Command:
         now = time.time()
         ordered = procs.forest(found)
         doc: dict[str, Any] = {"processes": [p.doc(now) for _, p in ordered]}
-        emit(args, out, doc, render(ordered, now, filtered=bool(args.user or args.role or args.pattern)))
+        emit(args, out, doc,
+             render(ordered, now, filtered=bool(args.user or args.role or args.pattern)))
         return 0
 
 
@@ -89,15 +95,19 @@ def render(ordered: list[tuple[int, procs.Proc]], now: float, filtered: bool = F
         tree = ("   " * (depth - 1) + " \\_ " if depth else "") + str(p.pid)
         role = f"{p.role} ({p.pool})" if p.pool else p.role
         inspect = "yes" if p.inspectable else f"no: {p.reason}"
-        rows.append((tree, str(p.ppid), p.user, p.python or "?", role, human_bytes(p.rss),
-                     human_bytes(p.uss) if p.uss is not None else "-", age(now - p.create_time), inspect,
-                     short_cmdline(p.cmdline)))
+        rows.append(
+            (tree, str(p.ppid), p.user, p.python or "?", role, human_bytes(p.rss),
+             human_bytes(p.uss) if p.uss is not None else "-", age(now - p.create_time), inspect,
+             short_cmdline(p.cmdline))
+        )
     headers = ["PID", "PPID", "USER", "PY", "ROLE", "RSS", "USS", "AGE", "INSPECT", "COMMAND"]
     right = [False, True, False, False, False, True, True, True, False, False]
-    masters = [p for _, p in ordered if p.role in procs.MASTER_ROLES and p.children]
+    masters = [p for _, p in ordered if p.role in roles.MASTER_ROLES and p.children]
     lines = [table(headers, rows, right)]
     if masters:
         lines.append("")
-        lines.append("The leak of a master lives in its workers: `introspect top PID --children` (or growth, "
-                     "backrefs) looks inside each of them.")
+        lines.append(
+            "The leak of a master lives in its workers: `introspect top PID --children` (or "
+            "growth, backrefs) looks inside each of them."
+        )
     return "\n".join(lines)

@@ -4,18 +4,24 @@ For --duration seconds it samples memory from /proc (as `monitor` does) and take
 counts (as `growth` does: the first one records a fresh baseline). It then traces up to --backrefs
 of the grown types (as `backrefs` does): the application's own classes first, then those of common
 frameworks, then the standard library's and builtins, steady growers first within each (the page
-says why each was picked); and writes a directory: index.html (summary, memory verdict, growing types, chains and
-graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with matplotlib), growth.json, backrefs-<type>.json and graphs,
+says why each was picked); and writes a directory: index.html (summary, memory verdict, growing
+types, chains and graphs, the memory plot), monitor.csv, monitor.svg (monitor.png with
+matplotlib), growth.json, backrefs-<type>.json and graphs,
 report.json. If the process exits (or a step fails) midway, what was collected is still written and
 index.html says the report is incomplete.
 
-Example: introspect report 1234 --duration 60
+On dump files (`introspect report FILE [FILE2]`) the same page from what the files hold: the
+suspects, holders, types, garbage, memory breakdown and chains, with two dumps their change from
+the first to the second; what a file cannot answer (memory samples, trend) is said (docs/dumps.md).
+
+Examples:
+  introspect report 1234 --duration 60
+  introspect report morning.pydump evening.pydump
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +33,23 @@ from introspect.commands import add_target_options, emit, logger
 from introspect.commands import memory as memory_cmd
 from introspect.commands.backrefs import chain_text, forked_chains, trace
 from introspect.commands.growth import look_in_process
-from introspect.commands.monitor import Progress, Sample, Sampler, mb, trend_fields, trend_line, trend_of, wall, write_outputs
+from introspect.commands.monitor import (
+    Progress,
+    Sample,
+    Sampler,
+    mb,
+    trend_fields,
+    trend_line,
+    trend_of,
+    wall,
+    write_outputs,
+)
+from introspect.commands.report_doc import (
+    breakdown_lines,
+    findings_lines,
+    slug,
+    snapshot_block,
+)
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
@@ -41,45 +63,95 @@ class Collected:
 
     samples: list[Sample] = field(default_factory=list)
     looks: list[tuple[float, Outcome]] = field(default_factory=list)
-    traced: list[tuple[Outcome | None, dict[str, Any]]] = field(default_factory=list)  # None: found in the last snapshot
+    traced: list[tuple[Outcome | None, dict[str, Any]]] = field(
+        default_factory=list
+    )  # None: found in the last snapshot
     skipped: list[dict[str, str]] = field(default_factory=list)
-    snapshots: list[dict[str, Any]] = field(default_factory=list)  # forked snapshots at the first and last look
+    snapshots: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # forked snapshots at the first and last look
     snapshot_problem: str | None = None
     pending: list[threading.Thread] = field(default_factory=list)
     problem: errors.IntrospectError | None = None
     interrupted: bool = False
 
 
-def slug(type_name: str) -> str:
-    """A file-name-safe form of a type name.
-
-    >>> slug("tests.celery_leak.tasks.MyCustomObject")
-    'tests_celery_leak_tasks_MyCustomObject'
-    >>> slug("a.<locals>.B")
-    'a_locals_B'
-    """
-    return re.sub(r"[^A-Za-z0-9-]+", "_", type_name).strip("_")[:100] or "type"
-
-
 class Command:
     name = "report"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        add_target_options(parser)
-        parser.add_argument("--duration", type=float, default=30.0, metavar="S", help="watch for S seconds (default: 30)")
-        parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between memory samples (default: 1)")
-        parser.add_argument("--looks", type=int, default=3, metavar="N",
-                            help="heap counts spread over the duration, the first one the baseline (default: 3, at least 2)")
-        parser.add_argument("--top", type=int, default=15, metavar="N", help="grown types listed (default: 15)")
-        parser.add_argument("--backrefs", type=int, default=3, metavar="N", help="grown types traced to their holders (default: 3; 0 = none)")
-        parser.add_argument("--budget", type=float, default=5.0, metavar="S", help="search time per traced type inside the target (default: 5)")
-        parser.add_argument("--values", action="store_true",
-                            help="show a few values of each suspect's accumulation point, made in the frozen copy (builtin "
-                                 "types only; a user object is named by its type, its __repr__ never runs)")
+        add_target_options(parser, files=True)
+        parser.add_argument(
+            "new",
+            nargs="?",
+            metavar="FILE2",
+            help="with a dump FILE in place of PID: a later dump of the same "
+            "process, compared with the first (docs/dumps.md)",
+        )
+        parser.add_argument(
+            "--duration",
+            type=float,
+            default=30.0,
+            metavar="S",
+            help="watch for S seconds (default: 30)",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=1.0,
+            metavar="S",
+            help="seconds between memory samples (default: 1)",
+        )
+        parser.add_argument(
+            "--looks",
+            type=int,
+            default=3,
+            metavar="N",
+            help="heap counts spread over the duration, the first one the baseline "
+            "(default: 3, at least 2)",
+        )
+        parser.add_argument(
+            "--top", type=int, default=15, metavar="N", help="grown types listed (default: 15)"
+        )
+        parser.add_argument(
+            "--backrefs",
+            type=int,
+            default=3,
+            metavar="N",
+            help="grown types traced to their holders (default: 3; 0 = none)",
+        )
+        parser.add_argument(
+            "--budget",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="search time per traced type inside the target (default: 5)",
+        )
+        parser.add_argument(
+            "--values",
+            action="store_true",
+            help="show a few values of each suspect's accumulation point, made in the frozen copy "
+            "(builtin "
+            "types only; a user object is named by its type, its __repr__ never runs)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
-        if args.duration <= 0 or args.interval <= 0 or args.looks < 2 or args.top < 1 or args.backrefs < 0 or args.budget <= 0:
-            raise errors.UsageError("--duration, --interval and --budget must be > 0, --looks >= 2, --top >= 1, --backrefs >= 0")
+        if (
+            args.duration <= 0
+            or args.interval <= 0
+            or args.looks < 2
+            or args.top < 1
+            or args.backrefs < 0
+            or args.budget <= 0
+        ):
+            raise errors.UsageError(
+                "--duration, --interval and --budget must be > 0, --looks >= 2, --top >= 1, "
+                "--backrefs >= 0"
+            )
+        if isinstance(args.pid, str) or args.new is not None:
+            from introspect.commands import report_files
+
+            return report_files.run(args)
         sampler = Sampler(args.pid, children=False)
         out = OutputDir(self.name, args.pid, args.output)
         progress = Progress()
@@ -115,22 +187,38 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
     while True:
         now = sampler.elapsed()
         if len(got.looks) < len(look_at) and now >= look_at[len(got.looks)]:
-            progress.show(f"pid {args.pid}: {now:.0f}/{args.duration:g} s, heap look {len(got.looks) + 1}/{args.looks}")
-            look = look_in_process(args.pid, reset=not got.looks, collect=False, method=args.method,
-                                   timeout=args.timeout, log=log)
+            progress.show(
+                f"pid {args.pid}: {now:.0f}/{args.duration:g} s, "
+                f"heap look {len(got.looks) + 1}/{args.looks}"
+            )
+            look = look_in_process(
+                args.pid,
+                reset=not got.looks,
+                collect=False,
+                method=args.method,
+                timeout=args.timeout,
+                log=log,
+            )
             got.looks.append((sampler.elapsed(), look))
             if len(got.looks) in (1, len(look_at)):
-                # In the background: memory sampling goes on while the snapshot is taken and analysed
+                # In the background: memory sampling goes on while the snapshot is taken and
+                # analysed
                 # (the per-target lock makes the next look wait for it).
-                th = threading.Thread(target=snapshot_look, daemon=True,
-                                      args=(args, got, log, len(got.looks) > 1, sampler.elapsed()))
+                th = threading.Thread(
+                    target=snapshot_look,
+                    daemon=True,
+                    args=(args, got, log, len(got.looks) > 1, sampler.elapsed()),
+                )
                 th.start()
                 got.pending.append(th)
             continue
         if now >= next_sample:
             got.samples.append(sampler.take())
             s = got.samples[-1]
-            progress.show(f"pid {args.pid}: {s.t:.0f}/{args.duration:g} s, RSS {mb(s.rss)}, {len(got.looks)}/{args.looks} looks")
+            progress.show(
+                f"pid {args.pid}: {s.t:.0f}/{args.duration:g} s, RSS {mb(s.rss)}, "
+                f"{len(got.looks)}/{args.looks} looks"
+            )
             next_sample = min(max(next_sample + args.interval, now), args.duration)
             if next_sample <= now:
                 next_sample = now + args.interval
@@ -142,10 +230,12 @@ def watch(args: argparse.Namespace, sampler: Sampler, got: Collected, progress: 
         time.sleep(max(0.0, min(look_at[len(got.looks)], next_sample) - sampler.elapsed()))
 
 
-def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool = False,
-                  t: float = 0.0) -> None:
+def snapshot_look(
+    args: argparse.Namespace, got: Collected, log: Any, last: bool = False, t: float = 0.0
+) -> None:
     """Types (every object) and holders from a forked snapshot; its absence is said, not fatal.
-    The last look's snapshot also traces the grown types (see trace_in_snapshot): no further fork."""
+    The last look's snapshot also traces the grown types (see trace_in_snapshot): no further
+    fork."""
     from introspect.snapshot import collect, views
 
     def analyse(snap: Any, walker: Any) -> dict[str, Any]:
@@ -159,24 +249,50 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
         garbage = heap.garbage(snap, h.reachable)
         now = time.time()
         first = got.snapshots[0]["look"] if got.snapshots else None
-        value = {"look": views.look_of(now, rows, found, garbage), "rows": rows, "holders": found,
-                 "suspects": suspects.suspects(h, walker.labels, found, first, now, 10, count=walker.counts,
-                                               preview=walker.previews if getattr(args, "values", False) else None),
-                 "garbage": garbage, "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
-                 "bytes": int(snap.size.sum()),
-                 "allocation": allocation_sites(args.pid, snap, walker, rows, got)}
+        value = {
+            "look": views.look_of(now, rows, found, garbage),
+            "rows": rows,
+            "holders": found,
+            "suspects": suspects.suspects(
+                h,
+                walker.labels,
+                found,
+                first,
+                now,
+                10,
+                count=walker.counts,
+                preview=walker.previews if getattr(args, "values", False) else None,
+            ),
+            "garbage": garbage,
+            "gc": analysis.gc_doc(snap.meta.get("gc", {}), str(snap.meta.get("python", ""))),
+            "bytes": int(snap.size.sum()),
+            "allocation": allocation_sites(args.pid, snap, walker, rows, got),
+        }
         if last:  # waste: duplicate str/bytes values and empty containers, in the last look's copy
-            value["waste"] = suspects.waste(h, walker.labels, walker.duplicates(8, 20),
-                                            walker.previews if getattr(args, "values", False) else None)
+            value["waste"] = suspects.waste(
+                h,
+                walker.labels,
+                walker.duplicates(8, 20),
+                walker.previews if getattr(args, "values", False) else None,
+            )
         if last and args.backrefs > 0:
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
         return value
 
     try:
         proc = memory_cmd.read_before_fork(args.pid)  # the breakdown's RSS/USS: before the fork
-        outcome, value, col = collect.take(args.pid, "auto", memory_cmd.along(analyse), method=args.method,
-                                           timeout=args.timeout, log=log, memory=True)
-    except errors.IntrospectError as exc:  # the looks in the main thread say what happened to the target
+        outcome, value, col = collect.take(
+            args.pid,
+            "auto",
+            memory_cmd.along(analyse),
+            method=args.method,
+            timeout=args.timeout,
+            log=log,
+            memory=True,
+        )
+    except (
+        errors.IntrospectError
+    ) as exc:  # the looks in the main thread say what happened to the target
         got.snapshot_problem = exc.msg
         return
     except Exception as exc:  # a bug: kept in the report rather than lost in a thread
@@ -187,7 +303,9 @@ def snapshot_look(args: argparse.Namespace, got: Collected, log: Any, last: bool
         return
     mem, missing = memory_cmd.compose_look(proc, value.pop("memory_facts"))
     value["breakdown"] = {"t": round(t, 3), "memory": mem, "memory_missing": missing}
-    got.snapshots.append({**value, "collector": col, "paused_s": outcome.paused_s if outcome else 0.0})
+    got.snapshots.append(
+        {**value, "collector": col, "paused_s": outcome.paused_s if outcome else 0.0}
+    )
     got.snapshots.sort(key=lambda x: x["look"].time)
 
 
@@ -233,8 +351,9 @@ def merged_growth(got: Collected, rows: Any) -> tuple[list[analysis.GrowthRow], 
     return sorted(by_type.values(), key=lambda r: (-r.since_baseline, r.type)), steady
 
 
-def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walker: Any, h: Any,
-                      rows: Any) -> list[dict[str, Any]]:
+def trace_in_snapshot(
+    args: argparse.Namespace, got: Collected, snap: Any, walker: Any, h: Any, rows: Any
+) -> list[dict[str, Any]]:
     """backrefs for the grown types in the last look's frozen copy (its heap already analysed)."""
     me = threading.current_thread()
     for th in list(got.pending):  # the first snapshot (the baseline of bytes and untracked counts)
@@ -242,7 +361,9 @@ def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walke
             th.join(args.timeout + 60)
     grown, steady = merged_growth(got, rows)
     first = got.snapshots[0]["look"].types if got.snapshots else {}
-    added = {name: r.bytes - first.get(name, [0, 0])[1] for name, r in rows.items()} if first else None
+    added = (
+        {name: r.bytes - first.get(name, [0, 0])[1] for name, r in rows.items()} if first else None
+    )
     names = analysis.backref_candidates(grown, steady, args.backrefs, added)
     why = {r.type: analysis.why_picked(r, steady) for r in grown if r.type in names}
     out: list[dict[str, Any]] = []
@@ -258,29 +379,12 @@ def trace_in_snapshot(args: argparse.Namespace, got: Collected, snap: Any, walke
 
 def snapshot_doc(got: Collected, top: int) -> dict[str, Any] | None:
     """The report's "snapshot" block: holders with their growth, and types with untracked ones."""
-    from introspect.snapshot import views
-
-    if not got.snapshots:
-        return {"problem": got.snapshot_problem} if got.snapshot_problem else None
-    first, last = got.snapshots[0], got.snapshots[-1]
-    prev = first["look"] if len(got.snapshots) > 1 else None
-    return {
-        "collector": last["collector"],
-        "holders": views.holder_docs(last["holders"], prev)[:20],
-        "suspects": last.get("suspects", []),
-        "waste": last.get("waste"),
-        "garbage": last["garbage"],
-        "garbage_first": first["garbage"] if prev else None,
-        "bytes": last["bytes"],
-        "bytes_first": first["bytes"] if prev else None,
-        "gc": last["gc"],
-        "allocation": last.get("allocation"),
-        "types": views.growth_docs(last["rows"], first["look"], first["look"], top) if prev else views.type_docs(last["rows"], "size", top),
-        "problem": None,
-    }
+    return snapshot_block(got.snapshots, got.snapshot_problem, top)
 
 
-def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progress: Progress) -> None:
+def trace_grown(
+    args: argparse.Namespace, out: OutputDir, got: Collected, progress: Progress
+) -> None:
     """backrefs on the grown types picked by analysis.backref_candidates: from the last look's
     forked snapshot when there is one (no further stop of the target), else one in-process search
     per type; a vanished type is skipped."""
@@ -290,10 +394,14 @@ def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progre
     if in_snapshot is not None:
         for doc in in_snapshot:
             if "skipped" in doc:
-                got.skipped.append({"type": doc["type"], "reason": doc["skipped"], "why": doc["why"]})
+                got.skipped.append(
+                    {"type": doc["type"], "reason": doc["skipped"], "why": doc["why"]}
+                )
                 continue
             stem = f"backrefs-{slug(doc['type'])}"
-            files = write_graph(out, stem, doc["graph"], f"who keeps {doc['type']} alive (pid {args.pid})", "svg")
+            files = write_graph(
+                out, stem, doc["graph"], f"who keeps {doc['type']} alive (pid {args.pid})", "svg"
+            )
             doc = {**doc, "collector": got.snapshots[-1]["collector"], "files": files}
             doc["json"] = str(out.write_json(f"{stem}.json", doc))
             got.traced.append((None, doc))
@@ -304,9 +412,19 @@ def trace_grown(args: argparse.Namespace, out: OutputDir, got: Collected, progre
     for i, name in enumerate(names, 1):
         progress.show(f"pid {args.pid}: tracing {name} ({i}/{len(names)})")
         try:
-            outcome, doc = trace(out, args.pid, name, budget=args.budget, method=args.method, timeout=args.timeout,
-                                 log=logger(args), stem=f"backrefs-{slug(name)}")
-        except errors.UnknownType as exc:  # all freed since the last look, or two classes of one name
+            outcome, doc = trace(
+                out,
+                args.pid,
+                name,
+                budget=args.budget,
+                method=args.method,
+                timeout=args.timeout,
+                log=logger(args),
+                stem=f"backrefs-{slug(name)}",
+            )
+        except (
+            errors.UnknownType
+        ) as exc:  # all freed since the last look, or two classes of one name
             got.skipped.append({"type": name, "reason": exc.msg, "why": why[name]})
             continue
         doc["why"] = why[name]
@@ -327,7 +445,9 @@ def breakdown_doc(got: Collected, pid: int) -> dict[str, Any] | None:
     """The report's "breakdown" block: where the memory was at each forked look (first and last),
     its change between them and the verdicts; None without a forked look."""
     looks = [snap["breakdown"] for snap in got.snapshots if "breakdown" in snap]
-    if not looks:  # no forked look: what /proc tells, the rest said missing (never read in the target)
+    if (
+        not looks
+    ):  # no forked look: what /proc tells, the rest said missing (never read in the target)
         try:
             mem, missing = memory_cmd.compose_look(memory_cmd.read_before_fork(pid), None)
         except errors.IntrospectError:
@@ -338,27 +458,24 @@ def breakdown_doc(got: Collected, pid: int) -> dict[str, Any] | None:
     change = None
     if len(looks) > 1:
         change = breakdown.change(first["memory"], last["memory"], last["t"] - first["t"])
-    return {"looks": looks, "memory": last["memory"], "memory_missing": last["memory_missing"],
-            "memory_change": change}
+    return {
+        "looks": looks,
+        "memory": last["memory"],
+        "memory_missing": last["memory_missing"],
+        "memory_change": change,
+    }
 
 
-def breakdown_lines(mem_doc: dict[str, Any] | None, pid: int) -> list[str]:
-    """What leads the report's text: where the memory is, and what changed between the looks."""
-    if mem_doc is None:
-        return []
-    lines = memory_cmd.growth_lines(mem_doc["memory"], None, pid)
-    if mem_doc["memory_change"]:
-        lines += memory_cmd.growth_lines(mem_doc["memory"], mem_doc["memory_change"], pid)
-    return lines
-
-
-def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected) -> dict[str, Any]:
+def write_report(
+    args: argparse.Namespace, out: OutputDir, sampler: Sampler, got: Collected
+) -> dict[str, Any]:
     """growth.json, monitor.csv/svg(/png) and index.html; returns the report document."""
     trend = trend_of(got.samples)
     mem_doc = breakdown_doc(got, args.pid)
     parts = [(lk["t"], lk["memory"]) for lk in mem_doc["looks"]] if mem_doc else None
-    csv_path, svg_path, png_path, notes = write_outputs(out, sampler, got.samples, trend,
-                                                        parts=parts)
+    csv_path, svg_path, png_path, notes = write_outputs(
+        out, sampler, got.samples, trend, parts=parts
+    )
     if sampler.uss_note:
         notes.insert(0, sampler.uss_note)
     rows, steady = growth_of(got)
@@ -366,15 +483,24 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         rows, steady = merged_growth(got, got.snapshots[-1]["rows"])
     outcomes = [lk for _, lk in got.looks] + [o for o, _ in got.traced if o is not None]
     meta = got.looks[-1][1].meta()
-    looks = [{"t": round(t, 3), "objects": lk.result["objects"], "baseline_recorded": lk.result["baseline_recorded"]}
-             for t, lk in got.looks]
+    looks = [
+        {
+            "t": round(t, 3),
+            "objects": lk.result["objects"],
+            "baseline_recorded": lk.result["baseline_recorded"],
+        }
+        for t, lk in got.looks
+    ]
     growth_doc = {
         **meta,
         "paused_s": round(sum(lk.paused_s for _, lk in got.looks), 6),
         "looks": looks,
         "grew_every_interval": steady,
-        "types": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
-                  for r in analysis.growth_rows(got.looks[-1][1].result["types"]) if r.delta or r.since_baseline],
+        "types": [
+            {"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
+            for r in analysis.growth_rows(got.looks[-1][1].result["types"])
+            if r.delta or r.since_baseline
+        ],
     }
     growth_path = str(out.write_json("growth.json", growth_doc))
     problem = None
@@ -401,13 +527,41 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
         },
         "looks": looks,
         "grew_every_interval": steady,
-        "growing": [{"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
-                    for r in rows[:args.top]],
-        "backrefs": [{**{k: d[k] for k in ("type", "why", "found", "sampled", "unrooted", "partial", "reason", "chains", "files", "json")},
-                      "sampling": d.get("sampling", "newest first"),
-                      **{k: d[k] for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced") if k in d},
-                      **{k: d[k] for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit") if k in d}}
-                     for _, d in got.traced],
+        "growing": [
+            {"type": r.type, "count": r.count, "delta": r.delta, "since_baseline": r.since_baseline}
+            for r in rows[: args.top]
+        ],
+        "backrefs": [
+            {
+                **{
+                    k: d[k]
+                    for k in (
+                        "type",
+                        "why",
+                        "found",
+                        "sampled",
+                        "unrooted",
+                        "partial",
+                        "reason",
+                        "chains",
+                        "files",
+                        "json",
+                    )
+                },
+                "sampling": d.get("sampling", "newest first"),
+                **{
+                    k: d[k]
+                    for k in ("tracing", "allocated_at", "allocated_sampled", "allocated_traced")
+                    if k in d
+                },
+                **{
+                    k: d[k]
+                    for k in ("unrooted_held_from_c", "unrooted_cycle", "unrooted_limit")
+                    if k in d
+                },
+            }
+            for _, d in got.traced
+        ],
         "skipped": got.skipped,
         "snapshot": snapshot_doc(got, args.top),
         "breakdown": mem_doc,
@@ -415,98 +569,67 @@ def write_report(args: argparse.Namespace, out: OutputDir, sampler: Sampler, got
     }
     doc["paused_s"] = round(doc["paused_s"] + sum(s["paused_s"] for s in got.snapshots), 6)
     snap_doc = doc["snapshot"] or {}
-    doc["garbage"] = snap_doc.get("garbage")  # top-level, as in top and growth: None without a snapshot
-    doc["gc"] = snap_doc.get("gc") or (analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"]) if got.looks else None)
+    doc["garbage"] = snap_doc.get(
+        "garbage"
+    )  # top-level, as in top and growth: None without a snapshot
+    doc["gc"] = snap_doc.get("gc") or (
+        analysis.gc_doc(got.looks[-1][1].result.get("gc", {}), meta["python"])
+        if got.looks
+        else None
+    )
     doc["memory"]["summary"] = trend_line(trend)
-    wall_fields, wall_lines = wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
+    wall_fields, wall_lines = (
+        wall(args.pid, got.samples[-1].rss, trend) if got.samples else ({}, [])
+    )
     doc["memory"].update(wall_fields)
     doc["memory"]["wall"] = wall_lines
     doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     return doc
 
 
-def _held_by(ref: dict[str, Any]) -> str:
-    """Where every traced instance went: the top roots, the rest, and those not traced to a root.
-
-    >>> chain = {"root": "module app", "count": 3, "path": [{"type": "module", "via": ".cache"}, {"type": "list", "via": None}]}
-    >>> _held_by({"type": "list", "sampled": 10, "unrooted": 7, "unrooted_cycle": 7, "chains": [chain]})
-    'list: 3 of 10 held by module app via .cache; 7 of 10 not traced to a root (7 by a reference cycle only (garbage the collector will free))'
-    """
-    sampled = ref["sampled"]
-    held: dict[str, int] = {}
-    for chain in ref["chains"]:
-        via = chain["path"][0]["via"] if chain["path"] else None
-        label = chain["root"] + (f" via {via}" if via else "")
-        held[label] = held.get(label, 0) + chain["count"]
-    top = sorted(held.items(), key=lambda kv: -kv[1])
-    parts = [f"{n} of {sampled} held by {label}" for label, n in top[:2]]
-    rest = sum(n for _, n in top[2:])
-    if rest:
-        parts.append(f"{rest} of {sampled} held by {len(top) - 2} other roots")
-    if ref.get("unrooted"):
-        if ref.get("sampling"):  # forked: every instance looked at; the unreachable ones are beside the traced
-            parts.append(f"{ref['unrooted']:,} more of {ref['found']:,} not reachable from any root ({analysis.unrooted_text(ref)})")
-        else:
-            parts.append(f"{ref['unrooted']} of {sampled} not traced to a root ({analysis.unrooted_text(ref)})")
-    return f"{ref['type']}: " + ("; ".join(parts) or f"none of {sampled} traced to a root")
-
-
 def _allocated_lines(doc: dict[str, Any]) -> list[str]:
     """Where the grown types were allocated (the forked snapshot's sites, else backrefs')."""
     alloc = (doc.get("snapshot") or {}).get("allocation")
-    per_type = [(a["type"], a["allocated_at"]) for a in alloc["types"]] if alloc and alloc.get("tracing") else []
+    per_type = (
+        [(a["type"], a["allocated_at"]) for a in alloc["types"]]
+        if alloc and alloc.get("tracing")
+        else []
+    )
     if not per_type:
-        per_type = [(r["type"], r["allocated_at"]) for r in doc["backrefs"] if r.get("allocated_at")]
-    tracing_on = bool(alloc and alloc.get("tracing")) or any(r.get("tracing") for r in doc["backrefs"])
+        per_type = [
+            (r["type"], r["allocated_at"]) for r in doc["backrefs"] if r.get("allocated_at")
+        ]
+    tracing_on = bool(alloc and alloc.get("tracing")) or any(
+        r.get("tracing") for r in doc["backrefs"]
+    )
     if not tracing_on:
-        return [f"allocation sites: tracing was off (`introspect trace start {doc['pid']} --for 30m`, then report again)"]
+        return [
+            f"allocation sites: tracing was off (`introspect trace start {doc['pid']} --for 30m`, "
+            "then report again)"
+        ]
+
     def site(s: dict[str, Any]) -> str:
         via = ", via an object it holds" if s.get("via") == "held" else ""
         return f"{s['file']}:{s['line']} in {s['function']} ({s['count']}{via})"
 
-    return [f"{t} allocated at: " + ", ".join(site(s) for s in sites[:2])
-            for t, sites in per_type[:3] if sites]
+    return [
+        f"{t} allocated at: " + ", ".join(site(s) for s in sites[:2])
+        for t, sites in per_type[:3]
+        if sites
+    ]
 
 
 def render(doc: dict[str, Any]) -> str:
     """A short summary for stdout: a line each for memory, growth and every traced type."""
     mem = doc["memory"]
-    lines = [f"report: {Path(doc['files']['index']).resolve()}",
-             f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: watched {doc['duration_s']:.1f} s; {mem['summary']}"]
+    lines = [
+        f"report: {Path(doc['files']['index']).resolve()}",
+        f"pid {doc['pid']} ({doc['name']}), Python {doc['python']}: "
+        f"watched {doc['duration_s']:.1f} s; {mem['summary']}",
+    ]
     lines += breakdown_lines(doc.get("breakdown"), doc["pid"])
-    snap = doc.get("snapshot") or {}
-    from introspect.snapshot.suspects import suspect_lines
-
-    lines += suspect_lines(snap.get("suspects") or [])
-    lines += mem.get("wall") or []
-    grown = sorted((r for r in snap.get("types", []) if r.get("since_baseline", 0) > 0), key=lambda r: -r["bytes_delta"])
-    if grown:  # forked snapshots count every object, untracked ones too
-        lines.append("grew since the first look: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in grown[:4]))
-    elif doc["growing"]:
-        lines.append("grew since the baseline: " + ", ".join(f"{r['type']} {r['since_baseline']:+,}" for r in doc["growing"][:4]))
-    elif len(doc["looks"]) >= 2:
-        lines.append("no type grew since the baseline")
-    if snap.get("garbage") is not None:
-        lines.append(analysis.garbage_line(snap["garbage"], snap.get("gc")))
-        if snap.get("garbage_first") is not None and snap.get("bytes_first") is not None:
-            lines.append(analysis.growth_split_line(snap["bytes"] - snap["bytes_first"],
-                                                    snap["garbage"]["bytes"] - snap["garbage_first"]["bytes"],
-                                                    "since the first look"))
-    if snap.get("holders"):
-        from introspect.snapshot.views import holder_line
-
-        compared = any(h.get("matched") is not None for h in snap["holders"])  # else one look: nothing to compare
-        grew = [h for h in snap["holders"] if h.get("grew")] if compared else snap["holders"]
-        if grew:
-            lines.append("held by: " + holder_line(grew[0]).replace("since the last look", "since the first look"))
-        else:
-            same = sum(1 for h in snap["holders"] if h.get("matched"))
-            lines.append(f"no holder grew since the first look ({same} listed then are unchanged, "
-                         f"{len(snap['holders']) - same} were not listed then)")
-    if doc["backrefs"]:
-        lines += [_held_by(r) for r in doc["backrefs"]]
+    lines += findings_lines(doc, "since the first look")
     lines += _allocated_lines(doc)
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)
-

@@ -54,7 +54,9 @@ class ParkedRunner(Protocol):
     def run_parked(self, target: Target, run: RunDir, bootstrap: str) -> Injection: ...
 
 
-def parked_runner(target: Target, method: str, log: Callable[[str], None] = lambda s: None) -> ParkedRunner | None:
+def parked_runner(
+    target: Target, method: str, log: Callable[[str], None] = lambda s: None
+) -> ParkedRunner | None:
     """The injector for the idle-main-thread path: ours where it can run, else gdb."""
     from introspect.inject import ptrace
     from introspect.inject.gdb import GdbInjector
@@ -70,13 +72,14 @@ def parked_runner(target: Target, method: str, log: Callable[[str], None] = lamb
     return GdbInjector()
 
 
-def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: None) -> list[Injector]:
+def choose(
+    target: Target, method: str, log: Callable[[str], None] = lambda s: None
+) -> list[Injector]:
     """Injectors to try, in order. ``auto`` never falls back from a refusal the user must see.
 
-    ``auto``: our ptrace injector (one thread stopped for about a millisecond); on 3.14+ then our PEP
-    768 client and ``sys.remote_exec`` (see below why they come second). gdb only on request or
-    where ours cannot run (said through ``log``).
-    """
+    ``auto``: our ptrace injector (one thread stopped for about a millisecond); on 3.14+ then our
+    PEP 768 client and ``sys.remote_exec`` (see below why they come second). gdb only on request or
+    where ours cannot run (said through ``log``). """
     from introspect.inject import ptrace
     from introspect.inject.gdb import GdbInjector
     from introspect.inject.pep768 import RemoteExecInjector
@@ -87,12 +90,15 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
     if method == "ptrace":
         why = ptrace.available()
         if why is not None:
-            raise errors.UsageError(f"--method ptrace cannot run here: {why}", pid=target.pid, help="Use --method gdb.")
+            raise errors.UsageError(
+                f"--method ptrace cannot run here: {why}", pid=target.pid, help="Use --method gdb."
+            )
         return [ptrace.PtraceInjector()]
     if method == "pep768":
         if target.version is not None and target.version < (3, 14):
             raise errors.UsageError(
-                f"--method pep768 needs CPython 3.14 or newer; this target runs {target.version_str}",
+                "--method pep768 needs CPython 3.14 or newer; this target runs "
+                f"{target.version_str}",
                 pid=target.pid,
                 help="Use --method gdb (or leave --method auto).",
             )
@@ -120,6 +126,7 @@ def choose(target: Target, method: str, log: Callable[[str], None] = lambda s: N
             if remote_debug_disabled(target):
                 # The target's owner turned debuggers away: ptrace only when asked for by name.
                 raise disabled_refusal(target)
-            return [own[0], OwnRemoteExecInjector(other_threads=False), RemoteExecInjector(), *own[1:]]
+            return [own[0], OwnRemoteExecInjector(other_threads=False), RemoteExecInjector(),
+                    *own[1:]]
         return [OwnRemoteExecInjector(), RemoteExecInjector(), *own]
     return own

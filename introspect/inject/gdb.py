@@ -30,15 +30,32 @@ from introspect.target import Target, explain_ptrace_denied
 
 GDB_TIMEOUT_S = 20.0
 PAGE = 4096
-_PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyGILState_Ensure", "PyGILState_Release"]
+_PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyGILState_Ensure",
+             "PyGILState_Release"]
 # x86_64 syscalls in which a thread parks with the GIL released (Python wraps each in
 # Py_BEGIN_ALLOW_THREADS), never inside the allocator. futex is left out on purpose: a thread
 # waiting *for the GIL* sits in futex too.
-BLOCKING_SYSCALLS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept", 45: "recvfrom",
-                     47: "recvmsg", 61: "wait4", 230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid",
-                     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
-                     # poll/nanosleep interrupted by a ptrace stop (our own first attach) resume as this
-                     219: "restart_syscall"}
+BLOCKING_SYSCALLS = {
+    0: "read",
+    7: "poll",
+    23: "select",
+    34: "pause",
+    35: "nanosleep",
+    43: "accept",
+    45: "recvfrom",
+    47: "recvmsg",
+    61: "wait4",
+    230: "clock_nanosleep",
+    232: "epoll_wait",
+    247: "waitid",
+    270: "pselect6",
+    271: "ppoll",
+    281: "epoll_pwait",
+    288: "accept4",
+    441: "epoll_pwait2",
+    # poll/nanosleep interrupted by a ptrace stop (our own first attach) resume as this
+    219: "restart_syscall",
+}
 # -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK, -EINTR: the values rax
 # holds when ptrace stopped a thread inside a blocking syscall.
 _RESTART = (-512, -513, -514, -516, -4)
@@ -59,7 +76,8 @@ python
 try:
     import os as _os, re as _re, tempfile as _tf
     _x = gdb.execute("maint print xml-tdesc", to_string=True)
-    _y = _re.sub(r'[ \\t]*<feature name="org\\.gnu\\.gdb\\.i386\\.(?:avx512|pkeys)">.*?</feature>\\n', '', _x, flags=_re.S)
+    _y = _re.sub(r'[ \\t]*<feature name="org\\.gnu\\.gdb\\.i386\\.(?:avx512|pkeys)">'
+                 r'.*?</feature>\\n', '', _x, flags=_re.S)
     if _y != _x and "<?xml" in _y:
         _fd, _p = _tf.mkstemp(prefix="introspect-tdesc-", suffix=".xml")
         try:
@@ -71,7 +89,8 @@ try:
         print("INTROSPECT_TDESC trimmed")
 except Exception as _e:
     print("INTROSPECT_TDESC failed: %s" % _e)
-    if STRICT:  # where the trim is what protects the target: stop here (gdb skips the rest, detaches)
+    # Where the trim is what protects the target: stop here (gdb skips the rest, detaches).
+    if STRICT:
         raise gdb.GdbError("introspect: stopping before any call into the target")
 end
 """
@@ -99,8 +118,10 @@ def gdb_path() -> str:
     path = shutil.which("gdb")
     if path is None:
         raise errors.InjectionFailed(
-            "gdb is not installed, and this target needs it (CPython < 3.14, or remote debugging unavailable)",
-            help="Install it: `apt-get install gdb` (Debian/Ubuntu), `dnf install gdb` (Fedora/RHEL), `apk add gdb` (Alpine).",
+            "gdb is not installed, and this target needs it (CPython < 3.14, or remote debugging "
+            "unavailable)",
+            help="Install it: `apt-get install gdb` (Debian/Ubuntu), `dnf install gdb` "
+                 "(Fedora/RHEL), `apk add gdb` (Alpine).",
         )
     return path
 
@@ -111,27 +132,38 @@ class GdbInjector:
     def _addresses(self, target: Target) -> dict[str, int]:
         if target.capi_object is None or target.libc_object is None:
             raise errors.InjectionFailed(
-                "cannot find the Python C API or libc in the target's memory map",
-                pid=target.pid,
+                "cannot find the Python C API or libc in the target's memory map", pid=target.pid,
                 name=target.name,
                 help="Is this a static or unusual build? `--method pep768` works for 3.14+.",
             )
         try:
             addrs = symbols.resolve(target.pid, target.mappings, target.capi_object, _PY_FUNCS)
-            addrs.update(symbols.resolve(target.pid, target.mappings, target.libc_object, _LIBC_FUNCS))
+            addrs.update(
+                symbols.resolve(target.pid, target.mappings, target.libc_object, _LIBC_FUNCS)
+            )
         except (LookupError, OSError) as exc:
-            raise errors.InjectionFailed(f"cannot resolve functions in the target: {exc}", pid=target.pid, name=target.name) from None
+            raise errors.InjectionFailed(
+                f"cannot resolve functions in the target: {exc}", pid=target.pid, name=target.name
+            ) from None
         return addrs
 
     def _run(self, target: Target, script: str) -> tuple[str, float]:
-        """Run a gdb script attached to the target; return its output and how long it was stopped."""
+        """Run a gdb script attached to the target; return its output and how long it was
+        stopped."""
         gdb = gdb_path()
         timing = 'python import time; print("INTROSPECT_T0 %r" % time.monotonic())\n'
         timing_end = 'python print("INTROSPECT_T1 %r" % time.monotonic())\n'
         for with_timing in (True, False):
             trim = _TRIM_TDESC.replace("STRICT", repr(_amd_avx512())) if with_timing else ""
-            body = (_PREAMBLE + (timing if with_timing else "") + f"attach {target.pid}\n" + trim
-                    + script + "detach\n" + (timing_end if with_timing else ""))
+            body = (
+                _PREAMBLE
+                + (timing if with_timing else "")
+                + f"attach {target.pid}\n"
+                + trim
+                + script
+                + "detach\n"
+                + (timing_end if with_timing else "")
+            )
             with tempfile.NamedTemporaryFile("w", prefix="introspect-gdb-", suffix=".gdb") as f:
                 f.write(body)
                 f.flush()
@@ -139,18 +171,16 @@ class GdbInjector:
                 try:
                     proc = subprocess.run(
                         [gdb, "-nx", "-nh", "-batch", "--readnever", "-x", f.name],
-                        stdin=subprocess.DEVNULL,
-                        capture_output=True,
-                        text=True,
-                        timeout=GDB_TIMEOUT_S,
-                        env={**os.environ, "LC_ALL": "C"},
+                        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                        timeout=GDB_TIMEOUT_S, env={**os.environ, "LC_ALL": "C"},
                     )
                 except subprocess.TimeoutExpired:
                     raise errors.InjectionFailed(
                         f"gdb did not finish within {GDB_TIMEOUT_S:g} s",
                         pid=target.pid,
                         name=target.name,
-                        help="The process may be in an uninterruptible state (D); check `cat /proc/PID/stack`.",
+                        help="The process may be in an uninterruptible state (D); check `cat "
+                             "/proc/PID/stack`.",
                     ) from None
                 wall = time.monotonic() - t0
             out = proc.stdout + proc.stderr
@@ -160,11 +190,13 @@ class GdbInjector:
                 # target's AVX-512 registers intact.
                 if _amd_avx512():
                     raise errors.InjectionFailed(
-                        "this gdb has no Python support, which introspect needs on this AMD CPU with AVX-512 "
-                        "(without it, gdb before 14 corrupts vector registers of the target when it calls a function)",
+                        "this gdb has no Python support, which introspect needs on this AMD CPU "
+                        "with AVX-512 (without it, gdb before 14 corrupts vector registers of the "
+                        "target when it calls a function)",
                         pid=target.pid,
                         name=target.name,
-                        help="Install a gdb built with Python (Debian's and Ubuntu's gdb package is), or gdb 14 or newer.",
+                        help="Install a gdb built with Python (Debian's and Ubuntu's gdb package "
+                             "is), or gdb 14 or newer.",
                     )
                 continue  # retry untimed
             self._check(target, out)
@@ -174,8 +206,11 @@ class GdbInjector:
             return out, pause
         raise AssertionError("unreachable")
 
-    def _run_staged(self, target: Target, run: RunDir, name: str, bootstrap: str, script: Callable[[str], str]) -> tuple[str, float]:
-        """Write the bootstrap text (NUL-terminated) where gdb's `restore` reads it, run the script."""
+    def _run_staged(
+        self, target: Target, run: RunDir, name: str, bootstrap: str, script: Callable[[str], str]
+    ) -> tuple[str, float]:
+        """Write the bootstrap text (NUL-terminated) where gdb's `restore` reads it, run the
+        script."""
         text_path = run.host_file(name)
         with open(text_path, "wb") as f:
             f.write(bootstrap.encode() + b"\0")
@@ -189,22 +224,28 @@ class GdbInjector:
         if "INTROSPECT_TDESC failed" in out and _amd_avx512():
             why = out.split("INTROSPECT_TDESC failed:", 1)[1].splitlines()[0].strip()
             raise errors.InjectionFailed(
-                f"gdb could not be kept away from the target's AVX-512 registers ({why}); it stopped before calling "
-                "anything, and the target was left as it was",
+                f"gdb could not be kept away from the target's AVX-512 registers ({why}); it "
+                "stopped before calling anything, and the target was left as it was",
                 pid=target.pid,
                 name=target.name,
-                help="On this AMD CPU gdb before 14 corrupts those registers when it calls a function in the target. "
-                     "Use gdb 14 or newer, or `--method pep768` for Python 3.14+.",
+                help="On this AMD CPU gdb before 14 corrupts those registers when it calls a "
+                     "function in the target. Use gdb 14 or newer, or `--method pep768` for Python "
+                     "3.14+.",
             )
         if "ptrace: Operation not permitted" in out:
             if target.tracer_pid or _traced_now(target.pid):
-                raise errors.BadTargetState("another tracer attached to the process", pid=target.pid, name=target.name,
+                raise errors.BadTargetState("another tracer attached to the process",
+                                            pid=target.pid, name=target.name,
                                             help="Detach the other debugger or strace first.")
             raise explain_ptrace_denied(target)
         if "ptrace: No such process" in out or "The program is not being run" in out:
-            raise errors.TargetExited("the process exited before gdb could attach", pid=target.pid, name=target.name)
+            raise errors.TargetExited(
+                "the process exited before gdb could attach", pid=target.pid, name=target.name
+            )
         if "INTROSPECT_ATTACHED" not in out:
-            raise errors.InjectionFailed(f"gdb could not attach: {_last_lines(out)}", pid=target.pid, name=target.name)
+            raise errors.InjectionFailed(
+                f"gdb could not attach: {_last_lines(out)}", pid=target.pid, name=target.name
+            )
 
     def inject(self, target: Target, run: RunDir, bootstrap: str) -> Injection:
         addrs = self._addresses(target)
@@ -213,36 +254,43 @@ class GdbInjector:
         # restore writes the file into target memory directly: nothing is allocated inside it.
         def script(text_path: str) -> str:
             return (
-            'printf "INTROSPECT_ATTACHED\\n"\n'
-            f"set $buf = (unsigned long)((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
-            f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
-            'printf "INTROSPECT_BUF %lu\\n", $buf\n'
-            "if $buf != (unsigned long)-1\n"
-            f"  restore {text_path} binary $buf\n"
-            f"  set $rc = (int)((int(*)(void*,void*)){addrs['Py_AddPendingCall']})((void*){addrs['PyRun_SimpleString']}, (void*)$buf)\n"
-            '  printf "INTROSPECT_RC %d\\n", $rc\n'
-            "  if $rc != 0\n"
-            f"    call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*)$buf, {size})\n"
-            "  end\n"
-            "end\n"
+                'printf "INTROSPECT_ATTACHED\\n"\n'
+                "set $buf = (unsigned long)"
+                f"((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
+                f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
+                'printf "INTROSPECT_BUF %lu\\n", $buf\n'
+                "if $buf != (unsigned long)-1\n"
+                f"  restore {text_path} binary $buf\n"
+                f"  set $rc = (int)((int(*)(void*,void*)){addrs['Py_AddPendingCall']})"
+                f"((void*){addrs['PyRun_SimpleString']}, (void*)$buf)\n"
+                '  printf "INTROSPECT_RC %d\\n", $rc\n'
+                "  if $rc != 0\n"
+                f"    call (int)((int(*)(void*,unsigned long)){addrs['munmap']})"
+                f"((void*)$buf, {size})\n"
+                "  end\n"
+                "end\n"
             )
 
         out, pause = self._run_staged(target, run, "bootstrap.txt", bootstrap, script)
         buf = re.search(r"INTROSPECT_BUF (\d+)", out)
         rc = re.search(r"INTROSPECT_RC (-?\d+)", out)
         if not buf or int(buf.group(1)) in (0, 2**64 - 1):
-            raise errors.InjectionFailed(f"could not map memory in the target: {_last_lines(out)}", pid=target.pid, name=target.name)
+            raise errors.InjectionFailed(f"could not map memory in the target: {_last_lines(out)}",
+                                         pid=target.pid, name=target.name)
         if not rc or int(rc.group(1)) != 0:
             raise errors.InjectionFailed(
-                "Py_AddPendingCall refused the request (its queue is full or the interpreter is finalizing)",
+                "Py_AddPendingCall refused the request (its queue is full or the interpreter is "
+                "finalizing)",
                 pid=target.pid,
                 name=target.name,
                 help="Try again in a moment.",
             )
-        return Injection("gdb", pause, "Py_AddPendingCall(PyRun_SimpleString) on the main thread", page=(int(buf.group(1)), size))
+        return Injection("gdb", pause, "Py_AddPendingCall(PyRun_SimpleString) on the main thread",
+                         page=(int(buf.group(1)), size))
 
     def run_parked(self, target: Target, run: RunDir, bootstrap: str) -> Injection:
-        """Run the bootstrap *now* on the main thread, parked in a blocking syscall (an idle worker).
+        """Run the bootstrap *now* on the main thread, parked in a blocking syscall (an idle
+        worker).
 
         The legal "C callback re-enters Python" pattern: PyGILState_Ensure, run, Release. gdb checks
         at the stopped moment that the thread sits in a blocking syscall (so not in the allocator)
@@ -253,28 +301,32 @@ class GdbInjector:
         size = _page_size(bootstrap)
         parked = " || ".join(f"$nr == {n}" for n in BLOCKING_SYSCALLS)
         restart = " || ".join(f"$ret == {n}" for n in _RESTART)
+
         def script(text_path: str) -> str:
             return (
-            'printf "INTROSPECT_ATTACHED\\n"\n'
-            "set $nr = (long)$orig_rax\n"
-            "set $ret = (long)$rax\n"
-            'printf "INTROSPECT_SYSCALL %ld %ld\\n", $nr, $ret\n'
-            f"if ({parked}) && ({restart})\n"
-            f"  set $held = (int)((int(*)(void)){addrs['PyGILState_Check']})()\n"
-            '  printf "INTROSPECT_HELD %d\\n", $held\n'
-            "  if $held == 0\n"
-            f"    set $buf = (unsigned long)((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
-            f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
-            "    if $buf != (unsigned long)-1\n"
-            f"      restore {text_path} binary $buf\n"
-            f"      set $st = (int)((int(*)(void)){addrs['PyGILState_Ensure']})()\n"
-            f"      set $rc = (int)((int(*)(void*)){addrs['PyRun_SimpleString']})((void*)$buf)\n"
-            f"      call (void)((void(*)(int)){addrs['PyGILState_Release']})($st)\n"
-            '      printf "INTROSPECT_RC %d\\n", $rc\n'
-            f"      call (int)((int(*)(void*,unsigned long)){addrs['munmap']})((void*)$buf, {size})\n"
-            "    end\n"
-            "  end\n"
-            "end\n"
+                'printf "INTROSPECT_ATTACHED\\n"\n'
+                "set $nr = (long)$orig_rax\n"
+                "set $ret = (long)$rax\n"
+                'printf "INTROSPECT_SYSCALL %ld %ld\\n", $nr, $ret\n'
+                f"if ({parked}) && ({restart})\n"
+                f"  set $held = (int)((int(*)(void)){addrs['PyGILState_Check']})()\n"
+                '  printf "INTROSPECT_HELD %d\\n", $held\n'
+                "  if $held == 0\n"
+                "    set $buf = (unsigned long)"
+                f"((void*(*)(void*,unsigned long,int,int,int,long)){addrs['mmap']})"
+                f"(0,{size},{_PROT_RW},{_MAP_PRIVATE_ANON},-1,0)\n"
+                "    if $buf != (unsigned long)-1\n"
+                f"      restore {text_path} binary $buf\n"
+                f"      set $st = (int)((int(*)(void)){addrs['PyGILState_Ensure']})()\n"
+                f"      set $rc = (int)((int(*)(void*)){addrs['PyRun_SimpleString']})"
+                "((void*)$buf)\n"
+                f"      call (void)((void(*)(int)){addrs['PyGILState_Release']})($st)\n"
+                '      printf "INTROSPECT_RC %d\\n", $rc\n'
+                f"      call (int)((int(*)(void*,unsigned long)){addrs['munmap']})"
+                f"((void*)$buf, {size})\n"
+                "    end\n"
+                "  end\n"
+                "end\n"
             )
 
         out, pause = self._run_staged(target, run, "bootstrap-parked.txt", bootstrap, script)
@@ -286,16 +338,26 @@ class GdbInjector:
                 why = "the main thread holds the GIL"
             elif sysc:
                 nr = int(sysc.group(1))
-                why = f"the main thread is not parked in a blocking system call (syscall {BLOCKING_SYSCALLS.get(nr, nr)})"
+                why = (
+                    "the main thread is not parked in a blocking system call "
+                    f"(syscall {BLOCKING_SYSCALLS.get(nr, nr)})"
+                )
             else:
                 why = "gdb could not read the main thread's registers"
-            raise errors.InjectionFailed(f"cannot run on the parked main thread: {why}", pid=target.pid, name=target.name)
+            raise errors.InjectionFailed(
+                f"cannot run on the parked main thread: {why}", pid=target.pid, name=target.name
+            )
         nr = int(sysc.group(1)) if sysc else -1
-        return Injection("gdb", pause, f"PyGILState_Ensure + PyRun_SimpleString on the main thread parked in "
-                                       f"{BLOCKING_SYSCALLS.get(nr, nr)}()")
+        return Injection(
+            "gdb",
+            pause,
+            f"PyGILState_Ensure + PyRun_SimpleString on the main thread parked in "
+            f"{BLOCKING_SYSCALLS.get(nr, nr)}()",
+        )
 
     def release(self, target: Target, injection: Injection) -> None:
-        """Unmap the bootstrap page. Only call once the agent has started: the text is parsed by then."""
+        """Unmap the bootstrap page. Only call once the agent has started: the text is parsed by
+        then."""
         if injection.page is None or not target.is_alive():
             return
         addrs = self._addresses(target)

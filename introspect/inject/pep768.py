@@ -1,4 +1,5 @@
-"""PEP 768 injector (CPython 3.14+): ``sys.remote_exec`` from an interpreter of the same minor version.
+"""PEP 768 injector (CPython 3.14+): ``sys.remote_exec`` from an interpreter of the same minor
+version.
 
 ``sys.remote_exec`` refuses a controller of another minor version ("Can't send commands from a
 Python 3.14 process to a Python 3.15 process"), so we drive it with the target's own executable
@@ -65,7 +66,8 @@ class RemoteExecInjector:
             try:
                 with _stand_in(target, boot_path):
                     proc = subprocess.run(
-                        [exe, "-I", "-S", "-c", _CONTROLLER, str(target.pid), boot_path, target.version_str],
+                        [exe, "-I", "-S", "-c", _CONTROLLER, str(target.pid), boot_path,
+                         target.version_str],
                         stdin=subprocess.DEVNULL,
                         capture_output=True,
                         text=True,
@@ -81,7 +83,8 @@ class RemoteExecInjector:
                 self._raise_for(target, err)
             tried.append(f"{exe}: {err.splitlines()[-1] if err else f'exit {proc.returncode}'}")
         raise errors.InjectionFailed(
-            f"no Python {target.version_str} interpreter runnable from here to drive sys.remote_exec"
+            f"no Python {target.version_str} interpreter runnable from here to drive "
+            "sys.remote_exec"
             + (f" (tried {'; '.join(tried)})" if tried else ""),
             pid=target.pid,
             name=target.name,
@@ -98,15 +101,23 @@ class RemoteExecInjector:
             raise errors.TargetExited("the process exited", pid=target.pid, name=target.name)
         if not target.same_root and ("pyruntime" in low or "elf file" in low):
             # sys.remote_exec opens the target's binary by the path in /proc/PID/maps, here.
-            where = "does not exist at that path here" if not os.path.exists(target.exe) else "is another file here"
+            where = (
+                "does not exist at that path here"
+                if not os.path.exists(target.exe)
+                else "is another file here"
+            )
             raise errors.InjectionFailed(
-                "sys.remote_exec cannot read the target's Python binary: the target runs in a container "
-                f"(its own filesystem) and {target.exe} {where}",
+                "sys.remote_exec cannot read the target's Python binary: the target runs in a "
+                f"container (its own filesystem) and {target.exe} {where}",
                 pid=target.pid,
                 name=target.name,
-                help="Use `--method gdb` (or --method auto, which falls back to it), or run introspect inside the container.",
+                help="Use `--method gdb` (or --method auto, which falls back to it), or run "
+                     "introspect inside the container.",
             )
-        raise errors.InjectionFailed(f"sys.remote_exec failed: {err.splitlines()[-1] if err else '?'}", pid=target.pid, name=target.name)
+        raise errors.InjectionFailed(
+            f"sys.remote_exec failed: {err.splitlines()[-1] if err else '?'}", pid=target.pid,
+            name=target.name,
+        )
 
     def release(self, target: Target, injection: Injection) -> None:
         return None

@@ -7,11 +7,11 @@ thread states and their ``remote_debugger_support`` block. A controller writes t
 into a thread state's block, sets its pending flag, and sets the eval-breaker "please stop" bit;
 that thread runs the file at its next safe point, in a fresh namespace.
 
-Unlike ``sys.remote_exec`` this needs no interpreter of the target's minor version here (from a
-3.11 CLI into a 3.15 target, from a host into a container: the ELF file is read through
+Unlike ``sys.remote_exec`` this needs no interpreter of the target's minor version here (from a 3.11
+CLI into a 3.15 target, from a host into a container: the ELF file is read through
 ``/proc/PID/root``, memory through ``process_vm_readv/writev``), it can pick the thread (the main
-one, or with --method pep768 another thread running Python while the main one is parked), and it withdraws a request
-the target has not taken when the CLI gives up. The target is never stopped.
+one, or with --method pep768 another thread running Python while the main one is parked), and it
+withdraws a request the target has not taken when the CLI gives up. The target is never stopped.
 
 Every offset comes from the target's own table, and the table is only trusted where its layout is
 known (``LAYOUTS``: where ``debugger_support`` sits for each minor version) and its values pass
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from introspect import errors
 from introspect.channel import RunDir
 from introspect.inject import Injection
-from introspect.inject.ptrace import vm_read, vm_write
+from introspect.inject.linux import vm_read, vm_write
 from introspect.target import Target, explain_ptrace_denied
 
 COOKIE = b"xdebugpy"
@@ -39,10 +39,10 @@ COOKIE = b"xdebugpy"
 # 3.14 and 3.15 builds here (debugger_support = (eval_breaker, remote_debugger_support,
 # remote_debugging_enabled, 0, 4, 512)).
 LAYOUTS: dict[tuple[int, int], dict[str, int]] = {
-    (3, 14): {"interpreters_head": 2, "threads_head": 6, "threads_main": 7, "tstate_next": 21, "current_frame": 23,
-              "native_thread_id": 25, "debugger_support": 86},
-    (3, 15): {"interpreters_head": 2, "threads_head": 6, "threads_main": 7, "tstate_next": 21, "current_frame": 23,
-              "native_thread_id": 28, "debugger_support": 102},
+    (3, 14): {"interpreters_head": 2, "threads_head": 6, "threads_main": 7, "tstate_next": 21,
+              "current_frame": 23, "native_thread_id": 25, "debugger_support": 86},
+    (3, 15): {"interpreters_head": 2, "threads_head": 6, "threads_main": 7, "tstate_next": 21,
+              "current_frame": 23, "native_thread_id": 28, "debugger_support": 102},
 }
 PLEASE_STOP_BIT = 1 << 5  # _PY_EVAL_PLEASE_STOP_BIT in pycore_ceval.h, 3.13+
 
@@ -68,7 +68,8 @@ class Offsets:
 def _refuse(target: Target, why: str) -> errors.InjectionFailed:
     return errors.InjectionFailed(
         f"cannot use the remote-debugging interface of this Python {target.version_str}: {why}",
-        pid=target.pid, name=target.name, help="Use --method ptrace (or --method gdb).")
+        pid=target.pid, name=target.name, help="Use --method ptrace (or --method gdb).",
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,7 +91,8 @@ def runtime_address(target: Target) -> int:
     host = target.host_path(target.capi_object)
     st = os.stat(host)
     vaddr, first = _runtime_section(host, (st.st_dev, st.st_ino, st.st_mtime))
-    base = min((m.start for m in target.mappings if m.path == target.capi_object and m.offset == 0), default=None)
+    base = min((m.start for m in target.mappings if m.path == target.capi_object and m.offset == 0),
+               default=None)
     if base is None:
         raise LookupError(f"{target.capi_object} is not mapped at offset 0")
     return base - first + vaddr
@@ -98,7 +100,11 @@ def runtime_address(target: Target) -> int:
 
 def read_offsets(target: Target, runtime: int) -> Offsets:
     if target.version not in LAYOUTS:
-        raise _refuse(target, f"introspect knows the debug-offsets layout of {', '.join(f'{a}.{b}' for a, b in LAYOUTS)} only")
+        raise _refuse(
+            target,
+            "introspect knows the debug-offsets layout of "
+            f"{', '.join(f'{a}.{b}' for a, b in LAYOUTS)} only",
+        )
     lay = LAYOUTS[target.version]
     words = 3 + lay["debugger_support"] + 6
     raw = vm_read(target.pid, runtime, 8 * words)
@@ -107,20 +113,36 @@ def read_offsets(target: Target, runtime: int) -> Offsets:
     w = struct.unpack_from(f"<{words - 1}Q", raw, 8)
     version_hex, free_threaded = w[0], w[1]
     if (version_hex >> 24, (version_hex >> 16) & 0xFF) != target.version:
-        raise _refuse(target, f"its debug offsets are for version {version_hex >> 24}.{(version_hex >> 16) & 0xFF}")
+        raise _refuse(
+            target,
+            f"its debug offsets are for version {version_hex >> 24}.{(version_hex >> 16) & 0xFF}",
+        )
 
     def at(name: str) -> int:
         return int(w[2 + lay[name]])
 
-    ds = w[2 + lay["debugger_support"]: 2 + lay["debugger_support"] + 6]
-    off = Offsets(version_hex, bool(free_threaded), at("interpreters_head"), at("threads_head"), at("threads_main"),
-                  at("tstate_next"), at("current_frame"), at("native_thread_id"), *(int(x) for x in ds))
+    ds = w[2 + lay["debugger_support"] : 2 + lay["debugger_support"] + 6]
+    off = Offsets(version_hex, bool(free_threaded), at("interpreters_head"), at("threads_head"),
+                  at("threads_main"), at("tstate_next"), at("current_frame"),
+                  at("native_thread_id"), *(int(x) for x in ds))
     tstate_size = int(w[2 + lay["tstate_next"] - 2])  # thread_state.size precedes prev, next
-    sane = (off.pending == 0 and off.path == 4 and 256 <= off.path_size <= 65536
-            and max(off.eval_breaker, off.support, off.current_frame, off.native_thread_id, off.tstate_next) < tstate_size
-            and off.support + off.path + off.path_size <= tstate_size and 0 < off.enabled < 1 << 24)
+    sane = (
+        off.pending == 0
+        and off.path == 4
+        and 256 <= off.path_size <= 65536
+        and max(
+            off.eval_breaker, off.support, off.current_frame, off.native_thread_id, off.tstate_next
+        )
+        < tstate_size
+        and off.support + off.path + off.path_size <= tstate_size
+        and 0 < off.enabled < 1 << 24
+    )
     if not sane:
-        raise _refuse(target, "its debug-offsets table does not have the expected layout (a build introspect does not know)")
+        raise _refuse(
+            target,
+            "its debug-offsets table does not have the expected layout (a build introspect does "
+            "not know)",
+        )
     return off
 
 
@@ -133,19 +155,22 @@ def _i32(target: Target, addr: int) -> int:
 
 
 def disabled_refusal(target: Target) -> errors.InjectionFailed:
-    """The refusal for a target that turned remote debugging off (every method that would honour it)."""
+    """The refusal for a target that turned remote debugging off (every method that would honour
+    it)."""
     return errors.InjectionFailed(
         "the target has remote debugging disabled (started with PYTHON_DISABLE_REMOTE_DEBUG "
         "or -X disable-remote-debug, or built with --without-remote-debug)",
-        pid=target.pid, name=target.name,
+        pid=target.pid,
+        name=target.name,
         help="Use `--method ptrace` (one thread stopped for about a millisecond) or `--method gdb` "
-             "if you accept that the process is briefly stopped.")
+             "if you accept that the process is briefly stopped.",
+    )
 
 
 def remote_debug_disabled(target: Target) -> bool:
-    """Did the target turn remote debugging off (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug,
-    --without-remote-debug)? Read from its own interpreter state; False when that cannot be read
-    (an unknown layout: the injector that runs says what it finds)."""
+    """Did the target turn remote debugging off (PYTHON_DISABLE_REMOTE_DEBUG, -X
+    disable-remote-debug, --without-remote-debug)? Read from its own interpreter state; False when
+    that cannot be read (an unknown layout: the injector that runs says what it finds)."""
     try:
         runtime = runtime_address(target)
         off = read_offsets(target, runtime)
@@ -181,12 +206,13 @@ class OwnRemoteExecInjector:
         self.request: Request | None = None
         self.offsets: Offsets | None = None
         # May a request go to another thread when the main one is parked? Only where nothing else
-        # can run the agent (--method pep768): a thread takes the request wherever it checks its eval
-        # breaker, and CPython opens the script with the builtins of that frame's globals; inside a
-        # namedtuple's __new__ (a lambda whose __builtins__ is {}, common in gRPC's threads) that
-        # fails with KeyError('__import__') and CPython prints "Can't open debugger script" on the
-        # target's stderr (seen on 3.14 and 3.15). With ptrace at hand (auto), the request stays on
-        # the main thread and the parked-thread path runs the agent there after withdrawing it.
+        # can run the agent (--method pep768): a thread takes the request wherever it checks its
+        # eval breaker, and CPython opens the script with the builtins of that frame's globals;
+        # inside a namedtuple's __new__ (a lambda whose __builtins__ is {}, common in gRPC's
+        # threads) that fails with KeyError('__import__') and CPython prints "Can't open debugger
+        # script" on the target's stderr (seen on 3.14 and 3.15). With ptrace at hand (auto), the
+        # request stays on the main thread and the parked-thread path runs the agent there after
+        # withdrawing it.
         self.other_threads = other_threads
 
     def _threads(self, target: Target, off: Offsets, interp: int) -> list[tuple[int, int, int]]:
@@ -194,7 +220,9 @@ class OwnRemoteExecInjector:
         out: list[tuple[int, int, int]] = []
         ts = _ptr(target, interp + off.threads_head)
         while ts and len(out) < 4096:
-            out.append((ts, _ptr(target, ts + off.native_thread_id), _ptr(target, ts + off.current_frame)))
+            out.append(
+                (ts, _ptr(target, ts + off.native_thread_id), _ptr(target, ts + off.current_frame))
+            )
             ts = _ptr(target, ts + off.tstate_next)
         return out
 
@@ -211,7 +239,8 @@ class OwnRemoteExecInjector:
             if not parked:
                 return Request(main[0], main[1], "the main thread")
             if not self.other_threads:
-                return Request(main[0], main[1], "the main thread (parked: the parked-thread path runs the agent)")
+                return Request(main[0], main[1],
+                               "the main thread (parked: the parked-thread path runs the agent)")
         for ts, tid, frame in threads:
             if main is not None and ts == main[0] or not frame:
                 continue
@@ -219,7 +248,9 @@ class OwnRemoteExecInjector:
             # Running only: a thread in futex may wait for the GIL, or sit on a lock for minutes
             # (introspect trace's own timer thread does): a request given to it would not run.
             if state == "R":
-                return Request(ts, tid, f"thread {tid} (the main thread is parked in a system call)")
+                return Request(
+                    ts, tid, f"thread {tid} (the main thread is parked in a system call)"
+                )
         if main is None:
             raise _refuse(target, "it has no main thread state")
         return Request(main[0], main[1], "the main thread")
@@ -238,29 +269,39 @@ class OwnRemoteExecInjector:
                 raise disabled_refusal(target)
             path = boot_path.encode()
             if len(path) >= off.path_size:
-                raise _refuse(target, f"the script path is longer than its {off.path_size}-byte buffer")
+                raise _refuse(
+                    target, f"the script path is longer than its {off.path_size}-byte buffer"
+                )
             req = self.pick_thread(target, off, interp)
             support = req.tstate + off.support
             if _i32(target, support + off.pending):
-                raise errors.InjectionFailed("another remote-debugging request is pending in that thread",
-                                             pid=target.pid, name=target.name, help="Try again in a moment.")
+                raise errors.InjectionFailed(
+                    "another remote-debugging request is pending in that thread", pid=target.pid,
+                    name=target.name, help="Try again in a moment.",
+                )
             vm_write(target.pid, support + off.path, path + b"\0")
             vm_write(target.pid, support + off.pending, struct.pack("<i", 1))
             breaker = _ptr(target, req.tstate + off.eval_breaker)
-            vm_write(target.pid, req.tstate + off.eval_breaker, struct.pack("<Q", breaker | PLEASE_STOP_BIT))
+            vm_write(target.pid, req.tstate + off.eval_breaker,
+                     struct.pack("<Q", breaker | PLEASE_STOP_BIT))
         except (LookupError, ValueError) as exc:
             raise _refuse(target, str(exc)) from None
         except PermissionError:
             raise explain_ptrace_denied(target) from None
         except ProcessLookupError:
-            raise errors.TargetExited("the process exited", pid=target.pid, name=target.name) from None
+            raise errors.TargetExited(
+                "the process exited", pid=target.pid, name=target.name
+            ) from None
         except OSError as exc:
             raise _refuse(target, f"reading or writing its memory failed: {exc}") from None
         self.request, self.offsets = req, off
-        return Injection("pep768", 0.0, f"remote-debugging request (our own PEP 768 client) on {req.where}")
+        return Injection(
+            "pep768", 0.0, f"remote-debugging request (our own PEP 768 client) on {req.where}"
+        )
 
     def withdraw(self, target: Target) -> bool:
-        """Take back a request the target has not taken yet (the CLI gives up). True if withdrawn."""
+        """Take back a request the target has not taken yet (the CLI gives up). True if
+        withdrawn."""
         req, off = self.request, self.offsets
         if req is None or off is None:
             return False

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections.abc import Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-# STT_FUNC only: an STT_GNU_IFUNC symbol's address is its resolver, which must never be called as it.
+from introspect.maps import Mapping
+
+# STT_FUNC only: an STT_GNU_IFUNC symbol's address is its resolver, which must never be called as
+# it.
 _STT_FUNC = 2
 
 
@@ -35,7 +39,9 @@ def _dynsyms(path: str, _stat_key: tuple[int, int, float]) -> tuple[dict[str, in
             if not isinstance(sec, SymbolTableSection):
                 continue
             strtab = elf.get_section(sec["sh_link"]).data()
-            for st_name, st_info, _other, _shndx, st_value, _size in struct.iter_unpack("<IBBHQQ", sec.data()):
+            for st_name, st_info, _other, _shndx, st_value, _size in struct.iter_unpack(
+                "<IBBHQQ", sec.data()
+            ):
                 if st_value and (st_info & 0xF) == _STT_FUNC:
                     end = strtab.find(b"\0", st_name)
                     sym = strtab[st_name:end].decode("ascii", "replace")
@@ -56,11 +62,9 @@ def exports(path: str, name: str) -> bool:
         return False
 
 
-def resolve(pid: int, mappings: list[object] | tuple[object, ...], path: str, names: list[str]) -> dict[str, int]:
+def resolve(pid: int, mappings: Sequence[Mapping], path: str, names: list[str]) -> dict[str, int]:
     """Runtime addresses of ``names`` exported by ``path`` (a mapped file, target's view)."""
-    from introspect.target import Mapping
-
-    maps = [m for m in mappings if isinstance(m, Mapping) and m.path == path]
+    maps = [m for m in mappings if m.path == path]
     if not maps:
         raise LookupError(f"{path} is not mapped in process {pid}")
     base_map = min((m for m in maps if m.offset == 0), key=lambda m: m.start, default=None)

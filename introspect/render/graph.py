@@ -22,9 +22,11 @@ FORMATS = ("svg", "png", "dot")
 
 
 def to_dot(graph: dict[str, Any], title: str) -> graphviz.Digraph:
-    dot = graphviz.Digraph("backrefs", graph_attr={"rankdir": "TB", "label": title, "labelloc": "t", "fontsize": "12"},
-                           node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"},
-                           edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    dot = graphviz.Digraph(
+        "backrefs", graph_attr={"rankdir": "TB", "label": title, "labelloc": "t", "fontsize": "12"},
+        node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "9"},
+    )
     roles = {n["id"]: n.get("role", "path") for n in graph.get("nodes", [])}
     shown: dict[str, int] = {}
     folded: dict[str, int] = {}
@@ -38,7 +40,8 @@ def to_dot(graph: dict[str, Any], title: str) -> graphviz.Digraph:
     for node in graph.get("nodes", []):
         if node["id"] in hidden:
             continue
-        dot.node(node["id"], node["label"], fillcolor=COLORS.get(node.get("role", "path"), COLORS["path"]),
+        dot.node(node["id"], node["label"],
+                 fillcolor=COLORS.get(node.get("role", "path"), COLORS["path"]),
                  penwidth="2" if node.get("role") in ("target", "holder") else "1")
     for edge in graph.get("edges", []):
         if edge["dst"] not in hidden:
@@ -49,17 +52,22 @@ def to_dot(graph: dict[str, Any], title: str) -> graphviz.Digraph:
     return dot
 
 
-def write_graph(out: OutputDir, stem: str, graph: dict[str, Any], title: str, fmt: str) -> dict[str, str]:
+def write_graph(
+    out: OutputDir, stem: str, graph: dict[str, Any], title: str, fmt: str
+) -> dict[str, str]:
     """Write ``stem.dot`` and, when `dot` exists, ``stem.<fmt>``; return the paths written."""
     dot = to_dot(graph, title)
     paths = {"dot": str(out.write_text(f"{stem}.dot", dot.source))}
     if fmt != "dot":
         if shutil.which("dot") is None:
-            paths["note"] = f"Graphviz `dot` is not installed: only {stem}.dot was written (apt-get install graphviz)"
+            paths["note"] = (
+                f"Graphviz `dot` is not installed: only {stem}.dot was written (apt-get install "
+                "graphviz)"
+            )
         else:
             try:
-                data = subprocess.run(["dot", f"-T{fmt}"], input=dot.source.encode(), capture_output=True,
-                                      check=True, timeout=60).stdout
+                data = subprocess.run(["dot", f"-T{fmt}"], input=dot.source.encode(),
+                                      capture_output=True, check=True, timeout=60).stdout
                 paths[fmt] = str(out.write_bytes(f"{stem}.{fmt}", data))
             except (subprocess.SubprocessError, OSError) as exc:
                 paths["note"] = f"dot failed: {exc}"

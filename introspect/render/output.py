@@ -15,7 +15,8 @@ from introspect import errors
 
 
 class OutputDir:
-    """``-o DIR`` or a new ``introspect-<cmd>-<pid>-<time>/``; checked writable *before* we touch the target."""
+    """``-o DIR`` or a new ``introspect-<cmd>-<pid>-<time>/``; checked writable *before* we touch
+    the target."""
 
     def __init__(self, command: str, pid: int | str, requested: str | None) -> None:
         self.command = command

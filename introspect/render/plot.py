@@ -27,7 +27,8 @@ BARS = "▁▂▃▄▅▆▇█"
 
 
 def nice_ticks(lo: float, hi: float, want: int = 6) -> list[float]:
-    """Round tick values covering [lo, hi], about ``want`` of them (1, 2, 2.5 or 5 times a power of 10).
+    """Round tick values covering [lo, hi], about ``want`` of them (1, 2, 2.5 or 5 times a power of
+    10).
 
     >>> nice_ticks(0, 100)
     [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
@@ -63,8 +64,8 @@ PART_COLOURS = ("#009E73", "#D55E00", "#CC79A7", "#999999")
 def part_values(mem: Mapping[str, Any]) -> dict[str, int]:
     """A breakdown's figures grouped as the chart shows them (unmeasured ones as 0).
 
-    >>> part_values({"python_objects": 5, "pymalloc": {"free": 1}, "malloc": {"free": 2}, "native": 3,
-    ...              "stacks": 1, "other": None})
+    >>> part_values({"python_objects": 5, "pymalloc": {"free": 1}, "malloc": {"free": 2},
+    ...              "native": 3, "stacks": 1, "other": None})
     {'python_objects': 5, 'allocator_free': 3, 'native': 3, 'rest': 1}
     """
     py = mem.get("pymalloc") or {}
@@ -75,8 +76,9 @@ def part_values(mem: Mapping[str, Any]) -> dict[str, int]:
             "rest": int(mem.get("stacks") or 0) + int(mem.get("other") or 0)}
 
 
-def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float | None]]], trend: Trend | None,
-               title: str, parts: Sequence[tuple[float, Mapping[str, Any]]] | None = None) -> str:
+def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float | None]]],
+               trend: Trend | None, title: str,
+               parts: Sequence[tuple[float, Mapping[str, Any]]] | None = None) -> str:
     """The chart as an SVG document. ``series`` are (label, bytes per sample) pairs drawn in order,
     the first one the series the trend was fitted to; a None value leaves a gap.
 
@@ -101,7 +103,10 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
         stacked = [(stacked[0][0] - half, stacked[0][1]), (stacked[0][0] + half, stacked[0][1])]
     lines_mb: list[tuple[float, float]] = []
     if trend is not None and len(ts) >= 2:
-        lines_mb = [(x, (trend.slope_bytes_per_s * t + trend.intercept) / MIB) for x, t in ((xs[0], ts[0]), (xs[-1], ts[-1]))]
+        lines_mb = [
+            (x, (trend.slope_bytes_per_s * t + trend.intercept) / MIB)
+            for x, t in ((xs[0], ts[0]), (xs[-1], ts[-1]))
+        ]
         values += [y for _, y in lines_mb]
     ylo, yhi = (min(values), max(values)) if values else (0.0, 1.0)
     yticks = nice_ticks(ylo, yhi)
@@ -116,26 +121,45 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
     def py(y: float) -> float:
         return TOP + ph - (y - y0) / ((y1 - y0) or 1) * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-           f'<text x="{WIDTH / 2:.0f}" y="22" text-anchor="middle" font-size="12">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<text x="{WIDTH / 2:.0f}" y="22" text-anchor="middle" font-size="12">'
+        f"{escape(title)}</text>",
+    ]
     for y in yticks:
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#ddd"/>')
+        out.append(
+            f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#ddd"/>'
+        )
         out.append(f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
     for x in xticks:
-        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#eee"/>')
-        out.append(f'<text x="{px(x):.1f}" y="{TOP + ph + 16}" text-anchor="middle">{_fmt(x)}</text>')
+        out.append(
+            f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#eee"/>'
+        )
+        out.append(
+            f'<text x="{px(x):.1f}" y="{TOP + ph + 16}" text-anchor="middle">{_fmt(x)}</text>'
+        )
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
-    out.append(f'<text x="{LEFT + pw / 2:.0f}" y="{HEIGHT - 12}" text-anchor="middle">time ({unit})</text>')
-    out.append(f'<text transform="translate(16 {TOP + ph / 2:.0f}) rotate(-90)" text-anchor="middle">MB (MiB)</text>')
+    out.append(
+        f'<text x="{LEFT + pw / 2:.0f}" y="{HEIGHT - 12}" text-anchor="middle">time ({unit})</text>'
+    )
+    out.append(
+        f'<text transform="translate(16 {TOP + ph / 2:.0f}) rotate(-90)" text-anchor="middle">'
+        "MB (MiB)</text>"
+    )
     legend: list[tuple[str, str, str]] = []
     for k, (_, label) in enumerate(PARTS if stacked else ()):
         top = [f"{px(x):.1f},{py(cum[k]):.1f}" for x, cum in stacked]
         bottom = [f"{px(x):.1f},{py(cum[k - 1] if k else y0):.1f}" for x, cum in reversed(stacked)]
-        out.append(f'<polygon fill="{PART_COLOURS[k]}" fill-opacity="0.35" stroke="none" '
-                   f'points="{" ".join(top + bottom)}"/>')
-        legend.append((label + (" (at the forked looks)" if k == 0 else ""), PART_COLOURS[k], ' stroke-width="8"'))
+        out.append(
+            f'<polygon fill="{PART_COLOURS[k]}" fill-opacity="0.35" stroke="none" '
+            f'points="{" ".join(top + bottom)}"/>'
+        )
+        legend.append(
+            (label + (" (at the forked looks)" if k == 0 else ""), PART_COLOURS[k],
+             ' stroke-width="8"')
+        )
     for i, (label, vs) in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         run: list[str] = []
@@ -150,21 +174,33 @@ def memory_svg(ts: Sequence[float], series: Sequence[tuple[str, Sequence[float |
         if run:
             runs.append(run)
         for r in runs:
-            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(r)}"/>')
+            out.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
+                f'points="{" ".join(r)}"/>'
+            )
         legend.append((label, colour, ""))
     if lines_mb:
         (ax, ay), (bx, by) = lines_mb
-        out.append(f'<line x1="{px(ax):.1f}" y1="{py(ay):.1f}" x2="{px(bx):.1f}" y2="{py(by):.1f}" '
-                   'stroke="black" stroke-width="1.5" stroke-dasharray="6 4"/>')
+        out.append(
+            f'<line x1="{px(ax):.1f}" y1="{py(ay):.1f}" x2="{px(bx):.1f}" y2="{py(by):.1f}" '
+            'stroke="black" stroke-width="1.5" stroke-dasharray="6 4"/>'
+        )
         assert trend is not None
-        legend.append((f"trend {trend.slope_mb_per_hour:+,.1f} MB/hour", "black", ' stroke-dasharray="6 4"'))
+        legend.append(
+            (f"trend {trend.slope_mb_per_hour:+,.1f} MB/hour", "black", ' stroke-dasharray="6 4"')
+        )
     width = 48 + 6.5 * max((len(label) for label, _, _ in legend), default=0)
-    out.append(f'<rect x="{LEFT + 4}" y="{TOP + 2}" width="{width:.0f}" height="{16 * len(legend) + 4}" '
-               'fill="white" fill-opacity="0.85" stroke="#ccc"/>')
+    out.append(
+        f'<rect x="{LEFT + 4}" y="{TOP + 2}" width="{width:.0f}" height="{16 * len(legend) + 4}" '
+        'fill="white" fill-opacity="0.85" stroke="#ccc"/>'
+    )
     for i, (label, colour, dash) in enumerate(legend):
         y = TOP + 14 + i * 16
         width_attr = "" if "stroke-width" in dash else ' stroke-width="2"'
-        out.append(f'<line x1="{LEFT + 10}" x2="{LEFT + 34}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}"{width_attr}{dash}/>')
+        out.append(
+            f'<line x1="{LEFT + 10}" x2="{LEFT + 34}" y1="{y - 4}" y2="{y - 4}" '
+            f'stroke="{colour}"{width_attr}{dash}/>'
+        )
         out.append(f'<text x="{LEFT + 40}" y="{y}">{escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -184,7 +220,7 @@ def sparkline(values: Sequence[float], width: int = 60, ascii_only: bool = False
     n = len(values)
     for i in range(min(width, n)):
         a, b = i * n // min(width, n), (i + 1) * n // min(width, n)
-        chunk = values[a:max(b, a + 1)]
+        chunk = values[a : max(b, a + 1)]
         cells.append(sum(chunk) / len(chunk))
     lo, hi = min(cells), max(cells)
     bars = "_.-=+*#@" if ascii_only else BARS
@@ -193,8 +229,8 @@ def sparkline(values: Sequence[float], width: int = 60, ascii_only: bool = False
     return "".join(bars[min(len(bars) - 1, int((c - lo) / (hi - lo) * len(bars)))] for c in cells)
 
 
-def memory_png(ts: Sequence[float], rss: Sequence[int], uss: Sequence[int | None], trend: Trend, title: str,
-               rss_label: str = "RSS") -> bytes:
+def memory_png(ts: Sequence[float], rss: Sequence[int], uss: Sequence[int | None], trend: Trend,
+               title: str, rss_label: str = "RSS") -> bytes:
     """The plot as PNG bytes. Raises ImportError when matplotlib is missing (the caller says so)."""
     import logging
 
@@ -210,7 +246,9 @@ def memory_png(ts: Sequence[float], rss: Sequence[int], uss: Sequence[int | None
     ax = fig.add_subplot()
     ax.plot(xs, [v / MIB for v in rss], marker=".", markersize=3, linewidth=1, label=rss_label)
     if uss and all(u is not None for u in uss):
-        ax.plot(xs, [(u or 0) / MIB for u in uss], marker=".", markersize=3, linewidth=1, label="USS")
+        ax.plot(
+            xs, [(u or 0) / MIB for u in uss], marker=".", markersize=3, linewidth=1, label="USS"
+        )
     if len(ts) >= 2:
         line = [(trend.slope_bytes_per_s * t + trend.intercept) / MIB for t in (ts[0], ts[-1])]
         ax.plot([xs[0], xs[-1]], line, linestyle="--", linewidth=1.5, color="black",

@@ -13,14 +13,18 @@ from introspect import errors
 
 
 def state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, "introspect")
 
 
 def _path(pid: int, create_time: float, kind: str = "") -> str:
     """``kind`` "" for forked snapshots' looks (every object), "inproc" for in-process counts
     (gc-tracked objects only): two kinds of counts, never compared with each other."""
-    return os.path.join(state_dir(), f"growth-{kind + '-' if kind else ''}{pid}-{int(create_time * 100)}.json")
+    return os.path.join(
+        state_dir(), f"growth-{kind + '-' if kind else ''}{pid}-{int(create_time * 100)}.json"
+    )
 
 
 def load(pid: int, create_time: float, kind: str = "") -> dict[str, Any] | None:
@@ -47,7 +51,9 @@ def save(pid: int, create_time: float, doc: dict[str, Any], kind: str = "") -> s
             os.unlink(tmp)
             raise
     except OSError as exc:
-        raise errors.OutputError(f"cannot keep the growth baseline in {d}: {exc.strerror or exc}",
-                                 help="Make that directory writable, or point XDG_STATE_HOME at one that is, "
-                                      "and run it again.") from None
+        raise errors.OutputError(
+            f"cannot keep the growth baseline in {d}: {exc.strerror or exc}",
+            help="Make that directory writable, or point XDG_STATE_HOME at one that is, and run it "
+                 "again.",
+        ) from None
     return path

@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from introspect.snapshot.heap import CONTAINERS, Counter_, Heap, Labeler, Namer, _items, describe, is_data_dict
+from introspect.snapshot.heap import (
+    CONTAINERS,
+    Counter_,
+    Heap,
+    Labeler,
+    Namer,
+    _items,
+    describe,
+    is_data_dict,
+)
 from introspect.snapshot.views import Holder, Look, match_key
 
 SHARE = 0.10  # a holder retaining this share of the Python heap is a suspect (MAT: 10 %)
@@ -51,7 +60,7 @@ class DominatorChildren:
         return DominatorChildren(starts, kids)
 
     def __call__(self, pos: int) -> np.ndarray:
-        return self.kids[self.starts[pos]:self.starts[pos + 1]]
+        return self.kids[self.starts[pos] : self.starts[pos + 1]]
 
 
 def _is_collection(heap: Heap, pos: int, label: Labeler) -> bool:
@@ -70,8 +79,9 @@ def _is_collection(heap: Heap, pos: int, label: Labeler) -> bool:
     return True
 
 
-def accumulation_points(heap: Heap, children: DominatorChildren, pos: int, floor: int, label: Labeler,
-                        depth: int = 0) -> list[int]:
+def accumulation_points(
+    heap: Heap, children: DominatorChildren, pos: int, floor: int, label: Labeler, depth: int = 0
+) -> list[int]:
     """Where the memory ``pos`` retains accumulates (see the module's docstring)."""
     retained = heap.retained
     while True:
@@ -98,8 +108,8 @@ def _key(label: str) -> str:
 
 
 def shape(heap: Heap, pos: int, label: Labeler) -> dict[str, Any]:
-    """What the collection at ``pos`` holds: its items' commonest type, how many, and for a sample of
-    them what each key or attribute holds (type, and average size where sizes vary)."""
+    """What the collection at ``pos`` holds: its items' commonest type, how many, and for a sample
+    of them what each key or attribute holds (type, and average size where sizes vary)."""
     snap = heap.snap
     items = snap.referents(pos)
     container = snap.type_name(pos)
@@ -137,9 +147,14 @@ def shape(heap: Heap, pos: int, label: Labeler) -> dict[str, Any]:
     for lab, types in sorted(fields.items(), key=lambda kv: -sum(kv[1].values()))[:6]:
         t = types.most_common(1)[0][0]
         avg = sum(sizes[lab]) / len(sizes[lab])
-        rows.append({"field": _key(lab) if lab.startswith("[") else lab, "type": t, "avg_bytes": round(avg)})
-    spelled = ", ".join(f"{r['field']}: {r['type']}" + (f" ({_size(r['avg_bytes'])})" if r["type"] in VARIABLE else "")
-                        for r in rows)
+        rows.append(
+            {"field": _key(lab) if lab.startswith("[") else lab, "type": t, "avg_bytes": round(avg)}
+        )
+    spelled = ", ".join(
+        f"{r['field']}: {r['type']}"
+        + (f" ({_size(r['avg_bytes'])})" if r["type"] in VARIABLE else "")
+        for r in rows
+    )
     n_items = count[item_type]
     text = f"{container} of {n_items:,} × {item_type}" + (f" {{{spelled}}}" if spelled else "")
     others = len(names) - n_items
@@ -156,8 +171,9 @@ def _size(n: float) -> str:
     return f"{n:,.0f} B"
 
 
-def _growth(path: str, retained: int, items: int, previous: Look | None, dt: float,
-            holder_limit: int) -> dict[str, Any] | None:
+def _growth(
+    path: str, retained: int, items: int, previous: Look | None, dt: float, holder_limit: int
+) -> dict[str, Any] | None:
     """The change of the holder at ``path`` since ``previous``. A holder the previous look did not
     list was smaller then than every holder it listed (or under 1 KiB when it listed fewer than
     ``holder_limit``): its growth is a lower bound and says so (``new``)."""
@@ -170,19 +186,21 @@ def _growth(path: str, retained: int, items: int, previous: Look | None, dt: flo
         before_items, before_bytes = before[match_key(path)]
         d_bytes, d_items = retained - before_bytes, items - before_items
         return {"retained_bytes": d_bytes, "items": d_items, "seconds": round(dt, 3), "new": False,
-                "bytes_per_minute": round(d_bytes * per_min), "items_per_minute": round(d_items * per_min, 1)}
+                "bytes_per_minute": round(d_bytes * per_min),
+                "items_per_minute": round(d_items * per_min, 1)}
     if path.startswith(("held from C", "immortal")):
         return None  # such paths name no single holder (two can share one): nothing to compare
     listed = [b for _, b in previous.holders.values()]
     under = min(listed) if len(listed) >= holder_limit else 1024
     d_bytes = max(0, retained - under)
-    return {"retained_bytes": d_bytes, "items": None, "seconds": round(dt, 3), "new": True, "under_bytes": under,
-            "bytes_per_minute": round(d_bytes * per_min), "items_per_minute": None}
+    return {"retained_bytes": d_bytes, "items": None, "seconds": round(dt, 3), "new": True,
+            "under_bytes": under, "bytes_per_minute": round(d_bytes * per_min),
+            "items_per_minute": None}
 
 
-def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (), previous: Look | None = None,
-             now: float | None = None, holder_limit: int = 50, count: Counter_ | None = None,
-             preview: Namer | None = None) -> list[dict[str, Any]]:
+def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (),
+             previous: Look | None = None, now: float | None = None, holder_limit: int = 50,
+             count: Counter_ | None = None, preview: Namer | None = None) -> list[dict[str, Any]]:
     """The leak suspects, most important first (growth first, then retained bytes); [] when nothing
     qualifies. ``holders``: this look's named holders, compared with ``previous`` (the look before,
     which listed up to ``holder_limit`` holders) by path. ``preview`` (``--values``): the walker's
@@ -203,7 +221,9 @@ def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (), previou
             g = _growth(h.path, h.retained_bytes, h.items, previous, dt, holder_limit)
             if g is None or g["retained_bytes"] < MIN_GROWTH:
                 continue
-            for p in accumulation_points(heap, children, h.pos, max(MIN_GROWTH, h.retained_bytes // 10), label):
+            for p in accumulation_points(
+                heap, children, h.pos, max(MIN_GROWTH, h.retained_bytes // 10), label
+            ):
                 if _is_collection(heap, p, label):
                     points.setdefault(p, "grew")
     if not points:
@@ -215,17 +235,27 @@ def suspects(heap: Heap, label: Labeler, holders: Sequence[Holder] = (), previou
     out: list[dict[str, Any]] = []
     k = 0
     for p, path, n_items in zip(chosen, paths, counted):
-        labs = flat[k:k + len(path) - 1]
+        labs = flat[k : k + len(path) - 1]
         k += len(path) - 1
         text = describe(heap, path, labs)
         items = n_items if n_items >= 0 else _items(snap, p)
         growth = _growth(text, int(heap.retained[p]), items, previous, dt, holder_limit)
         if points[p] == "grew" and (growth is None or growth["retained_bytes"] < MIN_GROWTH):
             continue
-        out.append({"_pos": p, "path": text, "type": snap.type_name(p), "items": items,
-                    "retained_bytes": int(heap.retained[p]), "share": round(int(heap.retained[p]) / total, 4),
-                    "why": points[p], "growth": growth,
-                    "accumulation_point": {"path": text, "type": snap.type_name(p), "shape": shape(heap, p, label)}})
+        out.append(
+            {
+                "_pos": p,
+                "path": text,
+                "type": snap.type_name(p),
+                "items": items,
+                "retained_bytes": int(heap.retained[p]),
+                "share": round(int(heap.retained[p]) / total, 4),
+                "why": points[p],
+                "growth": growth,
+                "accumulation_point": {"path": text, "type": snap.type_name(p),
+                                       "shape": shape(heap, p, label)},
+            }
+        )
     out.sort(key=lambda s: (-(s["growth"] or {}).get("retained_bytes", 0), -s["retained_bytes"]))
     out = out[:MAX_SUSPECTS]
     if preview is not None and out:
@@ -246,21 +276,33 @@ def suspect_lines(found: list[dict[str, Any]]) -> list[str]:
         g = s["growth"]
         grew = ""
         if g is not None and g["new"]:
-            grew = f"; new since the look {g['seconds']:.1f} s before (under {_size(g['under_bytes'])} then)"
+            grew = (
+                f"; new since the look {g['seconds']:.1f} s before "
+                f"(under {_size(g['under_bytes'])} then)"
+            )
         elif g is not None and g["retained_bytes"]:
-            grew = (f"; {g['items']:+,} items, {'+' if g['retained_bytes'] >= 0 else '-'}"
-                    f"{_size(abs(g['retained_bytes']))} in {g['seconds']:.1f} s")
+            grew = (
+                f"; {g['items']:+,} items, {'+' if g['retained_bytes'] >= 0 else '-'}"
+                f"{_size(abs(g['retained_bytes']))} in {g['seconds']:.1f} s"
+            )
             if g["seconds"] > 0:
-                grew += f" ({'+' if g['bytes_per_minute'] >= 0 else '-'}{_size(abs(g['bytes_per_minute']))}/min)"
-        lines.append(f"  {i}. {s['path']} ({s['type']}: {s['items']:,} items) retains {_size(s['retained_bytes'])}, "
-                     f"{s['share']:.0%} of the Python heap{grew}")
+                grew += (
+                    f" ({'+' if g['bytes_per_minute'] >= 0 else '-'}"
+                    f"{_size(abs(g['bytes_per_minute']))}/min)"
+                )
+        lines.append(
+            f"  {i}. {s['path']} ({s['type']}: {s['items']:,} items) retains "
+            f"{_size(s['retained_bytes'])}, {s['share']:.0%} of the Python heap{grew}"
+        )
         lines.append(f"     accumulates: {s['accumulation_point']['shape']['text']}")
         if s["accumulation_point"].get("values"):
             lines.append(f"     values: {s['accumulation_point']['values']}")
     return lines
 
 
-def waste(heap: Heap, label: Labeler, duplicates: list[list[Any]], preview: Namer | None = None) -> dict[str, Any]:
+def waste(
+    heap: Heap, label: Labeler, duplicates: list[list[Any]], preview: Namer | None = None
+) -> dict[str, Any]:
     """Duplicate str/bytes values (what one copy each would save, and where the copies are held)
     and containers holding nothing (MAT's "group by value" and "collection fill ratio")."""
     snap = heap.snap
@@ -274,14 +316,20 @@ def waste(heap: Heap, label: Labeler, duplicates: list[list[Any]], preview: Name
     k = 0
     for h in wanted:
         n = len(paths[h]) - 1
-        named[h] = describe(heap, paths[h], flat[k:k + n]) + f" ({snap.type_name(h)})"
+        named[h] = describe(heap, paths[h], flat[k : k + n]) + f" ({snap.type_name(h)})"
         k += n
-    texts = preview([int(d[4][0]) for d in duplicates]) if preview is not None and duplicates else []
+    texts = (
+        preview([int(d[4][0]) for d in duplicates]) if preview is not None and duplicates else []
+    )
     for i, d in enumerate(duplicates):
-        kind, length, copies, one, where = str(d[0]), int(d[1]), int(d[2]), int(d[3]), [int(q) for q in d[4]]
-        held = Counter(named.get(holders.get(q, -1), "not reachable from a root") for q in where if q < snap.n)
+        kind, length, copies, one, where = (str(d[0]), int(d[1]), int(d[2]), int(d[3]),
+                                            [int(q) for q in d[4]])
+        held = Counter(
+            named.get(holders.get(q, -1), "not reachable from a root") for q in where if q < snap.n
+        )
         row: dict[str, Any] = {"type": kind, "length": length, "copies": copies, "bytes_each": one,
-                               "wasted_bytes": (copies - 1) * one, "held_by": [p for p, _ in held.most_common(3)]}
+                               "wasted_bytes": (copies - 1) * one,
+                               "held_by": [p for p, _ in held.most_common(3)]}
         if texts:
             row["preview"] = texts[i]
         rows.append(row)
@@ -291,7 +339,9 @@ def waste(heap: Heap, label: Labeler, duplicates: list[list[Any]], preview: Name
         tids = [i for i, t in enumerate(snap.types) if t == name]
         mask = np.isin(snap.type_of, tids) & (counts == 0) & heap.reachable
         if mask.any():
-            empty.append({"type": name, "count": int(mask.sum()), "bytes": int(snap.size[mask].sum())})
+            empty.append(
+                {"type": name, "count": int(mask.sum()), "bytes": int(snap.size[mask].sum())}
+            )
     return {"duplicates": rows, "empty": empty}
 
 
@@ -303,7 +353,10 @@ def waste_lines(w: dict[str, Any]) -> list[str]:
         for r in w["duplicates"][:15]:
             held = "; ".join(r["held_by"]) or "?"
             prev = f" {r['preview']}" if r.get("preview") else ""
-            lines.append(f"  {r['copies']:,} × {r['type']} of {r['length']:,}{prev}: {_size(r['wasted_bytes'])} wasted, held by {held}")
+            lines.append(
+                f"  {r['copies']:,} × {r['type']} of {r['length']:,}{prev}: "
+                f"{_size(r['wasted_bytes'])} wasted, held by {held}"
+            )
     else:
         lines.append("no duplicate str/bytes values of 8 or more characters")
     for e in w["empty"]:

@@ -56,8 +56,9 @@ def _unique(holders: list[Holder]) -> dict[str, Holder]:
     return {h.path: h for h in holders if seen[h.path] == 1}
 
 
-def look_of(t: float, rows: dict[str, TypeRow], holders: list[Holder],
-            garbage: dict[str, Any] | None = None) -> Look:
+def look_of(
+    t: float, rows: dict[str, TypeRow], holders: list[Holder], garbage: dict[str, Any] | None = None
+) -> Look:
     return Look(t, {r.type: [r.count, r.bytes] for r in rows.values()},
                 {p: [h.items, h.retained_bytes] for p, h in _unique(holders).items()},
                 None if garbage is None else [int(garbage["objects"]), int(garbage["bytes"])])
@@ -73,10 +74,16 @@ def type_docs(rows: dict[str, TypeRow], by: str, limit: int) -> list[dict[str, A
     ranked = sorted(rows.values(), key=key)
     if limit > 0:
         ranked = ranked[:limit]
-    return [{"type": r.type, "count": r.count, "tracked": r.tracked, "untracked": r.untracked, "bytes": r.bytes} for r in ranked]
+    return [
+        {"type": r.type, "count": r.count, "tracked": r.tracked, "untracked": r.untracked,
+         "bytes": r.bytes}
+        for r in ranked
+    ]
 
 
-def growth_docs(rows: dict[str, TypeRow], previous: Look, baseline: Look, limit: int) -> list[dict[str, Any]]:
+def growth_docs(
+    rows: dict[str, TypeRow], previous: Look, baseline: Look, limit: int
+) -> list[dict[str, Any]]:
     """Per type: count, split, bytes, signed change since the previous look and the baseline.
     Changed types only, biggest change of count first, then of bytes.
 
@@ -91,8 +98,10 @@ def growth_docs(rows: dict[str, TypeRow], previous: Look, baseline: Look, limit:
         count, nbytes = (r.count, r.bytes) if r else (0, 0)
         pc, pb = previous.types.get(name, [0, 0])
         bc, _bb = baseline.types.get(name, [0, 0])
-        doc: dict[str, Any] = {"type": name, "count": count, "tracked": r.tracked if r else 0, "untracked": r.untracked if r else 0,
-               "bytes": nbytes, "delta": count - pc, "since_baseline": count - bc, "bytes_delta": nbytes - pb}
+        doc: dict[str, Any] = {"type": name, "count": count, "tracked": r.tracked if r else 0,
+                               "untracked": r.untracked if r else 0, "bytes": nbytes,
+                               "delta": count - pc, "since_baseline": count - bc,
+                               "bytes_delta": nbytes - pb}
         if doc["delta"] or doc["since_baseline"] or doc["bytes_delta"]:
             out.append(doc)
     out.sort(key=lambda d: (-abs(d["delta"]), -d["delta"], -abs(d["bytes_delta"]), d["type"]))
@@ -132,37 +141,46 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
     whose bytes dipped must not fall below constant tables). Without a previous look: biggest
     retained first, and matched/grew are None.
 
-    >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000), Holder(2, "module m .x", "dict", 5, 9000),
+    >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000),
+    ...      Holder(2, "module m .x", "dict", 5, 9000),
     ...      Holder(3, "module m .TABLE", "tuple", 128, 21_000)]
-    >>> before = Look(0, {}, {"module __main__ .store": [10, 1000], "module m .TABLE": [128, 20_000]})
+    >>> before = Look(0, {}, {"module __main__ .store": [10, 1000],
+    ...                       "module m .TABLE": [128, 20_000]})
     >>> [(d["path"], d["items_delta"], d["matched"], d["grew"]) for d in holder_docs(h, before)]
-    [('module __main__ .store', 20, True, True), ('module m .TABLE', 0, True, False), ('module m .x', None, False, False)]
+    [('module __main__ .store', 20, True, True), ('module m .TABLE', 0, True, False),
+     ('module m .x', None, False, False)]
     """
     out: list[dict[str, Any]] = []
     unique = _unique(holders)
     before = {match_key(p): v for p, v in previous.holders.items()} if previous is not None else {}
     for h in holders:
         prev = before.get(match_key(h.path)) if previous is not None and h.path in unique else None
-        doc: dict[str, Any] = {"path": h.path, "type": h.type, "items": h.items,
-                               "items_delta": h.items - prev[0] if prev else None,
-                               "retained_bytes": h.retained_bytes,
-                               "retained_delta": h.retained_bytes - prev[1] if prev else None,
-                               # None: nothing to compare with, or a path several holders share
-                               "matched": (None if previous is None or h.path not in unique
-                                           else prev is not None),
-                               "grew": None}
+        doc: dict[str, Any] = {
+            "path": h.path,
+            "type": h.type,
+            "items": h.items,
+            "items_delta": h.items - prev[0] if prev else None,
+            "retained_bytes": h.retained_bytes,
+            "retained_delta": h.retained_bytes - prev[1] if prev else None,
+            # None: nothing to compare with, or a path several holders share
+            "matched": (None if previous is None or h.path not in unique else prev is not None),
+            "grew": None,
+        }
         if prev is not None:
             rd = doc["retained_delta"]
-            doc["grew"] = doc["items_delta"] > 0 or (rd >= GREW_MIN_BYTES
-                                                     and rd >= GREW_MIN_SHARE * prev[1])
+            doc["grew"] = doc["items_delta"] > 0 or (
+                rd >= GREW_MIN_BYTES and rd >= GREW_MIN_SHARE * prev[1]
+            )
         elif doc["matched"] is False:
             doc["grew"] = False
         out.append(doc)
     if previous is not None:
         # growers by how much they grew; the rest by what they retain (a holder at its cap whose
         # bytes dipped is not less worth listing than a constant table)
-        out.sort(key=lambda d: (not d["grew"], not d["matched"], anonymous(d["path"]),
-                                -(d["retained_delta"] or 0) if d["grew"] else 0, -d["retained_bytes"]))
+        out.sort(
+            key=lambda d: (not d["grew"], not d["matched"], anonymous(d["path"]),
+                           -(d["retained_delta"] or 0) if d["grew"] else 0, -d["retained_bytes"])
+        )
     else:  # named roots first: "held from C (dict)" says little a person can act on
         out.sort(key=lambda d: (anonymous(d["path"]), -d["retained_bytes"]))
     return out
@@ -183,9 +201,10 @@ def anonymous(path: str) -> bool:
 def fold_anonymous(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
     """The holders to list one by one, and one line for the anonymous ones that did not grow.
 
-    >>> rows = [{"path": "module m .x", "type": "dict", "retained_bytes": 9000, "grew": None},
-    ...         {"path": "held from C (dict)", "type": "dict", "retained_bytes": 3000, "grew": None},
-    ...         {"path": "held from C (list)", "type": "list", "retained_bytes": 1000, "grew": None}]
+    >>> rows = [
+    ...     {"path": "module m .x", "type": "dict", "retained_bytes": 9000, "grew": None},
+    ...     {"path": "held from C (dict)", "type": "dict", "retained_bytes": 3000, "grew": None},
+    ...     {"path": "held from C (list)", "type": "list", "retained_bytes": 1000, "grew": None}]
     >>> keep, line = fold_anonymous(rows)
     >>> [d["path"] for d in keep], line
     (['module m .x'], '2 more held from C with no name (dict, list): 3.9 KiB retained in all')
@@ -198,17 +217,28 @@ def fold_anonymous(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
 
     kinds = ", ".join(sorted({d["type"] for d in folded}))
     total = sum(d["retained_bytes"] for d in folded)
-    return keep, f"{len(folded)} more held from C with no name ({kinds}): {human_bytes(total)} retained in all"
+    return (
+        keep,
+        f"{len(folded)} more held from C with no name ({kinds}): {human_bytes(total)} retained in "
+        "all",
+    )
 
 
 def holder_line(d: dict[str, Any]) -> str:
-    """`module __main__ .store (list: 26,000 items, retains 27.1 MiB; +1,500 items, +1.6 MiB since the last look)`"""
+    """`module __main__ .store (list: 26,000 items, retains 27.1 MiB; +1,500 items, +1.6 MiB since
+    the last look)`"""
     from introspect.render.text import human_bytes
 
-    text = f"{d['path']} ({d['type']}: {d['items']:,} items, retains {human_bytes(d['retained_bytes'])}"
+    text = (
+        f"{d['path']} ({d['type']}: {d['items']:,} items, "
+        f"retains {human_bytes(d['retained_bytes'])}"
+    )
     if d.get("matched") is False:
         return text + "; not listed at the earlier look: new, or too small to list then)"
     if d.get("items_delta") is not None:
         sign = "+" if d["retained_delta"] >= 0 else "-"
-        text += f"; {d['items_delta']:+,} items, {sign}{human_bytes(abs(d['retained_delta']))} since the last look"
+        text += (
+            f"; {d['items_delta']:+,} items, {sign}{human_bytes(abs(d['retained_delta']))} "
+            "since the last look"
+        )
     return text + ")"

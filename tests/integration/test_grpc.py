@@ -23,7 +23,15 @@ import psutil
 import pytest
 
 from introspect.agent import AGENT_PATH
-from tests.conftest import Interp, Victim, forked_copies, interp_params, introspect, state_beyond, victim_deps
+from tests.conftest import (
+    Interp,
+    Victim,
+    forked_copies,
+    interp_params,
+    introspect,
+    state_beyond,
+    victim_deps,
+)
 
 
 def _spawn(spawn: Any, interp: Interp, oracle: str, **env: str) -> Victim:

@@ -35,7 +35,14 @@ import pytest
 
 from introspect.commands.backrefs import chain_text
 from tests.conftest import VICTIM_DEPS, introspect
-from tests.integration.celery_rig import REPO_ROOT, CeleryWorker, RedisServer, _reap, free_loopback_port, wait_until
+from tests.integration.celery_rig import (
+    REPO_ROOT,
+    CeleryWorker,
+    RedisServer,
+    _reap,
+    free_loopback_port,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from tests.integration.celery_rig import REPO_ROOT, CeleryWorker
-from tests.integration.test_celery_e2e import Cli, assert_unharmed, cli, run_task, traffic, warm_up, worker  # noqa: F401
+from tests.integration.test_celery_e2e import (  # noqa: F401
+    Cli,
+    assert_unharmed,
+    cli,
+    run_task,
+    traffic,
+    warm_up,
+    worker,
+)
 
 celery = pytest.importorskip("celery", reason="celery not installed: run scripts/setup (or pip install -e '.[test]')")
 pytestmark = pytest.mark.slow

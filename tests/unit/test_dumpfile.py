@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from introspect.snapshot import dumpfile, records
+from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
 from scripts.fuzz_records import VICTIM
 
-HEAD = len(dumpfile.DUMP_MAGIC)
+HEAD = len(dumpformat.DUMP_MAGIC)
 
 
 def _dump(path: str, no_keys: bool = False) -> None:
@@ -49,7 +49,7 @@ def _dump(path: str, no_keys: bool = False) -> None:
                 int(str(metas[0]["start_ticks"])),
                 reader.deadline,
             )
-            dumpfile.write(
+            dumpwrite.write(
                 path,
                 snap,
                 walker,
@@ -77,7 +77,7 @@ def _raw(good: Path) -> bytes:
 
 def _refused(tmp: Path, raw: bytes, name: str = "bad.pydump") -> str:
     p = tmp / name
-    p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(raw))
+    p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(raw))
     with pytest.raises(dumpfile.DumpError) as caught:
         dumpfile.load(str(p))
     assert caught.value.exit_code == 14 and str(p) in str(caught.value)
@@ -128,7 +128,7 @@ def test_no_keys_writes_key_types(tmp_path: Path) -> None:
 def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
     raw = _raw(good)
     fr = _frames(raw)
-    ys = [(a, b) for k, a, b in fr if k == b"Y"]
+    ys = [(a, b) for k, a, b in fr if k == b"Y" and b'"what":"labels"' in raw[a : a + 40]]
     ((z0, z1),) = [(a, b) for k, a, b in fr if k == b"Z"]
     ((d0, d1),) = [(a, b) for k, a, b in fr if k == b"D"]
     first_y = json.loads(raw[ys[0][0] + 5 : ys[0][1]])
@@ -180,7 +180,7 @@ def test_mutated_dumps_read_whole_or_refused(good: Path, tmp_path: Path) -> None
             a = rng.randrange(len(data))
             data = data[:a] + data[a + rng.randint(1, 64) :]
         p = tmp_path / f"m{i}.pydump"
-        p.write_bytes(dumpfile.DUMP_MAGIC + zlib.compress(bytes(data)))
+        p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(bytes(data)))
         try:
             d = dumpfile.load(str(p))
         except dumpfile.DumpError as exc:
@@ -192,3 +192,68 @@ def test_mutated_dumps_read_whole_or_refused(good: Path, tmp_path: Path) -> None
         assert all(0 <= q < d.snap.n for q in d.names)
         outcomes["read"] += 1
     assert outcomes["refused"] > 100, outcomes
+
+
+def _memory_block(python_objects: int) -> dict[str, object]:
+    """A breakdown as `introspect dump` writes it: this process's /proc, no allocator figures."""
+    from introspect import breakdown
+
+    missing: dict[str, str] = {}
+    proc = breakdown.read_proc(os.getpid())
+    mem = breakdown.compose(proc, python_objects, python_objects, None, missing)
+    how = missing.pop("stacks_found", "")
+    return dumpformat.memory_block(mem, missing, how, proc.threads, python_objects, 0.01)
+
+
+def test_the_memory_breakdown_reads_back_checked(good: Path, tmp_path: Path) -> None:
+    raw = _raw(good)
+    ((d0, d1),) = [(a, b) for k, a, b in _frames(raw) if k == b"D"]
+    facts = json.loads(raw[d0 + 5 : d1])
+    py = int(dumpfile.load(str(good)).snap.size.sum())
+    block = _memory_block(py)
+    # GIVEN the facts with a breakdown whose verdict and advice were dropped by the writer
+    assert "verdict" not in block["memory"]  # type: ignore[operator]
+
+    def with_memory(b: object) -> bytes:
+        return raw[:d0] + _json_frame(b"D", {**facts, "memory": b}) + raw[d1:]
+
+    p = tmp_path / "mem.pydump"
+    p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(with_memory(block)))
+    # THEN it reads back with its verdict made again from the figures
+    got = dumpfile.load(str(p)).facts["memory"]
+    assert got["memory"]["python_objects"] == py and got["memory"]["verdict"] in (
+        *breakdown_verdicts(),
+        None,
+    )
+    assert got["memory"]["advice"]
+
+    # AND every figure out of its shape is refused whole, naming the memory breakdown
+    def bent(**over: object) -> dict[str, object]:
+        mem = {**block["memory"], **over}  # type: ignore[dict-item]
+        return {**block, "memory": mem}
+
+    cases: dict[str, object] = {
+        "objects not the records'": bent(python_objects=py + 1),
+        "negative uss": bent(uss=-5),
+        "uss a string": bent(uss="big"),
+        "uss a bool": bent(uss=True),
+        "pymalloc not sizes": bent(pymalloc={"arenas": 1, "used": "x", "free": 0}),
+        "malloc missing a field": bent(malloc={"allocator": "glibc"}),
+        "an extra figure": bent(evil=1),
+        "a verdict written in": bent(verdict="native"),
+        "missing not texts": {**block, "missing": {"a": 1}},
+        "missing huge": {**block, "missing": {str(i): "x" for i in range(100)}},
+        "threads negative": {**block, "threads": -1},
+        "copy_s a string": {**block, "copy_s": "1"},
+        "a field short": {k: v for k, v in block.items() if k != "threads"},
+        "not an object": [1, 2],
+    }
+    for name, b in cases.items():
+        msg = _refused(tmp_path, with_memory(b), f"{name.replace(' ', '-')}.pydump")
+        assert "memory" in msg and "Traceback" not in msg, (name, msg)
+
+
+def breakdown_verdicts() -> tuple[str, ...]:
+    from introspect import breakdown
+
+    return breakdown.VERDICTS

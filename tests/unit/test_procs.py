@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from introspect.procs import Launch, Proc, RoleInput, assign_roles, forest, inspectability, launch_of, select
+from introspect.procs import Proc, forest, inspectability, select
+from introspect.roles import Launch, RoleInput, assign_roles, launch_of
 
 PY = "/srv/venv/bin/python3.11"
 EXE = "/usr/bin/python3.11"  # what /proc/PID/exe points at for PY

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from introspect.inject import ptrace
+from introspect.inject import sigframe, trampoline
 
 
 def _assemble(listing: str, tmp_path: Path) -> bytes:
@@ -24,60 +24,60 @@ def _assemble(listing: str, tmp_path: Path) -> bytes:
 
 @pytest.mark.skipif(shutil.which("as") is None or shutil.which("objcopy") is None, reason="GNU as/objcopy not installed")
 def test_trampoline_is_its_listing(tmp_path: Path) -> None:
-    assert _assemble(ptrace.TRAMPOLINE_ASM, tmp_path) == ptrace.TRAMPOLINE
+    assert _assemble(trampoline.TRAMPOLINE_ASM, tmp_path) == trampoline.TRAMPOLINE
 
 
 @pytest.mark.skipif(shutil.which("as") is None or shutil.which("objcopy") is None, reason="GNU as/objcopy not installed")
 def test_wrapper_is_its_listing(tmp_path: Path) -> None:
-    listing = (ptrace.WRAPPER_ASM.replace("PyRun_SimpleString", "0x1122334455667788").replace("SIZE", "0x2000")
+    listing = (trampoline.WRAPPER_ASM.replace("PyRun_SimpleString", "0x1122334455667788").replace("SIZE", "0x2000")
                .replace("munmap", "0x0102030405060708"))
-    assert _assemble(listing, tmp_path) == ptrace._wrapper(0x1122334455667788, 0x0102030405060708, 0x2000)
+    assert _assemble(listing, tmp_path) == trampoline.wrapper_code(0x1122334455667788, 0x0102030405060708, 0x2000)
 
 
 def test_sigframe_layout() -> None:
     regs = list(range(100, 127))
-    uc = ptrace._sigframe(regs, 0xABC0)
+    uc = sigframe.ucontext(regs, 0xABC0)
     # ucontext: flags, link, stack_t (24), sigcontext (256), sigmask (8)
     assert len(uc) == 8 + 8 + 24 + 256 + 8
     mctx = uc[40:296]
-    names = ptrace._REG_NAMES
+    names = sigframe.REG_NAMES
     got = struct.unpack_from("<18Q", mctx)
     want = [regs[names.index(n)] for n in "r8 r9 r10 r11 r12 r13 r14 r15 rdi rsi rbp rbx rdx rax rcx rsp rip eflags".split()]
     assert list(got) == want
     assert struct.unpack_from("<Q", mctx, 18 * 8 + 8 + 4 * 8)[0] == 0xABC0  # fpstate pointer
     # the trampoline writes the mask at ctx + 0x230, which must be uc_sigmask
-    assert ptrace._UC + 296 == 0x230
+    assert trampoline.UC + 296 == 0x230
 
 
 def test_restart_as_the_kernel_would() -> None:
     regs = [0] * 27
-    i = ptrace._IDX
+    i = sigframe.IDX
     regs[i["orig_rax"]], regs[i["rax"]], regs[i["rip"]] = 0, (1 << 64) - 512, 0x1002  # read, -ERESTARTSYS
-    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    out = sigframe.resume_frame(sigframe.Stopped(regs, b""))
     assert out[i["rax"]] == 0 and out[i["rip"]] == 0x1000
     # -ERESTART_RESTARTBLOCK: rt_sigreturn (our way back) resets the restart block, so a call that
     # can be issued again as is is; one with a relative timeout returns EINTR, as after a signal
     regs[i["orig_rax"]], regs[i["rax"]], regs[i["rdx"]] = 7, (1 << 64) - 516, 0xFFFFFFFF  # poll(.., -1)
-    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    out = sigframe.resume_frame(sigframe.Stopped(regs, b""))
     assert out[i["rax"]] == 7 and out[i["rip"]] == 0x1000
     regs[i["orig_rax"]], regs[i["rsi"]] = 230, 1  # clock_nanosleep(TIMER_ABSTIME)
-    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    out = sigframe.resume_frame(sigframe.Stopped(regs, b""))
     assert out[i["rax"]] == 230 and out[i["rip"]] == 0x1000
     regs[i["rsi"]] = 0  # clock_nanosleep, relative
-    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    out = sigframe.resume_frame(sigframe.Stopped(regs, b""))
     assert out[i["rax"]] == (1 << 64) - 4 and out[i["rip"]] == 0x1002
     regs[i["rdx"]] = 0
     regs[i["orig_rax"]], regs[i["rax"]] = 232, (1 << 64) - 4  # epoll_wait, -EINTR: returned as is
-    out = ptrace._resume_frame(ptrace.Stopped(regs, b""))
+    out = sigframe.resume_frame(sigframe.Stopped(regs, b""))
     assert out[i["rax"]] == (1 << 64) - 4 and out[i["rip"]] == 0x1002
     regs[i["orig_rax"]] = (1 << 64) - 1  # not in a syscall
-    assert ptrace._resume_frame(ptrace.Stopped(regs, b""))[i["rip"]] == 0x1002
+    assert sigframe.resume_frame(sigframe.Stopped(regs, b""))[i["rip"]] == 0x1002
 
 
 def test_fpstate_keeps_the_saved_bytes() -> None:
     xstate = bytes(range(256)) * 11  # 2816 bytes
     xstate = xstate[:464] + struct.pack("<Q", 0x2E7) + xstate[472:]
-    fp = ptrace._fpstate(xstate)
+    fp = sigframe.fpstate(xstate)
     assert fp[:464] == xstate[:464] and fp[512:len(xstate)] == xstate[512:]
     magic1, ext, feats, size = struct.unpack_from("<IIQI", fp, 464)
     assert (magic1, ext, feats, size) == (0x46505853, len(xstate) + 4, 0x2E7, len(xstate))

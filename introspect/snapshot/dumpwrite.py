@@ -1,0 +1,350 @@
+"""Writing a dump file (the format: dumpformat.py): the snapshot's records, then every answer
+the analysis asks of the walker while the frozen copy exists, streamed through zlib to a
+temporary name that is renamed at the end (mode 0600; a failed dump leaves no file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from introspect.snapshot import records
+from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME
+from introspect.snapshot.records import ARRAY_HEADER, MAGIC, Snapshot
+
+
+class _Out:
+    """A compressed, streamed file: frames go through zlib to disk as they are made."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.z = zlib.compressobj(6)
+        self.raw = 0
+        self.written = 0
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.written += n
+
+    def put(self, data: bytes) -> None:
+        self.raw += len(data)
+        out = self.z.compress(data)
+        if out:
+            self._write(out)
+
+    def frame(self, kind: bytes, payload: bytes) -> None:
+        self.put(kind + len(payload).to_bytes(4, "little") + payload)
+
+    def json(self, kind: bytes, doc: Any) -> None:
+        self.frame(kind, json.dumps(doc, separators=(",", ":")).encode())
+
+    def finish(self) -> None:
+        self._write(self.z.flush())
+
+
+def _no_key(label: str) -> str:
+    """A dict key's label without its text: ``['password']`` -> ``[str]``, ``[3]`` -> ``[int]``."""
+    if label.startswith("['") or label.startswith('["'):
+        return "[str]"
+    if re.fullmatch(r"\[-?\d+\]", label):
+        return "[int]"
+    return label
+
+
+def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -> None:
+    """``items`` ([position, value] pairs) as Y frames, each well below the frame bound."""
+    k = 0
+    while True:
+        step, size = 0, 0
+        while k + step < len(items) and size < limit:
+            v = items[k + step][1]
+            size += 24 + (
+                len(v)
+                if isinstance(v, str)
+                else sum(len(x) + 4 for x in v)
+                if isinstance(v, list)
+                else 0
+            )
+            step += 1
+        out.json(b"Y", {"what": what, "start": k, "items": items[k : k + step]})
+        k += step
+        if k >= len(items):
+            break
+
+
+def _by_type_sample(
+    snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any
+) -> Iterator[tuple[list[int], list[Any]]]:
+    """(positions, answers) other than ``empty``, a chunk at a time, for every object of each type
+    whose first instance has such an answer (names: modules, classes, functions; counts:
+    containers): one question per type first, then only the instances of the types that
+    answered. A chunk at a time: a million containers' counts are never all in memory."""
+    first = np.full(len(snap.types), -1, np.int64)
+    order = np.arange(snap.n, dtype=np.int64)[::-1]
+    first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
+    del order
+    probe = [int(p) for p in first if p >= 0]
+    answered = {
+        int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
+    }
+    if not answered:
+        return
+    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64)))
+    for s in range(0, len(want), 40_000):
+        chunk = want[s : s + 40_000].tolist()
+        got = [(p, a) for p, a in zip(chunk, ask(chunk)) if a != empty]
+        yield [p for p, _ in got], [a for _, a in got]
+
+
+def write(
+    path: str,
+    snap: Snapshot,
+    walker: Any,
+    facts: dict[str, Any],
+    no_keys: bool,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Write ``snap`` and the walker's answers to ``path`` (mode 0600, created whole or not at
+    all: a temporary name is renamed at the end). Returns the dump's own figures."""
+    t0 = time.monotonic()
+    tmp = f"{path}.{os.getpid()}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        out = _Out(fd)
+        out._write(DUMP_MAGIC)
+        _write_snapshot(out, snap)
+        out.json(b"D", {**facts, "no_keys": no_keys})
+        # names and counts are written as they are answered; only what the labels need is kept:
+        # the named positions (for their free variables) and big containers' item counts
+        named: list[int] = []
+        for pos, got in _by_type_sample(snap, walker.names, ""):
+            _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
+            named += pos
+        items: dict[int, int] = {}
+        nrefs = np.diff(snap.offsets)
+        for pos, got in _by_type_sample(snap, walker.counts, -1):
+            _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
+            if pos:
+                big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
+                items.update((pos[k], got[k]) for k in big)
+        del nrefs
+        free = walker.freevars(named) if named else []
+        _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
+        del named, free
+        total = _write_labels(out, snap, walker, items, no_keys)
+        log(f"dump: {total:,} labels written")
+        out.json(b"Z", {"labels": total})
+        out.finish()
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    return {
+        "file": path,
+        "bytes": out.written,
+        "raw_bytes": out.raw,
+        "objects": snap.n,
+        "references": int(snap.refs.shape[0]),
+        "write_s": round(time.monotonic() - t0, 3),
+    }
+
+
+BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
+K_ITEMS = 50_000  # items of one container per K question
+
+
+def _k_answer(n: int) -> Callable[[Any], bool]:
+    """The shape of one item of a K answer: True/False (answered or not), or [child, label]."""
+
+    def ok(x: Any) -> bool:
+        return (
+            x is True
+            or x is False
+            or (
+                isinstance(x, list)
+                and len(x) == 2
+                and type(x[0]) is int
+                and 0 <= x[0] < n
+                and isinstance(x[1], str)
+                and len(x[1]) <= records.MAX_NAME
+            )
+        )
+
+    return ok
+
+
+def _streamed_labels(
+    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int,
+    emit: Callable[[list[str]], None],
+) -> int:
+    """A container's labels handed to ``emit`` a K answer at a time, in the order of ``refs``,
+    as long as the answers name its references in that order or its reverse (CPython traverses a
+    list or tuple last item first): nothing of a million items is held. Only for a container
+    whose references are distinct (else each gets its child's first label, as the live walker
+    answers). Returns how many references were labelled so (0: the walker does not answer for
+    this holder, or its answers come in another order)."""
+    ok, total = _k_answer(n), len(refs)
+    if len(np.unique(refs)) != total:
+        return 0  # a child held twice gets its first item's label everywhere: the mapping does it
+    starts = list(range(0, max(n_items, 1), K_ITEMS))
+    for backwards in (True, False):
+        done = 0
+        for s in starts[::-1] if backwards else starts:
+            ans = walker._ask(f"K {pos} {s} {K_ITEMS}", None, ok)
+            if not ans or ans[0] is not True:
+                return done
+            got = ans[1:][::-1] if backwards else ans[1:]
+            kids = [c for c, _ in got]
+            if done + len(kids) > total or refs[done : done + len(kids)].tolist() != kids:
+                break
+            if kids:
+                emit([lab for _, lab in got])
+            done += len(kids)
+        else:
+            return done
+        if done:
+            return done
+    return 0
+
+
+def _container_labels(
+    walker: Any, pos: int, refs: np.ndarray, n_items: int, n: int
+) -> list[str] | None:
+    """Labels of a container's references in one pass of the walker (K questions), in any order
+    (each reference gets its child's first label), or None when the walker does not answer for
+    this holder (then each is asked alone)."""
+    ok = _k_answer(n)
+    first: dict[int, str] = {}
+    for s in range(0, max(n_items, 1), K_ITEMS):
+        ans = walker._ask(f"K {pos} {s} {K_ITEMS}", None, ok)
+        if not ans or ans[0] is not True:
+            return None
+        for child, label in ans[1:]:
+            first.setdefault(child, label)
+    return [first.get(r, "(item)") for r in refs.tolist()]
+
+
+def _write_labels(
+    out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool
+) -> int:
+    """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
+    n = snap.n
+    seq = {i for i, t in enumerate(snap.types) if t in ("list", "tuple")}
+    buf: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    keyed: list[bool] = []  # per pair: is its holder's key text to be replaced (--no-keys)?
+    written = 0
+    offsets, refs = snap.offsets, snap.refs
+
+    def flush(final: bool = False) -> None:
+        nonlocal written, buf
+        if pairs:
+            got = walker.labels(pairs)
+            buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
+            pairs.clear()
+            keyed.clear()
+        if buf and (final or len(buf) >= 50 * CHUNK):
+            out.json(b"Y", {"what": "labels", "start": written, "items": buf})
+            written += len(buf)
+            buf = []
+
+    for p in range(n):
+        lo, hi = int(offsets[p]), int(offsets[p + 1])
+        if lo == hi:
+            continue
+        got = None
+        hide = no_keys and int(snap.type_of[p]) not in seq
+        if hi - lo > BIG and p in items:
+            flush()  # what came before goes first, in the order of refs
+
+            def emit(labels: list[str], hide: bool = hide) -> None:
+                nonlocal buf
+                buf += [_no_key(lab) for lab in labels] if hide else labels
+                if len(buf) >= 50 * CHUNK:
+                    flush()
+
+            lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
+            if lo < hi:
+                got = _container_labels(walker, p, refs[lo:hi], items[p], n)
+        if lo == hi:
+            pass
+        elif got is not None:
+            flush()
+            buf += [_no_key(lab) for lab in got] if hide else got
+        else:
+            pairs.extend((p, r) for r in refs[lo:hi].tolist())
+            if no_keys:
+                keyed.extend([hide] * (hi - lo))
+        if len(pairs) >= 50 * CHUNK or len(buf) >= 50 * CHUNK:
+            flush()
+    flush(final=True)
+    return written
+
+
+def _write_snapshot(out: _Out, snap: Snapshot) -> None:
+    """The snapshot as a record stream of format 2 (what records.read_snapshot reads)."""
+    n = snap.n
+    out.put(MAGIC)
+    meta = {k: v for k, v in snap.meta.items() if k in records.META_FIELDS}
+    out.json(b"M", meta)
+    for s in range(0, max(len(snap.types), 1), 20_000):
+        out.json(b"T", [[i, snap.types[i]] for i in range(s, min(len(snap.types), s + 20_000))])
+    out.json(b"R", [[r.kind, r.name, r.pos] for r in snap.roots])
+    nrefs = np.diff(snap.offsets).astype("<u4")
+    for s in range(0, n, OBJECTS_PER_FRAME):
+        e = min(n, s + OBJECTS_PER_FRAME)
+        a, b = int(snap.offsets[s]), int(snap.offsets[e])
+        out.frame(
+            b"O",
+            ARRAY_HEADER.pack(s, e - s, b - a, n)
+            + snap.size[s:e].astype("<i8").tobytes()
+            + snap.type_of[s:e].astype("<i4").tobytes()
+            + nrefs[s:e].tobytes()
+            + snap.refs[a:b].astype("<i4").tobytes()
+            + snap.tracked[s:e].astype("u1").tobytes(),
+        )
+    for s in range(0, n, OBJECTS_PER_FRAME):
+        e = min(n, s + OBJECTS_PER_FRAME)
+        out.frame(
+            b"C", ARRAY_HEADER.pack(s, e - s, 0, n) + snap.excess[s:e].astype("<i8").tobytes()
+        )
+    end = {k: v for k, v in snap.end.items() if k in records.END_FIELDS}
+    out.json(b"E", {**end, "objects": n, "edges": int(snap.refs.shape[0])})
+
+
+def process_facts(pid: int) -> dict[str, Any]:
+    """The target's command line and memory (RSS, USS) from /proc, read by the CLI."""
+    facts: dict[str, Any] = {}
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(1 << 16)
+        facts["cmdline"] = [a.decode(errors="replace")[:4096] for a in raw.split(b"\0") if a][:256]
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            kb = {}
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    kb[parts[0].rstrip(":")] = int(parts[1]) * 1024
+        facts["rss"] = kb.get("Rss", 0)
+        facts["uss"] = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    except OSError:
+        pass
+    return facts
