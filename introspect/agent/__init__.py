@@ -6,13 +6,13 @@ In the target, on its main thread (shipped by command, docs/injection.md):
 - ``core.py``: always, first: the bootstrap contract, the safety rules (the traverse rule, the
   budget and the deadline, the agent's own objects), naming, counting, the JSON result writer.
 - ``run.py``: always, last: the entry point (``run``), the answer and ``result.json``.
-- the command's files (``PARTS``): ``sizes.py`` (top), ``growth.py``, ``backrefs.py`` and
+- the command's files (``PARTS``): ``sizes.py`` (in-process top), ``growth.py``, ``backrefs.py`` and
   ``chains.py``, ``exec.py``, ``trace.py`` (tracemalloc sessions), ``snapshot.py`` (the fork,
   its guard rails and reaper).
 
 In the forked copy only (``WALKER_PARTS``, compiled there by the walker, never by the target):
 ``trace.py`` (to read the copy's traces), ``copytrace.py`` (tracemalloc paused in the copy),
-``walk.py`` (the walk and the stream), ``labels.py`` (labels, names, previews, duplicates),
+``labels.py`` (labels, names, previews, duplicates), ``walk.py`` (the walk and the stream),
 ``memory.py`` (the allocator's figures).
 
 Each file says in its first lines where it runs and what it may import: builtin C modules
@@ -50,7 +50,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "snapshot": ("snapshot.py",),
 }
 # What the forked walker compiles in the child, in this order (copies in the run dir).
-WALKER_PARTS = ("trace.py", "copytrace.py", "walk.py", "labels.py", "memory.py")
+WALKER_PARTS = ("trace.py", "copytrace.py", "labels.py", "walk.py", "memory.py")
 # Every file, in the order they are executed (whole.py has the same list).
 ALL: tuple[str, ...] = tuple(
     dict.fromkeys([FIRST, *(f for p in PARTS.values() for f in p), *WALKER_PARTS, LAST])

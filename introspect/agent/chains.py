@@ -1,6 +1,6 @@
 # introspect agent, backrefs, chains and owners: runs in the TARGET, on its main thread,
-# shipped with backrefs.py. From the search's discovered edges: rooted counts, owner modules,
-# chains, graph.
+# shipped with backrefs.py. How a holder references a child (_via); from the search's discovered
+# edges: rooted counts, owner modules, chains, graph.
 #
 # Imports: nothing at run time; builtin C modules through core's _builtin(). Python 3.8
 # syntax. Every rule in core.py's header binds it (no reference to a target object kept
@@ -11,8 +11,105 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     import sys  # noqa: F401
     from typing import Any  # noqa: F401
 
-    from introspect.agent.backrefs import _collapse, _via
-    from introspect.agent.core import _FunctionType, _ModuleType, _type_module, type_name
+    from introspect.agent.core import (
+        _CellType,
+        _FunctionType,
+        _key_label,
+        _MethodType,
+        _ModuleType,
+        _type_module,
+        type_name,
+    )
+
+
+def _via(holder, child):  # type: (object, object) -> str
+    """How ``holder`` references ``child``: attribute, key, index, closure variable..."""
+    th = type(holder)
+    try:
+        # issubclass(type(x)), never isinstance(): that may run a __class__ property
+        if issubclass(th, dict):
+            for k, v in dict.items(holder):  # type: ignore
+                if v is child:
+                    return _key_label(k)
+                if k is child:
+                    return "(key)"
+            return "(item)"
+        if th is list or th is tuple:
+            for i, v in enumerate(holder):  # type: ignore[arg-type]
+                if v is child:
+                    return "[%d]" % i
+            return "(item)"
+        if th is _CellType:
+            return "cell_contents"
+        if th is _ModuleType:
+            return "__dict__"
+        if th is _FunctionType:
+            for attr in ("__closure__", "__defaults__", "__kwdefaults__", "__globals__", "__dict__",
+                         "__code__"):
+                if getattr(holder, attr, None) is child:
+                    return attr
+            return "(function)"
+        if th is _MethodType:
+            bound_self = holder.__self__  # type: ignore[attr-defined]
+            return "__self__" if bound_self is child else "__func__"
+        if issubclass(th, type):
+            if type(child) is dict and "__module__" in child:
+                return "__dict__"
+            if any(b is child for b in type.__dict__["__bases__"].__get__(holder, type)):
+                return "__bases__"
+            return "__mro__" if type(child) is tuple else "(type)"
+        if issubclass(th, (set, frozenset)):
+            return "{member}"
+        try:
+            d = object.__getattribute__(holder, "__dict__")
+        except Exception:
+            d = None
+        if d is child:
+            return "__dict__"
+        if type(d) is dict:
+            for k, v in d.items():
+                if v is child and type(k) is str:
+                    return "." + k
+        for klass in type.__dict__["__mro__"].__get__(th, type):
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                desc = klass.__dict__.get(name)
+                if desc is not None and type(desc).__name__ == "member_descriptor":
+                    try:
+                        if desc.__get__(holder, th) is child:
+                            return "." + name
+                    except AttributeError:
+                        pass
+    except Exception:
+        pass
+    return "(referent)"
+
+
+def _collapse(steps):  # type: (list) -> list
+    """Turn (X, __dict__)(dict, ['k']) into (X, .k) and function closures into one named step."""
+    out = []  # type: list
+    i = 0
+    while i < len(steps):
+        obj, tname, via = steps[i]
+        if via == "__dict__" and i + 1 < len(steps) and steps[i + 1][1] == "dict":
+            nxt = steps[i + 1][2]
+            if nxt.startswith("['") and nxt.endswith("']"):
+                out.append((obj, tname, "." + nxt[2:-2]))
+                i += 2
+                continue
+        if via == "__closure__" and i + 2 < len(steps) and steps[i + 2][1] == "cell":
+            idx = steps[i + 1][2]
+            name = "?"
+            try:
+                name = obj.__code__.co_freevars[int(idx.strip("[]"))]
+            except Exception:
+                pass
+            out.append((obj, tname, "closure var " + name))
+            i += 3
+            continue
+        out.append((obj, tname, via))
+        i += 1
+    return out
 
 
 def _rooted(sample, roots, down):  # type: (list, dict, dict) -> int

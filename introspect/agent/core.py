@@ -54,8 +54,6 @@ MYPY = False
 if MYPY:  # seen by the type checker only: the agent imports nothing at run time
     from typing import Any  # noqa: F401
 
-    from introspect.agent.sizes import _sizes
-
 
 def _builtin(name):  # type: (str) -> Any
     mod = sys.modules.get(name)
@@ -493,21 +491,6 @@ def _snapshot(params):  # type: (dict) -> tuple
 
 
 COMMANDS = {}  # type: dict  # name -> function: each part registers its own
-
-
-def cmd_top(params):  # type: (dict) -> dict
-    if params.get("sizes"):
-        return _sizes(params)
-    total, counts, scan_s = _snapshot(params)
-    return {
-        "objects": total,
-        "types": counts,
-        "gc": _gc_facts(),
-        "scan_s": scan_s,
-    }
-
-
-COMMANDS["top"] = cmd_top
 
 
 # --- sizes: shallow bytes per type, untracked referents included -----------------------------

@@ -1,5 +1,6 @@
 # introspect agent, walker labels, names, previews and duplicates: runs ONLY in the FORKED COPY,
-# answering the CLI's questions after the walk (edge labels, names, previews, equal values).
+# answering the CLI's questions after the walk (edge labels, names, previews, equal values);
+# which attributes of a code object the walk follows (_CODE_ATTRS). Loaded before walk.py.
 #
 # Imports: whatever the copy needs (ctypes...: nothing it does reaches the target), Python 3.8
 # syntax. The copy's rules (snapshot.py's header): every object it touched is held until
@@ -11,6 +12,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from typing import Any  # noqa: F401
 
     from introspect.agent.core import (
+        _builtin,
         _CellType,
         _FunctionType,
         _key_label,
@@ -20,7 +22,17 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _type_mro,
         type_name,
     )
-    from introspect.agent.walk import _CODE_ATTRS, _CodeType
+
+
+_CodeType = type(_builtin.__code__)
+# Code objects are not gc containers (no tp_traverse): their references are read from the stored
+# attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
+# new objects of the walker's own).
+_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable",
+                "co_exceptiontable")
+               if sys.version_info >= (3, 11) else
+               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename",
+                "co_name", "co_code", "co_lnotab"))
 
 
 _PREVIEW_ATOMS = (str, bytes, int, float, bool, type(None))

@@ -1,5 +1,5 @@
-# introspect agent, sizes (`top --sizes`): runs in the TARGET, on its main thread, in-process.
-# Shallow bytes per type, untracked referents included, under the traverse rule (core.py).
+# introspect agent, in-process `top` (counts, and `--sizes`): runs in the TARGET, on its main
+# thread. Shallow bytes per type, untracked referents included, under the traverse rule (core.py).
 #
 # Imports: nothing at run time; builtin C modules through core's _builtin(). Python 3.8
 # syntax. Every rule in core.py's header binds it (no reference to a target object kept
@@ -15,6 +15,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _HAVE_GC,
         _SLICE,
         _STEP,
+        COMMANDS,
         _c_sizeof,
         _gc_facts,
         _gc_head,
@@ -22,6 +23,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _own_objects,
         _phase,
         _settle,
+        _snapshot,
         _start_clock,
         _stopped,
         _type_flags,
@@ -242,3 +244,18 @@ def _sizes(params):  # type: (dict) -> dict
         "gc": _gc_facts(),
         "scan_s": time.perf_counter() - t0,
     }
+
+
+def cmd_top(params):  # type: (dict) -> dict
+    if params.get("sizes"):
+        return _sizes(params)
+    total, counts, scan_s = _snapshot(params)
+    return {
+        "objects": total,
+        "types": counts,
+        "gc": _gc_facts(),
+        "scan_s": scan_s,
+    }
+
+
+COMMANDS["top"] = cmd_top

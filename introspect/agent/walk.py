@@ -29,6 +29,8 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         type_name,
     )
     from introspect.agent.labels import (
+        _CODE_ATTRS,
+        _CodeType,
         _snap_dups,
         _snap_items,
         _snap_len,
@@ -56,15 +58,6 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
 SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
 SNAP_BATCH = 32768
-_CodeType = type(_builtin.__code__)
-# Code objects are not gc containers (no tp_traverse): their references are read from the stored
-# attributes (3.11+ computes co_code and co_varnames afresh on each read: left out, they would be
-# new objects of the walker's own).
-_CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname", "co_linetable",
-                "co_exceptiontable")
-               if sys.version_info >= (3, 11) else
-               ("co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename",
-                "co_name", "co_code", "co_lnotab"))
 
 
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None

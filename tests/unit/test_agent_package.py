@@ -90,12 +90,39 @@ def _line(name: str, text: str) -> int:
     return [i + 1 for i, line in enumerate(lines) if text in line][0]
 
 
+def _frames(line: str) -> list[object]:
+    """[code name, line, function] of the first line of an agent file holding ``line``:
+    "FILE:text:function"."""
+    name, text, function = line.split(":", 2)
+    return [code_name(name), _line(name, text), function]
+
+
+# (command, params, exception, frames innermost last): top --sizes whose budget is not a number
+# raises in sizes.py; growth with params that are no dict raises in core.py below growth.py
+CASES = {
+    "top": ({"sizes": True, "budget": "no number"}, "ValueError", [
+        'run.py:result = COMMANDS[request["command"]]:run',
+        "sizes.py:return _sizes(params):cmd_top",
+        'sizes.py:_start_clock(float(params.get("budget":_sizes',
+    ]),
+    "growth": ([], "AttributeError", [
+        'run.py:result = COMMANDS[request["command"]]:run',
+        "growth.py:total, counts, scan_s = _snapshot(params):cmd_growth",
+        "core.py:    _settle(params):_snapshot",
+        'core.py:if params.get("collect"):_settle',
+    ]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
 @pytest.mark.parametrize("how", ["compiled", "loaded"])
-def test_an_error_in_a_part_names_its_file_and_true_line(tmp_path: Path, how: str) -> None:
-    # GIVEN the files the target gets for `top`, written as the CLI writes them, and the request
-    # of a `top --sizes` whose budget is not a number (sizes.py raises, in core.py's cmd_top,
-    # called by run.py's run)
-    files = agent_files("top")
+def test_an_error_in_a_part_names_its_file_and_true_line(
+    tmp_path: Path, how: str, command: str
+) -> None:
+    # GIVEN the files the target gets for the command, written as the CLI writes them, and a
+    # request that makes the agent raise (CASES)
+    params, exception, frames = CASES[command]
+    files = agent_files(command)
     paths = []
     for name, data in files:
         (tmp_path / name).write_bytes(data)
@@ -107,7 +134,7 @@ def test_an_error_in_a_part_names_its_file_and_true_line(tmp_path: Path, how: st
         (tmp_path / codecache.CODE_FILE).write_bytes(code)
         code_path = str(tmp_path / codecache.CODE_FILE)
     run = RunDir(_target(), "nonce", str(tmp_path))
-    request = Request("top", {"sizes": True, "budget": "no number"}, 30.0, run)
+    request = Request(command, params, 30.0, run)  # type: ignore[arg-type]
     text = bootstrap_source(paths, request, code_path)
     # WHEN the bootstrap runs in a fresh interpreter
     out = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=60)
@@ -116,10 +143,5 @@ def test_an_error_in_a_part_names_its_file_and_true_line(tmp_path: Path, how: st
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["ok"] is False and result["code"][0] == how, result
     error = result["error"]
-    assert error["type"] == "ValueError", error
-    assert error["frames"] == [
-        ["<introspect>/run.py", _line("run.py", 'result = COMMANDS[request["command"]]'), "run"],
-        ["<introspect>/core.py", _line("core.py", "return _sizes(params)"), "cmd_top"],
-        ["<introspect>/sizes.py", _line("sizes.py", '_start_clock(float(params.get("budget"'),
-         "_sizes"],
-    ]
+    assert error["type"] == exception, error
+    assert error["frames"] == [_frames(f) for f in frames]
