@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from introspect import codecache, errors
-from introspect.agent import agent_source, walker_source
+from introspect.agent import agent_files, code_name, walker_files
 from introspect.target import Target
 
 MAGIC = "#introspect-bootstrap"
@@ -219,18 +219,22 @@ class Request:
 
 
 BOOTSTRAP_NAME = "<introspect-bootstrap>"
-AGENT_NAME = codecache.AGENT_NAME
+AGENT_NAME = codecache.AGENT_PREFIX  # the agent's __file__: its namespace holds every file shipped
 
 
-def bootstrap_source(agent_path: str, request: Request, code_path: str = "") -> str:
+def bootstrap_source(
+    agent_paths: list[tuple[str, str]], request: Request, code_path: str = ""
+) -> str:
     """The code the injector makes the target run: it cannot raise, and binds no name anywhere.
 
     A raising bootstrap would make ``PyRun_SimpleString`` return -1 and the target's *own* code
     fail with SystemError (DESIGN.md), so everything is inside try/except; the agent runs in a
     fresh dict, never in ``__main__``'s globals. ``repr`` of plain literals is valid Python.
 
-    Stage 1 loads the agent's precompiled code from ``code_path`` if its header is exactly the
-    target's own bytecode (see codecache), else compiles ``agent_path``. What it compiled stays
+    Stage 1 loads the agent's precompiled code from ``code_path`` (a tuple of code objects, one
+    per file) if its header is exactly the target's own bytecode (see codecache), else compiles
+    each file of ``agent_paths`` ([(path, name its code gets)], in order). It executes each code
+    object in turn in one fresh dict (the last, run.py, runs the request). What it compiled stays
     in the target: nothing a target makes is ever shipped to another (docs/security.md). It reads
     ``sys`` and ``marshal`` from ``sys.modules`` (both always there), and imports ``gc`` only if
     nothing did (a builtin module: the agent reports it as imported).
@@ -262,15 +266,16 @@ def bootstrap_source(agent_path: str, request: Request, code_path: str = "") -> 
         f"  with open({code_path!r},'rb') as f:d=f.read()\n"
         "  if d[:len(k)]==k:c=M['marshal'].loads(d[len(k):])\n"
         "  d=None\n"
+        "  if type(c) is not tuple:c=None\n"
         " except Exception:c=None\n"
         " h='loaded'\n"
         " if c is None:\n"
-        "  h='compiled'\n"
-        f"  with open({agent_path!r},'rb') as f:s=f.read()\n"
-        f"  c=compile(s,{AGENT_NAME!r},'exec');s=None\n"
+        "  h='compiled';c=[]\n"
+        f"  for p,q in {agent_paths!r}:\n"
+        "   with open(p,'rb') as f:c.append(compile(f.read(),q,'exec'))\n"
         f" g={globs!r}\n"
         " g['_LOADED']=(h,T.perf_counter()-t if T else 0.0);g['_GC']=e;g['_NEW']=n\n"
-        " exec(c,g)\n"
+        " for x in c:exec(x,g)\n"
         "finally:\n"
         " if e:G.enable()\n"
     )
@@ -289,19 +294,19 @@ def prepare(target: Target, command: str, params: dict[str, Any], timeout: float
     paths go into ``params`` under their names); return the request and the bootstrap text."""
     run = make_run_dir(target)
     try:
-        source = agent_source(command)
-        agent_path = run.write("agent.py", source, 0o400)
-        code, _how = codecache.for_target(target, source)
+        agent = agent_files(command)
+        agent_paths = [(run.write(name, data, 0o400), code_name(name)) for name, data in agent]
+        code, _how = codecache.for_target(target, agent)
         code_path = run.write(codecache.CODE_FILE, code, 0o400) if code is not None else ""
-        if command == "snapshot":
-            run.write("walker.py", walker_source(), 0o400)  # compiled by the forked walker only
         params = dict(params)
+        if command == "snapshot":  # compiled by the forked walker only, in this order
+            params["walker"] = [run.write(name, data, 0o400) for name, data in walker_files()]
         for name, data in (files or {}).items():
             params[name] = run.write(name, data, 0o400)
         for name in fifos:
             params[name] = run.mkfifo(name)
         request = Request(command, params, timeout, run)
-        return request, bootstrap_source(agent_path, request, code_path)
+        return request, bootstrap_source(agent_paths, request, code_path)
     except BaseException:
         run.remove()
         raise
@@ -309,7 +314,7 @@ def prepare(target: Target, command: str, params: dict[str, Any], timeout: float
 
 Progress = Callable[[str], None]
 
-# The steps the agent marks (agent.py _phase), as the timeout message names them.
+# The steps the agent marks (agent/core.py _phase), as the timeout message names them.
 PHASES = {"collect": "a full gc.collect() (--collect)", "settle": "a young-generation collection",
           "walk": "the walk over the heap (by size)", "referrers": "the referrer search"}
 
@@ -345,7 +350,7 @@ def gc_facts_ok(v: Any) -> bool:
     )
 
 
-# The envelope's fields the CLI reads (agent.py run() and _answer() write them).
+# The envelope's fields the CLI reads (agent/run.py run() and _answer() write them).
 ENVELOPE_FIELDS: dict[str, Check] = {
     "ok": _BOOL,
     "command": _STR,

@@ -4,7 +4,10 @@ Compiling the agent's source is most of what the target pays for a command apart
 itself: 4-7 ms for the 35 KB a forked snapshot ships (3.8-3.13, measured), more than the fork at
 a million objects; loading the same code with ``marshal.loads`` takes 0.1-0.5 ms. So the
 bootstrap (channel.bootstrap_source) looks for ``agent.code`` in the run dir first: a header
-naming the bytecode it holds, then the marshalled module code. It loads that only if the header
+naming the bytecode it holds, then the marshalled tuple of module code objects, one per file the
+command ships (introspect.agent.agent_files: each compiled on its own under the name
+``<introspect>/FILE``, so tracebacks keep their file and line), executed in order in one
+namespace. It loads that only if the header
 is exactly the target's own (its bytecode magic number, ``sys.hexversion`` and ``sys.abiflags``:
 what makes CPython itself trust a ``.pyc``); anything else, a missing or damaged file included,
 and it compiles the source itself.
@@ -22,10 +25,10 @@ users and past Yama's ptrace_scope. The code file is made either
 Else the target compiles the source itself (4-7 ms) and nothing it makes leaves it.
 
 The cache ($XDG_CACHE_HOME/introspect/agent-code, 0700, ours) keeps what a trusted interpreter
-made, keyed by the agent's source and the interpreter's files (path, device, inode, size, mtime):
-one compile per interpreter and agent version. A cache directory or file not owned by us, or
-writable by others, is neither read nor written. (Before this rule the cache lived in
-``introspect/code`` and held code targets had made: it is never read again.)
+made, keyed by the agent's files (names and sources) and the interpreter's files (path, device,
+inode, size, mtime): one compile per interpreter and agent version. A cache directory or file not
+owned by us, or writable by others, is neither read nor written. (Before this rule the cache
+lived in ``introspect/code`` and held code targets had made: it is never read again.)
 """
 
 from __future__ import annotations
@@ -39,23 +42,30 @@ import subprocess
 import sys
 import tempfile
 
+from introspect.agent import PREFIX, Source, code_name
 from introspect.target import Target
 
 CODE_FILE = "agent.code"  # what the bootstrap loads, if its header is the target's own
-AGENT_NAME = "<introspect>/agent.py"  # the agent's code objects' file name: one name for every run
+AGENT_PREFIX = PREFIX  # the agent's code objects' file names: <introspect>/FILE in every run
 MAX_BYTES = 4 << 20  # a code file larger than this is not ours
 KEEP = 64  # cached files kept (each ~20-45 KB); the oldest go first
 COMPILE_TIMEOUT_S = 20.0
 CACHE_NAME = "agent-code"
 
-# Run by the target's interpreter binary: compile stdin, then print the length of the list of files
-# its imports read (checked afterwards), that list (NUL-separated) and the code file. Python 3.8
-# syntax, builtin modules only.
+# Run by the target's interpreter binary: compile each file stdin holds (pack()) under argv[1] +
+# its name, then print the length of the list of files its imports read (checked afterwards),
+# that list (NUL-separated) and the code file (the tuple of code objects). Python 3.8 syntax,
+# builtin modules only.
 _COMPILER = (
     "import sys,marshal\n"
     "M=sys.modules\n"
-    "s=sys.stdin.buffer.read()\n"
-    "c=compile(s,sys.argv[1],'exec',dont_inherit=True,optimize=0)\n"
+    "h,_,s=sys.stdin.buffer.read().partition(b'\\n')\n"
+    "h=h.decode().split()\n"
+    "c=[];i=0\n"
+    "for j in range(0,len(h),2):\n"
+    " n=int(h[j+1])\n"
+    " c.append(compile(s[i:i+n],sys.argv[1]+h[j],'exec',dont_inherit=True,optimize=0));i+=n\n"
+    "c=tuple(c)\n"
     "k=M['_frozen_importlib_external'].MAGIC_NUMBER\n"
     "k+=(' %x %s\\n'%(sys.hexversion,getattr(sys,'abiflags','?'))).encode()\n"
     "f=[]\n"
@@ -66,6 +76,13 @@ _COMPILER = (
     "b='\\0'.join(f).encode('utf-8','surrogateescape')\n"
     "sys.stdout.buffer.write(b'%d\\n'%len(b)+b+k+marshal.dumps(c))\n"
 )
+
+
+def pack(files: Source) -> bytes:
+    """The agent's files as one byte string: "name length ..." on a line, then the sources (what
+    the compiler reads on stdin, and what the cache key hashes)."""
+    head = " ".join(f"{name} {len(data)}" for name, data in files)
+    return head.encode() + b"\n" + b"".join(data for _, data in files)
 
 
 def cache_dir() -> str:
@@ -140,6 +157,7 @@ def compiler_for(target: Target) -> tuple[str | None, str]:
 
 
 def _key(target: Target, compiler: str | None, source: bytes) -> str | None:
+    """The cache's name for ``source`` (pack()) compiled by ``compiler`` for ``target``."""
     try:
         ident = "".join(
             _ident(p)
@@ -187,13 +205,13 @@ def _read_cached(key: str) -> bytes | None:
     return data if split(data) is not None else None
 
 
-def compile_with(exe: str, source: bytes) -> tuple[bytes | None, str]:
-    """(the code file ``exe`` made of ``source``, or None; why not). Accepted only if every file
+def compile_with(exe: str, files: Source) -> tuple[bytes | None, str]:
+    """(the code file ``exe`` made of ``files``, or None; why not). Accepted only if every file
     its imports read is trusted (checked after: only root could have changed them meanwhile)."""
     try:
         out = subprocess.run(
-            [exe, "-I", "-S", "-c", _COMPILER, AGENT_NAME],
-            input=source,
+            [exe, "-I", "-S", "-c", _COMPILER, AGENT_PREFIX],
+            input=pack(files),
             capture_output=True,
             env={},
             cwd="/",
@@ -221,8 +239,8 @@ def compile_with(exe: str, source: bytes) -> tuple[bytes | None, str]:
     return data, exe
 
 
-def for_target(target: Target, source: bytes) -> tuple[bytes | None, str]:
-    """(the code file to ship with ``source``, or None: the target compiles; how it was made).
+def for_target(target: Target, files: Source) -> tuple[bytes | None, str]:
+    """(the code file to ship with ``files``, or None: the target compiles; how it was made).
 
     Same interpreter file as ours: compiled here. Else from the cache, or made now by the
     target's trusted interpreter binary and kept. Else the local compile, which the target loads
@@ -236,24 +254,27 @@ def for_target(target: Target, source: bytes) -> tuple[bytes | None, str]:
     if not same:
         compiler, why = compiler_for(target)
         if compiler is not None:
-            key = _key(target, compiler, source)
+            key = _key(target, compiler, pack(files))
             if key is not None:
                 data = _read_cached(key)
                 if data is not None:
                     return data, f"cached, made by {compiler}"
-            data, why = compile_with(compiler, source)
+            data, why = compile_with(compiler, files)
             if data is not None:
                 if key is not None:
                     _store(key, data)
                 return data, f"made by {compiler}"
-        local = _local(source)
+        local = _local(files)
         return local, f"compiled by the CLI's Python (the target's own binary was not used: {why})"
-    return _local(source), "compiled by the CLI's Python (the target's interpreter)"
+    return _local(files), "compiled by the CLI's Python (the target's interpreter)"
 
 
-def _local(source: bytes) -> bytes | None:
+def _local(files: Source) -> bytes | None:
     try:
-        code = compile(source, AGENT_NAME, "exec", dont_inherit=True, optimize=0)
+        code = tuple(
+            compile(data, code_name(name), "exec", dont_inherit=True, optimize=0)
+            for name, data in files
+        )
     except (SyntaxError, ValueError):  # pragma: no cover - the agent compiles on every CLI version
         return None
     return local_header() + marshal.dumps(code)

@@ -85,8 +85,8 @@ def test_collector_left_as_found_and_no_garbage_of_ours(interp: Interp, collecto
     # own: its __mro__ holds it), freed by the target's next young collection.
     st = victim.ask("state")
     assert st["enabled"] == (collector == "on")
-    capture = [g for g in st["garbage"] if "agent.py" in g or g == "type _Capture"]
-    assert sorted(capture) == sorted(["type _Capture"] + [f"function {m} in <introspect>/agent.py"
+    capture = [g for g in st["garbage"] if "<introspect>/" in g or g == "type _Capture"]
+    assert sorted(capture) == sorted(["type _Capture"] + [f"function {m} in <introspect>/exec.py"
                                                         for m in ("__init__", "write", "flush", "__getattr__")])
     assert len(st["garbage"]) <= 16 and not any(g.startswith(("frame", "list", "BufferedReader")) for g in st["garbage"]), st
     assert victim.ask("state") == {"enabled": collector == "on", "garbage": []}

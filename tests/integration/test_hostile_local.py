@@ -98,7 +98,7 @@ def test_run_dir_fifos_and_files_closed_to_another_user(victim: int) -> None:
         # WHEN another user tries to list it, read the agent, write the stream, plant a file
         for script in (
             f"ls {run.host}",
-            f"cat {run.host_file('agent.py')}",
+            f"cat {run.host_file('core.py')}",
             f"echo x > {run.host_file('stream')}",
             f"ln -s /etc/passwd {run.host_file('result.json')}",
             f"cat {run.host_file('stream')}",

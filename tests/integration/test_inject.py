@@ -23,7 +23,7 @@ DEFAULT_METHOD = (EVERY_METHOD if os.environ.get("INTROSPECT_FULL_MATRIX") == "1
 USER_TYPES = ["__main__.Widget", "__main__.Outer.Inner", "__main__.Cached", "__main__.Closured", "__main__.FrameHeld"]
 
 
-# Builtin C modules the agent may have to import once (and leaves imported: see agent.py).
+# Builtin C modules the agent may have to import once (and leaves imported: see agent/core.py).
 BUILTIN_OK = {"gc", "time", "_collections"}
 
 

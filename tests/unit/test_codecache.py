@@ -7,6 +7,7 @@ tests/integration/test_agent_code.py and test_hostile_code.py.
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import subprocess
@@ -16,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from introspect import codecache
-from introspect.agent import agent_source
+from introspect.agent import agent_files
 from introspect.channel import Request, RunDir, bootstrap_source
 from introspect.target import Target
 
 ROOT_OWNED_PYTHON = codecache.untrusted(sys.executable) is None
+X = [("x.py", b"x = 1\n")]
 
 
 def _target(capi: Path, exe: str = sys.executable) -> Target:
@@ -74,9 +76,27 @@ def test_untrusted_names_the_reason(tmp_path: Path) -> None:
     reason=f"{sys.executable} is not root-owned here: no trusted compiler to test",
 )
 def test_a_trusted_binary_compiles_what_the_bootstrap_loads(tmp_path: Path) -> None:
-    data, how = codecache.compile_with(sys.executable, agent_source("top"))
+    data, how = codecache.compile_with(sys.executable, agent_files("top"))
     assert data is not None and how == sys.executable
-    assert codecache.split(data)[0] == codecache.local_header()  # type: ignore[index]
+    header, code = codecache.split(data)  # type: ignore[misc]
+    assert header == codecache.local_header()
+    # one code object per file, each under its own name, as the CLI's own compile makes them
+    names = [c.co_filename for c in marshal.loads(code)]
+    assert names == ["<introspect>/core.py", "<introspect>/sizes.py", "<introspect>/run.py"]
+
+
+def test_the_local_compile_makes_one_code_object_per_file() -> None:
+    files = agent_files("backrefs")
+    data = codecache._local(files)
+    assert data is not None
+    header, code = codecache.split(data)  # type: ignore[misc]
+    loaded = marshal.loads(code)
+    assert type(loaded) is tuple
+    assert [c.co_filename for c in loaded] == [f"<introspect>/{n}" for n, _ in files]
+    assert [n for n, _ in files] == ["core.py", "backrefs.py", "chains.py", "run.py"]
+    assert codecache.pack(files).split(b"\n", 1)[0] == " ".join(
+        f"{n} {len(d)}" for n, d in files
+    ).encode()
 
 
 DEBIAN = "/usr/bin/python3.11"
@@ -99,10 +119,10 @@ def test_a_binary_that_reads_an_untrusted_file_is_not_used(tmp_path: Path) -> No
     exe = tmp_path / "bin" / "python3.11"
     shutil.copy(DEBIAN, exe)
     # WHEN it is asked to compile THEN its output is refused, the untrusted file named
-    data, why = codecache.compile_with(str(exe), b"x = 1\n")
+    data, why = codecache.compile_with(str(exe), X)
     assert data is None and "encodings" in why, why
     # AND the real one, whose files only root could have made, is used
-    data, why = codecache.compile_with(DEBIAN, b"x = 1\n")
+    data, why = codecache.compile_with(DEBIAN, X)
     assert data is not None, why
 
 
@@ -130,7 +150,7 @@ def test_for_target_other_interpreter_made_by_its_binary_then_cached(
     from introspect.target import inspect_target
 
     # the CLI's own interpreter file: compiled here, nothing kept
-    data, how = codecache.for_target(_target(Path(sys.executable)), b"x = 1\n")
+    data, how = codecache.for_target(_target(Path(sys.executable)), X)
     assert data is not None and "CLI's Python" in how and not cache.exists()
     # another interpreter's process: its (root-owned) binary makes the code, which is kept
     proc = subprocess.Popen([DEBIAN, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
@@ -138,10 +158,10 @@ def test_for_target_other_interpreter_made_by_its_binary_then_cached(
         target = inspect_target(proc.pid)
         if os.path.samefile(target.exe, sys.executable):
             pytest.skip(f"{DEBIAN} is the CLI's own interpreter here")
-        data, how = codecache.for_target(target, b"x = 1\n")
+        data, how = codecache.for_target(target, X)
         assert data is not None and how == f"made by {target.exe}", how
         assert len(list(cache.glob("*.code"))) == 1
-        assert codecache.for_target(target, b"x = 1\n") == (data, f"cached, made by {target.exe}")
+        assert codecache.for_target(target, X) == (data, f"cached, made by {target.exe}")
     finally:
         proc.kill()
         proc.wait()
@@ -163,18 +183,24 @@ def test_unwritable_cache_is_no_error(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not codecache._store("k", codecache.local_header() + b"c")
 
 
-def _bootstrap(tmp_path: Path, source: str, code: bytes | None) -> str:
+def _bootstrap(tmp_path: Path, files: list[tuple[str, bytes]], code: bytes | None) -> str:
     run = RunDir(_target(tmp_path / "x.so"), "nonce", str(tmp_path))
     request = Request("top", {}, 30.0, run)
-    (tmp_path / "agent.py").write_text(source)
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
     code_path = ""
     if code is not None:
         (tmp_path / "agent.code").write_bytes(code)
         code_path = str(tmp_path / "agent.code")
-    return bootstrap_source(str(tmp_path / "agent.py"), request, code_path)
+    paths = [(str(tmp_path / name), f"<introspect>/{name}") for name, _ in files]
+    return bootstrap_source(paths, request, code_path)
 
 
-AGENT = "import gc\nprint(_LOADED[0], __file__, _GC, gc.isenabled(), REQUEST['command'])\n"
+# Two files run in order in one namespace: the second sees what the first defined.
+AGENT = [
+    ("first.py", b"import gc\nwhere = __file__\n"),
+    ("last.py", b"print(_LOADED[0], where, _GC, gc.isenabled(), REQUEST['command'])\n"),
+]
 
 
 def test_bootstrap_compiles_and_gives_nothing_back_then_loads(tmp_path: Path) -> None:
@@ -185,18 +211,22 @@ def test_bootstrap_compiles_and_gives_nothing_back_then_loads(tmp_path: Path) ->
         text=True,
         timeout=30,
     )
-    assert out.stdout == "compiled <introspect>/agent.py True False top\nafter True\n", out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "agent.py"
-    ]  # what it compiled stayed in it
-    # code made here loads, with no compile (the source is not even read: here it is gone)
-    text = _bootstrap(tmp_path, AGENT, codecache._local(AGENT.encode()))
-    (tmp_path / "agent.py").unlink()
+    assert out.stdout == "compiled <introspect>/ True False top\nafter True\n", out.stderr
+    # what it compiled stayed in it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.py", "last.py"]
+    # code made here loads, with no compile (the sources are not even read: here they are gone)
+    text = _bootstrap(tmp_path, AGENT, codecache._local(AGENT))
+    for name, _ in AGENT:
+        (tmp_path / name).unlink()
     out = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True, timeout=30)
-    assert out.stdout == "loaded <introspect>/agent.py True False top\n", out.stderr
+    assert out.stdout == "loaded <introspect>/ True False top\n", out.stderr
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x00\x00\r\n 30b07f0 \nxx", None])
+# a code file of our header holding one code object, not the tuple of the files (an older CLI's)
+ONE = codecache.local_header() + marshal.dumps(compile("print('not run')", "<introspect>/x", "exec"))
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x00\x00\r\n 30b07f0 \nxx", None, ONE])
 def test_bootstrap_never_loads_a_foreign_or_damaged_file(tmp_path: Path, bad: bytes | None) -> None:
     code = bad if bad is not None else codecache.local_header() + b"\xff" * 32
     text = _bootstrap(tmp_path, AGENT, code)
@@ -211,4 +241,4 @@ def test_bootstrap_never_loads_a_foreign_or_damaged_file(tmp_path: Path, bad: by
         timeout=30,
     )
     # a collector the target had off stays off, and the agent is told so
-    assert out.stdout == "compiled <introspect>/agent.py False False top\nafter False\n", out.stderr
+    assert out.stdout == "compiled <introspect>/ False False top\nafter False\n", out.stderr
