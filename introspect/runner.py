@@ -30,9 +30,22 @@ WAKE_GRACE_S = 4.0
 
 # x86_64 syscall numbers a blocked main thread usually sits in.
 _SYSCALLS = {
-    0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom", 61: "wait4",
-    202: "futex", 219: "restart_syscall", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
-    281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
+    0: "read",
+    7: "poll",
+    23: "select",
+    35: "nanosleep",
+    43: "accept",
+    45: "recvfrom",
+    61: "wait4",
+    202: "futex",
+    219: "restart_syscall",
+    230: "clock_nanosleep",
+    232: "epoll_wait",
+    270: "pselect6",
+    271: "ppoll",
+    281: "epoll_pwait",
+    288: "accept4",
+    441: "epoll_pwait2",
 }
 
 
@@ -79,7 +92,8 @@ class Outcome:
 
 
 def code_meta(envelope: dict[str, Any]) -> dict[str, Any]:
-    """How the target got the agent's code: "loaded" (precompiled, see codecache) or "compiled", and how long it took."""
+    """How the target got the agent's code: "loaded" (precompiled, see codecache) or "compiled",
+    and how long it took."""
     code = envelope.get("code")
     if not (isinstance(code, list) and len(code) == 2 and isinstance(code[1], (int, float))):
         return {}
@@ -124,8 +138,10 @@ class _TargetLock:
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
         st = os.lstat(lock_dir)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
-            raise errors.AccessDenied(f"{lock_dir} is not a directory of ours (uid {euid})",
-                                      help=f"Remove it (rm -r {lock_dir}) and run introspect again.")
+            raise errors.AccessDenied(
+                f"{lock_dir} is not a directory of ours (uid {euid})",
+                help=f"Remove it (rm -r {lock_dir}) and run introspect again.",
+            )
         self.dir = lock_dir
         self.path = f"{lock_dir}/{pid}.lock"
         self.fd = -1
@@ -158,7 +174,8 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 def sweep_locks(lock_dir: str) -> list[str]:
-    """Remove ``<pid>.lock`` files of pids that no longer exist; a file someone holds is left alone."""
+    """Remove ``<pid>.lock`` files of pids that no longer exist; a file someone holds is left
+    alone."""
     removed: list[str] = []
     try:
         names = os.listdir(lock_dir)
@@ -221,7 +238,10 @@ def run_agent(
             last_error: errors.IntrospectError | None = None
             for injector in injectors:
                 try:
-                    log(f"injecting with {injector.name} into pid {pid} (Python {target.version_str})")
+                    log(
+                        f"injecting with {injector.name} into pid {pid} (Python "
+                        f"{target.version_str})"
+                    )
                     injection = injector.inject(target, run, bootstrap)
                     break
                 except errors.InjectionFailed as exc:
@@ -232,20 +252,31 @@ def run_agent(
             if injection is None:
                 assert last_error is not None
                 raise last_error
-            log(f"injected: {injection.detail}; target stopped {injection.attach_pause_s * 1000:.1f} ms by the injector")
+            log(
+                f"injected: {injection.detail}; target stopped "
+                f"{injection.attach_pause_s * 1000:.1f} ms by the injector"
+            )
 
             progress = Progress()
-            stall: dict[str, Any] = {}  # what the main thread was doing, and when to give up on it waking
+            # what the main thread was doing, and when to give up on it waking
+            stall: dict[str, Any] = {}
 
             def on_stall(waited: float) -> None:
                 progress.done()  # the verbose log lines below start on a clean line
                 activity = main_thread_activity(pid)
                 stall["activity"] = activity
-                log(f"the main thread has not run our request after {waited:.1f} s: it is {activity}")
+                log(
+                    f"the main thread has not run our request after {waited:.1f} s: it is "
+                    f"{activity}"
+                )
                 parked = activity.startswith("blocked in") and "futex" not in activity
                 if parked and method == "pep768":
-                    stall["why"] = (f"its main thread is {activity} and --method pep768 runs code only when that thread "
-                                    "runs Python again", "--method auto (or ptrace) can run the agent on a main thread parked with the GIL released.")
+                    stall["why"] = (
+                        f"its main thread is {activity} and --method pep768 runs code only when "
+                        "that thread runs Python again",
+                        "--method auto (or ptrace) can run the agent on a main thread parked with "
+                        "the GIL released.",
+                    )
                 if not parked or method == "pep768":
                     log(f"waiting up to --timeout {timeout:g} s for it to run Python code again")
                     return
@@ -264,11 +295,15 @@ def run_agent(
                 except errors.InjectionFailed as exc:
                     if "holds the GIL" in exc.msg:
                         stall["why"] = (
-                            f"its main thread is {activity} while holding the GIL: no Python code, ours included, can run "
+                            f"its main thread is {activity} while holding the GIL: no Python "
+                            "code, ours included, can run "
                             "in this process until that call returns",
-                            "A C call that blocks without releasing the GIL does this (with --method gdb, an idle uWSGI "
-                            "without --enable-threads too; the default ptrace injector handles that one). Run introspect "
-                            "while the process serves traffic (send it a request).")
+                            "A C call that blocks without releasing the GIL does this (with "
+                            "--method gdb, an idle uWSGI "
+                            "without --enable-threads too; the default ptrace injector handles "
+                            "that one). Run introspect "
+                            "while the process serves traffic (send it a request).",
+                        )
                         log(f"{exc.msg}; waiting {WAKE_GRACE_S:g} s for it to wake up")
                         return
                     log(f"{exc.msg}; waiting up to --timeout {timeout:g} s")
@@ -279,25 +314,45 @@ def run_agent(
                 injection.page = None
                 injection.attach_pause_s += parked_run.attach_pause_s
                 injection.detail += f"; idle, so ran via {parked_run.detail}"
-                log(f"ran via {parked_run.detail} (target stopped {parked_run.attach_pause_s * 1000:.1f} ms by the injector); "
-                    "the queued request will find nothing to do when the thread next runs Python")
+                log(
+                    f"ran via {parked_run.detail} (target stopped "
+                    f"{parked_run.attach_pause_s * 1000:.1f} ms by the injector); "
+                    "the queued request will find nothing to do when the thread next runs Python"
+                )
 
             def on_tick(waited: float, started: bool) -> None:
                 if not started and "why" in stall:
-                    # Waiting cannot help unless the process wakes up by itself: a short grace, then the cause.
+                    # Waiting cannot help unless the process wakes up by itself: a short grace,
+                    # then the cause.
                     stall.setdefault("give_up", waited + WAKE_GRACE_S)
                     if waited >= stall["give_up"]:
                         why, fix = stall["why"]
                         raise errors.BadTargetState(
-                            f"cannot run code in the process now: {why} (still so after {waited:.0f} s)", pid=pid,
-                            name=target.name, help=f"{fix} Nothing was done to it; the queued request is void.")
-                doing = {"top": "counting objects", "growth": "counting objects", "backrefs": "walking referrers",
-                         "snapshot": "forking", "trace_show": "reading traces", "trace_stop": "reading traces"}.get(command, "running")
-                waiting = f"waiting for the main thread ({stall['activity']})" if "activity" in stall else "waiting for the main thread to reach a safe point"
+                            f"cannot run code in the process now: {why} (still so after "
+                            f"{waited:.0f} s)",
+                            pid=pid,
+                            name=target.name,
+                            help=f"{fix} Nothing was done to it; the queued request is void.",
+                        )
+                doing = {
+                    "top": "counting objects",
+                    "growth": "counting objects",
+                    "backrefs": "walking referrers",
+                    "snapshot": "forking",
+                    "trace_show": "reading traces",
+                    "trace_stop": "reading traces",
+                }.get(command, "running")
+                waiting = (
+                    f"waiting for the main thread ({stall['activity']})"
+                    if "activity" in stall
+                    else "waiting for the main thread to reach a safe point"
+                )
                 progress.update(f"pid {pid}: {doing}" if started else f"pid {pid}: {waiting}")
 
             try:
-                envelope = wait_for_result(request, on_stall=on_stall, stall_after=STALL_S, on_tick=on_tick)
+                envelope = wait_for_result(
+                    request, on_stall=on_stall, stall_after=STALL_S, on_tick=on_tick
+                )
             except errors.TimeoutExpired as exc:
                 if "activity" in stall and not run.exists("started"):
                     exc.msg += f"; its main thread was {stall['activity']}"
@@ -306,14 +361,23 @@ def run_agent(
                 progress.done()
             code = code_meta(envelope)
             if code:
-                log(f"the agent's code was {code['agent_code']} in the target in {code['agent_code_s'] * 1000:.2f} ms")
+                log(
+                    f"the agent's code was {code['agent_code']} in the target in "
+                    f"{code['agent_code_s'] * 1000:.2f} ms"
+                )
             if session is not None and envelope.get("ok"):
                 extra = session.finish(run, envelope)
         except OSError as exc:
             # The run dir lives under /proc/PID/root: it vanishes with the target.
             if not target.is_alive():
-                raise errors.TargetExited("the process exited while introspect was working on it", pid=pid, name=target.name) from None
-            raise errors.InjectionFailed(f"I/O error in the run directory {run.host}: {exc}", pid=pid, name=target.name) from None
+                raise errors.TargetExited(
+                    "the process exited while introspect was working on it",
+                    pid=pid,
+                    name=target.name,
+                ) from None
+            raise errors.InjectionFailed(
+                f"I/O error in the run directory {run.host}: {exc}", pid=pid, name=target.name
+            ) from None
         finally:
             if session is not None:
                 session.close()
@@ -334,12 +398,19 @@ def run_agent(
         err = envelope.get("error") or {}
         if err.get("type") == "AgentBusy":
             raise errors.BadTargetState(
-                "an introspect agent of an earlier run is still working in the process (its CLI gave up on it)",
-                pid=pid, name=target.name,
-                help="Nothing was done now. It stops at its next check; run the command again in a few seconds.")
-        where = "; ".join(f"{os.path.basename(f)}:{line} in {fn}" for f, line, fn in err.get("frames", [])[-3:])
+                "an introspect agent of an earlier run is still working in the process (its CLI "
+                "gave up on it)",
+                pid=pid,
+                name=target.name,
+                help="Nothing was done now. It stops at its next check; run the command again in "
+                "a few seconds.",
+            )
+        where = "; ".join(
+            f"{os.path.basename(f)}:{line} in {fn}" for f, line, fn in err.get("frames", [])[-3:]
+        )
         raise errors.AgentError(
-            f"the agent failed inside the target: {err.get('type')}: {err.get('message')} [{where}]",
+            f"the agent failed inside the target: {err.get('type')}: {err.get('message')} "
+            f"[{where}]",
             pid=pid,
             name=target.name,
             help="This is a bug in introspect; the target was not harmed. Please report it.",
