@@ -212,7 +212,7 @@ def keeping(
     check_writable(path)
     facts = {
         **base_facts(args.pid),
-        "memory_missing": "it was kept by a live top, growth or backrefs (--keep), which does not "
+        "memory_missing": "it was kept by a live command (--keep, --keep-dir), which does not "
         "read the allocators; `introspect dump PID` writes the breakdown",
     }
 

@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from pathlib import Path
@@ -48,7 +49,14 @@ from introspect.commands.report_doc import (
     slug,
     snapshot_block,
 )
-from introspect.commands.report_looks import Collected, growth_of, merged_growth, snapshot_look
+from introspect.commands.report_looks import (
+    Collected,
+    check_keep_dir,
+    growth_of,
+    keep_paths,
+    merged_growth,
+    snapshot_look,
+)
 from introspect.render.graph import write_graph
 from introspect.render.html import report_html
 from introspect.render.output import OutputDir
@@ -110,8 +118,14 @@ class Command:
             "--values",
             action="store_true",
             help="show a few values of each suspect's accumulation point, made in the frozen copy "
-            "(builtin "
-            "types only; a user object is named by its type, its __repr__ never runs)",
+            "(builtin types only; a user object is named by its type, its __repr__ never runs)",
+        )
+        parser.add_argument(
+            "--keep-dir",
+            metavar="DIR",
+            help="also write the forked snapshots of the first and last look to DIR/look-1.pydump "
+            "and DIR/look-2.pydump, as `introspect dump` does (`report DIR/look-1.pydump "
+            "DIR/look-2.pydump` reads them anywhere; never overwrites a file)",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -131,6 +145,7 @@ class Command:
             from introspect.commands import report_files
 
             return report_files.run(args)
+        check_keep_dir(args)
         sampler = Sampler(args.pid, children=False)
         out = OutputDir(self.name, args.pid, args.output)
         progress = Progress()
@@ -406,6 +421,8 @@ def write_report(
     )
     doc["memory"].update(wall_fields)
     doc["memory"]["wall"] = wall_lines
+    # --keep-dir: the looks' snapshots that were written (a look without a fork writes none)
+    doc["files"]["kept"] = [p for p in keep_paths(args) if os.path.exists(p)]
     doc["files"]["index"] = str(out.write_text("index.html", report_html(doc, chain_text)))
     return doc
 
@@ -453,6 +470,8 @@ def render(doc: dict[str, Any]) -> str:
     lines += breakdown_lines(doc.get("breakdown"), doc["pid"])
     lines += findings_lines(doc, "since the first look")
     lines += _allocated_lines(doc)
+    if doc["files"].get("kept"):
+        lines.append("looks kept: introspect report " + " ".join(doc["files"]["kept"]))
     if not doc["complete"]:
         lines.append(f"INCOMPLETE: {doc['problem']}")
     return "\n".join(lines)

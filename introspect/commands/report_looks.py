@@ -5,6 +5,7 @@ copy. `report` (report.py) runs them in the background while it samples memory."
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from introspect import analysis, errors, tracing
 from introspect.commands import memory as memory_cmd
 from introspect.commands.backrefs import forked_chains
+from introspect.commands.dump import check_writable, keeping
 from introspect.commands.monitor import Sample
 from introspect.runner import Outcome
 
@@ -34,6 +36,29 @@ class Collected:
     pending: list[threading.Thread] = field(default_factory=list)
     problem: errors.IntrospectError | None = None
     interrupted: bool = False
+
+
+def keep_paths(args: argparse.Namespace) -> list[str]:
+    """--keep-dir DIR: the files the first and the last look are kept in."""
+    d = getattr(args, "keep_dir", None)
+    return [os.path.join(d, f"look-{k}.pydump") for k in (1, 2)] if d else []
+
+
+def check_keep_dir(args: argparse.Namespace) -> None:
+    """Make --keep-dir's directory (private: a dump holds keys and names) and refuse, before the
+    target is touched, a place that cannot take the files or already holds one of them."""
+    d = getattr(args, "keep_dir", None)
+    if not d:
+        return
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise errors.OutputError(
+            f"cannot make --keep-dir {d}: {exc.strerror}",
+            help="Choose a writable place with --keep-dir DIR (nothing was done to the target).",
+        ) from None
+    for path in keep_paths(args):
+        check_writable(path)
 
 
 def snapshot_look(
@@ -85,12 +110,18 @@ def snapshot_look(
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
         return value
 
+    def keep(f: Any) -> Any:  # --keep-dir: this look's snapshot written first, as `dump` does
+        paths = keep_paths(args)
+        if not paths:
+            return f
+        return keeping(argparse.Namespace(keep=paths[1 if last else 0], pid=args.pid), f, log)
+
     try:
         proc = memory_cmd.read_before_fork(args.pid)  # the breakdown's RSS/USS: before the fork
         outcome, value, col = collect.take(
             args.pid,
             "auto",
-            memory_cmd.along(analyse),
+            memory_cmd.along(keep(analyse)),
             method=args.method,
             timeout=args.timeout,
             log=log,
