@@ -42,7 +42,8 @@ class _Out:
             self._write(out)
 
     def frame(self, kind: bytes, payload: bytes) -> None:
-        self.put(kind + len(payload).to_bytes(4, "little") + payload)
+        self.put(kind + len(payload).to_bytes(4, "little"))
+        self.put(payload)
 
     def json(self, kind: bytes, doc: Any) -> None:
         self.frame(kind, json.dumps(doc, separators=(",", ":")).encode())
@@ -105,6 +106,74 @@ def _by_type_sample(
         yield [p for p, _ in got], [a for _, a in got]
 
 
+class DumpFile:
+    """A dump being written: a temporary name next to ``path`` (mode 0600), renamed to ``path``
+    by ``commit``; ``abort`` removes it (a failed dump leaves no file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = f"{path}.{os.getpid()}.part"
+        self.t0 = time.monotonic()
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self.out = _Out(self.fd)
+        self.out._write(DUMP_MAGIC)
+        self.objects = self.references = self.size_total = self.size_over = 0
+
+    def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
+        """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
+        and written to the file frame by frame as it streams, keeping only the columns the
+        walker's questions need (types, references): the snapshot has no sizes, refcounts or
+        gc flags; ``size_total`` and ``size_over`` are its objects' bytes, and those of the ones
+        above pymalloc's small request."""
+        from introspect.breakdown import SMALL_REQUEST
+        from introspect.snapshot.columns import Columns
+
+        cols = Columns(
+            reader.limits, keep=frozenset(("type_of", "nrefs", "refs")), big=SMALL_REQUEST
+        )
+        self.out.put(MAGIC)
+        snap = records.read_snapshot(reader, sink=self.out.frame, cols=cols, **kw)
+        self.size_total, self.size_over = cols.size_total, cols.size_over
+        return snap
+
+    def answers(
+        self,
+        snap: Snapshot,
+        walker: Any,
+        facts: dict[str, Any],
+        no_keys: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
+        self.objects, self.references = snap.n, int(snap.refs.shape[0])
+        _write_answers(self.out, snap, walker, facts, no_keys, log)
+
+    def commit(self) -> dict[str, Any]:
+        """The file whole on disk under its name; the dump's own figures."""
+        self.out.finish()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.rename(self.tmp, self.path)
+        return {
+            "file": self.path,
+            "bytes": self.out.written,
+            "raw_bytes": self.out.raw,
+            "objects": self.objects,
+            "references": self.references,
+            "write_s": round(time.monotonic() - self.t0, 3),
+        }
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
 def write(
     path: str,
     snap: Snapshot,
@@ -113,55 +182,47 @@ def write(
     no_keys: bool,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Write ``snap`` and the walker's answers to ``path`` (mode 0600, created whole or not at
-    all: a temporary name is renamed at the end). Returns the dump's own figures."""
-    t0 = time.monotonic()
-    tmp = f"{path}.{os.getpid()}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    """Write ``snap`` (read whole already: --keep) and the walker's answers to ``path`` (mode
+    0600, created whole or not at all). Returns the dump's own figures."""
+    f = DumpFile(path)
     try:
-        out = _Out(fd)
-        out._write(DUMP_MAGIC)
-        _write_snapshot(out, snap)
-        out.json(b"D", {**facts, "no_keys": no_keys})
-        # names and counts are written as they are answered; only what the labels need is kept:
-        # the named positions (for their free variables) and big containers' item counts
-        named: list[int] = []
-        for pos, got in _by_type_sample(snap, walker.names, ""):
-            _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
-            named += pos
-        items: dict[int, int] = {}
-        nrefs = np.diff(snap.offsets)
-        for pos, got in _by_type_sample(snap, walker.counts, -1):
-            _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
-            if pos:
-                big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
-                items.update((pos[k], got[k]) for k in big)
-        del nrefs
-        free = walker.freevars(named) if named else []
-        _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
-        del named, free
-        total = _write_labels(out, snap, walker, items, no_keys)
-        log(f"dump: {total:,} labels written")
-        out.json(b"Z", {"labels": total})
-        out.finish()
-        os.fsync(fd)
+        _write_snapshot(f.out, snap)
+        f.answers(snap, walker, facts, no_keys, log)
+        return f.commit()
     except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        f.abort()
         raise
-    os.close(fd)
-    os.rename(tmp, path)
-    return {
-        "file": path,
-        "bytes": out.written,
-        "raw_bytes": out.raw,
-        "objects": snap.n,
-        "references": int(snap.refs.shape[0]),
-        "write_s": round(time.monotonic() - t0, 3),
-    }
+
+
+def _write_answers(
+    out: _Out,
+    snap: Snapshot,
+    walker: Any,
+    facts: dict[str, Any],
+    no_keys: bool,
+    log: Callable[[str], None],
+) -> None:
+    out.json(b"D", {**facts, "no_keys": no_keys})
+    # names and counts are written as they are answered; only what the labels need is kept:
+    # the named positions (for their free variables) and big containers' item counts
+    named: list[int] = []
+    for pos, got in _by_type_sample(snap, walker.names, ""):
+        _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
+        named += pos
+    items: dict[int, int] = {}
+    nrefs = np.diff(snap.offsets)
+    for pos, got in _by_type_sample(snap, walker.counts, -1):
+        _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
+        if pos:
+            big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
+            items.update((pos[k], got[k]) for k in big)
+    del nrefs
+    free = walker.freevars(named) if named else []
+    _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
+    del named, free
+    total = _write_labels(out, snap, walker, items, no_keys)
+    log(f"dump: {total:,} labels written")
+    out.json(b"Z", {"labels": total})
 
 
 BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
