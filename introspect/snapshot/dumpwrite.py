@@ -89,21 +89,25 @@ def _by_type_sample(
     whose first instance has such an answer (names: modules, classes, functions; counts:
     containers): one question per type first, then only the instances of the types that
     answered. A chunk at a time: a million containers' counts are never all in memory."""
+    step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
-    order = np.arange(snap.n, dtype=np.int64)[::-1]
-    first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
-    del order
+    for s in range(0, snap.n, step):
+        kinds, at = np.unique(snap.type_of[s : s + step], return_index=True)
+        new = first[kinds] < 0
+        first[kinds[new]] = at[new] + s
     probe = [int(p) for p in first if p >= 0]
     answered = {
         int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
     }
     if not answered:
         return
-    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64)))
-    for s in range(0, len(want), 40_000):
-        chunk = want[s : s + 40_000].tolist()
-        got = [(p, a) for p, a in zip(chunk, ask(chunk)) if a != empty]
-        yield [p for p, _ in got], [a for _, a in got]
+    kinds = np.fromiter(answered, np.int64)
+    for s in range(0, snap.n, step):
+        hits = np.flatnonzero(np.isin(snap.type_of[s : s + step], kinds)) + s
+        for k in range(0, len(hits), 10_000):
+            part = hits[k : k + 10_000].tolist()
+            got = [(p, a) for p, a in zip(part, ask(part)) if a != empty]
+            yield [p for p, _ in got], [a for _, a in got]
 
 
 class DumpFile:
@@ -210,13 +214,12 @@ def _write_answers(
         _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
         named += pos
     items: dict[int, int] = {}
-    nrefs = np.diff(snap.offsets)
     for pos, got in _by_type_sample(snap, walker.counts, -1):
         _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
         if pos:
-            big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
+            at = np.asarray(pos, np.int64)
+            big = np.flatnonzero(snap.offsets[at + 1] - snap.offsets[at] > BIG).tolist()
             items.update((pos[k], got[k]) for k in big)
-    del nrefs
     free = walker.freevars(named) if named else []
     _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
     del named, free
@@ -225,8 +228,9 @@ def _write_answers(
     out.json(b"Z", {"labels": total})
 
 
+BATCH = 10 * CHUNK  # labels asked and written at a time (their pairs and strings: ~3 MB)
 BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
-K_ITEMS = 50_000  # items of one container per K question
+K_ITEMS = 20_000  # items of one container per K question (its answer: ~3 MB in the CLI)
 
 
 def _k_answer(n: int) -> Callable[[Any], bool]:
@@ -260,7 +264,10 @@ def _streamed_labels(
     answers). Returns how many references were labelled so (0: the walker does not answer for
     this holder, or its answers come in another order)."""
     ok, total = _k_answer(n), len(refs)
-    if len(np.unique(refs)) != total:
+    ordered = np.sort(refs)  # a copy of refs' width (np.unique's hash table: 10x that)
+    distinct = bool(np.all(ordered[1:] != ordered[:-1]))
+    del ordered
+    if not distinct:
         return 0  # a child held twice gets its first item's label everywhere: the mapping does it
     starts = list(range(0, max(n_items, 1), K_ITEMS))
     for backwards in (True, False):
@@ -319,7 +326,7 @@ def _write_labels(
             buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
             pairs.clear()
             keyed.clear()
-        if buf and (final or len(buf) >= 50 * CHUNK):
+        if buf and (final or len(buf) >= BATCH):
             out.json(b"Y", {"what": "labels", "start": written, "items": buf})
             written += len(buf)
             buf = []
@@ -336,7 +343,7 @@ def _write_labels(
             def emit(labels: list[str], hide: bool = hide) -> None:
                 nonlocal buf
                 buf += [_no_key(lab) for lab in labels] if hide else labels
-                if len(buf) >= 50 * CHUNK:
+                if len(buf) >= BATCH:
                     flush()
 
             lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
@@ -351,7 +358,7 @@ def _write_labels(
             pairs.extend((p, r) for r in refs[lo:hi].tolist())
             if no_keys:
                 keyed.extend([hide] * (hi - lo))
-        if len(pairs) >= 50 * CHUNK or len(buf) >= 50 * CHUNK:
+        if len(pairs) >= BATCH or len(buf) >= BATCH:
             flush()
     flush(final=True)
     return written
