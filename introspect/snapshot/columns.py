@@ -11,9 +11,10 @@ allow (issue 23: a 10M-object heap in at most half the target's memory):
   nrefs uint32 (offsets once read: int32 while the references fit); refs int32; tracked one byte
 
 That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream. A reader that
-needs only some columns (a dump streamed to its file: type_of, nrefs and refs for the walker's
-questions) names them in ``keep``: the others are checked frame by frame and dropped, and the
-sizes are only summed (``size_total``, and ``size_over`` above ``big``).
+needs only some columns (a dump streamed to its file: type_of, refs and offsets for the walker's
+questions, 10 bytes per object and 4 per reference; ``offsets`` is summed frame by frame instead
+of keeping nrefs) names them in ``keep``: the others are checked frame by frame and dropped, and
+the sizes are only summed (``size_total``, and ``size_over`` above ``big``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ COMPACT: dict[str, np.dtype[Any]] = {
     "size": np.dtype(np.uint32),
     "type_of": np.dtype(np.uint16),
     "excess": np.dtype(np.int32),
+    "offsets": np.dtype(np.int32),  # kept (``keep``) instead of nrefs: summed frame by frame
 }
 # a narrow column -> its wide form, taken when a value does not fit
 WIDE: dict[np.dtype[Any], np.dtype[Any]] = {
     np.dtype(np.uint32): np.dtype(np.int64),
     np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.int32): np.dtype(np.int64),  # offsets past 2**31 references
 }
 
 
@@ -123,6 +126,12 @@ class Columns:
             size = got["size"]
             self.size_total += int(size.sum(dtype=np.int64))
             self.size_over += int(size[size > self.big].sum(dtype=np.int64))
+        if kind == b"O" and self.keep is not None and "offsets" in self.keep:
+            if "offsets" not in self.filled:
+                self._append("offsets", np.zeros(1, np.int64), known + 1)
+            ends = np.cumsum(got["nrefs"], dtype=np.int64)
+            ends += self.refs
+            self._append("offsets", ends, known + 1)
         for name, arr in got.items():  # copied: the payload is freed now, not at the end
             self._append(name, arr, known if name != "refs" else self.refs + items)
         if kind == b"O":

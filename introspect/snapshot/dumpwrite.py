@@ -133,7 +133,7 @@ class DumpFile:
         from introspect.snapshot.columns import Columns
 
         cols = Columns(
-            reader.limits, keep=frozenset(("type_of", "nrefs", "refs")), big=SMALL_REQUEST
+            reader.limits, keep=frozenset(("type_of", "offsets", "refs")), big=SMALL_REQUEST
         )
         self.out.put(MAGIC)
         snap = records.read_snapshot(reader, sink=self.out.frame, cols=cols, **kw)

@@ -413,7 +413,11 @@ def read_snapshot(
         )
     if sink is not None:  # only once the whole snapshot is checked
         sink(b"E", _compact(end))
-    offsets = offsets_of(cols.column("nrefs", "<u4"))
+    if cols.keep is not None and "offsets" in cols.keep:  # summed as the frames came
+        offsets = cols.column("offsets", "int64")
+        offsets = offsets if offsets.shape[0] else np.zeros(1, np.int32)
+    else:
+        offsets = offsets_of(cols.column("nrefs", "<u4"))
     return Snapshot(
         meta=meta or {},
         types=types,
