@@ -12,7 +12,7 @@ allow (issue 23: a 10M-object heap in at most half the target's memory):
 
 That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream. A reader that
 needs only some columns (a dump streamed to its file: type_of, refs and offsets for the walker's
-questions, 10 bytes per object and 4 per reference; ``offsets`` is summed frame by frame instead
+questions, 6 bytes per object and 4 per reference; ``offsets`` is summed frame by frame instead
 of keeping nrefs) names them in ``keep``: the others are checked frame by frame and dropped, and
 the sizes are only summed (``size_total``, and ``size_over`` above ``big``).
 """
