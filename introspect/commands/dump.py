@@ -121,12 +121,25 @@ def take(
     proc = memory_cmd.read_before_fork(pid)  # RSS/USS before the fork (then all is shared)
     facts = {**base_facts(pid), "rss": proc.rss, "uss": proc.uss}
 
+    # The records go to the file as they stream (dumpwrite.DumpFile.read): the CLI keeps only
+    # what the walker's questions need (types and references), never the whole snapshot.
+    out = dumpwrite.DumpFile(path)
+
     def analyse(snap: Snapshot, walker: Walker) -> dict[str, Any]:
         from introspect.snapshot.records import FormatError
 
         _fill(facts, snap)
         try:
-            got = memory_cmd.forked_facts(proc, memory_cmd.analyse_snapshot(snap, walker))
+            copy = walker.memory()  # as memory_cmd.analyse_snapshot, from the streamed sums
+            got = memory_cmd.forked_facts(
+                proc,
+                {
+                    "python_objects": out.size_total,
+                    "python_in_malloc": out.size_over if copy.get("pymalloc") else out.size_total,
+                    "objects": snap.n,
+                    "copy": copy,
+                },
+            )
         except FormatError as exc:  # the copy's answer out of shape: the heap is still dumped
             facts["memory_missing"] = f"the copy's memory answer was refused ({exc})"[:4096]
             log(f"dump: no memory breakdown: {exc}")
@@ -139,11 +152,25 @@ def take(
                 got["python_in_malloc"],
                 got["copy_s"],
             )
-        return dumpwrite.write(path, snap, walker, facts, no_keys, log)
+        out.answers(snap, walker, facts, no_keys, log)
+        return out.commit()
 
-    outcome, got, col = collect.take(
-        pid, collector, analyse, method=method, timeout=timeout, log=log, memory=True
-    )
+    try:
+        outcome, got, col = collect.take(
+            pid,
+            collector,
+            analyse,
+            method=method,
+            timeout=timeout,
+            log=log,
+            memory=True,
+            read=out.read,
+        )
+    except BaseException:
+        out.abort()
+        raise
+    if got is None:
+        out.abort()
     if outcome is None or got is None:
         raise errors.UsageError(
             f"a dump needs a forked snapshot, and it was not taken: {col['why']}",

@@ -162,6 +162,8 @@ class _Session:
     log: Callable[[str], None]
     fd: int = -1
     walker: Walker | None = None
+    # reads the stream (records.read_snapshot's signature); None: read_snapshot, keeping it all
+    read: Callable[..., Snapshot] | None = None
 
     def open(self, run: RunDir) -> None:
         # Opened before injecting: the walker's non-blocking open for writing needs a reader.
@@ -215,7 +217,7 @@ class _Session:
             )
 
         try:
-            snap = read_snapshot(reader, on_meta=on_meta, on_objects=on_objects)
+            snap = (self.read or read_snapshot)(reader, on_meta=on_meta, on_objects=on_objects)
             progress.done()
             walker = self.walker
             if walker is None:
@@ -347,11 +349,13 @@ def snapshot(
     log: Callable[[str], None] = lambda s: None,
     walk: bool = True,
     memory: bool = False,
+    read: Callable[..., Snapshot] | None = None,
 ) -> tuple[Outcome, T | None, dict[str, Any]]:
     """Fork the target and run ``analyse`` over its snapshot while the walker can still answer.
     Returns (outcome, value, walker stats); value is None when the agent could not fork
-    (outcome.result["error"] says why)."""
-    session = _Session(analyse, timeout, log)
+    (outcome.result["error"] says why). ``read`` reads the stream instead of
+    records.read_snapshot (a dump writes it to its file as it comes)."""
+    session = _Session(analyse, timeout, log, read=read)
     params = {
         "collect": collect,
         "child_deadline": time.time() + timeout,
@@ -398,6 +402,7 @@ def take(
     log: Callable[[str], None] = lambda s: None,
     walk: bool = True,
     memory: bool = False,
+    read: Callable[..., Snapshot] | None = None,
 ) -> tuple[Outcome | None, T | None, dict[str, Any]]:
     """A forked snapshot analysed, or (None, None, why) when the in-process path must run instead.
     The third item is the JSON "collector" block: which path ran, why, the fork's pause."""
@@ -414,6 +419,7 @@ def take(
         log=log,
         walk=walk,
         memory=memory,
+        read=read,
     )
     res = outcome.result
     if not res.get("forked"):

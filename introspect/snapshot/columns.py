@@ -10,7 +10,11 @@ allow (issue 23: a 10M-object heap in at most half the target's memory):
            (an immortal's 2**32 becomes 2**31 - 1, still immortal)
   nrefs uint32 (offsets once read: int32 while the references fit); refs int32; tracked one byte
 
-That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream.
+That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream. A reader that
+needs only some columns (a dump streamed to its file: type_of, refs and offsets for the walker's
+questions, 6 bytes per object and 4 per reference; ``offsets`` is summed frame by frame instead
+of keeping nrefs) names them in ``keep``: the others are checked frame by frame and dropped, and
+the sizes are only summed (``size_total``, and ``size_over`` above ``big``).
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ COMPACT: dict[str, np.dtype[Any]] = {
     "size": np.dtype(np.uint32),
     "type_of": np.dtype(np.uint16),
     "excess": np.dtype(np.int32),
+    "offsets": np.dtype(np.int32),  # kept (``keep``) instead of nrefs: summed frame by frame
 }
 # a narrow column -> its wide form, taken when a value does not fit
 WIDE: dict[np.dtype[Any], np.dtype[Any]] = {
     np.dtype(np.uint32): np.dtype(np.int64),
     np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.int32): np.dtype(np.int64),  # offsets past 2**31 references
 }
 
 
@@ -57,6 +63,10 @@ class Columns:
     # and how much of it is filled.
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     filled: dict[str, int] = field(default_factory=dict)
+    keep: frozenset[str] | None = None  # the columns kept (None: all)
+    big: int = 512  # sizes above it are summed into size_over as well
+    size_total: int = 0  # bytes of every object streamed
+    size_over: int = 0  # bytes of the objects larger than ``big``
 
     def add(self, kind: bytes, payload: bytes) -> None:
         columns = ARRAY_FRAMES[kind]
@@ -112,6 +122,16 @@ class Columns:
             got[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=off)
             off += k * np.dtype(dtype).itemsize
         self._check_columns(kind, got, items, known)
+        if kind == b"O":
+            size = got["size"]
+            self.size_total += int(size.sum(dtype=np.int64))
+            self.size_over += int(size[size > self.big].sum(dtype=np.int64))
+        if kind == b"O" and self.keep is not None and "offsets" in self.keep:
+            if "offsets" not in self.filled:
+                self._append("offsets", np.zeros(1, np.int64), known + 1)
+            ends = np.cumsum(got["nrefs"], dtype=np.int64)
+            ends += self.refs
+            self._append("offsets", ends, known + 1)
         for name, arr in got.items():  # copied: the payload is freed now, not at the end
             self._append(name, arr, known if name != "refs" else self.refs + items)
         if kind == b"O":
@@ -143,6 +163,9 @@ class Columns:
         """Copy ``part`` to the end of its column (narrowed, see the module's docstring);
         ``hint``: entries the column will have at least (the positions known so far): grown to
         it, or by half, whichever is more."""
+        if self.keep is not None and name not in self.keep:
+            self.filled[name] = self.filled.get(name, 0) + part.shape[0]  # checked, not kept
+            return
         arr = self.arrays.get(name)
         want: np.dtype[Any] = COMPACT.get(name, part.dtype) if arr is None else arr.dtype
         if name == "excess":
@@ -163,7 +186,8 @@ class Columns:
     def column(self, name: str, dtype: str) -> np.ndarray:
         """The column, its unused tail given back; ``dtype`` where it has no narrow form."""
         arr = self.arrays.pop(name, None)
-        if arr is None:
+        if arr is None:  # nothing streamed, or not kept
+            self.filled.pop(name, None)
             return np.zeros(0, COMPACT.get(name, np.dtype(dtype)))
         arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
         return arr if name in COMPACT else arr.astype(dtype, copy=False)
@@ -178,11 +202,11 @@ def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
 def offsets_of(nrefs: np.ndarray) -> np.ndarray:
     """CSR offsets (n + 1) from each object's reference count: int32 while the references fit
     in it, else int64; summed in blocks (a cumsum of the whole column would make an int64
-    temporary of it)."""
+    temporary of it; n = 5M: 40 MB)."""
     n = int(nrefs.shape[0])
     total = int(nrefs.sum(dtype=np.int64)) if n else 0
     offsets = np.zeros(n + 1, np.int32 if total <= _I32.max else np.int64)
-    step = 1 << 20
+    step = 1 << 16  # the int64 temporary: 512 KiB
     base = 0
     for k in range(0, n, step):
         part = np.cumsum(nrefs[k : k + step], dtype=np.int64)

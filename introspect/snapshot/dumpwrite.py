@@ -42,7 +42,8 @@ class _Out:
             self._write(out)
 
     def frame(self, kind: bytes, payload: bytes) -> None:
-        self.put(kind + len(payload).to_bytes(4, "little") + payload)
+        self.put(kind + len(payload).to_bytes(4, "little"))
+        self.put(payload)
 
     def json(self, kind: bytes, doc: Any) -> None:
         self.frame(kind, json.dumps(doc, separators=(",", ":")).encode())
@@ -88,21 +89,93 @@ def _by_type_sample(
     whose first instance has such an answer (names: modules, classes, functions; counts:
     containers): one question per type first, then only the instances of the types that
     answered. A chunk at a time: a million containers' counts are never all in memory."""
+    step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
-    order = np.arange(snap.n, dtype=np.int64)[::-1]
-    first[snap.type_of[::-1]] = order  # the last write wins: each type's first instance
-    del order
+    for s in range(0, snap.n, step):
+        kinds, at = np.unique(snap.type_of[s : s + step], return_index=True)
+        new = first[kinds] < 0
+        first[kinds[new]] = at[new] + s
     probe = [int(p) for p in first if p >= 0]
     answered = {
         int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
     }
     if not answered:
         return
-    want = np.flatnonzero(np.isin(snap.type_of, np.fromiter(answered, np.int64)))
-    for s in range(0, len(want), 40_000):
-        chunk = want[s : s + 40_000].tolist()
-        got = [(p, a) for p, a in zip(chunk, ask(chunk)) if a != empty]
-        yield [p for p, _ in got], [a for _, a in got]
+    kinds = np.fromiter(answered, np.int64)
+    for s in range(0, snap.n, step):
+        hits = np.flatnonzero(np.isin(snap.type_of[s : s + step], kinds)) + s
+        for k in range(0, len(hits), 10_000):
+            part = hits[k : k + 10_000].tolist()
+            got = [(p, a) for p, a in zip(part, ask(part)) if a != empty]
+            yield [p for p, _ in got], [a for _, a in got]
+
+
+class DumpFile:
+    """A dump being written: a temporary name next to ``path`` (mode 0600), renamed to ``path``
+    by ``commit``; ``abort`` removes it (a failed dump leaves no file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = f"{path}.{os.getpid()}.part"
+        self.t0 = time.monotonic()
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self.out = _Out(self.fd)
+        self.out._write(DUMP_MAGIC)
+        self.objects = self.references = self.size_total = self.size_over = 0
+
+    def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
+        """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
+        and written to the file frame by frame as it streams, keeping only the columns the
+        walker's questions need (types, references): the snapshot has no sizes, refcounts or
+        gc flags; ``size_total`` and ``size_over`` are its objects' bytes, and those of the ones
+        above pymalloc's small request."""
+        from introspect.breakdown import SMALL_REQUEST
+        from introspect.snapshot.columns import Columns
+
+        cols = Columns(
+            reader.limits, keep=frozenset(("type_of", "offsets", "refs")), big=SMALL_REQUEST
+        )
+        self.out.put(MAGIC)
+        snap = records.read_snapshot(reader, sink=self.out.frame, cols=cols, **kw)
+        self.size_total, self.size_over = cols.size_total, cols.size_over
+        return snap
+
+    def answers(
+        self,
+        snap: Snapshot,
+        walker: Any,
+        facts: dict[str, Any],
+        no_keys: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
+        self.objects, self.references = snap.n, int(snap.refs.shape[0])
+        _write_answers(self.out, snap, walker, facts, no_keys, log)
+
+    def commit(self) -> dict[str, Any]:
+        """The file whole on disk under its name; the dump's own figures."""
+        self.out.finish()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.rename(self.tmp, self.path)
+        return {
+            "file": self.path,
+            "bytes": self.out.written,
+            "raw_bytes": self.out.raw,
+            "objects": self.objects,
+            "references": self.references,
+            "write_s": round(time.monotonic() - self.t0, 3),
+        }
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
 
 
 def write(
@@ -113,59 +186,51 @@ def write(
     no_keys: bool,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Write ``snap`` and the walker's answers to ``path`` (mode 0600, created whole or not at
-    all: a temporary name is renamed at the end). Returns the dump's own figures."""
-    t0 = time.monotonic()
-    tmp = f"{path}.{os.getpid()}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    """Write ``snap`` (read whole already: --keep) and the walker's answers to ``path`` (mode
+    0600, created whole or not at all). Returns the dump's own figures."""
+    f = DumpFile(path)
     try:
-        out = _Out(fd)
-        out._write(DUMP_MAGIC)
-        _write_snapshot(out, snap)
-        out.json(b"D", {**facts, "no_keys": no_keys})
-        # names and counts are written as they are answered; only what the labels need is kept:
-        # the named positions (for their free variables) and big containers' item counts
-        named: list[int] = []
-        for pos, got in _by_type_sample(snap, walker.names, ""):
-            _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
-            named += pos
-        items: dict[int, int] = {}
-        nrefs = np.diff(snap.offsets)
-        for pos, got in _by_type_sample(snap, walker.counts, -1):
-            _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
-            if pos:
-                big = np.flatnonzero(nrefs[np.asarray(pos, np.int64)] > BIG).tolist()
-                items.update((pos[k], got[k]) for k in big)
-        del nrefs
-        free = walker.freevars(named) if named else []
-        _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
-        del named, free
-        total = _write_labels(out, snap, walker, items, no_keys)
-        log(f"dump: {total:,} labels written")
-        out.json(b"Z", {"labels": total})
-        out.finish()
-        os.fsync(fd)
+        _write_snapshot(f.out, snap)
+        f.answers(snap, walker, facts, no_keys, log)
+        return f.commit()
     except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        f.abort()
         raise
-    os.close(fd)
-    os.rename(tmp, path)
-    return {
-        "file": path,
-        "bytes": out.written,
-        "raw_bytes": out.raw,
-        "objects": snap.n,
-        "references": int(snap.refs.shape[0]),
-        "write_s": round(time.monotonic() - t0, 3),
-    }
 
 
+def _write_answers(
+    out: _Out,
+    snap: Snapshot,
+    walker: Any,
+    facts: dict[str, Any],
+    no_keys: bool,
+    log: Callable[[str], None],
+) -> None:
+    out.json(b"D", {**facts, "no_keys": no_keys})
+    # names and counts are written as they are answered; only what the labels need is kept:
+    # the named positions (for their free variables) and big containers' item counts
+    named: list[int] = []
+    for pos, got in _by_type_sample(snap, walker.names, ""):
+        _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
+        named += pos
+    items: dict[int, int] = {}
+    for pos, got in _by_type_sample(snap, walker.counts, -1):
+        _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
+        if pos:
+            at = np.asarray(pos, np.int64)
+            big = np.flatnonzero(snap.offsets[at + 1] - snap.offsets[at] > BIG).tolist()
+            items.update((pos[k], got[k]) for k in big)
+    free = walker.freevars(named) if named else []
+    _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
+    del named, free
+    total = _write_labels(out, snap, walker, items, no_keys)
+    log(f"dump: {total:,} labels written")
+    out.json(b"Z", {"labels": total})
+
+
+BATCH = 10 * CHUNK  # labels asked and written at a time (their pairs and strings: ~3 MB)
 BIG = 32  # references of a container whose labels are asked in one pass (K), not one by one
-K_ITEMS = 50_000  # items of one container per K question
+K_ITEMS = 20_000  # items of one container per K question (its answer: ~3 MB in the CLI)
 
 
 def _k_answer(n: int) -> Callable[[Any], bool]:
@@ -199,7 +264,10 @@ def _streamed_labels(
     answers). Returns how many references were labelled so (0: the walker does not answer for
     this holder, or its answers come in another order)."""
     ok, total = _k_answer(n), len(refs)
-    if len(np.unique(refs)) != total:
+    ordered = np.sort(refs)  # a copy of refs' width (np.unique's hash table: 10x that)
+    distinct = bool(np.all(ordered[1:] != ordered[:-1]))
+    del ordered
+    if not distinct:
         return 0  # a child held twice gets its first item's label everywhere: the mapping does it
     starts = list(range(0, max(n_items, 1), K_ITEMS))
     for backwards in (True, False):
@@ -258,7 +326,7 @@ def _write_labels(
             buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
             pairs.clear()
             keyed.clear()
-        if buf and (final or len(buf) >= 50 * CHUNK):
+        if buf and (final or len(buf) >= BATCH):
             out.json(b"Y", {"what": "labels", "start": written, "items": buf})
             written += len(buf)
             buf = []
@@ -275,7 +343,7 @@ def _write_labels(
             def emit(labels: list[str], hide: bool = hide) -> None:
                 nonlocal buf
                 buf += [_no_key(lab) for lab in labels] if hide else labels
-                if len(buf) >= 50 * CHUNK:
+                if len(buf) >= BATCH:
                     flush()
 
             lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
@@ -290,7 +358,7 @@ def _write_labels(
             pairs.extend((p, r) for r in refs[lo:hi].tolist())
             if no_keys:
                 keyed.extend([hide] * (hi - lo))
-        if len(pairs) >= 50 * CHUNK or len(buf) >= 50 * CHUNK:
+        if len(pairs) >= BATCH or len(buf) >= BATCH:
             flush()
     flush(final=True)
     return written

@@ -326,17 +326,22 @@ def read_snapshot(
     tee: list[bytes] | None = None,
     on_meta: Callable[[dict[str, Any]], None] | None = None,
     on_objects: Callable[[int, int], None] | None = None,
+    sink: Callable[[bytes, bytes], None] | None = None,
+    cols: Columns | None = None,
 ) -> Snapshot:
     """Read one whole snapshot (up to its "E" frame), every rule checked. ``tee`` collects the
     raw frames (recording); ``on_meta`` sees the walker's facts (its pid) as soon as they arrive;
     ``on_objects`` sees (objects streamed, positions known) after each object frame (progress).
+    ``sink`` sees each frame's (kind, payload) once it is checked, the M and E frames as their
+    checked fields only (a dump streamed to its file); ``cols`` (a Columns of the reader's
+    limits) keeps only its ``keep`` columns: the Snapshot's others are then empty.
     A walk stopped by its budget is whole in its format, its ``end["partial"]`` saying why."""
     reader.magic()
     meta: dict[str, Any] | None = None
     types: list[str] = []
     roots: list[Root] | None = None
     lean_malloc()
-    cols = Columns(reader.limits)
+    cols = cols if cols is not None else Columns(reader.limits)
     while True:
         kind, payload = reader.frame()
         if tee is not None:
@@ -382,6 +387,8 @@ def read_snapshot(
             break
         else:
             raise FormatError("frame order", f"a {kind!r} frame before the end of the snapshot")
+        if sink is not None:
+            sink(kind, _compact(meta or {}) if kind == b"M" else payload)
     n = cols.objects
     if end["objects"] != n or end["edges"] != cols.refs:
         raise FormatError(
@@ -404,7 +411,13 @@ def read_snapshot(
         raise FormatError(
             "root index", f"root {bad.name[:80]!r} at position {bad.pos:,} of {n:,} objects"
         )
-    offsets = offsets_of(cols.column("nrefs", "<u4"))
+    if sink is not None:  # only once the whole snapshot is checked
+        sink(b"E", _compact(end))
+    if cols.keep is not None and "offsets" in cols.keep:  # summed as the frames came
+        offsets = cols.column("offsets", "int64")
+        offsets = offsets if offsets.shape[0] else np.zeros(1, np.int32)
+    else:
+        offsets = offsets_of(cols.column("nrefs", "<u4"))
     return Snapshot(
         meta=meta or {},
         types=types,
@@ -417,6 +430,10 @@ def read_snapshot(
         roots=roots,
         end=end,
     )
+
+
+def _compact(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _add_types(types: list[str], doc: Any, limits: Limits) -> None:

@@ -23,8 +23,9 @@ from scripts.fuzz_records import VICTIM
 HEAD = len(dumpformat.DUMP_MAGIC)
 
 
-def _dump(path: str, no_keys: bool = False) -> None:
-    """A dump of a small real heap, the walker answering every question live."""
+def _dump(path: str, no_keys: bool = False, streamed: bool = False) -> None:
+    """A dump of a small real heap, the walker answering every question live; ``streamed``: the
+    records written to the file as they come (`introspect dump`), else from a whole snapshot."""
     from introspect.agent import AGENT_PATH
     from introspect.snapshot.collect import Walker
 
@@ -41,7 +42,9 @@ def _dump(path: str, no_keys: bool = False) -> None:
         try:
             reader = records.Reader(fd, time.monotonic() + 60)
             metas: list[dict[str, object]] = []
-            snap = records.read_snapshot(reader, on_meta=metas.append)
+            out = dumpwrite.DumpFile(path) if streamed else None
+            read = out.read if out is not None else records.read_snapshot
+            snap = read(reader, on_meta=metas.append)
             walker = Walker(
                 reader,
                 control,
@@ -49,13 +52,12 @@ def _dump(path: str, no_keys: bool = False) -> None:
                 int(str(metas[0]["start_ticks"])),
                 reader.deadline,
             )
-            dumpwrite.write(
-                path,
-                snap,
-                walker,
-                {"pid": proc.pid, "python": "test", "time": time.time()},
-                no_keys,
-            )
+            facts = {"pid": proc.pid, "python": "test", "time": time.time()}
+            if out is not None:
+                out.answers(snap, walker, facts, no_keys, lambda s: None)
+                out.commit()
+            else:
+                dumpwrite.write(path, snap, walker, facts, no_keys)
         finally:
             if walker is not None:
                 walker.close()
@@ -115,6 +117,60 @@ def test_a_real_dump_reads_back_whole(good: Path) -> None:
         if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))
     ]
     assert len(records_) >= 300
+
+
+def test_a_streamed_dump_reads_as_a_whole_one(good: Path, tmp_path: Path) -> None:
+    # GIVEN a dump whose records went to the file as they streamed (what `introspect dump` does)
+    p = tmp_path / "streamed.pydump"
+    _dump(str(p), streamed=True)
+    # THEN it reads back whole, as the one written from a snapshot held whole
+    d, whole = dumpfile.load(str(p)), dumpfile.load(str(good))
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(tmp_path.glob("*.part"))
+    assert len(d.labels) == d.snap.refs.shape[0] and d.snap.n > 600
+    assert abs(d.snap.n - whole.snap.n) < 50 and set(d.snap.types) == set(whole.snap.types)
+    w = dumpfile.FileWalker(d)
+    main = next(r.pos for r in d.snap.roots if r.kind == "module" and r.name == "__main__")
+    assert w.names([main]) == ["__main__"]
+
+
+def _records(good: Path) -> bytes:
+    """The record stream inside a dump: MAGIC up to its E frame."""
+    raw = _raw(good)
+    return raw[: next(end for kind, _, end in _frames(raw) if kind == b"E")]
+
+
+def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path) -> None:
+    # GIVEN the record stream of a real dump, read whole and streamed to a new dump's file
+    stream = _records(good)
+    whole = records.read_snapshot(records.BytesReader(stream))
+    out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
+    snap = out.read(records.BytesReader(stream))
+    out.abort()
+    # THEN types and references are kept, sizes only summed, the rest dropped
+    assert (snap.type_of == whole.type_of).all() and (snap.refs == whole.refs).all()
+    assert (snap.offsets == whole.offsets).all() and snap.roots == whole.roots
+    assert out.size_total == int(whole.size.sum()) and snap.size.shape[0] == 0
+    assert out.size_over == int(whole.size[whole.size > 512].sum())
+    assert snap.excess.shape[0] == 0 and snap.tracked.shape[0] == 0
+    assert not list(tmp_path.iterdir())  # aborted: no file, no temporary
+
+
+def test_a_broken_stream_is_refused_while_streaming(good: Path, tmp_path: Path) -> None:
+    # GIVEN the stream with one reference pointing past the known positions (an O frame's last
+    # reference, just before its tracked flags), and the stream cut short
+    stream = bytearray(_records(good))
+    kind, start, end = next(f for f in _frames(bytes(stream)) if f[0] == b"O")
+    count = int.from_bytes(stream[start + 5 + 8 : start + 5 + 16], "little")
+    at = end - count - 4
+    stream[at : at + 4] = (1 << 30).to_bytes(4, "little")
+    for bad, rule in ((bytes(stream), "reference index"), (_records(good)[:-9], None)):
+        out = dumpwrite.DumpFile(str(tmp_path / "b.pydump"))
+        # THEN the frame that breaks a rule ends the read (FormatError, or the stream's end)
+        with pytest.raises(records.StreamError) as caught:
+            out.read(records.BytesReader(bad))
+        out.abort()
+        assert rule is None or getattr(caught.value, "rule", None) == rule
+        assert not list(tmp_path.iterdir())
 
 
 def test_no_keys_writes_key_types(tmp_path: Path) -> None:
