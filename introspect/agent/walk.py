@@ -69,7 +69,7 @@ class _SnapIndex(object):
     dict of id -> position cost ~110 bytes an object (the dict's slots, an int for the id, another
     for the position); this costs 4 bytes per 16 bytes of the target's address space that holds
     objects (4 KiB chunks: at most a quarter of the heap's pages, ~16-30 bytes an object), plus
-    one dict entry per chunk. Lookups of a batch are C-level loops over builtins (find)."""
+    one dict entry per chunk. A batch's lookups are C-level loops over builtins (units)."""
 
     __slots__ = ("chunks", "slots", "blank", "ops")
 
@@ -113,10 +113,6 @@ class _SnapIndex(object):
                                                                         repeat(None))):
                 ds[j] = self.chunk(us[j])
         return us, list(map(ops.add, ds, us))
-
-    def find(self, ids):  # type: (list) -> list
-        """Positions of a list of ids, -1 for those not recorded."""
-        return list(map(self.slots.__getitem__, self.units(ids)[1]))
 
 
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
@@ -308,19 +304,20 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     itertools = _builtin("itertools")
     compress = itertools.compress
     repeat = itertools.repeat
-    setslot = index.slots.__setitem__
+    slots = index.slots
+    setslot = slots.__setitem__
     drain = _builtin("_collections").deque  # deque(iterable, 0): runs a map, keeps nothing
     for k in range(0, len(objs), SNAP_BATCH):
         part = objs[k:k + SNAP_BATCH]
         ids = list(map(id, part))
-        slots = index.units(ids)[1]
+        sl = index.units(ids)[1]
         new = list(map(ops.not_, map(ops.or_, map(own.__contains__, ids),
-                                     map(ops.ge, map(index.slots.__getitem__, slots),
+                                     map(ops.ge, map(slots.__getitem__, sl),
                                          repeat(0)))))
         n = len(keep)
         keep.extend(compress(part, new))
-        drain(map(setslot, compress(slots, new), range(n, len(keep))), 0)
-        part = ids = slots = new = None  # type: ignore[assignment]
+        drain(map(setslot, compress(sl, new), range(n, len(keep))), 0)
+        part = ids = sl = new = None  # type: ignore[assignment]
     del objs[:]
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
@@ -384,16 +381,17 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         N = list(map(len, rl))
         o = None
         batch = types = None  # type: ignore[assignment]  # freed before the references
-        R = index.find(list(map(id, chain(rl))))
+        # each reference's slot in the index (its chunk made if new), then its position there
+        sl = index.units(list(map(id, chain(rl))))[1]
+        R = list(map(slots.__getitem__, sl))
         skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
         if -1 in R:
             refs = list(chain(rl))
             for j in list(compress(range(len(R)), map(ops.lt, R, repeat(0)))):
-                r = refs[j]
-                i = id(r)
-                p = index.get(i)  # found earlier in this batch
-                if p is None:
-                    if i in own:
+                p = slots[sl[j]]  # found earlier in this batch
+                if p < 0:
+                    r = refs[j]
+                    if id(r) in own:
                         hold.append(r)
                         skipped.append(j)
                         continue
@@ -401,16 +399,15 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                         # Owned by nothing but its get_referents list: a dead object a traverse
                         # handed out (gh-122695's free list). Not part of the heap; held, so that
                         # it is never freed twice.
-                        own[i] = None
+                        own[id(r)] = None
                         hold.append(r)
                         skipped.append(j)
                         continue
-                    p = len(keep)
-                    index.put(i, p)
+                    p = slots[sl[j]] = len(keep)
                     keep.append(r)
                 R[j] = p
             r = refs = None
-        rl = None
+        rl = sl = None
         if skipped:
             ends = list(_builtin("itertools").accumulate(N))
             bisect = _builtin("_bisect").bisect_right
