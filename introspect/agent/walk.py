@@ -307,8 +307,11 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     slots = index.slots
     setslot = slots.__setitem__
     drain = _builtin("_collections").deque  # deque(iterable, 0): runs a map, keeps nothing
-    for k in range(0, len(objs), SNAP_BATCH):
-        part = objs[k:k + SNAP_BATCH]
+    objs.reverse()  # taken from the end, slice by slice: the list shrinks as keep grows
+    while objs:
+        part = objs[-SNAP_BATCH:]
+        del objs[-SNAP_BATCH:]
+        part.reverse()
         ids = list(map(id, part))
         sl = index.units(ids)[1]
         new = list(map(ops.not_, map(ops.or_, map(own.__contains__, ids),
@@ -318,7 +321,6 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         keep.extend(compress(part, new))
         drain(map(setslot, compress(sl, new), range(n, len(keep))), 0)
         part = ids = sl = new = None  # type: ignore[assignment]
-    del objs[:]
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
     is_tracked = gc.is_tracked
