@@ -108,11 +108,11 @@ def _snap_len(x):  # type: (object) -> int
     return -1
 
 
-def _snap_items(holder, index, start, count):  # type: (object, dict, int, int) -> Any
+def _snap_items(holder, index, start, count):  # type: (object, Any, int, int) -> Any
     """[True, [position, label], ...] for items start..start+count of a dict (value, then key:
     "(key)") or a list or tuple, in _snap_via's order, so the first pair of each child is its label
     there; [False] for any other holder. One pass instead of one scan per reference (dumps ask for
-    every reference's label)."""
+    every reference's label). index: the walker's id -> position (_SnapIndex; .get)."""
     th = type(holder)
     out = [True]  # type: list
     try:

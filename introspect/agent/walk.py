@@ -58,6 +58,61 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
 SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
 SNAP_BATCH = 32768
+# The walker's id -> position index (_SnapIndex): objects are at least 16 bytes (8 on a 32-bit
+# build) and never overlap, so id >> _SNAP_SHIFT is unique to each; such units are grouped in
+# chunks of 256, each chunk an int32 slot per unit (-1: none) in one array.
+_SNAP_SHIFT = 4 if sys.maxsize > 2 ** 32 else 3
+
+
+class _SnapIndex(object):
+    """id -> position of every object recorded, without a Python object per entry (issue 23): a
+    dict of id -> position cost ~110 bytes an object (the dict's slots, an int for the id, another
+    for the position); this costs 4 bytes per 16 bytes of the target's address space that holds
+    objects (4 KiB chunks: at most a quarter of the heap's pages, ~16-30 bytes an object), plus
+    one dict entry per chunk. A batch's lookups are C-level loops over builtins (units)."""
+
+    __slots__ = ("chunks", "slots", "blank", "ops")
+
+    def __init__(self, array):  # type: (Any) -> None
+        # chunk number (id >> _SNAP_SHIFT >> 8) -> its first slot minus (chunk << 8), so that a
+        # unit's slot is that plus the unit
+        self.chunks = {}  # type: dict
+        self.slots = array("i")
+        self.blank = array("i", [-1]) * 256
+        self.ops = _builtin("_operator")
+
+    def chunk(self, u):  # type: (int) -> int
+        """The slot offset of unit u's chunk, the chunk made (blank) if new."""
+        k = u >> 8
+        d = self.chunks.get(k)
+        if d is None:
+            d = self.chunks[k] = len(self.slots) - (k << 8)
+            self.slots.extend(self.blank)
+        return d
+
+    def get(self, i, default=None):  # type: (int, Any) -> Any
+        u = i >> _SNAP_SHIFT
+        d = self.chunks.get(u >> 8)
+        if d is None:
+            return default
+        p = self.slots[d + u]
+        return default if p < 0 else p
+
+    def put(self, i, p):  # type: (int, int) -> None
+        u = i >> _SNAP_SHIFT
+        self.slots[self.chunk(u) + u] = p
+
+    def units(self, ids):  # type: (list) -> tuple
+        """(units, their slots) of a list of ids, every chunk made: C-level but for new chunks."""
+        ops = self.ops
+        repeat = _builtin("itertools").repeat
+        us = list(map(ops.rshift, ids, repeat(_SNAP_SHIFT)))
+        ds = list(map(self.chunks.get, map(ops.rshift, us, repeat(8))))
+        if None in ds:
+            for j in _builtin("itertools").compress(range(len(ds)), map(ops.is_, ds,
+                                                                        repeat(None))):
+                ds[j] = self.chunk(us[j])
+        return us, list(map(ops.add, ds, us))
 
 
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
@@ -149,7 +204,6 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
             frame_roots = []
         keep = []  # type: list  # every object recorded: alive until _exit
         hold = []  # type: list  # our own objects met on the way: alive too, never recorded
-        index = {}  # type: dict  # id -> position
         objs = gc.get_objects() if walk else []
         # The walk's budget scales with the heap (the CLI's --timeout only bounded the wait for the
         # fork): past it the walk answers with what it has, marked partial. The hard deadline
@@ -159,8 +213,9 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         _snap_quiet(deadline + budget + float(params.get("answer_s", 60.0)), fd)
         _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes
         array = _builtin("array").array
+        index = _SnapIndex(array)  # id -> position (made after gc.get_objects(): not in objs)
         own = _snap_own(frame_ids, mods)
-        for x in [keep, hold, index, objs, mods, own, frame_ids] + frame_roots:
+        for x in [keep, hold, index, index.chunks, objs, mods, own, frame_ids] + frame_roots:
             own[id(x)] = None
         known = set(id(v) for _, v in mods)
         for m in list(sys.modules.values()):  # anything this child imported is ours
@@ -212,7 +267,7 @@ def _snap_columns(array, start, count, items, known, columns):
 
 
 def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline):
-    # type: (int, list, list, list, list, dict, list, dict, Any, float, float) -> None
+    # type: (int, list, list, list, list, _SnapIndex, list, dict, Any, float, float) -> None
     for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
         if array(code).itemsize != width:
             raise RuntimeError("array %r items are %d bytes, not %d"
@@ -230,7 +285,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         i = id(o)
         p = index.get(i)
         if p is None:
-            p = index[i] = len(keep)
+            p = len(keep)
+            index.put(i, p)
             keep.append(o)
         return p
 
@@ -242,10 +298,29 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             roots.append(["frame", desc, place(val)])
         else:
             hold.append(val)
-    for o in objs:
-        if id(o) not in own:
-            place(o)
-    del objs[:]
+    # gc.get_objects() has no duplicates: only our own objects and the roots placed above are
+    # left out, in C-level loops over each slice.
+    ops = _builtin("_operator")
+    itertools = _builtin("itertools")
+    compress = itertools.compress
+    repeat = itertools.repeat
+    slots = index.slots
+    setslot = slots.__setitem__
+    drain = _builtin("_collections").deque  # deque(iterable, 0): runs a map, keeps nothing
+    objs.reverse()  # taken from the end, slice by slice: the list shrinks as keep grows
+    while objs:
+        part = objs[-SNAP_BATCH:]
+        del objs[-SNAP_BATCH:]
+        part.reverse()
+        ids = list(map(id, part))
+        sl = index.units(ids)[1]
+        new = list(map(ops.not_, map(ops.or_, map(own.__contains__, ids),
+                                     map(ops.ge, map(slots.__getitem__, sl),
+                                         repeat(0)))))
+        n = len(keep)
+        keep.extend(compress(part, new))
+        drain(map(setslot, compress(sl, new), range(n, len(keep))), 0)
+        part = ids = sl = new = None  # type: ignore[assignment]
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
     is_tracked = gc.is_tracked
@@ -308,16 +383,17 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         N = list(map(len, rl))
         o = None
         batch = types = None  # type: ignore[assignment]  # freed before the references
-        R = list(map(index.get, map(id, chain(rl))))
+        # each reference's slot in the index (its chunk made if new), then its position there
+        sl = index.units(list(map(id, chain(rl))))[1]
+        R = list(map(slots.__getitem__, sl))
         skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
-        if None in R:
+        if -1 in R:
             refs = list(chain(rl))
-            for j in [j for j, p in enumerate(R) if p is None]:
-                r = refs[j]
-                i = id(r)
-                p = index.get(i)  # found earlier in this batch
-                if p is None:
-                    if i in own:
+            for j in list(compress(range(len(R)), map(ops.lt, R, repeat(0)))):
+                p = slots[sl[j]]  # found earlier in this batch
+                if p < 0:
+                    r = refs[j]
+                    if id(r) in own:
                         hold.append(r)
                         skipped.append(j)
                         continue
@@ -325,15 +401,15 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                         # Owned by nothing but its get_referents list: a dead object a traverse
                         # handed out (gh-122695's free list). Not part of the heap; held, so that
                         # it is never freed twice.
-                        own[i] = None
+                        own[id(r)] = None
                         hold.append(r)
                         skipped.append(j)
                         continue
-                    p = index[i] = len(keep)
+                    p = slots[sl[j]] = len(keep)
                     keep.append(r)
                 R[j] = p
             r = refs = None
-        rl = None
+        rl = sl = None
         if skipped:
             ends = list(_builtin("itertools").accumulate(N))
             bisect = _builtin("_bisect").bisect_right
