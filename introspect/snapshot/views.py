@@ -136,10 +136,10 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
     With a previous look: a holder listed then too ("matched") gets its change; one that was not
     (new since, too small to be listed then, or its path differs) gets no change figures, never
     "grew by all it holds". ``grew`` is true when its items rose, or its retained bytes rose by
-    1 MiB and 25 %; growers come first (most retained growth first), then the other matched
-    holders, then the unmatched ones, each by retained bytes (not by their change: a capped store
-    whose bytes dipped must not fall below constant tables). Without a previous look: biggest
-    retained first, and matched/grew are None.
+    1 MiB and 25 %; growers come first (most retained growth first), then the others, matched or
+    not, by retained bytes (not by their change: a capped store whose bytes dipped, or whose path
+    differed at the first look, must not fall below constant tables). Without a previous look:
+    biggest retained first, and matched/grew are None.
 
     >>> h = [Holder(1, "module __main__ .store", "list", 30, 3000),
     ...      Holder(2, "module m .x", "dict", 5, 9000),
@@ -175,10 +175,11 @@ def holder_docs(holders: list[Holder], previous: Look | None) -> list[dict[str, 
             doc["grew"] = False
         out.append(doc)
     if previous is not None:
-        # growers by how much they grew; the rest by what they retain (a holder at its cap whose
-        # bytes dipped is not less worth listing than a constant table)
+        # growers by how much they grew; the rest, matched or not, by what they retain (a holder
+        # at its cap whose bytes dipped, or whose path differed at the first look, is not less
+        # worth listing than a constant table)
         out.sort(
-            key=lambda d: (not d["grew"], not d["matched"], anonymous(d["path"]),
+            key=lambda d: (not d["grew"], anonymous(d["path"]),
                            -(d["retained_delta"] or 0) if d["grew"] else 0, -d["retained_bytes"])
         )
     else:  # named roots first: "held from C (dict)" says little a person can act on

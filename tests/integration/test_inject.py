@@ -62,7 +62,8 @@ def test_top_agrees_with_objgraph(interp: Interp, method: str, spawn, tmp_path: 
     # the forked snapshot counts untracked objects too; its gc-tracked ones are what objgraph sees
     assert doc["collector"]["path"] == "fork"
     tracked = sum(t["tracked"] for t in doc["types"])
-    assert abs(tracked - sum(oracle.values())) <= 0.1 * tracked
+    # (the oracle counts with the busy threads held still; the fork comes after they resume)
+    assert abs(tracked - sum(oracle.values())) <= 0.15 * tracked
     assert doc["objects"] > tracked
     assert doc["paused_s"] > 0
     # AND the in-process count (no fork) agrees with objgraph on its own terms
