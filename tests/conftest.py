@@ -170,6 +170,21 @@ def forked_copies(pid: int, exe: str | None = None) -> list[Any]:
     return out
 
 
+def run_dirs_of(pid: int) -> list[Path]:
+    """introspect's run directories for ``pid`` in our /tmp, made since that process started. Pids
+    are reused (pid_max is 32,768 on these machines): a directory a killed CLI, or a hostile test
+    victim planting files, left for an earlier process of the same pid is not this process's."""
+    started = os.stat(f"/proc/{pid}").st_mtime - 1
+    out = []
+    for d in Path("/tmp").glob(f"introspect-{pid}-*"):
+        try:
+            if d.stat().st_mtime >= started:
+                out.append(d)
+        except OSError:
+            pass
+    return out
+
+
 def state_beyond(victim: Victim, key: str, after: int, timeout: float = 10.0) -> dict[str, Any]:
     """The victim's `state` once its counter ``key`` has passed ``after`` (or the last one at ``timeout``)."""
     deadline = time.monotonic() + timeout

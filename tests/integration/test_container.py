@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import INTERPS, Interp, introspect
+from tests.conftest import INTERPS, Interp, introspect, run_dirs_of
 from tests.integration.boxed_rig import BOXED, WrappedVictim
 
 pytestmark = [
@@ -77,10 +77,7 @@ def _nothing_left(victim: WrappedVictim) -> None:
     """No run directory in the container's /tmp (as it sees it, and through /proc/PID/root) nor in ours."""
     assert not [n for n in victim.ask()["tmp"] if n.startswith("introspect-")]
     assert not list(Path(f"/proc/{victim.pid}/root/tmp").glob("introspect-*"))
-    # (pids are reused: a run dir a killed CLI or a hostile test victim left for an earlier process
-    # of this pid is not this test's)
-    started = os.stat(f"/proc/{victim.pid}").st_mtime - 1
-    assert not [p for p in Path("/tmp").glob(f"introspect-{victim.pid}-*") if p.stat().st_mtime >= started]
+    assert not run_dirs_of(victim.pid)
 
 
 def _inspect(victim: WrappedVictim, method: str, tmp_path: Path) -> dict[str, Any]:

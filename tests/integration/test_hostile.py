@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from introspect import errors
-from tests.conftest import INTERPS, REPO, Interp, Run, Victim, introspect
+from tests.conftest import INTERPS, REPO, Interp, Run, Victim, introspect, run_dirs_of
 from tests.integration.boxed_rig import BOXED, WrappedVictim, proc_state
 
 PY = next((i for i in INTERPS if i.id == "debian-3.11"), INTERPS[0] if INTERPS else None)
@@ -211,7 +211,7 @@ def test_other_user_worker(tmp_path: Path) -> None:
         # THEN it works, and our run directory was private to the worker's user and is gone
         assert run.rc == 0, run.stderr
         assert {t["type"]: t["count"] for t in run.json()["types"]}["__main__.Job"] == 77
-        assert not list(Path("/tmp").glob(f"introspect-{pid}-*"))
+        assert not run_dirs_of(pid)
     finally:
         proc.kill()
         proc.wait()

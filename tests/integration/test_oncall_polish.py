@@ -24,7 +24,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import INTERPS, REPO, Interp, interp_method_params, interp_params, introspect
+from tests.conftest import (
+    INTERPS,
+    REPO,
+    Interp,
+    interp_method_params,
+    interp_params,
+    introspect,
+    run_dirs_of,
+)
 
 PY = next((i for i in INTERPS if i.id == "pyenv-3.11"), INTERPS[0] if INTERPS else None)
 LOCK_DIR = Path("/tmp/introspect-locks" if os.geteuid() == 0 else f"/tmp/introspect-locks-{os.geteuid()}")
@@ -91,7 +99,7 @@ def test_run_dir_of_a_killed_introspect_is_removed(spawn: Any, tmp_path: Path) -
                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 30
-        while not list(Path("/tmp").glob(f"introspect-{blocked.pid}-*")) and time.monotonic() < deadline:
+        while not run_dirs_of(blocked.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(3.0)  # injected (gdb has detached), now only waiting for the main thread
         assert cli.poll() is None, "introspect ended before it could be killed"
@@ -99,7 +107,7 @@ def test_run_dir_of_a_killed_introspect_is_removed(spawn: Any, tmp_path: Path) -
     finally:
         cli.kill()
         cli.wait(10)
-    left = list(Path("/tmp").glob(f"introspect-{blocked.pid}-*"))
+    left = run_dirs_of(blocked.pid)
     assert len(left) == 1, left
     # WHEN introspect next runs on any process with the same /tmp
     victim = spawn(PY)
@@ -107,7 +115,7 @@ def test_run_dir_of_a_killed_introspect_is_removed(spawn: Any, tmp_path: Path) -
     # THEN the killed run's directory is gone, and nothing of the new run stays either
     assert run.rc == 0, run.stderr
     assert not left[0].exists()
-    assert not list(Path("/tmp").glob(f"introspect-{victim.pid}-*"))
+    assert not run_dirs_of(victim.pid)
 
 
 @pytest.mark.parametrize("interp", interp_params())
@@ -144,7 +152,7 @@ def test_gil_held_while_blocked_fails_fast(interp: Interp, method: str, spawn: A
         assert "holding the GIL" in run.stderr and "traffic" in run.stderr, run.stderr
     assert took < 30, f"took {took:.1f} s"
     assert victim.alive()
-    assert not list(Path("/tmp").glob(f"introspect-{victim.pid}-*"))
+    assert not run_dirs_of(victim.pid)
 
 
 @pytest.mark.parametrize("interp", interp_params())
