@@ -198,7 +198,13 @@ def test_killed_cli_leaves_no_walker(spawn, how: int, tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while not _walkers(v.pid, exe) and time.monotonic() < deadline and cli.poll() is None:
             time.sleep(0.05)
-        assert _walkers(v.pid, exe), "no walker seen: " + (cli.stderr.read() if cli.poll() is not None and cli.stderr else "")
+        if not _walkers(v.pid, exe):  # say what the CLI was doing: ended, or still waiting
+            running = cli.poll() is None
+            if running:
+                cli.kill()
+            _out, err = cli.communicate(timeout=10)
+            pytest.fail(f"no walker seen within 60 s (CLI {'still running' if running else 'ended'}, "
+                        f"rc={cli.returncode}): {err[-3000:]}")
         cli.send_signal(how)
         cli.wait(30)
     finally:
