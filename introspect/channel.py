@@ -479,8 +479,11 @@ def last_phase(run: RunDir) -> str:
 
 def wait_for_result(request: Request, *, on_stall: Callable[[float], None] | None = None,
                     stall_after: float = 2.0,
-                    on_tick: Callable[[float, bool], None] | None = None) -> dict[str, Any]:
-    """Wait for the agent's result; notice at once when the target exits; respect the deadline."""
+                    on_tick: Callable[[float, bool], None] | None = None,
+                    parked: Callable[[float], bool] | None = None) -> dict[str, Any]:
+    """Wait for the agent's result; notice at once when the target exits; respect the deadline.
+    ``on_stall`` is called once, after ``stall_after`` s or as soon as ``parked`` says the main
+    thread cannot take the request until it wakes."""
     run = request.run
     target = run.target
     stalled = False
@@ -506,7 +509,8 @@ def wait_for_result(request: Request, *, on_stall: Callable[[float], None] | Non
         waited = time.monotonic() - t_start
         if on_tick is not None:
             on_tick(waited, started_seen)
-        if not started_seen and not stalled and waited > stall_after and on_stall is not None:
+        if (not started_seen and not stalled and on_stall is not None
+                and (waited > stall_after or (parked is not None and parked(waited)))):
             stalled = True
             on_stall(waited)
         if time.time() > request.deadline:

@@ -226,7 +226,12 @@ def introspect(*args: str, timeout: float = 90, cwd: str | None = None) -> Run:
     proc = subprocess.run([sys.executable, "-m", "introspect", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or tempfile.gettempdir(),
                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    took = time.monotonic() - t0
+    calllog = os.environ.get("INTROSPECT_TEST_CALLLOG")  # where the suite's time goes (docs/testing.md)
+    if calllog:
+        with open(calllog, "a") as f:
+            f.write(f"{took:.3f}\t{os.environ.get('PYTEST_CURRENT_TEST', '?')}\t{' '.join(args[:2])}\n")
+    return Run(proc.returncode, proc.stdout, proc.stderr, took)
 
 
 VICTIM_DEPS = Path(os.environ.get("INTROSPECT_VICTIM_DEPS", "/opt/introspect/victim-deps"))
