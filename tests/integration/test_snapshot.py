@@ -5,6 +5,7 @@ fork warning under -W error)."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -193,18 +194,27 @@ def test_killed_cli_leaves_no_walker(spawn, how: int, tmp_path: Path) -> None:
     exe = os.path.realpath(interp.path)
     cli = subprocess.Popen([sys.executable, "-m", "introspect", "top", str(v.pid), "-v", "-o", str(tmp_path / "t")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines: queue.Queue[str] = queue.Queue()
+    assert cli.stderr is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in cli.stderr], daemon=True).start()
     try:
-        # WHEN the CLI is interrupted while the walker streams
+        # WHEN the CLI is interrupted once it says the walker streams (-v): a fast walk of a
+        # loaded machine could come and go between two scans of the process table
         deadline = time.monotonic() + 60
-        while not _walkers(v.pid, exe) and time.monotonic() < deadline and cli.poll() is None:
-            time.sleep(0.05)
-        if not _walkers(v.pid, exe):  # say what the CLI was doing: ended, or still waiting
+        said: list[str] = []
+        while not any("walker pid" in x for x in said) and time.monotonic() < deadline:
+            try:
+                said.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                if cli.poll() is not None:
+                    break
+        if not any("walker pid" in x for x in said):
             running = cli.poll() is None
             if running:
                 cli.kill()
-            _out, err = cli.communicate(timeout=10)
-            pytest.fail(f"no walker seen within 60 s (CLI {'still running' if running else 'ended'}, "
-                        f"rc={cli.returncode}): {err[-3000:]}")
+            cli.wait(10)
+            pytest.fail(f"the CLI never said its walker streams within 60 s (CLI "
+                        f"{'still running' if running else 'ended'}, rc={cli.returncode}): {said[-20:]}")
         cli.send_signal(how)
         cli.wait(30)
     finally:
