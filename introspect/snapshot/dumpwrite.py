@@ -4,9 +4,11 @@ temporary name that is renamed at the end (mode 0600; a failed dump leaves no fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -52,6 +54,89 @@ class _Out:
         self._write(self.z.flush())
 
 
+class _Spill:
+    """The columns the walker's questions need (each object's type, the references' offsets and
+    the references), written as the records stream to three unnamed files next to the dump
+    (O_TMPFILE: gone when closed, whatever happens) rather than kept: the CLI's memory while
+    dumping does not grow with the heap. Read back a range at a time (_Ranges); the Snapshot
+    gets read-only maps of them (its shapes right, nothing of them resident unless read)."""
+
+    DTYPES = (("type_of", "<i4"), ("offsets", "<i8"), ("refs", "<i4"))
+
+    def __init__(self, where: str) -> None:
+        self.files = {
+            name: tempfile.TemporaryFile(dir=where, prefix=".introspect-dump-", buffering=0)
+            for name, _ in self.DTYPES
+        }
+        self.base = 0  # references so far: the next offset
+        self._put("offsets", np.zeros(1, "<i8"))
+
+    def _put(self, name: str, arr: np.ndarray) -> None:
+        view = np.ascontiguousarray(arr).data.cast("B")
+        f = self.files[name]
+        while view:
+            n = f.write(view)
+            view = view[n:]
+
+    def add(self, payload: bytes) -> None:
+        """An O frame checked already (Columns.add): its types, ends of references, references."""
+        _start, count, items, _known = ARRAY_HEADER.unpack_from(payload)
+        at = ARRAY_HEADER.size + 8 * count  # past the sizes
+        self._put("type_of", np.frombuffer(payload, "<i4", count, at))
+        nrefs = np.frombuffer(payload, "<u4", count, at + 4 * count)
+        ends = np.cumsum(nrefs, dtype=np.int64)
+        ends += self.base
+        self._put("offsets", ends.astype("<i8", copy=False))
+        self._put("refs", np.frombuffer(payload, "<i4", items, at + 8 * count))
+        self.base += items
+
+    def maps(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, dtype in self.DTYPES:
+            f = self.files[name]
+            k = os.fstat(f.fileno()).st_size // np.dtype(dtype).itemsize
+            out[name] = np.memmap(f, dtype, "r", shape=(k,)) if k else np.zeros(0, dtype)
+        return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _Ranges:
+    """Ranges of a snapshot's type_of, offsets and refs: from its arrays (a snapshot read whole:
+    --keep), or read from a dump's spill files (never whole in memory)."""
+
+    def __init__(self, snap: Snapshot, spill: _Spill | None = None) -> None:
+        self.n = snap.n
+        self.snap = snap
+        self.fds = {k: f.fileno() for k, f in spill.files.items()} if spill else None
+
+    def _read(self, name: str, dtype: str, a: int, b: int) -> np.ndarray:
+        if self.fds is None:
+            return np.asarray(getattr(self.snap, name)[a:b])
+        size = np.dtype(dtype).itemsize
+        want = (b - a) * size
+        buf = bytearray(want)
+        view, got = memoryview(buf), 0
+        while got < want:
+            n = os.preadv(self.fds[name], [view[got:]], (a * size) + got)
+            if n <= 0:
+                raise OSError(f"the dump's {name} spill ended early")
+            got += n
+        return np.frombuffer(buf, dtype)
+
+    def type_of(self, a: int, b: int) -> np.ndarray:
+        return self._read("type_of", "<i4", a, b)
+
+    def offsets(self, a: int, b: int) -> np.ndarray:
+        """offsets[a : b + 1]: the references of objects a..b-1 are refs[o[0]:o[-1]]."""
+        return self._read("offsets", "<i8", a, b + 1)
+
+    def refs(self, a: int, b: int) -> np.ndarray:
+        return self._read("refs", "<i4", a, b)
+
+
 def _no_key(label: str) -> str:
     """A dict key's label without its text: ``['password']`` -> ``[str]``, ``[3]`` -> ``[int]``."""
     if label.startswith("['") or label.startswith('["'):
@@ -83,7 +168,7 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
 
 
 def _by_type_sample(
-    snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any
+    snap: Snapshot, cols: _Ranges, ask: Callable[[list[int]], list[Any]], empty: Any
 ) -> Iterator[tuple[list[int], list[Any]]]:
     """(positions, answers) other than ``empty``, a chunk at a time, for every object of each type
     whose first instance has such an answer (names: modules, classes, functions; counts:
@@ -92,18 +177,17 @@ def _by_type_sample(
     step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
     for s in range(0, snap.n, step):
-        kinds, at = np.unique(snap.type_of[s : s + step], return_index=True)
+        kinds, at = np.unique(cols.type_of(s, min(snap.n, s + step)), return_index=True)
         new = first[kinds] < 0
         first[kinds[new]] = at[new] + s
-    probe = [int(p) for p in first if p >= 0]
-    answered = {
-        int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
-    }
+    kind_of = {int(p): k for k, p in enumerate(first.tolist()) if p >= 0}
+    probe = sorted(kind_of)
+    answered = {kind_of[p] for p, a in zip(probe, ask(probe) if probe else []) if a != empty}
     if not answered:
         return
     kinds = np.fromiter(answered, np.int64)
     for s in range(0, snap.n, step):
-        hits = np.flatnonzero(np.isin(snap.type_of[s : s + step], kinds)) + s
+        hits = np.flatnonzero(np.isin(cols.type_of(s, min(snap.n, s + step)), kinds)) + s
         for k in range(0, len(hits), 10_000):
             part = hits[k : k + 10_000].tolist()
             got = [(p, a) for p, a in zip(part, ask(part)) if a != empty]
@@ -122,23 +206,37 @@ class DumpFile:
         self.out = _Out(self.fd)
         self.out._write(DUMP_MAGIC)
         self.objects = self.references = self.size_total = self.size_over = 0
+        self.spill: _Spill | None = None
 
     def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
         """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
-        and written to the file frame by frame as it streams, keeping only the columns the
-        walker's questions need (types, references): the snapshot has no sizes, refcounts or
-        gc flags; ``size_total`` and ``size_over`` are its objects' bytes, and those of the ones
-        above pymalloc's small request."""
+        and written to the file frame by frame as it streams. Of the columns, only what the
+        walker's questions need is kept (types, references), and not in memory: each checked
+        frame's are written to the spill files (_Spill), the snapshot's type_of, offsets and refs
+        are read-only maps of them; it has no sizes, refcounts or gc flags. ``size_total`` and
+        ``size_over`` are its objects' bytes, and those of the ones above pymalloc's small
+        request."""
         from introspect.breakdown import SMALL_REQUEST
-        from introspect.snapshot.columns import Columns
+        from introspect.snapshot.columns import Columns as Checked
 
-        cols = Columns(
-            reader.limits, keep=frozenset(("type_of", "offsets", "refs")), big=SMALL_REQUEST
-        )
+        cols = Checked(reader.limits, keep=frozenset(), big=SMALL_REQUEST)
+        spill = self.spill = _Spill(os.path.dirname(os.path.abspath(self.path)))
+
+        def sink(kind: bytes, payload: bytes) -> None:
+            self.out.frame(kind, payload)
+            if kind == b"O":
+                spill.add(payload)
+
         self.out.put(MAGIC)
-        snap = records.read_snapshot(reader, sink=self.out.frame, cols=cols, **kw)
+        snap = records.read_snapshot(reader, sink=sink, cols=cols, **kw)
         self.size_total, self.size_over = cols.size_total, cols.size_over
-        return snap
+        maps = spill.maps()
+        return dataclasses.replace(
+            snap,
+            type_of=maps["type_of"],
+            offsets=maps["offsets"] if maps["offsets"].shape[0] else np.zeros(1, "<i8"),
+            refs=maps["refs"],
+        )
 
     def answers(
         self,
@@ -150,7 +248,7 @@ class DumpFile:
     ) -> None:
         """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
         self.objects, self.references = snap.n, int(snap.refs.shape[0])
-        _write_answers(self.out, snap, walker, facts, no_keys, log)
+        _write_answers(self.out, snap, _Ranges(snap, self.spill), walker, facts, no_keys, log)
 
     def commit(self) -> dict[str, Any]:
         """The file whole on disk under its name; the dump's own figures."""
@@ -159,6 +257,7 @@ class DumpFile:
         os.close(self.fd)
         self.fd = -1
         os.rename(self.tmp, self.path)
+        self._unspill()
         return {
             "file": self.path,
             "bytes": self.out.written,
@@ -168,7 +267,13 @@ class DumpFile:
             "write_s": round(time.monotonic() - self.t0, 3),
         }
 
+    def _unspill(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+
     def abort(self) -> None:
+        self._unspill()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -201,6 +306,7 @@ def write(
 def _write_answers(
     out: _Out,
     snap: Snapshot,
+    cols: _Ranges,
     walker: Any,
     facts: dict[str, Any],
     no_keys: bool,
@@ -210,20 +316,21 @@ def _write_answers(
     # names and counts are written as they are answered; only what the labels need is kept:
     # the named positions (for their free variables) and big containers' item counts
     named: list[int] = []
-    for pos, got in _by_type_sample(snap, walker.names, ""):
+    for pos, got in _by_type_sample(snap, cols, walker.names, ""):
         _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
         named += pos
     items: dict[int, int] = {}
-    for pos, got in _by_type_sample(snap, walker.counts, -1):
+    for pos, got in _by_type_sample(snap, cols, walker.counts, -1):
         _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
-        if pos:
-            at = np.asarray(pos, np.int64)
-            big = np.flatnonzero(snap.offsets[at + 1] - snap.offsets[at] > BIG).tolist()
+        if pos:  # ascending, within one block of _by_type_sample's
+            o = cols.offsets(pos[0], pos[-1] + 1)
+            at = np.asarray(pos, np.int64) - pos[0]
+            big = np.flatnonzero(o[at + 1] - o[at] > BIG).tolist()
             items.update((pos[k], got[k]) for k in big)
     free = walker.freevars(named) if named else []
     _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
     del named, free
-    total = _write_labels(out, snap, walker, items, no_keys)
+    total = _write_labels(out, snap, cols, walker, items, no_keys)
     log(f"dump: {total:,} labels written")
     out.json(b"Z", {"labels": total})
 
@@ -307,8 +414,11 @@ def _container_labels(
     return [first.get(r, "(item)") for r in refs.tolist()]
 
 
+LABEL_BLOCK = 1 << 16  # objects whose types, offsets and references are read at a time
+
+
 def _write_labels(
-    out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool
+    out: _Out, snap: Snapshot, cols: _Ranges, walker: Any, items: dict[int, int], no_keys: bool
 ) -> int:
     """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
     n = snap.n
@@ -317,7 +427,6 @@ def _write_labels(
     pairs: list[tuple[int, int]] = []
     keyed: list[bool] = []  # per pair: is its holder's key text to be replaced (--no-keys)?
     written = 0
-    offsets, refs = snap.offsets, snap.refs
 
     def flush(final: bool = False) -> None:
         nonlocal written, buf
@@ -331,35 +440,42 @@ def _write_labels(
             written += len(buf)
             buf = []
 
-    for p in range(n):
-        lo, hi = int(offsets[p]), int(offsets[p + 1])
-        if lo == hi:
-            continue
-        got = None
-        hide = no_keys and int(snap.type_of[p]) not in seq
-        if hi - lo > BIG and p in items:
-            flush()  # what came before goes first, in the order of refs
+    for s in range(0, n, LABEL_BLOCK):
+        e = min(n, s + LABEL_BLOCK)
+        o = cols.offsets(s, e)
+        base = int(o[0])
+        refs = cols.refs(base, int(o[-1]))
+        types = cols.type_of(s, e).tolist() if no_keys else []
+        ends = o.tolist()
+        for p in np.flatnonzero(o[1:] != o[:-1]).tolist():  # the objects with references
+            lo, hi = ends[p] - base, ends[p + 1] - base
+            at = p + s
+            got = None
+            hide = no_keys and types[p] not in seq
+            if hi - lo > BIG and at in items:
+                flush()  # what came before goes first, in the order of refs
 
-            def emit(labels: list[str], hide: bool = hide) -> None:
-                nonlocal buf
-                buf += [_no_key(lab) for lab in labels] if hide else labels
-                if len(buf) >= BATCH:
-                    flush()
+                def emit(labels: list[str], hide: bool = hide) -> None:
+                    nonlocal buf
+                    buf += [_no_key(lab) for lab in labels] if hide else labels
+                    if len(buf) >= BATCH:
+                        flush()
 
-            lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
-            if lo < hi:
-                got = _container_labels(walker, p, refs[lo:hi], items[p], n)
-        if lo == hi:
-            pass
-        elif got is not None:
-            flush()
-            buf += [_no_key(lab) for lab in got] if hide else got
-        else:
-            pairs.extend((p, r) for r in refs[lo:hi].tolist())
-            if no_keys:
-                keyed.extend([hide] * (hi - lo))
-        if len(pairs) >= BATCH or len(buf) >= BATCH:
-            flush()
+                lo += _streamed_labels(walker, at, refs[lo:hi], items[at], n, emit)
+                if lo < hi:
+                    got = _container_labels(walker, at, refs[lo:hi], items[at], n)
+            if lo == hi:
+                pass
+            elif got is not None:
+                flush()
+                buf += [_no_key(lab) for lab in got] if hide else got
+            else:
+                pairs.extend((at, r) for r in refs[lo:hi].tolist())
+                if no_keys:
+                    keyed.extend([hide] * (hi - lo))
+            if len(pairs) >= BATCH or len(buf) >= BATCH:
+                flush()
+        del refs
     flush(final=True)
     return written
 

@@ -15,6 +15,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
@@ -146,7 +147,9 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
     out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
     snap = out.read(records.BytesReader(stream))
     out.abort()
-    # THEN types and references are kept, sizes only summed, the rest dropped
+    # THEN types and references are kept, not in memory but in unnamed spill files (the
+    # snapshot maps them), sizes only summed, the rest dropped
+    assert all(isinstance(a, np.memmap) for a in (snap.type_of, snap.offsets, snap.refs))
     assert (snap.type_of == whole.type_of).all() and (snap.refs == whole.refs).all()
     assert (snap.offsets == whole.offsets).all() and snap.roots == whole.roots
     assert out.size_total == int(whole.size.sum()) and snap.size.shape[0] == 0
