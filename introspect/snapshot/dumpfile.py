@@ -52,14 +52,14 @@ class Labels:
         self._codes: np.ndarray | None = None
 
     def extend(self, items: list[str]) -> None:
+        """``items`` checked already (labels_ok): their distinct texts added to the table, then
+        one code each, looked up at C speed."""
         index, table = self._index, self.table
-        codes = np.empty(len(items), np.int32)
-        for k, s in enumerate(items):
-            c = index.get(s)
-            if c is None:
-                c = index[s] = len(table)
+        for s in dict.fromkeys(items):
+            if s not in index:
+                index[s] = len(table)
                 table.append(s)
-            codes[k] = c
+        codes = np.fromiter(map(index.__getitem__, items), np.int32, len(items))
         self._parts.append(codes)
         self._n += len(items)
         self._codes = None
@@ -168,6 +168,40 @@ def load(path: str) -> Dump:
         raise DumpError(path, "could not be read in time") from None
 
 
+def labels_ok(items: list[Any]) -> bool:
+    """Is every item a string of at most MAX_NAME characters? Checked on the distinct items (a
+    batch of labels holds a few dozen texts): any item that is not a string is among them, or
+    makes them unhashable."""
+    try:
+        distinct = dict.fromkeys(items)
+    except TypeError:  # a list or a dict among them
+        return False
+    return all(type(x) is str and len(x) <= records.MAX_NAME for x in distinct)
+
+
+def _counts_ok(items: list[Any], table: dict[int, Any], n: int, total: int) -> bool:
+    """Is every item [position, count], both ints (never bools), the position one of the n and
+    new, the count at most total + n? Checked at C speed over the whole batch."""
+    from itertools import chain
+
+    if set(map(type, items)) != {list} or set(map(len, items)) != {2}:
+        return False
+    if set(map(type, chain.from_iterable(items))) != {int}:
+        return False
+    try:
+        a = np.array(items, np.int64)
+    except OverflowError:
+        return False
+    pos, got = a[:, 0], a[:, 1]
+    if int(pos.min()) < 0 or int(pos.max()) >= n or int(got.min()) < 0:
+        return False
+    if int(got.max()) > total + n:
+        return False
+    if np.unique(pos).shape[0] != pos.shape[0]:
+        return False
+    return table.keys().isdisjoint(pos.tolist())
+
+
 def _is_pos(x: object, n: int) -> bool:
     return type(x) is int and 0 <= x < n  # type: ignore[operator,unused-ignore]
 
@@ -222,11 +256,16 @@ def _add(
             raise DumpError(
                 path, f"has labels for references {start:,}.. where {len(dump.labels):,} comes next"
             )
-        if not all(isinstance(x, str) and len(x) <= records.MAX_NAME for x in items):
+        if not labels_ok(items):
             raise DumpError(path, "has a label that is not a string")
         dump.labels.extend(items)
         return
     table: dict[int, Any] = getattr(dump, what)
+    if what == "counts" and items:
+        if not _counts_ok(items, table, n, total):
+            raise DumpError(path, f"has a broken entry in its {what}")
+        table.update(items)
+        return
     for it in items:
         ok = isinstance(it, list) and len(it) == 2 and _is_pos(it[0], n) and it[0] not in table
         if ok and what == "names":

@@ -26,7 +26,7 @@ class _Out:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.z = zlib.compressobj(6)
+        self.z = zlib.compressobj(1)  # level 6: 6 % smaller, 5x the CPU
         self.raw = 0
         self.written = 0
 
