@@ -27,6 +27,7 @@ from introspect.snapshot.dumpformat import (
     WHATS,
     DumpError,
     check_memory,
+    labels_ok,
 )
 from introspect.snapshot.records import (
     BytesReader,
@@ -166,17 +167,6 @@ def load(path: str) -> Dump:
         raise DumpError(path, f"is truncated or damaged ({exc})") from None
     except TimeoutError:
         raise DumpError(path, "could not be read in time") from None
-
-
-def labels_ok(items: list[Any]) -> bool:
-    """Is every item a string of at most MAX_NAME characters? Checked on the distinct items (a
-    batch of labels holds a few dozen texts): any item that is not a string is among them, or
-    makes them unhashable."""
-    try:
-        distinct = dict.fromkeys(items)
-    except TypeError:  # a list or a dict among them
-        return False
-    return all(type(x) is str and len(x) <= records.MAX_NAME for x in distinct)
 
 
 def _counts_ok(items: list[Any], table: dict[int, Any], n: int, total: int) -> bool:

@@ -4,20 +4,24 @@ temporary name that is renamed at the end (mode 0600; a failed dump leaves no fi
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import json
 import os
 import re
+import select
 import tempfile
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from introspect.snapshot import records
-from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME
+from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
 from introspect.snapshot.records import ARRAY_HEADER, MAGIC, Snapshot
 
 
@@ -417,66 +421,141 @@ def _container_labels(
 LABEL_BLOCK = 1 << 16  # objects whose types, offsets and references are read at a time
 
 
+class _Asker:
+    """Label questions to the walker, one asked ahead: the walker makes the next answer while the
+    CLI files the last one (both at work, not taking turns). A question is written without
+    blocking; if the control FIFO is full, the pending answer is read first (the walker may be
+    waiting for it to be read), so neither side waits on the other forever. Answers are checked
+    as the walker's own questions check them (a list of as many strings as were asked)."""
+
+    def __init__(self, walker: Any) -> None:
+        self.walker = walker
+        self.pending: deque[tuple[int, Callable[[list[str]], None]]] = deque()
+        os.set_blocking(walker.cfd, False)
+
+    def ask(self, line: bytes, count: int, done: Callable[[list[str]], None]) -> None:
+        w, view = self.walker, memoryview(line)
+        while view:
+            try:
+                view = view[os.write(w.cfd, view) :]
+            except BlockingIOError:
+                if self.pending:
+                    self._answer()
+                else:  # the walker has yet to read the last question: wait for room
+                    if time.monotonic() > w.deadline or not w.alive():
+                        raise records.StreamError("the snapshot walker stopped answering")
+                    select.select([], [w.cfd], [], 0.5)
+        self.pending.append((count, done))
+        while len(self.pending) > 1:
+            self._answer()
+
+    def _answer(self) -> None:
+        count, done = self.pending.popleft()
+        kind, payload = self.walker.reader.frame()
+        if kind != b"L":
+            raise records.FormatError(
+                "answer frame", f"a {kind!r} frame where an answer ('L') belongs"
+            )
+        answer = records._json(kind, payload)
+        if not isinstance(answer, list) or len(answer) != count:
+            raise records.FormatError(
+                "answer shape", f"the walker's answer to 'L' is not a list of {count} entries"
+            )
+        if not labels_ok(answer):
+            raise records.FormatError(
+                "answer type", "an entry of the walker's answer to 'L' has the wrong type"
+            )
+        done(answer)
+
+    def drain(self) -> None:
+        """Every pending answer read (before a question whose answer is read at once)."""
+        while self.pending:
+            self._answer()
+        os.set_blocking(self.walker.cfd, True)
+
+    def resume(self) -> None:
+        os.set_blocking(self.walker.cfd, False)
+
+
 def _write_labels(
     out: _Out, snap: Snapshot, cols: _Ranges, walker: Any, items: dict[int, int], no_keys: bool
 ) -> int:
-    """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
+    """Every reference's label, in the order of ``refs``, as Y frames written as they come. The
+    references are asked CHUNK at a time, their questions made a block of objects at a time from
+    the columns, one question ahead (_Asker); a big container's are asked in one pass (K)."""
     n = snap.n
-    seq = {i for i, t in enumerate(snap.types) if t in ("list", "tuple")}
+    seq = np.array([i for i, t in enumerate(snap.types) if t in ("list", "tuple")], np.int64)
     buf: list[str] = []
-    pairs: list[tuple[int, int]] = []
-    keyed: list[bool] = []  # per pair: is its holder's key text to be replaced (--no-keys)?
     written = 0
+    asker = _Asker(walker) if getattr(walker, "cfd", -1) >= 0 else None
+    big_ones = sorted(items)
 
-    def flush(final: bool = False) -> None:
-        nonlocal written, buf
-        if pairs:
-            got = walker.labels(pairs)
-            buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
-            pairs.clear()
-            keyed.clear()
-        if buf and (final or len(buf) >= BATCH):
+    def put(labels: list[str], hide: Any = None) -> None:
+        """``labels`` appended in order; ``hide``: True, or per label whether its holder's key
+        text is replaced (--no-keys)."""
+        nonlocal buf, written
+        if hide is True:
+            labels = [_no_key(lab) for lab in labels]
+        elif hide is not None and hide.any():
+            labels = [_no_key(lab) if h else lab for lab, h in zip(labels, hide.tolist())]
+        buf += labels
+        if len(buf) >= BATCH:
             out.json(b"Y", {"what": "labels", "start": written, "items": buf})
             written += len(buf)
             buf = []
+
+    def ask(holders: np.ndarray, children: np.ndarray, hide: np.ndarray | None) -> None:
+        for k in range(0, holders.shape[0], CHUNK):
+            h, c = holders[k : k + CHUNK], children[k : k + CHUNK]
+            hd = None if hide is None else hide[k : k + CHUNK]
+            if asker is None:
+                put(walker.labels(list(zip(h.tolist(), c.tolist()))), hd)
+                continue
+            both = np.empty(2 * h.shape[0], np.int64)
+            both[0::2], both[1::2] = h, c
+            line = "L " + " ".join(map(str, both.tolist())) + "\n"
+            asker.ask(line.encode(), h.shape[0], functools.partial(put, hide=hd))
 
     for s in range(0, n, LABEL_BLOCK):
         e = min(n, s + LABEL_BLOCK)
         o = cols.offsets(s, e)
         base = int(o[0])
         refs = cols.refs(base, int(o[-1]))
-        types = cols.type_of(s, e).tolist() if no_keys else []
-        ends = o.tolist()
-        for p in np.flatnonzero(o[1:] != o[:-1]).tolist():  # the objects with references
-            lo, hi = ends[p] - base, ends[p + 1] - base
-            at = p + s
-            got = None
-            hide = no_keys and types[p] not in seq
-            if hi - lo > BIG and at in items:
-                flush()  # what came before goes first, in the order of refs
-
-                def emit(labels: list[str], hide: bool = hide) -> None:
-                    nonlocal buf
-                    buf += [_no_key(lab) for lab in labels] if hide else labels
-                    if len(buf) >= BATCH:
-                        flush()
-
-                lo += _streamed_labels(walker, at, refs[lo:hi], items[at], n, emit)
-                if lo < hi:
-                    got = _container_labels(walker, at, refs[lo:hi], items[at], n)
-            if lo == hi:
-                pass
-            elif got is not None:
-                flush()
-                buf += [_no_key(lab) for lab in got] if hide else got
-            else:
-                pairs.extend((at, r) for r in refs[lo:hi].tolist())
-                if no_keys:
-                    keyed.extend([hide] * (hi - lo))
-            if len(pairs) >= BATCH or len(buf) >= BATCH:
-                flush()
+        nref = np.diff(o)
+        hidden = ~np.isin(cols.type_of(s, e), seq) if no_keys else None
+        lo_i, hi_i = bisect.bisect_left(big_ones, s), bisect.bisect_left(big_ones, e)
+        special = [p - s for p in big_ones[lo_i:hi_i] if nref[p - s] > BIG]
+        a = 0
+        for sp in [*special, e - s]:
+            ra, rb = int(o[a]) - base, int(o[sp]) - base
+            if rb > ra:  # the plain objects a..sp-1: every reference asked by its pair
+                holders = np.repeat(np.arange(a + s, sp + s), nref[a:sp])
+                hide = None if hidden is None else np.repeat(hidden[a:sp], nref[a:sp])
+                ask(holders, refs[ra:rb], hide)
+            if sp == e - s:
+                break
+            at, a = sp + s, sp + 1
+            lo, hi = int(o[sp]) - base, int(o[sp + 1]) - base
+            hide_it = bool(hidden[sp]) if hidden is not None else False
+            if asker is not None:
+                asker.drain()  # what came before goes first, in the order of refs
+            emit = functools.partial(put, hide=hide_it or None)
+            lo += _streamed_labels(walker, at, refs[lo:hi], items[at], n, emit)
+            if lo < hi:
+                got = _container_labels(walker, at, refs[lo:hi], items[at], n)
+                if got is not None:
+                    put(got, hide_it or None)
+                    lo = hi
+            if asker is not None:
+                asker.resume()
+            if lo < hi:
+                ask(np.full(hi - lo, at, np.int64), refs[lo:hi], np.full(hi - lo, hide_it))
         del refs
-    flush(final=True)
+    if asker is not None:
+        asker.drain()
+    if buf:
+        out.json(b"Y", {"what": "labels", "start": written, "items": buf})
+        written += len(buf)
     return written
 
 
