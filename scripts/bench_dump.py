@@ -129,6 +129,8 @@ def main() -> int:
                         file_bytes=doc.get("bytes") if name == "dump PID" else None,
                         raw_bytes=doc.get("raw_bytes"),
                         write_s=doc.get("write_s"),
+                        names_counts_s=doc.get("names_counts_s"),
+                        labels_s=doc.get("labels_s"),
                         export_bytes=(
                             os.path.getsize(d / "heap.heapsnapshot")
                             if name == "export FILE" and r["rc"] == 0
@@ -173,6 +175,11 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"B/object; {r['raw_bytes']:,} B before compression), written in "
                 f"{r['write_s']:.1f} s"
             )
+            if r.get("labels_s") is not None:
+                notes.append(
+                    f"after the walk: names and counts {r['names_counts_s']:.1f} s, labels "
+                    f"{r['labels_s']:.1f} s"
+                )
             if walk and walk["rc"] == 0:
                 notes.append(f"**{r['wall_s'] / walk['wall_s']:.2f}x the walk alone's wall**")
         if r["step"].startswith("file: top FILE --by") and live and live["rc"] == 0:
@@ -180,7 +187,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         if r["step"] == "export FILE" and r.get("export_bytes"):
             notes.append(f"heapsnapshot {r['export_bytes']:,} B")
         paused = f"{r['paused_s'] * 1000:.1f} ms" if r.get("paused_s") else "-"
-        walk_s = f"{r['walk_s']:.1f} s" if r.get("walk_s") else "-"
+        walk_s = f"{r['walk_s']:.1f} s" if r.get("walk_s") and "FILE" not in r["step"] else "-"
         out.append(
             f"| {r['size'] / 1e6:g}M ({(r['objects'] or 0):,}) | `{r['step']}` | {res} | "
             f"{r['cpu_s']:.1f} s | {_mib(r['peak'])} | {paused} | {walk_s} | {'; '.join(notes)} |"

@@ -152,6 +152,10 @@ def _no_key(label: str) -> str:
 
 def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -> None:
     """``items`` ([position, value] pairs) as Y frames, each well below the frame bound."""
+    if what == "counts":  # [position, int]: at most 24 bytes each
+        for k in range(0, len(items), limit // 24):
+            out.json(b"Y", {"what": what, "start": k, "items": items[k : k + limit // 24]})
+        return
     k = 0
     while True:
         step, size = 0, 0
@@ -171,31 +175,36 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
             break
 
 
-def _by_type_sample(
-    snap: Snapshot, cols: _Ranges, ask: Callable[[list[int]], list[Any]], empty: Any
-) -> Iterator[tuple[list[int], list[Any]]]:
-    """(positions, answers) other than ``empty``, a chunk at a time, for every object of each type
-    whose first instance has such an answer (names: modules, classes, functions; counts:
-    containers): one question per type first, then only the instances of the types that
-    answered. A chunk at a time: a million containers' counts are never all in memory."""
+def _first_of_each_type(snap: Snapshot, cols: _Ranges) -> dict[int, int]:
+    """The first instance of each type: {position: type index}, a block of types at a time."""
     step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
     for s in range(0, snap.n, step):
         kinds, at = np.unique(cols.type_of(s, min(snap.n, s + step)), return_index=True)
         new = first[kinds] < 0
         first[kinds[new]] = at[new] + s
-    kind_of = {int(p): k for k, p in enumerate(first.tolist()) if p >= 0}
+    return {int(p): k for k, p in enumerate(first.tolist()) if p >= 0}
+
+
+def _answering(
+    kind_of: dict[int, int], ask: Callable[[list[int]], list[Any]], empty: Any
+) -> np.ndarray:
+    """The types whose first instance has an answer other than ``empty`` (names: modules,
+    classes, functions; counts: containers): one question per type."""
     probe = sorted(kind_of)
-    answered = {kind_of[p] for p, a in zip(probe, ask(probe) if probe else []) if a != empty}
-    if not answered:
+    got = ask(probe) if probe else []
+    return np.fromiter((kind_of[p] for p, a in zip(probe, got) if a != empty), np.int64)
+
+
+def _instances(snap: Snapshot, cols: _Ranges, kinds: np.ndarray, size: int) -> Iterator[list[int]]:
+    """Every position of the ``kinds``, ascending, ``size`` at a time (never all in memory)."""
+    step = 1 << 18
+    if not kinds.shape[0]:
         return
-    kinds = np.fromiter(answered, np.int64)
     for s in range(0, snap.n, step):
         hits = np.flatnonzero(np.isin(cols.type_of(s, min(snap.n, s + step)), kinds)) + s
-        for k in range(0, len(hits), 10_000):
-            part = hits[k : k + 10_000].tolist()
-            got = [(p, a) for p, a in zip(part, ask(part)) if a != empty]
-            yield [p for p, _ in got], [a for _, a in got]
+        for k in range(0, len(hits), size):
+            yield hits[k : k + size].tolist()
 
 
 class DumpFile:
@@ -211,6 +220,7 @@ class DumpFile:
         self.out._write(DUMP_MAGIC)
         self.objects = self.references = self.size_total = self.size_over = 0
         self.spill: _Spill | None = None
+        self.times: dict[str, float] = {}
 
     def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
         """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
@@ -252,7 +262,9 @@ class DumpFile:
     ) -> None:
         """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
         self.objects, self.references = snap.n, int(snap.refs.shape[0])
-        _write_answers(self.out, snap, _Ranges(snap, self.spill), walker, facts, no_keys, log)
+        self.times = _write_answers(
+            self.out, snap, _Ranges(snap, self.spill), walker, facts, no_keys, log
+        )
 
     def commit(self) -> dict[str, Any]:
         """The file whole on disk under its name; the dump's own figures."""
@@ -269,6 +281,7 @@ class DumpFile:
             "objects": self.objects,
             "references": self.references,
             "write_s": round(time.monotonic() - self.t0, 3),
+            **self.times,
         }
 
     def _unspill(self) -> None:
@@ -315,28 +328,54 @@ def _write_answers(
     facts: dict[str, Any],
     no_keys: bool,
     log: Callable[[str], None],
-) -> None:
+) -> dict[str, float]:
+    t0 = time.monotonic()
     out.json(b"D", {**facts, "no_keys": no_keys})
     # names and counts are written as they are answered; only what the labels need is kept:
     # the named positions (for their free variables) and big containers' item counts
+    kind_of = _first_of_each_type(snap, cols)
     named: list[int] = []
-    for pos, got in _by_type_sample(snap, cols, walker.names, ""):
-        _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
-        named += pos
+    for part in _instances(snap, cols, _answering(kind_of, walker.names, ""), 10_000):
+        got = [[p, a] for p, a in zip(part, walker.names(part)) if a != ""]
+        _json_chunks(out, "names", got)
+        named += [p for p, _ in got]
     items: dict[int, int] = {}
-    for pos, got in _by_type_sample(snap, cols, walker.counts, -1):
-        _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
-        if pos:  # ascending, within one block of _by_type_sample's
-            o = cols.offsets(pos[0], pos[-1] + 1)
-            at = np.asarray(pos, np.int64) - pos[0]
-            big = np.flatnonzero(o[at + 1] - o[at] > BIG).tolist()
-            items.update((pos[k], got[k]) for k in big)
+
+    def counted(part: list[int], got: list[int]) -> None:
+        pairs = [[p, c] for p, c in zip(part, got) if c != -1]
+        if not pairs:
+            return
+        _json_chunks(out, "counts", pairs)
+        o = cols.offsets(part[0], part[-1] + 1)  # part: ascending, within one block
+        at = np.asarray([p for p, _ in pairs], np.int64) - part[0]
+        items.update((pairs[k][0], pairs[k][1]) for k in np.flatnonzero(o[at + 1] - o[at] > BIG))
+
+    containers = _answering(kind_of, walker.counts, -1)
+    asker = _Asker(walker, "C", _ints_ok) if getattr(walker, "cfd", -1) >= 0 else None
+    for part in _instances(snap, cols, containers, 4000):
+        if asker is None:
+            counted(part, walker.counts(part))
+        else:  # one ahead, as the labels are asked
+            line = "C " + " ".join(map(str, part)) + "\n"
+            asker.ask(line.encode(), len(part), functools.partial(counted, part))
+    if asker is not None:
+        asker.drain()
     free = walker.freevars(named) if named else []
     _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
     del named, free
+    t1 = time.monotonic()
     total = _write_labels(out, snap, cols, walker, items, no_keys)
-    log(f"dump: {total:,} labels written")
     out.json(b"Z", {"labels": total})
+    times = {"names_counts_s": round(t1 - t0, 3), "labels_s": round(time.monotonic() - t1, 3)}
+    log(
+        f"dump: names and counts written in {times['names_counts_s']:.1f} s, "
+        f"{total:,} labels in {times['labels_s']:.1f} s"
+    )
+    return times
+
+
+def _ints_ok(items: list[Any]) -> bool:
+    return set(map(type, items)) <= {int}
 
 
 BATCH = 10 * CHUNK  # labels asked and written at a time (their pairs and strings: ~3 MB)
@@ -422,18 +461,19 @@ LABEL_BLOCK = 1 << 16  # objects whose types, offsets and references are read at
 
 
 class _Asker:
-    """Label questions to the walker, one asked ahead: the walker makes the next answer while the
-    CLI files the last one (both at work, not taking turns). A question is written without
-    blocking; if the control FIFO is full, the pending answer is read first (the walker may be
-    waiting for it to be read), so neither side waits on the other forever. Answers are checked
-    as the walker's own questions check them (a list of as many strings as were asked)."""
+    """Questions to the walker (labels, counts), one asked ahead: the walker makes the next
+    answer while the CLI files the last one (both at work, not taking turns). A question is
+    written without blocking; if the control FIFO is full, the pending answer is read first
+    (the walker may be waiting for it to be read), so neither side waits on the other forever.
+    Answers are checked as the walker's own questions check them (a list of as many entries as
+    were asked, each of the right type: ``check``)."""
 
-    def __init__(self, walker: Any) -> None:
-        self.walker = walker
-        self.pending: deque[tuple[int, Callable[[list[str]], None]]] = deque()
+    def __init__(self, walker: Any, what: str, check: Callable[[list[Any]], bool]) -> None:
+        self.walker, self.what, self.check = walker, what, check
+        self.pending: deque[tuple[int, Callable[[list[Any]], None]]] = deque()
         os.set_blocking(walker.cfd, False)
 
-    def ask(self, line: bytes, count: int, done: Callable[[list[str]], None]) -> None:
+    def ask(self, line: bytes, count: int, done: Callable[[list[Any]], None]) -> None:
         w, view = self.walker, memoryview(line)
         while view:
             try:
@@ -459,11 +499,13 @@ class _Asker:
         answer = records._json(kind, payload)
         if not isinstance(answer, list) or len(answer) != count:
             raise records.FormatError(
-                "answer shape", f"the walker's answer to 'L' is not a list of {count} entries"
+                "answer shape",
+                f"the walker's answer to {self.what!r} is not a list of {count} entries",
             )
-        if not labels_ok(answer):
+        if not self.check(answer):
             raise records.FormatError(
-                "answer type", "an entry of the walker's answer to 'L' has the wrong type"
+                "answer type",
+                f"an entry of the walker's answer to {self.what!r} has the wrong type",
             )
         done(answer)
 
@@ -487,7 +529,7 @@ def _write_labels(
     seq = np.array([i for i, t in enumerate(snap.types) if t in ("list", "tuple")], np.int64)
     buf: list[str] = []
     written = 0
-    asker = _Asker(walker) if getattr(walker, "cfd", -1) >= 0 else None
+    asker = _Asker(walker, "L", labels_ok) if getattr(walker, "cfd", -1) >= 0 else None
     big_ones = sorted(items)
 
     def put(labels: list[str], hide: Any = None) -> None:
