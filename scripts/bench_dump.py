@@ -188,8 +188,9 @@ def render(rows: list[dict[str, Any]]) -> str:
             notes.append(f"heapsnapshot {r['export_bytes']:,} B")
         paused = f"{r['paused_s'] * 1000:.1f} ms" if r.get("paused_s") else "-"
         walk_s = f"{r['walk_s']:.1f} s" if r.get("walk_s") and "FILE" not in r["step"] else "-"
+        objects = r["objects"] or next((x["objects"] for x in rows if x["size"] == r["size"]), 0)
         out.append(
-            f"| {r['size'] / 1e6:g}M ({(r['objects'] or 0):,}) | `{r['step']}` | {res} | "
+            f"| {r['size'] / 1e6:g}M ({(objects or 0):,}) | `{r['step']}` | {res} | "
             f"{r['cpu_s']:.1f} s | {_mib(r['peak'])} | {paused} | {walk_s} | {'; '.join(notes)} |"
         )
     return "\n".join(out)
