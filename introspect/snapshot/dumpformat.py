@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from introspect import breakdown
-from introspect.snapshot.records import FormatError
+from introspect.snapshot.records import MAX_NAME, FormatError
 
 DUMP_MAGIC_PREFIX = b"INTROSPECT-DUMP "
 DUMP_VERSION = 1
@@ -51,6 +51,17 @@ DUMP_FACTS: dict[str, tuple[type, ...]] = {
 }
 WHATS = ("labels", "names", "counts", "freevars")
 TEXT_MAX = 4096  # characters of one text in the facts (a reason, an allocator's name, a path)
+
+
+def labels_ok(items: list[Any]) -> bool:
+    """Is every item a string of at most MAX_NAME characters? Checked on the distinct items (a
+    batch of labels holds a few dozen texts): any item that is not a string is among them, or
+    makes them unhashable."""
+    try:
+        distinct = dict.fromkeys(items)
+    except TypeError:  # a list or a dict among them
+        return False
+    return all(type(x) is str and len(x) <= MAX_NAME for x in distinct)
 
 
 class DumpError(FormatError):

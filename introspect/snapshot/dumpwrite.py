@@ -4,18 +4,24 @@ temporary name that is renamed at the end (mode 0600; a failed dump leaves no fi
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import functools
 import json
 import os
 import re
+import select
+import tempfile
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from introspect.snapshot import records
-from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME
+from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
 from introspect.snapshot.records import ARRAY_HEADER, MAGIC, Snapshot
 
 
@@ -24,7 +30,7 @@ class _Out:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.z = zlib.compressobj(6)
+        self.z = zlib.compressobj(1)  # level 6: 6 % smaller, 5x the CPU
         self.raw = 0
         self.written = 0
 
@@ -52,6 +58,89 @@ class _Out:
         self._write(self.z.flush())
 
 
+class _Spill:
+    """The columns the walker's questions need (each object's type, the references' offsets and
+    the references), written as the records stream to three unnamed files next to the dump
+    (O_TMPFILE: gone when closed, whatever happens) rather than kept: the CLI's memory while
+    dumping does not grow with the heap. Read back a range at a time (_Ranges); the Snapshot
+    gets read-only maps of them (its shapes right, nothing of them resident unless read)."""
+
+    DTYPES = (("type_of", "<i4"), ("offsets", "<i8"), ("refs", "<i4"))
+
+    def __init__(self, where: str) -> None:
+        self.files = {
+            name: tempfile.TemporaryFile(dir=where, prefix=".introspect-dump-", buffering=0)
+            for name, _ in self.DTYPES
+        }
+        self.base = 0  # references so far: the next offset
+        self._put("offsets", np.zeros(1, "<i8"))
+
+    def _put(self, name: str, arr: np.ndarray) -> None:
+        view = np.ascontiguousarray(arr).data.cast("B")
+        f = self.files[name]
+        while view:
+            n = f.write(view)
+            view = view[n:]
+
+    def add(self, payload: bytes) -> None:
+        """An O frame checked already (Columns.add): its types, ends of references, references."""
+        _start, count, items, _known = ARRAY_HEADER.unpack_from(payload)
+        at = ARRAY_HEADER.size + 8 * count  # past the sizes
+        self._put("type_of", np.frombuffer(payload, "<i4", count, at))
+        nrefs = np.frombuffer(payload, "<u4", count, at + 4 * count)
+        ends = np.cumsum(nrefs, dtype=np.int64)
+        ends += self.base
+        self._put("offsets", ends.astype("<i8", copy=False))
+        self._put("refs", np.frombuffer(payload, "<i4", items, at + 8 * count))
+        self.base += items
+
+    def maps(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, dtype in self.DTYPES:
+            f = self.files[name]
+            k = os.fstat(f.fileno()).st_size // np.dtype(dtype).itemsize
+            out[name] = np.memmap(f, dtype, "r", shape=(k,)) if k else np.zeros(0, dtype)
+        return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _Ranges:
+    """Ranges of a snapshot's type_of, offsets and refs: from its arrays (a snapshot read whole:
+    --keep), or read from a dump's spill files (never whole in memory)."""
+
+    def __init__(self, snap: Snapshot, spill: _Spill | None = None) -> None:
+        self.n = snap.n
+        self.snap = snap
+        self.fds = {k: f.fileno() for k, f in spill.files.items()} if spill else None
+
+    def _read(self, name: str, dtype: str, a: int, b: int) -> np.ndarray:
+        if self.fds is None:
+            return np.asarray(getattr(self.snap, name)[a:b])
+        size = np.dtype(dtype).itemsize
+        want = (b - a) * size
+        buf = bytearray(want)
+        view, got = memoryview(buf), 0
+        while got < want:
+            n = os.preadv(self.fds[name], [view[got:]], (a * size) + got)
+            if n <= 0:
+                raise OSError(f"the dump's {name} spill ended early")
+            got += n
+        return np.frombuffer(buf, dtype)
+
+    def type_of(self, a: int, b: int) -> np.ndarray:
+        return self._read("type_of", "<i4", a, b)
+
+    def offsets(self, a: int, b: int) -> np.ndarray:
+        """offsets[a : b + 1]: the references of objects a..b-1 are refs[o[0]:o[-1]]."""
+        return self._read("offsets", "<i8", a, b + 1)
+
+    def refs(self, a: int, b: int) -> np.ndarray:
+        return self._read("refs", "<i4", a, b)
+
+
 def _no_key(label: str) -> str:
     """A dict key's label without its text: ``['password']`` -> ``[str]``, ``[3]`` -> ``[int]``."""
     if label.startswith("['") or label.startswith('["'):
@@ -63,6 +152,10 @@ def _no_key(label: str) -> str:
 
 def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -> None:
     """``items`` ([position, value] pairs) as Y frames, each well below the frame bound."""
+    if what == "counts":  # [position, int]: at most 24 bytes each
+        for k in range(0, len(items), limit // 24):
+            out.json(b"Y", {"what": what, "start": k, "items": items[k : k + limit // 24]})
+        return
     k = 0
     while True:
         step, size = 0, 0
@@ -82,32 +175,36 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
             break
 
 
-def _by_type_sample(
-    snap: Snapshot, ask: Callable[[list[int]], list[Any]], empty: Any
-) -> Iterator[tuple[list[int], list[Any]]]:
-    """(positions, answers) other than ``empty``, a chunk at a time, for every object of each type
-    whose first instance has such an answer (names: modules, classes, functions; counts:
-    containers): one question per type first, then only the instances of the types that
-    answered. A chunk at a time: a million containers' counts are never all in memory."""
+def _first_of_each_type(snap: Snapshot, cols: _Ranges) -> dict[int, int]:
+    """The first instance of each type: {position: type index}, a block of types at a time."""
     step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
     for s in range(0, snap.n, step):
-        kinds, at = np.unique(snap.type_of[s : s + step], return_index=True)
+        kinds, at = np.unique(cols.type_of(s, min(snap.n, s + step)), return_index=True)
         new = first[kinds] < 0
         first[kinds[new]] = at[new] + s
-    probe = [int(p) for p in first if p >= 0]
-    answered = {
-        int(snap.type_of[p]) for p, a in zip(probe, ask(probe) if probe else []) if a != empty
-    }
-    if not answered:
+    return {int(p): k for k, p in enumerate(first.tolist()) if p >= 0}
+
+
+def _answering(
+    kind_of: dict[int, int], ask: Callable[[list[int]], list[Any]], empty: Any
+) -> np.ndarray:
+    """The types whose first instance has an answer other than ``empty`` (names: modules,
+    classes, functions; counts: containers): one question per type."""
+    probe = sorted(kind_of)
+    got = ask(probe) if probe else []
+    return np.fromiter((kind_of[p] for p, a in zip(probe, got) if a != empty), np.int64)
+
+
+def _instances(snap: Snapshot, cols: _Ranges, kinds: np.ndarray, size: int) -> Iterator[list[int]]:
+    """Every position of the ``kinds``, ascending, ``size`` at a time (never all in memory)."""
+    step = 1 << 18
+    if not kinds.shape[0]:
         return
-    kinds = np.fromiter(answered, np.int64)
     for s in range(0, snap.n, step):
-        hits = np.flatnonzero(np.isin(snap.type_of[s : s + step], kinds)) + s
-        for k in range(0, len(hits), 10_000):
-            part = hits[k : k + 10_000].tolist()
-            got = [(p, a) for p, a in zip(part, ask(part)) if a != empty]
-            yield [p for p, _ in got], [a for _, a in got]
+        hits = np.flatnonzero(np.isin(cols.type_of(s, min(snap.n, s + step)), kinds)) + s
+        for k in range(0, len(hits), size):
+            yield hits[k : k + size].tolist()
 
 
 class DumpFile:
@@ -122,23 +219,38 @@ class DumpFile:
         self.out = _Out(self.fd)
         self.out._write(DUMP_MAGIC)
         self.objects = self.references = self.size_total = self.size_over = 0
+        self.spill: _Spill | None = None
+        self.times: dict[str, float] = {}
 
     def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
         """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
-        and written to the file frame by frame as it streams, keeping only the columns the
-        walker's questions need (types, references): the snapshot has no sizes, refcounts or
-        gc flags; ``size_total`` and ``size_over`` are its objects' bytes, and those of the ones
-        above pymalloc's small request."""
+        and written to the file frame by frame as it streams. Of the columns, only what the
+        walker's questions need is kept (types, references), and not in memory: each checked
+        frame's are written to the spill files (_Spill), the snapshot's type_of, offsets and refs
+        are read-only maps of them; it has no sizes, refcounts or gc flags. ``size_total`` and
+        ``size_over`` are its objects' bytes, and those of the ones above pymalloc's small
+        request."""
         from introspect.breakdown import SMALL_REQUEST
-        from introspect.snapshot.columns import Columns
+        from introspect.snapshot.columns import Columns as Checked
 
-        cols = Columns(
-            reader.limits, keep=frozenset(("type_of", "offsets", "refs")), big=SMALL_REQUEST
-        )
+        cols = Checked(reader.limits, keep=frozenset(), big=SMALL_REQUEST)
+        spill = self.spill = _Spill(os.path.dirname(os.path.abspath(self.path)))
+
+        def sink(kind: bytes, payload: bytes) -> None:
+            self.out.frame(kind, payload)
+            if kind == b"O":
+                spill.add(payload)
+
         self.out.put(MAGIC)
-        snap = records.read_snapshot(reader, sink=self.out.frame, cols=cols, **kw)
+        snap = records.read_snapshot(reader, sink=sink, cols=cols, **kw)
         self.size_total, self.size_over = cols.size_total, cols.size_over
-        return snap
+        maps = spill.maps()
+        return dataclasses.replace(
+            snap,
+            type_of=maps["type_of"],
+            offsets=maps["offsets"] if maps["offsets"].shape[0] else np.zeros(1, "<i8"),
+            refs=maps["refs"],
+        )
 
     def answers(
         self,
@@ -150,7 +262,9 @@ class DumpFile:
     ) -> None:
         """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
         self.objects, self.references = snap.n, int(snap.refs.shape[0])
-        _write_answers(self.out, snap, walker, facts, no_keys, log)
+        self.times = _write_answers(
+            self.out, snap, _Ranges(snap, self.spill), walker, facts, no_keys, log
+        )
 
     def commit(self) -> dict[str, Any]:
         """The file whole on disk under its name; the dump's own figures."""
@@ -159,6 +273,7 @@ class DumpFile:
         os.close(self.fd)
         self.fd = -1
         os.rename(self.tmp, self.path)
+        self._unspill()
         return {
             "file": self.path,
             "bytes": self.out.written,
@@ -166,9 +281,16 @@ class DumpFile:
             "objects": self.objects,
             "references": self.references,
             "write_s": round(time.monotonic() - self.t0, 3),
+            **self.times,
         }
 
+    def _unspill(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+
     def abort(self) -> None:
+        self._unspill()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -201,31 +323,59 @@ def write(
 def _write_answers(
     out: _Out,
     snap: Snapshot,
+    cols: _Ranges,
     walker: Any,
     facts: dict[str, Any],
     no_keys: bool,
     log: Callable[[str], None],
-) -> None:
+) -> dict[str, float]:
+    t0 = time.monotonic()
     out.json(b"D", {**facts, "no_keys": no_keys})
     # names and counts are written as they are answered; only what the labels need is kept:
     # the named positions (for their free variables) and big containers' item counts
+    kind_of = _first_of_each_type(snap, cols)
     named: list[int] = []
-    for pos, got in _by_type_sample(snap, walker.names, ""):
-        _json_chunks(out, "names", [[p, a] for p, a in zip(pos, got)])
-        named += pos
+    for part in _instances(snap, cols, _answering(kind_of, walker.names, ""), 10_000):
+        got = [[p, a] for p, a in zip(part, walker.names(part)) if a != ""]
+        _json_chunks(out, "names", got)
+        named += [p for p, _ in got]
     items: dict[int, int] = {}
-    for pos, got in _by_type_sample(snap, walker.counts, -1):
-        _json_chunks(out, "counts", [[p, a] for p, a in zip(pos, got)])
-        if pos:
-            at = np.asarray(pos, np.int64)
-            big = np.flatnonzero(snap.offsets[at + 1] - snap.offsets[at] > BIG).tolist()
-            items.update((pos[k], got[k]) for k in big)
+
+    def counted(part: list[int], got: list[int]) -> None:
+        pairs = [[p, c] for p, c in zip(part, got) if c != -1]
+        if not pairs:
+            return
+        _json_chunks(out, "counts", pairs)
+        o = cols.offsets(part[0], part[-1] + 1)  # part: ascending, within one block
+        at = np.asarray([p for p, _ in pairs], np.int64) - part[0]
+        items.update((pairs[k][0], pairs[k][1]) for k in np.flatnonzero(o[at + 1] - o[at] > BIG))
+
+    containers = _answering(kind_of, walker.counts, -1)
+    asker = _Asker(walker, "C", _ints_ok) if getattr(walker, "cfd", -1) >= 0 else None
+    for part in _instances(snap, cols, containers, 4000):
+        if asker is None:
+            counted(part, walker.counts(part))
+        else:  # one ahead, as the labels are asked
+            line = "C " + " ".join(map(str, part)) + "\n"
+            asker.ask(line.encode(), len(part), functools.partial(counted, part))
+    if asker is not None:
+        asker.drain()
     free = walker.freevars(named) if named else []
     _json_chunks(out, "freevars", [[p, v] for p, v in zip(named, free) if v])
     del named, free
-    total = _write_labels(out, snap, walker, items, no_keys)
-    log(f"dump: {total:,} labels written")
+    t1 = time.monotonic()
+    total = _write_labels(out, snap, cols, walker, items, no_keys)
     out.json(b"Z", {"labels": total})
+    times = {"names_counts_s": round(t1 - t0, 3), "labels_s": round(time.monotonic() - t1, 3)}
+    log(
+        f"dump: names and counts written in {times['names_counts_s']:.1f} s, "
+        f"{total:,} labels in {times['labels_s']:.1f} s"
+    )
+    return times
+
+
+def _ints_ok(items: list[Any]) -> bool:
+    return set(map(type, items)) <= {int}
 
 
 BATCH = 10 * CHUNK  # labels asked and written at a time (their pairs and strings: ~3 MB)
@@ -307,60 +457,147 @@ def _container_labels(
     return [first.get(r, "(item)") for r in refs.tolist()]
 
 
-def _write_labels(
-    out: _Out, snap: Snapshot, walker: Any, items: dict[int, int], no_keys: bool
-) -> int:
-    """Every reference's label, in the order of ``refs``, as Y frames written as they come."""
-    n = snap.n
-    seq = {i for i, t in enumerate(snap.types) if t in ("list", "tuple")}
-    buf: list[str] = []
-    pairs: list[tuple[int, int]] = []
-    keyed: list[bool] = []  # per pair: is its holder's key text to be replaced (--no-keys)?
-    written = 0
-    offsets, refs = snap.offsets, snap.refs
+LABEL_BLOCK = 1 << 16  # objects whose types, offsets and references are read at a time
 
-    def flush(final: bool = False) -> None:
-        nonlocal written, buf
-        if pairs:
-            got = walker.labels(pairs)
-            buf += [_no_key(lab) if k else lab for lab, k in zip(got, keyed)] if no_keys else got
-            pairs.clear()
-            keyed.clear()
-        if buf and (final or len(buf) >= BATCH):
+
+class _Asker:
+    """Questions to the walker (labels, counts), one asked ahead: the walker makes the next
+    answer while the CLI files the last one (both at work, not taking turns). A question is
+    written without blocking; if the control FIFO is full, the pending answer is read first
+    (the walker may be waiting for it to be read), so neither side waits on the other forever.
+    Answers are checked as the walker's own questions check them (a list of as many entries as
+    were asked, each of the right type: ``check``)."""
+
+    def __init__(self, walker: Any, what: str, check: Callable[[list[Any]], bool]) -> None:
+        self.walker, self.what, self.check = walker, what, check
+        self.pending: deque[tuple[int, Callable[[list[Any]], None]]] = deque()
+        os.set_blocking(walker.cfd, False)
+
+    def ask(self, line: bytes, count: int, done: Callable[[list[Any]], None]) -> None:
+        w, view = self.walker, memoryview(line)
+        while view:
+            try:
+                view = view[os.write(w.cfd, view) :]
+            except BlockingIOError:
+                if self.pending:
+                    self._answer()
+                else:  # the walker has yet to read the last question: wait for room
+                    if time.monotonic() > w.deadline or not w.alive():
+                        raise records.StreamError("the snapshot walker stopped answering")
+                    select.select([], [w.cfd], [], 0.5)
+        self.pending.append((count, done))
+        while len(self.pending) > 1:
+            self._answer()
+
+    def _answer(self) -> None:
+        count, done = self.pending.popleft()
+        kind, payload = self.walker.reader.frame()
+        if kind != b"L":
+            raise records.FormatError(
+                "answer frame", f"a {kind!r} frame where an answer ('L') belongs"
+            )
+        answer = records._json(kind, payload)
+        if not isinstance(answer, list) or len(answer) != count:
+            raise records.FormatError(
+                "answer shape",
+                f"the walker's answer to {self.what!r} is not a list of {count} entries",
+            )
+        if not self.check(answer):
+            raise records.FormatError(
+                "answer type",
+                f"an entry of the walker's answer to {self.what!r} has the wrong type",
+            )
+        done(answer)
+
+    def drain(self) -> None:
+        """Every pending answer read (before a question whose answer is read at once)."""
+        while self.pending:
+            self._answer()
+        os.set_blocking(self.walker.cfd, True)
+
+    def resume(self) -> None:
+        os.set_blocking(self.walker.cfd, False)
+
+
+def _write_labels(
+    out: _Out, snap: Snapshot, cols: _Ranges, walker: Any, items: dict[int, int], no_keys: bool
+) -> int:
+    """Every reference's label, in the order of ``refs``, as Y frames written as they come. The
+    references are asked CHUNK at a time, their questions made a block of objects at a time from
+    the columns, one question ahead (_Asker); a big container's are asked in one pass (K)."""
+    n = snap.n
+    seq = np.array([i for i, t in enumerate(snap.types) if t in ("list", "tuple")], np.int64)
+    buf: list[str] = []
+    written = 0
+    asker = _Asker(walker, "L", labels_ok) if getattr(walker, "cfd", -1) >= 0 else None
+    big_ones = sorted(items)
+
+    def put(labels: list[str], hide: Any = None) -> None:
+        """``labels`` appended in order; ``hide``: True, or per label whether its holder's key
+        text is replaced (--no-keys)."""
+        nonlocal buf, written
+        if hide is True:
+            labels = [_no_key(lab) for lab in labels]
+        elif hide is not None and hide.any():
+            labels = [_no_key(lab) if h else lab for lab, h in zip(labels, hide.tolist())]
+        buf += labels
+        if len(buf) >= BATCH:
             out.json(b"Y", {"what": "labels", "start": written, "items": buf})
             written += len(buf)
             buf = []
 
-    for p in range(n):
-        lo, hi = int(offsets[p]), int(offsets[p + 1])
-        if lo == hi:
-            continue
-        got = None
-        hide = no_keys and int(snap.type_of[p]) not in seq
-        if hi - lo > BIG and p in items:
-            flush()  # what came before goes first, in the order of refs
+    def ask(holders: np.ndarray, children: np.ndarray, hide: np.ndarray | None) -> None:
+        for k in range(0, holders.shape[0], CHUNK):
+            h, c = holders[k : k + CHUNK], children[k : k + CHUNK]
+            hd = None if hide is None else hide[k : k + CHUNK]
+            if asker is None:
+                put(walker.labels(list(zip(h.tolist(), c.tolist()))), hd)
+                continue
+            both = np.empty(2 * h.shape[0], np.int64)
+            both[0::2], both[1::2] = h, c
+            line = "L " + " ".join(map(str, both.tolist())) + "\n"
+            asker.ask(line.encode(), h.shape[0], functools.partial(put, hide=hd))
 
-            def emit(labels: list[str], hide: bool = hide) -> None:
-                nonlocal buf
-                buf += [_no_key(lab) for lab in labels] if hide else labels
-                if len(buf) >= BATCH:
-                    flush()
-
-            lo += _streamed_labels(walker, p, refs[lo:hi], items[p], n, emit)
+    for s in range(0, n, LABEL_BLOCK):
+        e = min(n, s + LABEL_BLOCK)
+        o = cols.offsets(s, e)
+        base = int(o[0])
+        refs = cols.refs(base, int(o[-1]))
+        nref = np.diff(o)
+        hidden = ~np.isin(cols.type_of(s, e), seq) if no_keys else None
+        lo_i, hi_i = bisect.bisect_left(big_ones, s), bisect.bisect_left(big_ones, e)
+        special = [p - s for p in big_ones[lo_i:hi_i] if nref[p - s] > BIG]
+        a = 0
+        for sp in [*special, e - s]:
+            ra, rb = int(o[a]) - base, int(o[sp]) - base
+            if rb > ra:  # the plain objects a..sp-1: every reference asked by its pair
+                holders = np.repeat(np.arange(a + s, sp + s), nref[a:sp])
+                hide = None if hidden is None else np.repeat(hidden[a:sp], nref[a:sp])
+                ask(holders, refs[ra:rb], hide)
+            if sp == e - s:
+                break
+            at, a = sp + s, sp + 1
+            lo, hi = int(o[sp]) - base, int(o[sp + 1]) - base
+            hide_it = bool(hidden[sp]) if hidden is not None else False
+            if asker is not None:
+                asker.drain()  # what came before goes first, in the order of refs
+            emit = functools.partial(put, hide=hide_it or None)
+            lo += _streamed_labels(walker, at, refs[lo:hi], items[at], n, emit)
             if lo < hi:
-                got = _container_labels(walker, p, refs[lo:hi], items[p], n)
-        if lo == hi:
-            pass
-        elif got is not None:
-            flush()
-            buf += [_no_key(lab) for lab in got] if hide else got
-        else:
-            pairs.extend((p, r) for r in refs[lo:hi].tolist())
-            if no_keys:
-                keyed.extend([hide] * (hi - lo))
-        if len(pairs) >= BATCH or len(buf) >= BATCH:
-            flush()
-    flush(final=True)
+                got = _container_labels(walker, at, refs[lo:hi], items[at], n)
+                if got is not None:
+                    put(got, hide_it or None)
+                    lo = hi
+            if asker is not None:
+                asker.resume()
+            if lo < hi:
+                ask(np.full(hi - lo, at, np.int64), refs[lo:hi], np.full(hi - lo, hide_it))
+        del refs
+    if asker is not None:
+        asker.drain()
+    if buf:
+        out.json(b"Y", {"what": "labels", "start": written, "items": buf})
+        written += len(buf)
     return written
 
 

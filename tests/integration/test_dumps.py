@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 from tests.conftest import INTERPS, REPO, Interp, interp_params, introspect
 
 HOLDER = "module __main__ .global_data_store"
+SESSIONS = "module __main__ .sessions"  # the tracked leak's holder
+SESSION = "__main__.Session"
 
 
 def _ok(*args: str) -> Any:
@@ -50,24 +53,31 @@ def _without_run(doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("interp", interp_params())
 def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: Path) -> None:
-    # GIVEN the seeds' leak, a growth baseline kept on disk, then 1,500 more records
+    # GIVEN two leaks: the seeds' (untracked dicts holding bytes, in a module's list) and a
+    # tracked one (instances of a class, each with an attribute dict, in a module's registry
+    # dict keyed by id); a growth baseline kept on disk, then 1,500 more records, 300 more sessions
     v = spawn(interp, "seeds_leak.py")
     v.ask("leak 500")
+    v.ask("sessions 200")
     os.environ["XDG_STATE_HOME"] = str(tmp_path / "state")
-    f = {k: str(tmp_path / f"{k}.pydump") for k in ("old", "top", "back", "new", "dump", "nokeys")}
+    f = {k: str(tmp_path / f"{k}.pydump") for k in ("old", "top", "back", "sess", "new", "dump")}
     try:
         _ok("growth", str(v.pid), "--reset", "--keep", f["old"], "-o", str(tmp_path / "g1"))
         v.ask("leak 1500")
-        # WHEN top, backrefs and growth run live, each keeping its snapshot, and dump writes one
+        v.ask("sessions 300")
+        # WHEN top, backrefs (of each leak) and growth run live, each keeping its snapshot, and
+        # dump writes one (--no-keys: dict keys as their types)
         live_top = _ok(
             "top", str(v.pid), "--by", "retained", "--keep", f["top"], "-o", str(tmp_path / "t")
         )
         live_back = _ok(
             "backrefs", str(v.pid), "bytes", "--keep", f["back"], "-o", str(tmp_path / "b")
         )
+        live_sess = _ok(
+            "backrefs", str(v.pid), SESSION, "--keep", f["sess"], "-o", str(tmp_path / "s")
+        )
         live_growth = _ok("growth", str(v.pid), "--keep", f["new"], "-o", str(tmp_path / "g2"))
-        dumped = _ok("dump", str(v.pid), "-o", f["dump"])
-        _ok("dump", str(v.pid), "--no-keys", "-o", f["nokeys"])
+        dumped = _ok("dump", str(v.pid), "--no-keys", "-o", f["dump"])
     finally:
         del os.environ["XDG_STATE_HOME"]
     assert v.ask("count")["count"] == 2000 and v.stderr() == ""
@@ -82,28 +92,39 @@ def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: P
     assert file_top["file"] == f["top"] and file_top["pid"] == live_top["pid"]
     assert _without_run(file_top) == _without_run(live_top)
     assert file_top["holders"][0]["path"] == HOLDER
+    counts = {t["type"]: t["count"] for t in file_top["types"]}
+    assert counts[SESSION] == 500, counts
+    assert {h["path"] for h in file_top["holders"]} >= {HOLDER, SESSIONS}, file_top["holders"]
     file_back = _ok("backrefs", f["back"], "bytes", "-o", str(tmp_path / "fb"))
     assert file_back["chains"] == live_back["chains"]
     assert (
         file_back["chains"][0]["root"] == "module __main__"
         and file_back["chains"][0]["count"] >= 2000
     )
+    # the tracked leak's chain: module __main__ --.sessions--> dict --[id]--> Session
+    file_sess = _ok("backrefs", f["sess"], SESSION, "-o", str(tmp_path / "fs"))
+    assert file_sess["chains"] == live_sess["chains"]
+    chain = file_sess["chains"][0]
+    assert chain["root"] == "module __main__" and chain["count"] == 500, chain
+    steps = [(s["type"], s["via"]) for s in chain["path"]]
+    assert steps[0] == ("module", ".sessions") and steps[-1] == (SESSION, None), steps
+    assert steps[1][0] == "dict" and re.fullmatch(r"\[\d+\]", steps[1][1]), steps  # [id(s)]
     file_growth = _ok("growth", f["old"], f["new"], "-o", str(tmp_path / "fg"))
     assert file_growth["types"] == live_growth["types"]
     rows = {r["type"]: r for r in file_growth["types"]}
     assert rows["bytes"]["delta"] >= 1500 - 20 and rows["bytes"]["bytes_delta"] >= 1480 * 1024, (
         rows["bytes"]
     )
+    assert rows[SESSION]["delta"] == 300, rows[SESSION]
     lh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in live_growth["holders"]}
     fh = {h["path"]: (h["items_delta"], h["retained_delta"]) for h in file_growth["holders"]}
-    assert fh == lh and fh[HOLDER][0] == 1500, fh
-    # AND top by count and by size answer from `dump`'s own file
-    for by in ("count", "size"):
-        doc = _ok("top", f["dump"], "--by", by, "-o", str(tmp_path / f"fd-{by}"))
-        counts = {t["type"]: t["count"] for t in doc["types"]}
-        assert counts["bytes"] >= 2000 and counts["dict"] >= 2000, counts
+    assert fh == lh and fh[HOLDER][0] == 1500 and fh[SESSIONS][0] == 300, fh
+    # AND top by size answers from `dump`'s own file
+    doc = _ok("top", f["dump"], "--by", "size", "-o", str(tmp_path / "fd"))
+    counts = {t["type"]: t["count"] for t in doc["types"]}
+    assert counts["bytes"] >= 2000 and counts["dict"] >= 2000 and counts[SESSION] == 500, counts
     # AND with --no-keys the dict's key is its type: the path reads `dict --[str]--> bytes`
-    nok = _ok("backrefs", f["nokeys"], "bytes", "-o", str(tmp_path / "fn"))
+    nok = _ok("backrefs", f["dump"], "bytes", "-o", str(tmp_path / "fn"))
     vias = [s["via"] for s in nok["chains"][0]["path"]]
     assert "[str]" in vias and "['data']" not in vias, vias
 

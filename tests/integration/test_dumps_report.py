@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import INTERPS, REPO, Interp, interp_params, introspect
 
 HOLDER = "module __main__ .global_data_store"
+SESSIONS = "module __main__ .sessions"  # the tracked leak's holder
+SESSION = "__main__.Session"
 RUN_KEYS = {"agent_s", "attach_pause_s", "wall_s", "agent_code", "agent_code_s"}
 
 
@@ -38,6 +40,7 @@ def test_memory_and_report_from_dumps(spawn, interp: Interp, tmp_path: Path) -> 
     # GIVEN the seeds' leak holding ~6 MiB (a suspect by size: over 4 MiB and 10 % of the heap)
     v = spawn(interp, "seeds_leak.py")
     v.ask("leak 6000")
+    v.ask("sessions 200")  # and a tracked leak: Session instances in a module's registry dict
     os.environ["XDG_STATE_HOME"] = str(tmp_path / "state")
     first, second = str(tmp_path / "first.pydump"), str(tmp_path / "second.pydump")
     kept = str(tmp_path / "kept.pydump")
@@ -47,6 +50,7 @@ def test_memory_and_report_from_dumps(spawn, interp: Interp, tmp_path: Path) -> 
         _ok("growth", str(v.pid), "--reset", "-o", str(tmp_path / "g1"))
         _ok("dump", str(v.pid), "-o", first)
         v.ask("leak 1500")
+        v.ask("sessions 300")
         _ok("dump", str(v.pid), "-o", second)
         live_growth = _ok("growth", str(v.pid), "--keep", kept, "-o", str(tmp_path / "g2"))
     finally:
@@ -88,12 +92,16 @@ def test_memory_and_report_from_dumps(spawn, interp: Interp, tmp_path: Path) -> 
     assert top["path"] == HOLDER and top["growth"]["items"] == 1500, top
     live_types = {r["type"]: r for r in live_growth["types"]}
     rep_types = {r["type"]: r for r in snap["types"]}
-    for name in ("bytes", "dict"):
+    # each session has its attribute dict, and its __dict__ where the interpreter makes one
+    dicts = [1500 + 300 * k for k in (1, 2)]
+    for name, grown in (("bytes", [1500]), ("dict", dicts)):
         # the dumps and the live looks are separate snapshots of an idle process: a few of the
         # interpreter's own dicts may come and go between them
-        assert abs(rep_types[name]["since_baseline"] - 1500) <= 20, rep_types[name]
-        assert abs(live_types[name]["since_baseline"] - 1500) <= 20, live_types[name]
-    assert [h["path"] for h in snap["holders"] if h["grew"]][0] == HOLDER
+        for row in (rep_types[name], live_types[name]):
+            assert min(abs(row["since_baseline"] - g) for g in grown) <= 20, row
+    assert rep_types[SESSION]["since_baseline"] == live_types[SESSION]["since_baseline"] == 300
+    grew = [h["path"] for h in snap["holders"] if h["grew"]]
+    assert grew[0] == HOLDER and SESSIONS in grew, snap["holders"]
     # the grown types' chains, from the second dump: bytes held by the module's list
     traced = {r["type"]: r for r in rep["backrefs"]}
     assert "bytes" in traced, list(traced)
@@ -170,3 +178,11 @@ def test_report_keeps_its_looks_for_later(spawn, tmp_path: Path) -> None:
     top = rep["snapshot"]["suspects"][0]
     assert top["path"] == HOLDER and top["growth"]["items"] == 1500, top
     assert live["snapshot"]["suspects"][0]["path"] == HOLDER
+    # AND each kept look carries its memory breakdown: `memory` answers on it as the live look did
+    for k, path in enumerate(looks):
+        mem = _ok("memory", path, "-o", str(tmp_path / f"mem-{k}"))
+        look = live["breakdown"]["looks"][k]["memory"]
+        assert mem["file"] == path and mem["collector"]["path"] == "dump"
+        assert mem["memory"]["python_objects"] == look["python_objects"] > 3000 * 1024, (mem, look)
+        assert mem["memory"]["rss"] == look["rss"] and mem["memory"]["uss"] == look["uss"]
+        assert mem["memory"]["verdict"] == look["verdict"], (mem["memory"], look)

@@ -15,6 +15,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
@@ -146,7 +147,9 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
     out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
     snap = out.read(records.BytesReader(stream))
     out.abort()
-    # THEN types and references are kept, sizes only summed, the rest dropped
+    # THEN types and references are kept, not in memory but in unnamed spill files (the
+    # snapshot maps them), sizes only summed, the rest dropped
+    assert all(isinstance(a, np.memmap) for a in (snap.type_of, snap.offsets, snap.refs))
     assert (snap.type_of == whole.type_of).all() and (snap.refs == whole.refs).all()
     assert (snap.offsets == whole.offsets).all() and snap.roots == whole.roots
     assert out.size_total == int(whole.size.sum()) and snap.size.shape[0] == 0
@@ -205,6 +208,26 @@ def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
         "negative count": raw[:z0]
         + _json_frame(b"Y", {"what": "counts", "start": 0, "items": [[1, -3]]})
         + raw[z0:],
+        **{
+            f"count {how}": raw[:z0]
+            + _json_frame(b"Y", {"what": "counts", "start": 0, "items": items})
+            + raw[z0:]
+            for how, items in (
+                ("a boolean", [[1, True]]),
+                ("a float", [[1, 2.0]]),
+                ("past int64", [[1, 2**70]]),
+                ("not a pair", [[1, 2, 3]]),
+                ("a string", [["1", 2]]),
+                ("for one position twice", [[1, 2], [1, 2]]),
+                ("out of range", [[10**9, 2]]),
+            )
+        },
+        **{
+            f"label {how}": raw[: ys[0][0]]
+            + _json_frame(b"Y", {**first_y, "items": first_y["items"][:-1] + [bad]})
+            + raw[ys[0][1] :]
+            for how, bad in (("a list", ["x"]), ("a number", 1.5), ("too long", "x" * 70_000))
+        },
         "unknown answer": raw[:z0]
         + _json_frame(b"Y", {"what": "values", "start": 0, "items": []})
         + raw[z0:],
