@@ -267,6 +267,25 @@ def _snap_columns(array, start, count, items, known, columns):
     return b"".join(out)
 
 
+def _snap_send_columns(fd, kind, array, start, count, items, known, columns):
+    # type: (int, bytes, Any, int, int, int, int, list) -> None
+    """_snap_send of _snap_columns' payload, copied once (the arrays' buffers joined with the
+    frame's head) instead of three times."""
+    parts = [b"", array("Q", [start, count, items, known])]  # type: list
+    for code, values in columns:
+        parts.append(bytes(values) if code == "B" else array(code, values))
+    if sys.byteorder != "little":
+        for a in parts[1:]:
+            if not isinstance(a, bytes):
+                a.byteswap()
+    size = sum(len(a) * (1 if isinstance(a, bytes) else a.itemsize) for a in parts)
+    parts[0] = kind + size.to_bytes(4, "little")
+    data = memoryview(b"".join(parts))
+    parts = None  # type: ignore[assignment]
+    while data:
+        data = data[posix.write(fd, data):]
+
+
 def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline):
     # type: (int, list, list, list, list, _SnapIndex, list, dict, Any, float, float) -> None
     for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
@@ -355,12 +374,15 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     # objects are all in keep already. docs/benchmarks.md has the costs.
     chain = itertools.chain.from_iterable
     # A referent's holds while it is tested, calibrated alike: its get_referents list, the flat
-    # list of the batch's references, refcount's argument. dead_b: no other owner.
+    # list of the batch's references, refcount's argument (dead_b: no other owner), and the list
+    # of the untracked ones (one_b: one owner, the referrer being walked).
+    filterfalse = itertools.filterfalse
     probe = [[object()]]  # type: Any
     refs = list(chain(probe))  # type: Any
     dead_b = min(map(refcount, refs))
-    one_b = dead_b + 1  # one owner: the referrer being walked
-    refs = probe = None
+    unt = list(filterfalse(is_tracked, refs))  # type: Any
+    one_b = min(map(refcount, unt)) + 1
+    refs = probe = unt = None
     while pos < len(keep):
         stop = min(len(keep), pos + SNAP_BATCH)
         batch = keep[pos:stop]
@@ -399,9 +421,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         batch = types = None  # type: ignore[assignment]  # freed before the references
         refs = list(chain(rl))
         R = list(map(id, refs))
-        rc = list(map(refcount, refs))
         skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
-        if rc and (min(rc) <= dead_b or not own.keys().isdisjoint(R)):
+        if refs and (min(map(refcount, refs)) <= dead_b or not own.keys().isdisjoint(R)):
+            rc = list(map(refcount, refs))  # type: Any
             skipped = list(compress(range(len(R)), map(ops.or_, map(own.__contains__, R),
                                                        map(ops.le, rc, repeat(dead_b)))))
             for j in skipped:
@@ -411,13 +433,15 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                     # attribute. Not part of the heap; held, so that it is never freed twice.
                     own[R[j]] = None
                 hold.append(refs[j])
-                rc[j] = 0  # neither new nor looked up below
-        # the untracked references' refcounts (0: tracked, in keep already)
-        ut = rc if full else list(map(ops.mul, rc, map(ops.not_, map(is_tracked, refs))))
-        rc = None  # type: ignore[assignment]
-        keep.extend(compress(refs, map(ops.eq, ut, repeat(one_b))))
-        multi = list(compress(refs, map(ops.gt, ut, repeat(one_b))))
-        ut = refs = rl = None  # type: ignore[assignment]
+            drop = set(skipped)  # type: Any
+            refs = [r for j, r in enumerate(refs) if j not in drop]  # as many holds as before
+            rc = drop = None
+        # the references gc does not track (tracked ones are in keep already), their refcounts
+        unt = list(refs) if full else list(filterfalse(is_tracked, refs))
+        urc = list(map(refcount, unt))
+        keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
+        multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
+        unt = urc = refs = rl = None  # type: ignore[assignment]
         if multi:
             sl = index.units(list(map(id, multi)))[1]
             miss = list(map(ops.lt, map(slots.__getitem__, sl), repeat(0)))
@@ -439,9 +463,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         if newtypes:
             _snap_send(fd, b"T", _snap_json(newtypes))
             newtypes = []
-        _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, len(R), len(keep),
-                                           [("q", S), ("i", T), ("I", N), ("Q", R), ("B", F),
-                                            ("Q", A)]))
+        _snap_send_columns(fd, b"O", array, pos, stop - pos, len(R), len(keep),
+                           [("q", S), ("i", T), ("I", N), ("Q", R), ("B", F), ("Q", A)])
         T, S, F, N, R, A = [], [], [], [], [], []
         pos = stop
         if time.time() > deadline and pos < len(keep):
@@ -492,7 +515,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         part = keep[start:start + SNAP_BATCH]
         C = list(map(ops.sub, map(refcount, part), repeat(base)))
         part = None  # type: ignore[assignment]
-        _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
+        _snap_send_columns(fd, b"C", array, start, len(C), 0, len(keep), [("q", C)])
         start += len(C)
     end = {"objects": len(keep), "edges": edges, "walk_s": walk_s,
            "total_s": time.perf_counter() - t0}  # type: dict

@@ -214,43 +214,64 @@ def resolve(
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Format 3: (refs as int32 positions, offsets, references dropped, objects at an address
     met before) from the objects' addresses (uint64, by position) and the references' (uint64,
-    in CSR order of ``offsets``). A reference to an address no object has is
-    dropped (the walker leaves out its own objects and dead ones a traverse hands out; one it
-    could not tell apart, a fresh object made by reading a code object's attribute, lands here)
-    and counted: nothing is ever looked up at an address that is not an object's."""
+    in CSR order of ``offsets``). A reference to an address no object has is dropped (the walker
+    leaves out its own objects and dead ones a traverse hands out; objects made after its
+    gc.get_objects(), its own imports', land here) and counted: nothing is ever looked up at an
+    address that is not an object's. Both arrays are consumed: ``addr`` is sorted in place, and
+    the positions are written over ``refaddr``'s own buffer (4 of its 8 bytes per reference),
+    so the peak is the columns plus 12 bytes per object."""
     n = int(addr.shape[0])
     m = int(refaddr.shape[0])
-    refs = np.empty(m, np.int32)
+    out = refaddr.view(np.int32)  # 2m int32 over the same bytes: entry i written once i is read
     dups = 0
+    step = 1 << 20  # the temporaries of a block: 8 MiB each at most
     if n == 0:
-        refs[:] = -1
+        out[:m] = -1
     else:
-        order = np.argsort(addr, kind="stable")  # int64, freed below
-        ordered = addr[order]
-        pos = order.astype(np.int32)
-        del order
+        # introsort (no buffer, unlike a stable sort's n/2); its int64 result lives a moment
+        pos = np.argsort(addr).astype(np.int32)
+        addr.sort()
         # Two objects at one address (a walker that met an object twice: its refcount said one
-        # owner, a traverse visited a reference it does not own): references go to the first
-        # (searchsorted's leftmost of a stable sort), the other stays without referrers.
-        dups = int(np.count_nonzero(ordered[1:] == ordered[:-1])) if n > 1 else 0
-        step = 1 << 20  # the search's int64 temporaries: 8 MiB each
+        # owner, a traverse visited a reference it does not own): references go to one of them
+        # (searchsorted's leftmost), the other stays without referrers.
+        dups = int(np.count_nonzero(addr[1:] == addr[:-1])) if n > 1 else 0
         for a in range(0, m, step):
             part = refaddr[a : a + step]
-            k = np.searchsorted(ordered, part)
+            k = np.searchsorted(addr, part)
             np.minimum(k, n - 1, out=k)
-            hit = ordered[k] == part
             got = pos[k]
-            got[~hit] = -1
-            refs[a : a + step] = got
-        del ordered, pos
-    keep = refs >= 0
-    dropped = m - int(np.count_nonzero(keep))
+            got[addr[k] != part] = -1
+            del part  # read whole: its bytes (from 8a on) lie past those written (4a on)
+            out[a : a + got.shape[0]] = got
+        del pos
+    # References to no object's address (-1), dropped in place: each object's offset less the
+    # dropped ones before it, the kept references moved down a block at a time.
+    refs = out[:m]
+    bad = np.flatnonzero(refs < 0)
+    dropped = int(bad.shape[0])
     if dropped:
-        kept = np.zeros(m + 1, np.int64)
-        np.cumsum(keep, out=kept[1:])
-        offsets = kept[offsets].astype(offsets.dtype)
-        refs = refs[keep]
-    return refs, offsets, dropped, dups
+        for a in range(0, offsets.shape[0], step):
+            part = offsets[a : a + step]
+            part -= np.searchsorted(bad, part).astype(part.dtype)
+        w = 0
+        for a in range(0, m, step):
+            part = refs[a : a + step]
+            kept = part[part >= 0]  # a copy: the write below may overlap part
+            refs[w : w + kept.shape[0]] = kept
+            w += kept.shape[0]
+    del bad
+    m -= dropped
+    return (refs[:m].copy() if m < 1024 else _shrunk(refaddr, m)), offsets, dropped, dups
+
+
+def _shrunk(refaddr: np.ndarray, m: int) -> np.ndarray:
+    """The first m int32 of ``refaddr``'s buffer, the rest of it given back (realloc)."""
+    if refaddr.base is not None:  # not its own buffer: cannot be resized
+        out: np.ndarray = refaddr.view(np.int32)[:m].copy()
+        return out
+    refaddr.resize((m + 1) // 2, refcheck=False)
+    out = refaddr.view(np.int32)[:m]
+    return out
 
 
 def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:
