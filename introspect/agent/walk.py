@@ -474,6 +474,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             break
     refs = None
     walk_s = time.perf_counter() - t0
+    walk_cpu_s = time.process_time()  # this process (forked: from 0) so far
     # Past the budget: every object found is still streamed (sizes and types), none followed.
     while pos < len(keep):
         stop = min(len(keep), pos + SNAP_BATCH)
@@ -517,7 +518,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         part = None  # type: ignore[assignment]
         _snap_send_columns(fd, b"C", array, start, len(C), 0, len(keep), [("q", C)])
         start += len(C)
-    end = {"objects": len(keep), "edges": edges, "walk_s": walk_s,
+    end = {"objects": len(keep), "edges": edges, "walk_s": walk_s, "walk_cpu_s": walk_cpu_s,
            "total_s": time.perf_counter() - t0}  # type: dict
     if partial:
         end["partial"] = partial

@@ -84,6 +84,7 @@ END_FIELDS: dict[str, tuple[type, ...]] = {
     "objects": (int,),
     "edges": (int,),
     "walk_s": _NUM,
+    "walk_cpu_s": _NUM,  # the walk's CPU time in the copy (format 3)
     "total_s": _NUM,
     "partial": (str,),  # why the walk stopped early: objects past it are listed without references
     "unknown_refs": (int,),  # format 3: references to no object's address, dropped (the CLI's)
