@@ -281,7 +281,6 @@ def _snap_send_columns(fd, kind, array, start, count, items, known, columns):
     size = sum(len(a) * (1 if isinstance(a, bytes) else a.itemsize) for a in parts)
     parts[0] = kind + size.to_bytes(4, "little")
     data = memoryview(b"".join(parts))
-    parts = None  # type: ignore[assignment]
     while data:
         data = data[posix.write(fd, data):]
 
@@ -320,9 +319,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             hold.append(val)
     # gc.get_objects() has no duplicates: only our own objects and the roots placed above are
     # left out, in C-level loops over each slice (one test of the slice when none is there).
-    # Every module the loop uses, imported now: an import during the walk would give objects
-    # met already (its name, interned) a referrer more, and one met as having a single owner
-    # could then be met again (and streamed twice).
+    # Every module the loop uses, imported now: an import during the walk would give an object
+    # met already as having one owner (its interned name) a referrer more: met twice.
     ops = _builtin("_operator")
     itertools = _builtin("itertools")
     bisect = _builtin("_bisect").bisect_right
@@ -342,10 +340,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         del objs[-SNAP_BATCH:]
         part.reverse()
         n = len(keep)
-        if skip.keys().isdisjoint(map(id, part)):
-            keep.extend(part)
-        else:
-            keep.extend(compress(part, map(ops.not_, map(skip.__contains__, map(id, part)))))
+        ok = skip.keys().isdisjoint(map(id, part))
+        keep.extend(part if ok else compress(part, map(ops.not_, map(skip.__contains__,
+                                                                     map(id, part)))))
         if full:
             drain(map(setslot, index.units(list(map(id, keep[n:])))[1], range(n, len(keep))), 0)
         part = None  # type: ignore[assignment]
@@ -373,9 +370,8 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     # looked up in the index (the walk's "seen" test, filled with those only). gc's tracked
     # objects are all in keep already. docs/benchmarks.md has the costs.
     chain = itertools.chain.from_iterable
-    # A referent's holds while it is tested, calibrated alike: its get_referents list, the flat
-    # list of the batch's references, refcount's argument (dead_b: no other owner), and the list
-    # of the untracked ones (one_b: one owner, the referrer being walked).
+    # A referent's holds while tested, calibrated alike: its get_referents list, the batch's list,
+    # refcount's argument (dead_b: no other owner), the untracked list (one_b: one owner).
     filterfalse = itertools.filterfalse
     probe = [[object()]]  # type: Any
     refs = list(chain(probe))  # type: Any
