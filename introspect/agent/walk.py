@@ -434,7 +434,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             rc = drop = None
         # the references gc does not track (tracked ones are in keep already), their refcounts
         unt = list(refs) if full else list(filterfalse(is_tracked, refs))
-        urc = list(map(refcount, unt))
+        # a str counts one owner more: the interned dict's references are not counted (3.14's
+        # mortal interned strings; walked, it would meet such a str a second time)
+        urc = list(map(ops.add, map(refcount, unt), map(ops.is_, map(type, unt), repeat(str))))
         keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
         multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
         unt = urc = refs = rl = None  # type: ignore[assignment]
