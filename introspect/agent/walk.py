@@ -319,8 +319,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             hold.append(val)
     # gc.get_objects() has no duplicates: only our own objects and the roots placed above are
     # left out, in C-level loops over each slice (one test of the slice when none is there).
-    # Every module the loop uses, imported now: an import during the walk would give an object
-    # met already as having one owner (its interned name) a referrer more: met twice.
+    # Modules the loop uses, imported now: an import would give a name met as single a referrer.
     ops = _builtin("_operator")
     itertools = _builtin("itertools")
     bisect = _builtin("_bisect").bisect_right
@@ -434,8 +433,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             rc = drop = None
         # the references gc does not track (tracked ones are in keep already), their refcounts
         unt = list(refs) if full else list(filterfalse(is_tracked, refs))
-        # a str counts one owner more: the interned dict's references are not counted (3.14's
-        # mortal interned strings; walked, it would meet such a str a second time)
+        # a str counts one owner more: 3.14's interned dict holds its mortal strs uncounted
         urc = list(map(ops.add, map(refcount, unt), map(ops.is_, map(type, unt), repeat(str))))
         keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
         multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
