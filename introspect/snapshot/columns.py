@@ -139,9 +139,10 @@ class Columns:
             ends += self.refs
             self._append("offsets", ends, known + 1)
         for name, arr in got.items():  # copied: the payload is freed now, not at the end
-            # grown to the positions known (fewer reallocs), but the widest column (addresses)
-            # by half only: a hostile "known" reserves no more than the narrow columns' room
-            hint = known
+            # grown to the positions known (fewer reallocs), at most twice the objects streamed
+            # (a hostile "known" reserves no more than the stream's own size), the widest column
+            # (addresses) by half only
+            hint = min(known, 2 * (start + count))
             if name in ("refs", "addr"):
                 hint = self.refs + items if name == "refs" else start + count
             self._append(name, arr, hint)
