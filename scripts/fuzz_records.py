@@ -110,15 +110,16 @@ def _poke_column(
     body = a + 5
     _start, count, items, _known = records.ARRAY_HEADER.unpack_from(data, body)
     off = body + records.ARRAY_HEADER.size
-    for name, dtype, per in records.OBJECT_COLUMNS:
+    for name, dtype, per in records.ARRAY_FRAMES[b"O"]:  # the current format's
         k = count if per == records.PER_OBJECT else items
         width = int(np.dtype(dtype).itemsize)
         if name == column:
             if k == 0:
                 return data
             i = rng.randrange(k)
-            fmt = {"<i8": "<q", "<i4": "<i", "<u4": "<I", "u1": "<B"}[dtype]
+            fmt = {"<i8": "<q", "<i4": "<i", "<u4": "<I", "u1": "<B", "<u8": "<Q"}[dtype]
             lo, hi = {
+                "<Q": (0, (1 << 64) - 1),
                 "<q": (-(1 << 63), (1 << 63) - 1),
                 "<i": (-(1 << 31), (1 << 31) - 1),
                 "<I": (0, (1 << 32) - 1),
@@ -156,6 +157,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
             "length",
             "huge-length",
             "ref",
+            "addr",
             "type",
             "nrefs",
             "size",
@@ -197,6 +199,8 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         return how, _poke_column(
             data, spans, rng, "refs", [-1, -(1 << 31), 1 << 30, 99_999_999, len(data)]
         )
+    if how == "addr":  # format 3: an object's own address (another's, or none's)
+        return how, _poke_column(data, spans, rng, "addr", [0, 16, (1 << 64) - 1, 1 << 47])
     if how == "type":
         return how, _poke_column(data, spans, rng, "type_of", [-1, -5, 10_000, 1 << 30])
     if how == "nrefs":
@@ -217,6 +221,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
                 b"[]",
                 b"null",
                 b'{"format": 2}',
+                b'{"format": 3}',
                 b"[[0, 1]]",
                 b'[["module", "m", -1]]',
                 b'[["module", "m", 99999999]]',

@@ -236,6 +236,8 @@ class _Session:
                 "objects": snap.n,
                 "references": int(snap.refs.shape[0]),
                 "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
+                # the walker's CPU time (format 3): what a loaded host leaves stable
+                "walk_cpu_s": round(float(snap.end.get("walk_cpu_s", 0)), 3),
                 "walker_pid": walker.pid,
                 "partial": partial or None,
             }

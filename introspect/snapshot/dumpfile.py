@@ -21,9 +21,9 @@ from introspect.snapshot.dumpformat import (
     DUMP_FACTS,
     DUMP_MAGIC,
     DUMP_MAGIC_PREFIX,
-    DUMP_VERSION,
     MAX_BYTES,
     MAX_RATIO,
+    READ_VERSIONS,
     WHATS,
     DumpError,
     check_memory,
@@ -121,11 +121,11 @@ def _read_bytes(path: str) -> bytearray:
         if len(line) != 2 or not line[0].isdigit():
             raise DumpError(path, "has a broken dump header")
         version = int(line[0])
-        if version != DUMP_VERSION:
+        if version not in READ_VERSIONS:
             raise DumpError(
                 path,
-                f"is a dump of version {version}; this introspect reads version "
-                f"{DUMP_VERSION} (use the introspect release that wrote it)",
+                f"is a dump of version {version}; this introspect reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))} (use the introspect release that wrote it)",
             )
         os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
         bound = min(MAX_BYTES, max(st.st_size, 1) * MAX_RATIO)

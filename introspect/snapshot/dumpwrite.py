@@ -22,7 +22,7 @@ import numpy as np
 
 from introspect.snapshot import records
 from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
-from introspect.snapshot.records import ARRAY_HEADER, MAGIC, Snapshot
+from introspect.snapshot.records import ARRAY_HEADER, MAGIC, MAGIC_2, Snapshot
 
 
 class _Out:
@@ -602,10 +602,12 @@ def _write_labels(
 
 
 def _write_snapshot(out: _Out, snap: Snapshot) -> None:
-    """The snapshot as a record stream of format 2 (what records.read_snapshot reads)."""
+    """The snapshot as a record stream of format 2 (positions: what records.read_snapshot reads;
+    the addresses of a format 3 stream are gone once read)."""
     n = snap.n
-    out.put(MAGIC)
+    out.put(MAGIC_2)
     meta = {k: v for k, v in snap.meta.items() if k in records.META_FIELDS}
+    meta["format"] = 2
     out.json(b"M", meta)
     for s in range(0, max(len(snap.types), 1), 20_000):
         out.json(b"T", [[i, snap.types[i]] for i in range(s, min(len(snap.types), s + 20_000))])

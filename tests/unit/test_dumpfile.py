@@ -120,6 +120,18 @@ def test_a_real_dump_reads_back_whole(good: Path) -> None:
     assert len(records_) >= 300
 
 
+def test_a_version_1_dump_still_reads(good: Path, tmp_path: Path) -> None:
+    # GIVEN a dump as introspect wrote them before format 3: version 1, records of format 2
+    # (what a dump written from a whole snapshot still holds)
+    assert _raw(good).startswith(records.MAGIC_2)
+    old = tmp_path / "v1.pydump"
+    old.write_bytes(b"INTROSPECT-DUMP 1\n" + good.read_bytes()[HEAD:])
+    # THEN it reads back as the same heap
+    a, b = dumpfile.load(str(old)), dumpfile.load(str(good))
+    assert a.snap.n == b.snap.n and np.array_equal(a.snap.refs, b.snap.refs)
+    assert len(a.labels) == len(b.labels) == a.snap.refs.shape[0]
+
+
 def test_a_streamed_dump_reads_as_a_whole_one(good: Path, tmp_path: Path) -> None:
     # GIVEN a dump whose records went to the file as they streamed (what `introspect dump` does)
     p = tmp_path / "streamed.pydump"
