@@ -233,9 +233,10 @@ def resolve(
         pos = np.argsort(addr).astype(np.int32)
         addr.sort()
         # Two objects at one address (a walker that met an object twice: its refcount said one
-        # owner, a traverse visited a reference it does not own): references go to one of them
-        # (searchsorted's leftmost), the other stays without referrers.
-        dups = int(np.count_nonzero(addr[1:] == addr[:-1])) if n > 1 else 0
+        # owner, a traverse visited a reference it does not own): references go to the first
+        # streamed (whatever the sort's order among equals: a dump's spill resolves alike), the
+        # other stays without referrers.
+        dups = first_wins(addr, pos)
         for a in range(0, m, step):
             part = refaddr[a : a + step]
             k = np.searchsorted(addr, part)
@@ -263,6 +264,22 @@ def resolve(
     del bad
     m -= dropped
     return (refs[:m].copy() if m < 1024 else _shrunk(refaddr, m)), offsets, dropped, dups
+
+
+def first_wins(addr: np.ndarray, pos: np.ndarray) -> int:
+    """Of objects at one address (``addr`` sorted, ``pos`` their positions in the same order),
+    the first streamed is made the leftmost's position (the one searchsorted finds): references
+    go to it, whatever the sort's order among equals. Returns how many are duplicates."""
+    if addr.shape[0] < 2:
+        return 0
+    d = np.flatnonzero(addr[1:] == addr[:-1])  # i where addr[i + 1] == addr[i]
+    if not d.shape[0]:
+        return 0
+    opens = np.ones(d.shape[0], bool)  # d[j] opens a run unless d[j - 1] == d[j] - 1
+    opens[1:] = d[1:] != d[:-1] + 1
+    run_start = d[opens][np.cumsum(opens) - 1]
+    np.minimum.at(pos, run_start, pos[d + 1])
+    return int(d.shape[0])
 
 
 def _shrunk(refaddr: np.ndarray, m: int) -> np.ndarray:

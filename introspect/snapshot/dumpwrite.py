@@ -11,7 +11,6 @@ import json
 import os
 import re
 import select
-import tempfile
 import time
 import zlib
 from collections import deque
@@ -22,6 +21,7 @@ import numpy as np
 
 from introspect.snapshot import records
 from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
+from introspect.snapshot.dumpspill import Ranges, Spill
 from introspect.snapshot.records import ARRAY_HEADER, MAGIC, MAGIC_2, Snapshot
 
 
@@ -58,89 +58,6 @@ class _Out:
         self._write(self.z.flush())
 
 
-class _Spill:
-    """The columns the walker's questions need (each object's type, the references' offsets and
-    the references), written as the records stream to three unnamed files next to the dump
-    (O_TMPFILE: gone when closed, whatever happens) rather than kept: the CLI's memory while
-    dumping does not grow with the heap. Read back a range at a time (_Ranges); the Snapshot
-    gets read-only maps of them (its shapes right, nothing of them resident unless read)."""
-
-    DTYPES = (("type_of", "<i4"), ("offsets", "<i8"), ("refs", "<i4"))
-
-    def __init__(self, where: str) -> None:
-        self.files = {
-            name: tempfile.TemporaryFile(dir=where, prefix=".introspect-dump-", buffering=0)
-            for name, _ in self.DTYPES
-        }
-        self.base = 0  # references so far: the next offset
-        self._put("offsets", np.zeros(1, "<i8"))
-
-    def _put(self, name: str, arr: np.ndarray) -> None:
-        view = np.ascontiguousarray(arr).data.cast("B")
-        f = self.files[name]
-        while view:
-            n = f.write(view)
-            view = view[n:]
-
-    def add(self, payload: bytes) -> None:
-        """An O frame checked already (Columns.add): its types, ends of references, references."""
-        _start, count, items, _known = ARRAY_HEADER.unpack_from(payload)
-        at = ARRAY_HEADER.size + 8 * count  # past the sizes
-        self._put("type_of", np.frombuffer(payload, "<i4", count, at))
-        nrefs = np.frombuffer(payload, "<u4", count, at + 4 * count)
-        ends = np.cumsum(nrefs, dtype=np.int64)
-        ends += self.base
-        self._put("offsets", ends.astype("<i8", copy=False))
-        self._put("refs", np.frombuffer(payload, "<i4", items, at + 8 * count))
-        self.base += items
-
-    def maps(self) -> dict[str, np.ndarray]:
-        out = {}
-        for name, dtype in self.DTYPES:
-            f = self.files[name]
-            k = os.fstat(f.fileno()).st_size // np.dtype(dtype).itemsize
-            out[name] = np.memmap(f, dtype, "r", shape=(k,)) if k else np.zeros(0, dtype)
-        return out
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-class _Ranges:
-    """Ranges of a snapshot's type_of, offsets and refs: from its arrays (a snapshot read whole:
-    --keep), or read from a dump's spill files (never whole in memory)."""
-
-    def __init__(self, snap: Snapshot, spill: _Spill | None = None) -> None:
-        self.n = snap.n
-        self.snap = snap
-        self.fds = {k: f.fileno() for k, f in spill.files.items()} if spill else None
-
-    def _read(self, name: str, dtype: str, a: int, b: int) -> np.ndarray:
-        if self.fds is None:
-            return np.asarray(getattr(self.snap, name)[a:b])
-        size = np.dtype(dtype).itemsize
-        want = (b - a) * size
-        buf = bytearray(want)
-        view, got = memoryview(buf), 0
-        while got < want:
-            n = os.preadv(self.fds[name], [view[got:]], (a * size) + got)
-            if n <= 0:
-                raise OSError(f"the dump's {name} spill ended early")
-            got += n
-        return np.frombuffer(buf, dtype)
-
-    def type_of(self, a: int, b: int) -> np.ndarray:
-        return self._read("type_of", "<i4", a, b)
-
-    def offsets(self, a: int, b: int) -> np.ndarray:
-        """offsets[a : b + 1]: the references of objects a..b-1 are refs[o[0]:o[-1]]."""
-        return self._read("offsets", "<i8", a, b + 1)
-
-    def refs(self, a: int, b: int) -> np.ndarray:
-        return self._read("refs", "<i4", a, b)
-
-
 def _no_key(label: str) -> str:
     """A dict key's label without its text: ``['password']`` -> ``[str]``, ``[3]`` -> ``[int]``."""
     if label.startswith("['") or label.startswith('["'):
@@ -175,7 +92,7 @@ def _json_chunks(out: _Out, what: str, items: list[Any], limit: int = 8 << 20) -
             break
 
 
-def _first_of_each_type(snap: Snapshot, cols: _Ranges) -> dict[int, int]:
+def _first_of_each_type(snap: Snapshot, cols: Ranges) -> dict[int, int]:
     """The first instance of each type: {position: type index}, a block of types at a time."""
     step = 1 << 18  # objects per block: temporaries of a few MB, whatever the heap's size
     first = np.full(len(snap.types), -1, np.int64)
@@ -196,7 +113,7 @@ def _answering(
     return np.fromiter((kind_of[p] for p, a in zip(probe, got) if a != empty), np.int64)
 
 
-def _instances(snap: Snapshot, cols: _Ranges, kinds: np.ndarray, size: int) -> Iterator[list[int]]:
+def _instances(snap: Snapshot, cols: Ranges, kinds: np.ndarray, size: int) -> Iterator[list[int]]:
     """Every position of the ``kinds``, ascending, ``size`` at a time (never all in memory)."""
     step = 1 << 18
     if not kinds.shape[0]:
@@ -219,37 +136,49 @@ class DumpFile:
         self.out = _Out(self.fd)
         self.out._write(DUMP_MAGIC)
         self.objects = self.references = self.size_total = self.size_over = 0
-        self.spill: _Spill | None = None
+        self.spill: Spill | None = None
         self.times: dict[str, float] = {}
 
     def read(self, reader: records.Reader, **kw: Any) -> Snapshot:
         """The walker's snapshot read from ``reader`` (records.read_snapshot, every rule checked)
         and written to the file frame by frame as it streams. Of the columns, only what the
         walker's questions need is kept (types, references), and not in memory: each checked
-        frame's are written to the spill files (_Spill), the snapshot's type_of, offsets and refs
-        are read-only maps of them; it has no sizes, refcounts or gc flags. ``size_total`` and
-        ``size_over`` are its objects' bytes, and those of the ones above pymalloc's small
-        request."""
+        frame's are written to the spill files (dumpspill.Spill; format 3: addresses, mapped to
+        positions there once the stream is read, the E frame's counts of references dropped and
+        duplicate objects set as a read of the file will find them), the snapshot's type_of,
+        offsets and refs are read-only maps of them; it has no sizes, refcounts or gc flags.
+        ``size_total`` and ``size_over`` are its objects' bytes, and those of the ones above
+        pymalloc's small request."""
         from introspect.breakdown import SMALL_REQUEST
         from introspect.snapshot.columns import Columns as Checked
 
         cols = Checked(reader.limits, keep=frozenset(), big=SMALL_REQUEST)
-        spill = self.spill = _Spill(os.path.dirname(os.path.abspath(self.path)))
+        spill = self.spill = Spill(os.path.dirname(os.path.abspath(self.path)))
 
         def sink(kind: bytes, payload: bytes) -> None:
+            if kind == b"M":  # the magic of the stream's own format (read by now)
+                self.out.put(MAGIC_2 if reader.format == 2 else MAGIC)
             self.out.frame(kind, payload)
             if kind == b"O":
-                spill.add(payload)
+                spill.add(payload, reader.format)
 
-        self.out.put(MAGIC)
         snap = records.read_snapshot(reader, sink=sink, cols=cols, **kw)
         self.size_total, self.size_over = cols.size_total, cols.size_over
+        t0 = time.monotonic()
+        dropped, dups = spill.resolve()
+        self.times["resolve_s"] = round(time.monotonic() - t0, 3)
+        end = dict(snap.end)
+        for key, count in (("unknown_refs", dropped), ("duplicate_objects", dups)):
+            end.pop(key, None)
+            if count:
+                end[key] = count
         maps = spill.maps()
         return dataclasses.replace(
             snap,
             type_of=maps["type_of"],
             offsets=maps["offsets"] if maps["offsets"].shape[0] else np.zeros(1, "<i8"),
             refs=maps["refs"],
+            end=end,
         )
 
     def answers(
@@ -262,8 +191,8 @@ class DumpFile:
     ) -> None:
         """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
         self.objects, self.references = snap.n, int(snap.refs.shape[0])
-        self.times = _write_answers(
-            self.out, snap, _Ranges(snap, self.spill), walker, facts, no_keys, log
+        self.times.update(
+            _write_answers(self.out, snap, Ranges(snap, self.spill), walker, facts, no_keys, log)
         )
 
     def commit(self) -> dict[str, Any]:
@@ -323,7 +252,7 @@ def write(
 def _write_answers(
     out: _Out,
     snap: Snapshot,
-    cols: _Ranges,
+    cols: Ranges,
     walker: Any,
     facts: dict[str, Any],
     no_keys: bool,
@@ -520,7 +449,7 @@ class _Asker:
 
 
 def _write_labels(
-    out: _Out, snap: Snapshot, cols: _Ranges, walker: Any, items: dict[int, int], no_keys: bool
+    out: _Out, snap: Snapshot, cols: Ranges, walker: Any, items: dict[int, int], no_keys: bool
 ) -> int:
     """Every reference's label, in the order of ``refs``, as Y frames written as they come. The
     references are asked CHUNK at a time, their questions made a block of objects at a time from
