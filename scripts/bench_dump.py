@@ -131,6 +131,7 @@ def main() -> int:
                         write_s=doc.get("write_s"),
                         names_counts_s=doc.get("names_counts_s"),
                         labels_s=doc.get("labels_s"),
+                        resolve_s=doc.get("resolve_s"),
                         export_bytes=(
                             os.path.getsize(d / "heap.heapsnapshot")
                             if name == "export FILE" and r["rc"] == 0
@@ -180,6 +181,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                     f"after the walk: names and counts {r['names_counts_s']:.1f} s, labels "
                     f"{r['labels_s']:.1f} s"
                 )
+            if r.get("resolve_s") is not None:
+                notes.append(f"addresses resolved on disk in {r['resolve_s']:.1f} s")
             if walk and walk["rc"] == 0:
                 notes.append(f"**{r['wall_s'] / walk['wall_s']:.2f}x the walk alone's wall**")
         if r["step"].startswith("file: top FILE --by") and live and live["rc"] == 0:
