@@ -541,9 +541,9 @@ def _snap_full_index(keep):  # type: (list) -> _SnapIndex
     index = _SnapIndex(_builtin("array").array)
     setslot = index.slots.__setitem__
     drain = _builtin("_collections").deque
-    for s in range(0, len(keep), SNAP_BATCH):
-        sl = index.units(list(map(id, keep[s:s + SNAP_BATCH])))[1]
-        drain(map(setslot, sl, range(s, s + len(sl))), 0)
+    for s in reversed(range(0, len(keep), SNAP_BATCH)):  # an object met twice: its first wins
+        sl = index.units(list(map(id, keep[s:s + SNAP_BATCH])))[1]  # (as the CLI's references)
+        drain(map(setslot, reversed(sl), reversed(range(s, s + len(sl)))), 0)
     return index
 
 

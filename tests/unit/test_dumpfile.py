@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
+from introspect.snapshot import dumpfile, dumpformat, dumpspill, dumpwrite, records
 from scripts.fuzz_records import VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
@@ -132,13 +132,24 @@ def test_a_version_1_dump_still_reads(good: Path, tmp_path: Path) -> None:
     assert len(a.labels) == len(b.labels) == a.snap.refs.shape[0]
 
 
-def test_a_streamed_dump_reads_as_a_whole_one(good: Path, tmp_path: Path) -> None:
-    # GIVEN a dump whose records went to the file as they streamed (what `introspect dump` does)
-    p = tmp_path / "streamed.pydump"
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dump whose records went to the file as they streamed (what `introspect dump` does):
+    the walker's own stream, of format 3 (addresses)."""
+    p = tmp_path_factory.mktemp("dump") / "streamed.pydump"
     _dump(str(p), streamed=True)
+    return p
+
+
+def test_a_streamed_dump_reads_as_a_whole_one(
+    good: Path, streamed: Path, tmp_path: Path
+) -> None:
+    # GIVEN a dump whose records went to the file as they streamed, a format-3 stream
+    p = streamed
+    assert _raw(p).startswith(records.MAGIC)
     # THEN it reads back whole, as the one written from a snapshot held whole
     d, whole = dumpfile.load(str(p)), dumpfile.load(str(good))
-    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(tmp_path.glob("*.part"))
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(p.parent.glob("*.part"))
     assert len(d.labels) == d.snap.refs.shape[0] and d.snap.n > 600
     assert abs(d.snap.n - whole.snap.n) < 50 and set(d.snap.types) == set(whole.snap.types)
     w = dumpfile.FileWalker(d)
@@ -168,6 +179,44 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
     assert out.size_over == int(whole.size[whole.size > 512].sum())
     assert snap.excess.shape[0] == 0 and snap.tracked.shape[0] == 0
     assert not list(tmp_path.iterdir())  # aborted: no file, no temporary
+
+
+def test_addresses_resolve_on_disk_as_in_memory(streamed: Path, tmp_path: Path) -> None:
+    # GIVEN the walker's record stream (format 3), two of its references made addresses of no
+    # object and its last object given the first one's address (a duplicate)
+    stream = bytearray(_records(streamed))
+    fr = [(a, b) for kind, a, b in _frames(bytes(stream)) if kind == b"O"]
+    start, count, items, _ = records.ARRAY_HEADER.unpack_from(stream, fr[0][0] + 5)
+    head = fr[0][0] + 5 + records.ARRAY_HEADER.size
+    assert start == 0 and items >= 3
+    refs_at, addr_at = head + 16 * count, head + 16 * count + 8 * items + count
+    first = stream[addr_at : addr_at + 8]
+    stream[refs_at : refs_at + 8] = (8).to_bytes(8, "little")
+    stream[refs_at + 16 : refs_at + 24] = (1 << 62).to_bytes(8, "little")
+    stream[fr[-1][1] - 8 : fr[-1][1]] = first
+    whole = records.read_snapshot(records.BytesReader(bytes(stream)))
+    lost, dups = whole.end["unknown_refs"], whole.end["duplicate_objects"]
+    assert lost >= 2 and dups >= 1
+    # WHEN its object frames are spilled and resolved, in one pass or in 3 and in 40
+    n = whole.n
+    for per_pass, block in ((1 << 20, 1 << 18), (-(-n // 3), 4099), (-(-n // 40), 577)):
+        spill = dumpspill.Spill(str(tmp_path), per_pass, block)
+        for a, b in fr:
+            spill.add(bytes(stream[a + 5 : b]), 3)
+        # THEN the references, their offsets and the counts are those of the read in memory
+        assert spill.resolve() == (lost, dups)
+        got = spill.maps()
+        assert np.array_equal(got["refs"], whole.refs), (per_pass, block)
+        assert np.array_equal(got["offsets"], whole.offsets), (per_pass, block)
+        assert np.array_equal(got["type_of"], whole.type_of)
+        spill.close()
+    # and a dump streamed from it holds the same, its end saying what was dropped
+    out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
+    snap = out.read(records.BytesReader(bytes(stream)))
+    assert np.array_equal(snap.refs, whole.refs) and np.array_equal(snap.offsets, whole.offsets)
+    assert (snap.end["unknown_refs"], snap.end["duplicate_objects"]) == (lost, dups)
+    out.abort()
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_broken_stream_is_refused_while_streaming(good: Path, tmp_path: Path) -> None:
