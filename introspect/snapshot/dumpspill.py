@@ -182,7 +182,8 @@ class Spill:
             return np.zeros(0, "<u8")
         k = max(1, n // (1 << 16))
         sample = np.concatenate(
-            [pread(fa, "<u8", a, min(n, a + step))[::k] for a in range(0, n, step)]
+            # each a copy: a view would keep its whole block (all the addresses, at the end)
+            [pread(fa, "<u8", a, min(n, a + step))[::k].copy() for a in range(0, n, step)]
         )
         sample.sort()
         at = (np.arange(1, passes) * sample.shape[0]) // passes

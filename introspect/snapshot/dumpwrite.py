@@ -43,9 +43,11 @@ class _Out:
 
     def put(self, data: bytes) -> None:
         self.raw += len(data)
-        out = self.z.compress(data)
-        if out:
-            self._write(out)
+        view = memoryview(data)
+        for a in range(0, len(view), 1 << 20):  # a big frame's output a MiB at a time
+            out = self.z.compress(view[a : a + (1 << 20)])
+            if out:
+                self._write(out)
 
     def frame(self, kind: bytes, payload: bytes) -> None:
         self.put(kind + len(payload).to_bytes(4, "little"))

@@ -57,7 +57,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -198,6 +198,9 @@ class Snapshot:
         return self.types[int(self.type_of[pos])]
 
 
+BIG_FRAME = 1 << 20  # bytes of a payload read into its own buffer (Reader._take_big)
+
+
 class Reader:
     """Reads frames from a file descriptor (a FIFO or a file), every read bounded by ``deadline``
     and every frame by ``limits`` (see Limits: the default bounds nothing but a frame's uint32)."""
@@ -226,12 +229,39 @@ class Reader:
             self.buf += chunk
 
     def _take(self, n: int) -> bytes:
+        if self.fd >= 0 and n >= BIG_FRAME and len(self.buf) < n:
+            return self._take_big(n)
         self._fill(n)
         with memoryview(self.buf) as view:  # one copy (a bytearray slice would be a second)
             out = bytes(view[:n])
         del self.buf[:n]
         self.consumed += n
         return out
+
+    def _take_big(self, n: int) -> bytes:
+        """A big frame's payload (a container of a million items: 8 MB of addresses) read from
+        the stream straight into a buffer of its own: not through ``buf`` and a copy of it,
+        twice its size in the CLI at once."""
+        out = bytearray(n)
+        have = len(self.buf)
+        out[:have] = self.buf
+        self.buf = bytearray()
+        with memoryview(out) as view:
+            while have < n:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the snapshot walker did not finish in time")
+                ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+                if not ready:
+                    continue
+                got = os.readv(self.fd, [view[have:]])
+                if not got:
+                    self.eof = True
+                    raise StreamError("the snapshot stream ended early (the walker died)")
+                have += got
+        self.consumed += n
+        # a bytearray, read as bytes are (frombuffer, struct, json, concatenation): no copy
+        return cast(bytes, out)
 
     def magic(self) -> None:
         head = self._take(len(MAGIC))
