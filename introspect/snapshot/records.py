@@ -239,26 +239,23 @@ class Reader:
         return out
 
     def _take_big(self, n: int) -> bytes:
-        """A big frame's payload (a container of a million items: 8 MB of addresses) read from
-        the stream straight into a buffer of its own: not through ``buf`` and a copy of it,
-        twice its size in the CLI at once."""
-        out = bytearray(n)
-        have = len(self.buf)
-        out[:have] = self.buf
-        self.buf = bytearray()
-        with memoryview(out) as view:
-            while have < n:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the snapshot walker did not finish in time")
-                ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-                if not ready:
-                    continue
-                got = os.readv(self.fd, [view[have:]])
-                if not got:
-                    self.eof = True
-                    raise StreamError("the snapshot stream ended early (the walker died)")
-                have += got
+        """A big frame's payload (a container of a million items: 8 MB of addresses) grown from
+        the stream in a buffer of its own as its bytes come (a frame announced but not sent
+        costs nothing), never past it: not through ``buf`` and a copy of it, twice its size in
+        the CLI at once."""
+        out, self.buf = self.buf, bytearray()
+        while len(out) < n:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the snapshot walker did not finish in time")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            chunk = os.read(self.fd, min(1 << 20, n - len(out)))
+            if not chunk:
+                self.eof = True
+                raise StreamError("the snapshot stream ended early (the walker died)")
+            out += chunk
         self.consumed += n
         # a bytearray, read as bytes are (frombuffer, struct, json, concatenation): no copy
         return cast(bytes, out)
