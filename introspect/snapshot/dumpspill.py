@@ -190,8 +190,7 @@ class Spill:
         return np.unique(sample[at])
 
     def _objects_in(
-        self,
-        fa: int, n: int, lo: int | None, hi: int | None
+        self, fa: int, n: int, lo: int | None, hi: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The addresses in lo..hi-1 (None: unbounded), sorted, and their positions (int32)."""
         total, step = 0, self.block
