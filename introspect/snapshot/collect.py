@@ -241,6 +241,9 @@ class _Session:
                 "walker_pid": walker.pid,
                 "partial": partial or None,
             }
+            for k in ("unknown_refs", "duplicate_objects"):  # format 3's mapping, when any
+                if k in snap.end:
+                    stats[k] = int(snap.end[k])
             value = self.analyse(snap, walker)
             if partial and isinstance(value, dict) and "partial" in value:  # never shown as whole
                 value["partial"] = True
