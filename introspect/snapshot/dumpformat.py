@@ -1,8 +1,9 @@
 """The dump file's format: its constants, its error, and the checks of its JSON fields.
 
 A dump is ``DUMP_MAGIC`` then one zlib stream holding a record stream exactly as records.py reads
-it (MAGIC, M, T, R, O..., C..., E: format 3 as the walker streamed it, or format 2 written from a
-snapshot already read; version 1 dumps hold format 2 only), followed by the dump's own frames, in
+it (MAGIC, M, T, R, O..., C..., E: introspect writes format 2, positions, its walker's format 3
+addresses resolved first; a reader takes format 3 too, as a version-2 file may hold it; version 1
+dumps hold format 2 only), followed by the dump's own frames, in
 the same framing (kind, uint32 LE length, payload; kinds listed in records.JSON_MAX):
   ``D`` the process facts (DUMP_FACTS: pid, name, start time, Python, command line, RSS/USS, and
         ``memory``: the memory breakdown read while the dump was taken, MEMORY_FIELDS below; a

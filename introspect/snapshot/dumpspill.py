@@ -33,6 +33,9 @@ PASS = 1 << 19  # objects sorted at a time: their addresses, positions and order
 BLOCK = 1 << 17  # references (or objects) read at a time: ~5 MiB of temporaries
 
 DTYPES: dict[str, str] = {
+    "size": "<i8",  # the dump's records are written from these once resolved (format 2)
+    "tracked": "u1",
+    "excess": "<i8",
     "type_of": "<i4",
     "offsets": "<i8",
     "refs": "<i4",  # positions (format 3: written by resolve)
@@ -76,8 +79,8 @@ class Spill:
         self.objects = 0
         self.base = 0  # references so far: the next offset
         self.put("offsets", np.zeros(1, "<i8"))
-        self.fd("type_of")  # present even if nothing streams
-        self.fd("refs")
+        for name in ("type_of", "refs", "size", "tracked", "excess"):
+            self.fd(name)  # present even if nothing streams
 
     def fd(self, name: str) -> int:
         f = self.files.get(name)
@@ -107,14 +110,22 @@ class Spill:
         ends = np.cumsum(nrefs, dtype=np.int64)
         ends += self.base
         self.put("offsets", ends.astype("<i8", copy=False))
+        self.put("size", np.frombuffer(payload, "<i8", count, ARRAY_HEADER.size))
         at += 8 * count
         if fmt == 2:
             self.put("refs", np.frombuffer(payload, "<i4", items, at))
+            self.put("tracked", np.frombuffer(payload, "u1", count, at + 4 * items))
         else:  # refs (addresses), the gc flags, then the objects' own addresses
             self.put("refaddr", np.frombuffer(payload, "<u8", items, at))
+            self.put("tracked", np.frombuffer(payload, "u1", count, at + 8 * items))
             self.put("addr", np.frombuffer(payload, "<u8", count, at + 8 * items + count))
         self.base += items
         self.objects += count
+
+    def add_excess(self, payload: bytes) -> None:
+        """A C frame checked already: its objects' refcount excess."""
+        _start, count, _items, _known = ARRAY_HEADER.unpack_from(payload)
+        self.put("excess", np.frombuffer(payload, "<i8", count, ARRAY_HEADER.size))
 
     def resolve(self) -> tuple[int, int]:
         """Format 3: the references' addresses mapped to positions in the refs file, those to no
@@ -284,12 +295,17 @@ class Ranges:
     def __init__(self, snap: Any, spill: Spill | None = None) -> None:
         self.n = snap.n
         self.snap = snap
-        self.fds = {k: spill.fd(k) for k in ("type_of", "offsets", "refs")} if spill else None
+        names = ("type_of", "offsets", "refs", "size", "tracked", "excess")
+        self.fds = {k: spill.fd(k) for k in names} if spill else None
 
     def _read(self, name: str, a: int, b: int) -> np.ndarray:
         if self.fds is None:
             return np.asarray(getattr(self.snap, name)[a:b])
         return pread(self.fds[name], DTYPES[name], a, b)
+
+    def column(self, name: str, a: int, b: int) -> np.ndarray:
+        """Entries a..b-1 of a per-object column (size, tracked, excess, type_of)."""
+        return self._read(name, a, b)
 
     def type_of(self, a: int, b: int) -> np.ndarray:
         return self._read("type_of", a, b)

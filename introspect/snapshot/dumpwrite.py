@@ -22,7 +22,7 @@ import numpy as np
 from introspect.snapshot import records
 from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
 from introspect.snapshot.dumpspill import Ranges, Spill
-from introspect.snapshot.records import ARRAY_HEADER, MAGIC, MAGIC_2, Snapshot
+from introspect.snapshot.records import ARRAY_HEADER, MAGIC_2, Snapshot
 
 
 class _Out:
@@ -158,11 +158,10 @@ class DumpFile:
         spill = self.spill = Spill(os.path.dirname(os.path.abspath(self.path)))
 
         def sink(kind: bytes, payload: bytes) -> None:
-            if kind == b"M":  # the magic of the stream's own format (read by now)
-                self.out.put(MAGIC_2 if reader.format == 2 else MAGIC)
-            self.out.frame(kind, payload)
             if kind == b"O":
                 spill.add(payload, reader.format)
+            elif kind == b"C":
+                spill.add_excess(payload)
 
         snap = records.read_snapshot(reader, sink=sink, cols=cols, **kw)
         self.size_total, self.size_over = cols.size_total, cols.size_over
@@ -175,13 +174,17 @@ class DumpFile:
             if count:
                 end[key] = count
         maps = spill.maps()
-        return dataclasses.replace(
+        snap = dataclasses.replace(
             snap,
             type_of=maps["type_of"],
             offsets=maps["offsets"] if maps["offsets"].shape[0] else np.zeros(1, "<i8"),
             refs=maps["refs"],
             end=end,
         )
+        # the records as format 2 (positions: smaller, and read without a mapping), a frame of
+        # objects at a time from the spill files
+        _write_snapshot(self.out, snap, Ranges(snap, spill))
+        return snap
 
     def answers(
         self,
@@ -532,9 +535,11 @@ def _write_labels(
     return written
 
 
-def _write_snapshot(out: _Out, snap: Snapshot) -> None:
+def _write_snapshot(out: _Out, snap: Snapshot, cols: Ranges | None = None) -> None:
     """The snapshot as a record stream of format 2 (positions: what records.read_snapshot reads;
-    the addresses of a format 3 stream are gone once read)."""
+    the addresses of a format 3 stream are gone once resolved), its columns read from ``cols``
+    a frame at a time (a snapshot held whole: the default, or a dump's spill files)."""
+    cols = cols if cols is not None else Ranges(snap)
     n = snap.n
     out.put(MAGIC_2)
     meta = {k: v for k, v in snap.meta.items() if k in records.META_FIELDS}
@@ -543,23 +548,25 @@ def _write_snapshot(out: _Out, snap: Snapshot) -> None:
     for s in range(0, max(len(snap.types), 1), 20_000):
         out.json(b"T", [[i, snap.types[i]] for i in range(s, min(len(snap.types), s + 20_000))])
     out.json(b"R", [[r.kind, r.name, r.pos] for r in snap.roots])
-    nrefs = np.diff(snap.offsets).astype("<u4")
     for s in range(0, n, OBJECTS_PER_FRAME):
         e = min(n, s + OBJECTS_PER_FRAME)
-        a, b = int(snap.offsets[s]), int(snap.offsets[e])
+        o = cols.offsets(s, e)
+        a, b = int(o[0]), int(o[-1])
         out.frame(
             b"O",
             ARRAY_HEADER.pack(s, e - s, b - a, n)
-            + snap.size[s:e].astype("<i8").tobytes()
-            + snap.type_of[s:e].astype("<i4").tobytes()
-            + nrefs[s:e].tobytes()
-            + snap.refs[a:b].astype("<i4").tobytes()
-            + snap.tracked[s:e].astype("u1").tobytes(),
+            + cols.column("size", s, e).astype("<i8").tobytes()
+            + cols.type_of(s, e).astype("<i4").tobytes()
+            + np.diff(o).astype("<u4").tobytes()
+            + cols.refs(a, b).astype("<i4").tobytes()
+            + cols.column("tracked", s, e).astype("u1").tobytes(),
         )
     for s in range(0, n, OBJECTS_PER_FRAME):
         e = min(n, s + OBJECTS_PER_FRAME)
         out.frame(
-            b"C", ARRAY_HEADER.pack(s, e - s, 0, n) + snap.excess[s:e].astype("<i8").tobytes()
+            b"C",
+            ARRAY_HEADER.pack(s, e - s, 0, n)
+            + cols.column("excess", s, e).astype("<i8").tobytes(),
         )
     end = {k: v for k, v in snap.end.items() if k in records.END_FIELDS}
     out.json(b"E", {**end, "objects": n, "edges": int(snap.refs.shape[0])})

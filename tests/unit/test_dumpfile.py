@@ -24,7 +24,9 @@ from scripts.fuzz_records import VICTIM
 HEAD = len(dumpformat.DUMP_MAGIC)
 
 
-def _dump(path: str, no_keys: bool = False, streamed: bool = False) -> None:
+def _dump(
+    path: str, no_keys: bool = False, streamed: bool = False, tee: list[bytes] | None = None
+) -> None:
     """A dump of a small real heap, the walker answering every question live; ``streamed``: the
     records written to the file as they come (`introspect dump`), else from a whole snapshot."""
     from introspect.agent import AGENT_PATH
@@ -45,7 +47,7 @@ def _dump(path: str, no_keys: bool = False, streamed: bool = False) -> None:
             metas: list[dict[str, object]] = []
             out = dumpwrite.DumpFile(path) if streamed else None
             read = out.read if out is not None else records.read_snapshot
-            snap = read(reader, on_meta=metas.append)
+            snap = read(reader, on_meta=metas.append, tee=tee)
             walker = Walker(
                 reader,
                 control,
@@ -137,14 +139,18 @@ def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dump whose records went to the file as they streamed (what `introspect dump` does):
     the walker's own stream, of format 3 (addresses)."""
     p = tmp_path_factory.mktemp("dump") / "streamed.pydump"
-    _dump(str(p), streamed=True)
+    tee: list[bytes] = []
+    _dump(str(p), streamed=True, tee=tee)
+    (p.parent / "stream").write_bytes(records.MAGIC + b"".join(tee))  # as the walker sent it
     return p
 
 
 def test_a_streamed_dump_reads_as_a_whole_one(good: Path, streamed: Path) -> None:
-    # GIVEN a dump whose records went to the file as they streamed, a format-3 stream
+    # GIVEN a dump of a format-3 stream (addresses), resolved as it was read; its records are
+    # written in format 2 (positions)
     p = streamed
-    assert _raw(p).startswith(records.MAGIC)
+    assert (p.parent / "stream").read_bytes().startswith(records.MAGIC)
+    assert _raw(p).startswith(records.MAGIC_2)
     # THEN it reads back whole, as the one written from a snapshot held whole
     d, whole = dumpfile.load(str(p)), dumpfile.load(str(good))
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(p.parent.glob("*.part"))
@@ -192,7 +198,7 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
 def test_addresses_resolve_on_disk_as_in_memory(streamed: Path, tmp_path: Path) -> None:
     # GIVEN the walker's record stream (format 3), two of its references made addresses of no
     # object and its last object given the first one's address (a duplicate)
-    stream = bytearray(_records(streamed))
+    stream = bytearray((streamed.parent / "stream").read_bytes())
     fr = [(a, b) for kind, a, b in _frames(bytes(stream)) if kind == b"O"]
     start, count, items, _ = records.ARRAY_HEADER.unpack_from(stream, fr[0][0] + 5)
     head = fr[0][0] + 5 + records.ARRAY_HEADER.size
