@@ -171,6 +171,21 @@ def test_a_streamed_dump_reads_as_a_whole_one(good: Path, streamed: Path) -> Non
     assert len(labelled) >= 300
 
 
+def test_a_dump_of_format_3_records_still_reads(streamed: Path, tmp_path: Path) -> None:
+    # GIVEN a version-2 dump whose records are the walker's own format-3 stream (addresses), as
+    # `dump` wrote them for a while, with the answers of the dump that resolved them on disk
+    raw = _raw(streamed)
+    e_end = next(end for kind, _, end in _frames(raw) if kind == b"E")
+    p = tmp_path / "f3.pydump"
+    p.write_bytes(
+        dumpformat.DUMP_MAGIC + zlib.compress((streamed.parent / "stream").read_bytes() + raw[e_end:])
+    )
+    # THEN it reads back as the same heap, every label in place (addresses resolved in memory)
+    a, b = dumpfile.load(str(p)), dumpfile.load(str(streamed))
+    assert a.snap.n == b.snap.n and np.array_equal(a.snap.refs, b.snap.refs)
+    assert np.array_equal(a.snap.offsets, b.snap.offsets) and len(a.labels) == len(b.labels)
+
+
 def _records(good: Path) -> bytes:
     """The record stream inside a dump: MAGIC up to its E frame."""
     raw = _raw(good)
