@@ -177,9 +177,8 @@ def test_a_dump_of_format_3_records_still_reads(streamed: Path, tmp_path: Path) 
     raw = _raw(streamed)
     e_end = next(end for kind, _, end in _frames(raw) if kind == b"E")
     p = tmp_path / "f3.pydump"
-    p.write_bytes(
-        dumpformat.DUMP_MAGIC + zlib.compress((streamed.parent / "stream").read_bytes() + raw[e_end:])
-    )
+    f3 = (streamed.parent / "stream").read_bytes()
+    p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(f3 + raw[e_end:]))
     # THEN it reads back as the same heap, every label in place (addresses resolved in memory)
     a, b = dumpfile.load(str(p)), dumpfile.load(str(streamed))
     assert a.snap.n == b.snap.n and np.array_equal(a.snap.refs, b.snap.refs)
