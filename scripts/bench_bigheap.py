@@ -68,6 +68,16 @@ def _kb(pid: int, key: str, fname: str = "status") -> int:
     return total * 1024
 
 
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        f = raw[raw.rindex(b")") + 2 :].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _copies_private(pid: int, stop: threading.Event, out: dict[str, int]) -> None:
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -83,6 +93,7 @@ def _copies_private(pid: int, stop: threading.Event, out: dict[str, int]) -> Non
                     continue
                 got = _kb(int(d), "Private_Clean+Private_Dirty", "smaps_rollup")
                 out["private"] = max(out.get("private", 0), got)
+                out["cpu"] = max(out.get("cpu", 0), _cpu_ticks(int(d)))
         stop.wait(0.05)
 
 
@@ -151,6 +162,10 @@ def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") 
         "objects": col.get("objects"),
         "partial": col.get("partial"),
         "walker_private": peak.get("private"),
+        # the copies' CPU time (the walker's, sampled every 50 ms: its last 50 ms may be missed);
+        # the walker reports its own too (format 3: walk_cpu_s, up to the end of the walk)
+        "walker_cpu_s": peak.get("cpu", 0) / os.sysconf("SC_CLK_TCK"),
+        "walk_cpu_s": col.get("walk_cpu_s"),
         "top_holder": holders[0].get("path"),
         "cli_peak": ru.ru_maxrss * 1024,
     }
@@ -159,7 +174,7 @@ def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,5000000")
-    ap.add_argument("--base", default="80928fe", help="main before the change (a commit)")
+    ap.add_argument("--base", default="1943f06", help="main before the change (a commit)")
     ap.add_argument(
         "--python", default=sys.executable, help="the target's interpreter (guppy3 importable)"
     )
@@ -230,8 +245,9 @@ def _mib(b: int | None) -> str:
 def render(rows: list[dict[str, Any]]) -> str:
     out = [
         "| objects | code | target RSS | command (defaults) | wall | CLI CPU (user+sys) | "
-        "CLI peak RSS | walker private | walk rate | gc.get_objects() rate | guppy3 census |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "CLI peak RSS | walker private | walker CPU | walk (wall) | walk rate | "
+        "gc.get_objects() rate | guppy3 census |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = (
@@ -257,7 +273,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         cmd = " ".join(COMMANDS[r["command"]]).replace("{pid}", "PID")
         out.append(
             f"| {r['size'] / 1e6:g}M | {r['name']} | {_mib(r['target_rss'])} | `{cmd}` | {res} | "
-            f"{r['cli_cpu_s']:.1f} s | {cli} | {_mib(r.get('walker_private'))} | {rate} | {go} | "
+            f"{r['cli_cpu_s']:.1f} s | {cli} | {_mib(r.get('walker_private'))} | "
+            f"{r.get('walker_cpu_s') or 0:.1f} s | {r.get('walk_s') or 0:.1f} s | {rate} | {go} | "
             f"{gp} |"
         )
     return "\n".join(out)

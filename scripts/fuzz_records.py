@@ -5,7 +5,9 @@ then feeds the reader mutated copies: bit flips, truncations, swapped, dropped a
 frames, huge lengths, out-of-range and negative indices and counts. Every case must end in a
 valid snapshot (every index in range) or a plain IntrospectError, within --max-case-s and with
 the reader's own peak memory under --max-case-mib; anything else (a traceback, a hang, a partial
-snapshot) is printed with the case's seed and fails the run. tests/unit/test_records_fuzz.py
+snapshot) is printed with the case's seed and fails the run. One case in ten is also read as
+`dump` reads it (its columns spilled to files, format 3's addresses resolved there: dumpspill.py),
+which must end alike and hold the same references. tests/unit/test_records_fuzz.py
 runs a few thousand cases with a fixed seed; this script runs as many as asked.
 
 Usage: scripts/fuzz-records [--rounds 20000] [--seed 1] [--python PATH]
@@ -110,15 +112,16 @@ def _poke_column(
     body = a + 5
     _start, count, items, _known = records.ARRAY_HEADER.unpack_from(data, body)
     off = body + records.ARRAY_HEADER.size
-    for name, dtype, per in records.OBJECT_COLUMNS:
+    for name, dtype, per in records.ARRAY_FRAMES[b"O"]:  # the current format's
         k = count if per == records.PER_OBJECT else items
         width = int(np.dtype(dtype).itemsize)
         if name == column:
             if k == 0:
                 return data
             i = rng.randrange(k)
-            fmt = {"<i8": "<q", "<i4": "<i", "<u4": "<I", "u1": "<B"}[dtype]
+            fmt = {"<i8": "<q", "<i4": "<i", "<u4": "<I", "u1": "<B", "<u8": "<Q"}[dtype]
             lo, hi = {
+                "<Q": (0, (1 << 64) - 1),
                 "<q": (-(1 << 63), (1 << 63) - 1),
                 "<i": (-(1 << 31), (1 << 31) - 1),
                 "<I": (0, (1 << 32) - 1),
@@ -156,6 +159,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
             "length",
             "huge-length",
             "ref",
+            "addr",
             "type",
             "nrefs",
             "size",
@@ -197,6 +201,8 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         return how, _poke_column(
             data, spans, rng, "refs", [-1, -(1 << 31), 1 << 30, 99_999_999, len(data)]
         )
+    if how == "addr":  # format 3: an object's own address (another's, or none's)
+        return how, _poke_column(data, spans, rng, "addr", [0, 16, (1 << 64) - 1, 1 << 47])
     if how == "type":
         return how, _poke_column(data, spans, rng, "type_of", [-1, -5, 10_000, 1 << 30])
     if how == "nrefs":
@@ -217,6 +223,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
                 b"[]",
                 b"null",
                 b'{"format": 2}',
+                b'{"format": 3}',
                 b"[[0, 1]]",
                 b'[["module", "m", -1]]',
                 b'[["module", "m", 99999999]]',
@@ -259,6 +266,36 @@ def run_case(data: bytes, path: str | None = None) -> str:
     return "ok"
 
 
+def check_spilled(data: bytes, d: str) -> str:
+    """The case read as `dump` reads it (dumpwrite.DumpFile.read: the columns spilled to files,
+    format 3's addresses resolved there) and whole (read_snapshot): the same outcome, and when
+    read, the same type_of, offsets and references."""
+    from introspect.snapshot import dumpwrite
+
+    try:
+        whole: records.Snapshot | None = records.read_snapshot(records.BytesReader(data))
+    except IntrospectError as exc:
+        whole, want = None, f"refused: {type(exc).__name__}"
+    out = dumpwrite.DumpFile(f"{d}/spilled.pydump")
+    try:
+        snap = out.read(records.BytesReader(data))
+        got = "ok"
+        if whole is not None:
+            for name in ("type_of", "offsets", "refs"):
+                a, b = np.asarray(getattr(snap, name)), getattr(whole, name)
+                assert np.array_equal(a, b), f"the spilled {name} differs from the whole read's"
+            for key in ("unknown_refs", "duplicate_objects"):
+                assert snap.end.get(key) == whole.end.get(key), key
+    except IntrospectError as exc:
+        got = f"refused: {type(exc).__name__}"
+    finally:
+        out.abort()
+    if whole is not None:
+        want = "ok"
+    assert got == want, f"spilled: {got}, whole: {want}"
+    return got
+
+
 def fuzz(
     data: bytes,
     rounds: int,
@@ -281,6 +318,7 @@ def fuzz(
                 rng = random.Random(seed * 1_000_003 + k)
                 how, case = mutate(data, rng)
                 path = f"{d}/case" if files_every and k % files_every == 0 else None
+                spilled = bool(files_every) and k % files_every == files_every // 2
                 tracemalloc.reset_peak()
                 base = tracemalloc.get_traced_memory()[0]
                 t0 = time.monotonic()
@@ -298,7 +336,15 @@ def fuzz(
                 assert peak < bound, (
                     f"case {k} (seed {seed}, {how}) peaked at {peak:.1f} MiB (bound {bound:.1f})"
                 )
-                seen[f"{how} -> {outcome}" + (" (file)" if path else "")] += 1
+                if spilled:  # after the reader's own time and peak were taken
+                    try:
+                        check_spilled(case, d)
+                    except Exception as exc:
+                        raise AssertionError(
+                            f"case {k} (seed {seed}, {how}), spilled: {type(exc).__name__}: {exc}"
+                        ) from exc
+                tag = " (file)" if path else " (spilled too)" if spilled else ""
+                seen[f"{how} -> {outcome}{tag}"] += 1
                 if k and k % 5000 == 0:
                     log(f"{k:,} cases")
         finally:

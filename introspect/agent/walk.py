@@ -42,21 +42,22 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from introspect.agent.trace import _trace_child_show
 
 
-# Stream (format 2; introspect/snapshot/records.py is the reader and its docstring the contract),
+# Stream (format 3; introspect/snapshot/records.py is the reader and its docstring the contract),
 # written to a FIFO the CLI created in the run dir (a pipe: nothing lands on the target's
 # filesystem): SNAP_MAGIC, then frames of kind (1 byte) + length (4 bytes, little endian) +
 # payload. "M" meta JSON; "T" new types JSON [[index, name]]; "R" roots JSON [[kind, description,
 # position]]; "O" objects and "C" refcount excess (the object's refcount minus our own holds):
 # array frames, four uint64 (first position, objects, references, positions known so far), then
 # fixed-width little-endian columns (O: sizes int64, type indices int32, reference counts uint32,
-# referenced positions int32, gc-tracked flags uint8; C: excess int64); "E" end JSON; "X" error
-# JSON; "L" answers to the CLI's questions. No general-purpose serialiser: the CLI reads what a
-# possibly hostile process sent, and checks every length and index. Positions number objects in
-# the order of first discovery. After "E" the walker answers lines read from the control FIFO:
+# referenced ADDRESSES uint64, gc-tracked flags uint8, the objects' own addresses uint64; C:
+# excess int64); "E" end JSON; "X" error JSON; "L" answers to the CLI's questions. No
+# general-purpose serialiser: the CLI reads what a possibly hostile process sent, checks every
+# length and index, and maps addresses to positions itself. Positions number objects in the
+# order they are streamed. After "E" the walker answers lines read from the control FIFO:
 # "L a b a b ...": how a holds b; "N p p ...": names of modules/classes/functions; "V p ...": free
 # variable names of functions; "Q": exit.
 
-SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
+SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 3\n"
 SNAP_BATCH = 32768
 # The walker's id -> position index (_SnapIndex): objects are at least 16 bytes (8 on a 32-bit
 # build) and never overlap, so id >> _SNAP_SHIFT is unique to each; such units are grouped in
@@ -240,7 +241,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     sig = _builtin("_signal")
     sig.alarm(max(1, int(float(params.get("answer_s", 60.0))
                          + float(params.get("answer_per_object_s", 0.0)) * len(keep)) + 5))
-    _snap_answer(fd, params, keep, index)
+    _snap_answer(fd, params, keep)  # the walk's index has some objects only: built if asked
 
 
 def _snap_budget(params, tracked):  # type: (dict, int) -> float
@@ -266,6 +267,24 @@ def _snap_columns(array, start, count, items, known, columns):
     return b"".join(out)
 
 
+def _snap_send_columns(fd, kind, array, start, count, items, known, columns):
+    # type: (int, bytes, Any, int, int, int, int, list) -> None
+    """_snap_send of _snap_columns' payload, copied once (the arrays' buffers joined with the
+    frame's head) instead of three times."""
+    parts = [b"", array("Q", [start, count, items, known])]  # type: list
+    for code, values in columns:
+        parts.append(bytes(values) if code == "B" else array(code, values))
+    if sys.byteorder != "little":
+        for a in parts[1:]:
+            if not isinstance(a, bytes):
+                a.byteswap()
+    size = sum(len(a) * (1 if isinstance(a, bytes) else a.itemsize) for a in parts)
+    parts[0] = kind + size.to_bytes(4, "little")
+    data = memoryview(b"".join(parts))
+    while data:
+        data = data[posix.write(fd, data):]
+
+
 def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline):
     # type: (int, list, list, list, list, _SnapIndex, list, dict, Any, float, float) -> None
     for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
@@ -274,7 +293,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                                % (code, array(code).itemsize, width))
     facts = _gc_facts()
     _snap_send(fd, b"M", _snap_json({
-        "format": 2, "pid": posix.getpid(),
+        "format": 3, "pid": posix.getpid(),
         "start_ticks": _snap_start_ticks(), "python": "%d.%d.%d" % sys.version_info[:3],
         "gc": facts,
         "gc_objects": len(objs), "byteorder": sys.byteorder, "time": time.time(),
@@ -299,28 +318,34 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         else:
             hold.append(val)
     # gc.get_objects() has no duplicates: only our own objects and the roots placed above are
-    # left out, in C-level loops over each slice.
+    # left out, in C-level loops over each slice (one test of the slice when none is there).
+    # Modules the loop uses, imported now: an import would give a name met as single a referrer.
     ops = _builtin("_operator")
     itertools = _builtin("itertools")
+    bisect = _builtin("_bisect").bisect_right
     compress = itertools.compress
     repeat = itertools.repeat
     slots = index.slots
     setslot = slots.__setitem__
     drain = _builtin("_collections").deque  # deque(iterable, 0): runs a map, keeps nothing
+    # gc.freeze()'s objects are not in gc.get_objects(): with any, tracked references are found
+    # like untracked ones (their refcount, then the index, which then has every object of gc's).
+    full = bool(facts.get("frozen"))
+    skip = dict(own)
+    skip.update(dict.fromkeys(map(id, keep)))
     objs.reverse()  # taken from the end, slice by slice: the list shrinks as keep grows
     while objs:
         part = objs[-SNAP_BATCH:]
         del objs[-SNAP_BATCH:]
         part.reverse()
-        ids = list(map(id, part))
-        sl = index.units(ids)[1]
-        new = list(map(ops.not_, map(ops.or_, map(own.__contains__, ids),
-                                     map(ops.ge, map(slots.__getitem__, sl),
-                                         repeat(0)))))
         n = len(keep)
-        keep.extend(compress(part, new))
-        drain(map(setslot, compress(sl, new), range(n, len(keep))), 0)
-        part = ids = sl = new = None  # type: ignore[assignment]
+        ok = skip.keys().isdisjoint(map(id, part))
+        keep.extend(part if ok else compress(part, map(ops.not_, map(skip.__contains__,
+                                                                     map(id, part)))))
+        if full:
+            drain(map(setslot, index.units(list(map(id, keep[n:])))[1], range(n, len(keep))), 0)
+        part = None  # type: ignore[assignment]
+    skip = None  # type: ignore[assignment]
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
     is_tracked = gc.is_tracked
@@ -330,24 +355,29 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     sizers = {}  # type: dict
     # Plain lists in the loop (a list append stores a pointer; an array append converts an int):
     # each batch becomes fixed-width arrays once, when it is sent.
-    T, S, F, N, R = [], [], [], [], []  # type: list, list, list, list, list
+    T, S, F, N, R, A = [], [], [], [], [], []  # type: list, list, list, list, list, list
     newtypes = []  # type: list
     start = pos = 0
     edges = 0
     partial = ""
     refcount = sys.getrefcount
     # Batches of SNAP_BATCH objects, each step a C-level loop over builtins (map over the batch:
-    # type, getsizeof, get_referents, is_tracked, id, index.get; chain.from_iterable): Python
-    # code runs per object only for what is new (its position) or unusual (sizes not computed in
-    # C, code objects, references that are our own or dead). docs/benchmarks.md has the costs.
-    chain = _builtin("itertools").chain.from_iterable
-    # A dead referent's owners below, calibrated alike: its get_referents list, the flat list of
-    # the batch's references, the variable.
+    # type, getsizeof, get_referents, is_tracked, id, refcount; chain.from_iterable). Format 3:
+    # references go out as addresses (the CLI maps them to positions), so a reference needs no
+    # lookup here but to find objects gc does not track, each recorded once: one whose refcount
+    # is its referrer's alone is new (its one referrer is walked once); one with more owners is
+    # looked up in the index (the walk's "seen" test, filled with those only). gc's tracked
+    # objects are all in keep already. docs/benchmarks.md has the costs.
+    chain = itertools.chain.from_iterable
+    # A referent's holds while tested, calibrated alike: its get_referents list, the batch's list,
+    # refcount's argument (dead_b: no other owner), the untracked list (one_b: one owner).
+    filterfalse = itertools.filterfalse
     probe = [[object()]]  # type: Any
     refs = list(chain(probe))  # type: Any
-    r = refs[0]  # type: Any
-    dead_b = refcount(r)
-    r = refs = probe = None
+    dead_b = min(map(refcount, refs))
+    unt = list(filterfalse(is_tracked, refs))  # type: Any
+    one_b = min(map(refcount, unt)) + 1
+    refs = probe = unt = None
     while pos < len(keep):
         stop = min(len(keep), pos + SNAP_BATCH)
         batch = keep[pos:stop]
@@ -375,6 +405,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                     sizes.append(0)
         S = sizes
         F = list(map(is_tracked, batch))
+        A = list(map(id, batch))
         rl = list(map(getrefs, batch))  # type: Any
         if _CodeType in tset:
             for j in range(len(batch)):
@@ -383,36 +414,43 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         N = list(map(len, rl))
         o = None
         batch = types = None  # type: ignore[assignment]  # freed before the references
-        # each reference's slot in the index (its chunk made if new), then its position there
-        sl = index.units(list(map(id, chain(rl))))[1]
-        R = list(map(slots.__getitem__, sl))
+        refs = list(chain(rl))
+        R = list(map(id, refs))
         skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
-        if -1 in R:
-            refs = list(chain(rl))
-            for j in list(compress(range(len(R)), map(ops.lt, R, repeat(0)))):
-                p = slots[sl[j]]  # found earlier in this batch
-                if p < 0:
-                    r = refs[j]
-                    if id(r) in own:
-                        hold.append(r)
-                        skipped.append(j)
-                        continue
-                    if refcount(r) <= dead_b:
-                        # Owned by nothing but its get_referents list: a dead object a traverse
-                        # handed out (gh-122695's free list). Not part of the heap; held, so that
-                        # it is never freed twice.
-                        own[id(r)] = None
-                        hold.append(r)
-                        skipped.append(j)
-                        continue
-                    p = slots[sl[j]] = len(keep)
-                    keep.append(r)
-                R[j] = p
-            r = refs = None
-        rl = sl = None
+        if refs and (min(map(refcount, refs)) <= dead_b or not own.keys().isdisjoint(R)):
+            rc = list(map(refcount, refs))  # type: Any
+            skipped = list(compress(range(len(R)), map(ops.or_, map(own.__contains__, R),
+                                                       map(ops.le, rc, repeat(dead_b)))))
+            for j in skipped:
+                if R[j] not in own:
+                    # Owned by nothing but the walker's lists: a dead object a traverse handed
+                    # out (gh-122695's free list), or one made by reading a code object's
+                    # attribute. Not part of the heap; held, so that it is never freed twice.
+                    own[R[j]] = None
+                hold.append(refs[j])
+            drop = set(skipped)  # type: Any
+            refs = [r for j, r in enumerate(refs) if j not in drop]  # as many holds as before
+            rc = drop = None
+        # the references gc does not track (tracked ones are in keep already), their refcounts
+        unt = list(refs) if full else list(filterfalse(is_tracked, refs))
+        # a str counts one owner more: 3.14's interned dict holds its mortal strs uncounted
+        urc = list(map(ops.add, map(refcount, unt), map(ops.is_, map(type, unt), repeat(str))))
+        keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
+        multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
+        unt = urc = refs = rl = None  # type: ignore[assignment]
+        if multi:
+            sl = index.units(list(map(id, multi)))[1]
+            miss = list(map(ops.lt, map(slots.__getitem__, sl), repeat(0)))
+            if True in miss:
+                first = dict(zip(compress(sl, miss), compress(multi, miss)))  # each once
+                n = len(keep)
+                keep.extend(first.values())
+                drain(map(setslot, first, range(n, len(keep))), 0)
+                first = None  # type: ignore[assignment]
+            sl = miss = None  # type: ignore[assignment]
+        multi = None  # type: ignore[assignment]
         if skipped:
-            ends = list(_builtin("itertools").accumulate(N))
-            bisect = _builtin("_bisect").bisect_right
+            ends = list(itertools.accumulate(N))
             for j in skipped:
                 N[bisect(ends, j)] -= 1
             drop = set(skipped)
@@ -421,9 +459,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         if newtypes:
             _snap_send(fd, b"T", _snap_json(newtypes))
             newtypes = []
-        _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, len(R), len(keep),
-                                           [("q", S), ("i", T), ("I", N), ("i", R), ("B", F)]))
-        T, S, F, N, R = [], [], [], [], []
+        _snap_send_columns(fd, b"O", array, pos, stop - pos, len(R), len(keep),
+                           [("q", S), ("i", T), ("I", N), ("Q", R), ("B", F), ("Q", A)])
+        T, S, F, N, R, A = [], [], [], [], [], []
         pos = stop
         if time.time() > deadline and pos < len(keep):
             partial = ("the walk's budget ran out after %.0f s, %d of %d objects found "
@@ -432,6 +470,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             break
     refs = None
     walk_s = time.perf_counter() - t0
+    walk_cpu_s = time.process_time()  # this process (forked: from 0) so far
     # Past the budget: every object found is still streamed (sizes and types), none followed.
     while pos < len(keep):
         stop = min(len(keep), pos + SNAP_BATCH)
@@ -449,36 +488,33 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             T.append(ti)
             S.append(b)
             F.append(is_tracked(o))
+            A.append(id(o))
         N = [0] * (stop - pos)
         if newtypes:
             _snap_send(fd, b"T", _snap_json(newtypes))
             newtypes = []
         _snap_send(fd, b"O", _snap_columns(array, pos, stop - pos, 0, len(keep),
-                                           [("q", S), ("i", T), ("I", N), ("i", []), ("B", F)]))
-        T, S, F, N = [], [], [], []
+                                           [("q", S), ("i", T), ("I", N), ("Q", []), ("B", F),
+                                            ("Q", A)]))
+        T, S, F, N, A = [], [], [], [], []
         pos = stop
     # Refcount excess: references the walk could not see (C code, running frames' stacks).
-    # Each object is held here by keep, the loop variable and getrefcount's argument; the
-    # calibration object below has keep as its only other owner.
+    # Each object is held here by keep, the batch's slice and getrefcount's argument (a C-level
+    # loop); the calibration object below has keep as its only other owner.
     o = None
     keep.append(object())
-    probe = keep[-1]
-    base = sys.getrefcount(probe)
-    del probe
+    part = keep[-1:]
+    base = list(map(refcount, part))[0]
+    part = None  # type: ignore[assignment]
     keep.pop()
-    C = []  # type: list
     start = 0
-    getrefcount = sys.getrefcount
-    for o in keep:
-        C.append(getrefcount(o) - base)
-        if len(C) >= SNAP_BATCH:
-            _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
-            start += len(C)
-            C = []
-    o = None
-    if C:
-        _snap_send(fd, b"C", _snap_columns(array, start, len(C), 0, len(keep), [("q", C)]))
-    end = {"objects": len(keep), "edges": edges, "walk_s": walk_s,
+    while start < len(keep):
+        part = keep[start:start + SNAP_BATCH]
+        C = list(map(ops.sub, map(refcount, part), repeat(base)))
+        part = None  # type: ignore[assignment]
+        _snap_send_columns(fd, b"C", array, start, len(C), 0, len(keep), [("q", C)])
+        start += len(C)
+    end = {"objects": len(keep), "edges": edges, "walk_s": walk_s, "walk_cpu_s": walk_cpu_s,
            "total_s": time.perf_counter() - t0}  # type: dict
     if partial:
         end["partial"] = partial
@@ -499,8 +535,21 @@ def _snap_start_ticks():  # type: () -> int
         return 0
 
 
+def _snap_full_index(keep):  # type: (list) -> _SnapIndex
+    """id -> position of every object of keep (C-level loops, a batch at a time): the walk's own
+    index holds only the objects it had to look up (format 3), the K questions need them all."""
+    index = _SnapIndex(_builtin("array").array)
+    setslot = index.slots.__setitem__
+    drain = _builtin("_collections").deque
+    for s in reversed(range(0, len(keep), SNAP_BATCH)):  # an object met twice: its first wins
+        sl = index.units(list(map(id, keep[s:s + SNAP_BATCH])))[1]  # (as the CLI's references)
+        drain(map(setslot, reversed(sl), reversed(range(s, s + len(sl)))), 0)
+    return index
+
+
 def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) -> None
-    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
+    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q.
+    index: id -> position of every object of keep (None: made on the first K question)."""
     cfd = posix.open(params["control"], posix.O_RDONLY)
     buf = b""
     while True:
@@ -519,7 +568,9 @@ def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) 
                 answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]])
                           for k in range(0, len(nums) - 1, 2)]
             elif parts[0] == b"K":  # one container's labels in one pass (dumps): K pos start count
-                answer = _snap_items(keep[nums[0]], index or {}, nums[1], nums[2])
+                if index is None:
+                    index = _snap_full_index(keep)
+                answer = _snap_items(keep[nums[0]], index, nums[1], nums[2])
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ()))
                           for p in nums]

@@ -29,6 +29,7 @@ from introspect.render.text import human_bytes
 from introspect.snapshot import collect
 
 if TYPE_CHECKING:
+    from introspect.breakdown import ProcMemory
     from introspect.snapshot.collect import Walker
     from introspect.snapshot.records import Snapshot
 
@@ -114,7 +115,7 @@ def take(
 ) -> dict[str, Any]:
     """Fork ``pid`` and write its heap to ``path``; the JSON document of the dump (plus "_text")."""
     from introspect.commands import memory as memory_cmd
-    from introspect.snapshot import dumpformat, dumpwrite
+    from introspect.snapshot import dumpwrite
 
     if collector == "in-process":
         raise errors.UsageError("a dump needs a forked snapshot; --in-process cannot write one")
@@ -131,27 +132,17 @@ def take(
         _fill(facts, snap)
         try:
             copy = walker.memory()  # as memory_cmd.analyse_snapshot, from the streamed sums
-            got = memory_cmd.forked_facts(
-                proc,
-                {
-                    "python_objects": out.size_total,
-                    "python_in_malloc": out.size_over if copy.get("pymalloc") else out.size_total,
-                    "objects": snap.n,
-                    "copy": copy,
-                },
-            )
         except FormatError as exc:  # the copy's answer out of shape: the heap is still dumped
             facts["memory_missing"] = f"the copy's memory answer was refused ({exc})"[:4096]
             log(f"dump: no memory breakdown: {exc}")
         else:
-            facts["memory"] = dumpformat.memory_block(
-                got["memory"],
-                got["missing"],
-                got["stacks_found"],
-                got["threads"],
-                got["python_in_malloc"],
-                got["copy_s"],
-            )
+            found = {
+                "python_objects": out.size_total,
+                "python_in_malloc": out.size_over if copy.get("pymalloc") else out.size_total,
+                "objects": snap.n,
+                "copy": copy,
+            }
+            _memory(facts, proc, found)
         out.answers(snap, walker, facts, no_keys, log)
         return out.commit()
 
@@ -230,28 +221,53 @@ def base_facts(pid: int) -> dict[str, Any]:
 
 
 def keeping(
-    args: argparse.Namespace, analyse: Callable[[Snapshot, Walker], T], log: Callable[[str], None]
+    args: argparse.Namespace,
+    analyse: Callable[[Snapshot, Walker], T],
+    log: Callable[[str], None],
+    proc: ProcMemory | None = None,
 ) -> Callable[[Snapshot, Walker], T]:
-    """``analyse``, writing the snapshot to ``args.keep`` first when it is given (--keep FILE)."""
+    """``analyse``, writing the snapshot to ``args.keep`` first when it is given (--keep FILE).
+    With ``proc`` (RSS/USS read before the fork, by a command that asked the walker for the
+    allocators: report's looks) the file carries the memory breakdown, as a dump's does."""
     path = getattr(args, "keep", None)
     if not path or isinstance(args.pid, str):
         return analyse
     check_writable(path)
-    facts = {
-        **base_facts(args.pid),
-        "memory_missing": "it was kept by a live command (--keep, --keep-dir), which does not "
-        "read the allocators; `introspect dump PID` writes the breakdown",
-    }
+    facts = base_facts(args.pid)
+    if proc is None:
+        facts["memory_missing"] = (
+            "it was kept by a live command (--keep), which does not read the allocators; "
+            "`introspect dump PID` writes the breakdown"
+        )
 
     def wrapped(snap: Snapshot, walker: Walker) -> T:
+        from introspect.commands import memory as memory_cmd
         from introspect.snapshot import dumpwrite
 
         _fill(facts, snap)
+        if proc is not None:
+            _memory(facts, proc, memory_cmd.analyse_snapshot(snap, walker))
         got = dumpwrite.write(path, snap, walker, facts, False, log)
         log(f"kept the snapshot in {path} ({got['bytes']:,} bytes)")
         return analyse(snap, walker)
 
     return wrapped
+
+
+def _memory(facts: dict[str, Any], proc: ProcMemory, found: dict[str, Any]) -> None:
+    """The memory breakdown into a dump's facts (``found``: memory.analyse_snapshot's figures)."""
+    from introspect.commands import memory as memory_cmd
+    from introspect.snapshot import dumpformat
+
+    got = memory_cmd.forked_facts(proc, found)
+    facts["memory"] = dumpformat.memory_block(
+        got["memory"],
+        got["missing"],
+        got["stacks_found"],
+        got["threads"],
+        got["python_in_malloc"],
+        got["copy_s"],
+    )
 
 
 def _fill(facts: dict[str, Any], snap: Snapshot) -> None:

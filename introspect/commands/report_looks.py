@@ -110,18 +110,19 @@ def snapshot_look(
             value["traced"] = trace_in_snapshot(args, got, snap, walker, h, rows)
         return value
 
-    def keep(f: Any) -> Any:  # --keep-dir: this look's snapshot written first, as `dump` does
-        paths = keep_paths(args)
+    def keep(f: Any, proc: Any) -> Any:  # --keep-dir: this look's snapshot written first, as
+        paths = keep_paths(args)  # `dump` writes it, with the memory breakdown
         if not paths:
             return f
-        return keeping(argparse.Namespace(keep=paths[1 if last else 0], pid=args.pid), f, log)
+        ns = argparse.Namespace(keep=paths[1 if last else 0], pid=args.pid)
+        return keeping(ns, f, log, proc=proc)
 
     try:
         proc = memory_cmd.read_before_fork(args.pid)  # the breakdown's RSS/USS: before the fork
         outcome, value, col = collect.take(
             args.pid,
             "auto",
-            memory_cmd.along(keep(analyse)),
+            memory_cmd.along(keep(analyse, proc)),
             method=args.method,
             timeout=args.timeout,
             log=log,

@@ -236,9 +236,14 @@ class _Session:
                 "objects": snap.n,
                 "references": int(snap.refs.shape[0]),
                 "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
+                # the walker's CPU time (format 3): what a loaded host leaves stable
+                "walk_cpu_s": round(float(snap.end.get("walk_cpu_s", 0)), 3),
                 "walker_pid": walker.pid,
                 "partial": partial or None,
             }
+            for k in ("unknown_refs", "duplicate_objects"):  # format 3's mapping, when any
+                if k in snap.end:
+                    stats[k] = int(snap.end[k])
             value = self.analyse(snap, walker)
             if partial and isinstance(value, dict) and "partial" in value:  # never shown as whole
                 value["partial"] = True

@@ -10,6 +10,10 @@ allow (issue 23: a 10M-object heap in at most half the target's memory):
            (an immortal's 2**32 becomes 2**31 - 1, still immortal)
   nrefs uint32 (offsets once read: int32 while the references fit); refs int32; tracked one byte
 
+Format 3 streams send addresses: each object's own (``addr``, uint64) and its references' (``refs``
+uint64 while streaming); ``resolve`` maps them to int32 positions once the stream is read, by a
+sort of the objects' addresses and a binary search of the references' in blocks, and frees both.
+
 That is 15 bytes per object and 4 per reference, against 33 and 4 in the stream. A reader that
 needs only some columns (a dump streamed to its file: type_of, refs and offsets for the walker's
 questions, 6 bytes per object and 4 per reference; ``offsets`` is summed frame by frame instead
@@ -25,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from introspect.snapshot.recformat import (
-    ARRAY_FRAMES,
     ARRAY_HEADER,
+    FORMAT,
+    FORMAT_FRAMES,
     PER_OBJECT,
     PER_REF,
     FormatError,
@@ -67,9 +72,10 @@ class Columns:
     big: int = 512  # sizes above it are summed into size_over as well
     size_total: int = 0  # bytes of every object streamed
     size_over: int = 0  # bytes of the objects larger than ``big``
+    fmt: int = FORMAT  # the stream's format (records.Reader.magic)
 
     def add(self, kind: bytes, payload: bytes) -> None:
-        columns = ARRAY_FRAMES[kind]
+        columns = FORMAT_FRAMES[self.fmt][kind]
         if len(payload) < ARRAY_HEADER.size:
             raise FormatError(
                 "array frame header", f"a {kind.decode()!r} frame of {len(payload)} bytes"
@@ -133,7 +139,13 @@ class Columns:
             ends += self.refs
             self._append("offsets", ends, known + 1)
         for name, arr in got.items():  # copied: the payload is freed now, not at the end
-            self._append(name, arr, known if name != "refs" else self.refs + items)
+            # grown to the positions known (fewer reallocs), at most twice the objects streamed
+            # (a hostile "known" reserves no more than the stream's own size), the widest column
+            # (addresses) by half only
+            hint = min(known, 2 * (start + count))
+            if name in ("refs", "addr"):
+                hint = self.refs + items if name == "refs" else start + count
+            self._append(name, arr, hint)
         if kind == b"O":
             self.objects += count
             self.refs += items
@@ -153,7 +165,8 @@ class Columns:
                     f"the frame carries {items:,}",
                 )
             _in_range("type index", got["type_of"], self.ntypes, "types declared so far")
-            _in_range("reference index", got["refs"], known, "positions known")
+            if self.fmt == 2:  # format 3: addresses, checked by resolve
+                _in_range("reference index", got["refs"], known, "positions known")
             _in_range(
                 "object size", got["size"], self.limits.max_size + 1, "bytes of the target's memory"
             )
@@ -163,7 +176,11 @@ class Columns:
         """Copy ``part`` to the end of its column (narrowed, see the module's docstring);
         ``hint``: entries the column will have at least (the positions known so far): grown to
         it, or by half, whichever is more."""
-        if self.keep is not None and name not in self.keep:
+        if (
+            self.keep is not None
+            and name not in self.keep
+            and not (name == "addr" and "refs" in self.keep)  # format 3: refs need them
+        ):
             self.filled[name] = self.filled.get(name, 0) + part.shape[0]  # checked, not kept
             return
         arr = self.arrays.get(name)
@@ -191,6 +208,88 @@ class Columns:
             return np.zeros(0, COMPACT.get(name, np.dtype(dtype)))
         arr.resize(self.filled.pop(name), refcheck=False)  # no view of it exists yet
         return arr if name in COMPACT else arr.astype(dtype, copy=False)
+
+
+def resolve(
+    addr: np.ndarray, refaddr: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Format 3: (refs as int32 positions, offsets, references dropped, objects at an address
+    met before) from the objects' addresses (uint64, by position) and the references' (uint64,
+    in CSR order of ``offsets``). A reference to an address no object has is dropped (the walker
+    leaves out its own objects and dead ones a traverse hands out; objects made after its
+    gc.get_objects(), its own imports', land here) and counted: nothing is ever looked up at an
+    address that is not an object's. Both arrays are consumed: ``addr`` is sorted in place, and
+    the positions are written over ``refaddr``'s own buffer (4 of its 8 bytes per reference),
+    so the peak is the columns plus 12 bytes per object."""
+    n = int(addr.shape[0])
+    m = int(refaddr.shape[0])
+    out = refaddr.view(np.int32)  # 2m int32 over the same bytes: entry i written once i is read
+    dups = 0
+    step = 1 << 20  # the temporaries of a block: 8 MiB each at most
+    if n == 0:
+        out[:m] = -1
+    else:
+        # introsort (no buffer, unlike a stable sort's n/2); its int64 result lives a moment
+        pos = np.argsort(addr).astype(np.int32)
+        addr.sort()
+        # Two objects at one address (a walker that met an object twice: its refcount said one
+        # owner, a traverse visited a reference it does not own): references go to the first
+        # streamed (whatever the sort's order among equals: a dump's spill resolves alike), the
+        # other stays without referrers.
+        dups = first_wins(addr, pos)
+        for a in range(0, m, step):
+            part = refaddr[a : a + step]
+            k = np.searchsorted(addr, part)
+            np.minimum(k, n - 1, out=k)
+            got = pos[k]
+            got[addr[k] != part] = -1
+            del part  # read whole: its bytes (from 8a on) lie past those written (4a on)
+            out[a : a + got.shape[0]] = got
+        del pos
+    # References to no object's address (-1), dropped in place: each object's offset less the
+    # dropped ones before it, the kept references moved down a block at a time.
+    refs = out[:m]
+    bad = np.flatnonzero(refs < 0)
+    dropped = int(bad.shape[0])
+    if dropped:
+        for a in range(0, offsets.shape[0], step):
+            part = offsets[a : a + step]
+            part -= np.searchsorted(bad, part).astype(part.dtype)
+        w = 0
+        for a in range(0, m, step):
+            part = refs[a : a + step]
+            kept = part[part >= 0]  # a copy: the write below may overlap part
+            refs[w : w + kept.shape[0]] = kept
+            w += kept.shape[0]
+    del bad
+    m -= dropped
+    return (refs[:m].copy() if m < 1024 else _shrunk(refaddr, m)), offsets, dropped, dups
+
+
+def first_wins(addr: np.ndarray, pos: np.ndarray) -> int:
+    """Of objects at one address (``addr`` sorted, ``pos`` their positions in the same order),
+    the first streamed is made the leftmost's position (the one searchsorted finds): references
+    go to it, whatever the sort's order among equals. Returns how many are duplicates."""
+    if addr.shape[0] < 2:
+        return 0
+    d = np.flatnonzero(addr[1:] == addr[:-1])  # i where addr[i + 1] == addr[i]
+    if not d.shape[0]:
+        return 0
+    opens = np.ones(d.shape[0], bool)  # d[j] opens a run unless d[j - 1] == d[j] - 1
+    opens[1:] = d[1:] != d[:-1] + 1
+    run_start = d[opens][np.cumsum(opens) - 1]
+    np.minimum.at(pos, run_start, pos[d + 1])
+    return int(d.shape[0])
+
+
+def _shrunk(refaddr: np.ndarray, m: int) -> np.ndarray:
+    """The first m int32 of ``refaddr``'s buffer, the rest of it given back (realloc)."""
+    if refaddr.base is not None:  # not its own buffer: cannot be resized
+        out: np.ndarray = refaddr.view(np.int32)[:m].copy()
+        return out
+    refaddr.resize((m + 1) // 2, refcheck=False)
+    out = refaddr.view(np.int32)[:m]
+    return out
 
 
 def _in_range(rule: str, a: np.ndarray, bound: int, what: str) -> None:

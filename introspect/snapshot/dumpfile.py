@@ -21,12 +21,13 @@ from introspect.snapshot.dumpformat import (
     DUMP_FACTS,
     DUMP_MAGIC,
     DUMP_MAGIC_PREFIX,
-    DUMP_VERSION,
     MAX_BYTES,
     MAX_RATIO,
+    READ_VERSIONS,
     WHATS,
     DumpError,
     check_memory,
+    labels_ok,
 )
 from introspect.snapshot.records import (
     BytesReader,
@@ -52,14 +53,14 @@ class Labels:
         self._codes: np.ndarray | None = None
 
     def extend(self, items: list[str]) -> None:
+        """``items`` checked already (labels_ok): their distinct texts added to the table, then
+        one code each, looked up at C speed."""
         index, table = self._index, self.table
-        codes = np.empty(len(items), np.int32)
-        for k, s in enumerate(items):
-            c = index.get(s)
-            if c is None:
-                c = index[s] = len(table)
+        for s in dict.fromkeys(items):
+            if s not in index:
+                index[s] = len(table)
                 table.append(s)
-            codes[k] = c
+        codes = np.fromiter(map(index.__getitem__, items), np.int32, len(items))
         self._parts.append(codes)
         self._n += len(items)
         self._codes = None
@@ -85,11 +86,22 @@ class Dump:
     facts: dict[str, Any]
     labels: Labels
     names: dict[int, str] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
+    # items of each builtin container by position, -1 for the others (an array: a dict of
+    # millions of containers would cost 60 bytes each)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     freevars: dict[int, list[str]] = field(default_factory=dict)
 
 
-def _read_bytes(path: str) -> bytes:
+class _FileReader(BytesReader):
+    """A BytesReader over the decompressed dump, taken as it is (BytesReader copies its bytes:
+    a second copy of what may be hundreds of MB)."""
+
+    def __init__(self, buf: bytearray) -> None:
+        super().__init__(b"", Limits.for_file(len(buf)))
+        self.buf = buf
+
+
+def _read_bytes(path: str) -> bytearray:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -109,16 +121,16 @@ def _read_bytes(path: str) -> bytes:
         if len(line) != 2 or not line[0].isdigit():
             raise DumpError(path, "has a broken dump header")
         version = int(line[0])
-        if version != DUMP_VERSION:
+        if version not in READ_VERSIONS:
             raise DumpError(
                 path,
-                f"is a dump of version {version}; this introspect reads version "
-                f"{DUMP_VERSION} (use the introspect release that wrote it)",
+                f"is a dump of version {version}; this introspect reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))} (use the introspect release that wrote it)",
             )
         os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
         bound = min(MAX_BYTES, max(st.st_size, 1) * MAX_RATIO)
         z = zlib.decompressobj()
-        parts: list[bytes] = []
+        out = bytearray()  # grown in place: no list of parts joined into a second copy
         got = 0
         while True:
             chunk = os.read(fd, 1 << 20)
@@ -135,14 +147,15 @@ def _read_bytes(path: str) -> bytes:
                 raise DumpError(
                     path, f"decompresses to more than {bound:,} bytes (a damaged or hostile file)"
                 )
-            parts.append(data)
+            out += data
+            del data
             if z.eof:
                 break
         if not z.eof:
             raise DumpError(path, "is truncated: its compressed data ends early")
         if z.unused_data or os.read(fd, 1):
             raise DumpError(path, "has bytes after the end of its compressed data")
-        return b"".join(parts)
+        return out
     except OSError as exc:
         raise DumpError(path, f"cannot be read: {exc.strerror or exc}") from None
     finally:
@@ -151,8 +164,7 @@ def _read_bytes(path: str) -> bytes:
 
 def load(path: str) -> Dump:
     """The dump at ``path``, every rule checked, or DumpError."""
-    data = _read_bytes(path)
-    reader = BytesReader(data, Limits.for_file(len(data)))
+    reader = _FileReader(_read_bytes(path))
     try:
         snap = read_snapshot(reader)
         return _read_answers(path, reader, snap)
@@ -168,6 +180,28 @@ def load(path: str) -> Dump:
         raise DumpError(path, "could not be read in time") from None
 
 
+def _counts_of(items: list[Any], counts: np.ndarray, n: int, total: int) -> np.ndarray | None:
+    """The items as an array of [position, count] rows, or None unless every item is such a
+    pair of ints (never bools), the position one of the n and not counted yet, the count at most
+    total + n. Checked at C speed over the whole batch."""
+    from itertools import chain
+
+    if set(map(type, items)) != {list} or set(map(len, items)) != {2}:
+        return None
+    if set(map(type, chain.from_iterable(items))) != {int}:
+        return None
+    try:
+        a = np.array(items, np.int64)
+    except OverflowError:
+        return None
+    pos, got = a[:, 0], a[:, 1]
+    if int(pos.min()) < 0 or int(pos.max()) >= n or int(got.min()) < 0:
+        return None
+    if int(got.max()) > total + n or np.unique(pos).shape[0] != pos.shape[0]:
+        return None
+    return a if bool((counts[pos] == -1).all()) else None
+
+
 def _is_pos(x: object, n: int) -> bool:
     return type(x) is int and 0 <= x < n  # type: ignore[operator,unused-ignore]
 
@@ -176,6 +210,7 @@ def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
     n, total = snap.n, int(snap.refs.shape[0])
     facts: dict[str, Any] | None = None
     dump = Dump(path, snap, {}, Labels())
+    dump.counts = np.full(n, -1, np.int32 if total + n < 1 << 31 else np.int64)
     while True:
         kind, payload = reader.frame()
         doc = records._json(kind, payload)
@@ -222,9 +257,16 @@ def _add(
             raise DumpError(
                 path, f"has labels for references {start:,}.. where {len(dump.labels):,} comes next"
             )
-        if not all(isinstance(x, str) and len(x) <= records.MAX_NAME for x in items):
+        if not labels_ok(items):
             raise DumpError(path, "has a label that is not a string")
         dump.labels.extend(items)
+        return
+    if what == "counts":
+        if items:
+            a = _counts_of(items, dump.counts, n, total)
+            if a is None:
+                raise DumpError(path, f"has a broken entry in its {what}")
+            dump.counts[a[:, 0]] = a[:, 1]
         return
     table: dict[int, Any] = getattr(dump, what)
     for it in items:
@@ -263,7 +305,8 @@ class FileWalker:
         return [self.dump.names.get(int(p), "") for p in positions]
 
     def counts(self, positions: Sequence[int]) -> list[int]:
-        return [self.dump.counts.get(int(p), -1) for p in positions]
+        got: list[int] = self.dump.counts[np.asarray(positions, np.int64)].tolist()
+        return got
 
     def freevars(self, positions: Sequence[int]) -> list[list[str]]:
         return [list(self.dump.freevars.get(int(p), [])) for p in positions]

@@ -1,8 +1,10 @@
 """The dump file's format: its constants, its error, and the checks of its JSON fields.
 
-A dump is ``DUMP_MAGIC`` then one zlib stream holding a record stream of format 2 exactly as
-records.py reads it (MAGIC, M, T, R, O..., C..., E), followed by the dump's own frames, in the
-same framing (kind, uint32 LE length, payload; kinds listed in records.JSON_MAX):
+A dump is ``DUMP_MAGIC`` then one zlib stream holding a record stream exactly as records.py reads
+it (MAGIC, M, T, R, O..., C..., E: introspect writes format 2, positions, its walker's format 3
+addresses resolved first; a reader takes format 3 too, as a version-2 file may hold it; version 1
+dumps hold format 2 only), followed by the dump's own frames, in
+the same framing (kind, uint32 LE length, payload; kinds listed in records.JSON_MAX):
   ``D`` the process facts (DUMP_FACTS: pid, name, start time, Python, command line, RSS/USS, and
         ``memory``: the memory breakdown read while the dump was taken, MEMORY_FIELDS below; a
         dump written before it existed, or by --keep, has none: ``memory_missing`` says why)
@@ -23,10 +25,13 @@ from __future__ import annotations
 from typing import Any
 
 from introspect import breakdown
-from introspect.snapshot.records import FormatError
+from introspect.snapshot.records import MAX_NAME, FormatError
 
 DUMP_MAGIC_PREFIX = b"INTROSPECT-DUMP "
-DUMP_VERSION = 1
+# 2: the records may be of format 3 (addresses; issue 23), which a reader of version 1 would
+# refuse as broken records; version 1 files (format 2 records) are still read.
+DUMP_VERSION = 2
+READ_VERSIONS = (1, 2)
 DUMP_MAGIC = DUMP_MAGIC_PREFIX + b"%d\n" % DUMP_VERSION
 SUFFIX = ".pydump"
 MAX_RATIO = 200  # decompressed bytes per file byte, at most (a zip bomb is refused)
@@ -51,6 +56,17 @@ DUMP_FACTS: dict[str, tuple[type, ...]] = {
 }
 WHATS = ("labels", "names", "counts", "freevars")
 TEXT_MAX = 4096  # characters of one text in the facts (a reason, an allocator's name, a path)
+
+
+def labels_ok(items: list[Any]) -> bool:
+    """Is every item a string of at most MAX_NAME characters? Checked on the distinct items (a
+    batch of labels holds a few dozen texts): any item that is not a string is among them, or
+    makes them unhashable."""
+    try:
+        distinct = dict.fromkeys(items)
+    except TypeError:  # a list or a dict among them
+        return False
+    return all(type(x) is str and len(x) <= MAX_NAME for x in distinct)
 
 
 class DumpError(FormatError):

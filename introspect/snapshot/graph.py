@@ -235,6 +235,11 @@ def dominators(
     del parts
     left_roots = new[roots[left[roots]]]
     del new
+    if k <= SMALL_DOMINATORS and edges.shape[0] <= 8 * SMALL_DOMINATORS:
+        sub = small_dominators(k, edges, left_roots)[:k]
+        ok = (sub >= 0) & (sub < k)
+        idom[keep] = np.where(ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
+        return
     g = igraph_module().Graph(n=k + 1, directed=True)
     g.add_edges(edges)
     del edges
@@ -245,6 +250,71 @@ def dominators(
     sub = sub[:k].astype(np.int64)
     ok = (sub >= 0) & (sub < k)
     idom[keep] = np.where(ok, keep[np.clip(sub, 0, max(k - 1, 0))], -1)
+
+
+# What the peeling leaves is usually small (22,486 of 1M objects on the bench's heap: the
+# interpreter's own graph); up to this many vertices its dominators are computed here, without
+# importing igraph (39 MiB of the CLI's RSS at its import, 0.3 s; 22k vertices: 0.14 s here).
+SMALL_DOMINATORS = 50_000  # 50k vertices: about 0.5 s here, igraph 0.15 s plus its import
+
+
+def small_dominators(k: int, edges: np.ndarray, roots: np.ndarray) -> np.ndarray:
+    """Immediate dominators (int64, k + 1: -1 where the root does not reach; the root, vertex k,
+    its own) of vertices 0..k-1 plus a virtual root k with an edge to each of ``roots``, from
+    ``edges`` ((m, 2) source, target): Cooper, Harvey and Kennedy's iteration over the reverse
+    postorder ("A Simple, Fast Dominance Algorithm", 2001), in plain Python lists."""
+    src = np.concatenate([edges[:, 0].astype(np.int64), np.full(roots.shape[0], k, np.int64)])
+    dst = np.concatenate([edges[:, 1].astype(np.int64), roots.astype(np.int64)])
+    order = np.argsort(src, kind="stable")
+    s_off = np.searchsorted(src[order], np.arange(k + 2)).tolist()
+    succ = dst[order].tolist()
+    order = np.argsort(dst, kind="stable")
+    p_off = np.searchsorted(dst[order], np.arange(k + 2)).tolist()
+    pred = src[order].tolist()
+    del src, dst, order
+    # postorder from the root, iteratively (no recursion limit)
+    po = [-1] * (k + 1)
+    post: list[int] = []
+    seen = [False] * (k + 1)
+    seen[k] = True
+    stack = [(k, s_off[k])]
+    while stack:
+        v, i = stack[-1]
+        if i < s_off[v + 1]:
+            stack[-1] = (v, i + 1)
+            w = succ[i]
+            if not seen[w]:
+                seen[w] = True
+                stack.append((w, s_off[w]))
+        else:
+            stack.pop()
+            po[v] = len(post)
+            post.append(v)
+    idom = [-1] * (k + 1)
+    idom[k] = k
+    changed = True
+    while changed:
+        changed = False
+        for v in reversed(post[:-1]):  # reverse postorder, the root (last) left out
+            new = -1
+            for j in range(p_off[v], p_off[v + 1]):
+                p = pred[j]
+                if idom[p] == -1:
+                    continue
+                if new == -1:
+                    new = p
+                    continue
+                a, b = p, new
+                while a != b:
+                    while po[a] < po[b]:
+                        a = idom[a]
+                    while po[b] < po[a]:
+                        b = idom[b]
+                new = a
+            if new != idom[v]:
+                idom[v] = new
+                changed = True
+    return np.asarray(idom, np.int64)
 
 
 def fold_retained(

@@ -208,17 +208,18 @@ def garbage(snap: Snapshot, reachable: np.ndarray, limit: int = 10) -> dict[str,
 
 
 def analyse(snap: Snapshot) -> Heap:
-    """Roots, dominator tree (python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
+    """Roots, dominator tree (of what peeling leaves: plain Python up to graph.SMALL_DOMINATORS
+    vertices, else python-igraph's Lengauer-Tarjan, in C), retained sizes, BFS paths.
 
     Modules and frame locals are roots; then, among the objects they do not reach, those whose
     refcount exceeds the references found are roots "held from C". (An object both reachable and
     also held by C code is attributed to its Python path: the graph cannot see C's references.)
 
     Lean for big heaps (issue 23, graph.py): BFS in numpy over the snapshot's CSR arrays; the
-    hanging trees (most of a heap: the items of containers) are peeled off first, and igraph
-    builds the graph of what is left only; int32 arrays, each step's temporaries freed before the
-    next. What stays: parent and idom (int32), retained (int64), reachable (bool): 17 bytes per
-    object.
+    hanging trees (most of a heap: the items of containers) are peeled off first, and the
+    dominators are computed for what is left only; int32 arrays, each step's temporaries freed
+    before the next. What stays: parent and idom (int32), retained (int64), reachable (bool):
+    17 bytes per object.
     """
     n = snap.n
     off, refs = snap.offsets, snap.refs

@@ -13,8 +13,12 @@ import numpy as np
 
 from introspect import errors
 
-MAGIC = b"INTROSPECT-SNAPSHOT 2\n"
-FORMAT = 2
+# Format 3 (issue 23): the walker sends addresses (ids), the CLI maps them to positions. Format 2
+# (positions from the walker) is still read: dump files written before, and dumps' --keep copies.
+MAGIC = b"INTROSPECT-SNAPSHOT 3\n"
+FORMAT = 3
+MAGIC_2 = b"INTROSPECT-SNAPSHOT 2\n"
+MAGICS: dict[bytes, int] = {MAGIC_2: 2, MAGIC: 3}
 # CPython 3.12+ immortal objects report a refcount near 2**32 (3.14: 3 << 30): never "held from C".
 IMMORTAL = 1 << 28
 ARRAY_HEADER = struct.Struct("<4Q")  # start, count, items, known
@@ -28,12 +32,27 @@ OBJECT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("refs", "<i4", PER_REF),  # referenced positions
     ("tracked", "u1", PER_OBJECT),  # 1 if gc tracks the object
 )
+# Format 3: references are the referents' addresses, and each object's own address comes last;
+# the CLI maps addresses to positions once the stream is read (columns.resolve).
+OBJECT_COLUMNS_3: tuple[tuple[str, str, str], ...] = (
+    ("size", "<i8", PER_OBJECT),
+    ("type_of", "<i4", PER_OBJECT),
+    ("nrefs", "<u4", PER_OBJECT),
+    ("refs", "<u8", PER_REF),  # referenced addresses
+    ("tracked", "u1", PER_OBJECT),
+    ("addr", "<u8", PER_OBJECT),  # the object's own address (id)
+)
 EXCESS_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("excess", "<i8", PER_OBJECT),  # refcount minus the walker's own holds
 )
 ARRAY_FRAMES: dict[bytes, tuple[tuple[str, str, str], ...]] = {
-    b"O": OBJECT_COLUMNS,
+    b"O": OBJECT_COLUMNS_3,
     b"C": EXCESS_COLUMNS,
+}
+# array frames by format
+FORMAT_FRAMES: dict[int, dict[bytes, tuple[tuple[str, str, str], ...]]] = {
+    2: {b"O": OBJECT_COLUMNS, b"C": EXCESS_COLUMNS},
+    3: ARRAY_FRAMES,
 }
 # Largest payload of each JSON frame kind.
 JSON_MAX: dict[bytes, int] = {
@@ -65,8 +84,11 @@ END_FIELDS: dict[str, tuple[type, ...]] = {
     "objects": (int,),
     "edges": (int,),
     "walk_s": _NUM,
+    "walk_cpu_s": _NUM,  # the walk's CPU time in the copy (format 3)
     "total_s": _NUM,
     "partial": (str,),  # why the walk stopped early: objects past it are listed without references
+    "unknown_refs": (int,),  # format 3: references to no object's address, dropped (the CLI's)
+    "duplicate_objects": (int,),  # format 3: objects at an address streamed before (the CLI's)
 }
 MIN_OBJECT = 16  # bytes: a PyObject header (refcount, type)
 MIN_REF = 8  # bytes: a pointer
@@ -108,13 +130,13 @@ class Limits:
         refs = mem // MIN_REF
         columns = sum(
             np.dtype(d).itemsize
-            for _, d, per in OBJECT_COLUMNS + EXCESS_COLUMNS
+            for _, d, per in OBJECT_COLUMNS_3 + EXCESS_COLUMNS
             if per == PER_OBJECT
         )
         json_room = (
             sum(JSON_MAX.values()) + objects * 4
         )  # T frames: a new type is at most one per object
-        return cls(objects * columns + refs * 4 + json_room, objects, refs, mem)
+        return cls(objects * columns + refs * 8 + json_room, objects, refs, mem)
 
     @classmethod
     def for_file(cls, size: int) -> Limits:

@@ -1,4 +1,5 @@
-"""The record stream between the agent's walker and the CLI: format 2, strict, read as hostile.
+"""The record stream between the agent's walker and the CLI: format 3 (2 still read), strict,
+read as hostile.
 
 The walker runs in a forked copy of a process that may be compromised, so everything here is data
 from an adversary (docs/security.md). No general-purpose deserialiser reads it: fixed-width
@@ -21,6 +22,14 @@ first object: frames of one kind are contiguous from 0), ``count`` (objects), ``
 the per-reference columns) and ``known`` (positions assigned so far: every reference is below it,
 it never decreases, and the last one is the number of objects) -- then each column in its table's
 order, ``count`` or ``items`` entries of its dtype, nothing between, nothing after.
+
+Format 3 (OBJECT_COLUMNS_3, issue 23) differs in one thing: references are addresses (uint64 ids)
+and each object's own address is its last column, so that the walker needs no table of every
+object's position; the CLI maps them once the stream is read (columns.resolve: two objects at
+one address are kept, references going to the first, counted in ``end["duplicate_objects"]``;
+a reference to no object's address is dropped and counted in ``end["unknown_refs"]``). Format 2
+(positions, checked below ``known``) is what dump files written before it hold, and what
+``dumpwrite`` writes from a snapshot already read; both are read.
 
 Bounds (:class:`Limits`): the whole stream, each frame, the number of objects and of references
 are bounded by the target's memory (a live stream: ``Limits.for_memory``, from its VmPeak) or by
@@ -48,12 +57,12 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from introspect.channel import gc_facts_ok
-from introspect.snapshot.columns import Columns, offsets_of
+from introspect.snapshot.columns import Columns, offsets_of, resolve
 from introspect.snapshot.recformat import (
     _NUM as _NUM,
 )
@@ -73,6 +82,9 @@ from introspect.snapshot.recformat import (
     FORMAT as FORMAT,
 )
 from introspect.snapshot.recformat import (
+    FORMAT_FRAMES as FORMAT_FRAMES,
+)
+from introspect.snapshot.recformat import (
     IMMORTAL as IMMORTAL,
 )
 from introspect.snapshot.recformat import (
@@ -80,6 +92,12 @@ from introspect.snapshot.recformat import (
 )
 from introspect.snapshot.recformat import (
     MAGIC as MAGIC,
+)
+from introspect.snapshot.recformat import (
+    MAGIC_2 as MAGIC_2,
+)
+from introspect.snapshot.recformat import (
+    MAGICS as MAGICS,
 )
 from introspect.snapshot.recformat import (
     MAX_NAME as MAX_NAME,
@@ -95,6 +113,9 @@ from introspect.snapshot.recformat import (
 )
 from introspect.snapshot.recformat import (
     OBJECT_COLUMNS as OBJECT_COLUMNS,
+)
+from introspect.snapshot.recformat import (
+    OBJECT_COLUMNS_3 as OBJECT_COLUMNS_3,
 )
 from introspect.snapshot.recformat import (
     PER_OBJECT as PER_OBJECT,
@@ -177,6 +198,9 @@ class Snapshot:
         return self.types[int(self.type_of[pos])]
 
 
+BIG_FRAME = 1 << 20  # bytes of a payload read into its own buffer (Reader._take_big)
+
+
 class Reader:
     """Reads frames from a file descriptor (a FIFO or a file), every read bounded by ``deadline``
     and every frame by ``limits`` (see Limits: the default bounds nothing but a frame's uint32)."""
@@ -188,6 +212,7 @@ class Reader:
         self.buf = bytearray()
         self.eof = False
         self.consumed = 0  # bytes of the stream taken so far
+        self.format = FORMAT  # the stream's, from its magic
 
     def _fill(self, need: int) -> None:
         while len(self.buf) < need:
@@ -204,6 +229,8 @@ class Reader:
             self.buf += chunk
 
     def _take(self, n: int) -> bytes:
+        if self.fd >= 0 and n >= BIG_FRAME and len(self.buf) < n:
+            return self._take_big(n)
         self._fill(n)
         with memoryview(self.buf) as view:  # one copy (a bytearray slice would be a second)
             out = bytes(view[:n])
@@ -211,10 +238,35 @@ class Reader:
         self.consumed += n
         return out
 
+    def _take_big(self, n: int) -> bytes:
+        """A big frame's payload (a container of a million items: 8 MB of addresses) grown from
+        the stream in a buffer of its own as its bytes come (a frame announced but not sent
+        costs nothing), never past it: not through ``buf`` and a copy of it, twice its size in
+        the CLI at once."""
+        out, self.buf = self.buf, bytearray()
+        while len(out) < n:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the snapshot walker did not finish in time")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            chunk = os.read(self.fd, min(1 << 20, n - len(out)))
+            if not chunk:
+                self.eof = True
+                raise StreamError("the snapshot stream ended early (the walker died)")
+            out += chunk
+        self.consumed += n
+        # a bytearray, read as bytes are (frombuffer, struct, json, concatenation): no copy
+        return cast(bytes, out)
+
     def magic(self) -> None:
         head = self._take(len(MAGIC))
-        if head != MAGIC:
-            raise FormatError("magic", f"not a snapshot stream of format {FORMAT}: {head[:40]!r}")
+        if head not in MAGICS:
+            raise FormatError(
+                "magic", f"not a snapshot stream of format 2 or {FORMAT}: {head[:40]!r}"
+            )
+        self.format = MAGICS[head]
 
     def frame(self) -> tuple[bytes, bytes]:
         """The next frame's (kind, payload); an "X" frame raises the walker's error."""
@@ -342,6 +394,7 @@ def read_snapshot(
     roots: list[Root] | None = None
     lean_malloc()
     cols = cols if cols is not None else Columns(reader.limits)
+    cols.fmt = reader.format
     while True:
         kind, payload = reader.frame()
         if tee is not None:
@@ -358,10 +411,10 @@ def read_snapshot(
                 raise FormatError(
                     "field type", "'gc' of the 'M' frame is not {enabled, counts, frozen}"
                 )
-            if meta["format"] != FORMAT:
+            if meta["format"] != reader.format:
                 raise FormatError(
                     "format",
-                    f"snapshot format {meta['format']} is not {FORMAT}: CLI and agent differ",
+                    f"snapshot format {meta['format']} in a stream of format {reader.format}",
                 )
             if meta.get("byteorder", "little") != "little":
                 raise FormatError(
@@ -418,6 +471,15 @@ def read_snapshot(
         offsets = offsets if offsets.shape[0] else np.zeros(1, np.int32)
     else:
         offsets = offsets_of(cols.column("nrefs", "<u4"))
+    refs = cols.column("refs", "int32" if reader.format == 2 else "<u8")
+    if reader.format != 2:  # addresses: mapped to positions, then freed
+        end.pop("unknown_refs", None)  # the CLI's own counts, never the walker's
+        end.pop("duplicate_objects", None)
+        refs, offsets, dropped, dups = resolve(cols.column("addr", "<u8"), refs, offsets)
+        if dropped:
+            end["unknown_refs"] = dropped
+        if dups:
+            end["duplicate_objects"] = dups
     return Snapshot(
         meta=meta or {},
         types=types,
@@ -425,7 +487,7 @@ def read_snapshot(
         size=cols.column("size", "int64"),  # uint32 unless an object reaches 4 GiB
         tracked=cols.column("tracked", "u1").view(bool),
         offsets=offsets,
-        refs=cols.column("refs", "int32"),
+        refs=refs,
         excess=cols.column("excess", "int64"),  # int32, clipped
         roots=roots,
         end=end,

@@ -75,6 +75,8 @@ def test_seeds_leak_growth_holder_backrefs(spawn, interp: Interp, tmp_path: Path
     assert holder["items"] == 2000 and holder["items_delta"] == 1500, holder
     assert holder["retained_bytes"] >= 2000 * 1024 and holder["retained_delta"] >= 1500 * 1024, holder
     assert doc["collector"]["fork_pause_s"] < 1.0
+    # AND the walker streamed no object twice (its single-owner rule held: 3.14's interned strs)
+    assert "duplicate_objects" not in doc["collector"], doc["collector"]
     assert not any("__introspect" in h["path"] for h in doc["holders"])
     # AND backrefs on bytes (never gc-tracked) names global_data_store
     run = introspect("backrefs", str(v.pid), "bytes", "--json", "-o", str(tmp_path / "b"))

@@ -15,15 +15,18 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from introspect.snapshot import dumpfile, dumpformat, dumpwrite, records
+from introspect.snapshot import dumpfile, dumpformat, dumpspill, dumpwrite, records
 from scripts.fuzz_records import VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
 
 
-def _dump(path: str, no_keys: bool = False, streamed: bool = False) -> None:
+def _dump(
+    path: str, no_keys: bool = False, streamed: bool = False, tee: list[bytes] | None = None
+) -> None:
     """A dump of a small real heap, the walker answering every question live; ``streamed``: the
     records written to the file as they come (`introspect dump`), else from a whole snapshot."""
     from introspect.agent import AGENT_PATH
@@ -44,7 +47,7 @@ def _dump(path: str, no_keys: bool = False, streamed: bool = False) -> None:
             metas: list[dict[str, object]] = []
             out = dumpwrite.DumpFile(path) if streamed else None
             read = out.read if out is not None else records.read_snapshot
-            snap = read(reader, on_meta=metas.append)
+            snap = read(reader, on_meta=metas.append, tee=tee)
             walker = Walker(
                 reader,
                 control,
@@ -119,18 +122,67 @@ def test_a_real_dump_reads_back_whole(good: Path) -> None:
     assert len(records_) >= 300
 
 
-def test_a_streamed_dump_reads_as_a_whole_one(good: Path, tmp_path: Path) -> None:
-    # GIVEN a dump whose records went to the file as they streamed (what `introspect dump` does)
-    p = tmp_path / "streamed.pydump"
-    _dump(str(p), streamed=True)
+def test_a_version_1_dump_still_reads(good: Path, tmp_path: Path) -> None:
+    # GIVEN a dump as introspect wrote them before format 3: version 1, records of format 2
+    # (what a dump written from a whole snapshot still holds)
+    assert _raw(good).startswith(records.MAGIC_2)
+    old = tmp_path / "v1.pydump"
+    old.write_bytes(b"INTROSPECT-DUMP 1\n" + good.read_bytes()[HEAD:])
+    # THEN it reads back as the same heap
+    a, b = dumpfile.load(str(old)), dumpfile.load(str(good))
+    assert a.snap.n == b.snap.n and np.array_equal(a.snap.refs, b.snap.refs)
+    assert len(a.labels) == len(b.labels) == a.snap.refs.shape[0]
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dump whose records went to the file as they streamed (what `introspect dump` does):
+    the walker's own stream, of format 3 (addresses)."""
+    p = tmp_path_factory.mktemp("dump") / "streamed.pydump"
+    tee: list[bytes] = []
+    _dump(str(p), streamed=True, tee=tee)
+    (p.parent / "stream").write_bytes(records.MAGIC + b"".join(tee))  # as the walker sent it
+    return p
+
+
+def test_a_streamed_dump_reads_as_a_whole_one(good: Path, streamed: Path) -> None:
+    # GIVEN a dump of a format-3 stream (addresses), resolved as it was read; its records are
+    # written in format 2 (positions)
+    p = streamed
+    assert (p.parent / "stream").read_bytes().startswith(records.MAGIC)
+    assert _raw(p).startswith(records.MAGIC_2)
     # THEN it reads back whole, as the one written from a snapshot held whole
     d, whole = dumpfile.load(str(p)), dumpfile.load(str(good))
-    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(tmp_path.glob("*.part"))
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(p.parent.glob("*.part"))
     assert len(d.labels) == d.snap.refs.shape[0] and d.snap.n > 600
     assert abs(d.snap.n - whole.snap.n) < 50 and set(d.snap.types) == set(whole.snap.types)
     w = dumpfile.FileWalker(d)
     main = next(r.pos for r in d.snap.roots if r.kind == "module" and r.name == "__main__")
     assert w.names([main]) == ["__main__"]
+    # the walker answered by positions in the order it streamed the objects, which the
+    # addresses resolved to: each of the victim's records is a dict labelled ['k'] and ['v']
+    snap = d.snap
+    dicts = [p for p in range(snap.n) if snap.type_name(p) == "dict" and w.counts([p]) == [2]]
+    labelled = [
+        p
+        for p in dicts
+        if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))
+    ]
+    assert len(labelled) >= 300
+
+
+def test_a_dump_of_format_3_records_still_reads(streamed: Path, tmp_path: Path) -> None:
+    # GIVEN a version-2 dump whose records are the walker's own format-3 stream (addresses), as
+    # `dump` wrote them for a while, with the answers of the dump that resolved them on disk
+    raw = _raw(streamed)
+    e_end = next(end for kind, _, end in _frames(raw) if kind == b"E")
+    p = tmp_path / "f3.pydump"
+    f3 = (streamed.parent / "stream").read_bytes()
+    p.write_bytes(dumpformat.DUMP_MAGIC + zlib.compress(f3 + raw[e_end:]))
+    # THEN it reads back as the same heap, every label in place (addresses resolved in memory)
+    a, b = dumpfile.load(str(p)), dumpfile.load(str(streamed))
+    assert a.snap.n == b.snap.n and np.array_equal(a.snap.refs, b.snap.refs)
+    assert np.array_equal(a.snap.offsets, b.snap.offsets) and len(a.labels) == len(b.labels)
 
 
 def _records(good: Path) -> bytes:
@@ -146,13 +198,53 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
     out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
     snap = out.read(records.BytesReader(stream))
     out.abort()
-    # THEN types and references are kept, sizes only summed, the rest dropped
+    # THEN types and references are kept, not in memory but in unnamed spill files (the
+    # snapshot maps them), sizes only summed, the rest dropped
+    assert all(isinstance(a, np.memmap) for a in (snap.type_of, snap.offsets, snap.refs))
     assert (snap.type_of == whole.type_of).all() and (snap.refs == whole.refs).all()
     assert (snap.offsets == whole.offsets).all() and snap.roots == whole.roots
     assert out.size_total == int(whole.size.sum()) and snap.size.shape[0] == 0
     assert out.size_over == int(whole.size[whole.size > 512].sum())
     assert snap.excess.shape[0] == 0 and snap.tracked.shape[0] == 0
     assert not list(tmp_path.iterdir())  # aborted: no file, no temporary
+
+
+def test_addresses_resolve_on_disk_as_in_memory(streamed: Path, tmp_path: Path) -> None:
+    # GIVEN the walker's record stream (format 3), two of its references made addresses of no
+    # object and its last object given the first one's address (a duplicate)
+    stream = bytearray((streamed.parent / "stream").read_bytes())
+    fr = [(a, b) for kind, a, b in _frames(bytes(stream)) if kind == b"O"]
+    start, count, items, _ = records.ARRAY_HEADER.unpack_from(stream, fr[0][0] + 5)
+    head = fr[0][0] + 5 + records.ARRAY_HEADER.size
+    assert start == 0 and items >= 3
+    refs_at, addr_at = head + 16 * count, head + 16 * count + 8 * items + count
+    first = stream[addr_at : addr_at + 8]
+    stream[refs_at : refs_at + 8] = (8).to_bytes(8, "little")
+    stream[refs_at + 16 : refs_at + 24] = (1 << 62).to_bytes(8, "little")
+    stream[fr[-1][1] - 8 : fr[-1][1]] = first
+    whole = records.read_snapshot(records.BytesReader(bytes(stream)))
+    lost, dups = whole.end["unknown_refs"], whole.end["duplicate_objects"]
+    assert lost >= 2 and dups >= 1
+    # WHEN its object frames are spilled and resolved, in one pass or in 3 and in 40
+    n = whole.n
+    for per_pass, block in ((1 << 20, 1 << 18), (-(-n // 3), 4099), (-(-n // 40), 577)):
+        spill = dumpspill.Spill(str(tmp_path), per_pass, block)
+        for a, b in fr:
+            spill.add(bytes(stream[a + 5 : b]), 3)
+        # THEN the references, their offsets and the counts are those of the read in memory
+        assert spill.resolve() == (lost, dups)
+        got = spill.maps()
+        assert np.array_equal(got["refs"], whole.refs), (per_pass, block)
+        assert np.array_equal(got["offsets"], whole.offsets), (per_pass, block)
+        assert np.array_equal(got["type_of"], whole.type_of)
+        spill.close()
+    # and a dump streamed from it holds the same, its end saying what was dropped
+    out = dumpwrite.DumpFile(str(tmp_path / "s.pydump"))
+    snap = out.read(records.BytesReader(bytes(stream)))
+    assert np.array_equal(snap.refs, whole.refs) and np.array_equal(snap.offsets, whole.offsets)
+    assert (snap.end["unknown_refs"], snap.end["duplicate_objects"]) == (lost, dups)
+    out.abort()
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_broken_stream_is_refused_while_streaming(good: Path, tmp_path: Path) -> None:
@@ -205,6 +297,26 @@ def test_broken_answers_each_break_a_rule(good: Path, tmp_path: Path) -> None:
         "negative count": raw[:z0]
         + _json_frame(b"Y", {"what": "counts", "start": 0, "items": [[1, -3]]})
         + raw[z0:],
+        **{
+            f"count {how}": raw[:z0]
+            + _json_frame(b"Y", {"what": "counts", "start": 0, "items": items})
+            + raw[z0:]
+            for how, items in (
+                ("a boolean", [[1, True]]),
+                ("a float", [[1, 2.0]]),
+                ("past int64", [[1, 2**70]]),
+                ("not a pair", [[1, 2, 3]]),
+                ("a string", [["1", 2]]),
+                ("for one position twice", [[1, 2], [1, 2]]),
+                ("out of range", [[10**9, 2]]),
+            )
+        },
+        **{
+            f"label {how}": raw[: ys[0][0]]
+            + _json_frame(b"Y", {**first_y, "items": first_y["items"][:-1] + [bad]})
+            + raw[ys[0][1] :]
+            for how, bad in (("a list", ["x"]), ("a number", 1.5), ("too long", "x" * 70_000))
+        },
         "unknown answer": raw[:z0]
         + _json_frame(b"Y", {"what": "values", "start": 0, "items": []})
         + raw[z0:],

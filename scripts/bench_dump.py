@@ -1,0 +1,203 @@
+"""Dumps (issue 19): on one heap per size, in one run, what a dump costs against the forked look
+it is built on, and what analysing the file costs against analysing the live process.
+
+Per size one target (scripts/bench_bigheap.py --target N: about N objects, half not tracked by
+gc: a list holding a list holding a dict holding bytes, per 4 objects), then in this order:
+  top PID                  the walk alone: a forked copy walks, the CLI reads its records
+  top PID --by retained    the live analysis
+  dump PID -o FILE         the dump: walk, records and every answer streamed into the file
+  top FILE --by retained   the same analysis of the file (then `top FILE`, by count)
+  export FILE              the Chrome DevTools heap snapshot (unless --no-export)
+each with its wall time, the CLI's CPU time (user + sys) and peak RSS (its rusage), the target's
+pause (the fork's, from the JSON), the walker's walk time in the copy; for the dump the file's
+size and bytes per object. The ratios issue 19 sets goals for: dump wall / walk-alone wall
+(<= 1.5x), the CLI's peak while dumping at 5M objects (<= 100 MiB), `top FILE --by retained`
+against `top PID --by retained` (no slower).
+
+Usage: scripts/bench-dump [--sizes 1000000,5000000] [--python PATH] [--no-export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bigheap import _kb  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(python: str, argv: list[str], outdir: Path) -> dict[str, Any]:
+    """One CLI run of this tree: wall, CPU, peak RSS, exit, its JSON document."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_STATE_HOME": str(outdir / "state")}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [python, "-m", "introspect", *argv, "--json"],
+        cwd=str(outdir),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got: dict[str, str] = {}
+
+    def drain(key: str, f: Any) -> None:
+        got[key] = f.read()
+
+    readers = [
+        threading.Thread(target=drain, args=(k, f))
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for t in readers:
+        t.start()
+    _pid, status, ru = os.wait4(proc.pid, 0)  # reaped here: its rusage has the CLI's peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    for t in readers:
+        t.join()
+    doc: dict[str, Any] = {}
+    try:
+        doc = json.loads(got.get("out", ""))
+    except ValueError:
+        pass
+    err = got.get("err", "").strip().splitlines()
+    return {
+        "rc": proc.returncode,
+        "err": err[-1:] if proc.returncode else [],
+        "wall_s": wall,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "peak": ru.ru_maxrss * 1024,
+        "doc": doc,
+    }
+
+
+def steps(pid: int, d: Path, export: bool) -> list[tuple[str, list[str]]]:
+    dump = str(d / "heap.pydump")
+    out = [
+        ("walk alone: top PID", ["top", str(pid), "-o", str(d / "t")]),
+        ("live: top PID --by retained", ["top", str(pid), "--by", "retained", "-o", str(d / "r")]),
+        ("dump PID", ["dump", str(pid), "-o", dump]),
+        ("file: top FILE --by retained", ["top", dump, "--by", "retained", "-o", str(d / "fr")]),
+        ("file: top FILE", ["top", dump, "-o", str(d / "ft")]),
+    ]
+    if export:
+        out.append(("export FILE", ["export", dump, "-o", str(d / "heap.heapsnapshot")]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,5000000")
+    ap.add_argument("--python", default=sys.executable, help="the target's interpreter")
+    ap.add_argument("--no-export", action="store_true", help="skip `export` (minutes at 5M)")
+    opts = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dump-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        for size in [int(s) for s in opts.sizes.split(",")]:
+            proc = subprocess.Popen(
+                [opts.python, str(REPO / "scripts" / "bench_bigheap.py"), "--target", str(size)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            json.loads(proc.stdout.readline())
+            rss = _kb(proc.pid, "VmRSS")
+            d = tmp / str(size)
+            d.mkdir()
+            try:
+                for name, argv in steps(proc.pid, d, not opts.no_export):
+                    r = run(sys.executable, argv, d)
+                    r.update(step=name, size=size, target_rss=rss)
+                    doc = r.pop("doc")
+                    col = doc.get("collector") or {}
+                    r.update(
+                        objects=col.get("objects") or doc.get("objects"),
+                        walk_s=col.get("walk_s"),
+                        paused_s=doc.get("paused_s"),
+                        file_bytes=doc.get("bytes") if name == "dump PID" else None,
+                        raw_bytes=doc.get("raw_bytes"),
+                        write_s=doc.get("write_s"),
+                        names_counts_s=doc.get("names_counts_s"),
+                        labels_s=doc.get("labels_s"),
+                        resolve_s=doc.get("resolve_s"),
+                        export_bytes=(
+                            os.path.getsize(d / "heap.heapsnapshot")
+                            if name == "export FILE" and r["rc"] == 0
+                            else None
+                        ),
+                    )
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+            finally:
+                proc.kill()
+                proc.wait()
+                shutil.rmtree(d, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(render(rows))
+    return 0
+
+
+def _mib(b: int | None) -> str:
+    return "-" if not b else f"{b / 2**20:,.1f} MiB"
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| objects | step | wall | CLI CPU | CLI peak RSS | target paused | walk in the copy | "
+        "notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(r["size"], r["step"]): r for r in rows}
+    for r in rows:
+        res = (
+            f"{r['wall_s']:.1f} s"
+            if r["rc"] == 0
+            else f"**fails** (exit {r['rc']}): " + " ".join(r["err"])[:120]
+        )
+        notes = []
+        walk = by.get((r["size"], "walk alone: top PID"))
+        live = by.get((r["size"], "live: top PID --by retained"))
+        if r["step"] == "dump PID" and r["rc"] == 0:
+            notes.append(
+                f"file {r['file_bytes']:,} B ({r['file_bytes'] / max(1, r['objects'] or 1):.1f} "
+                f"B/object; {r['raw_bytes']:,} B before compression), written in "
+                f"{r['write_s']:.1f} s"
+            )
+            if r.get("labels_s") is not None:
+                notes.append(
+                    f"after the walk: names and counts {r['names_counts_s']:.1f} s, labels "
+                    f"{r['labels_s']:.1f} s"
+                )
+            if r.get("resolve_s") is not None:
+                notes.append(f"addresses resolved on disk in {r['resolve_s']:.1f} s")
+            if walk and walk["rc"] == 0:
+                notes.append(f"**{r['wall_s'] / walk['wall_s']:.2f}x the walk alone's wall**")
+        if r["step"].startswith("file: top FILE --by") and live and live["rc"] == 0:
+            notes.append(f"**{r['wall_s'] / live['wall_s']:.2f}x the live analysis's wall**")
+        if r["step"] == "export FILE" and r.get("export_bytes"):
+            notes.append(f"heapsnapshot {r['export_bytes']:,} B")
+        paused = f"{r['paused_s'] * 1000:.1f} ms" if r.get("paused_s") else "-"
+        walk_s = f"{r['walk_s']:.1f} s" if r.get("walk_s") and "FILE" not in r["step"] else "-"
+        objects = r["objects"] or next((x["objects"] for x in rows if x["size"] == r["size"]), 0)
+        out.append(
+            f"| {r['size'] / 1e6:g}M ({(objects or 0):,}) | `{r['step']}` | {res} | "
+            f"{r['cpu_s']:.1f} s | {_mib(r['peak'])} | {paused} | {walk_s} | {'; '.join(notes)} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
