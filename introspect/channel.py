@@ -190,10 +190,14 @@ def make_run_dir(target: Target) -> RunDir:
         st = os.lstat(host)
         if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o700:
             raise errors.InjectionFailed(f"run directory {host} is not a private directory")
+        # Made under another name, locked, then renamed: another introspect's sweep_run_dirs
+        # must never find CLI_LOCK unlocked between its creation and our flock (it took such a
+        # directory for a killed CLI's and removed it under us: seen with two CLIs at once).
         run.lock_fd = os.open(
-            f"{host}/{CLI_LOCK}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            f"{host}/{CLI_LOCK}.new", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
         )
         fcntl.flock(run.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(f"{host}/{CLI_LOCK}.new", f"{host}/{CLI_LOCK}")
         if os.geteuid() == 0:
             os.fchown(run.lock_fd, target.uid, target.gid)
     except BaseException:
