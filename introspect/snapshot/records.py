@@ -214,19 +214,24 @@ class Reader:
         self.consumed = 0  # bytes of the stream taken so far
         self.format = FORMAT  # the stream's, from its magic
 
-    def _fill(self, need: int) -> None:
-        while len(self.buf) < need:
+    def _read(self, most: int) -> bytes:
+        """Up to ``most`` bytes of the stream, waiting for them within the deadline."""
+        while True:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the snapshot walker did not finish in time")
             ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if not ready:
-                continue
-            chunk = os.read(self.fd, min(1 << 20, max(need - len(self.buf), 1 << 16)))
-            if not chunk:
-                self.eof = True
-                raise StreamError("the snapshot stream ended early (the walker died)")
-            self.buf += chunk
+            if ready:
+                break
+        chunk = os.read(self.fd, most)
+        if not chunk:
+            self.eof = True
+            raise StreamError("the snapshot stream ended early (the walker died)")
+        return chunk
+
+    def _fill(self, need: int) -> None:
+        while len(self.buf) < need:
+            self.buf += self._read(min(1 << 20, max(need - len(self.buf), 1 << 16)))
 
     def _take(self, n: int) -> bytes:
         if self.fd >= 0 and n >= BIG_FRAME and len(self.buf) < n:
@@ -245,17 +250,7 @@ class Reader:
         the CLI at once."""
         out, self.buf = self.buf, bytearray()
         while len(out) < n:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the snapshot walker did not finish in time")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if not ready:
-                continue
-            chunk = os.read(self.fd, min(1 << 20, n - len(out)))
-            if not chunk:
-                self.eof = True
-                raise StreamError("the snapshot stream ended early (the walker died)")
-            out += chunk
+            out += self._read(min(1 << 20, n - len(out)))
         self.consumed += n
         # a bytearray, read as bytes are (frombuffer, struct, json, concatenation): no copy
         return cast(bytes, out)
