@@ -104,27 +104,15 @@ COMMANDS = {
 }
 
 
-def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "XDG_STATE_HOME": str(outdir / "state")}
-    argv = [a.format(pid=pid) for a in COMMANDS[command]]
-    if command == "growth":  # the baseline: not measured
-        subprocess.run(
-            [python, "-m", "introspect", *argv, "--json", "-o", str(outdir / "base")],
-            cwd=str(tree),
-            env=env,
-            capture_output=True,
-        )
-    stop, peak = threading.Event(), {}  # type: ignore[var-annotated]
-    watcher = threading.Thread(target=_copies_private, args=(pid, stop, peak), daemon=True)
-    watcher.start()
+def run_cli(cmd: list[str], cwd: str, env: dict[str, str]) -> tuple[int, float, Any, str, str]:
+    """Run one CLI to its end: (exit code, wall s, its rusage (CPU, peak RSS), stdout, stderr).
+
+    Reaped with wait4, so the rusage is the CLI's own; both pipes drained by threads so a chatty
+    run cannot block on a full pipe. Shared by bench-bigheap and bench-dump.
+    """
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [python, "-m", "introspect", *argv, "--json", "-o", str(outdir)],
-        cwd=str(tree),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     got: dict[str, str] = {}
 
@@ -138,11 +126,30 @@ def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") 
     for t in readers:
         t.start()
     _pid, status, ru = os.wait4(proc.pid, 0)  # reaped here: its rusage has the CLI's peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    rc = os.waitstatus_to_exitcode(status)
+    proc.returncode = rc
     wall = time.monotonic() - t0
     for t in readers:
         t.join()
-    out, err = got.get("out", ""), got.get("err", "")
+    return rc, wall, ru, got.get("out", ""), got.get("err", "")
+
+
+def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "XDG_STATE_HOME": str(outdir / "state")}
+    argv = [a.format(pid=pid) for a in COMMANDS[command]]
+    if command == "growth":  # the baseline: not measured
+        subprocess.run(
+            [python, "-m", "introspect", *argv, "--json", "-o", str(outdir / "base")],
+            cwd=str(tree),
+            env=env,
+            capture_output=True,
+        )
+    stop, peak = threading.Event(), {}  # type: ignore[var-annotated]
+    watcher = threading.Thread(target=_copies_private, args=(pid, stop, peak), daemon=True)
+    watcher.start()
+    rc, wall, ru, out, err = run_cli(
+        [python, "-m", "introspect", *argv, "--json", "-o", str(outdir)], str(tree), env
+    )
     stop.set()
     watcher.join()
     doc: dict[str, Any] = {}
@@ -155,9 +162,9 @@ def look(tree: Path, python: str, pid: int, outdir: Path, command: str = "top") 
     return {
         "command": command,
         "cli_cpu_s": ru.ru_utime + ru.ru_stime,
-        "rc": proc.returncode,
+        "rc": rc,
         "wall_s": wall,
-        "err": err.strip().splitlines()[-1:] if proc.returncode else [],
+        "err": err.strip().splitlines()[-1:] if rc else [],
         "walk_s": col.get("walk_s"),
         "objects": col.get("objects"),
         "partial": col.get("partial"),

@@ -26,13 +26,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_bigheap import _kb  # noqa: E402
+from bench_bigheap import _kb, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,40 +38,18 @@ REPO = Path(__file__).resolve().parent.parent
 def run(python: str, argv: list[str], outdir: Path) -> dict[str, Any]:
     """One CLI run of this tree: wall, CPU, peak RSS, exit, its JSON document."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_STATE_HOME": str(outdir / "state")}
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [python, "-m", "introspect", *argv, "--json"],
-        cwd=str(outdir),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    rc, wall, ru, out, err_text = run_cli(
+        [python, "-m", "introspect", *argv, "--json"], str(outdir), env
     )
-    got: dict[str, str] = {}
-
-    def drain(key: str, f: Any) -> None:
-        got[key] = f.read()
-
-    readers = [
-        threading.Thread(target=drain, args=(k, f))
-        for k, f in (("out", proc.stdout), ("err", proc.stderr))
-    ]
-    for t in readers:
-        t.start()
-    _pid, status, ru = os.wait4(proc.pid, 0)  # reaped here: its rusage has the CLI's peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
-    for t in readers:
-        t.join()
     doc: dict[str, Any] = {}
     try:
-        doc = json.loads(got.get("out", ""))
+        doc = json.loads(out)
     except ValueError:
         pass
-    err = got.get("err", "").strip().splitlines()
+    err = err_text.strip().splitlines()
     return {
-        "rc": proc.returncode,
-        "err": err[-1:] if proc.returncode else [],
+        "rc": rc,
+        "err": err[-1:] if rc else [],
         "wall_s": wall,
         "cpu_s": ru.ru_utime + ru.ru_stime,
         "peak": ru.ru_maxrss * 1024,
