@@ -118,10 +118,28 @@ class RunDir:
             self.lock_fd = -1
 
 
+# A CLI killed between creating its lock (as CLI_LOCK.new) and renaming it leaves only that
+# file; a directory with it alone, unlocked and older than this, is a dead CLI's.
+NEW_LOCK_STALE_S = 60.0
+
+
+def _open_lock(run_dir: str) -> int:
+    """The run directory's lock file, opened; OSError if there is none the sweep may judge."""
+    try:
+        return os.open(f"{run_dir}/{CLI_LOCK}", os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = os.open(f"{run_dir}/{CLI_LOCK}.new", os.O_RDWR | os.O_NOFOLLOW)
+        if time.time() - os.fstat(fd).st_mtime < NEW_LOCK_STALE_S:  # being made right now
+            os.close(fd)
+            raise
+        return fd
+
+
 def sweep_run_dirs(tmp_host: str) -> list[str]:
     """Remove run directories left in ``tmp_host`` by an introspect that was killed (SIGKILL, a
-    closed terminal): those whose CLI_LOCK nobody holds. A directory without one (being made
-    right now, or by an older introspect) and anything not ours is left alone."""
+    closed terminal): those whose CLI_LOCK nobody holds (or whose CLI_LOCK.new nobody holds and
+    that is over a minute old: killed before the rename). A directory without either (an older
+    introspect) and anything not ours is left alone."""
     removed: list[str] = []
     euid = os.geteuid()
     try:
@@ -135,7 +153,7 @@ def sweep_run_dirs(tmp_host: str) -> list[str]:
             st = entry.stat(follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode) or (euid != 0 and st.st_uid != euid):
                 continue
-            fd = os.open(f"{entry.path}/{CLI_LOCK}", os.O_RDWR | os.O_NOFOLLOW)
+            fd = _open_lock(entry.path)
         except OSError:
             continue
         try:

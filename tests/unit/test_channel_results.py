@@ -90,3 +90,42 @@ def test_result_file_is_read_with_a_bound(tmp_path: Path) -> None:
     os.symlink(tmp_path / "result.json", tmp_path / "link.json")
     with pytest.raises(OSError):  # never through a link
         run.read_json("link.json", 1000)
+
+
+def test_sweep_removes_only_dead_clis_run_dirs(tmp_path: Path) -> None:
+    """A run dir is a dead CLI's when nobody holds its lock; one whose CLI died before renaming
+    cli.lock.new to cli.lock is judged by that file once it is a minute old (never younger: a
+    CLI may be between creating it and locking it right now)."""
+    import fcntl
+    import time
+
+    def run_dir(name: str, lock: str, age_s: float) -> Path:
+        d = tmp_path / name
+        d.mkdir(mode=0o700)
+        f = d / lock
+        f.write_bytes(b"")
+        then = time.time() - age_s
+        os.utime(f, (then, then))
+        return d
+
+    dead = run_dir("introspect-11-" + "a" * 16, "cli.lock", 0)
+    dead_new = run_dir("introspect-12-" + "b" * 16, "cli.lock.new", 120)
+    young_new = run_dir("introspect-13-" + "c" * 16, "cli.lock.new", 1)
+    alive = run_dir("introspect-14-" + "d" * 16, "cli.lock", 0)
+    alive_new = run_dir("introspect-15-" + "e" * 16, "cli.lock.new", 120)
+    neither = tmp_path / ("introspect-16-" + "f" * 16)
+    neither.mkdir(mode=0o700)
+    not_ours = run_dir("other-17", "cli.lock", 0)
+    held = [os.open(d / lock, os.O_RDWR) for d, lock in
+            ((alive, "cli.lock"), (alive_new, "cli.lock.new"))]
+    try:
+        for fd in held:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        removed = channel.sweep_run_dirs(str(tmp_path))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert sorted(removed) == sorted([str(dead), str(dead_new)])
+    assert not dead.exists() and not dead_new.exists()
+    assert young_new.exists() and alive.exists() and alive_new.exists()
+    assert neither.exists() and not_ours.exists()
