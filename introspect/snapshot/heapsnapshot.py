@@ -12,23 +12,24 @@ their names, never a value); references become property edges with their labels,
 items element edges. An object's ``__dict__`` items are also its own property edges (``module
 __main__ --global_data_store--> list``), as DevTools shows a JS object's properties.
 
-Node ids. The records carry no addresses, so in a plain export an object's id is its path id: a
-hash of its first path from a root (labels, not positions; odd, below 2**31 + 4). The same object
-reached the same way in two dumps of one process has the same id, which DevTools' Comparison
-matches on. DevTools' "Objects allocated between Snapshot 1 and Snapshot 2" is a range of ids
-instead (devtools-frontend, HeapSnapshot.ts and HeapSnapshotView.ts): a snapshot's
-``maxJSObjectId`` is its highest odd node id (``maxJsNodeId``: even ids are V8's native objects),
-and the filter keeps the nodes of the viewed snapshot with ``previous.maxJSObjectId < id <=
-this.maxJSObjectId`` (``createNodeIdFilter``), "previous" and "this" in the order the snapshots
-were loaded. Path ids are spread over the whole range, so that filter finds next to nothing
-between two plain exports. With ``since`` (the command's ``--since OLD``) ids are given as V8
-gives them: an object whose path id is among the earlier dump's keeps the id it has in that
-dump's export; every other object (new since then, by its path) gets the next odd id above the
-highest that any export of the line gave (``Lineage.top``). So the filter between the earlier
-export and this one selects exactly the objects that are new, Comparison matches the rest as
-before, and a chain of dumps works when each export names all the earlier ones. Ids stay below
-2**32 (V8's are 32-bit and DevTools keeps them in 32-bit arrays): a line of exports that would go
-past that is refused (IdsExhausted).
+Node ids. The records carry no addresses, so in a plain export an object's id is its path id: a hash
+of its first path from a root (labels, not positions, and the names of modules, classes and
+functions on it; odd, below 2**31 + 4). The same object reached the same way in two dumps of one
+process has the same id, which DevTools' Comparison matches on. DevTools' "Objects allocated between
+Snapshot 1 and Snapshot 2" is a range of ids instead (devtools-frontend, HeapSnapshot.ts and
+HeapSnapshotView.ts): a snapshot's ``maxJSObjectId`` is its highest odd node id (``maxJsNodeId``:
+even ids are V8's native objects), and the filter keeps the nodes of the viewed snapshot with
+``previous.maxJSObjectId < id <= this.maxJSObjectId`` (``createNodeIdFilter``), "previous" and
+"this" in the order the snapshots were loaded. Path ids are spread over the whole range, so that
+filter finds next to nothing between two plain exports. With ``since`` (the command's ``--since
+OLD``) ids are given as V8 gives them: an object whose path id is among the earlier dump's (under
+the same node name) keeps the id it has in that dump's export; every other object (new since then,
+by its path) gets the next odd id above the highest that any export of the line gave
+(``Lineage.top``). So the filter between the earlier export and this one selects exactly the objects
+that are new, Comparison matches the rest as before, and a chain of dumps works when each export
+names all the earlier ones. Ids stay below 2**32 (V8's are 32-bit and DevTools keeps them in 32-bit
+arrays): a line of exports that would go past that is refused (a plain error, before anything is
+written).
 """
 
 from __future__ import annotations
@@ -132,18 +133,25 @@ def _edge(holder_type: str, label: str, strings: _Strings) -> tuple[int, int]:
 
 
 def _paths_ids(dump: Dump, first: np.ndarray, parent: np.ndarray, plabel: np.ndarray) -> np.ndarray:
-    """A stable id per object: a 31-bit hash of its first path from a root (odd, unique here)."""
+    """A stable id per object: a 31-bit hash of its first path from a root (odd, unique here).
+    A module's, class's or function's name is part of it: classes that only the interpreter
+    holds (no path, hundreds of them) would otherwise share one hash and take the next free ones
+    in the walk's order, which differs between dumps."""
     snap = dump.snap
     n = snap.n
     ids = np.zeros(n, np.int64)
     seen: set[int] = set()
     root_name = {r.pos: f"{r.kind}:{r.name}" for r in snap.roots}
+    named = dump.names
     for p in first.tolist():  # breadth-first order: a parent's id is known before its children's
+        what = snap.type_name(p)
+        if p in named:
+            what = f"{what}:{named[p]}"
         if parent[p] < 0:
-            base = zlib.crc32(root_name.get(p, f"held:{snap.type_name(p)}").encode())
+            base = zlib.crc32(root_name.get(p, f"held:{what}").encode())
         else:
             lab = dump.labels[int(plabel[p])]
-            base = zlib.crc32(f"{ids[parent[p]]}/{lab}/{snap.type_name(p)}".encode())
+            base = zlib.crc32(f"{ids[parent[p]]}/{lab}/{what}".encode())
         h = (base & 0x3FFFFFFF) * 2 + 1
         while h in seen:
             h = (h + 2) & 0x7FFFFFFF or 1
@@ -155,26 +163,34 @@ def _paths_ids(dump: Dump, first: np.ndarray, parent: np.ndarray, plabel: np.nda
 @dataclass
 class Lineage:
     """The node ids the exports of a line of dumps gave, as the next export needs them: the last
-    dump's objects by path id (``keys``, sorted) with their node ids (``ids``), and the highest
-    id any export of the line gave (``top``; new objects are numbered above it)."""
+    dump's objects by path id (``keys``, sorted) with their node ids (``ids``) and the crc32 of
+    their node names (``sigs``), and the highest id any export of the line gave (``top``; new
+    objects are numbered above it)."""
 
     keys: np.ndarray
     ids: np.ndarray
+    sigs: np.ndarray
     top: int
     dumps: int  # how many dumps the line has
 
 
-def carry(keys: np.ndarray, before: Lineage | None) -> tuple[np.ndarray, int]:
-    """Node ids of objects with path ids ``keys`` (one per object, in positions' order) exported
-    after the line ``before``: a path id the line's last dump has keeps that dump's node id, the
-    others are numbered upwards from above ``before.top``, in positions' order. Also returns how
-    many are new. Without a line, the ids are the path ids themselves (a plain export)."""
+def carry(
+    keys: np.ndarray, sigs: np.ndarray, before: Lineage | None
+) -> tuple[np.ndarray, int]:
+    """Node ids of objects with path ids ``keys`` and name crcs ``sigs`` (one per object, in
+    positions' order) exported after the line ``before``: an object whose path id the line's
+    last dump has, under the same node name, keeps that dump's node id; the others are numbered
+    upwards from above ``before.top``, in positions' order. Also returns how many are new.
+    Without a line, the ids are the path ids themselves (a plain export)."""
     if before is None:
         return keys.copy(), int(keys.size)
     ids = np.empty_like(keys)
-    at = np.searchsorted(before.keys, keys)
-    at[at >= before.keys.size] = 0
-    kept = before.keys[at] == keys if before.keys.size else np.zeros(keys.size, bool)
+    if before.keys.size:
+        at = np.searchsorted(before.keys, keys)
+        at[at >= before.keys.size] = 0
+        kept = (before.keys[at] == keys) & (before.sigs[at] == sigs)
+    else:
+        at, kept = np.zeros(keys.size, np.int64), np.zeros(keys.size, bool)
     ids[kept] = before.ids[at[kept]]
     fresh = int(keys.size - np.count_nonzero(kept))
     if before.top + 2 * fresh > MAX_ID:
@@ -187,18 +203,33 @@ def carry(keys: np.ndarray, before: Lineage | None) -> tuple[np.ndarray, int]:
     return ids, fresh
 
 
-def _extend(keys: np.ndarray, ids: np.ndarray, before: Lineage | None) -> Lineage:
-    order = np.argsort(keys, kind="stable")
-    top = max(int(ids.max()) if ids.size else FIRST_ID - 2, before.top if before else 0)
-    return Lineage(keys[order], ids[order], top, (before.dumps if before else 0) + 1)
-
-
 def lineage(dump: Dump, before: Lineage | None = None) -> Lineage:
     """``before`` extended by ``dump``: the ids its export after ``before`` has (exported without
     ``since`` when ``before`` is None)."""
     keys = path_ids(dump)
-    ids, _ = carry(keys, before)
-    return _extend(keys, ids, before)
+    sigs = name_sigs(dump)
+    ids, _ = carry(keys, sigs, before)
+    order = np.argsort(keys, kind="stable")
+    top = max(int(ids.max()) if ids.size else FIRST_ID - 2, before.top if before else 0)
+    return Lineage(keys[order], ids[order], sigs[order], top, (before.dumps if before else 0) + 1)
+
+
+def _node_name(dump: Dump, p: int, name: str) -> str:
+    """The name node ``p`` has in the export (``name``: the one DevTools shows for it)."""
+    return f"module {name}" if dump.snap.type_name(p) == "module" else name
+
+
+def name_sigs(dump: Dump) -> np.ndarray:
+    """The crc32 of each object's node name (its type's, or its own for modules, classes and
+    functions), in positions' order."""
+    snap = dump.snap
+    by_type = np.array(
+        [zlib.crc32(t[:MAX_NAME].encode()) for t in snap.types] or [0], np.int64
+    )
+    sigs: np.ndarray = by_type[snap.type_of]
+    for p, nm in dump.names.items():
+        sigs[p] = zlib.crc32(_node_name(dump, p, nm)[:MAX_NAME].encode())
+    return sigs
 
 
 def _held(dump: Dump) -> np.ndarray:
@@ -280,7 +311,7 @@ def export(dump: Dump, out: str, since: Lineage | None = None) -> dict[str, Any]
     held = _held(dump)
     order, parent, plabel = _walk(dump, held)
     keys = _paths_ids(dump, order, parent, plabel) + (FIRST_ID - 1)
-    ids, fresh = carry(keys, since)
+    ids, fresh = carry(keys, name_sigs(dump) if since else keys, since)
     del keys
     # nodes: kind and name by type; modules, classes and functions by their names
     kind_of_type = np.array(
@@ -290,7 +321,7 @@ def export(dump: Dump, out: str, since: Lineage | None = None) -> dict[str, Any]
     node_type = kind_of_type[snap.type_of]
     names = name_of_type[snap.type_of]
     for p, nm in dump.names.items():
-        names[p] = strings(f"module {nm}" if snap.type_name(p) == "module" else nm)
+        names[p] = strings(_node_name(dump, p, nm))
     # edges of the objects, from each label's forms (one per distinct label, not per reference)
     table = dump.labels.table
     codes = dump.labels.codes.astype(np.int64)
