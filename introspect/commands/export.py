@@ -3,10 +3,19 @@
 Open the result in Chrome or Edge (DevTools > Memory > Load profile...) or in VS Code (open the
 file): Summary lists objects by type, Containment walks from the roots, Retainers shows who keeps
 an object alive, Comparison sets two exports of one process side by side (docs/dumps.md).
-Nothing of the target is touched: only the file is read.
+Nothing of the target is touched: only the files are read.
+
+With --since OLD (an earlier dump of the same process), objects whose path id is in OLD keep the
+id they have in OLD's export and the others, new since OLD, are numbered above its highest id, as
+V8 numbers new objects: load OLD's export, then this one, and DevTools' Summary filter "Objects
+allocated between OLD and NEW" lists exactly the new objects. For a line of dumps, name every
+earlier one, oldest first (their exports made the same way).
 
 Examples:
   introspect export worker.pydump --format heapsnapshot -o worker.heapsnapshot
+  introspect export worker-0300.pydump                                     # plain, the first
+  introspect export worker-0400.pydump --since worker-0300.pydump          # then each later one
+  introspect export worker-0500.pydump --since worker-0300.pydump --since worker-0400.pydump
 """
 
 from __future__ import annotations
