@@ -10,11 +10,26 @@ to objects with references nobody in the heap accounts for.
 Python objects become nodes named by their type (modules ``module NAME``, classes and functions by
 their names, never a value); references become property edges with their labels, list and tuple
 items element edges. An object's ``__dict__`` items are also its own property edges (``module
-__main__ --global_data_store--> list``), as DevTools shows a JS object's properties. Node ids:
-the records carry no addresses, so an object's id is a hash of its first path from a root
-(labels, not positions): the same object reached the same way in two dumps of one process has the
-same id, which DevTools' Comparison uses. Its "Objects allocated between" filter shows nothing
-for these exports (seen in Chromium 150; it seems to select V8's allocation-ordered id ranges).
+__main__ --global_data_store--> list``), as DevTools shows a JS object's properties.
+
+Node ids. The records carry no addresses, so in a plain export an object's id is its path id: a hash
+of its first path from a root (labels, not positions, and the names of modules, classes and
+functions on it; odd, below 2**31 + 4). The same object reached the same way in two dumps of one
+process has the same id, which DevTools' Comparison matches on. DevTools' "Objects allocated between
+Snapshot 1 and Snapshot 2" is a range of ids instead (devtools-frontend, HeapSnapshot.ts and
+HeapSnapshotView.ts): a snapshot's ``maxJSObjectId`` is its highest odd node id (``maxJsNodeId``:
+even ids are V8's native objects), and the filter keeps the nodes of the viewed snapshot with
+``previous.maxJSObjectId < id <= this.maxJSObjectId`` (``createNodeIdFilter``), "previous" and
+"this" in the order the snapshots were loaded. Path ids are spread over the whole range, so that
+filter finds next to nothing between two plain exports. With ``since`` (the command's ``--since
+OLD``) ids are given as V8 gives them: an object whose path id is among the earlier dump's (under
+the same node name) keeps the id it has in that dump's export; every other object (new since then,
+by its path) gets the next odd id above the highest that any export of the line gave
+(``Lineage.top``). So the filter between the earlier export and this one selects exactly the objects
+that are new, Comparison matches the rest as before, and a chain of dumps works when each export
+names all the earlier ones. Ids stay below 2**32 (V8's are 32-bit and DevTools keeps them in 32-bit
+arrays): a line of exports that would go past that is refused (a plain error, before anything is
+written).
 """
 
 from __future__ import annotations
@@ -23,10 +38,12 @@ import json
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from introspect import errors
 from introspect.snapshot.dumpfile import Dump
 from introspect.snapshot.records import IMMORTAL
 
@@ -74,6 +91,8 @@ _NODE_KIND = {
     "frame": "hidden",
 }
 EXTRA = 2  # synthetic nodes before the objects: the root, "(held from C)"
+FIRST_ID = 5  # node ids of the objects: odd, above the synthetic nodes' (1 and 3)
+MAX_ID = 2**32 - 1  # V8's snapshot object ids are 32-bit, and DevTools keeps them so
 
 
 class _Strings:
@@ -114,23 +133,119 @@ def _edge(holder_type: str, label: str, strings: _Strings) -> tuple[int, int]:
 
 
 def _paths_ids(dump: Dump, first: np.ndarray, parent: np.ndarray, plabel: np.ndarray) -> np.ndarray:
-    """A stable id per object: a 31-bit hash of its first path from a root (odd, unique here)."""
+    """A stable id per object: a 31-bit hash of its first path from a root (odd, unique here).
+    A module's, class's or function's name is part of it: classes that only the interpreter
+    holds (no path, hundreds of them) would otherwise share one hash and take the next free ones
+    in the walk's order, which differs between dumps."""
     snap = dump.snap
     n = snap.n
     ids = np.zeros(n, np.int64)
     seen: set[int] = set()
     root_name = {r.pos: f"{r.kind}:{r.name}" for r in snap.roots}
+    named = dump.names
     for p in first.tolist():  # breadth-first order: a parent's id is known before its children's
+        what = snap.type_name(p)
+        if p in named:
+            what = f"{what}:{named[p]}"
         if parent[p] < 0:
-            base = zlib.crc32(root_name.get(p, f"held:{snap.type_name(p)}").encode())
+            base = zlib.crc32(root_name.get(p, f"held:{what}").encode())
         else:
             lab = dump.labels[int(plabel[p])]
-            base = zlib.crc32(f"{ids[parent[p]]}/{lab}/{snap.type_name(p)}".encode())
+            base = zlib.crc32(f"{ids[parent[p]]}/{lab}/{what}".encode())
         h = (base & 0x3FFFFFFF) * 2 + 1
         while h in seen:
             h = (h + 2) & 0x7FFFFFFF or 1
         seen.add(h)
         ids[p] = h
+    return ids
+
+
+@dataclass
+class Lineage:
+    """The node ids the exports of a line of dumps gave, as the next export needs them: the last
+    dump's objects by path id (``keys``, sorted) with their node ids (``ids``) and the crc32 of
+    their node names (``sigs``), and the highest id any export of the line gave (``top``; new
+    objects are numbered above it)."""
+
+    keys: np.ndarray
+    ids: np.ndarray
+    sigs: np.ndarray
+    top: int
+    dumps: int  # how many dumps the line has
+
+
+def carry(
+    keys: np.ndarray, sigs: np.ndarray, before: Lineage | None
+) -> tuple[np.ndarray, int]:
+    """Node ids of objects with path ids ``keys`` and name crcs ``sigs`` (one per object, in
+    positions' order) exported after the line ``before``: an object whose path id the line's
+    last dump has, under the same node name, keeps that dump's node id; the others are numbered
+    upwards from above ``before.top``, in positions' order. Also returns how many are new.
+    Without a line, the ids are the path ids themselves (a plain export)."""
+    if before is None:
+        return keys.copy(), int(keys.size)
+    ids = np.empty_like(keys)
+    if before.keys.size:
+        at = np.searchsorted(before.keys, keys)
+        at[at >= before.keys.size] = 0
+        kept = (before.keys[at] == keys) & (before.sigs[at] == sigs)
+    else:
+        at, kept = np.zeros(keys.size, np.int64), np.zeros(keys.size, bool)
+    ids[kept] = before.ids[at[kept]]
+    fresh = int(keys.size - np.count_nonzero(kept))
+    if before.top + 2 * fresh > MAX_ID:
+        raise errors.UsageError(
+            f"the export would number {fresh:,} new objects above {before.top:,}, past 2**32 - 1, "
+            "the highest node id DevTools reads",
+            help="Export with fewer dumps after --since (the ids grow with each dump of a line).",
+        )
+    ids[~kept] = before.top + 2 * np.arange(1, fresh + 1, dtype=np.int64)
+    return ids, fresh
+
+
+def lineage(dump: Dump, before: Lineage | None = None) -> Lineage:
+    """``before`` extended by ``dump``: the ids its export after ``before`` has (exported without
+    ``since`` when ``before`` is None)."""
+    keys = path_ids(dump)
+    sigs = name_sigs(dump)
+    ids, _ = carry(keys, sigs, before)
+    order = np.argsort(keys, kind="stable")
+    top = max(int(ids.max()) if ids.size else FIRST_ID - 2, before.top if before else 0)
+    return Lineage(keys[order], ids[order], sigs[order], top, (before.dumps if before else 0) + 1)
+
+
+def _node_name(dump: Dump, p: int, name: str) -> str:
+    """The name node ``p`` has in the export (``name``: the one DevTools shows for it)."""
+    return f"module {name}" if dump.snap.type_name(p) == "module" else name
+
+
+def name_sigs(dump: Dump) -> np.ndarray:
+    """The crc32 of each object's node name (its type's, or its own for modules, classes and
+    functions), in positions' order."""
+    snap = dump.snap
+    by_type = np.array(
+        [zlib.crc32(t[:MAX_NAME].encode()) for t in snap.types] or [0], np.int64
+    )
+    sigs: np.ndarray = by_type[snap.type_of]
+    for p, nm in dump.names.items():
+        sigs[p] = zlib.crc32(_node_name(dump, p, nm)[:MAX_NAME].encode())
+    return sigs
+
+
+def _held(dump: Dump) -> np.ndarray:
+    """Objects referenced by nobody in the heap whose reference count says something holds them."""
+    snap = dump.snap
+    excess = snap.excess
+    n = snap.n
+    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
+    held: np.ndarray = np.flatnonzero((excess > 0) & (excess < IMMORTAL) & (indeg == 0))
+    return held
+
+
+def path_ids(dump: Dump) -> np.ndarray:
+    """Each object's path id (in positions' order): its node id in a plain export."""
+    order, parent, plabel = _walk(dump, _held(dump))
+    ids: np.ndarray = _paths_ids(dump, order, parent, plabel) + (FIRST_ID - 1)
     return ids
 
 
@@ -185,18 +300,19 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def export(dump: Dump, out: str) -> dict[str, Any]:
-    """Write ``dump`` to ``out`` as a .heapsnapshot; returns its figures."""
+def export(dump: Dump, out: str, since: Lineage | None = None) -> dict[str, Any]:
+    """Write ``dump`` to ``out`` as a .heapsnapshot, its node ids given after the line of exports
+    ``since`` (None: a plain export, path ids); returns its figures."""
     snap = dump.snap
     n = snap.n
     width = len(NODE_FIELDS)
     strings = _Strings()
     strings("")
-    excess = snap.excess
-    indeg = np.bincount(snap.refs, minlength=n) if snap.refs.size else np.zeros(n, np.int64)
-    held = np.flatnonzero((excess > 0) & (excess < IMMORTAL) & (indeg == 0))
+    held = _held(dump)
     order, parent, plabel = _walk(dump, held)
-    ids = _paths_ids(dump, order, parent, plabel)
+    keys = _paths_ids(dump, order, parent, plabel) + (FIRST_ID - 1)
+    ids, fresh = carry(keys, name_sigs(dump) if since else keys, since)
+    del keys
     # nodes: kind and name by type; modules, classes and functions by their names
     kind_of_type = np.array(
         [T_OF[_NODE_KIND.get(t, "object")] for t in snap.types] or [0], np.int64
@@ -205,7 +321,7 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
     node_type = kind_of_type[snap.type_of]
     names = name_of_type[snap.type_of]
     for p, nm in dump.names.items():
-        names[p] = strings(f"module {nm}" if snap.type_name(p) == "module" else nm)
+        names[p] = strings(_node_name(dump, p, nm))
     # edges of the objects, from each label's forms (one per distinct label, not per reference)
     table = dump.labels.table
     codes = dump.labels.codes.astype(np.int64)
@@ -309,7 +425,7 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
             f.write(",".join(map(str, synth)))
             zeros = np.zeros(n, np.int64)
             nodes = np.column_stack(
-                [node_type, names, ids + 4, snap.size, counts[EXTRA:], zeros, zeros]
+                [node_type, names, ids, snap.size, counts[EXTRA:], zeros, zeros]
             )
             for s0 in range(0, n, 1 << 15):
                 f.write("," + ",".join(map(str, nodes[s0 : s0 + (1 << 15)].ravel().tolist())))
@@ -328,10 +444,20 @@ def export(dump: Dump, out: str) -> dict[str, Any]:
         os.unlink(tmp)
         raise
     os.rename(tmp, out)
-    return {
+    got: dict[str, Any] = {
         "file": out,
         "bytes": os.path.getsize(out),
         "nodes": n + EXTRA,
         "edges": total_edges,
         "strings": len(strings.items),
+        "max_id": max(int(ids.max()) if n else 0, 3),
     }
+    if since is not None:
+        # what DevTools' "Objects allocated between" selects in this export, after the earlier one
+        got["ids"] = {
+            "kept": n - fresh,
+            "new": fresh,
+            "new_from": since.top + 2 if fresh else None,
+            "new_to": since.top + 2 * fresh if fresh else None,
+        }
+    return got
