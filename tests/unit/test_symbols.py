@@ -15,9 +15,10 @@ from elftools.elf.sections import SymbolTableSection
 from introspect.inject import symbols
 from tests.conftest import INTERPS, Interp
 
-_MAPPED = ("import re; print('\\n'.join(sorted({l.split(None, 5)[5].strip() for l in "
+_MAPPED = ("import os, re, sys; exe = os.path.realpath(sys.executable); "
+           "print('\\n'.join(sorted({l.split(None, 5)[5].strip() for l in "
            "open('/proc/self/maps') if re.search(r'/(libpython[^/]*\\.so|libc[.-][^/]*so)', l) "
-           "or l.rstrip().endswith(__import__('os').path.realpath(__import__('sys').executable))})))")
+           "or l.rstrip().endswith(exe)})))")
 
 
 def _elf_files(interp: Interp) -> list[str]:
