@@ -9,11 +9,12 @@ import sys
 import textwrap
 
 from introspect import __version__, errors
-from introspect.commands import all_commands
-from introspect.commands.fanout import ERROR_FILE_ENV
+from introspect.commands import MODULES, all_commands, one_command
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``only``: a command's name) one with that subcommand alone, which
+    parses that command's arguments the same way and imports nothing of the other commands."""
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="introspect",
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"introspect {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in all_commands():
+    for command in [one_command(only)] if only is not None else all_commands():
         doc = (sys.modules[type(command).__module__].__doc__ or "").strip()
         p = sub.add_parser(command.name, help=doc.splitlines()[0] if doc else None, description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +43,8 @@ def format_error(exc: errors.IntrospectError) -> str:
 
 def _write_error_file(exc: errors.IntrospectError) -> None:
     """For `--children`: the parent introspect reads a child's error from the file it named."""
+    from introspect.commands.fanout import ERROR_FILE_ENV  # not imported by every command
+
     path = os.environ.get(ERROR_FILE_ENV)
     if not path:
         return
@@ -55,9 +58,12 @@ def _write_error_file(exc: errors.IntrospectError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    args_in = sys.argv[1:] if argv is None else argv
+    # `introspect top 4822 ...`: only top's parser. Anything else (--help, --version, a mistyped
+    # command) gets the whole parser, for its full help or its list of choices.
+    parser = build_parser(args_in[0] if args_in and args_in[0] in MODULES else None)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_in)
     except SystemExit as exc:  # argparse: --help, --version or a usage error
         return int(exc.code or 0)
     try:

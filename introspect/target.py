@@ -175,7 +175,7 @@ def _same_root(pid: int) -> bool:
 
 def _find_capi_object(maps: list[Mapping], exe: str, pid: int) -> str | None:
     """The mapped ELF that exports Py_AddPendingCall: libpython if mapped, else the executable."""
-    from introspect.inject import symbols  # lazy: pulls in pyelftools
+    from introspect.inject import symbols  # lazy (test_layers.py pins it as a lazy import)
 
     candidates = [m.path for m in maps if _LIBPYTHON_RE.search(m.path)]
     candidates.append(exe)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from introspect import errors
 from introspect.channel import RunDir
-from introspect.inject import Injection
+from introspect.inject import Injection, symbols
 from introspect.inject.linux import vm_read, vm_write
 from introspect.target import Target, explain_ptrace_denied
 
@@ -75,15 +75,12 @@ def _refuse(target: Target, why: str) -> errors.InjectionFailed:
 @functools.lru_cache(maxsize=16)
 def _runtime_section(path: str, _key: tuple[int, int, float]) -> tuple[int, int]:
     """(vaddr of the .PyRuntime section, first PT_LOAD page) of an ELF file."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        sec = elf.get_section_by_name(".PyRuntime")
-        if sec is None:
-            raise LookupError(f"{path} has no .PyRuntime section")
-        first = min(s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD") & ~0xFFF
-        return int(sec["sh_addr"]), first
+    elf = symbols.read_headers(path)
+    sec = elf.section(".PyRuntime")
+    if sec is None:
+        raise LookupError(f"{path} has no .PyRuntime section")
+    first = min(s.vaddr for s in elf.segments if s.type == symbols.PT_LOAD) & ~0xFFF
+    return sec.addr, first
 
 
 def runtime_address(target: Target) -> int:

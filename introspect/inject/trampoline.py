@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
+from introspect.inject import symbols
 from introspect.target import Target
 
 # -- the machine code --------------------------------------------------------------------------
@@ -145,15 +146,12 @@ PY_FUNCS = ["Py_AddPendingCall", "PyRun_SimpleString", "PyGILState_Check", "PyEv
 @functools.lru_cache(maxsize=32)
 def _cave_offsets(path: str, _key: tuple[int, int, float]) -> tuple[int, int]:
     """(first PT_LOAD vaddr page, end of the last executable PT_LOAD) of an ELF file."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        if elf["e_machine"] != "EM_X86_64":
-            raise ValueError(f"{path} is not an x86_64 ELF file")
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        first = min(s["p_vaddr"] for s in loads) & ~0xFFF
-        ends = [s["p_vaddr"] + s["p_memsz"] for s in loads if s["p_flags"] & 1]
+    elf = symbols.read_headers(path)
+    if elf.machine != symbols.EM_X86_64:
+        raise ValueError(f"{path} is not an x86_64 ELF file")
+    loads = [s for s in elf.segments if s.type == symbols.PT_LOAD]
+    first = min(s.vaddr for s in loads) & ~0xFFF
+    ends = [s.vaddr + s.memsz for s in loads if s.flags & 1]
     if not ends:
         raise ValueError(f"{path} has no executable segment")
     return first, max(ends)

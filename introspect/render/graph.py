@@ -9,11 +9,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import graphviz
+from typing import TYPE_CHECKING, Any
 
 from introspect.render.output import OutputDir
+
+if TYPE_CHECKING:
+    import graphviz
 
 # Beyond this many sampled instances under one holder, the rest are folded into one "+N more" box.
 MAX_TARGETS_PER_HOLDER = 4
@@ -22,6 +23,8 @@ FORMATS = ("svg", "png", "dot")
 
 
 def to_dot(graph: dict[str, Any], title: str) -> graphviz.Digraph:
+    import graphviz  # 0.05 s: only for a run that writes a graph
+
     dot = graphviz.Digraph(
         "backrefs", graph_attr={"rankdir": "TB", "label": title, "labelloc": "t", "fontsize": "12"},
         node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"},
