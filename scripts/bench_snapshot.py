@@ -13,7 +13,9 @@ The pause is what the target observes: its main loop's longest gap between wake-
 5 ms it sleeps in select() between them anyway (the agent runs when that select returns), less
 the injector's own stop; see scripts/bench.py. Beside it: how the target got the agent's code
 (compiled, or loaded precompiled: introspect/codecache.py) and how long that took, the agent's
-own fork() call, and its whole snapshot command (start to return). The first run of each
+own fork() call, and its snapshot command to the fork's return, both as the forked child reads
+them (so with the child's own wait for a CPU: on a loaded machine more than the target's fork;
+docs/snapshots.md, the pause). The first run of each
 command compiles; later runs load. The walker's peak memory is sampled from /proc every 50 ms
 while the CLI runs.
 
