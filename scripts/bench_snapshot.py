@@ -13,19 +13,32 @@ The pause is what the target observes: its main loop's longest gap between wake-
 5 ms it sleeps in select() between them anyway (the agent runs when that select returns), less
 the injector's own stop; see scripts/bench.py. Beside it: how the target got the agent's code
 (compiled, or loaded precompiled: introspect/codecache.py) and how long that took, the agent's
-own fork() call, and its whole snapshot command (start to return). The first run of each
+own fork() call, and its snapshot command to the fork's return, both as the forked child reads
+them (so with the child's own wait for a CPU: on a loaded machine more than the target's fork;
+docs/snapshots.md, the pause). The first run of each
 command compiles; later runs load. The walker's peak memory is sampled from /proc every 50 ms
 while the CLI runs.
 
 `memory` runs top's walk plus the breakdown (the allocators read in the walker before it walks):
 its pause should be top's; its walker time is shown with the breakdown's share.
 
+On a shared, loaded machine the target also waits for a CPU (a gap of 5 ms becomes 7-16 ms):
+--rt runs its main thread at real-time priority (its threads and forked copies are not), so its
+gaps are its own work and the kernel's; compare runs with and without it, never across.
+
+A/B: --repos A,B runs each command with each code tree in turn (the CLI and the agent it injects:
+PYTHONPATH=A, then B; the order flips every repeat), on the same target and heap, with a plain
+fork measured after every pair: the rows are labelled by tree. A tree is a checkout (a git
+worktree of an older commit); a command it lacks fails in its rows.
+
 Usage: scripts/bench-snapshot [--sizes 1000000,5000000] [--repeat N] [--python PATH] [--only top,memory]
+                              [--repos PATH,PATH] [--rt]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,10 +46,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
 from bench import REPO, Introspect, Target, _sample_from, _window, find_objgraph, measure_objgraph  # noqa: E402
 
 MAIN_PERIOD_S = 0.005  # bench_target.py's main loop: select() with this timeout, then its gap is recorded
@@ -66,43 +81,81 @@ def _peak_of_copies(pid: int, stop: threading.Event, out: dict[str, int]) -> Non
         stop.wait(0.05)
 
 
+@contextlib.contextmanager
+def _code_tree(repo: Path) -> Iterator[None]:
+    """The CLI (and so the agent it injects) run from ``repo``: bench.Introspect.run puts
+    bench.REPO on PYTHONPATH."""
+    saved, bench.REPO = bench.REPO, repo
+    try:
+        yield
+    finally:
+        bench.REPO = saved
+
+
+def _floor(target: Target, rows: dict[str, list[dict[str, Any]]]) -> None:
+    floor = target.call("fork_time", timeout=60)
+    rows.setdefault("one plain os.fork() (floor)", []).append(
+        {"pause_s": floor["fork_s"], "main_max_s": floor["fork_s"], "floor": True, "error": ""})
+
+
+def _measure(target: Target, intro: Introspect, args: list[str]) -> dict[str, Any]:
+    stop, peak = threading.Event(), {}
+    watcher = threading.Thread(target=_peak_of_copies, args=(target.pid, stop, peak), daemon=True)
+    watcher.start()
+    doc: dict[str, Any] = {}
+
+    def op() -> None:
+        got, err = intro.run([args[0], str(target.pid), *args[1:]])
+        doc.update(got or {"error": err})
+
+    _, report = _window(target, op)
+    stop.set()
+    watcher.join()
+    s = _sample_from(report, ok="error" not in doc, error=doc.get("error", ""))
+    col = doc.get("collector") or {}
+    return {
+        "pause_s": s.pause_s, "main_max_s": s.main_max_s, "stalls_s": s.stalls_s,
+        "attach_pause_s": doc.get("attach_pause_s"), "fork_pause_s": col.get("fork_pause_s"),
+        "fork_s": col.get("fork_s"), "walk_s": col.get("walk_s"), "path": col.get("path"),
+        "agent_code": doc.get("agent_code"), "agent_code_s": doc.get("agent_code_s"),
+        "walker_peak_bytes": peak.get("peak"), "error": s.error, "breakdown_s": doc.get("copy_s"),
+        "gc_ms": report.get("gc_ms")}
+
+
 def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     target = Target(opts.python, size, workdir)
     rows: dict[str, list[dict[str, Any]]] = {}
     try:
         ready = target.read(timeout=600)
+        if opts.rt:
+            # The main thread only (its threads and forks are not: SCHED_RESET_ON_FORK): its gaps
+            # are then its own work and the kernel's, not waits for a CPU on a loaded machine.
+            policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+            os.sched_setscheduler(target.pid, policy, os.sched_param(10))
         intro = Introspect(opts.python_cli, "auto", workdir, opts.timeout)
         ops = [("top", ["top"]), ("growth (2nd call)", ["growth"]), ("backrefs BenchLeaf", ["backrefs", "BenchLeaf"]),
                ("backrefs bytes", ["backrefs", "bytes"]), ("top --in-process", ["top", "--in-process"]),
                ("memory (top's walk + the breakdown)", ["memory"])]
         if opts.only:
-            ops = [(name, args) for name, args in ops if name.split()[0] in opts.only.split(",")]
-        intro.run(["growth", str(target.pid), "--reset"])  # the baseline for "growth (2nd call)"
-        for _ in range(opts.repeat):
+            only = opts.only.split(",")
+            ops = [(name, args) for name, args in ops
+                   if ("in-process" if "--in-process" in args else args[0]) in only]
+        repos = [Path(r).resolve() for r in opts.repos.split(",")] if opts.repos else [REPO]
+        labels = {r: ("" if len(repos) == 1 else f" [{r.name}]") for r in repos}
+        for repo in repos:
+            with _code_tree(repo):
+                # the baseline for "growth (2nd call)"
+                intro.run(["growth", str(target.pid), "--reset"])
+        for rep in range(opts.repeat):
             for name, args in ops:
-                stop, peak = threading.Event(), {}
-                watcher = threading.Thread(target=_peak_of_copies, args=(target.pid, stop, peak), daemon=True)
-                watcher.start()
-                doc: dict[str, Any] = {}
-
-                def op(args: list[str] = args, doc: dict[str, Any] = doc) -> None:
-                    got, err = intro.run([args[0], str(target.pid), *args[1:]])
-                    doc.update(got or {"error": err})
-
-                _, report = _window(target, op)
-                stop.set()
-                watcher.join()
-                s = _sample_from(report, ok="error" not in doc, error=doc.get("error", ""))
-                col = doc.get("collector") or {}
-                rows.setdefault(name, []).append({
-                    "pause_s": s.pause_s, "main_max_s": s.main_max_s, "attach_pause_s": doc.get("attach_pause_s"),
-                    "fork_pause_s": col.get("fork_pause_s"), "fork_s": col.get("fork_s"), "walk_s": col.get("walk_s"),
-                    "path": col.get("path"), "agent_code": doc.get("agent_code"), "agent_code_s": doc.get("agent_code_s"),
-                    "walker_peak_bytes": peak.get("peak"), "error": s.error, "breakdown_s": doc.get("copy_s"),
-                    "gc_ms": report.get("gc_ms")})
-            floor = target.call("fork_time", timeout=60)
-            rows.setdefault("one plain os.fork() (floor)", []).append({"pause_s": floor["fork_s"], "main_max_s": floor["fork_s"], "floor": True,
-                                                                       "error": ""})
+                for repo in repos if rep % 2 == 0 else repos[::-1]:
+                    with _code_tree(repo):
+                        got = _measure(target, intro, args)
+                        rows.setdefault(name + labels[repo], []).append(got)
+                if len(repos) > 1:
+                    _floor(target, rows)
+            if len(repos) == 1:
+                _floor(target, rows)
         # guppy3 and objgraph last: what they leave in the target (guppy's views, imported modules)
         # would otherwise weigh on the collections of the introspect runs after them.
         for _ in range(0 if opts.only else opts.repeat):
@@ -164,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--only", default="", metavar="CMDS",
-                   help="only these introspect commands, comma separated (e.g. top,memory), and no guppy3/objgraph")
+                   help="only these introspect commands, comma separated (top, growth, backrefs, "
+                        "memory, in-process: top --in-process), and no guppy3/objgraph")
+    p.add_argument("--rt", action="store_true",
+                   help="the target's main thread at SCHED_FIFO 10, reset on fork (needs root or "
+                        "CAP_SYS_NICE): the pause without waits for a CPU on a loaded machine")
+    p.add_argument("--repos", default="", metavar="PATH,PATH",
+                   help="A/B: run every command with each of these code trees in turn "
+                        "(default: this one)")
     p.add_argument("--results-dir", default=str(REPO / "bench-results"))
     opts = p.parse_args(argv)
     os.environ["BENCH_MIXED"] = "1"

@@ -3,17 +3,18 @@ they run (this module and ``whole.py`` are the only ones that do not: the CLI's 
 
 In the target, on its main thread (shipped by command, docs/injection.md):
 
-- ``core.py``: always, first: the bootstrap contract, the safety rules (the traverse rule, the
-  budget and the deadline, the agent's own objects), naming, counting, the JSON result writer.
+- ``core.py``: always, first: the bootstrap contract, the safety rules (stated there; the budget
+  and the deadline, the agent's own objects), naming, counting, the JSON result writer.
 - ``run.py``: always, last: the entry point (``run``), the answer and ``result.json``.
-- the command's files (``PARTS``): ``sizes.py`` (in-process top), ``growth.py``, ``backrefs.py`` and
-  ``chains.py``, ``exec.py``, ``trace.py`` (tracemalloc sessions), ``snapshot.py`` (the fork,
-  its guard rails and reaper).
+- the command's files (``PARTS``): ``objects.py`` (the traverse rule, sizes, allocation sites,
+  reference kinds: for top and backrefs), ``sizes.py`` (in-process top), ``growth.py``,
+  ``backrefs.py`` and ``chains.py``, ``exec.py``, ``trace.py`` (tracemalloc sessions),
+  ``snapshot.py`` (the fork, its guard rails and reaper).
 
-In the forked copy only (``WALKER_PARTS``, compiled there by the walker, never by the target):
-``trace.py`` (to read the copy's traces), ``copytrace.py`` (tracemalloc paused in the copy),
-``labels.py`` (labels, names, previews, duplicates), ``walk.py`` (the walk and the stream),
-``memory.py`` (the allocator's figures).
+In the forked copy (``WALKER_PARTS``, compiled there by the walker, never by the target for a
+snapshot): ``objects.py``, ``trace.py`` (to read the copy's traces), ``copytrace.py`` (tracemalloc
+paused in the copy), ``labels.py`` (labels, names, previews, duplicates), ``walk.py`` (the walk and
+the stream), ``memory.py`` (the allocator's figures).
 
 Each file says in its first lines where it runs and what it may import: builtin C modules
 only, Python 3.8 syntax, no reference to a target object kept (core.py's header has the rules).
@@ -37,20 +38,22 @@ LAST = "run.py"
 
 # Files each agent command needs besides the core and run.py. An unknown command gets every file.
 PARTS: dict[str, tuple[str, ...]] = {
-    "top": ("sizes.py",),
+    "top": ("objects.py", "sizes.py"),
     "growth": ("growth.py",),
-    "backrefs": ("backrefs.py", "chains.py"),
+    "backrefs": ("objects.py", "backrefs.py", "chains.py"),
     "exec": ("exec.py",),
     "trace_start": ("trace.py",),
     "trace_show": ("trace.py",),
     "trace_stop": ("trace.py",),
     # the tracing part, which the walker needs to read traces, is compiled in the fork
     # (WALKER_PARTS): the target compiles as little as it can (about 9 ms for 46 KB of source
-    # with it, at 1M objects more than the fork itself)
+    # with it, at 1M objects more than the fork itself); objects.py too: each name and constant
+    # the target loads is a page it touches before its fork and copies after it (freed while the
+    # walker shares it), about 4 us each (docs/snapshots.md, the pause)
     "snapshot": ("snapshot.py",),
 }
 # What the forked walker compiles in the child, in this order (copies in the run dir).
-WALKER_PARTS = ("trace.py", "copytrace.py", "labels.py", "walk.py", "memory.py")
+WALKER_PARTS = ("objects.py", "trace.py", "copytrace.py", "labels.py", "walk.py", "memory.py")
 # Every file, in the order they are executed (whole.py has the same list).
 ALL: tuple[str, ...] = tuple(
     dict.fromkeys([FIRST, *(f for p in PARTS.values() for f in p), *WALKER_PARTS, LAST])

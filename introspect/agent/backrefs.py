@@ -24,9 +24,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _MAX_NODES,
         _STOP_REASONS,
         COMMANDS,
-        _alloc_sites,
         _count_elements,
-        _FrameType,
         _module_dict,
         _ModuleType,
         _ours,
@@ -35,11 +33,15 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _start_clock,
         _stopped,
         _thread,
-        _trusted,
         _type_qualname,
         gc,
         time,
         type_name,
+    )
+    from introspect.agent.objects import (
+        _alloc_sites,
+        _FrameType,
+        _trusted,
     )
 
 

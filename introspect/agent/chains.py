@@ -12,13 +12,15 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from typing import Any  # noqa: F401
 
     from introspect.agent.core import (
-        _CellType,
         _FunctionType,
-        _key_label,
-        _MethodType,
         _ModuleType,
         _type_module,
         type_name,
+    )
+    from introspect.agent.objects import (
+        _CellType,
+        _key_label,
+        _MethodType,
     )
 
 

@@ -13,14 +13,16 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
     from introspect.agent.core import (
         _builtin,
-        _CellType,
         _FunctionType,
-        _key_label,
-        _MethodType,
         _ModuleType,
         _type_dict,
         _type_mro,
         type_name,
+    )
+    from introspect.agent.objects import (
+        _CellType,
+        _key_label,
+        _MethodType,
     )
 
 

@@ -12,7 +12,6 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
     from introspect.agent.core import (
         _G,
-        _HAVE_GC,
         _SLICE,
         _STEP,
         COMMANDS,
@@ -26,12 +25,15 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _snapshot,
         _start_clock,
         _stopped,
-        _type_flags,
-        _walkable,
         gc,
         posix,
         time,
         type_name,
+    )
+    from introspect.agent.objects import (
+        _HAVE_GC,
+        _type_flags,
+        _walkable,
     )
 
 

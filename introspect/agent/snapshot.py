@@ -18,6 +18,8 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _OWN_PREFIX,
         COMMANDS,
         _builtin,
+        _module_dict,
+        _ModuleType,
         _ours,
         _short_file,
         _thread,
@@ -237,11 +239,6 @@ def _snap_frames(frames):  # type: (dict) -> tuple
                 names[ident] = th.name
         except Exception:
             pass
-    module_dicts = set()
-    for m in list(sys.modules.values()):
-        d = getattr(m, "__dict__", None)
-        if type(d) is dict:
-            module_dicts.add(id(d))
     me = _thread.get_ident()
     roots = []
     ids = [id(frames)]
@@ -253,7 +250,7 @@ def _snap_frames(frames):  # type: (dict) -> tuple
             code = f.f_code
             if ours and (_ours(code.co_filename)
                          or (code.co_filename == "<string>" and not code.co_flags & 1)):
-                if id(f.f_globals) not in module_dicts:
+                if not _snap_module_dict(f.f_globals):
                     ids.append(id(f.f_globals))  # the bootstrap's fresh dict (agent source, file)
                 f = f.f_back
                 continue
@@ -271,6 +268,20 @@ def _snap_frames(frames):  # type: (dict) -> tuple
             f = f.f_back
     ids.append(id(roots))
     return roots, ids
+
+
+def _snap_module_dict(d):  # type: (Any) -> bool
+    """Is ``d`` the namespace of the module sys.modules holds under its __name__ (``__main__``'s,
+    where the injected line runs)? Only our own frames' globals are asked: those or fresh dicts.
+    One lookup, not every module's __dict__ read (each read wrote the module's and its dict's
+    reference counts: pages the target had to fault in just before its fork)."""
+    if type(d) is not dict:
+        return False
+    name = dict.get(d, "__name__")
+    m = sys.modules.get(name) if type(name) is str else None
+    # the module's own slot, read by its member descriptor: no __getattr__ of a module subclass
+    return (m is not None and issubclass(type(m), _ModuleType)
+            and _module_dict.__get__(m, _ModuleType) is d)
 
 
 COMMANDS["snapshot"] = cmd_snapshot

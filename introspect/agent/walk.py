@@ -14,10 +14,8 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from introspect.agent.core import (
         _G,
         _MANAGED_DICT_311,
-        _alloc_sites,
         _builtin,
         _c_sizeof,
-        _CellType,
         _dump,
         _exc_record,
         _FunctionType,
@@ -39,6 +37,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _snap_via,
     )
     from introspect.agent.memory import _mem_look
+    from introspect.agent.objects import _alloc_sites, _CellType
     from introspect.agent.trace import _trace_child_show
 
 

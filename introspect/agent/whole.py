@@ -6,9 +6,9 @@
 # runs. Python 3.8 syntax, builtin modules only (the same rules as the files it loads).
 
 _DIR = __file__.rpartition("/")[0] + "/"
-for _name in ("core.py", "sizes.py", "growth.py", "backrefs.py", "chains.py", "exec.py",
-              "trace.py", "snapshot.py", "copytrace.py", "labels.py", "walk.py", "memory.py",
-              "run.py"):
+for _name in ("core.py", "objects.py", "sizes.py", "growth.py", "backrefs.py", "chains.py",
+              "exec.py", "trace.py", "snapshot.py", "copytrace.py", "labels.py", "walk.py",
+              "memory.py", "run.py"):
     with open(_DIR + _name, "rb") as _f:
         exec(compile(_f.read(), _DIR + _name, "exec"), globals())
 del _DIR, _name, _f

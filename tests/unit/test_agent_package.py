@@ -44,8 +44,8 @@ def _target() -> Target:
 
 def test_every_file_is_shipped_somewhere_and_whole_loads_them_in_order() -> None:
     assert sorted([*ALL, "whole.py"]) == AGENT_FILES
-    assert names("top") == ["core.py", "sizes.py", "run.py"]
-    assert names("backrefs") == ["core.py", "backrefs.py", "chains.py", "run.py"]
+    assert names("top") == ["core.py", "objects.py", "sizes.py", "run.py"]
+    assert names("backrefs") == ["core.py", "objects.py", "backrefs.py", "chains.py", "run.py"]
     assert names("snapshot") == ["core.py", "snapshot.py", "run.py"]  # the walker's: in the copy
     assert names(None) == list(ALL) and ALL[0] == "core.py" and ALL[-1] == "run.py"
     for command in PARTS:
