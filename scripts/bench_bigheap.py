@@ -11,7 +11,7 @@ holding a list holding a dict holding bytes, per 4 objects), then for each code 
 and as anchors, in the target: gc.get_objects()'s rate and guppy3's census time (hpy().heap()).
 
 Usage: scripts/bench-bigheap [--sizes 1000000,5000000] [--commands top,growth,backrefs]
-                             [--base COMMIT] [--python PATH]
+                             [--base COMMIT] [--python PATH] [--freeze]
 The base tree is a `git worktree` of COMMIT in a temporary directory, removed at the end.
 """
 
@@ -32,9 +32,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-def target(n: int) -> None:
+def target(n: int, freeze: bool = False) -> None:
     data = [[[{"b": bytes(16)}]] for _ in range(n // 4)]
     gc.collect()
+    if freeze:  # as a gunicorn master with preload does before forking its workers
+        gc.freeze()
+        data += [[[{"b": bytes(16)}]] for _ in range(n // 40)]  # a tenth more after the freeze
     print(json.dumps({"ready": len(gc.get_objects()), "data": len(data)}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
@@ -187,9 +190,14 @@ def main() -> int:
     )
     ap.add_argument("--commands", default="top", help="of top,growth,backrefs (default: top)")
     ap.add_argument("--target", type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--freeze", action="store_true",
+        help="gc.freeze() the heap once built, then add a tenth more (gc's list then misses "
+             "most tracked objects: the walker indexes what it finds otherwise)",
+    )
     opts = ap.parse_args()
     if opts.target is not None:
-        target(opts.target)
+        target(opts.target, opts.freeze)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-bigheap-"))
     base = tmp / "base"
@@ -202,7 +210,7 @@ def main() -> int:
     try:
         for size in [int(s) for s in opts.sizes.split(",")]:
             proc = subprocess.Popen(
-                [opts.python, __file__, "--target", str(size)],
+                [opts.python, __file__, "--target", str(size)] + (["--freeze"] if opts.freeze else []),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
