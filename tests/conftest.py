@@ -82,6 +82,51 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                 "(scripts/setup provisions 3.14/3.15; pyenv versions come with the machine)")
 
 
+# Seconds each long file takes on one test process in a CI-like run (2 cores, `-n 2 --dist
+# loadfile`; from INTROSPECT_TEST_CALLLOG and --durations, 2026-12-07, rounded). Only their order
+# matters: with --dist loadfile a worker takes a whole file at a time, and pytest-xdist hands them
+# out by number of tests, which left files of a few long tests (the flower and Celery programs,
+# dumps) for the end, one worker running them while the other idled. Longest first instead (files
+# not listed keep their order after these), so the short files at the end fill both workers.
+FILE_SECONDS = {
+    "tests/integration/test_safety.py": 400, "tests/integration/test_trace.py": 380,
+    "tests/integration/test_dumps.py": 250, "tests/integration/test_inject.py": 200,
+    "tests/integration/test_ptrace.py": 200, "tests/integration/test_celery_e2e.py": 150,
+    "tests/integration/test_oncall_polish.py": 120, "tests/integration/test_real_programs.py": 110,
+    "tests/integration/test_grpc.py": 100, "tests/integration/test_container.py": 100,
+    "tests/integration/test_snapshot.py": 90, "tests/integration/test_hostile_code.py": 80,
+    "tests/integration/test_agent_code.py": 80, "tests/integration/test_suspects.py": 75,
+    "tests/integration/test_memory.py": 75, "tests/integration/test_gunicorn_app.py": 60,
+    "tests/integration/test_budget.py": 40, "tests/integration/test_hostile.py": 40,
+    "tests/integration/test_workflow_report.py": 40, "tests/integration/test_workflow_ps.py": 35,
+    "tests/integration/test_remote.py": 35, "tests/integration/test_bigheap.py": 30,
+    "tests/unit/test_records_fuzz.py": 15,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order made below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A stable sort: each file's tests stay together and in their order.
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.nodeid.split("::", 1)[0], 0))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """With INTROSPECT_TEST_TIMELINE=FILE, one line per test: worker, start, end, test id (the
+    workers' timelines: docs/testing.md)."""
+    t0 = time.time()
+    yield
+    timeline = os.environ.get("INTROSPECT_TEST_TIMELINE")
+    if timeline:
+        with open(timeline, "a") as f:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            f.write(f"{worker}\t{t0:.3f}\t{time.time():.3f}\t{item.nodeid}\n")
+
+
 def interp_params() -> list[Any]:
     return [pytest.param(i, id=i.id) for i in INTERPS]
 
