@@ -215,6 +215,29 @@ def forked_copies(pid: int, exe: str | None = None) -> list[Any]:
     return out
 
 
+def no_walker_left(victim_pid: int, exe: str, within: float = 15.0) -> list[Any]:
+    """The victim's walkers (its copies: ``forked_copies``) still there, not zombies, after up to
+    ``within`` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left = [p for p in forked_copies(victim_pid, exe) if p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return forked_copies(victim_pid, exe)
+
+
+def zombies_of(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def run_dirs_of(pid: int) -> list[Path]:
     """introspect's run directories for ``pid`` in our /tmp, made since that process started. Pids
     are reused (pid_max is 32,768 on these machines): a directory a killed CLI, or a hostile test

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import INTERPS, REPO, Interp, interp_params, introspect
+from tests.conftest import (
+    INTERPS,
+    REPO,
+    Interp,
+    interp_params,
+    introspect,
+    no_walker_left,
+    zombies_of,
+)
 
 HOLDER = "module __main__ .global_data_store"
 SESSIONS = "module __main__ .sessions"  # the tracked leak's holder
@@ -63,8 +71,9 @@ RUN_KEYS = {"agent_s", "attach_pause_s", "wall_s", "agent_code", "agent_code_s"}
 def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: Path) -> None:
     # GIVEN two leaks: the seeds' (untracked dicts holding bytes, in a module's list: ~6 MiB, a
     # suspect by size) and a tracked one (instances of a class, each with an attribute dict, in
-    # a module's registry dict keyed by id)
+    # a module's registry dict keyed by id), beside two idle threads
     v = spawn(interp, "seeds_leak.py")
+    v.ask("threads 2")
     v.ask("leak 6000")
     v.ask("sessions 200")
     os.environ["XDG_STATE_HOME"] = str(tmp_path / "state")
@@ -75,7 +84,7 @@ def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: P
         # 1,500 more records and 300 more sessions; top, backrefs (of each leak) and growth run
         # live, each keeping its snapshot, and a second dump is taken
         live_mem = _ok("memory", str(v.pid), "-o", str(tmp_path / "m"))
-        _ok("growth", str(v.pid), "--reset", "--keep", f["old"], "-o", str(tmp_path / "g1"))
+        base = _ok("growth", str(v.pid), "--reset", "--keep", f["old"], "-o", str(tmp_path / "g1"))
         _ok("dump", str(v.pid), "-o", f["first"])
         v.ask("leak 1500")
         v.ask("sessions 300")
@@ -93,6 +102,26 @@ def test_files_answer_as_the_live_process_did(spawn, interp: Interp, tmp_path: P
     finally:
         del os.environ["XDG_STATE_HOME"]
     assert v.ask("count")["count"] == 7500 and v.stderr() == ""
+    # AND the live looks saw the seeds' leak whole, from a forked copy that left nothing behind
+    assert base["collector"]["path"] == "fork" and base["baseline_recorded"], base["collector"]
+    rows = {r["type"]: r for r in live_growth["types"]}
+    assert rows["dict"]["delta"] >= 1500 - 20, rows["dict"]  # the interpreter's own come and go
+    if interp.version < (3, 14):  # 3.14 no longer untracks dicts of atomic values
+        assert rows["dict"]["untracked"] >= 7500, rows["dict"]
+    assert rows["bytes"]["untracked"] == rows["bytes"]["count"], rows["bytes"]
+    holder = next(h for h in live_growth["holders"] if h["path"] == HOLDER)
+    assert holder["items"] == 7500 and holder["retained_bytes"] >= 7500 * 1024, holder
+    assert holder["retained_delta"] >= 1500 * 1024, holder
+    assert live_growth["collector"]["fork_pause_s"] < 1.0, live_growth["collector"]
+    # (the walker streamed no object twice: its single-owner rule held, 3.14's interned strs)
+    assert "duplicate_objects" not in live_growth["collector"], live_growth["collector"]
+    assert not any("__introspect" in h["path"] for h in live_growth["holders"])
+    top_chain = live_back["chains"][0]
+    assert top_chain["path"][0]["via"] == ".global_data_store", top_chain
+    assert top_chain["path"][-1]["type"] == "bytes", top_chain
+    assert "global_data_store" in (tmp_path / "b" / "backrefs.txt").read_text()  # what one reads
+    assert zombies_of(v.pid) == []
+    assert no_walker_left(v.pid, os.path.realpath(interp.path)) == []
     v.proc.kill()  # the process is gone: everything below reads files only
     v.proc.wait(10)
     # THEN every file is private to its owner
