@@ -83,7 +83,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # Seconds each long file takes on one test process in a CI-like run (2 cores, `-n 2 --dist
-# loadfile`; from INTROSPECT_TEST_CALLLOG and --durations, 2026-12-07, rounded). Only their order
+# loadfile`), estimated on 2026-12-07 from that run's INTROSPECT_TEST_CALLLOG (CLI seconds x ~1.5)
+# and an earlier run's --durations; refresh them from INTROSPECT_TEST_TIMELINE. Only their order
 # matters: with --dist loadfile a worker takes a whole file at a time, and pytest-xdist hands them
 # out by number of tests, which left files of a few long tests (the flower and Celery programs,
 # dumps) for the end, one worker running them while the other idled. Longest first instead (files
