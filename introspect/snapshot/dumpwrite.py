@@ -299,7 +299,7 @@ def _ints_ok(items: list[Any]) -> bool:
 
 BATCH = 10 * CHUNK  # labels written per Y frame
 LABEL_BLOCK = 1 << 16  # objects whose types, counts, offsets and references are read at a time
-REF_BLOCK = 1 << 18  # references of a block, at most (a block of one object may have more)
+REF_BLOCK = 1 << 17  # references of a block, at most (a block of one object may have more)
 COUNT_Q = 1 << 14  # positions per count question
 PROBE = 64  # references of a list or tuple whose labels are asked to learn its type's order
 _INDEX = np.array([f"[{i}]" for i in range(1 << 12)], object)  # the labels of small indices
@@ -493,7 +493,7 @@ class _Labeller:
             return
         dref = np.repeat(der, nref)
         holder = np.repeat(np.arange(e - s), nref)
-        derived: np.ndarray = np.empty(refs.shape[0], object)
+        derived = np.full(refs.shape[0], -1, np.int64)  # each derived label's index
         if der.any():
             j = np.arange(refs.shape[0]) - np.repeat(rel, nref)  # its rank in its holder
             fwd = np.repeat(kinds == "forward", nref)
@@ -501,7 +501,7 @@ class _Labeller:
             multi = np.repeat(der & (nref > 1), nref)[dref]  # maybe a child held twice
             if multi.any():
                 idx[multi] = _first_index(holder[dref][multi], refs[dref][multi], idx[multi])
-            derived[dref] = _index_labels(idx)
+            derived[dref] = idx
             del j, fwd, idx, multi
         asked = np.flatnonzero(~dref)
         hidden = None
@@ -518,21 +518,32 @@ class _Labeller:
         asked: np.ndarray,
         hidden: np.ndarray | None,
     ) -> None:
-        """The block's labels put in order: the derived ones as they stand, each answer of the
-        walker (a CHUNK of the asked references) in its place as it comes."""
+        """The block's labels put in order: the derived ones (``derived``: their indices, -1
+        for the asked ones) made as they are put, a BATCH at a time, each answer of the walker (a
+        CHUNK of the asked references) in its place as it comes."""
         cursor = [0]
 
         def upto(end: int, at: np.ndarray | None, got: list[str] | None) -> None:
-            part = derived[cursor[0] : end]
-            if at is not None and got is not None:
-                if hidden is not None:
-                    hide = hidden[holder[at]]
-                    if hide.any():
-                        got = [_no_key(g) if h else g for g, h in zip(got, hide.tolist())]
-                part[at - cursor[0]] = got
+            if at is not None and got is not None and hidden is not None:
+                hide = hidden[holder[at]]
+                if hide.any():
+                    got = [_no_key(g) if h else g for g, h in zip(got, hide.tolist())]
+            # the derived labels before the answer's first reference: a BATCH at a time
+            first = int(at[0]) if at is not None else end
+            while cursor[0] < first:
+                b = min(first, cursor[0] + BATCH)
+                self._put(_index_labels(derived[cursor[0] : b]))
+                cursor[0] = b
+            if at is None or got is None:
+                return
+            idx = derived[first:end]
+            part: np.ndarray = np.empty(end - first, object)
+            mine = idx >= 0
+            if mine.any():
+                part[mine] = _index_labels(idx[mine])
+            part[at - first] = got
             cursor[0] = end
-            if part.shape[0]:
-                self._put(part.tolist())
+            self._put(part.tolist())
 
         for k in range(0, asked.shape[0], CHUNK):
             at = asked[k : k + CHUNK]
