@@ -485,11 +485,17 @@ class _Labeller:
         # the order known, or any order gives the same labels (one child, maybe many times)
         der = cand & ((kinds == "reversed") | (kinds == "forward") | (~many & (kinds == "")))
         if e - s == 1 and nref[0] > REF_BLOCK:  # one big object: its labels streamed
-            if der[0]:  # a list or tuple of distinct items only, else each item's first index
+            how = "ask"
+            if cand[0] and many[0]:  # from positions if its items are distinct
                 ordered = np.sort(refs)
-                der[0] = not bool((ordered[1:] == ordered[:-1]).any())
+                distinct = not bool((ordered[1:] == ordered[:-1]).any())
                 del ordered
-            self._big(s, refs, str(kinds[0]) if der[0] else "ask")
+                k = int(t[0])
+                if distinct and self.order.get(k) is None:
+                    self._probe(k, s, refs, distinct=True)
+                if distinct and self.order.get(k) in ("reversed", "forward"):
+                    how = str(self.order[k])
+            self._big(s, refs, how)
             return
         dref = np.repeat(der, nref)
         holder = np.repeat(np.arange(e - s), nref)
@@ -595,9 +601,10 @@ class _Labeller:
             line = "L " + " ".join(map(str, pairs.tolist())) + "\n"
             self.asker.ask(line.encode(), kids.shape[0], done, labels_ok)
 
-    def _probe(self, kind: int, pos: int, kids: np.ndarray) -> None:
+    def _probe(self, kind: int, pos: int, kids: np.ndarray, distinct: bool = False) -> None:
         """The order of a list or tuple type's references, learnt from the walker's labels of
-        one of its instances holding two children or more (its first PROBE references)."""
+        one of its instances holding two children or more (its first PROBE references);
+        ``distinct``: its children are (each label its own position)."""
         m = kids.shape[0]
         k = min(m, PROBE)
         if self.asker is not None:
@@ -609,7 +616,9 @@ class _Labeller:
         zeros = np.zeros(m, np.int64)
         how = "ask"
         for name, idx in (("reversed", m - 1 - np.arange(m)), ("forward", np.arange(m))):
-            if _index_labels(_first_index(zeros, kids, idx)[:k]) == got:
+            if not distinct:
+                idx = _first_index(zeros, kids, idx)
+            if _index_labels(idx[:k]) == got:
                 how = name
                 break
         self.order[kind] = how

@@ -489,12 +489,14 @@ def _asked_one_by_one(walker: Any, snap: records.Snapshot) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(("streamed", "ref_block"), [(False, 1000), (True, 1000), (True, 1)])
 def test_labels_made_in_bulk_are_the_walkers_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool, ref_block: int
 ) -> None:
-    # GIVEN small blocks, questions and chunks, so that the tricky heap spans many of each
-    for name, value in (("LABEL_BLOCK", 97), ("REF_BLOCK", 1000), ("COUNT_Q", 50), ("CHUNK", 37)):
+    # GIVEN small blocks, questions and chunks, so that the tricky heap spans many of each (with
+    # blocks of one reference, every list or tuple of more is a big one, labelled on its own)
+    small = {"LABEL_BLOCK": 97, "REF_BLOCK": ref_block, "COUNT_Q": 50, "CHUNK": 37}
+    for name, value in small.items():
         monkeypatch.setattr(dumpwrite, name, value)
     p = tmp_path / "tricky.pydump"
     seen: dict[str, Any] = {}
