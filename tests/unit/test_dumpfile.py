@@ -4,6 +4,7 @@ then broken on purpose: every break is a plain DumpError naming the file, never 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -588,3 +589,22 @@ def test_the_walkers_bulk_answers_are_its_pair_by_pair_ones() -> None:
         assert ag["_snap_answer_json"](answer) == ag["_snap_json"](answer), answer
     assert ag["_snap_counts"](keep, [0, 1, 2, 5]) == [60, 20, 30, 12]  # len() at C speed
     assert ag["_snap_counts"](keep, [0, 3, len(holders)]) == [60, 12, -1]  # one by one
+
+
+def test_a_write_error_of_the_writer_thread_ends_the_dump() -> None:
+    # GIVEN a dump's compressed output going to a full disk (the writer thread compresses and
+    # writes while the CLI makes the next frames)
+    fd = os.open("/dev/full", os.O_WRONLY)
+    out = dumpwrite._Out(fd)
+    try:
+        # THEN the error reaches the CLI's thread (at a later put, or at the end), and the
+        # thread is gone once stopped
+        with pytest.raises(OSError) as caught:
+            for _ in range(64):
+                out.put(os.urandom(1 << 20))
+            out.finish()
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        out.stop()
+        os.close(fd)
+    assert out.thread is None
