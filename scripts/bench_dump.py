@@ -161,7 +161,8 @@ def main() -> int:
                             file_bytes=doc.get("bytes") if name == "dump PID" else None,
                             raw_bytes=doc.get("raw_bytes"),
                             write_s=doc.get("write_s"),
-                            names_s=doc.get("names_s", doc.get("names_counts_s")),
+                            names_s=doc.get("names_s"),
+                            names_counts_s=doc.get("names_counts_s"),  # before counts moved
                             labels_s=doc.get("labels_s"),
                             labels_asked=doc.get("labels_asked"),
                             resolve_s=doc.get("resolve_s"),
@@ -216,12 +217,15 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"B/object; {r['raw_bytes']:,} B before compression), written in "
                 f"{r['write_s']:.1f} s"
             )
-            if r.get("labels_s") is not None:
-                asked = r.get("labels_asked")
+            if r.get("labels_s") is not None and r.get("names_counts_s") is not None:
+                notes.append(
+                    f"after the walk: names and counts {r['names_counts_s']:.1f} s, labels "
+                    f"{r['labels_s']:.1f} s"
+                )
+            elif r.get("labels_s") is not None:
                 notes.append(
                     f"after the walk: names {r['names_s']:.1f} s, counts and labels "
-                    f"{r['labels_s']:.1f} s"
-                    + (f" ({asked:,} labels asked of the walker)" if asked is not None else "")
+                    f"{r['labels_s']:.1f} s ({r['labels_asked']:,} labels asked of the walker)"
                 )
             if r.get("resolve_s") is not None:
                 notes.append(f"addresses resolved on disk in {r['resolve_s']:.1f} s")
