@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import select
+import tempfile
 import threading
 import time
 import zlib
@@ -22,7 +23,7 @@ import numpy as np
 
 from introspect.snapshot import records
 from introspect.snapshot.dumpformat import CHUNK, DUMP_MAGIC, OBJECTS_PER_FRAME, labels_ok
-from introspect.snapshot.dumpspill import Ranges, Spill
+from introspect.snapshot.dumpspill import Ranges, Spill, pread, pwrite
 from introspect.snapshot.records import ARRAY_HEADER, MAGIC_2, Snapshot
 
 QUEUED = 16  # pieces of at most a MiB waiting for the writer thread, at most
@@ -232,7 +233,16 @@ class DumpFile:
         """The dump's own frames after the snapshot's: D (facts), Y (answers), Z (the end)."""
         self.objects, self.references = snap.n, int(snap.refs.shape[0])
         self.times.update(
-            _write_answers(self.out, snap, Ranges(snap, self.spill), walker, facts, no_keys, log)
+            _write_answers(
+                self.out,
+                snap,
+                Ranges(snap, self.spill),
+                walker,
+                facts,
+                no_keys,
+                log,
+                self.spill.where if self.spill is not None else None,
+            )
         )
 
     def commit(self) -> dict[str, Any]:
@@ -298,7 +308,10 @@ def _write_answers(
     facts: dict[str, Any],
     no_keys: bool,
     log: Callable[[str], None],
+    where: str | None = None,
 ) -> dict[str, float]:
+    """D, names, freevars, counts, labels and Z; ``where``: the directory of the dump's spill
+    files (None: a snapshot held whole, the counts kept in memory while the labels are made)."""
     t0 = time.monotonic()
     out.json(b"D", {**facts, "no_keys": no_keys})
     # names (modules, classes, functions: few) asked first, then their free variables; then the
@@ -314,8 +327,11 @@ def _write_answers(
     del named, free
     containers = _answering(kind_of, walker.counts, -1)
     t1 = time.monotonic()
-    lab = _Labeller(out, snap, cols, walker, containers, no_keys, log)
-    total = lab.run()
+    lab = _Labeller(out, snap, cols, walker, containers, no_keys, log, where)
+    try:
+        total = lab.run()
+    finally:
+        lab.kept.close()
     out.json(b"Z", {"labels": total})
     times = {
         "names_s": round(t1 - t0, 3),
@@ -391,6 +407,37 @@ def _first_index(holder: np.ndarray, child: np.ndarray, idx: np.ndarray) -> np.n
     return out
 
 
+class _Kept:
+    """Every object's count (-1: none asked) while the labels are made: in an unnamed file next
+    to the dump (``where``), or in memory for a snapshot held whole (--keep)."""
+
+    def __init__(self, n: int, where: str | None) -> None:
+        self.arr: np.ndarray | None = None
+        self.file: Any = None
+        if where is None:
+            self.arr = np.full(n, -1, np.int64)
+        else:
+            self.file = tempfile.TemporaryFile(dir=where, prefix=".introspect-dump-", buffering=0)
+            os.ftruncate(self.file.fileno(), 8 * n)
+
+    def put(self, s: int, values: np.ndarray) -> None:
+        if self.arr is not None:
+            self.arr[s : s + values.shape[0]] = values
+        else:
+            pwrite(self.file.fileno(), values.astype("<i8"), s)
+
+    def get(self, s: int, e: int) -> np.ndarray:
+        if self.arr is not None:
+            return self.arr[s:e]
+        return pread(self.file.fileno(), "<i8", s, e)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.arr = None
+
+
 class _Counts:
     """The containers' item counts of one block, as their answers come."""
 
@@ -406,7 +453,7 @@ class _Labeller:
     attributes, ...) to "L" questions; the items of a list or tuple are labelled here from their
     positions (``[i]``: CPython traverses them last item first, which a few of each type's
     answers, asked of the walker, confirm) when the walk streamed every item (its count equals
-    its references). The counts of the next block are asked before this block's labels, and
+    its references). Every count is asked first (kept meanwhile: _Kept), then the labels, the
     questions asked ahead of their answers (_Asker): the walker and the CLI work at once."""
 
     def __init__(
@@ -418,8 +465,10 @@ class _Labeller:
         containers: np.ndarray,
         no_keys: bool,
         log: Callable[[str], None],
+        where: str | None = None,
     ) -> None:
         self.out, self.snap, self.cols, self.walker = out, snap, cols, walker
+        self.kept = _Kept(snap.n, where)
         self.n, self.total = snap.n, int(snap.refs.shape[0])
         self.containers, self.no_keys, self.log = containers, no_keys, log
         self.seq = np.array([i for i, t in enumerate(snap.types) if t in ("list", "tuple")])
@@ -433,15 +482,16 @@ class _Labeller:
         self.asked = 0
 
     def run(self) -> int:
-        blocks = _blocks(self.cols, self.n)
-        cur = next(blocks, None)
-        counts = self._count(cur) if cur is not None else None
-        while cur is not None and counts is not None:
-            nxt = next(blocks, None)
-            ahead = self._count(nxt) if nxt is not None else None
-            self._settle(counts)
-            self._label(cur, counts.values)
-            cur, counts = nxt, ahead
+        # the counts first (every counts frame before the labels': a reader that parses them
+        # among the labels' frames fragments its heap, +29 MiB at 5M objects), then the labels,
+        # each block's lists and tuples checked against its counts, kept on disk meanwhile
+        boxes: deque[_Counts] = deque()
+        for s in range(0, self.n, LABEL_BLOCK):
+            boxes.append(self._count(s, min(self.n, s + LABEL_BLOCK)))
+        for block in _blocks(self.cols, self.n):
+            while boxes and boxes[0].s < block[1]:
+                self._settle(boxes.popleft())
+            self._label(block, self.kept.get(block[0], block[1]))
         if self.asker is not None:
             self.asker.drain()
         if self.buf:
@@ -452,12 +502,15 @@ class _Labeller:
 
     # counts ---------------------------------------------------------------------------------
 
-    def _count(self, block: tuple[int, int, np.ndarray]) -> _Counts:
-        s, e, _o = block
+    def _count(self, s: int, e: int) -> _Counts:
         box = _Counts(s, e)
-        if not self.containers.shape[0]:
+        pos = np.zeros(0, np.int64)
+        if self.containers.shape[0]:
+            pos = np.flatnonzero(np.isin(self.cols.type_of(s, e), self.containers)) + s
+        if not pos.shape[0]:  # nothing to ask: every count -1
+            self.kept.put(s, box.values)
+            box.values = box.values[:0]
             return box
-        pos = np.flatnonzero(np.isin(self.cols.type_of(s, e), self.containers)) + s
         for k in range(0, pos.shape[0], COUNT_Q):
             part = pos[k : k + COUNT_Q]
             done = functools.partial(self._counted, box, part)
@@ -476,6 +529,9 @@ class _Labeller:
             )
         box.values[part - box.s] = a
         box.left -= 1
+        if not box.left:
+            self.kept.put(box.s, box.values)
+            box.values = box.values[:0]  # on disk now: the blocks' arrays are not all held
         keep = a != -1
         k = int(np.count_nonzero(keep))
         if k:

@@ -528,6 +528,14 @@ def test_labels_made_in_bulk_are_the_walkers_own(
     assert "dump: the items of tuple are traversed: reversed" in logs
     (lab,) = made
     assert len(got) - lab.asked > 1500 + 1200 + 300  # big, bigtuple, pairs and nested at least
+    # every counts frame comes before the labels' (a reader parsing them among the labels'
+    # frames fragments its heap)
+    raw = _raw(p)
+    whats = [
+        json.loads(raw[a + 5 : b])["what"] for kind, a, b in _frames(raw) if kind == b"Y"
+    ]
+    first = whats.index("labels")
+    assert whats.count("counts") > 3 and "counts" not in whats[first:]
     names = {d.labels[k] for k in range(len(d.labels))}
     assert {"[1499]", "[1199]", "['k']", "(key)", "[5]", ".a", ".b"} <= names
 
@@ -536,7 +544,8 @@ def _logged(cls: Any, logs: list[str], made: list[Any]) -> Any:
     """``cls`` (dumpwrite._Labeller) with its log kept in ``logs``, each one made in ``made``."""
 
     def make(*args: Any) -> Any:
-        made.append(cls(*args[:-1], logs.append))
+        made.append(cls(*args))
+        made[-1].log = logs.append
         return made[-1]
 
     return make
