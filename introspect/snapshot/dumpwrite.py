@@ -509,7 +509,7 @@ class _Labeller:
             pos = np.flatnonzero(np.isin(self.cols.type_of(s, e), self.containers)) + s
         if not pos.shape[0]:  # nothing to ask: every count -1
             self.kept.put(s, box.values)
-            box.values = box.values[:0]
+            box.values = np.zeros(0, np.int64)
             return box
         for k in range(0, pos.shape[0], COUNT_Q):
             part = pos[k : k + COUNT_Q]
@@ -531,7 +531,7 @@ class _Labeller:
         box.left -= 1
         if not box.left:
             self.kept.put(box.s, box.values)
-            box.values = box.values[:0]  # on disk now: the blocks' arrays are not all held
+            box.values = np.zeros(0, np.int64)  # on disk now (a view would keep the array)
         keep = a != -1
         k = int(np.count_nonzero(keep))
         if k:
@@ -768,10 +768,15 @@ class _Asker:
             self.one()
 
     def later(self, work: Callable[[], None]) -> None:
-        if self.pending:
-            self.pending.append((None, work, None, ""))
-        else:
+        """``work`` done after the answers pending (at once if none). Blocks of labels made
+        here without a question would queue up behind the last answers, each holding its
+        arrays: past 2 * AHEAD entries, the first is done (its answer read) first."""
+        if not self.pending:
             work()
+            return
+        self.pending.append((None, work, None, ""))
+        while len(self.pending) > 2 * AHEAD:
+            self.one()
 
     def one(self) -> None:
         """The first pending entry done: an answer read and filed, or the CLI's own work."""
