@@ -14,7 +14,11 @@ size and bytes per object. The ratios issue 19 sets goals for: dump wall / walk-
 (<= 1.5x), the CLI's peak while dumping at 5M objects (<= 100 MiB), `top FILE --by retained`
 against `top PID --by retained` (no slower).
 
-Usage: scripts/bench-dump [--sizes 1000000,5000000] [--python PATH] [--no-export]
+With --base COMMIT the same steps run for main at COMMIT too (a `git worktree` of it in a
+temporary directory, removed at the end), each step for both trees in turn on the same heap, so a
+loaded host slows both alike; each tree's ratios are to its own walk and live analysis.
+
+Usage: scripts/bench-dump [--sizes 1000000,5000000] [--python PATH] [--no-export] [--base COMMIT]
 """
 
 from __future__ import annotations
@@ -71,14 +75,35 @@ def steps(pid: int, d: Path, export: bool) -> list[tuple[str, list[str]]]:
     return out
 
 
+def base_tree(tmp: Path, commit: str) -> tuple[Path, str]:
+    """A worktree of ``commit`` and an interpreter that runs its code: ``run`` puts this tree
+    first on PYTHONPATH, the wrapper puts the base tree there instead."""
+    tree = tmp / "base"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
+        check=True,
+        capture_output=True,
+    )
+    wrapper = tmp / "python-base"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{tree}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o700)
+    return tree, str(wrapper)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,5000000")
     ap.add_argument("--python", default=sys.executable, help="the target's interpreter")
     ap.add_argument("--no-export", action="store_true", help="skip `export` (minutes at 5M)")
+    ap.add_argument("--base", help="also run main at this commit, step by step with this tree")
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dump-"))
     rows: list[dict[str, Any]] = []
+    trees: list[tuple[str, str]] = [("this tree", sys.executable)]
+    base: Path | None = None
+    if opts.base:
+        base, python = base_tree(tmp, opts.base)
+        trees.insert(0, (f"base {opts.base}", python))
     try:
         for size in [int(s) for s in opts.sizes.split(",")]:
             proc = subprocess.Popen(
@@ -93,34 +118,48 @@ def main() -> int:
             d = tmp / str(size)
             d.mkdir()
             try:
-                for name, argv in steps(proc.pid, d, not opts.no_export):
-                    r = run(sys.executable, argv, d)
-                    r.update(step=name, size=size, target_rss=rss)
-                    doc = r.pop("doc")
-                    col = doc.get("collector") or {}
-                    r.update(
-                        objects=col.get("objects") or doc.get("objects"),
-                        walk_s=col.get("walk_s"),
-                        paused_s=doc.get("paused_s"),
-                        file_bytes=doc.get("bytes") if name == "dump PID" else None,
-                        raw_bytes=doc.get("raw_bytes"),
-                        write_s=doc.get("write_s"),
-                        names_counts_s=doc.get("names_counts_s"),
-                        labels_s=doc.get("labels_s"),
-                        resolve_s=doc.get("resolve_s"),
-                        export_bytes=(
-                            os.path.getsize(d / "heap.heapsnapshot")
-                            if name == "export FILE" and r["rc"] == 0
-                            else None
-                        ),
-                    )
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
+                per_tree = []
+                for k in range(len(trees)):
+                    (d / str(k)).mkdir()
+                    per_tree.append(steps(proc.pid, d / str(k), not opts.no_export))
+                for at in range(len(per_tree[0])):
+                    for k, ((tree, python), todo) in enumerate(zip(trees, per_tree)):
+                        name, argv = todo[at]
+                        r = run(python, argv, d / str(k))
+                        r.update(step=name, size=size, target_rss=rss, tree=tree)
+                        doc = r.pop("doc")
+                        col = doc.get("collector") or {}
+                        export = d / str(k) / "heap.heapsnapshot"
+                        r.update(
+                            objects=col.get("objects") or doc.get("objects"),
+                            walk_s=col.get("walk_s"),
+                            paused_s=doc.get("paused_s"),
+                            file_bytes=doc.get("bytes") if name == "dump PID" else None,
+                            raw_bytes=doc.get("raw_bytes"),
+                            write_s=doc.get("write_s"),
+                            names_s=doc.get("names_s"),
+                            names_counts_s=doc.get("names_counts_s"),  # before counts moved
+                            labels_s=doc.get("labels_s"),
+                            labels_asked=doc.get("labels_asked"),
+                            resolve_s=doc.get("resolve_s"),
+                            export_bytes=(
+                                os.path.getsize(export)
+                                if name == "export FILE" and r["rc"] == 0
+                                else None
+                            ),
+                        )
+                        rows.append(r)
+                        print(json.dumps(r), flush=True)
             finally:
                 proc.kill()
                 proc.wait()
                 shutil.rmtree(d, ignore_errors=True)
     finally:
+        if base is not None:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+                capture_output=True,
+            )
         shutil.rmtree(tmp, ignore_errors=True)
     print(render(rows))
     return 0
@@ -131,31 +170,38 @@ def _mib(b: int | None) -> str:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
+    trees = list(dict.fromkeys(r.get("tree", "") for r in rows))
     out = [
-        "| objects | step | wall | CLI CPU | CLI peak RSS | target paused | walk in the copy | "
-        "notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objects | tree | step | wall | CLI CPU | CLI peak RSS | target paused | "
+        "walk in the copy | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["size"], r["step"]): r for r in rows}
-    for r in rows:
+    by = {(r["size"], r.get("tree", ""), r["step"]): r for r in rows}
+    for r in sorted(rows, key=lambda r: (r["size"], trees.index(r.get("tree", "")))):
+        tree = r.get("tree", "")
         res = (
             f"{r['wall_s']:.1f} s"
             if r["rc"] == 0
             else f"**fails** (exit {r['rc']}): " + " ".join(r["err"])[:120]
         )
         notes = []
-        walk = by.get((r["size"], "walk alone: top PID"))
-        live = by.get((r["size"], "live: top PID --by retained"))
+        walk = by.get((r["size"], tree, "walk alone: top PID"))
+        live = by.get((r["size"], tree, "live: top PID --by retained"))
         if r["step"] == "dump PID" and r["rc"] == 0:
             notes.append(
                 f"file {r['file_bytes']:,} B ({r['file_bytes'] / max(1, r['objects'] or 1):.1f} "
                 f"B/object; {r['raw_bytes']:,} B before compression), written in "
                 f"{r['write_s']:.1f} s"
             )
-            if r.get("labels_s") is not None:
+            if r.get("labels_s") is not None and r.get("names_counts_s") is not None:
                 notes.append(
                     f"after the walk: names and counts {r['names_counts_s']:.1f} s, labels "
                     f"{r['labels_s']:.1f} s"
+                )
+            elif r.get("labels_s") is not None:
+                notes.append(
+                    f"after the walk: names {r['names_s']:.1f} s, counts and labels "
+                    f"{r['labels_s']:.1f} s ({r['labels_asked']:,} labels asked of the walker)"
                 )
             if r.get("resolve_s") is not None:
                 notes.append(f"addresses resolved on disk in {r['resolve_s']:.1f} s")
@@ -169,7 +215,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         walk_s = f"{r['walk_s']:.1f} s" if r.get("walk_s") and "FILE" not in r["step"] else "-"
         objects = r["objects"] or next((x["objects"] for x in rows if x["size"] == r["size"]), 0)
         out.append(
-            f"| {r['size'] / 1e6:g}M ({(objects or 0):,}) | `{r['step']}` | {res} | "
+            f"| {r['size'] / 1e6:g}M ({(objects or 0):,}) | {tree} | `{r['step']}` | {res} | "
             f"{r['cpu_s']:.1f} s | {_mib(r['peak'])} | {paused} | {walk_s} | {'; '.join(notes)} |"
         )
     return "\n".join(out)

@@ -110,42 +110,6 @@ def _snap_len(x):  # type: (object) -> int
     return -1
 
 
-def _snap_items(holder, index, start, count):  # type: (object, Any, int, int) -> Any
-    """[True, [position, label], ...] for items start..start+count of a dict (value, then key:
-    "(key)") or a list or tuple, in _snap_via's order, so the first pair of each child is its label
-    there; [False] for any other holder. One pass instead of one scan per reference (dumps ask for
-    every reference's label). index: the walker's id -> position (_SnapIndex; .get)."""
-    th = type(holder)
-    out = [True]  # type: list
-    try:
-        if isinstance(holder, dict):
-            for k, v in _islice(dict.items(holder), start, start + count):
-                p = index.get(id(v))
-                if p is not None:
-                    out.append([p, _key_label(k)])
-                p = index.get(id(k))
-                if p is not None:
-                    out.append([p, "(key)"])
-            return out
-        if th is list or th is tuple:
-            for i in range(start, min(start + count, len(holder))):  # type: ignore[arg-type]
-                p = index.get(id(holder[i]))  # type: ignore[index]
-                if p is not None:
-                    out.append([p, "[%d]" % i])
-            return out
-    except Exception:
-        pass
-    return [False]
-
-
-def _islice(it, start, stop):  # type: (Any, int, int) -> Any
-    for k, x in enumerate(it):
-        if k >= stop:
-            return
-        if k >= start:
-            yield x
-
-
 def _snap_via(holder, child):  # type: (object, object) -> str
     """How holder references child (attribute, key, index, closure variable): C-level reads only."""
     th = type(holder)
@@ -228,3 +192,69 @@ def _snap_name(obj):  # type: (object) -> str
     except Exception:
         pass
     return ""
+
+
+_SNAP_RUN = 8  # pairs of one holder from which its items are mapped once (_snap_label_pairs)
+_SNAP_LENGTHS = (dict, list, tuple, set, frozenset)  # exact types: len() is C-level, no __len__
+
+
+def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
+    """The labels of the pairs (holder, child) of an "L" question, each as _snap_via answers it.
+    A run of _SNAP_RUN pairs or more of one dict, list or tuple (the references of a big
+    container, asked in order) is answered from a map of its items to their first label, made
+    once per holder (``cache``: the last one's), instead of a scan of its items per pair."""
+    itertools = _builtin("itertools")
+    ops = _builtin("_operator")
+    get = keep.__getitem__
+    holders = nums[0:len(nums) - 1:2]
+    children = nums[1::2]
+    n = len(holders)
+    # where each run of one holder starts (C-level), then the long runs (a loop over runs)
+    starts = [0]
+    starts.extend(itertools.compress(range(1, n), map(ops.ne, holders[1:], holders[:-1])))
+    starts.append(n)
+    out = []  # type: list
+    at = 0
+    for a, b in zip(starts, starts[1:]):
+        if b - a < _SNAP_RUN:
+            continue
+        holder = get(holders[a])
+        th = type(holder)
+        if not (issubclass(th, dict) or th is list or th is tuple):
+            continue
+        if a > at:  # the short runs before it, each pair on its own
+            out.extend(map(_snap_via, map(get, holders[at:a]), map(get, children[at:a])))
+        if cache[0] is not holder:
+            cache[0], cache[1] = None, None  # the old map freed before the new one is made
+            cache[1] = _snap_item_labels(holder)
+            cache[0] = holder
+        out.extend(map(cache[1].get, map(id, map(get, children[a:b])), itertools.repeat("(item)")))
+        at = b
+    if n > at:
+        out.extend(map(_snap_via, map(get, holders[at:n]), map(get, children[at:n])))
+    return out
+
+
+def _snap_item_labels(holder):  # type: (Any) -> dict
+    """{id(item): its label} of a dict (values: their first key's label, keys: "(key)") or a list
+    or tuple ("[first index]"): what _snap_via answers for each item, in one pass."""
+    first = {}  # type: dict
+    setdefault = first.setdefault
+    if issubclass(type(holder), dict):
+        for k, v in dict.items(holder):  # C-level reads: no __eq__ or __hash__ of a key runs
+            if id(v) not in first:
+                first[id(v)] = _key_label(k)
+            setdefault(id(k), "(key)")
+    else:
+        for i, v in enumerate(holder):
+            setdefault(id(v), "[%d]" % i)
+    return first
+
+
+def _snap_counts(keep, nums):  # type: (list, list) -> list
+    """Items of each builtin container ("C"), -1 for other objects: len() at C speed when every
+    one is of an exact builtin container type, else _snap_len one by one."""
+    objs = list(map(keep.__getitem__, nums))
+    if set(map(type, objs)) <= set(_SNAP_LENGTHS):
+        return list(map(len, objs))
+    return list(map(_snap_len, objs))

@@ -12,6 +12,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
     from introspect.agent.copytrace import _TRACE_WALK, _trace_block, _trace_pause, _trace_resume
     from introspect.agent.core import (
+        _ESC,
         _G,
         _MANAGED_DICT_311,
         _builtin,
@@ -29,12 +30,11 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from introspect.agent.labels import (
         _CODE_ATTRS,
         _CodeType,
+        _snap_counts,
         _snap_dups,
-        _snap_items,
-        _snap_len,
+        _snap_label_pairs,
         _snap_name,
         _snap_preview,
-        _snap_via,
     )
     from introspect.agent.memory import _mem_look
     from introspect.agent.objects import _alloc_sites, _CellType
@@ -240,7 +240,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     sig = _builtin("_signal")
     sig.alarm(max(1, int(float(params.get("answer_s", 60.0))
                          + float(params.get("answer_per_object_s", 0.0)) * len(keep)) + 5))
-    _snap_answer(fd, params, keep)  # the walk's index has some objects only: built if asked
+    _snap_answer(fd, params, keep)
 
 
 def _snap_budget(params, tracked):  # type: (dict, int) -> float
@@ -534,23 +534,11 @@ def _snap_start_ticks():  # type: () -> int
         return 0
 
 
-def _snap_full_index(keep):  # type: (list) -> _SnapIndex
-    """id -> position of every object of keep (C-level loops, a batch at a time): the walk's own
-    index holds only the objects it had to look up (format 3), the K questions need them all."""
-    index = _SnapIndex(_builtin("array").array)
-    setslot = index.slots.__setitem__
-    drain = _builtin("_collections").deque
-    for s in reversed(range(0, len(keep), SNAP_BATCH)):  # an object met twice: its first wins
-        sl = index.units(list(map(id, keep[s:s + SNAP_BATCH])))[1]  # (as the CLI's references)
-        drain(map(setslot, reversed(sl), reversed(range(s, s + len(sl)))), 0)
-    return index
-
-
-def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) -> None
-    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q.
-    index: id -> position of every object of keep (None: made on the first K question)."""
+def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
+    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
     cfd = posix.open(params["control"], posix.O_RDONLY)
     buf = b""
+    cache = [None, None]  # type: list  # the last big holder labelled: [it, {id: label}]
     while True:
         chunk = posix.read(cfd, 65536)
         if not chunk:
@@ -561,15 +549,10 @@ def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) 
             parts = line.split()
             if not parts or parts[0] == b"Q":
                 return
-            nums = [int(x) for x in parts[1:]]
+            nums = list(map(int, parts[1:]))
             answer = []  # type: list
             if parts[0] == b"L":
-                answer = [_snap_via(keep[nums[k]], keep[nums[k + 1]])
-                          for k in range(0, len(nums) - 1, 2)]
-            elif parts[0] == b"K":  # one container's labels in one pass (dumps): K pos start count
-                if index is None:
-                    index = _snap_full_index(keep)
-                answer = _snap_items(keep[nums[0]], index, nums[1], nums[2])
+                answer = _snap_label_pairs(keep, nums, cache)
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ()))
                           for p in nums]
@@ -587,11 +570,29 @@ def _snap_answer(fd, params, keep, index=None):  # type: (int, dict, list, Any) 
                 answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
             # items of builtin containers (C-level len, never a Python __len__)
             elif parts[0] == b"C":
-                answer = [_snap_len(keep[p]) for p in nums]
+                answer = _snap_counts(keep, nums)
             elif parts[0] == b"P":  # previews of builtin values (never repr() of anything else)
                 answer = [_snap_preview(keep[p], 2) for p in nums]
             elif parts[0] == b"W":  # equal str/bytes values held as separate objects
                 answer = _snap_dups(keep, nums[0] if nums else 8, nums[1] if len(nums) > 1 else 50)
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
-            _snap_send(fd, b"L", _snap_json(answer))
+            _snap_send(fd, b"L", _snap_answer_json(answer))
+
+
+
+def _snap_answer_json(answer):  # type: (Any) -> bytes
+    """An answer as JSON: a list of str or of int written at C speed (the labels and counts of
+    a dump: millions), anything else by _snap_json."""
+    if type(answer) is list and answer:
+        kinds = set(map(type, answer))
+        if kinds == {str}:
+            raw = "".join(answer)
+            if raw.isprintable() and '"' not in raw and "\\" not in raw:  # nothing to escape
+                body = '","'.join(answer)
+            else:
+                body = '","'.join(map(str.translate, answer, _builtin("itertools").repeat(_ESC)))
+            return ('["' + body + '"]').encode("utf-8", "backslashreplace")
+        if kinds == {int}:
+            return ("[" + ",".join(map(int.__repr__, answer)) + "]").encode()
+    return _snap_json(answer)

@@ -29,7 +29,7 @@ import numpy as np
 from introspect.snapshot.columns import first_wins
 from introspect.snapshot.recformat import ARRAY_HEADER
 
-PASS = 1 << 19  # objects sorted at a time: their addresses, positions and order, ~12 MiB
+PASS = 1 << 20  # objects sorted at a time: their addresses, positions and order, ~24 MiB
 BLOCK = 1 << 17  # references (or objects) read at a time: ~5 MiB of temporaries
 
 DTYPES: dict[str, str] = {

@@ -4,6 +4,7 @@ then broken on purpose: every break is a plain DumpError naming the file, never 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -13,7 +14,9 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,10 +28,16 @@ HEAD = len(dumpformat.DUMP_MAGIC)
 
 
 def _dump(
-    path: str, no_keys: bool = False, streamed: bool = False, tee: list[bytes] | None = None
+    path: str,
+    no_keys: bool = False,
+    streamed: bool = False,
+    tee: list[bytes] | None = None,
+    victim: str = VICTIM,
+    then: Callable[[Any], None] | None = None,
 ) -> None:
     """A dump of a small real heap, the walker answering every question live; ``streamed``: the
-    records written to the file as they come (`introspect dump`), else from a whole snapshot."""
+    records written to the file as they come (`introspect dump`), else from a whole snapshot.
+    ``then``: called with the walker once the file is written, while it still answers."""
     from introspect.agent import AGENT_PATH
     from introspect.snapshot.collect import Walker
 
@@ -38,7 +47,7 @@ def _dump(
         os.mkfifo(control, 0o600)
         fd = os.open(stream, os.O_RDONLY | os.O_NONBLOCK)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", VICTIM, stream, control, str(AGENT_PATH)],
+            [sys.executable, "-I", "-S", "-c", victim, stream, control, str(AGENT_PATH)],
             stdout=subprocess.DEVNULL,
         )
         walker = None
@@ -61,6 +70,8 @@ def _dump(
                 out.commit()
             else:
                 dumpwrite.write(path, snap, walker, facts, no_keys)
+            if then is not None:
+                then(walker)
         finally:
             if walker is not None:
                 walker.close()
@@ -425,3 +436,184 @@ def breakdown_verdicts() -> tuple[str, ...]:
     from introspect import breakdown
 
     return breakdown.VERDICTS
+
+
+# A heap of every shape whose labels a dump makes without asking the walker pair by pair: lists
+# and tuples (labelled from their items' positions), items held twice (each gets its first
+# index, as the walker answers), big containers (streamed, or mapped once by the walker), dicts
+# sharing a value, keys that are references, split dicts whose keys came in another order.
+TRICKY = r"""
+import sys, time, collections
+class Slot:
+    __slots__ = ("a", "b")
+class Plain:
+    pass
+x, y = object(), object()
+s1 = Slot(); s1.a = x; s1.b = x
+p1 = Plain(); p1.a = 1; p1.b = x
+p2 = Plain(); p2.b = y; p2.a = x
+dups = [x, x, y, x]
+tdups = (y, x, y, "s")
+selfish = []; selfish.append(selfish); selfish.append(x); selfish.append(selfish)
+big = [object() for _ in range(1500)]
+bigdup = [x, y, object()] * 500
+bigtuple = tuple(object() for _ in range(1200))
+bigdict = {i: (x if i % 3 else y) for i in range(1100)}
+od = collections.OrderedDict(a=x, b=x)
+keyed = {"k": x, "v": x, 5: y, (1, 2): y, 'q"\\': x}
+nested = [[i] for i in range(100)] + [[x, x]] + [[y, x]] + [[]]
+pairs = [(i, x) for i in range(200)]
+members = {1, 2, 3, frozenset({x})}
+def f():
+    return x
+agent = sys.argv[3]
+ns = {"__name__": "__introspect_agent__", "__file__": agent}
+with open(agent, "rb") as fh:
+    exec(compile(fh.read(), agent, "exec"), ns)
+params = {"stream": sys.argv[1], "control": sys.argv[2], "child_deadline": time.time() + 60}
+ns["cmd_snapshot"](params)
+"""
+
+
+def _asked_one_by_one(walker: Any, snap: records.Snapshot) -> list[str]:
+    """Every reference's label asked of the live walker as `backrefs` asks them: pair by pair,
+    fewer than the walker's run of one holder that it answers from a map (each scans its
+    holder: _snap_via)."""
+    out: list[str] = []
+    for p in range(snap.n):
+        kids = [int(c) for c in snap.referents(p)]
+        for k in range(0, len(kids), 7):
+            part = kids[k : k + 7]
+            out += walker._ask(
+                "L " + " ".join(f"{p} {c}" for c in part), len(part), lambda x: type(x) is str
+            )
+    return out
+
+
+@pytest.mark.parametrize(("streamed", "ref_block"), [(False, 1000), (True, 1000), (True, 1)])
+def test_labels_made_in_bulk_are_the_walkers_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool, ref_block: int
+) -> None:
+    # GIVEN small blocks, questions and chunks, so that the tricky heap spans many of each (with
+    # blocks of one reference, every list or tuple of more is a big one, labelled on its own)
+    small = {"LABEL_BLOCK": 97, "REF_BLOCK": ref_block, "COUNT_Q": 50, "CHUNK": 37}
+    for name, value in small.items():
+        monkeypatch.setattr(dumpwrite, name, value)
+    p = tmp_path / "tricky.pydump"
+    seen: dict[str, Any] = {}
+
+    def oracle(walker: Any) -> None:
+        d = dumpfile.load(str(p))
+        seen["dump"] = d
+        seen["labels"] = _asked_one_by_one(walker, d.snap)
+        containers = [q for q in range(d.snap.n) if d.counts[q] >= 0]
+        seen["counts"] = walker.counts(containers)
+        seen["containers"] = containers
+
+    logs: list[str] = []
+    made: list[Any] = []
+    monkeypatch.setattr(dumpwrite, "_Labeller", _logged(dumpwrite._Labeller, logs, made))
+    _dump(str(p), streamed=streamed, victim=TRICKY, then=oracle)
+    d = seen["dump"]
+    # THEN every label in the file is the one the walker gives that reference alone
+    got = [d.labels[k] for k in range(len(d.labels))]
+    want = seen["labels"]
+    assert len(got) == len(want) == d.snap.refs.shape[0] > 8000
+    diff = [(k, got[k], want[k]) for k in range(len(got)) if got[k] != want[k]]
+    assert not diff, diff[:10]
+    # and every container's count is the walker's
+    assert d.counts[seen["containers"]].tolist() == seen["counts"]
+    # the items of lists and tuples (most of the heap's references) were not asked
+    assert "dump: the items of list are traversed: reversed" in logs
+    assert "dump: the items of tuple are traversed: reversed" in logs
+    (lab,) = made
+    assert len(got) - lab.asked > 1500 + 1200 + 300  # big, bigtuple, pairs and nested at least
+    # every counts frame comes before the labels' (a reader parsing them among the labels'
+    # frames fragments its heap)
+    raw = _raw(p)
+    whats = [
+        json.loads(raw[a + 5 : b])["what"] for kind, a, b in _frames(raw) if kind == b"Y"
+    ]
+    first = whats.index("labels")
+    assert whats.count("counts") > 3 and "counts" not in whats[first:]
+    names = {d.labels[k] for k in range(len(d.labels))}
+    assert {"[1499]", "[1199]", "['k']", "(key)", "[5]", ".a", ".b"} <= names
+
+
+def _logged(cls: Any, logs: list[str], made: list[Any]) -> Any:
+    """``cls`` (dumpwrite._Labeller) with its log kept in ``logs``, each one made in ``made``."""
+
+    def make(*args: Any) -> Any:
+        made.append(cls(*args))
+        made[-1].log = logs.append
+        return made[-1]
+
+    return make
+
+
+def test_the_walkers_bulk_answers_are_its_pair_by_pair_ones() -> None:
+    """In process (the agent's code, as the forked walker runs it): a run of pairs of one
+    container answered from a map of its items equals _snap_via asked pair by pair, and the
+    answers' JSON written at C speed is the JSON writer's."""
+    import collections
+    import runpy
+
+    from introspect.agent import AGENT_PATH
+
+    ag = runpy.run_path(str(AGENT_PATH))
+    x, y = object(), object()
+    holders: list[Any] = [
+        [x, x, y] * 20,
+        (y, x) * 10,
+        {i: (x if i % 2 else y) for i in range(30)},
+        collections.OrderedDict((str(i), x) for i in range(12)),
+        {("t", i): x for i in range(10)},
+        [],
+    ]
+    holders[5].extend([holders[5], x] * 6)
+    keep = [*holders, x, y]
+    for h in holders:
+        kids = list(h) if not isinstance(h, dict) else [*h.values(), *h.keys()]
+        keep += [k for k in kids if all(k is not q for q in keep)]
+    nums: list[int] = []
+    pos = {id(o): i for i, o in enumerate(keep)}
+    for h in holders:
+        kids = list(h) if not isinstance(h, dict) else [*h.values(), *h.keys()]
+        for k in kids:
+            nums += [pos[id(h)], pos[id(k)]]
+    nums += [pos[id(holders[0])], pos[id(y)], pos[id(holders[2])], pos[id(x)]]  # short runs
+    want = [ag["_snap_via"](keep[nums[k]], keep[nums[k + 1]]) for k in range(0, len(nums), 2)]
+    cache: list[Any] = [None, None]
+    assert ag["_snap_label_pairs"](keep, nums, cache) == want
+    assert cache[0] is holders[5]  # the last long run's map is kept for the next question
+    assert ag["_snap_label_pairs"](keep, nums, cache) == want
+    for answer in (
+        want,
+        ['q"', "back\\slash", "ctl\x01", "é ☃", "\ud800"],
+        [3, -1, 0, 2**40],
+        [],
+        [[1, "a"]],
+        [True, 1],
+    ):
+        assert ag["_snap_answer_json"](answer) == ag["_snap_json"](answer), answer
+    assert ag["_snap_counts"](keep, [0, 1, 2, 5]) == [60, 20, 30, 12]  # len() at C speed
+    assert ag["_snap_counts"](keep, [0, 3, len(holders)]) == [60, 12, -1]  # one by one
+
+
+def test_a_write_error_of_the_writer_thread_ends_the_dump() -> None:
+    # GIVEN a dump's compressed output going to a full disk (the writer thread compresses and
+    # writes while the CLI makes the next frames)
+    fd = os.open("/dev/full", os.O_WRONLY)
+    out = dumpwrite._Out(fd)
+    try:
+        # THEN the error reaches the CLI's thread (at a later put, or at the end), and the
+        # thread is gone once stopped
+        with pytest.raises(OSError) as caught:
+            for _ in range(64):
+                out.put(os.urandom(1 << 20))
+            out.finish()
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        out.stop()
+        os.close(fd)
+    assert out.thread is None
