@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from introspect.snapshot import dumpfile, dumpformat, dumpspill, dumpwrite, records
+from introspect.snapshot import dumpfile, dumpformat, dumplabels, dumpspill, dumpwrite, records
 from scripts.fuzz_records import VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
@@ -498,7 +498,9 @@ def test_labels_made_in_bulk_are_the_walkers_own(
     # blocks of one reference, every list or tuple of more is a big one, labelled on its own)
     small = {"LABEL_BLOCK": 97, "REF_BLOCK": ref_block, "COUNT_Q": 50, "CHUNK": 37}
     for name, value in small.items():
-        monkeypatch.setattr(dumpwrite, name, value)
+        monkeypatch.setattr(dumplabels, name, value)
+        if hasattr(dumpwrite, name):
+            monkeypatch.setattr(dumpwrite, name, value)
     p = tmp_path / "tricky.pydump"
     seen: dict[str, Any] = {}
 
@@ -541,7 +543,7 @@ def test_labels_made_in_bulk_are_the_walkers_own(
 
 
 def _logged(cls: Any, logs: list[str], made: list[Any]) -> Any:
-    """``cls`` (dumpwrite._Labeller) with its log kept in ``logs``, each one made in ``made``."""
+    """``cls`` (dumplabels._Labeller) with its log kept in ``logs``, each one made in ``made``."""
 
     def make(*args: Any) -> Any:
         made.append(cls(*args))
