@@ -19,6 +19,7 @@ from introspect.channel import RunDir
 from introspect.runner import Outcome, run_agent
 from introspect.snapshot.walker import Walker as Walker
 from introspect.snapshot.walker import _start_ticks as _start_ticks
+from introspect.snapshot.walker import host_pid
 
 if TYPE_CHECKING:
     from introspect.snapshot.records import Snapshot
@@ -196,11 +197,13 @@ class _Session:
             # Half the budget more than the walker's own: past its budget it still lists the objects
             # found but not walked and counts every refcount (cheaper per object than the walk).
             reader.deadline = time.monotonic() + walk_budget(tracked[0]) * 1.5 + 10.0
+            start_ticks = int(meta.get("start_ticks", -2))
             self.walker = Walker(
                 reader,
                 run.host_file("control"),
-                int(meta.get("pid", 0)),
-                int(meta.get("start_ticks", -2)),
+                # the walker says its own getpid(): in a container, its namespace's number
+                host_pid(run.target.pid, int(meta.get("pid", 0)), start_ticks),
+                start_ticks,
                 reader.deadline,
             )
             self.log(

@@ -41,6 +41,34 @@ def _start_ticks(pid: int) -> int:
         return -1
 
 
+def host_pid(target_pid: int, pid: int, start_ticks: int) -> int:
+    """The walker's pid as this CLI sees it, from the pid it reported (its own getpid()).
+
+    The same number, unless the target is in a pid namespace of its own (a container): then it
+    is the process of the target's pid namespace whose NSpid (/proc/PID/status) ends in that
+    number, started at the walker's start time. 0 when none is (the walker is gone): nothing is
+    then killed by a number that names another process here.
+    """
+    try:
+        ns = os.readlink(f"/proc/{target_pid}/ns/pid")
+        if ns == os.readlink("/proc/self/ns/pid"):
+            return pid
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return pid
+    for name in entries:
+        try:
+            if os.readlink(f"/proc/{name}/ns/pid") != ns:
+                continue
+            with open(f"/proc/{name}/status", "rb") as f:
+                nspid = next((ln.split()[1:] for ln in f if ln.startswith(b"NSpid:")), [])
+        except OSError:
+            continue
+        if nspid and nspid[-1] == str(pid).encode() and _start_ticks(int(name)) == start_ticks:
+            return int(name)
+    return 0
+
+
 class Walker:
     """The live walker after its stream: edge labels and names on demand, then gone."""
 
