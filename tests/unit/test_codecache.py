@@ -82,7 +82,9 @@ def test_a_trusted_binary_compiles_what_the_bootstrap_loads(tmp_path: Path) -> N
     assert header == codecache.local_header()
     # one code object per file, each under its own name, as the CLI's own compile makes them
     names = [c.co_filename for c in marshal.loads(code)]
-    assert names == ["<introspect>/core.py", "<introspect>/sizes.py", "<introspect>/run.py"]
+    assert names == [
+        "<introspect>/core.py", "<introspect>/objects.py", "<introspect>/sizes.py", "<introspect>/run.py"
+    ]
 
 
 def test_the_local_compile_makes_one_code_object_per_file() -> None:
@@ -93,7 +95,7 @@ def test_the_local_compile_makes_one_code_object_per_file() -> None:
     loaded = marshal.loads(code)
     assert type(loaded) is tuple
     assert [c.co_filename for c in loaded] == [f"<introspect>/{n}" for n, _ in files]
-    assert [n for n, _ in files] == ["core.py", "backrefs.py", "chains.py", "run.py"]
+    assert [n for n, _ in files] == ["core.py", "objects.py", "backrefs.py", "chains.py", "run.py"]
     assert codecache.pack(files).split(b"\n", 1)[0] == " ".join(
         f"{n} {len(d)}" for n, d in files
     ).encode()
