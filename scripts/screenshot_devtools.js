@@ -6,11 +6,7 @@
 // (scripts/screenshot-devtools does both). Prints the Retainers rows it saw as JSON, and exits 1
 // when the path to global_data_store in module __main__ is not among them (no PNG written then).
 "use strict";
-const fs = require("fs");
-const net = require("net");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { inMemoryPanel } = require("./devtools_memory");
 
 const ROW = "tr.data-grid-data-grid-node:visible";  // a row of any of DevTools' data grids
 
@@ -20,119 +16,68 @@ if (!file || !out) {
   process.exit(2);
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function main() {
-  const port = await freePort();
-  const origin = `http://127.0.0.1:${port}`;
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "introspect-devtools-"));
-  // A new empty profile; no background networking, updates or sync (the browser must not reach
-  // out: on a closed network its connections are refused and it stalls).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    viewport: { width: 1100, height: 620 },
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           `--remote-debugging-port=${port}`, `--remote-allow-origins=${origin}`],
-  });
-  let page = null;
-  try {
-    // The inspected page: any page will do, the snapshot is loaded from the file.
-    const inspected = context.pages()[0] || (await context.newPage());
-    await inspected.goto("about:blank");
-    const targets = await (await fetch(`${origin}/json/list`)).json();
-    const target = targets.find((t) => t.type === "page" && t.url === "about:blank");
-    if (!target) throw new Error(`no about:blank target in ${JSON.stringify(targets)}`);
-    page = await context.newPage();
-    const ws = `127.0.0.1:${port}/devtools/page/${target.id}`;
-    await page.goto(`${origin}/devtools/devtools_app.html?ws=${ws}`);
-    // Memory → Load profile (its file input).
-    await page.locator("[role=tab]", { hasText: "Memory" }).first().click();
-    await page.getByText("Load profile").first().waitFor();
-    await page.locator("input[type=file]").first().setInputFiles(file);
-    // The sidebar item reads "(Loading…)", "(Parsing strings…)", ... and loses class "wait" when
-    // done (clicking it before that leaves the view empty).
-    const item = "li.heap-snapshot-sidebar-tree-item";
-    await page.locator(`${item}:not(.wait)`).first().waitFor({ timeout: 120000 });
-    await page.locator(item).first().click();
-    const rows = page.locator(ROW);
-    await rows.first().waitFor({ timeout: 60000 });
-    // Summary: lists and tuples are DevTools' "(array)"; sorted by retained size, the first list is
-    // global_data_store. Expand it, then its first dict, and select that dict's ['data'] bytes.
-    await rows.filter({ hasText: /^\(array\)/ }).first().click();
-    const step = async (keys, wait) => {
-      for (const k of keys) await page.keyboard.press(k);
-      await page.locator(wait).first().waitFor({ timeout: 30000 });
-    };
-    await step(["ArrowRight"], `${ROW}:has-text('list[]')`);
-    await step(["ArrowDown", "ArrowRight"], `${ROW}:has-text('::dict')`);
-    await step(["ArrowDown", "ArrowRight"], `${ROW}:has-text("['data']")`);
-    await page.keyboard.press("ArrowDown");
-    const sel = page.locator("tr.data-grid-data-grid-node.selected:visible").first();
-    const selected = (await sel.innerText()).replace(/\s+/g, " ");
-    if (!selected.startsWith("['data']")) {
-      throw new Error(`the selected row is not a dict's ['data']: ${selected}`);
-    }
-    // The Retainers grid fills (and expands the first retaining path) after the selection.
-    const header = page.getByText("Retainers", { exact: true }).first();
-    const retainers = page.locator(ROW, { hasText: "global_data_store" });
-    await retainers.first().waitFor({ timeout: 30000 });
-    await page.waitForTimeout(500);
-    // Room for the Retainers view: its header is the split's resizer; drag it to the middle.
-    const box = await header.boundingBox();
-    if (!box) throw new Error("the Retainers header is not visible");
-    await page.mouse.move(box.x + 300, box.y + box.height / 2);
-    await page.mouse.down();
-    await page.mouse.move(box.x + 300, 430, { steps: 8 });
-    await page.mouse.up();
-    // Highlight the root end of the path: global_data_store in module __main__.
-    await retainers.filter({ hasText: "module __main__" }).first().click();
-    await page.mouse.move(5, 600);  // no hover highlight in the picture
-    await page.waitForTimeout(500);
-    const seen = await page.evaluate(() => {
-      // every visible grid row under the "Retainers" header, in order (DevTools uses shadow roots)
-      const all = [];
-      const walk = (root) => {
-        for (const el of root.querySelectorAll("*")) {
-          if (el.shadowRoot) walk(el.shadowRoot);
-          if (el.matches("tr.data-grid-data-grid-node") && el.offsetParent !== null) all.push(el);
-        }
-      };
-      walk(document);
-      return all.map((e) => e.innerText.replace(/\s+/g, " ").trim());
-    });
-    // The Retainers grid's rows read "EDGE in RETAINER @id ...", the Summary's "EDGE :: NODE ...".
-    const first = seen.findIndex((t) => /^\['data'\] ?in ?dict/.test(t));
-    const retainerRows = first < 0 ? [] : seen.slice(first);
-    const ok = retainerRows.some((t) => t.includes("global_data_store")
-                                        && t.includes("module __main__"));
-    process.stdout.write(JSON.stringify({ selected, retainers: retainerRows, ok }) + "\n");
-    if (!ok) throw new Error("the Retainers view shows no global_data_store in module __main__");
-    await page.screenshot({ path: out });
-  } catch (e) {
-    if (page) {
-      const shot = path.join(os.tmpdir(), `screenshot-devtools-failed-${process.pid}.png`);
-      await page.screenshot({ path: shot }).catch(() => {});
-      process.stderr.write(`screenshot_devtools: the page when it failed: ${shot}\n`);
-    }
-    throw e;
-  } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+inMemoryPanel("screenshot_devtools", async (page) => {
+  await page.locator("input[type=file]").first().setInputFiles(file);
+  // The sidebar item reads "(Loading…)", "(Parsing strings…)", ... and loses class "wait" when
+  // done (clicking it before that leaves the view empty).
+  const item = "li.heap-snapshot-sidebar-tree-item";
+  await page.locator(`${item}:not(.wait)`).first().waitFor({ timeout: 120000 });
+  await page.locator(item).first().click();
+  const rows = page.locator(ROW);
+  await rows.first().waitFor({ timeout: 60000 });
+  // Summary: lists and tuples are DevTools' "(array)"; sorted by retained size, the first list is
+  // global_data_store. Expand it, then its first dict, and select that dict's ['data'] bytes.
+  await rows.filter({ hasText: /^\(array\)/ }).first().click();
+  const step = async (keys, wait) => {
+    for (const k of keys) await page.keyboard.press(k);
+    await page.locator(wait).first().waitFor({ timeout: 30000 });
+  };
+  await step(["ArrowRight"], `${ROW}:has-text('list[]')`);
+  await step(["ArrowDown", "ArrowRight"], `${ROW}:has-text('::dict')`);
+  await step(["ArrowDown", "ArrowRight"], `${ROW}:has-text("['data']")`);
+  await page.keyboard.press("ArrowDown");
+  const sel = page.locator("tr.data-grid-data-grid-node.selected:visible").first();
+  const selected = (await sel.innerText()).replace(/\s+/g, " ");
+  if (!selected.startsWith("['data']")) {
+    throw new Error(`the selected row is not a dict's ['data']: ${selected}`);
   }
-}
-
-main().catch((e) => {
+  // The Retainers grid fills (and expands the first retaining path) after the selection.
+  const header = page.getByText("Retainers", { exact: true }).first();
+  const retainers = page.locator(ROW, { hasText: "global_data_store" });
+  await retainers.first().waitFor({ timeout: 30000 });
+  await page.waitForTimeout(500);
+  // Room for the Retainers view: its header is the split's resizer; drag it to the middle.
+  const box = await header.boundingBox();
+  if (!box) throw new Error("the Retainers header is not visible");
+  await page.mouse.move(box.x + 300, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + 300, 430, { steps: 8 });
+  await page.mouse.up();
+  // Highlight the root end of the path: global_data_store in module __main__.
+  await retainers.filter({ hasText: "module __main__" }).first().click();
+  await page.mouse.move(5, 600);  // no hover highlight in the picture
+  await page.waitForTimeout(500);
+  const seen = await page.evaluate(() => {
+    // every visible grid row under the "Retainers" header, in order (DevTools uses shadow roots)
+    const all = [];
+    const walk = (root) => {
+      for (const el of root.querySelectorAll("*")) {
+        if (el.shadowRoot) walk(el.shadowRoot);
+        if (el.matches("tr.data-grid-data-grid-node") && el.offsetParent !== null) all.push(el);
+      }
+    };
+    walk(document);
+    return all.map((e) => e.innerText.replace(/\s+/g, " ").trim());
+  });
+  // The Retainers grid's rows read "EDGE in RETAINER @id ...", the Summary's "EDGE :: NODE ...".
+  const first = seen.findIndex((t) => /^\['data'\] ?in ?dict/.test(t));
+  const retainerRows = first < 0 ? [] : seen.slice(first);
+  const ok = retainerRows.some((t) => t.includes("global_data_store")
+                                      && t.includes("module __main__"));
+  process.stdout.write(JSON.stringify({ selected, retainers: retainerRows, ok }) + "\n");
+  if (!ok) throw new Error("the Retainers view shows no global_data_store in module __main__");
+  await page.screenshot({ path: out });
+}).catch((e) => {
   process.stderr.write(`screenshot_devtools: ${(e && e.stack) || e}\n`);
   process.exit(1);
 });

@@ -8,11 +8,7 @@
 // lists dicts, the Retainers of the first one. Writes the picture even when the Summary is empty
 // (that is an answer too).
 "use strict";
-const fs = require("fs");
-const net = require("net");
-const os = require("os");
-const path = require("path");
-const { chromium } = require("playwright-core");
+const { inMemoryPanel } = require("./devtools_memory");
 
 const ROW = "tr.data-grid-data-grid-node:visible";
 
@@ -22,94 +18,47 @@ if (!oldFile || !newFile || !out) {
   process.exit(2);
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function main() {
-  const port = await freePort();
-  const origin = `http://127.0.0.1:${port}`;
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "introspect-devtools-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    viewport: { width: 1100, height: 620 },
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           `--remote-debugging-port=${port}`, `--remote-allow-origins=${origin}`],
-  });
-  let page = null;
-  try {
-    const inspected = context.pages()[0] || (await context.newPage());
-    await inspected.goto("about:blank");
-    const targets = await (await fetch(`${origin}/json/list`)).json();
-    const target = targets.find((t) => t.type === "page" && t.url === "about:blank");
-    if (!target) throw new Error(`no about:blank target in ${JSON.stringify(targets)}`);
-    page = await context.newPage();
-    const ws = `127.0.0.1:${port}/devtools/page/${target.id}`;
-    await page.goto(`${origin}/devtools/devtools_app.html?ws=${ws}`);
-    await page.locator("[role=tab]", { hasText: "Memory" }).first().click();
-    await page.getByText("Load profile").first().waitFor();
-    // OLD first, then NEW: DevTools orders the snapshots as they were loaded.
-    const item = "li.heap-snapshot-sidebar-tree-item";
-    for (const [k, file] of [oldFile, newFile].entries()) {
-      await page.locator("input[type=file]").first().setInputFiles(file);
-      await page.locator(item).nth(k).waitFor({ timeout: 60000 });
-      await page.locator(`${item}:not(.wait)`).nth(k).waitFor({ timeout: 120000 });
-    }
-    await page.locator(item).nth(1).click();
-    await page.locator(ROW).first().waitFor({ timeout: 60000 });
-    // Summary's filter: a <select> whose options name the snapshots
-    const select = page.locator("select").filter({ hasText: "Objects allocated between" }).first();
-    const options = await select.locator("option").allInnerTexts();
-    const between = options.find((o) => o.startsWith("Objects allocated between"));
-    if (!between) throw new Error(`no 'Objects allocated between' in ${JSON.stringify(options)}`);
-    await select.selectOption({ label: between });
-    await page.waitForTimeout(3000);  // the worker filters, the grid refills (or empties)
-    const text = async () => (await page.locator(ROW).allInnerTexts())
-      .map((t) => t.replace(/\s+/g, " ").trim());
-    const rows = await text();
-    // When there are new dicts (the seeds' leak's records), open the group and select the first:
-    // the Retainers view shows who holds it.
-    let retainers = [];
-    const dicts = page.locator(ROW).filter({ hasText: /^dict\s*×/ });
-    if (await dicts.count()) {
-      await dicts.first().click();
-      await page.keyboard.press("ArrowRight");
-      await page.locator(ROW).filter({ hasText: /dict\s*@\d+/ }).first()
-        .waitFor({ timeout: 30000 });
-      await page.keyboard.press("ArrowDown");
-      const held = page.locator(ROW, { hasText: "global_data_store" });
-      await held.first().waitFor({ timeout: 30000 }).catch(() => {});
-      await page.waitForTimeout(500);
-      const all = await text();
-      const first = all.findIndex((t) => /^\[\d+\] ?in ?list/.test(t));
-      retainers = first < 0 ? [] : all.slice(first);
-    }
-    await page.mouse.move(5, 600);
-    await page.screenshot({ path: out });
-    process.stdout.write(JSON.stringify({ options, selected: between, rows, retainers }) + "\n");
-  } catch (e) {
-    if (page) {
-      const shot = path.join(os.tmpdir(), `screenshot-devtools-between-failed-${process.pid}.png`);
-      await page.screenshot({ path: shot }).catch(() => {});
-      process.stderr.write(`screenshot_devtools_between: the page when it failed: ${shot}\n`);
-    }
-    throw e;
-  } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+inMemoryPanel("screenshot_devtools_between", async (page) => {
+  // OLD first, then NEW: DevTools orders the snapshots as they were loaded.
+  const item = "li.heap-snapshot-sidebar-tree-item";
+  for (const [k, file] of [oldFile, newFile].entries()) {
+    await page.locator("input[type=file]").first().setInputFiles(file);
+    await page.locator(item).nth(k).waitFor({ timeout: 60000 });
+    await page.locator(`${item}:not(.wait)`).nth(k).waitFor({ timeout: 120000 });
   }
-}
-
-main().catch((e) => {
+  await page.locator(item).nth(1).click();
+  await page.locator(ROW).first().waitFor({ timeout: 60000 });
+  // Summary's filter: a <select> whose options name the snapshots
+  const select = page.locator("select").filter({ hasText: "Objects allocated between" }).first();
+  const options = await select.locator("option").allInnerTexts();
+  const between = options.find((o) => o.startsWith("Objects allocated between"));
+  if (!between) throw new Error(`no 'Objects allocated between' in ${JSON.stringify(options)}`);
+  await select.selectOption({ label: between });
+  await page.waitForTimeout(3000);  // the worker filters, the grid refills (or empties)
+  const text = async () => (await page.locator(ROW).allInnerTexts())
+    .map((t) => t.replace(/\s+/g, " ").trim());
+  const rows = await text();
+  // When there are new dicts (the seeds' leak's records), open the group and select the first:
+  // the Retainers view shows who holds it.
+  let retainers = [];
+  const dicts = page.locator(ROW).filter({ hasText: /^dict\s*×/ });
+  if (await dicts.count()) {
+    await dicts.first().click();
+    await page.keyboard.press("ArrowRight");
+    await page.locator(ROW).filter({ hasText: /dict\s*@\d+/ }).first()
+      .waitFor({ timeout: 30000 });
+    await page.keyboard.press("ArrowDown");
+    const held = page.locator(ROW, { hasText: "global_data_store" });
+    await held.first().waitFor({ timeout: 30000 }).catch(() => {});
+    await page.waitForTimeout(500);
+    const all = await text();
+    const first = all.findIndex((t) => /^\[\d+\] ?in ?list/.test(t));
+    retainers = first < 0 ? [] : all.slice(first);
+  }
+  await page.mouse.move(5, 600);
+  await page.screenshot({ path: out });
+  process.stdout.write(JSON.stringify({ options, selected: between, rows, retainers }) + "\n");
+}).catch((e) => {
   process.stderr.write(`screenshot_devtools_between: ${(e && e.stack) || e}\n`);
   process.exit(1);
 });
