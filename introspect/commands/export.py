@@ -150,7 +150,7 @@ class Command:
             last = (when, f)
             if f == args.file:
                 break
-            if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
+            if dumpfile.other_process(fo, fn):
                 print(
                     f"introspect: {f} and {args.file} are dumps of different processes (pid "
                     f"{fo.get('pid')} and {fn.get('pid')}): ids are matched by path anyway, "

@@ -324,20 +324,9 @@ def on_files(args: argparse.Namespace) -> int:
     log = logger(args)
     old, new = dumpfile.load(args.pid), dumpfile.load(args.new)
     fo, fn = old.facts, new.facts
-    if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
-        print(
-            f"introspect: {args.pid} and {args.new} are dumps of different processes "
-            f"(pid {fo.get('pid')} and {fn.get('pid')}): compared anyway, type by type and "
-            "holder by holder",
-            file=sys.stderr,
-        )
+    for note in dumpfile.pair_notes(args.pid, args.new, fo, fn):
+        print(f"introspect: {note}", file=sys.stderr)
     t_old, t_new = float(fo.get("time", 0)), float(fn.get("time", 0))
-    if t_new < t_old:
-        print(
-            f"introspect: {args.new} was taken before {args.pid}: the change shown is from "
-            "the first file given to the second",
-            file=sys.stderr,
-        )
     first = _analyser(None, int(fo.get("pid", 0)), False, t_old)(old.snap, dumpfile.FileWalker(old))
     saved = {"baseline": first["look"].to_json(), "previous": first["look"].to_json()}
     analyse = _analyser(saved, int(fn.get("pid", 0)), args.values, t_new)

@@ -145,19 +145,8 @@ def run(args: argparse.Namespace) -> int:
     dumps = [dumpfile.load(p) for p in paths]  # every file whole before anything is written
     if len(dumps) == 2:
         fo, fn = dumps[0].facts, dumps[1].facts
-        if (fo.get("pid"), fo.get("start_ticks")) != (fn.get("pid"), fn.get("start_ticks")):
-            print(
-                f"introspect: {paths[0]} and {paths[1]} are dumps of different processes "
-                f"(pid {fo.get('pid')} and {fn.get('pid')}): compared anyway, type by type and "
-                "holder by holder",
-                file=sys.stderr,
-            )
-        if float(fn.get("time", 0)) < float(fo.get("time", 0)):
-            print(
-                f"introspect: {paths[1]} was taken before {paths[0]}: the change shown is from "
-                "the first file given to the second",
-                file=sys.stderr,
-            )
+        for note in dumpfile.pair_notes(paths[0], paths[1], fo, fn):
+            print(f"introspect: {note}", file=sys.stderr)
     looks: list[dict[str, Any]] = []
     for d in dumps:
         looks.append(_look(d, looks[0] if looks else None))

@@ -101,6 +101,28 @@ class _FileReader(BytesReader):
         self.buf = buf
 
 
+def other_process(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
+    """Whether two dumps' facts name different processes (pid and start time)."""
+    return (fa.get("pid"), fa.get("start_ticks")) != (fb.get("pid"), fb.get("start_ticks"))
+
+
+def pair_notes(first: str, second: str, fa: dict[str, Any], fb: dict[str, Any]) -> list[str]:
+    """What a comparison of ``first`` with ``second`` says first (growth OLD NEW, report F1 F2):
+    that they are dumps of different processes, that the second was taken before the first."""
+    notes = []
+    if other_process(fa, fb):
+        notes.append(
+            f"{first} and {second} are dumps of different processes (pid {fa.get('pid')} and "
+            f"{fb.get('pid')}): compared anyway, type by type and holder by holder"
+        )
+    if float(fb.get("time", 0)) < float(fa.get("time", 0)):
+        notes.append(
+            f"{second} was taken before {first}: the change shown is from the first file given to "
+            "the second"
+        )
+    return notes
+
+
 def _read_bytes(path: str) -> bytearray:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

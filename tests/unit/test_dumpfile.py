@@ -619,3 +619,15 @@ def test_a_write_error_of_the_writer_thread_ends_the_dump() -> None:
         out.stop()
         os.close(fd)
     assert out.thread is None
+
+
+def test_pair_notes_say_other_process_and_order() -> None:
+    # growth OLD NEW and report F1 F2 warn, never refuse: two processes, or the files swapped
+    a = {"pid": 10, "start_ticks": 500, "time": 100.0}
+    assert dumpfile.pair_notes("a.pydump", "b.pydump", a, dict(a, time=200.0)) == []
+    other = {"pid": 10, "start_ticks": 900, "time": 50.0}  # a reused pid: another process
+    notes = dumpfile.pair_notes("a.pydump", "b.pydump", a, other)
+    assert len(notes) == 2
+    assert notes[0].startswith("a.pydump and b.pydump are dumps of different processes (pid 10")
+    assert notes[1].startswith("b.pydump was taken before a.pydump")
+    assert dumpfile.other_process(a, other) and not dumpfile.other_process(a, dict(a))
