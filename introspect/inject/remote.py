@@ -79,8 +79,7 @@ def _runtime_section(path: str, _key: tuple[int, int, float]) -> tuple[int, int]
     sec = elf.section(".PyRuntime")
     if sec is None:
         raise LookupError(f"{path} has no .PyRuntime section")
-    first = min(s.vaddr for s in elf.segments if s.type == symbols.PT_LOAD) & ~0xFFF
-    return sec.addr, first
+    return sec.addr, elf.first_load_page()
 
 
 def runtime_address(target: Target) -> int:

@@ -149,12 +149,10 @@ def _cave_offsets(path: str, _key: tuple[int, int, float]) -> tuple[int, int]:
     elf = symbols.read_headers(path)
     if elf.machine != symbols.EM_X86_64:
         raise ValueError(f"{path} is not an x86_64 ELF file")
-    loads = [s for s in elf.segments if s.type == symbols.PT_LOAD]
-    first = min(s.vaddr for s in loads) & ~0xFFF
-    ends = [s.vaddr + s.memsz for s in loads if s.flags & 1]
+    ends = [s.vaddr + s.memsz for s in elf.segments if s.type == symbols.PT_LOAD and s.flags & 1]
     if not ends:
         raise ValueError(f"{path} has no executable segment")
-    return first, max(ends)
+    return elf.first_load_page(), max(ends)
 
 
 def find_cave(target: Target, path: str) -> int:
