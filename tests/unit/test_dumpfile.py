@@ -121,16 +121,7 @@ def test_a_real_dump_reads_back_whole(good: Path) -> None:
     snap = d.snap
     assert snap.n > 600 and len(d.labels) == snap.refs.shape[0] and d.facts["python"] == "test"
     # the walker's answers are in the file: labels of the victim's dicts, module names, counts
-    w = dumpfile.FileWalker(d)
-    main = next(r.pos for r in snap.roots if r.kind == "module" and r.name == "__main__")
-    assert w.names([main]) == ["__main__"]
-    dicts = [p for p in range(snap.n) if snap.type_name(p) == "dict" and w.counts([p]) == [2]]
-    records_ = [
-        p
-        for p in dicts
-        if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))
-    ]
-    assert len(records_) >= 300
+    assert len(_victims_records(d)) >= 300
 
 
 def test_a_version_1_dump_still_reads(good: Path, tmp_path: Path) -> None:
@@ -167,19 +158,23 @@ def test_a_streamed_dump_reads_as_a_whole_one(good: Path, streamed: Path) -> Non
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and not list(p.parent.glob("*.part"))
     assert len(d.labels) == d.snap.refs.shape[0] and d.snap.n > 600
     assert abs(d.snap.n - whole.snap.n) < 50 and set(d.snap.types) == set(whole.snap.types)
-    w = dumpfile.FileWalker(d)
-    main = next(r.pos for r in d.snap.roots if r.kind == "module" and r.name == "__main__")
-    assert w.names([main]) == ["__main__"]
     # the walker answered by positions in the order it streamed the objects, which the
     # addresses resolved to: each of the victim's records is a dict labelled ['k'] and ['v']
-    snap = d.snap
+    assert len(_victims_records(d)) >= 300
+
+
+def _victims_records(d: dumpfile.Dump) -> list[int]:
+    """The victim's records as the file's answers show them: dicts of two items labelled ['k']
+    and ['v'] (and __main__ named by the file)."""
+    snap, w = d.snap, dumpfile.FileWalker(d)
+    main = next(r.pos for r in snap.roots if r.kind == "module" and r.name == "__main__")
+    assert w.names([main]) == ["__main__"]
     dicts = [p for p in range(snap.n) if snap.type_name(p) == "dict" and w.counts([p]) == [2]]
-    labelled = [
+    return [
         p
         for p in dicts
         if {"['k']", "['v']"} <= set(w.labels([(p, int(k)) for k in snap.referents(p)]))
     ]
-    assert len(labelled) >= 300
 
 
 def test_a_dump_of_format_3_records_still_reads(streamed: Path, tmp_path: Path) -> None:
