@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from introspect import codecache, errors
-from introspect.agent import agent_files, code_name, walker_files
+from introspect.agent import agent_files, code_name, compiled_walker, walker_files
 from introspect.target import Target
 
 MAGIC = "#introspect-bootstrap"
@@ -323,6 +323,11 @@ def prepare(target: Target, command: str, params: dict[str, Any], timeout: float
         params = dict(params)
         if command == "snapshot":  # compiled by the forked walker only, in this order
             params["walker"] = [run.write(name, data, 0o400) for name, data in walker_files()]
+            so, why = compiled_walker()
+            if so is not None:
+                params["cwalk"] = run.write("cwalk.so", so, 0o400)
+            else:
+                params["cwalk_why"] = why
         for name, data in (files or {}).items():
             params[name] = run.write(name, data, 0o400)
         for name in fifos:

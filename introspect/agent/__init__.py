@@ -26,6 +26,7 @@ namespace; they are shipped as blank lines (``shipped``): nothing is imported at
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 AGENT_DIR = Path(__file__).parent
@@ -53,7 +54,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "snapshot": ("snapshot.py",),
 }
 # What the forked walker compiles in the child, in this order (copies in the run dir).
-WALKER_PARTS = ("objects.py", "trace.py", "copytrace.py", "labels.py", "walk.py", "memory.py")
+WALKER_PARTS = ("objects.py", "trace.py", "copytrace.py", "labels.py", "cwalk.py", "walk.py",
+                "memory.py")
 # Every file, in the order they are executed (whole.py has the same list).
 ALL: tuple[str, ...] = tuple(
     dict.fromkeys([FIRST, *(f for p in PARTS.values() for f in p), *WALKER_PARTS, LAST])
@@ -103,3 +105,17 @@ def agent_files(command: str | None = None) -> Source:
 def walker_files() -> Source:
     """The files the forked walker compiles in the child, on top of what it inherited."""
     return _read(WALKER_PARTS)
+
+
+def compiled_walker() -> tuple[bytes | None, str]:
+    """The compiled walk step (``_cwalk.c``'s build, installed next to this file, one stable-ABI
+    build for every target 3.8-3.15) for the forked copy to load, or (None, why the copy walks
+    with the Python step). ``INTROSPECT_WALKER=python`` leaves it out."""
+    if os.environ.get("INTROSPECT_WALKER", "") == "python":
+        return None, "INTROSPECT_WALKER=python"
+    for path in sorted(AGENT_DIR.glob("_cwalk*.so")):
+        try:
+            return path.read_bytes(), ""
+        except OSError as exc:
+            return None, f"{path} unreadable: {exc.strerror}"
+    return None, "not built: the install had no C compiler"

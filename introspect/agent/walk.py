@@ -11,6 +11,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from typing import Any  # noqa: F401
 
     from introspect.agent.copytrace import _TRACE_WALK, _trace_block, _trace_pause, _trace_resume
+    from introspect.agent.cwalk import _cw_agrees, _cw_load, _cw_overrides, _SnapIndex
     from introspect.agent.core import (
         _ESC,
         _G,
@@ -58,63 +59,6 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 
 SNAP_MAGIC = b"INTROSPECT-SNAPSHOT 3\n"
 SNAP_BATCH = 32768
-# The walker's id -> position index (_SnapIndex): objects are at least 16 bytes (8 on a 32-bit
-# build) and never overlap, so id >> _SNAP_SHIFT is unique to each; such units are grouped in
-# chunks of 256, each chunk an int32 slot per unit (-1: none) in one array.
-_SNAP_SHIFT = 4 if sys.maxsize > 2 ** 32 else 3
-
-
-class _SnapIndex(object):
-    """id -> position of every object recorded, without a Python object per entry (issue 23): a
-    dict of id -> position cost ~110 bytes an object (the dict's slots, an int for the id, another
-    for the position); this costs 4 bytes per 16 bytes of the target's address space that holds
-    objects (4 KiB chunks: at most a quarter of the heap's pages, ~16-30 bytes an object), plus
-    one dict entry per chunk. A batch's lookups are C-level loops over builtins (units)."""
-
-    __slots__ = ("chunks", "slots", "blank", "ops")
-
-    def __init__(self, array):  # type: (Any) -> None
-        # chunk number (id >> _SNAP_SHIFT >> 8) -> its first slot minus (chunk << 8), so that a
-        # unit's slot is that plus the unit
-        self.chunks = {}  # type: dict
-        self.slots = array("i")
-        self.blank = array("i", [-1]) * 256
-        self.ops = _builtin("_operator")
-
-    def chunk(self, u):  # type: (int) -> int
-        """The slot offset of unit u's chunk, the chunk made (blank) if new."""
-        k = u >> 8
-        d = self.chunks.get(k)
-        if d is None:
-            d = self.chunks[k] = len(self.slots) - (k << 8)
-            self.slots.extend(self.blank)
-        return d
-
-    def get(self, i, default=None):  # type: (int, Any) -> Any
-        u = i >> _SNAP_SHIFT
-        d = self.chunks.get(u >> 8)
-        if d is None:
-            return default
-        p = self.slots[d + u]
-        return default if p < 0 else p
-
-    def put(self, i, p):  # type: (int, int) -> None
-        u = i >> _SNAP_SHIFT
-        self.slots[self.chunk(u) + u] = p
-
-    def units(self, ids):  # type: (list) -> tuple
-        """(units, their slots) of a list of ids, every chunk made: C-level but for new chunks."""
-        ops = self.ops
-        repeat = _builtin("itertools").repeat
-        us = list(map(ops.rshift, ids, repeat(_SNAP_SHIFT)))
-        ds = list(map(self.chunks.get, map(ops.rshift, us, repeat(8))))
-        if None in ds:
-            for j in _builtin("itertools").compress(range(len(ds)), map(ops.is_, ds,
-                                                                        repeat(None))):
-                ds[j] = self.chunk(us[j])
-        return us, list(map(ops.add, ds, us))
-
-
 def _snap_send(fd, kind, payload):  # type: (int, bytes, bytes) -> None
     data = memoryview(kind + len(payload).to_bytes(4, "little") + payload)
     while data:
@@ -214,8 +158,9 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
         _TRACE_WALK["paused"] = _trace_pause() if walk else "no walk"  # before _snap_own: ctypes
         array = _builtin("array").array
         index = _SnapIndex(array)  # id -> position (made after gc.get_objects(): not in objs)
+        cw = _cw_load(params, hold) if walk else (None, "no walk")  # (its module, how it walks)
         own = _snap_own(frame_ids, mods)
-        for x in [keep, hold, index, index.chunks, objs, mods, own, frame_ids] + frame_roots:
+        for x in [keep, hold, index, index.chunks, objs, mods, own, frame_ids] + frame_roots + hold:
             own[id(x)] = None
         known = set(id(v) for _, v in mods)
         for m in list(sys.modules.values()):  # anything this child imported is ours
@@ -224,7 +169,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
                 d = getattr(m, "__dict__", None)
                 if type(d) is dict:
                     own[id(d)] = None
-        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline)
+        _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline, cw)
     except BaseException as exc:  # reported to the CLI, never raised anywhere
         err = exc
     if err is not None:
@@ -271,8 +216,9 @@ def _snap_send_columns(fd, kind, array, start, count, items, known, columns):
     """_snap_send of _snap_columns' payload, copied once (the arrays' buffers joined with the
     frame's head) instead of three times."""
     parts = [b"", array("Q", [start, count, items, known])]  # type: list
-    for code, values in columns:
-        parts.append(bytes(values) if code == "B" else array(code, values))
+    for code, values in columns:  # lists, or bytes already in the column's form (_cwalk)
+        parts.append(values if type(values) is bytes
+                     else bytes(values) if code == "B" else array(code, values))
     if sys.byteorder != "little":
         for a in parts[1:]:
             if not isinstance(a, bytes):
@@ -284,8 +230,8 @@ def _snap_send_columns(fd, kind, array, start, count, items, known, columns):
         data = data[posix.write(fd, data):]
 
 
-def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline):
-    # type: (int, list, list, list, list, _SnapIndex, list, dict, Any, float, float) -> None
+def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0, deadline, cw):
+    # type: (int, list, list, list, list, _SnapIndex, list, dict, Any, float, float, tuple) -> None
     for code, width in (("q", 8), ("i", 4), ("I", 4), ("B", 1), ("Q", 8)):
         if array(code).itemsize != width:
             raise RuntimeError("array %r items are %d bytes, not %d"
@@ -329,7 +275,9 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     drain = _builtin("_collections").deque  # deque(iterable, 0): runs a map, keeps nothing
     # gc.freeze()'s objects are not in gc.get_objects(): with any, tracked references are found
     # like untracked ones (their refcount, then the index, which then has every object of gc's).
-    full = bool(facts.get("frozen"))
+    mod = cw[0]
+    frozen = bool(facts.get("frozen"))
+    full = frozen and mod is None
     skip = dict(own)
     skip.update(dict.fromkeys(map(id, keep)))
     objs.reverse()  # taken from the end, slice by slice: the list shrinks as keep grows
@@ -345,6 +293,10 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             drain(map(setslot, index.units(list(map(id, keep[n:])))[1], range(n, len(keep))), 0)
         part = None  # type: ignore[assignment]
     skip = None  # type: ignore[assignment]
+    checked = set()  # type: set  # types whose referents the compiled step gave as gc does
+    if mod is not None:
+        mod.mark(keep, 0)  # seen: every object of gc's and the roots
+        mod.mark_ids(list(own), 1)  # ours: never recorded, never followed
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
     is_tracked = gc.is_tracked
@@ -404,61 +356,83 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
                     sizes.append(0)
         S = sizes
         F = list(map(is_tracked, batch))
-        A = list(map(id, batch))
-        rl = list(map(getrefs, batch))  # type: Any
-        if _CodeType in tset:
-            for j in range(len(batch)):
-                if types[j] is _CodeType:
-                    rl[j] = [getattr(batch[j], a) for a in _CODE_ATTRS if hasattr(batch[j], a)]
-        N = list(map(len, rl))
-        o = None
-        batch = types = None  # type: ignore[assignment]  # freed before the references
-        refs = list(chain(rl))
-        R = list(map(id, refs))
-        skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
-        if refs and (min(map(refcount, refs)) <= dead_b or not own.keys().isdisjoint(R)):
-            rc = list(map(refcount, refs))  # type: Any
-            skipped = list(compress(range(len(R)), map(ops.or_, map(own.__contains__, R),
-                                                       map(ops.le, rc, repeat(dead_b)))))
-            for j in skipped:
-                if R[j] not in own:
-                    # Owned by nothing but the walker's lists: a dead object a traverse handed
-                    # out (gh-122695's free list), or one made by reading a code object's
-                    # attribute. Not part of the heap; held, so that it is never freed twice.
-                    own[R[j]] = None
-                hold.append(refs[j])
-            drop = set(skipped)  # type: Any
-            refs = [r for j, r in enumerate(refs) if j not in drop]  # as many holds as before
-            rc = drop = None
-        # the references gc does not track (tracked ones are in keep already), their refcounts
-        unt = list(refs) if full else list(filterfalse(is_tracked, refs))
-        # a str counts one owner more: 3.14's interned dict holds its mortal strs uncounted
-        urc = list(map(ops.add, map(refcount, unt), map(ops.is_, map(type, unt), repeat(str))))
-        keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
-        multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
-        unt = urc = refs = rl = None  # type: ignore[assignment]
-        if multi:
-            sl = index.units(list(map(id, multi)))[1]
-            miss = list(map(ops.lt, map(slots.__getitem__, sl), repeat(0)))
-            if True in miss:
-                first = dict(zip(compress(sl, miss), compress(multi, miss)))  # each once
-                n = len(keep)
-                keep.extend(first.values())
-                drain(map(setslot, first, range(n, len(keep))), 0)
-                first = None  # type: ignore[assignment]
-            sl = miss = None  # type: ignore[assignment]
-        multi = None  # type: ignore[assignment]
-        if skipped:
-            ends = list(itertools.accumulate(N))
-            for j in skipped:
-                N[bisect(ends, j)] -= 1
-            drop = set(skipped)
-            R = [p for j, p in enumerate(R) if j not in drop]
-        edges += len(R)
+        if mod is not None:  # the compiled step: these columns by the same rule (_cwalk.c)
+            if not checked.issuperset(tset):  # a new type: its first object's referents
+                firsts = dict(zip(types, batch))
+                bad = _cw_agrees(mod, [firsts[t] for t in tset.difference(checked)], hold)
+                if bad:
+                    raise RuntimeError("the compiled walk step's referents of a %s differ from "
+                                       "gc.get_referents'; INTROSPECT_WALKER=python walks "
+                                       "without it" % bad)
+                checked.update(tset)
+                firsts = None  # type: ignore[assignment]
+            n = len(keep)
+            A, N, R, _ = mod.walk(keep, pos, stop, _cw_overrides(batch, types, hold))
+            batch = types = None  # type: ignore[assignment]
+            if not frozen and n < len(keep) and any(map(is_tracked, keep[n:])):
+                # gc-tracked and not in gc's list: made by this copy after it (the Python
+                # step's rule: only gc.freeze()'s objects are looked for outside gc's list)
+                part = keep[n:]
+                del keep[n:]
+                keep.extend(filterfalse(is_tracked, part))
+                part = None  # type: ignore[assignment]
+        else:
+            A = list(map(id, batch))
+            rl = list(map(getrefs, batch))  # type: Any
+            if _CodeType in tset:
+                for j in range(len(batch)):
+                    if types[j] is _CodeType:
+                        rl[j] = [getattr(batch[j], a) for a in _CODE_ATTRS if hasattr(batch[j], a)]
+            N = list(map(len, rl))
+            o = None
+            batch = types = None  # type: ignore[assignment]  # freed before the references
+            refs = list(chain(rl))
+            R = list(map(id, refs))
+            skipped = []  # type: list  # flat positions of references not recorded (ours, or dead)
+            if refs and (min(map(refcount, refs)) <= dead_b or not own.keys().isdisjoint(R)):
+                rc = list(map(refcount, refs))  # type: Any
+                skipped = list(compress(range(len(R)), map(ops.or_, map(own.__contains__, R),
+                                                           map(ops.le, rc, repeat(dead_b)))))
+                for j in skipped:
+                    if R[j] not in own:
+                        # Owned by nothing but the walker's lists: a dead object a traverse handed
+                        # out (gh-122695's free list), or one made by reading a code object's
+                        # attribute. Not part of the heap; held, so that it is never freed twice.
+                        own[R[j]] = None
+                    hold.append(refs[j])
+                drop = set(skipped)  # type: Any
+                refs = [r for j, r in enumerate(refs) if j not in drop]  # as many holds as before
+                rc = drop = None
+            # the references gc does not track (tracked ones are in keep already), their refcounts
+            unt = list(refs) if full else list(filterfalse(is_tracked, refs))
+            # a str counts one owner more: 3.14's interned dict holds its mortal strs uncounted
+            urc = list(map(ops.add, map(refcount, unt), map(ops.is_, map(type, unt), repeat(str))))
+            keep.extend(compress(unt, map(ops.eq, urc, repeat(one_b))))
+            multi = list(compress(unt, map(ops.gt, urc, repeat(one_b))))
+            unt = urc = refs = rl = None  # type: ignore[assignment]
+            if multi:
+                sl = index.units(list(map(id, multi)))[1]
+                miss = list(map(ops.lt, map(slots.__getitem__, sl), repeat(0)))
+                if True in miss:
+                    first = dict(zip(compress(sl, miss), compress(multi, miss)))  # each once
+                    n = len(keep)
+                    keep.extend(first.values())
+                    drain(map(setslot, first, range(n, len(keep))), 0)
+                    first = None  # type: ignore[assignment]
+                sl = miss = None  # type: ignore[assignment]
+            multi = None  # type: ignore[assignment]
+            if skipped:
+                ends = list(itertools.accumulate(N))
+                for j in skipped:
+                    N[bisect(ends, j)] -= 1
+                drop = set(skipped)
+                R = [p for j, p in enumerate(R) if j not in drop]
+        nrefs = len(R) >> 3 if type(R) is bytes else len(R)  # bytes: the compiled step's
+        edges += nrefs
         if newtypes:
             _snap_send(fd, b"T", _snap_json(newtypes))
             newtypes = []
-        _snap_send_columns(fd, b"O", array, pos, stop - pos, len(R), len(keep),
+        _snap_send_columns(fd, b"O", array, pos, stop - pos, nrefs, len(keep),
                            [("q", S), ("i", T), ("I", N), ("Q", R), ("B", F), ("Q", A)])
         T, S, F, N, R, A = [], [], [], [], [], []
         pos = stop
@@ -514,7 +488,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
         _snap_send_columns(fd, b"C", array, start, len(C), 0, len(keep), [("q", C)])
         start += len(C)
     end = {"objects": len(keep), "edges": edges, "walk_s": walk_s, "walk_cpu_s": walk_cpu_s,
-           "total_s": time.perf_counter() - t0}  # type: dict
+           "total_s": time.perf_counter() - t0, "walker": cw[1]}  # type: dict
     if partial:
         end["partial"] = partial
     _snap_send(fd, b"E", _snap_json(end))

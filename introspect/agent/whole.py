@@ -7,8 +7,8 @@
 
 _DIR = __file__.rpartition("/")[0] + "/"
 for _name in ("core.py", "objects.py", "sizes.py", "growth.py", "backrefs.py", "chains.py",
-              "exec.py", "trace.py", "snapshot.py", "copytrace.py", "labels.py", "walk.py",
-              "memory.py", "run.py"):
+              "exec.py", "trace.py", "snapshot.py", "copytrace.py", "labels.py", "cwalk.py",
+              "walk.py", "memory.py", "run.py"):
     with open(_DIR + _name, "rb") as _f:
         exec(compile(_f.read(), _DIR + _name, "exec"), globals())
 del _DIR, _name, _f

@@ -231,7 +231,8 @@ class _Session:
             partial = str(snap.end.get("partial") or "")
             self.log(
                 f"snapshot: {snap.n:,} objects, {int(snap.refs.shape[0]):,} references, "
-                f"walked in {snap.end.get('walk_s', 0):.2f} s"
+                f"walked in {snap.end.get('walk_s', 0):.2f} s "
+                f"({snap.end.get('walker', 'python')})"
                 + (f"; PARTIAL: {partial}" if partial else "")
                 + f"; analysis budget {analyse_budget(snap.n):.0f} s"
             )
@@ -241,6 +242,8 @@ class _Session:
                 "walk_s": round(float(snap.end.get("walk_s", 0)), 3),
                 # the walker's CPU time (format 3): what a loaded host leaves stable
                 "walk_cpu_s": round(float(snap.end.get("walk_cpu_s", 0)), 3),
+                # which walk step ran: "compiled" (agent/_cwalk.c) or "python (why)"
+                "walker": str(snap.end.get("walker", "python")),
                 "walker_pid": walker.pid,
                 "partial": partial or None,
             }

@@ -86,6 +86,7 @@ END_FIELDS: dict[str, tuple[type, ...]] = {
     "walk_s": _NUM,
     "walk_cpu_s": _NUM,  # the walk's CPU time in the copy (format 3)
     "total_s": _NUM,
+    "walker": (str,),  # "compiled" (agent/_cwalk.c), or "python (why)"
     "partial": (str,),  # why the walk stopped early: objects past it are listed without references
     "unknown_refs": (int,),  # format 3: references to no object's address, dropped (the CLI's)
     "duplicate_objects": (int,),  # format 3: objects at an address streamed before (the CLI's)

@@ -1,0 +1,388 @@
+/* introspect's compiled walk step: loaded ONLY in the forked copy (agent/cwalk.py), never in the
+ * target, never by the CLI. One build serves every CPython 3.8-3.15 default (GIL) build: the
+ * stable ABI (abi3) for the few API calls, and the head of PyTypeObject, unchanged since 3.8, read
+ * through a mirror that setup() checks against each interpreter's own figures before any walk
+ * (cwalk.py compares it with type.__basicsize__, __flags__... and every referent list with
+ * gc.get_referents on a sample; any difference and the walker stays the Python one).
+ *
+ * What it does per batch of the walker's `keep` list, as the Python loop in walk.py does it:
+ * each object's address, tp_traverse's referents as addresses (what gc.get_referents returns),
+ * minus the walker's own objects and dead ones (refcount 0: a traverse can hand out a free-listed
+ * object, gh-122695), and every referent never seen before appended to `keep` (the only
+ * reference this module takes: the copy holds everything until os._exit). "Seen" and "ours" are
+ * two bits per 16 bytes of address space, one 64-byte block per 4 KiB page that holds objects,
+ * found through an open-addressing table: ~1 byte per object. */
+
+#define Py_LIMITED_API 0x03080000
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CWALK_ABI 1
+
+typedef int (*visit_fn)(PyObject *, void *);
+typedef int (*traverse_fn)(PyObject *, visit_fn, void *);
+
+/* PyTypeObject's head in CPython 3.8-3.15 (Include/cpython/object.h), 64-bit GIL builds */
+typedef struct {
+    Py_ssize_t ob_refcnt;
+    void *ob_type;
+    Py_ssize_t ob_size;
+    const char *tp_name;
+    Py_ssize_t tp_basicsize, tp_itemsize;
+    void *tp_dealloc;
+    Py_ssize_t tp_vectorcall_offset;
+    void *tp_getattr, *tp_setattr, *tp_as_async, *tp_repr, *tp_as_number, *tp_as_sequence,
+        *tp_as_mapping, *tp_hash, *tp_call, *tp_str, *tp_getattro, *tp_setattro, *tp_as_buffer;
+    unsigned long tp_flags;
+    const char *tp_doc;
+    traverse_fn tp_traverse;
+    void *tp_clear, *tp_richcompare;
+    Py_ssize_t tp_weaklistoffset;
+    void *tp_iter, *tp_iternext, *tp_methods, *tp_members, *tp_getset, *tp_base, *tp_dict,
+        *tp_descr_get, *tp_descr_set;
+    Py_ssize_t tp_dictoffset;
+    void *tp_init, *tp_alloc, *tp_new, *tp_free;
+    int (*tp_is_gc)(PyObject *);
+} Head;
+
+typedef struct {
+    Py_ssize_t refcnt;
+    Head *type;
+} Obj;
+
+#define HAVE_GC (1UL << 14)
+#define SEEN 0
+#define OURS 1
+
+/* page number -> block index; blocks: per page, two bitmaps of 256 bits (seen, ours) */
+static uint64_t *dir_keys; /* page + 1 (0: empty) */
+static uint32_t *dir_vals;
+static size_t dir_cap, dir_used;
+static uint64_t *blocks; /* 8 words per page: 4 seen, 4 ours */
+static size_t blocks_cap, blocks_used;
+
+static size_t slot_of(uint64_t key) {
+    uint64_t h = key * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 17) & (dir_cap - 1);
+}
+
+static int dir_grow(void) {
+    size_t old_cap = dir_cap, i;
+    uint64_t *ok = dir_keys;
+    uint32_t *ov = dir_vals;
+    size_t cap = old_cap ? old_cap * 2 : 1 << 16;
+    uint64_t *nk = calloc(cap, sizeof(uint64_t));
+    uint32_t *nv = malloc(cap * sizeof(uint32_t));
+    if (nk == NULL || nv == NULL) {
+        free(nk);
+        free(nv);
+        return -1;
+    }
+    dir_keys = nk;
+    dir_vals = nv;
+    dir_cap = cap;
+    for (i = 0; i < old_cap; i++) {
+        if (ok[i]) {
+            size_t s = slot_of(ok[i]);
+            while (dir_keys[s])
+                s = (s + 1) & (dir_cap - 1);
+            dir_keys[s] = ok[i];
+            dir_vals[s] = ov[i];
+        }
+    }
+    free(ok);
+    free(ov);
+    return 0;
+}
+
+/* the block of address a's page, or NULL (none yet and make == 0, or no memory) */
+static uint64_t *block_of(uintptr_t a, int make) {
+    uint64_t key = ((uint64_t)a >> 12) + 1;
+    size_t s;
+    if (dir_cap == 0) {
+        if (!make || dir_grow() < 0)
+            return NULL;
+    }
+    s = slot_of(key);
+    while (dir_keys[s]) {
+        if (dir_keys[s] == key)
+            return blocks + (size_t)dir_vals[s] * 8;
+        s = (s + 1) & (dir_cap - 1);
+    }
+    if (!make)
+        return NULL;
+    if ((dir_used + 1) * 2 > dir_cap) {
+        if (dir_grow() < 0)
+            return NULL;
+        return block_of(a, make);
+    }
+    if (blocks_used == blocks_cap) {
+        size_t cap = blocks_cap ? blocks_cap * 2 : 1 << 14;
+        uint64_t *nb;
+        if (cap > 0xFFFFFFFFULL)
+            return NULL;
+        nb = realloc(blocks, cap * 8 * sizeof(uint64_t));
+        if (nb == NULL)
+            return NULL;
+        blocks = nb;
+        blocks_cap = cap;
+    }
+    memset(blocks + blocks_used * 8, 0, 8 * sizeof(uint64_t));
+    dir_keys[s] = key;
+    dir_vals[s] = (uint32_t)blocks_used;
+    dir_used++;
+    return blocks + (blocks_used++) * 8;
+}
+
+static int bit_get(uintptr_t a, int which) {
+    uint64_t *b = block_of(a, 0);
+    unsigned u = (unsigned)((a >> 4) & 255);
+    return b != NULL && ((b[which * 4 + (u >> 6)] >> (u & 63)) & 1);
+}
+
+static int bit_set(uintptr_t a, int which) {
+    uint64_t *b = block_of(a, 1);
+    unsigned u = (unsigned)((a >> 4) & 255);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b[which * 4 + (u >> 6)] |= (uint64_t)1 << (u & 63);
+    return 0;
+}
+
+/* a growable array of uint64 (references' addresses) */
+typedef struct {
+    uint64_t *v;
+    size_t n, cap;
+} Vec;
+
+static int vec_push(Vec *x, uint64_t a) {
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 1 << 16;
+        uint64_t *nv = realloc(x->v, cap * sizeof(uint64_t));
+        if (nv == NULL)
+            return -1;
+        x->v = nv;
+        x->cap = cap;
+    }
+    x->v[x->n++] = a;
+    return 0;
+}
+
+typedef struct {
+    Vec refs;
+    PyObject *keep;
+    Py_ssize_t found; /* referents appended to keep */
+    uint32_t count;   /* references recorded for the current object */
+    Py_ssize_t held;  /* how many owners the walker's own lists add (0, or 1 for an override) */
+    int failed;
+} Walk;
+
+static int visit(PyObject *r, void *arg) {
+    Walk *w = (Walk *)arg;
+    uintptr_t a = (uintptr_t)r;
+    if (r == NULL || w->failed)
+        return 0;
+    if (bit_get(a, OURS))
+        return 0;
+    if (((Obj *)r)->refcnt <= w->held) {
+        /* owned by nothing (a free-listed object a traverse handed out) or by the walker's own
+         * list alone (made by reading a code object's attribute): not part of the heap */
+        if (bit_set(a, OURS) < 0)
+            w->failed = 1;
+        return 0;
+    }
+    if (vec_push(&w->refs, (uint64_t)a) < 0) {
+        PyErr_NoMemory();
+        w->failed = 1;
+        return 0;
+    }
+    w->count++;
+    if (!bit_get(a, SEEN)) {
+        if (bit_set(a, SEEN) < 0 || PyList_Append(w->keep, r) < 0) {
+            w->failed = 1;
+            return 0;
+        }
+        w->found++;
+    }
+    return 0;
+}
+
+static int is_gc(PyObject *o) {
+    Head *t = ((Obj *)o)->type;
+    return (t->tp_flags & HAVE_GC) && (t->tp_is_gc == NULL || t->tp_is_gc(o));
+}
+
+/* mark(objects, which): every object of a list marked seen (0) or ours (1) */
+static PyObject *cw_mark(PyObject *self, PyObject *args) {
+    PyObject *lst;
+    int which;
+    Py_ssize_t i, n;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &lst, &which))
+        return NULL;
+    n = PyList_Size(lst);
+    for (i = 0; i < n; i++) {
+        if (bit_set((uintptr_t)PyList_GetItem(lst, i), which ? OURS : SEEN) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* mark_ids(ids, which): the same for a list of ids (addresses as ints) */
+static PyObject *cw_mark_ids(PyObject *self, PyObject *args) {
+    PyObject *lst;
+    int which;
+    Py_ssize_t i, n;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &lst, &which))
+        return NULL;
+    n = PyList_Size(lst);
+    for (i = 0; i < n; i++) {
+        void *p = PyLong_AsVoidPtr(PyList_GetItem(lst, i));
+        if (p == NULL && PyErr_Occurred())
+            return NULL;
+        if (p != NULL && bit_set((uintptr_t)p, which ? OURS : SEEN) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* walk(keep, start, stop, overrides) -> (addresses, counts, references, found): the batch
+ * keep[start:stop]; overrides: None or a list of stop - start items, each None (traverse the
+ * object) or the list of its referents (code objects: their attributes, read in Python).
+ * addresses: uint64 per object; counts: uint32 per object; references: uint64 per reference;
+ * found: how many objects were appended to keep. */
+static PyObject *cw_walk(PyObject *self, PyObject *args) {
+    PyObject *keep, *over, *addr = NULL, *counts = NULL, *refs = NULL, *res = NULL;
+    Py_ssize_t start, stop, i, n;
+    uint64_t *A = NULL;
+    uint32_t *N = NULL;
+    Walk w;
+    if (!PyArg_ParseTuple(args, "O!nnO", &PyList_Type, &keep, &start, &stop, &over))
+        return NULL;
+    n = PyList_Size(keep);
+    if (start < 0 || stop < start || stop > n) {
+        PyErr_SetString(PyExc_ValueError, "batch out of range");
+        return NULL;
+    }
+    if (over != Py_None && (!PyList_Check(over) || PyList_Size(over) != stop - start)) {
+        PyErr_SetString(PyExc_ValueError, "overrides must be None or one item per object");
+        return NULL;
+    }
+    memset(&w, 0, sizeof(w));
+    w.keep = keep;
+    A = malloc((size_t)(stop - start + 1) * sizeof(uint64_t));
+    N = malloc((size_t)(stop - start + 1) * sizeof(uint32_t));
+    if (A == NULL || N == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = start; i < stop; i++) {
+        PyObject *o = PyList_GetItem(keep, i); /* borrowed: keep holds it until _exit */
+        PyObject *ov = over == Py_None ? Py_None : PyList_GetItem(over, i - start);
+        A[i - start] = (uint64_t)(uintptr_t)o;
+        w.count = 0;
+        if (ov != Py_None) {
+            Py_ssize_t j, m;
+            if (!PyList_Check(ov)) {
+                PyErr_SetString(PyExc_TypeError, "an override must be a list");
+                goto done;
+            }
+            m = PyList_Size(ov);
+            w.held = 1;
+            for (j = 0; j < m && !w.failed; j++)
+                visit(PyList_GetItem(ov, j), &w);
+            w.held = 0;
+        } else if (is_gc(o)) {
+            traverse_fn tr = ((Obj *)o)->type->tp_traverse;
+            if (tr != NULL)
+                tr(o, visit, &w);
+        }
+        if (w.failed)
+            goto done;
+        N[i - start] = w.count;
+    }
+    addr = PyBytes_FromStringAndSize((const char *)A, (stop - start) * 8);
+    counts = PyBytes_FromStringAndSize((const char *)N, (stop - start) * 4);
+    refs = PyBytes_FromStringAndSize((const char *)w.refs.v, (Py_ssize_t)w.refs.n * 8);
+    if (addr && counts && refs)
+        res = Py_BuildValue("(OOOn)", addr, counts, refs, w.found);
+done:
+    Py_XDECREF(addr);
+    Py_XDECREF(counts);
+    Py_XDECREF(refs);
+    free(A);
+    free(N);
+    free(w.refs.v);
+    return res;
+}
+
+/* referents(o) -> [addresses]: tp_traverse's visits as they come, nothing skipped (the check
+ * against gc.get_referents) */
+static int visit_all(PyObject *r, void *arg) {
+    PyObject *lst = (PyObject *)arg, *a;
+    int rc;
+    if (r == NULL)
+        return 0;
+    a = PyLong_FromVoidPtr(r);
+    if (a == NULL)
+        return -1;
+    rc = PyList_Append(lst, a);
+    Py_DECREF(a);
+    return rc;
+}
+
+static PyObject *cw_referents(PyObject *self, PyObject *o) {
+    PyObject *lst = PyList_New(0);
+    if (lst == NULL)
+        return NULL;
+    if (is_gc(o)) {
+        traverse_fn tr = ((Obj *)o)->type->tp_traverse;
+        if (tr != NULL && tr(o, visit_all, lst) != 0) {
+            Py_DECREF(lst);
+            return NULL;
+        }
+    }
+    return lst;
+}
+
+/* head(t) -> (address of t's type, basicsize, itemsize, flags, weaklistoffset, dictoffset):
+ * the mirror's reading of type object t, for setup's check against the interpreter's */
+static PyObject *cw_head(PyObject *self, PyObject *t) {
+    Head *h = (Head *)t;
+    if (!PyType_Check(t)) {
+        PyErr_SetString(PyExc_TypeError, "a type is needed");
+        return NULL;
+    }
+    return Py_BuildValue("(Nnnknn)", PyLong_FromVoidPtr(h->ob_type), h->tp_basicsize,
+                         h->tp_itemsize, h->tp_flags, h->tp_weaklistoffset, h->tp_dictoffset);
+}
+
+/* stats() -> (pages, bytes held by the tables) */
+static PyObject *cw_stats(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("(nn)", (Py_ssize_t)blocks_used,
+                         (Py_ssize_t)(dir_cap * 12 + blocks_cap * 64));
+}
+
+static PyMethodDef methods[] = {
+    {"mark", cw_mark, METH_VARARGS, "mark(objects, which): seen (0) or ours (1)"},
+    {"mark_ids", cw_mark_ids, METH_VARARGS, "mark_ids(ids, which): seen (0) or ours (1)"},
+    {"walk", cw_walk, METH_VARARGS, "walk(keep, start, stop, overrides)"},
+    {"referents", cw_referents, METH_O, "referents(o): tp_traverse's visits as addresses"},
+    {"head", cw_head, METH_O, "head(type): the mirror's reading of a type object"},
+    {"stats", cw_stats, METH_NOARGS, "stats(): (pages, table bytes)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cwalk", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__cwalk(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", CWALK_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,19 @@
+"""The compiled walk step (introspect/agent/_cwalk.c), optional: without a C compiler the install
+goes on and the forked walker stays the Python one (agent/walk.py). One stable-ABI (abi3) build
+serves every target CPython 3.8-3.15; the CLI never imports it, the forked copy loads it."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "introspect.agent._cwalk",
+            ["introspect/agent/_cwalk.c"],
+            py_limited_api=True,
+            extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+                                "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    ],
+    options={"bdist_wheel": {"py_limited_api": "cp38"}},
+)
