@@ -375,14 +375,18 @@ static PyMethodDef methods[] = {
     {"stats", cw_stats, METH_NOARGS, "stats(): (pages, table bytes)"},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cwalk", NULL, -1, methods,
-                                    NULL, NULL, NULL, NULL};
+static int exec_module(PyObject *m) {
+    return PyModule_AddIntConstant(m, "ABI", CWALK_ABI);
+}
+
+/* multi-phase: the module is made from the spec and registered nowhere (a single-phase module
+ * lands in sys.modules and the import system's cache of extensions, where the walk would see
+ * it) */
+static PyModuleDef_Slot slots[] = {{Py_mod_exec, (void *)exec_module}, {0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cwalk", NULL, 0, methods,
+                                    slots, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cwalk(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", CWALK_ABI) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return PyModuleDef_Init(&module);
 }

@@ -93,13 +93,12 @@ def _cw_load(params, hold):  # type: (dict, list) -> tuple
         view = memoryview(data)
         while view:
             view = view[posix.write(mfd, view):]
-        if "_cwalk" in sys.modules:
-            return None, "python (the target has a module named _cwalk)"
         spec = sys.modules["_frozen_importlib"].ModuleSpec(
             "_cwalk", None, origin="/proc/self/fd/%d" % mfd)
-        mod = _builtin("_imp").create_dynamic(spec)
+        imp = _builtin("_imp")
+        mod = imp.create_dynamic(spec)  # multi-phase (_cwalk.c): registered nowhere
         hold.extend((spec, mod, mod.__dict__))
-        sys.modules.pop("_cwalk", None)  # an import's entry: the walk must not find it there
+        imp.exec_dynamic(mod)
         if getattr(mod, "ABI", None) != _CW_ABI:
             return None, "python (the compiled walk step is of another version)"
         for t in (int, str, dict, list, tuple, type, object, bytes, set, _CodeType,
