@@ -11,7 +11,6 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     from typing import Any  # noqa: F401
 
     from introspect.agent.copytrace import _TRACE_WALK, _trace_block, _trace_pause, _trace_resume
-    from introspect.agent.cwalk import _cw_agrees, _cw_load, _cw_overrides, _SnapIndex
     from introspect.agent.core import (
         _ESC,
         _G,
@@ -28,6 +27,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         time,
         type_name,
     )
+    from introspect.agent.cwalk import _cw_agrees, _cw_load, _cw_overrides, _SnapIndex
     from introspect.agent.labels import (
         _CODE_ATTRS,
         _CodeType,
@@ -306,7 +306,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     sizers = {}  # type: dict
     # Plain lists in the loop (a list append stores a pointer; an array append converts an int):
     # each batch becomes fixed-width arrays once, when it is sent.
-    T, S, F, N, R, A = [], [], [], [], [], []  # type: list, list, list, list, list, list
+    T, S, F, N, R, A = [], [], [], [], [], []  # type: list, list, list, Any, Any, Any
     newtypes = []  # type: list
     start = pos = 0
     edges = 0

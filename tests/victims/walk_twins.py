@@ -47,7 +47,9 @@ closures = [make(i) for i in range(300)]
 codes = [compile("x = %d + y" % i, "<twin %d>" % i, "exec") for i in range(100)]
 nested = ((("deep", 1), ("deeper", (2, (3, b"bytes")))), frozenset(["a", "b"]))
 it = iter(range(10))
-import _bisect, _collections, _operator, array, itertools  # noqa: E401,F401 - the walk's
+# the modules the walk imports, imported before the forks: neither copy's walk makes them
+for _name in ("_bisect", "_collections", "_operator", "array", "itertools"):
+    __import__(_name)
 ns = {"__name__": "__introspect_agent__", "__file__": agent}
 with open(agent, "rb") as f:
     exec(compile(f.read(), agent, "exec"), ns)
