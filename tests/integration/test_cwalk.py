@@ -56,12 +56,9 @@ def _objects(raw: bytes) -> tuple[dict[int, tuple[str, int, int, tuple[int, ...]
     return out, end
 
 
-@pytest.mark.parametrize("freeze", [False, True], ids=["plain", "frozen"])
-@pytest.mark.parametrize("interp", interp_params())
-def test_compiled_and_python_steps_stream_the_same_heap(interp: Interp, freeze: bool,
-                                                        tmp_path: Path) -> None:
-    so, why = compiled_walker()
-    assert so is not None, f"the compiled walk step is not built ({why}): run scripts/setup"
+def _twins(interp: Interp, so: bytes, freeze: bool, tmp_path: Path) -> list[Any]:
+    """The two walks of walk_twins.py: [(objects, end frame)] of the copy given ``so`` as its
+    compiled step, then of the copy without one."""
     (tmp_path / "cwalk.so").write_bytes(so)
     fifos = [str(tmp_path / n) for n in ("s1", "c1", "s2", "c2")]
     for p in fifos:
@@ -70,7 +67,7 @@ def test_compiled_and_python_steps_stream_the_same_heap(interp: Interp, freeze: 
            os.open(fifos[2], os.O_RDONLY | os.O_NONBLOCK)]
     proc = subprocess.Popen([interp.path, str(TWINS), str(AGENT_PATH), str(tmp_path / "cwalk.so"),
                              "1" if freeze else "0", *fifos], stdout=subprocess.PIPE, text=True)
-    walks: list[tuple[dict[int, Any], dict[str, Any]]] = []
+    walks: list[Any] = []
     try:
         for k, fd in enumerate(fds):
             reader = Reader(fd, time.monotonic() + 60)
@@ -87,9 +84,10 @@ def test_compiled_and_python_steps_stream_the_same_heap(interp: Interp, freeze: 
         proc.wait(60)
         for fd in fds:
             os.close(fd)
-    (comp, cend), (py, pend) = walks
-    assert cend["walker"] == "compiled", cend
-    assert pend["walker"].startswith("python ("), pend
+    return walks
+
+
+def _same_heap(comp: dict[int, Any], py: dict[int, Any]) -> None:
     # The two copies differ in what the script and the fork made after its second fork: b (a
     # pid, an int only the first copy has, in __main__'s dict), the snapshot's parameters (a
     # small dict at one address in both, with other keys and values), threading's after-fork
@@ -103,3 +101,26 @@ def test_compiled_and_python_steps_stream_the_same_heap(interp: Interp, freeze: 
     assert len(only_c) + len(only_p) + len(differ) <= 12, (only_c, only_p, differ)
     kinds = Counter(t for t, *_ in comp.values())
     assert kinds["code"] >= 100 and kinds["tuple"] >= 20000 and kinds["dict"] >= 20000, kinds
+
+
+@pytest.mark.parametrize("freeze", [False, True], ids=["plain", "frozen"])
+@pytest.mark.parametrize("interp", interp_params())
+def test_compiled_and_python_steps_stream_the_same_heap(interp: Interp, freeze: bool,
+                                                        tmp_path: Path) -> None:
+    so, why = compiled_walker()
+    assert so is not None, f"the compiled walk step is not built ({why}): run scripts/setup"
+    (comp, cend), (py, pend) = _twins(interp, so, freeze, tmp_path)
+    assert cend["walker"] == "compiled", cend
+    assert pend["walker"].startswith("python ("), pend
+    _same_heap(comp, py)
+
+
+@pytest.mark.parametrize("interp", [i for i in interp_params() if i.id in ("pyenv-3.8",
+                                                                            "sid-3.15")])
+def test_a_build_that_does_not_load_leaves_the_python_step(interp: Interp,
+                                                          tmp_path: Path) -> None:
+    """A corrupt build (here: not an ELF file) is refused by the loader; that copy walks with
+    the Python step and says why, and its records equal the other copy's."""
+    (comp, cend), (py, pend) = _twins(interp, os.urandom(4096), False, tmp_path)
+    assert cend["walker"].startswith("python (the compiled walk step did not load: "), cend
+    _same_heap(comp, py)
