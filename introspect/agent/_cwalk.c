@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CWALK_ABI 1
+#define CWALK_ABI 2
 
 typedef int (*visit_fn)(PyObject *, void *);
 typedef int (*traverse_fn)(PyObject *, visit_fn, void *);
@@ -63,9 +63,13 @@ static size_t dir_cap, dir_used;
 static uint64_t *blocks; /* 8 words per page: 4 seen, 4 ours */
 static size_t blocks_cap, blocks_used;
 
-static size_t slot_of(uint64_t key) {
+static size_t hash_of(uint64_t key) {
     uint64_t h = key * 0x9E3779B97F4A7C15ULL;
-    return (size_t)(h >> 17) & (dir_cap - 1);
+    return (size_t)(h >> 17);
+}
+
+static size_t slot_of(uint64_t key) {
+    return hash_of(key) & (dir_cap - 1);
 }
 
 static int dir_grow(void) {
@@ -151,6 +155,103 @@ static int bit_set(uintptr_t a, int which) {
     }
     b[which * 4 + (u >> 6)] |= (uint64_t)1 << (u & 63);
     return 0;
+}
+
+/* The types met: type pointer -> its index in the stream and how its objects' sizes are read
+ * (cwalk.py _cw_sizer decides, once per type, what sys.getsizeof would run):
+ *   SIZE_CALL:    sys.getsizeof(o), called (anything else: a metatype, a __sizeof__ in Python)
+ *   SIZE_DESCR:   the type's own C __sizeof__ (a method descriptor) called unbound, plus `pre`
+ *                 (the gc head and pre-header getsizeof adds: the same for every object of a
+ *                 type without tp_is_gc), no bound method made
+ *   SIZE_FORMULA: object.__sizeof__'s formula (tp_basicsize + |ob_size| * tp_itemsize), plus
+ *                 `pre`: no call at all
+ * A type is held by its objects, which the copy keeps until _exit; the descriptors are held
+ * here. */
+#define SIZE_PENDING -1
+#define SIZE_CALL 0
+#define SIZE_DESCR 1
+#define SIZE_FORMULA 2 /* object.__sizeof__'s formula as sys.getsizeof runs it: < 0 is 0 */
+#define SIZE_RAW 3     /* the formula as the walk runs it for a __sizeof__ in Python: unchecked */
+
+typedef struct {
+    uintptr_t type; /* 0: empty */
+    int32_t index;
+    int32_t mode;
+    PyObject *descr;
+    Py_ssize_t pre;
+} TypeSlot;
+
+static TypeSlot *types;
+static size_t types_cap, types_used;
+static PyObject *getsizeof_fn;
+
+static TypeSlot *type_slot(uintptr_t t, int make) {
+    size_t s, i;
+    if (types_cap == 0 || (make && (types_used + 1) * 2 > types_cap)) {
+        size_t cap = types_cap ? types_cap * 2 : 1024;
+        TypeSlot *old = types, *nt = calloc(cap, sizeof(TypeSlot));
+        size_t old_cap = types_cap;
+        if (nt == NULL)
+            return NULL;
+        types = nt;
+        types_cap = cap;
+        for (i = 0; i < old_cap; i++) {
+            if (old[i].type) {
+                s = hash_of(old[i].type) & (types_cap - 1);
+                while (types[s].type)
+                    s = (s + 1) & (types_cap - 1);
+                types[s] = old[i];
+            }
+        }
+        free(old);
+    }
+    s = hash_of(t) & (types_cap - 1);
+    while (types[s].type) {
+        if (types[s].type == t)
+            return &types[s];
+        s = (s + 1) & (types_cap - 1);
+    }
+    if (!make)
+        return NULL;
+    types[s].type = t;
+    types[s].index = -1;
+    types[s].mode = SIZE_PENDING;
+    types_used++;
+    return &types[s];
+}
+
+static Py_ssize_t size_of(PyObject *o, const TypeSlot *ts) {
+    Head *t = ((Obj *)o)->type;
+    PyObject *r;
+    Py_ssize_t v;
+    switch (ts->mode) {
+    case SIZE_FORMULA:
+    case SIZE_RAW:
+        v = t->tp_itemsize > 0 ? ((Py_ssize_t *)o)[2] * t->tp_itemsize : 0;
+        v += t->tp_basicsize;
+        if (ts->mode == SIZE_FORMULA && v < 0)
+            return 0;
+        return v + ts->pre;
+    case SIZE_DESCR:
+        r = PyObject_CallFunctionObjArgs(ts->descr, o, NULL);
+        break;
+    default:
+        r = PyObject_CallFunctionObjArgs(getsizeof_fn, o, NULL);
+        break;
+    }
+    if (r == NULL) { /* what the Python step records when getsizeof raises */
+        PyErr_Clear();
+        return 0;
+    }
+    v = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v < 0)
+        return 0;
+    return ts->mode == SIZE_DESCR ? v + ts->pre : v;
 }
 
 /* a growable array of uint64 (references' addresses) */
@@ -249,16 +350,21 @@ static PyObject *cw_mark_ids(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* walk(keep, start, stop, overrides) -> (addresses, counts, references, found): the batch
+/* walk(keep, start, stop, overrides) -> (addresses, counts, references, types, sizes, found):
+ * the batch
  * keep[start:stop]; overrides: None or a list of stop - start items, each None (traverse the
  * object) or the list of its referents (code objects: their attributes, read in Python).
  * addresses: uint64 per object; counts: uint32 per object; references: uint64 per reference;
- * found: how many objects were appended to keep. */
+ * types: int32 per object (settype's index); sizes: int64 per object (settype's way); found:
+ * how many objects were appended to keep. Every object's type must have been set. */
 static PyObject *cw_walk(PyObject *self, PyObject *args) {
     PyObject *keep, *over, *addr = NULL, *counts = NULL, *refs = NULL, *res = NULL;
+    PyObject *tcol = NULL, *scol = NULL;
     Py_ssize_t start, stop, i, n;
     uint64_t *A = NULL;
     uint32_t *N = NULL;
+    int32_t *T = NULL;
+    int64_t *S = NULL;
     Walk w;
     if (!PyArg_ParseTuple(args, "O!nnO", &PyList_Type, &keep, &start, &stop, &over))
         return NULL;
@@ -275,14 +381,23 @@ static PyObject *cw_walk(PyObject *self, PyObject *args) {
     w.keep = keep;
     A = malloc((size_t)(stop - start + 1) * sizeof(uint64_t));
     N = malloc((size_t)(stop - start + 1) * sizeof(uint32_t));
-    if (A == NULL || N == NULL) {
+    T = malloc((size_t)(stop - start + 1) * sizeof(int32_t));
+    S = malloc((size_t)(stop - start + 1) * sizeof(int64_t));
+    if (A == NULL || N == NULL || T == NULL || S == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     for (i = start; i < stop; i++) {
         PyObject *o = PyList_GetItem(keep, i); /* borrowed: keep holds it until _exit */
         PyObject *ov = over == Py_None ? Py_None : PyList_GetItem(over, i - start);
+        const TypeSlot *ts = type_slot((uintptr_t)((Obj *)o)->type, 0);
+        if (ts == NULL || ts->mode == SIZE_PENDING) {
+            PyErr_SetString(PyExc_ValueError, "an object of a type not set (newtypes, settype)");
+            goto done;
+        }
         A[i - start] = (uint64_t)(uintptr_t)o;
+        T[i - start] = ts->index;
+        S[i - start] = (int64_t)size_of(o, ts);
         w.count = 0;
         if (ov != Py_None) {
             Py_ssize_t j, m;
@@ -307,16 +422,114 @@ static PyObject *cw_walk(PyObject *self, PyObject *args) {
     addr = PyBytes_FromStringAndSize((const char *)A, (stop - start) * 8);
     counts = PyBytes_FromStringAndSize((const char *)N, (stop - start) * 4);
     refs = PyBytes_FromStringAndSize((const char *)w.refs.v, (Py_ssize_t)w.refs.n * 8);
-    if (addr && counts && refs)
-        res = Py_BuildValue("(OOOn)", addr, counts, refs, w.found);
+    tcol = PyBytes_FromStringAndSize((const char *)T, (stop - start) * 4);
+    scol = PyBytes_FromStringAndSize((const char *)S, (stop - start) * 8);
+    if (addr && counts && refs && tcol && scol)
+        res = Py_BuildValue("(OOOOOn)", addr, counts, refs, tcol, scol, w.found);
 done:
     Py_XDECREF(addr);
     Py_XDECREF(counts);
     Py_XDECREF(refs);
+    Py_XDECREF(tcol);
+    Py_XDECREF(scol);
     free(A);
     free(N);
+    free(T);
+    free(S);
     free(w.refs.v);
     return res;
+}
+
+/* newtypes(keep, start, stop) -> [(type, its first object)] of the types of keep[start:stop]
+ * not met before, each listed once (then pending until settype) */
+static PyObject *cw_newtypes(PyObject *self, PyObject *args) {
+    PyObject *keep, *out;
+    Py_ssize_t start, stop, i;
+    if (!PyArg_ParseTuple(args, "O!nn", &PyList_Type, &keep, &start, &stop))
+        return NULL;
+    if (start < 0 || stop < start || stop > PyList_Size(keep)) {
+        PyErr_SetString(PyExc_ValueError, "batch out of range");
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (i = start; i < stop; i++) {
+        PyObject *o = PyList_GetItem(keep, i);
+        uintptr_t t = (uintptr_t)((Obj *)o)->type;
+        if (type_slot(t, 0) == NULL) {
+            PyObject *pair;
+            if (type_slot(t, 1) == NULL) {
+                Py_DECREF(out);
+                return PyErr_NoMemory();
+            }
+            pair = Py_BuildValue("(OO)", (PyObject *)t, o);
+            if (pair == NULL || PyList_Append(out, pair) < 0) {
+                Py_XDECREF(pair);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(pair);
+        }
+    }
+    return out;
+}
+
+/* settype(type, index, mode, descr, pre): how the objects of a type are streamed */
+static PyObject *cw_settype(PyObject *self, PyObject *args) {
+    PyObject *t, *descr;
+    int index, mode;
+    Py_ssize_t pre;
+    TypeSlot *ts;
+    if (!PyArg_ParseTuple(args, "OiiOn", &t, &index, &mode, &descr, &pre))
+        return NULL;
+    if (mode < SIZE_CALL || mode > SIZE_RAW || (mode == SIZE_DESCR && descr == Py_None) || index < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad settype");
+        return NULL;
+    }
+    ts = type_slot((uintptr_t)t, 1);
+    if (ts == NULL)
+        return PyErr_NoMemory();
+    Py_XDECREF(ts->descr);
+    ts->index = index;
+    ts->mode = mode;
+    ts->pre = pre;
+    ts->descr = descr == Py_None ? NULL : descr;
+    Py_XINCREF(ts->descr);
+    Py_RETURN_NONE;
+}
+
+/* setsizeof(fn): sys.getsizeof, for SIZE_CALL */
+static PyObject *cw_setsizeof(PyObject *self, PyObject *fn) {
+    Py_XDECREF(getsizeof_fn);
+    Py_INCREF(fn);
+    getsizeof_fn = fn;
+    Py_RETURN_NONE;
+}
+
+/* offsets(keep, start, stop, type) -> [i - start for keep[i] of exactly that type] */
+static PyObject *cw_offsets(PyObject *self, PyObject *args) {
+    PyObject *keep, *t, *out;
+    Py_ssize_t start, stop, i;
+    if (!PyArg_ParseTuple(args, "O!nnO", &PyList_Type, &keep, &start, &stop, &t))
+        return NULL;
+    if (start < 0 || stop < start || stop > PyList_Size(keep)) {
+        PyErr_SetString(PyExc_ValueError, "batch out of range");
+        return NULL;
+    }
+    out = PyList_New(0);
+    for (i = start; out != NULL && i < stop; i++) {
+        if ((PyObject *)((Obj *)PyList_GetItem(keep, i))->type == t) {
+            PyObject *k = PyLong_FromSsize_t(i - start);
+            if (k == NULL || PyList_Append(out, k) < 0) {
+                Py_XDECREF(k);
+                Py_CLEAR(out);
+                break;
+            }
+            Py_DECREF(k);
+        }
+    }
+    return out;
 }
 
 /* referents(o) -> [addresses]: tp_traverse's visits as they come, nothing skipped (the check
@@ -348,7 +561,8 @@ static PyObject *cw_referents(PyObject *self, PyObject *o) {
     return lst;
 }
 
-/* head(t) -> (address of t's type, basicsize, itemsize, flags, weaklistoffset, dictoffset):
+/* head(t) -> (address of t's type, basicsize, itemsize, flags, weaklistoffset, dictoffset,
+ * whether it has a tp_is_gc):
  * the mirror's reading of type object t, for setup's check against the interpreter's */
 static PyObject *cw_head(PyObject *self, PyObject *t) {
     Head *h = (Head *)t;
@@ -356,8 +570,9 @@ static PyObject *cw_head(PyObject *self, PyObject *t) {
         PyErr_SetString(PyExc_TypeError, "a type is needed");
         return NULL;
     }
-    return Py_BuildValue("(Nnnknn)", PyLong_FromVoidPtr(h->ob_type), h->tp_basicsize,
-                         h->tp_itemsize, h->tp_flags, h->tp_weaklistoffset, h->tp_dictoffset);
+    return Py_BuildValue("(Nnnknni)", PyLong_FromVoidPtr(h->ob_type), h->tp_basicsize,
+                         h->tp_itemsize, h->tp_flags, h->tp_weaklistoffset, h->tp_dictoffset,
+                         h->tp_is_gc != NULL);
 }
 
 /* stats() -> (pages, bytes held by the tables) */
@@ -373,6 +588,10 @@ static PyMethodDef methods[] = {
     {"referents", cw_referents, METH_O, "referents(o): tp_traverse's visits as addresses"},
     {"head", cw_head, METH_O, "head(type): the mirror's reading of a type object"},
     {"stats", cw_stats, METH_NOARGS, "stats(): (pages, table bytes)"},
+    {"newtypes", cw_newtypes, METH_VARARGS, "newtypes(keep, start, stop)"},
+    {"settype", cw_settype, METH_VARARGS, "settype(type, index, mode, descr, pre)"},
+    {"setsizeof", cw_setsizeof, METH_O, "setsizeof(sys.getsizeof)"},
+    {"offsets", cw_offsets, METH_VARARGS, "offsets(keep, start, stop, type)"},
     {NULL, NULL, 0, NULL}};
 
 static int exec_module(PyObject *m) {

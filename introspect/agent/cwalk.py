@@ -11,7 +11,15 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
     import sys  # noqa: F401
     from typing import Any  # noqa: F401
 
-    from introspect.agent.core import _builtin, gc, posix, type_name
+    from introspect.agent.core import (
+        _builtin,
+        _c_sizeof,
+        _type_dict,
+        _type_mro,
+        gc,
+        posix,
+        type_name,
+    )
     from introspect.agent.labels import _CODE_ATTRS, _CodeType
 
 
@@ -19,7 +27,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 # build) and never overlap, so id >> _SNAP_SHIFT is unique to each; such units are grouped in
 # chunks of 256, each chunk an int32 slot per unit (-1: none) in one array.
 _SNAP_SHIFT = 4 if sys.maxsize > 2 ** 32 else 3
-_CW_ABI = 1  # _cwalk.c's CWALK_ABI: a build of another version is not used
+_CW_ABI = 2  # _cwalk.c's CWALK_ABI: a build of another version is not used
 
 
 class _SnapIndex(object):
@@ -105,7 +113,7 @@ def _cw_load(params, hold):  # type: (dict, list) -> tuple
                   type(_cw_load), type(sys)):
             want = (id(type(t)), t.__basicsize__, t.__itemsize__, t.__flags__,
                     t.__weakrefoffset__, t.__dictoffset__)
-            if mod.head(t) != want:
+            if mod.head(t)[:6] != want:
                 return None, "python (this interpreter's type objects differ from 3.8-3.15's)"
         return mod, "compiled"
     except Exception as exc:  # noqa: BLE001 - the Python walk runs, the end frame says why
@@ -125,14 +133,65 @@ def _cw_agrees(mod, objs, hold):  # type: (Any, list, list) -> str
     return ""
 
 
-def _cw_overrides(batch, types, hold):  # type: (list, list, list) -> Any
-    """None, or per object of the batch None or its referents when walked through attributes
-    (code objects: no tp_traverse before 3.12's, the same rule as the Python walk's)."""
-    if _CodeType not in types:
+def _cw_overrides(mod, keep, pos, stop, hold):  # type: (Any, list, int, int, list) -> Any
+    """None, or per object of keep[pos:stop] None or its referents when walked through
+    attributes (code objects: the same rule as the Python step's, labels.py _CODE_ATTRS)."""
+    offs = mod.offsets(keep, pos, stop, _CodeType)
+    if not offs:
         return None
-    over = [None] * len(batch)  # type: list
-    for j in range(len(batch)):
-        if types[j] is _CodeType:
-            over[j] = [getattr(batch[j], a) for a in _CODE_ATTRS if hasattr(batch[j], a)]
+    over = [None] * (stop - pos)  # type: list
+    for j in offs:
+        o = keep[pos + j]
+        over[j] = [getattr(o, a) for a in _CODE_ATTRS if hasattr(o, a)]
     hold.append(over)
     return over
+
+
+def _cw_sizer(mod, t, o, gc_head):  # type: (Any, type, object, int) -> tuple
+    """(mode, descriptor, constant) for the objects of type t (o: one of them) in _cwalk.c's
+    terms, giving the sizes the Python step records: sys.getsizeof(o) when t's __sizeof__ is C
+    code, else object.__sizeof__(o) + gc_head (walk.py)."""
+    if not _c_sizeof(t):
+        return 3, None, gc_head  # SIZE_RAW: the formula, unchecked, + gc_head
+    if mod.head(t)[6]:  # tp_is_gc: the gc head getsizeof adds depends on the object
+        return 0, None, 0  # SIZE_CALL
+    descr = None  # type: Any
+    for k in _type_mro.__get__(t, type):
+        d = _type_dict.__get__(k, type)
+        if "__sizeof__" in d:
+            descr = d["__sizeof__"]
+            break
+    try:
+        full = sys.getsizeof(o)
+        if descr is object.__dict__["__sizeof__"]:
+            return 2, None, full - object.__sizeof__(o)  # SIZE_FORMULA
+        return 1, descr, full - descr(o)  # SIZE_DESCR
+    except Exception:
+        return 0, None, 0
+
+
+def _cw_batch(mod, keep, pos, stop, hold, tindex, newtypes, sizers, gc_head, frozen):
+    # type: (Any, list, int, int, list, dict, list, dict, int, bool) -> tuple
+    """The columns (A, N, R, T, S, F) of keep[pos:stop] from the compiled step, each new type
+    checked first: its first object's referents must be gc.get_referents'."""
+    for t, o in mod.newtypes(keep, pos, stop):
+        bad = _cw_agrees(mod, [o], hold)
+        if bad:
+            raise RuntimeError("the compiled walk step's referents of a %s differ from "
+                               "gc.get_referents'; INTROSPECT_WALKER=python walks without it"
+                               % bad)
+        tindex[t] = len(tindex)
+        newtypes.append([tindex[t], type_name(t)])
+        sizers[t] = _c_sizeof(t)
+        mod.settype(t, tindex[t], *_cw_sizer(mod, t, o, gc_head))
+    n = len(keep)
+    A, N, R, T, S, _ = mod.walk(keep, pos, stop, _cw_overrides(mod, keep, pos, stop, hold))
+    is_tracked = gc.is_tracked
+    F = list(map(is_tracked, keep[pos:stop]))
+    if not frozen and n < len(keep) and any(map(is_tracked, keep[n:])):
+        # gc-tracked and not in gc's list: made by this copy after it (the Python step's rule:
+        # only gc.freeze()'s objects are looked for outside gc's list)
+        part = keep[n:]
+        del keep[n:]
+        keep.extend(_builtin("itertools").filterfalse(is_tracked, part))
+    return A, N, R, T, S, F

@@ -27,7 +27,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         time,
         type_name,
     )
-    from introspect.agent.cwalk import _cw_agrees, _cw_load, _cw_overrides, _SnapIndex
+    from introspect.agent.cwalk import _cw_batch, _cw_load, _SnapIndex
     from introspect.agent.labels import (
         _CODE_ATTRS,
         _CodeType,
@@ -293,10 +293,10 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
             drain(map(setslot, index.units(list(map(id, keep[n:])))[1], range(n, len(keep))), 0)
         part = None  # type: ignore[assignment]
     skip = None  # type: ignore[assignment]
-    checked = set()  # type: set  # types whose referents the compiled step gave as gc does
     if mod is not None:
         mod.mark(keep, 0)  # seen: every object of gc's and the roots
         mod.mark_ids(list(own), 1)  # ours: never recorded, never followed
+        mod.setsizeof(sys.getsizeof)
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents
     is_tracked = gc.is_tracked
@@ -331,52 +331,35 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     refs = probe = unt = None
     while pos < len(keep):
         stop = min(len(keep), pos + SNAP_BATCH)
-        batch = keep[pos:stop]
-        types = list(map(type, batch))
-        tset = set(types)
-        for t in tset:
-            if t not in tindex:
-                tindex[t] = len(tindex)
-                newtypes.append([tindex[t], type_name(t)])
-                sizers[t] = _c_sizeof(t)
-        T = list(map(tindex.__getitem__, types))
-        sizes = None  # type: Any
-        if all(sizers[t] for t in tset):
-            try:
-                sizes = list(map(getsizeof, batch))
-            except Exception:
-                sizes = None
-        if sizes is None:
-            sizes = []
-            for o in batch:
-                try:
-                    sizes.append(getsizeof(o) if sizers[type(o)]
-                                 else object.__sizeof__(o) + gc_head)
-                except Exception:
-                    sizes.append(0)
-        S = sizes
-        F = list(map(is_tracked, batch))
-        if mod is not None:  # the compiled step: these columns by the same rule (_cwalk.c)
-            if not checked.issuperset(tset):  # a new type: its first object's referents
-                firsts = dict(zip(types, batch))
-                bad = _cw_agrees(mod, [firsts[t] for t in tset.difference(checked)], hold)
-                if bad:
-                    raise RuntimeError("the compiled walk step's referents of a %s differ from "
-                                       "gc.get_referents'; INTROSPECT_WALKER=python walks "
-                                       "without it" % bad)
-                checked.update(tset)
-                firsts = None  # type: ignore[assignment]
-            n = len(keep)
-            A, N, R, _ = mod.walk(keep, pos, stop, _cw_overrides(batch, types, hold))
-            batch = types = None  # type: ignore[assignment]
-            if not frozen and n < len(keep) and any(map(is_tracked, keep[n:])):
-                # gc-tracked and not in gc's list: made by this copy after it (the Python
-                # step's rule: only gc.freeze()'s objects are looked for outside gc's list)
-                part = keep[n:]
-                del keep[n:]
-                keep.extend(filterfalse(is_tracked, part))
-                part = None  # type: ignore[assignment]
+        if mod is not None:  # the compiled step: every column by the same rules (cwalk.py)
+            A, N, R, T, S, F = _cw_batch(mod, keep, pos, stop, hold, tindex, newtypes, sizers,
+                                         gc_head, frozen)
         else:
+            batch = keep[pos:stop]
+            types = list(map(type, batch))
+            tset = set(types)
+            for t in tset:
+                if t not in tindex:
+                    tindex[t] = len(tindex)
+                    newtypes.append([tindex[t], type_name(t)])
+                    sizers[t] = _c_sizeof(t)
+            T = list(map(tindex.__getitem__, types))
+            sizes = None  # type: Any
+            if all(sizers[t] for t in tset):
+                try:
+                    sizes = list(map(getsizeof, batch))
+                except Exception:
+                    sizes = None
+            if sizes is None:
+                sizes = []
+                for o in batch:
+                    try:
+                        sizes.append(getsizeof(o) if sizers[type(o)]
+                                     else object.__sizeof__(o) + gc_head)
+                    except Exception:
+                        sizes.append(0)
+            S = sizes
+            F = list(map(is_tracked, batch))
             A = list(map(id, batch))
             rl = list(map(getrefs, batch))  # type: Any
             if _CodeType in tset:
