@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from introspect.snapshot import native
+
 BLOCK = 1 << 18  # objects (or references) per step of the loops that would copy a column: their
 # temporaries, up to ~30 bytes an entry, stay under 8 MiB
 _MINUS_ONE = np.int32(-1)  # ufunc.at with a numpy scalar of the array's dtype: its fast path
@@ -81,6 +83,8 @@ def bfs(
     (reached or not) in place of the parents, which are not worked out. ``seen``: the parents of
     an earlier search, continued in place: what it reached is neither a source nor entered again.
     """
+    if native.lib() is not None and (seen is None or seen.flags.c_contiguous):
+        return native.bfs(offsets, refs, n, sources, order, parents, seen)  # the same, in C
     if seen is None:
         seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
     frontier = unique(np.asarray(sources).astype(np.int32))

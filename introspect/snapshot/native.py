@@ -1,0 +1,91 @@
+"""The CLI's compiled loops (``_graphc.c``: the references' addresses to positions, and BFS),
+loaded with ctypes when the install built them; ``None`` where it did not (no C compiler, or
+``INTROSPECT_NATIVE=0``), and graph.py and columns.py then run their numpy versions, which give
+the same answers (tests/unit/test_native.py compares the two)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_LIB: Any = None
+_TRIED = False
+
+
+def lib() -> Any:
+    """The loaded library, or None."""
+    global _LIB, _TRIED
+    if _TRIED:
+        return _LIB
+    _TRIED = True
+    if os.environ.get("INTROSPECT_NATIVE", "1") == "0":
+        return None
+    for path in sorted(Path(__file__).parent.glob("_graphc*.so")):
+        try:
+            so = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        so.introspect_resolve.restype = i64
+        so.introspect_resolve.argtypes = [p, i64, p, i64, p, p]
+        so.introspect_bfs.restype = i64
+        so.introspect_bfs.argtypes = [p, p, p, i64, p, i64, p, p, p, p, p]
+        _LIB = so
+        break
+    return _LIB
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else int(a.ctypes.data)
+
+
+def resolve(addr: np.ndarray, refaddr: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """(positions, int32 over ``refaddr``'s buffer, -1 where no object has the address;
+    references dropped; objects at an address met before), as columns.resolve's numpy steps;
+    None unless both are contiguous uint64 arrays (the numpy steps then run)."""
+    so = lib()
+    for a in (addr, refaddr):
+        if a.dtype != np.uint64 or not a.flags.c_contiguous:
+            return None
+    m = int(refaddr.shape[0])
+    out = refaddr.view(np.int32)[:m]
+    dropped = ctypes.c_int64(0)
+    dups = so.introspect_resolve(_ptr(addr), int(addr.shape[0]), _ptr(refaddr), m, _ptr(out),
+                                 ctypes.byref(dropped))
+    if dups < 0:
+        raise MemoryError("resolving the references' addresses")
+    return out, int(dropped.value), int(dups)
+
+
+def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray, order: bool,
+        parents: bool, seen: np.ndarray | None) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """graph.bfs in C: the same arguments and results."""
+    so = lib()
+    if seen is None:
+        seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
+    refs = np.ascontiguousarray(refs, np.int32)
+    off32 = off64 = None
+    if offsets.dtype == np.int32:
+        off32 = np.ascontiguousarray(offsets)
+    else:
+        off64 = np.ascontiguousarray(offsets, np.int64)
+    src = np.ascontiguousarray(np.asarray(sources).astype(np.int32, copy=False))
+    out = np.empty(n if order else 0, np.int32)
+    bounds = np.empty(n + 2 if order else 0, np.int64)
+    nb = ctypes.c_int64(0)
+    got = so.introspect_bfs(
+        _ptr(off32), _ptr(off64), _ptr(refs), n, _ptr(src), int(src.shape[0]),
+        _ptr(seen) if parents else None, None if parents else _ptr(seen),
+        _ptr(out) if order else None, _ptr(bounds) if order else None, ctypes.byref(nb))
+    if got == -1:
+        raise MemoryError("a breadth-first search")
+    if got == -2:
+        raise ValueError("a reference outside the snapshot's objects")
+    if not order:
+        return out, [], seen
+    out.resize(int(got), refcheck=False)
+    return out, [int(b) for b in bounds[: int(nb.value)]], seen
