@@ -42,6 +42,8 @@ EXPORT int64_t introspect_resolve(const uint64_t *addr, int64_t n, const uint64_
     for (i = 0; i < n; i++) {
         uint64_t s = mix(addr[i]) & mask;
         int dup = 0;
+        if (i + 16 < n) /* the table's cache misses overlapped: a slot 16 entries ahead */
+            __builtin_prefetch(&table[mix(addr[i + 16]) & mask], 1);
         while (table[s] >= 0) {
             if (addr[table[s]] == addr[i]) {
                 dup = 1;
@@ -57,6 +59,13 @@ EXPORT int64_t introspect_resolve(const uint64_t *addr, int64_t n, const uint64_
     for (i = 0; i < m; i++) {
         uint64_t a = refaddr[i], s = mix(a) & mask;
         int32_t got = -1;
+        if (i + 16 < m) /* two stages ahead: the slot 16 entries on, the object 8 entries on */
+            __builtin_prefetch(&table[mix(refaddr[i + 16]) & mask], 0);
+        if (i + 8 < m) {
+            int32_t p = table[mix(refaddr[i + 8]) & mask];
+            if (p >= 0)
+                __builtin_prefetch(&addr[p], 0);
+        }
         while (table[s] >= 0) {
             if (addr[table[s]] == a) {
                 got = table[s];
