@@ -112,14 +112,15 @@ static void sort_positions(int32_t *a, int64_t k, int32_t *tmp) {
 }
 
 /* Breadth-first from sources[0:ns] over CSR (offsets32 or offsets64: n + 1 entries, one of
- * them NULL; refs: positions). parents != NULL: seen as int32 parents (-2 not reached, -1 a
+ * them NULL; refs: m positions). parents != NULL: seen as int32 parents (-2 not reached, -1 a
  * source), else reached (uint8 0/1): either is continued in place (an earlier search's). order:
  * n entries, the vertices reached in BFS order, or NULL (none kept). bounds: n + 2 entries,
  * where each layer starts in order, or NULL with order. Returns the vertices reached (with
  * order), the number of bounds in *nbounds; -1 without memory, -2 for a reference outside
  * 0..n-1. */
 EXPORT int64_t introspect_bfs(const int32_t *offsets32, const int64_t *offsets64,
-                              const int32_t *refs, int64_t n, const int32_t *sources, int64_t ns,
+                              const int32_t *refs, int64_t m, int64_t n,
+                              const int32_t *sources, int64_t ns,
                               int32_t *parents, uint8_t *reached, int32_t *order,
                               int64_t *bounds, int64_t *nbounds) {
     int32_t *queue = order, *tmp;
@@ -177,6 +178,12 @@ EXPORT int64_t introspect_bfs(const int32_t *offsets32, const int64_t *offsets64
             int32_t v = queue[head];
             int64_t a = offsets32 ? offsets32[v] : offsets64[v];
             int64_t b = offsets32 ? offsets32[v + 1] : offsets64[v + 1];
+            if (a < 0 || b > m || a > b) {
+                free(tmp);
+                if (order == NULL)
+                    free(queue);
+                return -2;
+            }
             for (; a < b; a++) {
                 int32_t c = refs[a];
                 if (c < 0 || c >= n) {

@@ -33,7 +33,7 @@ def lib() -> Any:
         so.introspect_resolve.restype = i64
         so.introspect_resolve.argtypes = [p, i64, p, i64, p, p]
         so.introspect_bfs.restype = i64
-        so.introspect_bfs.argtypes = [p, p, p, i64, p, i64, p, p, p, p, p]
+        so.introspect_bfs.argtypes = [p, p, p, i64, i64, p, i64, p, p, p, p, p]
         _LIB = so
         break
     return _LIB
@@ -69,6 +69,8 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray, orde
         seen = np.full(n, -2, np.int32) if parents else np.zeros(n, bool)
     refs = np.ascontiguousarray(refs, np.int32)
     off32 = off64 = None
+    if offsets.shape[0] != n + 1:
+        raise ValueError(f"{offsets.shape[0]:,} offsets for {n:,} objects")
     if offsets.dtype == np.int32:
         off32 = np.ascontiguousarray(offsets)
     else:
@@ -78,13 +80,14 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray, orde
     bounds = np.empty(n + 2 if order else 0, np.int64)
     nb = ctypes.c_int64(0)
     got = so.introspect_bfs(
-        _ptr(off32), _ptr(off64), _ptr(refs), n, _ptr(src), int(src.shape[0]),
+        _ptr(off32), _ptr(off64), _ptr(refs), int(refs.shape[0]), n, _ptr(src),
+        int(src.shape[0]),
         _ptr(seen) if parents else None, None if parents else _ptr(seen),
         _ptr(out) if order else None, _ptr(bounds) if order else None, ctypes.byref(nb))
     if got == -1:
         raise MemoryError("a breadth-first search")
     if got == -2:
-        raise ValueError("a reference outside the snapshot's objects")
+        raise ValueError("a reference or an offset outside the snapshot's arrays")
     if not order:
         return out, [], seen
     out.resize(int(got), refcheck=False)

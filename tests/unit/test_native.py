@@ -66,10 +66,12 @@ def test_bfs_equals_numpy(seed: int, numpy_only: Any) -> None:
     assert np.array_equal(got, want)
 
 
-def test_bfs_refuses_a_reference_outside_the_objects() -> None:
-    offsets = np.array([0, 1, 1], np.int32)
-    with pytest.raises(ValueError):
-        native.bfs(offsets, np.array([5], np.int32), 2, np.array([0], np.int32), True, True, None)
+def test_bfs_refuses_what_lies_outside_the_arrays() -> None:
+    src = np.array([0], np.int32)
+    for offsets, refs in (([0, 1, 1], [5]), ([0, 3, 3], [1]), ([0, 1, 0], [1])):
+        with pytest.raises(ValueError):
+            native.bfs(np.array(offsets, np.int32), np.array(refs, np.int32), 2, src, True, True,
+                       None)
 
 
 @pytest.mark.parametrize("seed", range(4))
