@@ -16,6 +16,12 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* The functions' signatures' version: native.py uses a build of its own version only (a build
+ * left from an older checkout would be called with other arguments). */
+EXPORT int64_t introspect_graphc_abi(void) {
+    return 2;
+}
+
 static uint64_t mix(uint64_t a) {
     a ^= a >> 33;
     a *= 0xff51afd7ed558ccdULL;

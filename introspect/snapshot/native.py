@@ -14,6 +14,7 @@ import numpy as np
 
 _LIB: Any = None
 _TRIED = False
+_ABI = 2  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
 
 
 def lib() -> Any:
@@ -30,6 +31,12 @@ def lib() -> Any:
         except OSError:
             continue
         p, i64 = ctypes.c_void_p, ctypes.c_int64
+        abi = getattr(so, "introspect_graphc_abi", None)
+        if abi is None:
+            continue
+        abi.restype, abi.argtypes = i64, []
+        if abi() != _ABI:
+            continue
         so.introspect_resolve.restype = i64
         so.introspect_resolve.argtypes = [p, i64, p, i64, p, p]
         so.introspect_bfs.restype = i64
