@@ -30,6 +30,7 @@ from introspect.snapshot.dumpformat import (
     check_memory,
     distinct_labels,
 )
+from introspect.snapshot.dumptable import Labels
 from introspect.snapshot.records import (
     FormatError,
     Limits,
@@ -41,48 +42,6 @@ from introspect.snapshot.records import (
 
 if TYPE_CHECKING:
     from introspect.runner import Outcome
-
-class Labels:
-    """One label per reference, kept as an index into a table of distinct labels (most repeat:
-    ``[0]``, ``__dict__``, ``.co_code``), so millions of references cost 4 bytes each."""
-
-    def __init__(self) -> None:
-        self.table: list[str] = []
-        self._index: dict[str, int] = {}
-        self._parts: list[np.ndarray] = []
-        self._n = 0
-        self._codes: np.ndarray | None = None
-
-    def extend(self, items: list[str], distinct: dict[str, None]) -> None:
-        """``items`` checked already, ``distinct`` their distinct texts (distinct_labels): those
-        new to the table added to it in the order they come, then one code per item, all at C
-        speed (a list of a million items brings a million texts ``[k]``)."""
-        index, table = self._index, self.table
-        new = list(itertools.filterfalse(index.__contains__, distinct))
-        index.update(zip(new, range(len(table), len(table) + len(new))))
-        table += new
-        codes = np.fromiter(map(index.__getitem__, items), np.int32, len(items))
-        self._parts.append(codes)
-        self._n += len(items)
-        self._codes = None
-
-    @property
-    def codes(self) -> np.ndarray:
-        if self._codes is None:
-            self._codes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int32)
-            self._parts = [self._codes]
-        return self._codes
-
-    def seal(self) -> None:
-        """Every label read: the lookup of texts (a dict as big as the table) is freed."""
-        self._index = {}
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, k: int) -> str:
-        return self.table[int(self.codes[k])]
-
 
 @dataclass
 class Dump:
@@ -314,15 +273,17 @@ def _compact_counts(payload: bytes) -> np.ndarray | None:
         or not np.array_equal(body[marks], np.frombuffer(want, np.uint8))
     ):
         return None
-    if k:
-        # digits between marks: none, P's, C's, none per row; no leading zero
-        widths = (np.diff(marks) - 1).reshape(k, 4)
-        num = widths[:, 1:3]
-        if widths[:, 0].any() or widths[:, 3].any() or num.min() < 1 or num.max() > 18:
-            return None
-        first = body[marks[:-1].reshape(k, 4)[:, 1:3] + 1]
-        if bool(((first == ord("0")) & (num > 1)).any()):
-            return None
+    if not k:
+        return np.zeros((0, 2), np.int64)
+    # digits between marks: none, P's, C's, none per row; no leading zero
+    widths = (np.diff(marks) - 1).reshape(k, 4)
+    num = widths[:, 1:3]
+    if widths[:, 0].any() or widths[:, 3].any() or num.min() < 1 or num.max() > 18:
+        return None
+    first = body[marks[:-1].reshape(k, 4)[:, 1:3] + 1]
+    if bool(((first == ord("0")) & (num > 1)).any()):
+        return None
+    # validated: the text holds exactly 2k numbers between separators
     text = payload[at + len(_ITEMS) - 1 : -1].translate(_SPACED)
     rows = np.fromstring(text, np.int64, sep=",")
     return rows.reshape(k, 2) if rows.shape[0] == 2 * k else None
@@ -352,7 +313,7 @@ def _is_pos(x: object, n: int) -> bool:
 def _read_answers(path: str, reader: _FileReader, snap: Snapshot) -> Dump:
     n, total = snap.n, int(snap.refs.shape[0])
     facts: dict[str, Any] | None = None
-    dump = Dump(path, snap, {}, Labels())
+    dump = Dump(path, snap, {}, Labels(total))
     dump.counts = np.full(n, -1, np.int32 if total + n < 1 << 31 else np.int64)
     while True:
         kind, payload = reader.frame()
