@@ -85,10 +85,10 @@ class _Inflated:
         """Up to ``most`` (>= 1) bytes of the stream; b"" once it ended, whole."""
         z = self.z
         while not z.eof:
+            ended = False
             if not self.pending:
                 self.pending = self._file(1 << 20)
-                if not self.pending:
-                    raise self._fail("is truncated: its compressed data ends early")
+                ended = not self.pending  # once zlib hands out what it still holds, if any
             try:  # never more than one byte past the bound
                 data = z.decompress(self.pending, min(most, self.bound + 1 - self.got))
             except zlib.error as exc:
@@ -105,6 +105,8 @@ class _Inflated:
                 raise self._fail("has bytes after the end of its compressed data")
             if data:
                 return data
+            if ended:
+                raise self._fail("is truncated: its compressed data ends early")
         return b""
 
     def rest(self) -> int:
@@ -253,13 +255,10 @@ def _compact_counts(payload: bytes) -> np.ndarray | None:
     rows of int64, the very ints JSON reads there (a million containers' counts are a million
     small lists to JSON). None when it is not in that form, then read as JSON (what it holds may
     still be valid, or get the JSON reader's own error)."""
+    if not payload.startswith(_COUNTS_HEAD) or not payload.endswith(b"]}"):
+        return None
     at = payload.find(_ITEMS, len(_COUNTS_HEAD))
-    if (
-        at < 0
-        or not payload.startswith(_COUNTS_HEAD)
-        or not payload.endswith(b"]}")
-        or not _UINT.fullmatch(payload, len(_COUNTS_HEAD), at)
-    ):
+    if at < 0 or not _UINT.fullmatch(payload, len(_COUNTS_HEAD), at):
         return None
     body = np.frombuffer(payload, np.uint8, len(payload) - at - len(_ITEMS), at + len(_ITEMS) - 1)
     # the characters that are not digits must be exactly "[" "[,]" "," ... "[,]" "]"

@@ -23,9 +23,10 @@ class Texts(Sequence[str]):
     """The distinct label texts by code: ``ref[code]`` is ``k`` for the text ``[k]``, else
     ``-1 - j`` for ``strings[j]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, wide: bool = False) -> None:
         self.strings: list[str] = []
-        self._ref = np.zeros(1024, np.int64)
+        # int32 unless k or the strings may reach 2**31 (``wide``)
+        self._ref = np.zeros(1024, np.int64 if wide else np.int32)
         self._n = 0
 
     def add(self, ref: np.ndarray) -> None:
@@ -88,7 +89,7 @@ class Labels:
     ``capacity``: the references there are (a dump's whole count, known before its labels)."""
 
     def __init__(self, capacity: int = 0) -> None:
-        self.table = Texts()
+        self.table = Texts(wide=capacity >= 1 << 31)
         self._index: dict[str, int] = {}  # string -> code
         self._by_k = np.zeros(0, np.int32)  # k -> code of "[k]" + 1 (0: none yet)
         self._codes = np.empty(capacity, np.int32)
