@@ -69,7 +69,10 @@ class _Inflated:
         self.pending = b""  # compressed bytes read from the file, not decompressed yet
         self.got = 0  # decompressed bytes handed out
         self.broken = False
-        os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
+        try:
+            os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
+        except OSError as exc:
+            raise self._fail(f"cannot be read: {exc.strerror or exc}") from None
 
     def _fail(self, what: str) -> DumpError:
         self.broken = True

@@ -127,8 +127,10 @@ class Labels:
             self.table.add(np.where(new_k, ks[new], -1 - (j + np.cumsum(~new_k) - 1)))
         distinct.update(zip(texts, got.tolist()))
         end = self._n + len(items)
-        if end > self._codes.shape[0]:
-            self._codes.resize(max(end, self._codes.shape[0] * 3 // 2), refcheck=False)
+        if end > self._codes.shape[0]:  # past the capacity: a copy (``codes`` gave out views)
+            grown = np.empty(max(end, self._codes.shape[0] * 3 // 2), np.int32)
+            grown[: self._n] = self._codes[: self._n]
+            self._codes = grown
         self._codes[self._n : end] = np.fromiter(
             map(distinct.__getitem__, items), np.int32, len(items)
         )
