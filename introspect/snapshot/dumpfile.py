@@ -4,6 +4,7 @@ command that takes a pid takes a dump (FileWalker, FileOutcome, take)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -27,12 +28,13 @@ from introspect.snapshot.dumpformat import (
     WHATS,
     DumpError,
     check_memory,
-    labels_ok,
+    distinct_labels,
 )
+from introspect.snapshot.dumptable import Labels
 from introspect.snapshot.records import (
-    BytesReader,
     FormatError,
     Limits,
+    Reader,
     Snapshot,
     StreamError,
     read_snapshot,
@@ -40,44 +42,6 @@ from introspect.snapshot.records import (
 
 if TYPE_CHECKING:
     from introspect.runner import Outcome
-
-class Labels:
-    """One label per reference, kept as an index into a table of distinct labels (most repeat:
-    ``[0]``, ``__dict__``, ``.co_code``), so millions of references cost 4 bytes each."""
-
-    def __init__(self) -> None:
-        self.table: list[str] = []
-        self._index: dict[str, int] = {}
-        self._parts: list[np.ndarray] = []
-        self._n = 0
-        self._codes: np.ndarray | None = None
-
-    def extend(self, items: list[str]) -> None:
-        """``items`` checked already (labels_ok): their distinct texts added to the table, then
-        one code each, looked up at C speed."""
-        index, table = self._index, self.table
-        for s in dict.fromkeys(items):
-            if s not in index:
-                index[s] = len(table)
-                table.append(s)
-        codes = np.fromiter(map(index.__getitem__, items), np.int32, len(items))
-        self._parts.append(codes)
-        self._n += len(items)
-        self._codes = None
-
-    @property
-    def codes(self) -> np.ndarray:
-        if self._codes is None:
-            self._codes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int32)
-            self._parts = [self._codes]
-        return self._codes
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, k: int) -> str:
-        return self.table[int(self.codes[k])]
-
 
 @dataclass
 class Dump:
@@ -92,13 +56,84 @@ class Dump:
     freevars: dict[int, list[str]] = field(default_factory=dict)
 
 
-class _FileReader(BytesReader):
-    """A BytesReader over the decompressed dump, taken as it is (BytesReader copies its bytes:
-    a second copy of what may be hundreds of MB)."""
+class _Inflated:
+    """The dump's zlib stream after its header, decompressed as the reader asks for it (a frame
+    at a time: never the whole stream in memory) and checked as it comes: damaged data, a
+    stream that ends early, one larger than ``bound`` (``MAX_RATIO`` times the file's size, at
+    most ``MAX_BYTES``: a zip bomb) or bytes after it are each a DumpError, ``broken`` set."""
 
-    def __init__(self, buf: bytearray) -> None:
-        super().__init__(b"", Limits.for_file(len(buf)))
-        self.buf = buf
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        self.path, self.fd = path, fd
+        self.bound = min(MAX_BYTES, max(size, 1) * MAX_RATIO)
+        self.z = zlib.decompressobj()
+        self.pending = b""  # compressed bytes read from the file, not decompressed yet
+        self.got = 0  # decompressed bytes handed out
+        self.broken = False
+        try:
+            os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
+        except OSError as exc:
+            raise self._fail(f"cannot be read: {exc.strerror or exc}") from None
+
+    def _fail(self, what: str) -> DumpError:
+        self.broken = True
+        return DumpError(self.path, what)
+
+    def _file(self, most: int) -> bytes:
+        try:
+            return os.read(self.fd, most)
+        except OSError as exc:
+            raise self._fail(f"cannot be read: {exc.strerror or exc}") from None
+
+    def read(self, most: int) -> bytes:
+        """Up to ``most`` (>= 1) bytes of the stream; b"" once it ended, whole."""
+        z = self.z
+        while not z.eof:
+            ended = False
+            if not self.pending:
+                self.pending = self._file(1 << 20)
+                ended = not self.pending  # once zlib hands out what it still holds, if any
+            try:  # never more than one byte past the bound
+                data = z.decompress(self.pending, min(most, self.bound + 1 - self.got))
+            except zlib.error as exc:
+                raise self._fail(
+                    f"is corrupted: its compressed data is damaged ({exc})"
+                ) from None
+            self.pending = z.unconsumed_tail
+            self.got += len(data)
+            if self.got > self.bound:
+                raise self._fail(
+                    f"decompresses to more than {self.bound:,} bytes (a damaged or hostile file)"
+                )
+            if z.eof and (z.unused_data or self._file(1)):
+                raise self._fail("has bytes after the end of its compressed data")
+            if data:
+                return data
+            if ended:
+                raise self._fail("is truncated: its compressed data ends early")
+        return b""
+
+    def rest(self) -> int:
+        """The stream read to its end, every check made: how many bytes were left."""
+        left = 0
+        while data := self.read(1 << 20):
+            left += len(data)
+        return left
+
+
+class _FileReader(Reader):
+    """Frames from a dump's stream as it is decompressed (a big frame into a buffer of its own,
+    as from a FIFO): the stream's end is the same StreamError as for bytes held whole."""
+
+    def __init__(self, src: _Inflated, limits: Limits) -> None:
+        super().__init__(src.fd, float("inf"), limits)
+        self.src = src
+
+    def _read(self, most: int) -> bytes:
+        data = self.src.read(most)
+        if not data:
+            self.eof = True
+            raise StreamError("the snapshot stream ended early (the walker died)")
+        return data
 
 
 def other_process(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
@@ -123,7 +158,8 @@ def pair_notes(first: str, second: str, fa: dict[str, Any], fb: dict[str, Any]) 
     return notes
 
 
-def _read_bytes(path: str) -> bytearray:
+def _open(path: str) -> tuple[int, int]:
+    """The dump's file, opened and its header checked: (fd, size)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -149,44 +185,40 @@ def _read_bytes(path: str) -> bytearray:
                 f"is a dump of version {version}; this introspect reads versions "
                 f"{', '.join(map(str, READ_VERSIONS))} (use the introspect release that wrote it)",
             )
-        os.lseek(fd, len(DUMP_MAGIC), os.SEEK_SET)
-        bound = min(MAX_BYTES, max(st.st_size, 1) * MAX_RATIO)
-        z = zlib.decompressobj()
-        out = bytearray()  # grown in place: no list of parts joined into a second copy
-        got = 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            try:
-                data = z.decompress(chunk, bound + 1 - got)
-            except zlib.error as exc:
-                raise DumpError(
-                    path, f"is corrupted: its compressed data is damaged ({exc})"
-                ) from None
-            got += len(data)
-            if got > bound or z.unconsumed_tail:
-                raise DumpError(
-                    path, f"decompresses to more than {bound:,} bytes (a damaged or hostile file)"
-                )
-            out += data
-            del data
-            if z.eof:
-                break
-        if not z.eof:
-            raise DumpError(path, "is truncated: its compressed data ends early")
-        if z.unused_data or os.read(fd, 1):
-            raise DumpError(path, "has bytes after the end of its compressed data")
-        return out
+        return fd, st.st_size
     except OSError as exc:
+        os.close(fd)
         raise DumpError(path, f"cannot be read: {exc.strerror or exc}") from None
+    except DumpError:
+        os.close(fd)
+        raise
+
+
+def load(path: str) -> Dump:
+    """The dump at ``path``, every rule checked, or DumpError.
+
+    Read as it is decompressed, frame by frame, into the snapshot's columns (never the whole
+    stream in memory), bounded meanwhile by the largest stream the file may hold. A broken file
+    gets the error a read of the whole stream first gives: its compressed data's (damaged,
+    truncated, too large, bytes after it) before any rule of its records, each rule of its
+    records under the bounds of the stream's true size, so the records are read again once
+    that size is known (broken files only)."""
+    fd, size = _open(path)
+    try:
+        src = _Inflated(path, fd, size)
+        try:
+            return _parse(path, src, Limits.for_file(src.bound))
+        except DumpError:
+            if src.broken:
+                raise
+        src.rest()  # its compressed data's errors first
+        return _parse(path, _Inflated(path, fd, size), Limits.for_file(src.got))
     finally:
         os.close(fd)
 
 
-def load(path: str) -> Dump:
-    """The dump at ``path``, every rule checked, or DumpError."""
-    reader = _FileReader(_read_bytes(path))
+def _parse(path: str, src: _Inflated, limits: Limits) -> Dump:
+    reader = _FileReader(src, limits)
     try:
         snap = read_snapshot(reader)
         return _read_answers(path, reader, snap)
@@ -202,40 +234,93 @@ def load(path: str) -> Dump:
         raise DumpError(path, "could not be read in time") from None
 
 
-def _counts_of(items: list[Any], counts: np.ndarray, n: int, total: int) -> np.ndarray | None:
+def _counts_of(items: list[Any]) -> np.ndarray | None:
     """The items as an array of [position, count] rows, or None unless every item is such a
-    pair of ints (never bools), the position one of the n and not counted yet, the count at most
-    total + n. Checked at C speed over the whole batch."""
-    from itertools import chain
-
+    pair of ints (never bools) that fits in int64. Checked at C speed over the whole batch."""
     if set(map(type, items)) != {list} or set(map(len, items)) != {2}:
         return None
-    if set(map(type, chain.from_iterable(items))) != {int}:
+    if set(map(type, itertools.chain.from_iterable(items))) != {int}:
         return None
     try:
-        a = np.array(items, np.int64)
+        return np.array(items, np.int64)
     except OverflowError:
         return None
+
+
+_COUNTS_HEAD = b'{"what":"counts","start":'
+_ITEMS = b',"items":['
+_UINT = re.compile(rb"0|[1-9][0-9]*")
+
+
+def _compact_counts(payload: bytes) -> np.ndarray | None:
+    """A counts frame as the writer makes it, ``{"what":"counts","start":K,"items":[[P,C],...]}``
+    (no spaces, every number of 1 to 18 digits, no leading zero), read at C speed: its items as
+    rows of int64, the very ints JSON reads there (a million containers' counts are a million
+    small lists to JSON). None when it is not in that form, then read as JSON (what it holds may
+    still be valid, or get the JSON reader's own error)."""
+    if not payload.startswith(_COUNTS_HEAD) or not payload.endswith(b"]}"):
+        return None
+    at = payload.find(_ITEMS, len(_COUNTS_HEAD))
+    if at < 0 or not _UINT.fullmatch(payload, len(_COUNTS_HEAD), at):
+        return None
+    body = np.frombuffer(payload, np.uint8, len(payload) - at - len(_ITEMS), at + len(_ITEMS) - 1)
+    # the characters that are not digits must be exactly "[" "[,]" "," ... "[,]" "]"
+    marks = np.flatnonzero((body - np.uint8(ord("0"))) > 9)
+    k = (marks.shape[0] - 1) // 4  # rows
+    want = b"[" + (b"[,]," * k)[:-1] + b"]" if k else b"[]"
+    if (
+        marks.shape[0] != len(want)
+        or marks[0] != 0
+        or marks[-1] != body.shape[0] - 1
+        or not np.array_equal(body[marks], np.frombuffer(want, np.uint8))
+    ):
+        return None
+    if not k:
+        return np.zeros((0, 2), np.int64)
+    # digits between marks: none, P's, C's, none per row; no leading zero
+    widths = (np.diff(marks) - 1).reshape(k, 4)
+    num = widths[:, 1:3]
+    if widths[:, 0].any() or widths[:, 3].any() or num.min() < 1 or num.max() > 18:
+        return None
+    first = body[marks[:-1].reshape(k, 4)[:, 1:3] + 1]
+    if bool(((first == ord("0")) & (num > 1)).any()):
+        return None
+    # validated: the text holds exactly 2k numbers between separators
+    text = payload[at + len(_ITEMS) - 1 : -1].translate(_SPACED)
+    rows = np.fromstring(text, np.int64, sep=",")
+    return rows.reshape(k, 2) if rows.shape[0] == 2 * k else None
+
+
+_SPACED = bytes.maketrans(b"[]", b"  ")
+
+
+def _counts_fit(a: np.ndarray, counts: np.ndarray, n: int, total: int) -> bool:
+    """Rows [position, count]: each position one of the n, once, not counted yet; each count
+    at most total + n."""
     pos, got = a[:, 0], a[:, 1]
     if int(pos.min()) < 0 or int(pos.max()) >= n or int(got.min()) < 0:
-        return None
-    if int(got.max()) > total + n or np.unique(pos).shape[0] != pos.shape[0]:
-        return None
-    return a if bool((counts[pos] == -1).all()) else None
+        return False
+    if int(got.max()) > total + n:
+        return False
+    # the writer's rows come in increasing positions: then none repeats
+    if not bool((pos[1:] > pos[:-1]).all()) and np.unique(pos).shape[0] != pos.shape[0]:
+        return False
+    return bool((counts[pos] == -1).all())
 
 
 def _is_pos(x: object, n: int) -> bool:
     return type(x) is int and 0 <= x < n  # type: ignore[operator,unused-ignore]
 
 
-def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
+def _read_answers(path: str, reader: _FileReader, snap: Snapshot) -> Dump:
     n, total = snap.n, int(snap.refs.shape[0])
     facts: dict[str, Any] | None = None
-    dump = Dump(path, snap, {}, Labels())
+    dump = Dump(path, snap, {}, Labels(total))
     dump.counts = np.full(n, -1, np.int32 if total + n < 1 << 31 else np.int64)
     while True:
         kind, payload = reader.frame()
-        doc = records._json(kind, payload)
+        rows = _compact_counts(payload) if kind == b"Y" else None
+        doc = records._json(kind, payload) if rows is None else None
         if kind == b"D":
             if facts is not None:
                 raise DumpError(path, "has two process-facts frames")
@@ -248,6 +333,9 @@ def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
         elif kind == b"Y":
             if facts is None:
                 raise DumpError(path, "has answers before its process facts")
+            if rows is not None:
+                _add_counts(path, dump, rows, n, total)
+                continue
             if not (
                 isinstance(doc, dict)
                 and doc.get("what") in WHATS
@@ -263,12 +351,21 @@ def _read_answers(path: str, reader: BytesReader, snap: Snapshot) -> Dump:
                 raise DumpError(
                     path, f"has labels for {len(dump.labels):,} of {total:,} references"
                 )
-            if reader.buf:
+            # the compressed stream's own checks (to its end) come before this rule's
+            if reader.src.rest() or reader.buf:
                 raise DumpError(path, "has data after its end frame")
             dump.facts = facts
+            dump.labels.seal()
             return dump
         else:
             raise DumpError(path, f"has a {kind!r} frame where the dump's answers belong")
+
+
+def _add_counts(path: str, dump: Dump, rows: np.ndarray | None, n: int, total: int) -> None:
+    if rows is None or (rows.shape[0] and not _counts_fit(rows, dump.counts, n, total)):
+        raise DumpError(path, "has a broken entry in its counts")
+    if rows.shape[0]:
+        dump.counts[rows[:, 0]] = rows[:, 1]
 
 
 def _add(
@@ -279,24 +376,20 @@ def _add(
             raise DumpError(
                 path, f"has labels for references {start:,}.. where {len(dump.labels):,} comes next"
             )
-        if not labels_ok(items):
+        distinct = distinct_labels(items)
+        if distinct is None:
             raise DumpError(path, "has a label that is not a string")
-        dump.labels.extend(items)
+        dump.labels.extend(items, distinct)
         return
     if what == "counts":
         if items:
-            a = _counts_of(items, dump.counts, n, total)
-            if a is None:
-                raise DumpError(path, f"has a broken entry in its {what}")
-            dump.counts[a[:, 0]] = a[:, 1]
+            _add_counts(path, dump, _counts_of(items), n, total)
         return
     table: dict[int, Any] = getattr(dump, what)
     for it in items:
         ok = isinstance(it, list) and len(it) == 2 and _is_pos(it[0], n) and it[0] not in table
         if ok and what == "names":
             ok = isinstance(it[1], str) and len(it[1]) <= records.MAX_NAME
-        elif ok and what == "counts":
-            ok = type(it[1]) is int and 0 <= it[1] <= total + n
         elif ok:
             ok = isinstance(it[1], list) and all(
                 isinstance(v, str) and len(v) <= 4096 for v in it[1]

@@ -58,15 +58,23 @@ WHATS = ("labels", "names", "counts", "freevars")
 TEXT_MAX = 4096  # characters of one text in the facts (a reason, an allocator's name, a path)
 
 
-def labels_ok(items: list[Any]) -> bool:
-    """Is every item a string of at most MAX_NAME characters? Checked on the distinct items (a
-    batch of labels holds a few dozen texts): any item that is not a string is among them, or
-    makes them unhashable."""
+def distinct_labels(items: list[Any]) -> dict[str, None] | None:
+    """The distinct items, in the order they first come, if every item is a string of at most
+    MAX_NAME characters; else None. Checked on the distinct items (a batch of labels holds a few
+    dozen texts, or a big list's indices): any item that is not a string is among them, or makes
+    them unhashable; their types and lengths are read at C speed."""
     try:
         distinct = dict.fromkeys(items)
     except TypeError:  # a list or a dict among them
-        return False
-    return all(type(x) is str and len(x) <= MAX_NAME for x in distinct)
+        return None
+    if distinct and (set(map(type, distinct)) != {str} or max(map(len, distinct)) > MAX_NAME):
+        return None
+    return distinct
+
+
+def labels_ok(items: list[Any]) -> bool:
+    """Is every item a string of at most MAX_NAME characters?"""
+    return distinct_labels(items) is not None
 
 
 class DumpError(FormatError):
