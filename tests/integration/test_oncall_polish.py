@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,22 @@ def test_run_dir_of_a_killed_introspect_is_removed(spawn: Any, tmp_path: Path) -
             time.sleep(0.05)
         time.sleep(3.0)  # injected (gdb has detached), now only waiting for the main thread
         assert cli.poll() is None, "introspect ended before it could be killed"
+        # The suite's other introspects sweep /tmp too: this test takes the killed CLI's lock the
+        # moment it is released (a thread blocked on it), so that no other sweep removes the
+        # directory before it is looked at below; it lets go before its own next run.
+        dirs = run_dirs_of(blocked.pid)
+        assert len(dirs) == 1, dirs
+        lock = os.open(str(dirs[0] / "cli.lock"), os.O_RDWR)
+        taken = threading.Thread(target=fcntl.flock, args=(lock, fcntl.LOCK_EX))
+        taken.start()
         cli.send_signal(signal.SIGKILL)
     finally:
         cli.kill()
         cli.wait(10)
+    taken.join(10)
+    assert not taken.is_alive(), "the killed introspect's lock was never released"
     left = run_dirs_of(blocked.pid)
+    os.close(lock)
     assert len(left) == 1, left
     # WHEN introspect next runs on any process with the same /tmp
     victim = spawn(PY)

@@ -213,6 +213,9 @@ def test_walk_past_its_budget_answers_partial(spawn, monkeypatch: pytest.MonkeyP
     v.ask("ballast 2000000", timeout=120)
     monkeypatch.setattr(collect, "WALK_BASE_S", 0.0)
     monkeypatch.setattr(collect, "WALK_PER_OBJECT_S", 0.0)
+    # The compiled walk step walks these 3M objects within the 1 s floor (0.7-0.9 s): the Python
+    # step takes 2-4 s. Both check the budget in the same loop, between batches (agent/walk.py).
+    monkeypatch.setenv("INTROSPECT_WALKER", "python")
     seen: dict[str, object] = {}
 
     def analyse(snap: object, walker: collect.Walker) -> dict[str, object]:
