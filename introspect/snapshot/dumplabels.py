@@ -23,11 +23,6 @@ from introspect.snapshot.dumpout import _no_key, _Out
 from introspect.snapshot.dumpspill import Ranges, pread, pwrite
 from introspect.snapshot.records import Snapshot
 
-
-def _ints_ok(items: list[Any]) -> bool:
-    return set(map(type, items)) <= {int}
-
-
 BATCH = 10 * CHUNK  # labels written per Y frame
 LABEL_BLOCK = 1 << 16  # objects whose types, counts, offsets and references are read at a time
 REF_BLOCK = 1 << 17  # references of a block, at most (a block of one object may have more)
@@ -52,9 +47,13 @@ def _blocks(cols: Ranges, n: int) -> Iterator[tuple[int, int, np.ndarray]]:
 
 
 def _line(letter: str, nums: np.ndarray) -> bytes:
-    """A question to the walker: its letter and numbers (% formatting: twice join's speed)."""
-    body: str = ("%d " * nums.shape[0]) % tuple(nums.tolist())
-    return f"{letter} {body}\n".encode()
+    """A question to the walker: its letter and numbers, as one token "x" + the hex of
+    little-endian int32s (made and read at C speed: agent/labels.py's _snap_nums), in decimal
+    if one is out of their range."""
+    if nums.shape[0] and (int(nums.min()) < 0 or int(nums.max()) >= 1 << 31):
+        body: str = ("%d " * nums.shape[0]) % tuple(nums.tolist())
+        return f"{letter} {body}\n".encode()
+    return b"%s x%s\n" % (letter.encode(), nums.astype("<i4").tobytes().hex().encode())
 
 
 def _index_labels(idx: np.ndarray) -> list[str]:
@@ -196,10 +195,10 @@ class _Labeller:
             if self.asker is None:
                 done(self.walker.counts(part.tolist()))
             else:
-                self.asker.ask(_line("C", part), part.shape[0], done, _ints_ok)
+                self.asker.ask(_line("K", part), part.shape[0], done, None)
         return box
 
-    def _counted(self, box: _Counts, part: np.ndarray, got: list[int]) -> None:
+    def _counted(self, box: _Counts, part: np.ndarray, got: list[int] | np.ndarray) -> None:
         a = np.asarray(got, np.int64)
         if a.shape[0] and (int(a.min()) < -1 or int(a.max()) > self.total + self.n):
             raise records.FormatError(
@@ -427,8 +426,10 @@ class _Asker:
         line: bytes,
         count: int,
         done: Callable[[list[Any]], None],
-        check: Callable[[list[Any]], bool],
+        check: Callable[[list[Any]], bool] | None,
     ) -> None:
+        """``line`` asked, ``done`` called with its answer in turn: a JSON list whose entries
+        pass ``check``, or (``check`` None: a "K" question) little-endian int64s, an array."""
         w, view = self.walker, memoryview(line)
         while view:
             try:
@@ -468,6 +469,14 @@ class _Asker:
             raise records.FormatError(
                 "answer frame", f"a {kind!r} frame where an answer ('L') belongs"
             )
+        if check is None:  # int64s
+            if len(payload) != 8 * count:
+                raise records.FormatError(
+                    "answer shape",
+                    f"the walker's answer to {what!r} is not {count} int64s",
+                )
+            done(np.frombuffer(payload, "<i8"))
+            return
         answer = records._json(kind, payload)
         if not isinstance(answer, list) or len(answer) != count:
             raise records.FormatError(
