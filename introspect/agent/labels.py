@@ -38,6 +38,7 @@ _CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname"
 
 
 _PREVIEW_ATOMS = (str, bytes, int, float, bool, type(None))
+_repeat = _builtin("itertools").repeat
 
 
 def _snap_preview(obj, depth):  # type: (object, int) -> str
@@ -121,11 +122,13 @@ def _snap_via(holder, child):  # type: (object, object) -> str
                 if k is child:
                     return "(key)"
             return "(item)"
-        if th is list or th is tuple:
-            for i, v in enumerate(holder):  # type: ignore[call-overload, arg-type]
-                if v is child:
-                    return "[%d]" % i
-            return "(item)"
+        if th is list or th is tuple:  # its first item that is child, found at C level
+            ops = _builtin("_operator")
+            items = holder  # type: Any
+            try:
+                return "[%d]" % ops.indexOf(map(ops.is_, items, _repeat(child)), True)
+            except ValueError:
+                return "(item)"
         if th is _CellType:
             return "cell_contents"
         if th is _ModuleType:
@@ -214,15 +217,16 @@ def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
     """The labels of the pairs (holder, child) of an "L" question, each as _snap_via answers it.
     A run of _SNAP_RUN pairs or more of one dict, list or tuple (the references of a big
     container, asked in order) is answered from a map of its items made once per holder
-    (``cache``: the last one's, and the labels of keys met: [holder, map, {id(key): label}]),
-    instead of a scan of its items per pair; other pairs by _snap_pairs_via."""
+    (``cache``: the last one's, and the labels of keys met: [holder, map, {id(key): label},
+    the last big list or tuple asked a few of once]), instead of a scan of its items per pair;
+    other pairs by _snap_pairs_via."""
     itertools = _builtin("itertools")
     ops = _builtin("_operator")
     get = keep.__getitem__
     holders = nums[0:len(nums) - 1:2]
     children = nums[1::2]
     n = len(holders)
-    while len(cache) < 3:
+    while len(cache) < 4:
         cache.append(None)
     if cache[2] is None or len(cache[2]) > _SNAP_KEYS:
         cache[2] = {}
@@ -242,15 +246,33 @@ def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
             continue
         if a > at:  # the short runs before it
             out.extend(_snap_pairs_via(map(get, holders[at:a]), map(get, children[at:a]), keys))
-        if cache[0] is not holder:
+        kids = list(map(get, children[a:b]))
+        at = b
+        if cache[0] is holder:
+            out.extend(_snap_mapped(holder, cache[1], kids, keys))
+        elif th is not list and th is not tuple or cache[3] is holder or 64 * (b - a) > len(
+                holder):
             cache[0], cache[1] = None, None  # the old map freed before the new one is made
             cache[1] = _snap_item_map(holder)
             cache[0] = holder
-        out.extend(_snap_mapped(holder, cache[1], list(map(get, children[a:b])), keys))
-        at = b
+            out.extend(_snap_mapped(holder, cache[1], kids, keys))
+        else:  # a few of a big list's or tuple's items: one pass, mapped if asked again
+            cache[3] = holder
+            out.extend(_snap_first_index(holder, kids))
     if n > at:
         out.extend(_snap_pairs_via(map(get, holders[at:n]), map(get, children[at:n]), keys))
     return out
+
+
+def _snap_first_index(holder, kids):  # type: (Any, list) -> list
+    """_snap_via's labels of a few ``kids`` of a big list or tuple: the first index of each, in
+    one pass over its items at C level (no map of all its items: a probe of its order)."""
+    itertools = _builtin("itertools")
+    want = set(map(id, kids))
+    first = {}  # type: dict
+    for i in itertools.compress(range(len(holder)), map(want.__contains__, map(id, holder))):
+        first.setdefault(id(holder[i]), i)
+    return ["[%d]" % first[id(c)] if id(c) in first else "(item)" for c in kids]
 
 
 def _snap_key_label(k, keys):  # type: (object, dict) -> str

@@ -6,6 +6,7 @@ Written into the dump through dumpout.py's output (the format: dumpformat.py).""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import select
@@ -54,6 +55,39 @@ def _line(letter: str, nums: np.ndarray) -> bytes:
         body: str = ("%d " * nums.shape[0]) % tuple(nums.tolist())
         return f"{letter} {body}\n".encode()
     return b"%s x%s\n" % (letter.encode(), nums.astype("<i4").tobytes().hex().encode())
+
+
+def _digits(x: np.ndarray) -> np.ndarray:
+    """Non-negative ints in decimal: a row of ASCII digits each, right-aligned in the widest's
+    width, 0 bytes before a number's first digit (numpy: a few passes, not a format per int)."""
+    top = int(x.max()) if x.shape[0] else 0
+    width = len(str(top))
+    q = x.astype(np.uint32 if top < 1 << 32 else np.uint64)
+    out = np.zeros((x.shape[0], width), np.uint8)
+    for i in range(width - 1, -1, -1):
+        r = q // 10
+        digit = (q - r * 10).astype(np.uint8) + np.uint8(48)
+        if i < width - 1:
+            digit[q == 0] = 0  # before the first digit (0 itself has one: the last)
+        out[:, i] = digit
+        q = r
+    return out
+
+
+def _pairs_text(a: np.ndarray, b: np.ndarray) -> bytes:
+    """``[a0,b0],[a1,b1],...`` of non-negative ints (a counts frame's items): what "%d"
+    formatting writes, at a quarter of its time."""
+    if not a.shape[0]:
+        return b""
+    da, db = _digits(a), _digits(b)
+    wa = da.shape[1]
+    row = np.zeros((a.shape[0], wa + db.shape[1] + 4), np.uint8)
+    row[:, 0], row[:, 1 + wa], row[:, -2], row[:, -1] = ord("["), ord(","), ord("]"), ord(",")
+    row[:, 1 : 1 + wa] = da
+    row[:, 2 + wa : -2] = db
+    flat = row.ravel()
+    text: bytes = flat[flat != 0].tobytes()
+    return text[:-1]
 
 
 def _index_labels(idx: np.ndarray) -> list[str]:
@@ -212,12 +246,10 @@ class _Labeller:
         keep = a != -1
         k = int(np.count_nonzero(keep))
         if k:
-            flat = np.empty(2 * k, np.int64)
-            flat[0::2], flat[1::2] = part[keep], a[keep]
-            text = ("[%d,%d]," * k) % tuple(flat.tolist())  # [[position, count], ...]
             self.out.frame(
                 b"Y",
-                b'{"what":"counts","start":%d,"items":[%s]}' % (int(part[0]), text[:-1].encode()),
+                b'{"what":"counts","start":%d,"items":[%s]}'
+                % (int(part[0]), _pairs_text(part[keep], a[keep])),
             )
 
     def _settle(self, box: _Counts) -> None:
@@ -402,6 +434,7 @@ class _Labeller:
 
 
 AHEAD = 4  # questions asked of the walker before the first one's answer is read
+PIPE_SIZE = 1 << 20  # bytes each pipe to and from the walker holds (when the system allows)
 
 
 class _Asker:
@@ -420,6 +453,14 @@ class _Asker:
         self.pending: deque[tuple[int | None, Callable[..., None], Any, str]] = deque()
         self.questions = 0  # of them pending
         os.set_blocking(walker.cfd, False)
+        # the questions' and the answers' pipes widened (Linux; a user's bound: 1 MiB): a count
+        # question (COUNT_Q positions, 8 hex digits each) and several answers fit whole, so
+        # neither side waits for the other to read a part
+        for fd in (walker.cfd, getattr(walker.reader, "fd", -1)):
+            try:
+                fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+            except (OSError, ValueError, TypeError):
+                pass
 
     def ask(
         self,
