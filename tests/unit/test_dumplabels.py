@@ -6,6 +6,7 @@ what the CLI writes in numpy is what "%d" formatting writes."""
 from __future__ import annotations
 
 import collections
+import json
 import runpy
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from introspect.agent import AGENT_PATH
-from introspect.snapshot.dumplabels import _line, _pairs_text
+from introspect.snapshot.dumplabels import _index_json, _line, _pairs_text
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_counts_as_int64s_are_the_counts(ag: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_counts_text_is_what_format_writes(seed: int) -> None:
+def test_counts_and_indices_text_is_what_format_writes(seed: int) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(200):
         k = int(rng.integers(1, 40))
@@ -145,3 +146,6 @@ def test_counts_text_is_what_format_writes(seed: int) -> None:
         want = (("[%d,%d]," * k) % tuple(np.stack([a, b], 1).ravel().tolist()))[:-1]
         assert _pairs_text(a, b) == want.encode()
     assert _pairs_text(np.zeros(0, np.int64), np.zeros(0, np.int64)) == b""
+    for idx in ([0], [9, 10, 0, 1234567], list(range(200)), [(1 << 40) + 1, 3]):
+        want = json.dumps([f"[{i}]" for i in idx], separators=(",", ":"))[1:-1]
+        assert _index_json(np.array(idx, np.int64)) == want.encode()
