@@ -488,8 +488,9 @@ class _Asker:
         # question (COUNT_Q positions, 8 hex digits each) and several answers fit whole, so
         # neither side waits for the other to read a part
         for fd in (walker.cfd, getattr(walker.reader, "fd", -1)):
-            try:
-                fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+            try:  # (F_GETPIPE_SZ, F_SETPIPE_SZ: Python 3.10+ names them)
+                if fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032)) < PIPE_SIZE:
+                    fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
             except (OSError, ValueError, TypeError):
                 pass
 
