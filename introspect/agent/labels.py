@@ -346,7 +346,7 @@ def _snap_mapped(holder, imap, kids, keys):  # type: (Any, tuple, list, dict) ->
 
 def _snap_counts(keep, nums, raw=False):  # type: (list, list, bool) -> Any
     """Items of each builtin container ("C"), -1 for other objects: len() at C speed when every
-    one is of an exact builtin container type, else _snap_len one by one. ``raw`` ("K"): as
+    one is of an exact builtin container type, else _snap_len one by one. ``raw`` ("I"): as
     little-endian int64s (a dump's millions, read without parsing)."""
     objs = list(map(keep.__getitem__, nums))
     if set(map(type, objs)) <= set(_SNAP_LENGTHS):

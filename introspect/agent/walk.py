@@ -551,7 +551,7 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             if not parts or parts[0] == b"Q":
                 return
             nums = _snap_nums(parts)  # decimal, or the hex of int32s (a dump's questions)
-            answer = []  # type: Any  # a list, or bytes ("K")
+            answer = []  # type: Any  # a list, or bytes ("I")
             if parts[0] == b"L":
                 answer = _snap_label_pairs(keep, nums, cache)
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
@@ -570,8 +570,8 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 answer = _alloc_sites([keep[p] for p in nums], blocks)
                 answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
             # items of builtin containers (C-level len, never a Python __len__)
-            elif parts[0] == b"C" or parts[0] == b"K":  # K: as little-endian int64s (a dump's)
-                answer = _snap_counts(keep, nums, parts[0] == b"K")
+            elif parts[0] == b"C" or parts[0] == b"I":  # I: as little-endian int64s (a dump's)
+                answer = _snap_counts(keep, nums, parts[0] == b"I")
             elif parts[0] == b"P":  # previews of builtin values (never repr() of anything else)
                 answer = [_snap_preview(keep[p], 2) for p in nums]
             elif parts[0] == b"W":  # equal str/bytes values held as separate objects

@@ -243,7 +243,7 @@ class _Labeller:
             if self.asker is None:
                 done(self.walker.counts(part.tolist()))
             else:
-                self.asker.ask(_line("K", part), part.shape[0], done, None)
+                self.asker.ask(_line("I", part), part.shape[0], done, None)
         return box
 
     def _counted(self, box: _Counts, part: np.ndarray, got: list[int] | np.ndarray) -> None:
@@ -502,7 +502,7 @@ class _Asker:
         check: Callable[[list[Any]], bool] | None,
     ) -> None:
         """``line`` asked, ``done`` called with its answer in turn: a JSON list whose entries
-        pass ``check``, or (``check`` None: a "K" question) little-endian int64s, an array."""
+        pass ``check``, or (``check`` None: an "I" question) little-endian int64s, an array."""
         w, view = self.walker, memoryview(line)
         while view:
             try:
