@@ -250,8 +250,7 @@ def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
         at = b
         if cache[0] is holder:
             out.extend(_snap_mapped(holder, cache[1], kids, keys))
-        elif th is not list and th is not tuple or cache[3] is holder or 64 * (b - a) > len(
-                holder):
+        elif issubclass(th, dict) or cache[3] is holder or 64 * (b - a) > len(holder):
             cache[0], cache[1] = None, None  # the old map freed before the new one is made
             cache[1] = _snap_item_map(holder)
             cache[0] = holder
