@@ -38,6 +38,7 @@ _CODE_ATTRS = (("co_consts", "co_names", "co_filename", "co_name", "co_qualname"
 
 
 _PREVIEW_ATOMS = (str, bytes, int, float, bool, type(None))
+_repeat = _builtin("itertools").repeat
 
 
 def _snap_preview(obj, depth):  # type: (object, int) -> str
@@ -121,11 +122,13 @@ def _snap_via(holder, child):  # type: (object, object) -> str
                 if k is child:
                     return "(key)"
             return "(item)"
-        if th is list or th is tuple:
-            for i, v in enumerate(holder):  # type: ignore[call-overload, arg-type]
-                if v is child:
-                    return "[%d]" % i
-            return "(item)"
+        if th is list or th is tuple:  # its first item that is child, found at C level
+            ops = _builtin("_operator")
+            items = holder  # type: Any
+            try:
+                return "[%d]" % ops.indexOf(map(ops.is_, items, _repeat(child)), True)
+            except ValueError:
+                return "(item)"
         if th is _CellType:
             return "cell_contents"
         if th is _ModuleType:
@@ -196,19 +199,38 @@ def _snap_name(obj):  # type: (object) -> str
 
 _SNAP_RUN = 8  # pairs of one holder from which its items are mapped once (_snap_label_pairs)
 _SNAP_LENGTHS = (dict, list, tuple, set, frozenset)  # exact types: len() is C-level, no __len__
+_SNAP_KEYS = 1 << 16  # keys' labels kept by _snap_pairs_via (then forgotten, made again)
+
+
+def _snap_nums(parts):  # type: (list) -> list
+    """A question's numbers (after its letter): decimal, or one token "x" + the hex of
+    little-endian int32s (a dump's questions: millions of numbers, decoded at C speed)."""
+    if len(parts) == 2 and parts[1][:1] == b"x":
+        a = _builtin("array").array("i", bytes.fromhex(parts[1][1:].decode("ascii")))
+        if sys.byteorder != "little":
+            a.byteswap()
+        return a.tolist()
+    return list(map(int, parts[1:]))
 
 
 def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
     """The labels of the pairs (holder, child) of an "L" question, each as _snap_via answers it.
     A run of _SNAP_RUN pairs or more of one dict, list or tuple (the references of a big
-    container, asked in order) is answered from a map of its items to their first label, made
-    once per holder (``cache``: the last one's), instead of a scan of its items per pair."""
+    container, asked in order) is answered from a map of its items made once per holder
+    (``cache``: the last one's, and the labels of keys met: [holder, map, {id(key): label},
+    the last big list or tuple asked a few of once]), instead of a scan of its items per pair;
+    other pairs by _snap_pairs_via."""
     itertools = _builtin("itertools")
     ops = _builtin("_operator")
     get = keep.__getitem__
     holders = nums[0:len(nums) - 1:2]
     children = nums[1::2]
     n = len(holders)
+    while len(cache) < 4:
+        cache.append(None)
+    if cache[2] is None or len(cache[2]) > _SNAP_KEYS:
+        cache[2] = {}
+    keys = cache[2]
     # where each run of one holder starts (C-level), then the long runs (a loop over runs)
     starts = [0]
     starts.extend(itertools.compress(range(1, n), map(ops.ne, holders[1:], holders[:-1])))
@@ -222,39 +244,117 @@ def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
         th = type(holder)
         if not (issubclass(th, dict) or th is list or th is tuple):
             continue
-        if a > at:  # the short runs before it, each pair on its own
-            out.extend(map(_snap_via, map(get, holders[at:a]), map(get, children[at:a])))
-        if cache[0] is not holder:
-            cache[0], cache[1] = None, None  # the old map freed before the new one is made
-            cache[1] = _snap_item_labels(holder)
-            cache[0] = holder
-        out.extend(map(cache[1].get, map(id, map(get, children[a:b])), itertools.repeat("(item)")))
+        if a > at:  # the short runs before it
+            out.extend(_snap_pairs_via(map(get, holders[at:a]), map(get, children[at:a]), keys))
+        kids = list(map(get, children[a:b]))
         at = b
+        if cache[0] is holder:
+            out.extend(_snap_mapped(holder, cache[1], kids, keys))
+        elif issubclass(th, dict) or cache[3] is holder or 64 * (b - a) > len(holder):
+            cache[0], cache[1] = None, None  # the old map freed before the new one is made
+            cache[1] = _snap_item_map(holder)
+            cache[0] = holder
+            out.extend(_snap_mapped(holder, cache[1], kids, keys))
+        else:  # a few of a big list's or tuple's items: one pass, mapped if asked again
+            cache[3] = holder
+            out.extend(_snap_first_index(holder, kids))
     if n > at:
-        out.extend(map(_snap_via, map(get, holders[at:n]), map(get, children[at:n])))
+        out.extend(_snap_pairs_via(map(get, holders[at:n]), map(get, children[at:n]), keys))
     return out
 
 
-def _snap_item_labels(holder):  # type: (Any) -> dict
-    """{id(item): its label} of a dict (values: their first key's label, keys: "(key)") or a list
-    or tuple ("[first index]"): what _snap_via answers for each item, in one pass."""
+def _snap_first_index(holder, kids):  # type: (Any, list) -> list
+    """_snap_via's labels of a few ``kids`` of a big list or tuple: the first index of each, in
+    one pass over its items at C level (no map of all its items: a probe of its order)."""
+    itertools = _builtin("itertools")
+    want = set(map(id, kids))
     first = {}  # type: dict
-    setdefault = first.setdefault
+    for i in itertools.compress(range(len(holder)), map(want.__contains__, map(id, holder))):
+        first.setdefault(id(holder[i]), i)
+    return ["[%d]" % first[id(c)] if id(c) in first else "(item)" for c in kids]
+
+
+def _snap_key_label(k, keys):  # type: (object, dict) -> str
+    """_key_label of a dict's key, kept by its id (``keys``): the copy's objects never move."""
+    lab = keys.get(id(k))
+    if lab is None:
+        try:
+            lab = _key_label(k)
+        except Exception:
+            lab = "(referent)"  # as _snap_via answers when reading the holder fails
+        keys[id(k)] = lab
+    return lab
+
+
+def _snap_pairs_via(holders, children, keys):  # type: (Any, Any, dict) -> list
+    """_snap_via of each pair (holder, child); a plain dict's here, one loop over its items
+    per pair, its keys' labels made once (``keys``), without a call per pair."""
+    out = []  # type: list
+    put = out.append
+    for h, c in zip(holders, children):
+        if type(h) is dict:  # exact: its items are read at C level, as _snap_via reads them
+            for k, v in dict.items(h):
+                if v is c:
+                    put(keys[id(k)] if id(k) in keys else _snap_key_label(k, keys))
+                    break
+                if k is c:
+                    put("(key)")
+                    break
+            else:
+                put("(item)")
+        else:
+            put(_snap_via(h, c))
+    return out
+
+
+def _snap_item_map(holder):  # type: (Any) -> tuple
+    """The items of a dict (values and keys) or a list or tuple, each item's id mapped to its
+    first index, made at C level (no label made yet: a few of a big holder's items may be all
+    that are asked): (values' {id: index}, keys' {id: index}, keys) for a dict, ({id: index},)
+    for a list or tuple."""
     if issubclass(type(holder), dict):
-        for k, v in dict.items(holder):  # C-level reads: no __eq__ or __hash__ of a key runs
-            if id(v) not in first:
-                first[id(v)] = _key_label(k)
-            setdefault(id(k), "(key)")
-    else:
-        for i, v in enumerate(holder):
-            setdefault(id(v), "[%d]" % i)
-    return first
+        n = dict.__len__(holder)
+        vals = dict(zip(map(id, reversed(list(dict.values(holder)))), range(n - 1, -1, -1)))
+        ks = list(dict.keys(holder))
+        return vals, dict(zip(map(id, reversed(ks)), range(n - 1, -1, -1))), ks
+    return (dict(zip(map(id, reversed(holder)), range(len(holder) - 1, -1, -1))),)
 
 
-def _snap_counts(keep, nums):  # type: (list, list) -> list
+def _snap_mapped(holder, imap, kids, keys):  # type: (Any, tuple, list, dict) -> list
+    """_snap_via's labels of ``kids`` of ``holder`` from its _snap_item_map: a dict's value at
+    its first key's label, a key "(key)" (whichever comes first in the dict's order; the value
+    when one item holds it as both), a list's or tuple's item at its first index."""
+    ids = list(map(id, kids))
+    if len(imap) == 1:
+        at = list(map(imap[0].get, ids, _builtin("itertools").repeat(-1)))
+        out = list(map("[%d]".__mod__, at))
+        if -1 in at:
+            out = [lab if i >= 0 else "(item)" for lab, i in zip(out, at)]
+        return out
+    vals, kmap, ks = imap
+    out = []
+    for i in ids:
+        j = vals.get(i, -1)
+        k = kmap.get(i, -1)
+        if j >= 0 and (k < 0 or j <= k):
+            out.append(_snap_key_label(ks[j], keys))
+        else:
+            out.append("(key)" if k >= 0 else "(item)")
+    return out
+
+
+def _snap_counts(keep, nums, raw=False):  # type: (list, list, bool) -> Any
     """Items of each builtin container ("C"), -1 for other objects: len() at C speed when every
-    one is of an exact builtin container type, else _snap_len one by one."""
+    one is of an exact builtin container type, else _snap_len one by one. ``raw`` ("I"): as
+    little-endian int64s (a dump's millions, read without parsing)."""
     objs = list(map(keep.__getitem__, nums))
     if set(map(type, objs)) <= set(_SNAP_LENGTHS):
-        return list(map(len, objs))
-    return list(map(_snap_len, objs))
+        counts = list(map(len, objs))
+    else:
+        counts = list(map(_snap_len, objs))
+    if not raw:
+        return counts
+    a = _builtin("array").array("q", counts)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()

@@ -35,6 +35,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _snap_dups,
         _snap_label_pairs,
         _snap_name,
+        _snap_nums,
         _snap_preview,
     )
     from introspect.agent.memory import _mem_look
@@ -506,8 +507,8 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             parts = line.split()
             if not parts or parts[0] == b"Q":
                 return
-            nums = list(map(int, parts[1:]))
-            answer = []  # type: list
+            nums = _snap_nums(parts)  # decimal, or the hex of int32s (a dump's questions)
+            answer = []  # type: Any  # a list, or bytes ("I")
             if parts[0] == b"L":
                 answer = _snap_label_pairs(keep, nums, cache)
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
@@ -526,15 +527,15 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
                 answer = _alloc_sites([keep[p] for p in nums], blocks)
                 answer.append(_TRACE_WALK.get("paused", ""))  # how the copy walked: _trace_pause
             # items of builtin containers (C-level len, never a Python __len__)
-            elif parts[0] == b"C":
-                answer = _snap_counts(keep, nums)
+            elif parts[0] == b"C" or parts[0] == b"I":  # I: as little-endian int64s (a dump's)
+                answer = _snap_counts(keep, nums, parts[0] == b"I")
             elif parts[0] == b"P":  # previews of builtin values (never repr() of anything else)
                 answer = [_snap_preview(keep[p], 2) for p in nums]
             elif parts[0] == b"W":  # equal str/bytes values held as separate objects
                 answer = _snap_dups(keep, nums[0] if nums else 8, nums[1] if len(nums) > 1 else 50)
             else:
                 answer = [_snap_name(keep[p]) for p in nums]
-            _snap_send(fd, b"L", _snap_answer_json(answer))
+            _snap_send(fd, b"L", answer if type(answer) is bytes else _snap_answer_json(answer))
 
 
 

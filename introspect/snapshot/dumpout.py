@@ -13,6 +13,7 @@ import zlib
 from typing import Any
 
 QUEUED = 16  # pieces of at most a MiB waiting for the writer thread, at most
+PIECE = 1 << 18  # bytes of small frames gathered into one piece (one hand-over to the thread)
 
 
 class _Out:
@@ -28,6 +29,8 @@ class _Out:
         self.queue: queue.Queue[memoryview | None] = queue.Queue(QUEUED)
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.small: list[bytes] = []  # small frames' bytes not handed over yet
+        self.gathered = 0  # their bytes
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -57,13 +60,28 @@ class _Out:
             self.thread = threading.Thread(target=self._run, name="dump-writer", daemon=True)
             self.thread.start()
         self.raw += len(data)
+        if len(data) < PIECE:  # gathered: a hand-over to the thread (and zlib) per PIECE
+            self.small.append(data)
+            self.gathered += len(data)
+            if self.gathered >= PIECE:
+                self._hand()
+            return
+        self._hand()
         view = memoryview(data)
         for a in range(0, len(view), 1 << 20):  # a big frame a MiB at a time
             self.queue.put(view[a : a + (1 << 20)])
 
+    def _hand(self) -> None:
+        """The small frames gathered handed to the writer thread, as one piece."""
+        if self.small:
+            self.queue.put(memoryview(b"".join(self.small)))
+            self.small, self.gathered = [], 0
+
     def stop(self) -> None:
         """The writer thread done with everything put (and gone)."""
         if self.thread is not None:
+            if self.error is None:
+                self._hand()
             self.queue.put(None)
             self.thread.join()
             self.thread = None
