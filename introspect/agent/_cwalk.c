@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CWALK_ABI 2
+#define CWALK_ABI 3
 
 typedef int (*visit_fn)(PyObject *, void *);
 typedef int (*traverse_fn)(PyObject *, visit_fn, void *);
@@ -317,31 +317,17 @@ static int is_gc(PyObject *o) {
     return (t->tp_flags & HAVE_GC) && (t->tp_is_gc == NULL || t->tp_is_gc(o));
 }
 
-/* mark(objects, which): every object of a list marked seen (0) or ours (1) */
+/* mark(objects, which, ids): every object of a list marked seen (0) or ours (1); with ids, a
+ * list of ids (addresses as ints) instead of objects */
 static PyObject *cw_mark(PyObject *self, PyObject *args) {
     PyObject *lst;
-    int which;
+    int which, ids = 0;
     Py_ssize_t i, n;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &lst, &which))
+    if (!PyArg_ParseTuple(args, "O!i|i", &PyList_Type, &lst, &which, &ids))
         return NULL;
     n = PyList_Size(lst);
     for (i = 0; i < n; i++) {
-        if (bit_set((uintptr_t)PyList_GetItem(lst, i), which ? OURS : SEEN) < 0)
-            return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-/* mark_ids(ids, which): the same for a list of ids (addresses as ints) */
-static PyObject *cw_mark_ids(PyObject *self, PyObject *args) {
-    PyObject *lst;
-    int which;
-    Py_ssize_t i, n;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &lst, &which))
-        return NULL;
-    n = PyList_Size(lst);
-    for (i = 0; i < n; i++) {
-        void *p = PyLong_AsVoidPtr(PyList_GetItem(lst, i));
+        void *p = ids ? PyLong_AsVoidPtr(PyList_GetItem(lst, i)) : PyList_GetItem(lst, i);
         if (p == NULL && PyErr_Occurred())
             return NULL;
         if (p != NULL && bit_set((uintptr_t)p, which ? OURS : SEEN) < 0)
@@ -582,8 +568,7 @@ static PyObject *cw_stats(PyObject *self, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"mark", cw_mark, METH_VARARGS, "mark(objects, which): seen (0) or ours (1)"},
-    {"mark_ids", cw_mark_ids, METH_VARARGS, "mark_ids(ids, which): seen (0) or ours (1)"},
+    {"mark", cw_mark, METH_VARARGS, "mark(objects, which, ids=0): seen (0) or ours (1)"},
     {"walk", cw_walk, METH_VARARGS, "walk(keep, start, stop, overrides)"},
     {"referents", cw_referents, METH_O, "referents(o): tp_traverse's visits as addresses"},
     {"head", cw_head, METH_O, "head(type): the mirror's reading of a type object"},

@@ -296,7 +296,7 @@ def _snap_stream(fd, frame_roots, mods, keep, hold, index, objs, own, array, t0,
     skip = None  # type: ignore[assignment]
     if mod is not None:
         mod.mark(keep, 0)  # seen: every object of gc's and the roots
-        mod.mark_ids(list(own), 1)  # ours: never recorded, never followed
+        mod.mark(list(own), 1, 1)  # ours: never recorded, never followed
         mod.setsizeof(sys.getsizeof)
     _snap_send(fd, b"R", _snap_json(roots))
     getrefs = gc.get_referents

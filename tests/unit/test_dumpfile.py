@@ -80,13 +80,6 @@ def _dump(
             os.close(fd)
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    p = tmp_path_factory.mktemp("dump") / "good.pydump"
-    _dump(str(p))
-    return p
-
-
 def _raw(good: Path) -> bytes:
     return zlib.decompress(good.read_bytes()[HEAD:])
 

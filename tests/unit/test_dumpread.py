@@ -16,14 +16,7 @@ import numpy as np
 import pytest
 
 from introspect.snapshot import dumpfile, dumpformat, dumptable, records
-from tests.unit.test_dumpfile import HEAD, _dump, _frames, _json_frame
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    p = tmp_path_factory.mktemp("dumpread") / "good.pydump"
-    _dump(str(p))
-    return p
+from tests.unit.test_dumpfile import HEAD, _frames, _json_frame
 
 
 def _raw(good: Path) -> bytes:
