@@ -82,28 +82,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                 "(scripts/setup provisions 3.14/3.15; pyenv versions come with the machine)")
 
 
-# Seconds each long file takes on one test process in a CI-like run (2 cores, `-n 2 --dist
-# loadfile`), measured with INTROSPECT_TEST_TIMELINE in a fresh clone on 2026-12-07 (then
-# test_container's 97 s became 9 s: its walker is now killed at once); refresh them from a
-# timeline (docs/testing.md). Only their order
+# Seconds each long file takes on one test process in a CI-like run (2 cores, `-n 3 --dist
+# loadfile`), measured with INTROSPECT_TEST_TIMELINE in a fresh clone on 2026-12-07 at 17:27
+# (the compiled walk step in); refresh them from a timeline (docs/testing.md). Only their order
 # matters: with --dist loadfile a worker takes a whole file at a time, and pytest-xdist hands them
 # out by number of tests, which left files of a few long tests (the flower and Celery programs,
 # dumps) for the end, one worker running them while the other idled. Longest first instead (files
 # not listed keep their order after these), so the short files at the end fill both workers.
 FILE_SECONDS = {
-    "tests/integration/test_trace.py": 350, "tests/integration/test_safety.py": 340,
-    "tests/integration/test_dumps.py": 230, "tests/integration/test_inject.py": 180,
-    "tests/integration/test_celery_e2e.py": 130, "tests/integration/test_real_programs.py": 100,
-    "tests/integration/test_ptrace.py": 100, "tests/integration/test_oncall_polish.py": 80,
-    "tests/integration/test_memory.py": 60, "tests/integration/test_suspects.py": 50,
-    "tests/integration/test_gunicorn_app.py": 50, "tests/integration/test_agent_code.py": 50,
-    "tests/integration/test_hostile_code.py": 50, "tests/integration/test_grpc.py": 40,
-    "tests/integration/test_snapshot.py": 30, "tests/integration/test_budget.py": 30,
-    "tests/integration/test_workflow_report.py": 30, "tests/integration/test_export_ids.py": 30,
-    "tests/unit/test_records_fuzz.py": 20, "tests/integration/test_remote.py": 20,
-    "tests/integration/test_bigheap.py": 20, "tests/integration/test_hostile.py": 10,
-    "tests/integration/test_stress.py": 10, "tests/integration/test_workflow_ps.py": 10,
-    "tests/integration/test_dumps_report.py": 10, "tests/integration/test_container.py": 10,
+    "tests/integration/test_trace.py": 355, "tests/integration/test_safety.py": 343,
+    "tests/integration/test_inject.py": 151, "tests/integration/test_dumps.py": 123,
+    "tests/integration/test_celery_e2e.py": 115, "tests/integration/test_real_programs.py": 90,
+    "tests/integration/test_ptrace.py": 86, "tests/integration/test_oncall_polish.py": 79,
+    "tests/integration/test_suspects.py": 67, "tests/integration/test_grpc.py": 59,
+    "tests/integration/test_cwalk.py": 50, "tests/integration/test_budget.py": 50,
+    "tests/integration/test_gunicorn_app.py": 46, "tests/integration/test_memory.py": 43,
+    "tests/integration/test_hostile_code.py": 40, "tests/integration/test_hostile.py": 29,
+    "tests/integration/test_agent_code.py": 27, "tests/integration/test_remote.py": 27,
+    "tests/integration/test_workflow_report.py": 26, "tests/integration/test_snapshot.py": 23,
+    "tests/integration/test_export_ids.py": 18, "tests/unit/test_dumpfile.py": 16,
+    "tests/integration/test_dumps_report.py": 15, "tests/unit/test_records_fuzz.py": 14,
+    "tests/integration/test_stress.py": 12, "tests/integration/test_workflow_ps.py": 12,
+    "tests/integration/test_container.py": 10, "tests/integration/test_bigheap.py": 9,
+    "tests/unit/test_dumpread.py": 8,
 }
 
 
