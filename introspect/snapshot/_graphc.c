@@ -19,7 +19,7 @@
 /* The functions' signatures' version: native.py uses a build of its own version only (a build
  * left from an older checkout would be called with other arguments). */
 EXPORT int64_t introspect_graphc_abi(void) {
-    return 2;
+    return 3;
 }
 
 static uint64_t mix(uint64_t a) {
@@ -86,6 +86,90 @@ EXPORT int64_t introspect_resolve(const uint64_t *addr, int64_t n, const uint64_
     free(table);
     *dropped_out = dropped;
     return dups;
+}
+
+/* A dump's spill resolves a range of objects at a time (dumpspill.py): a table of one range's
+ * objects, then the references of every block looked up in it. keys and pos stay the caller's
+ * (numpy arrays it holds until introspect_table_free). */
+typedef struct {
+    const uint64_t *keys;
+    const int32_t *pos;
+    int32_t *slots; /* index into keys, -1 empty */
+    uint64_t mask;
+} Table;
+
+/* The table of keys[0:k] (addresses) at positions pos[0:k], given in ascending position: the
+ * first at an address wins, the others are counted in *dups_out. NULL without memory. */
+EXPORT void *introspect_table_new(const uint64_t *keys, const int32_t *pos, int64_t k,
+                                  int64_t *dups_out) {
+    uint64_t cap = 16;
+    int64_t i, dups = 0;
+    Table *t = malloc(sizeof(Table));
+    if (t == NULL)
+        return NULL;
+    while (cap < (uint64_t)k + (uint64_t)k / 2 + 16)
+        cap <<= 1;
+    t->slots = malloc(cap * sizeof(int32_t));
+    if (t->slots == NULL) {
+        free(t);
+        return NULL;
+    }
+    memset(t->slots, 0xff, cap * sizeof(int32_t));
+    t->keys = keys;
+    t->pos = pos;
+    t->mask = cap - 1;
+    for (i = 0; i < k; i++) {
+        uint64_t s = mix(keys[i]) & t->mask;
+        int dup = 0;
+        if (i + 16 < k)
+            __builtin_prefetch(&t->slots[mix(keys[i + 16]) & t->mask], 1);
+        while (t->slots[s] >= 0) {
+            if (keys[t->slots[s]] == keys[i]) {
+                dup = 1;
+                break;
+            }
+            s = (s + 1) & t->mask;
+        }
+        if (dup)
+            dups++;
+        else
+            t->slots[s] = (int32_t)i;
+    }
+    *dups_out = dups;
+    return t;
+}
+
+/* For each q[i] with lo <= q[i] < hi (a bound applies only when its flag is set): out[i] = the
+ * position of the table's object at that address, or -1; other entries are left as they are. */
+EXPORT void introspect_table_get(void *h, const uint64_t *q, int64_t m, uint64_t lo, int has_lo,
+                                 uint64_t hi, int has_hi, int32_t *out) {
+    const Table *t = (const Table *)h;
+    int64_t i;
+    for (i = 0; i < m; i++) {
+        uint64_t a = q[i], s;
+        int32_t got = -1;
+        if ((has_lo && a < lo) || (has_hi && a >= hi))
+            continue;
+        if (i + 16 < m)
+            __builtin_prefetch(&t->slots[mix(q[i + 16]) & t->mask], 0);
+        s = mix(a) & t->mask;
+        while (t->slots[s] >= 0) {
+            if (t->keys[t->slots[s]] == a) {
+                got = t->pos[t->slots[s]];
+                break;
+            }
+            s = (s + 1) & t->mask;
+        }
+        out[i] = got;
+    }
+}
+
+EXPORT void introspect_table_free(void *h) {
+    Table *t = (Table *)h;
+    if (t != NULL) {
+        free(t->slots);
+        free(t);
+    }
 }
 
 /* a[0:k] sorted ascending (non-negative int32), tmp: k entries of scratch */

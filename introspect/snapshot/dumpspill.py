@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from introspect.snapshot import native
 from introspect.snapshot.columns import first_wins
 from introspect.snapshot.recformat import ARRAY_HEADER
 
@@ -138,16 +139,21 @@ class Spill:
         cuts = self._cuts(fa, n)
         step = self.block
         dups = dropped = w = 0
+        compiled = native.lib() is not None  # a table of each range (_graphc.c), no sort
         for p in range(len(cuts) + 1):
             lo = int(cuts[p - 1]) if p else None
             hi = int(cuts[p]) if p < len(cuts) else None
-            keys, pos = self._objects_in(fa, n, lo, hi)
-            dups += first_wins(keys, pos)
+            keys, pos = self._objects_in(fa, n, lo, hi, not compiled)
+            table = native.Table(keys, pos) if compiled else None
+            dups += table.dups if table is not None else first_wins(keys, pos)
             last = p == len(cuts)
             for a in range(0, m, step):
                 b = min(m, a + step)
                 part = pread(fr, "<u8", a, b)
                 out = np.full(b - a, -1, "<i4") if p == 0 else pread(fo, "<i4", a, b)
+                if table is not None:
+                    table.get(part, lo, hi, out)
+                    part = part[:0]
                 sel = _within(part, lo, hi)
                 q = part if sel is None else part[sel]
                 del part
@@ -175,7 +181,9 @@ class Spill:
                     out = out[out >= 0]
                 pwrite(fo, out, w)
                 w += out.shape[0]
-            del keys, pos
+            if table is not None:
+                table.close()
+            del keys, pos, table
         if dropped:
             os.ftruncate(fo, w * 4)
             self._lower_offsets(n, dropped)
@@ -201,9 +209,10 @@ class Spill:
         return np.unique(sample[at])
 
     def _objects_in(
-        self, fa: int, n: int, lo: int | None, hi: int | None
+        self, fa: int, n: int, lo: int | None, hi: int | None, sort: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The addresses in lo..hi-1 (None: unbounded), sorted, and their positions (int32)."""
+        """The addresses in lo..hi-1 (None: unbounded), sorted (``sort``; else in the order of
+        their positions), and their positions (int32)."""
         total, step = 0, self.block
         if lo is None and hi is None:
             total = n
@@ -227,6 +236,8 @@ class Spill:
                 idx += a
                 pos[w : w + idx.shape[0]] = idx
                 w += idx.shape[0]
+        if not sort:
+            return keys, pos
         # introsort (no buffer); the positions follow by the order, which lives a moment
         order = np.argsort(keys)
         pos = pos[order]

@@ -14,7 +14,7 @@ import numpy as np
 
 _LIB: Any = None
 _TRIED = False
-_ABI = 2  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
+_ABI = 3  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
 
 
 def lib() -> Any:
@@ -41,6 +41,13 @@ def lib() -> Any:
         so.introspect_resolve.argtypes = [p, i64, p, i64, p, p]
         so.introspect_bfs.restype = i64
         so.introspect_bfs.argtypes = [p, p, p, i64, i64, p, i64, p, p, p, p, p]
+        so.introspect_table_new.restype = p
+        so.introspect_table_new.argtypes = [p, p, i64, p]
+        i32, u64 = ctypes.c_int, ctypes.c_uint64
+        so.introspect_table_get.restype = None
+        so.introspect_table_get.argtypes = [p, p, i64, u64, i32, u64, i32, p]
+        so.introspect_table_free.restype = None
+        so.introspect_table_free.argtypes = [p]
         _LIB = so
         break
     return _LIB
@@ -99,3 +106,31 @@ def bfs(offsets: np.ndarray, refs: np.ndarray, n: int, sources: np.ndarray, orde
         return out, [], seen
     out.resize(int(got), refcheck=False)
     return out, [int(b) for b in bounds[: int(nb.value)]], seen
+
+
+class Table:
+    """A range's objects for dumpspill's resolve: ``keys`` (uint64 addresses) at ``pos`` (int32
+    positions, ascending), the first at an address winning (``dups``: the others)."""
+
+    def __init__(self, keys: np.ndarray, pos: np.ndarray) -> None:
+        self.keys = np.ascontiguousarray(keys, np.uint64)
+        self.pos = np.ascontiguousarray(pos, np.int32)
+        dups = ctypes.c_int64(0)
+        self.h = lib().introspect_table_new(_ptr(self.keys), _ptr(self.pos),
+                                            int(self.keys.shape[0]), ctypes.byref(dups))
+        if not self.h:
+            raise MemoryError("a table of a range's addresses")
+        self.dups = int(dups.value)
+
+    def get(self, q: np.ndarray, lo: int | None, hi: int | None, out: np.ndarray) -> None:
+        """out[i] = the position at q[i], or -1, for each q[i] in lo..hi-1 (None: no bound)."""
+        q = np.ascontiguousarray(q, np.uint64)
+        if out.dtype != np.int32 or not out.flags.c_contiguous or out.shape[0] != q.shape[0]:
+            raise ValueError("out must be a contiguous int32 array as long as q")
+        lib().introspect_table_get(self.h, _ptr(q), int(q.shape[0]), lo or 0, lo is not None,
+                                   hi or 0, hi is not None, _ptr(out))
+
+    def close(self) -> None:
+        if self.h:
+            lib().introspect_table_free(self.h)
+            self.h = None

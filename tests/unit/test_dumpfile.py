@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from introspect.snapshot import dumpfile, dumpformat, dumplabels, dumpspill, dumpwrite, records
+from introspect.snapshot import (
+    dumpfile,
+    dumpformat,
+    dumplabels,
+    dumpspill,
+    dumpwrite,
+    native,
+    records,
+)
 from scripts.fuzz_records import VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
@@ -208,7 +216,16 @@ def test_streaming_keeps_only_what_the_questions_need(good: Path, tmp_path: Path
     assert not list(tmp_path.iterdir())  # aborted: no file, no temporary
 
 
-def test_addresses_resolve_on_disk_as_in_memory(streamed: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_addresses_resolve_on_disk_as_in_memory(streamed: Path, tmp_path: Path,
+                                                compiled: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # (with the CLI's compiled loops, introspect/snapshot/_graphc.c, and with numpy's)
+    if compiled:
+        assert native.lib() is not None, "introspect/snapshot/_graphc.c is not built: scripts/setup"
+    else:
+        monkeypatch.setattr(native, "_LIB", None)
+        monkeypatch.setattr(native, "_TRIED", True)
     # GIVEN the walker's record stream (format 3), two of its references made addresses of no
     # object and its last object given the first one's address (a duplicate)
     stream = bytearray((streamed.parent / "stream").read_bytes())
