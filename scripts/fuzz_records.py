@@ -37,10 +37,8 @@ import numpy as np  # noqa: E402
 from introspect.errors import IntrospectError  # noqa: E402
 from introspect.snapshot import records  # noqa: E402
 
-VICTIM = r"""
-import sys, time
-data = [{"k": i, "v": b"x" * (i % 50)} for i in range(300)]
-chain = [[i] for i in range(100)]
+# A victim's last lines (argv: STREAM CONTROL AGENT): load the agent, take one forked snapshot.
+TAKE = r"""
 agent = sys.argv[3]
 ns = {"__name__": "__introspect_agent__", "__file__": agent}
 with open(agent, "rb") as f:
@@ -48,6 +46,11 @@ with open(agent, "rb") as f:
 params = {"stream": sys.argv[1], "control": sys.argv[2], "child_deadline": time.time() + 60}
 ns["cmd_snapshot"](params)
 """
+VICTIM = r"""
+import sys, time
+data = [{"k": i, "v": b"x" * (i % 50)} for i in range(300)]
+chain = [[i] for i in range(100)]
+""" + TAKE
 
 
 def record(python: str = sys.executable) -> bytes:

@@ -30,7 +30,7 @@ from introspect.snapshot import (
     native,
     records,
 )
-from scripts.fuzz_records import VICTIM
+from scripts.fuzz_records import TAKE, VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
 
@@ -471,13 +471,7 @@ pairs = [(i, x) for i in range(200)]
 members = {1, 2, 3, frozenset({x})}
 def f():
     return x
-agent = sys.argv[3]
-ns = {"__name__": "__introspect_agent__", "__file__": agent}
-with open(agent, "rb") as fh:
-    exec(compile(fh.read(), agent, "exec"), ns)
-params = {"stream": sys.argv[1], "control": sys.argv[2], "child_deadline": time.time() + 60}
-ns["cmd_snapshot"](params)
-"""
+""" + TAKE
 
 
 def _asked_one_by_one(walker: Any, snap: records.Snapshot) -> list[str]:
