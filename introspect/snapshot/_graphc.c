@@ -19,7 +19,7 @@
 /* The functions' signatures' version: native.py uses a build of its own version only (a build
  * left from an older checkout would be called with other arguments). */
 EXPORT int64_t introspect_graphc_abi(void) {
-    return 3;
+    return 4;
 }
 
 static uint64_t mix(uint64_t a) {
@@ -29,77 +29,19 @@ static uint64_t mix(uint64_t a) {
     return a;
 }
 
-/* refs_out[i] = position of the object at refaddr[i], or -1; refs_out may alias refaddr's
- * buffer (entry i is written after entry i is read, at byte 4i <= 8i). Returns the number of
- * objects at an address met before (duplicates, left without referrers), or -1 without memory.
- * dropped_out: references to no object's address. */
-EXPORT int64_t introspect_resolve(const uint64_t *addr, int64_t n, const uint64_t *refaddr,
-                                  int64_t m, int32_t *refs_out, int64_t *dropped_out) {
-    uint64_t cap = 16, mask;
-    int32_t *table;
-    int64_t i, dups = 0, dropped = 0;
-    while (cap < (uint64_t)n + (uint64_t)n / 2 + 16)
-        cap <<= 1;
-    mask = cap - 1;
-    table = malloc(cap * sizeof(int32_t));
-    if (table == NULL)
-        return -1;
-    memset(table, 0xff, cap * sizeof(int32_t)); /* -1: empty */
-    for (i = 0; i < n; i++) {
-        uint64_t s = mix(addr[i]) & mask;
-        int dup = 0;
-        if (i + 16 < n) /* the table's cache misses overlapped: a slot 16 entries ahead */
-            __builtin_prefetch(&table[mix(addr[i + 16]) & mask], 1);
-        while (table[s] >= 0) {
-            if (addr[table[s]] == addr[i]) {
-                dup = 1;
-                break;
-            }
-            s = (s + 1) & mask;
-        }
-        if (dup)
-            dups++;
-        else
-            table[s] = (int32_t)i;
-    }
-    for (i = 0; i < m; i++) {
-        uint64_t a = refaddr[i], s = mix(a) & mask;
-        int32_t got = -1;
-        if (i + 16 < m) /* two stages ahead: the slot 16 entries on, the object 8 entries on */
-            __builtin_prefetch(&table[mix(refaddr[i + 16]) & mask], 0);
-        if (i + 8 < m) {
-            int32_t p = table[mix(refaddr[i + 8]) & mask];
-            if (p >= 0)
-                __builtin_prefetch(&addr[p], 0);
-        }
-        while (table[s] >= 0) {
-            if (addr[table[s]] == a) {
-                got = table[s];
-                break;
-            }
-            s = (s + 1) & mask;
-        }
-        if (got < 0)
-            dropped++;
-        refs_out[i] = got;
-    }
-    free(table);
-    *dropped_out = dropped;
-    return dups;
-}
-
-/* A dump's spill resolves a range of objects at a time (dumpspill.py): a table of one range's
- * objects, then the references of every block looked up in it. keys and pos stay the caller's
- * (numpy arrays it holds until introspect_table_free). */
+/* A table of objects' addresses: the whole snapshot's (introspect_resolve), or one range's at a
+ * time for a dump's spill (dumpspill.py), the references of every block looked up in it. keys
+ * and pos stay the caller's (numpy arrays it holds until introspect_table_free). */
 typedef struct {
     const uint64_t *keys;
-    const int32_t *pos;
+    const int32_t *pos; /* NULL: key i is at position i */
     int32_t *slots; /* index into keys, -1 empty */
     uint64_t mask;
 } Table;
 
-/* The table of keys[0:k] (addresses) at positions pos[0:k], given in ascending position: the
- * first at an address wins, the others are counted in *dups_out. NULL without memory. */
+/* The table of keys[0:k] (addresses) at positions pos[0:k] (NULL: 0..k-1), given in ascending
+ * position: the first at an address wins, the others are counted in *dups_out. NULL without
+ * memory. */
 EXPORT void *introspect_table_new(const uint64_t *keys, const int32_t *pos, int64_t k,
                                   int64_t *dups_out) {
     uint64_t cap = 16;
@@ -150,12 +92,17 @@ EXPORT void introspect_table_get(void *h, const uint64_t *q, int64_t m, uint64_t
         int32_t got = -1;
         if ((has_lo && a < lo) || (has_hi && a >= hi))
             continue;
-        if (i + 16 < m)
+        if (i + 16 < m) /* two stages ahead: the slot 16 entries on, the key 8 entries on */
             __builtin_prefetch(&t->slots[mix(q[i + 16]) & t->mask], 0);
+        if (i + 8 < m) {
+            int32_t j = t->slots[mix(q[i + 8]) & t->mask];
+            if (j >= 0)
+                __builtin_prefetch(&t->keys[j], 0);
+        }
         s = mix(a) & t->mask;
         while (t->slots[s] >= 0) {
             if (t->keys[t->slots[s]] == a) {
-                got = t->pos[t->slots[s]];
+                got = t->pos != NULL ? t->pos[t->slots[s]] : t->slots[s];
                 break;
             }
             s = (s + 1) & t->mask;
@@ -170,6 +117,25 @@ EXPORT void introspect_table_free(void *h) {
         free(t->slots);
         free(t);
     }
+}
+
+/* refs_out[i] = position of the object at refaddr[i], or -1; refs_out may alias refaddr's
+ * buffer (entry i is written after entry i is read, at byte 4i <= 8i, and the lookups ahead
+ * read entries past i). Returns the number of objects at an address met before (duplicates,
+ * left without referrers), or -1 without memory. dropped_out: references to no object's
+ * address. */
+EXPORT int64_t introspect_resolve(const uint64_t *addr, int64_t n, const uint64_t *refaddr,
+                                  int64_t m, int32_t *refs_out, int64_t *dropped_out) {
+    int64_t i, dups, dropped = 0;
+    void *t = introspect_table_new(addr, NULL, n, &dups);
+    if (t == NULL)
+        return -1;
+    introspect_table_get(t, refaddr, m, 0, 0, 0, 0, refs_out);
+    introspect_table_free(t);
+    for (i = 0; i < m; i++)
+        dropped += refs_out[i] < 0;
+    *dropped_out = dropped;
+    return dups;
 }
 
 /* a[0:k] sorted ascending (non-negative int32), tmp: k entries of scratch */

@@ -14,7 +14,7 @@ import numpy as np
 
 _LIB: Any = None
 _TRIED = False
-_ABI = 3  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
+_ABI = 4  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
 
 
 def lib() -> Any:
