@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+AGENT_PATH = REPO / "introspect" / "agent" / "whole.py"  # the agent, every file, for tools
 
 CHILD = r"""
-import gc, sys, time, _imp
+import gc, runpy, sys, time, _imp
 from importlib.machinery import ModuleSpec
 so, n = sys.argv[1], int(sys.argv[2])
+agent = runpy.run_path(sys.argv[3])  # the agent's sizes rule (cwalk.py _cw_sizer), nothing run
 data = [[[{"b": bytes(16)}]] for _ in range(n // 4)]
 gc.collect()
 gc.disable()
@@ -46,14 +48,8 @@ m.setsizeof(sys.getsizeof)
 pos = 0
 while pos < len(keep):
     stop = min(len(keep), pos + B)
-    for t, o in m.newtypes(keep, pos, stop):  # cwalk.py _cw_sizer's rules
-        descr = next(k.__dict__["__sizeof__"] for k in t.__mro__ if "__sizeof__" in k.__dict__)
-        if m.head(t)[6]:  # tp_is_gc: sys.getsizeof called
-            m.settype(t, len(index), 0, None, 0)
-        elif descr is object.__dict__["__sizeof__"]:  # the formula, no call
-            m.settype(t, len(index), 2, None, sys.getsizeof(o) - object.__sizeof__(o))
-        else:  # the C __sizeof__ called unbound
-            m.settype(t, len(index), 1, descr, sys.getsizeof(o) - descr(o))
+    for t, o in m.newtypes(keep, pos, stop):
+        m.settype(t, len(index), *agent["_cw_sizer"](m, t, o, agent["_gc_head"]()))
         index[t] = len(index)
     m.walk(keep, pos, stop, None)
     pos = stop
@@ -90,7 +86,9 @@ def main() -> int:
         return 1
     print(f"Python: {opts.python}; {opts.objects:,} objects; ns per object, best of 3")
     print("| step | ns per object |\n|---|---|")
-    return subprocess.call([opts.python, "-c", CHILD, str(found[0]), str(opts.objects)])
+    return subprocess.call(
+        [opts.python, "-c", CHILD, str(found[0]), str(opts.objects), str(AGENT_PATH)]
+    )
 
 
 if __name__ == "__main__":
