@@ -221,6 +221,13 @@ class GdbInjector:
                 os.unlink(text_path)
 
     def _check(self, target: Target, out: str) -> None:
+        failed = any(k in out for k in ("INTROSPECT_TDESC failed", "ptrace:",
+                                        "The program is not being run")) or (
+            "INTROSPECT_ATTACHED" not in out)
+        if failed and not target.is_alive():  # whatever gdb said of it ("Couldn't get registers")
+            raise errors.TargetExited(
+                "the process exited while gdb was attaching", pid=target.pid, name=target.name
+            )
         if "INTROSPECT_TDESC failed" in out and _amd_avx512():
             why = out.split("INTROSPECT_TDESC failed:", 1)[1].splitlines()[0].strip()
             raise errors.InjectionFailed(
