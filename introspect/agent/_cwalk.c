@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CWALK_ABI 3
+#define CWALK_ABI 4
 
 typedef int (*visit_fn)(PyObject *, void *);
 typedef int (*traverse_fn)(PyObject *, visit_fn, void *);
@@ -567,6 +567,139 @@ static PyObject *cw_stats(PyObject *self, PyObject *unused) {
                          (Py_ssize_t)(dir_cap * 12 + blocks_cap * 64));
 }
 
+/* The walker's answers to a dump's millions of questions ("I", "L": positions as little-endian
+ * int32s, agent/labels.py _snap_raw), each as the Python answer gives it: */
+
+/* the object of keep at position p (a negative one from the end, as keep[p]), borrowed */
+static PyObject *at(PyObject *keep, Py_ssize_t n, int32_t p) {
+    Py_ssize_t j = p < 0 ? p + n : p;
+    if (j < 0 || j >= n) {
+        PyErr_SetString(PyExc_IndexError, "a position out of the walk's range");
+        return NULL;
+    }
+    return PyList_GetItem(keep, j);
+}
+
+/* counts(keep, raw) -> bytes: per position, an int64: the items of a dict, list, tuple, set or
+ * frozenset (an instance of a subclass: the base's C-level length, never a Python __len__), -1
+ * for any other object (labels.py _snap_counts) */
+static PyObject *cw_counts(PyObject *self, PyObject *args) {
+    PyObject *keep, *raw, *out, *o;
+    PyTypeObject *t;
+    const int32_t *pos;
+    int64_t *v;
+    Py_ssize_t n, k, i;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &keep, &PyBytes_Type, &raw))
+        return NULL;
+    if (PyBytes_Size(raw) % 4) {
+        PyErr_SetString(PyExc_ValueError, "positions are int32s");
+        return NULL;
+    }
+    k = PyBytes_Size(raw) / 4;
+    n = PyList_Size(keep);
+    pos = (const int32_t *)PyBytes_AsString(raw);
+    out = PyBytes_FromStringAndSize(NULL, k * 8);
+    if (out == NULL)
+        return NULL;
+    v = (int64_t *)PyBytes_AsString(out);
+    for (i = 0; i < k; i++) {
+        int32_t p;
+        memcpy(&p, pos + i, 4);
+        o = at(keep, n, p);
+        if (o == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        t = Py_TYPE(o);
+        if (t == &PyDict_Type || PyType_IsSubtype(t, &PyDict_Type))
+            v[i] = PyDict_Size(o);
+        else if (t == &PyList_Type || PyType_IsSubtype(t, &PyList_Type))
+            v[i] = PyList_Size(o);
+        else if (t == &PyTuple_Type || PyType_IsSubtype(t, &PyTuple_Type))
+            v[i] = PyTuple_Size(o);
+        else if (PyType_IsSubtype(t, &PySet_Type) || PyType_IsSubtype(t, &PyFrozenSet_Type))
+            v[i] = PySet_Size(o);
+        else
+            v[i] = -1;
+    }
+    return out;
+}
+
+/* labels(keep, raw, keys, keylabel, small) -> list: per pair (holder, child) of raw, how a
+ * plain dict of at most `small` items holds the child (labels.py _snap_pairs_via): its first
+ * key's label whose value is the child (keys: id(key) -> label, keylabel(key, keys) makes a
+ * missing one), "(key)" when a key is, "(item)" when neither, items in the dict's order; None
+ * for any other holder (answered in Python) */
+static PyObject *cw_labels(PyObject *self, PyObject *args) {
+    PyObject *keep, *raw, *keys, *keylabel, *out, *is_key = NULL, *is_item = NULL;
+    const int32_t *pos;
+    Py_ssize_t n, k, i, small;
+    if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &keep, &PyBytes_Type, &raw,
+                          &PyDict_Type, &keys, &keylabel, &small))
+        return NULL;
+    if (PyBytes_Size(raw) % 8) {
+        PyErr_SetString(PyExc_ValueError, "pairs of positions are two int32s");
+        return NULL;
+    }
+    k = PyBytes_Size(raw) / 8;
+    n = PyList_Size(keep);
+    pos = (const int32_t *)PyBytes_AsString(raw);
+    out = PyList_New(k);
+    is_key = PyUnicode_FromString("(key)");
+    is_item = PyUnicode_FromString("(item)");
+    if (out == NULL || is_key == NULL || is_item == NULL)
+        goto fail;
+    for (i = 0; i < k; i++) {
+        int32_t hp, cp;
+        PyObject *h, *c, *key, *value, *lab = Py_None;
+        Py_ssize_t it = 0;
+        memcpy(&hp, pos + 2 * i, 4);
+        memcpy(&cp, pos + 2 * i + 1, 4);
+        h = at(keep, n, hp);
+        c = h == NULL ? NULL : at(keep, n, cp);
+        if (c == NULL)
+            goto fail;
+        if (Py_TYPE(h) == &PyDict_Type && PyDict_Size(h) <= small) {
+            lab = is_item;
+            while (PyDict_Next(h, &it, &key, &value)) {
+                if (value == c) {
+                    PyObject *id = PyLong_FromVoidPtr(key);
+                    if (id == NULL)
+                        goto fail;
+                    lab = PyDict_GetItemWithError(keys, id);
+                    Py_DECREF(id);
+                    if (lab == NULL) {
+                        if (PyErr_Occurred())
+                            goto fail;
+                        lab = PyObject_CallFunctionObjArgs(keylabel, key, keys, NULL);
+                        if (lab == NULL)
+                            goto fail;
+                        PyList_SetItem(out, i, lab); /* steals the new reference */
+                        lab = NULL;
+                    }
+                    break;
+                }
+                if (key == c) {
+                    lab = is_key;
+                    break;
+                }
+            }
+        }
+        if (lab != NULL) {
+            Py_INCREF(lab);
+            PyList_SetItem(out, i, lab);
+        }
+    }
+    Py_DECREF(is_key);
+    Py_DECREF(is_item);
+    return out;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(is_key);
+    Py_XDECREF(is_item);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"mark", cw_mark, METH_VARARGS, "mark(objects, which, ids=0): seen (0) or ours (1)"},
     {"walk", cw_walk, METH_VARARGS, "walk(keep, start, stop, overrides)"},
@@ -577,6 +710,8 @@ static PyMethodDef methods[] = {
     {"settype", cw_settype, METH_VARARGS, "settype(type, index, mode, descr, pre)"},
     {"setsizeof", cw_setsizeof, METH_O, "setsizeof(sys.getsizeof)"},
     {"offsets", cw_offsets, METH_VARARGS, "offsets(keep, start, stop, type)"},
+    {"counts", cw_counts, METH_VARARGS, "counts(keep, raw): a dump's container counts"},
+    {"labels", cw_labels, METH_VARARGS, "labels(keep, raw, keys, keylabel, small)"},
     {NULL, NULL, 0, NULL}};
 
 static int exec_module(PyObject *m) {

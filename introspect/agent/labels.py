@@ -213,6 +213,40 @@ def _snap_nums(parts):  # type: (list) -> list
     return list(map(int, parts[1:]))
 
 
+def _snap_raw(parts):  # type: (list) -> Any
+    """A question's numbers as the bytes of little-endian int32s when it came as one hex token (a
+    dump's: what the compiled step reads), else None."""
+    if len(parts) == 2 and parts[1][:1] == b"x":
+        return bytes.fromhex(parts[1][1:].decode("ascii"))
+    return None
+
+
+_CW_SMALL = 64  # items of a plain dict whose labels the compiled step finds by a scan per pair
+
+
+def _snap_label_raw(mod, keep, raw, cache):  # type: (Any, list, bytes, list) -> list
+    """_snap_label_pairs' answer to an "L" question of int32s (``raw``): the pairs of plain dicts
+    of at most _CW_SMALL items labelled by the compiled step (``mod``, _cwalk.c labels), the
+    rest, and the runs of bigger holders, here."""
+    while len(cache) < 4:
+        cache.append(None)
+    if cache[2] is None or len(cache[2]) > _SNAP_KEYS:
+        cache[2] = {}
+    out = mod.labels(keep, raw, cache[2], _snap_key_label, _CW_SMALL)
+    if None in out:
+        ops = _builtin("_operator")
+        itertools = _builtin("itertools")
+        nums = _builtin("array").array("i", raw).tolist()
+        miss = list(itertools.compress(range(len(out)), map(ops.is_, out,
+                                                            itertools.repeat(None))))
+        sub = []  # type: list
+        for i in miss:
+            sub += nums[2 * i:2 * i + 2]
+        for i, lab in zip(miss, _snap_label_pairs(keep, sub, cache)):
+            out[i] = lab
+    return out
+
+
 def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
     """The labels of the pairs (holder, child) of an "L" question, each as _snap_via answers it.
     A run of _SNAP_RUN pairs or more of one dict, list or tuple (the references of a big

@@ -34,9 +34,11 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
         _snap_counts,
         _snap_dups,
         _snap_label_pairs,
+        _snap_label_raw,
         _snap_name,
         _snap_nums,
         _snap_preview,
+        _snap_raw,
     )
     from introspect.agent.memory import _mem_look
     from introspect.agent.objects import _alloc_sites, _CellType
@@ -186,7 +188,7 @@ def _snap_walker(params, frame_roots, frame_ids):  # type: (dict, list, list) ->
     sig = _builtin("_signal")
     sig.alarm(max(1, int(float(params.get("answer_s", 60.0))
                          + float(params.get("answer_per_object_s", 0.0)) * len(keep)) + 5))
-    _snap_answer(fd, params, keep)
+    _snap_answer(fd, params, keep, cw[0])
 
 
 def _snap_budget(params, tracked):  # type: (dict, int) -> float
@@ -492,8 +494,9 @@ def _snap_start_ticks():  # type: () -> int
         return 0
 
 
-def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
-    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q."""
+def _snap_answer(fd, params, keep, mod):  # type: (int, dict, list, Any) -> None
+    """Answer the CLI's questions (edge labels, names) about the frozen heap until it says Q;
+    ``mod``: the compiled walk step (a dump's labels and counts), or None."""
     cfd = posix.open(params["control"], posix.O_RDONLY)
     buf = b""
     cache = [None, None]  # type: list  # the last big holder labelled: [it, {id: label}]
@@ -507,6 +510,13 @@ def _snap_answer(fd, params, keep):  # type: (int, dict, list) -> None
             parts = line.split()
             if not parts or parts[0] == b"Q":
                 return
+            raw = _snap_raw(parts) if mod is not None and parts[0] in (b"L", b"I") else None
+            if raw is not None:  # a dump's millions: the compiled step answers
+                if parts[0] == b"L":
+                    _snap_send(fd, b"L", _snap_answer_json(_snap_label_raw(mod, keep, raw, cache)))
+                else:
+                    _snap_send(fd, b"L", mod.counts(keep, raw))
+                continue
             nums = _snap_nums(parts)  # decimal, or the hex of int32s (a dump's questions)
             answer = []  # type: Any  # a list, or bytes ("I")
             if parts[0] == b"L":

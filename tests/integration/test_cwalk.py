@@ -124,3 +124,23 @@ def test_a_build_that_does_not_load_leaves_the_python_step(interp: Interp,
     (comp, cend), (py, pend) = _twins(interp, os.urandom(4096), False, tmp_path)
     assert cend["walker"].startswith("python (the compiled walk step did not load: "), cend
     _same_heap(comp, py)
+
+
+@pytest.mark.parametrize("interp", interp_params())
+def test_compiled_answers_equal_the_python_ones(interp: Interp, tmp_path: Path) -> None:
+    """A dump's counts and labels (the walker's "I" and "L" answers) from the compiled step equal
+    the Python step's, for every kind of holder (tests/victims/answer_twins.py); a position out
+    of the walk's range is refused, as keep[p] refuses it."""
+    so, why = compiled_walker()
+    assert so is not None, f"the compiled walk step is not built ({why}): run scripts/setup"
+    (tmp_path / "cwalk.so").write_bytes(so)
+    out = subprocess.run(
+        [interp.path, str(REPO / "tests" / "victims" / "answer_twins.py"), str(AGENT_PATH),
+         str(tmp_path / "cwalk.so")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["pairs"] > 300000 and got["counts"] > 200000, got
+    assert dict(got["kinds"]).keys() >= {"dict", "MyDict", "OrderedDict", "Plain", "Slotted",
+                                         "list", "tuple", "set", "frozenset"}, got["kinds"]
+    assert got["labels_differ"] == [] and got["counts_differ"] == [], got
+    assert got["errors"] == [], got
