@@ -18,7 +18,12 @@ With --base COMMIT the same steps run for main at COMMIT too (a `git worktree` o
 temporary directory, removed at the end), each step for both trees in turn on the same heap, so a
 loaded host slows both alike; each tree's ratios are to its own walk and live analysis.
 
+The walk alone and the dump run --repeat times (3), in turn, after one look not counted (the
+first look at a new target walks slower); the table gives each step's median run, the range of
+the others, and the dump's ratio to the walk alone, of the medians and run by run.
+
 Usage: scripts/bench-dump [--sizes 1000000,5000000] [--python PATH] [--no-export] [--base COMMIT]
+                          [--repeat 3]
 """
 
 from __future__ import annotations
@@ -96,6 +101,9 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="the target's interpreter")
     ap.add_argument("--no-export", action="store_true", help="skip `export` (minutes at 5M)")
     ap.add_argument("--base", help="also run main at this commit, step by step with this tree")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs of the walk alone and the dump (medians)"
+    )
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dump-"))
     rows: list[dict[str, Any]] = []
@@ -122,11 +130,22 @@ def main() -> int:
                 for k in range(len(trees)):
                     (d / str(k)).mkdir()
                     per_tree.append(steps(proc.pid, d / str(k), not opts.no_export))
-                for at in range(len(per_tree[0])):
+                # the first look at a new target is slower (its heap's pages first read: 3.4 s
+                # of walk at 5M against 2.1-2.3 s after): one look first, not counted
+                run(trees[-1][1], ["top", str(proc.pid), "-o", str(d / "warm")], d)
+                order = [
+                    (rep, at)
+                    for rep in range(opts.repeat)
+                    for at in range(len(per_tree[0]))
+                    if rep == 0 or per_tree[0][at][0] in REPEATED
+                ]
+                for rep, at in order:
                     for k, ((tree, python), todo) in enumerate(zip(trees, per_tree)):
                         name, argv = todo[at]
+                        if name == "dump PID" and rep:
+                            os.unlink(argv[-1])
                         r = run(python, argv, d / str(k))
-                        r.update(step=name, size=size, target_rss=rss, tree=tree)
+                        r.update(step=name, size=size, target_rss=rss, tree=tree, rep=rep)
                         doc = r.pop("doc")
                         col = doc.get("collector") or {}
                         export = d / str(k) / "heap.heapsnapshot"
@@ -165,6 +184,9 @@ def main() -> int:
     return 0
 
 
+REPEATED = ("walk alone: top PID", "dump PID")  # the ratio's two steps, run --repeat times
+
+
 def _mib(b: int | None) -> str:
     return "-" if not b else f"{b / 2**20:,.1f} MiB"
 
@@ -176,14 +198,21 @@ def render(rows: list[dict[str, Any]]) -> str:
         "walk in the copy | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["size"], r.get("tree", ""), r["step"]): r for r in rows}
-    for r in sorted(rows, key=lambda r: (r["size"], trees.index(r.get("tree", "")))):
+    runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault((r["size"], r.get("tree", ""), r["step"]), []).append(r)
+    # a step run several times: its median run (by wall), the others' range in the notes
+    by = {key: sorted(rs, key=lambda r: r["wall_s"])[len(rs) // 2] for key, rs in runs.items()}
+    for r in sorted(by.values(), key=lambda r: (r["size"], trees.index(r.get("tree", "")))):
         tree = r.get("tree", "")
         res = (
             f"{r['wall_s']:.1f} s"
             if r["rc"] == 0
             else f"**fails** (exit {r['rc']}): " + " ".join(r["err"])[:120]
         )
+        walls = sorted(x["wall_s"] for x in runs[(r["size"], tree, r["step"])])
+        if len(walls) > 1:
+            res += f" (median of {len(walls)}: {walls[0]:.1f}-{walls[-1]:.1f} s)"
         notes = []
         walk = by.get((r["size"], tree, "walk alone: top PID"))
         live = by.get((r["size"], tree, "live: top PID --by retained"))
@@ -207,6 +236,13 @@ def render(rows: list[dict[str, Any]]) -> str:
                 notes.append(f"addresses resolved on disk in {r['resolve_s']:.1f} s")
             if walk and walk["rc"] == 0:
                 notes.append(f"**{r['wall_s'] / walk['wall_s']:.2f}x the walk alone's wall**")
+                pairs = zip(
+                    runs[(r["size"], tree, "dump PID")],
+                    runs[(r["size"], tree, "walk alone: top PID")],
+                )
+                each = sorted(d["wall_s"] / w["wall_s"] for d, w in pairs)
+                if len(each) > 1:
+                    notes.append(f"run by run {each[0]:.2f}-{each[-1]:.2f}x")
         if r["step"].startswith("file: top FILE --by") and live and live["rc"] == 0:
             notes.append(f"**{r['wall_s'] / live['wall_s']:.2f}x the live analysis's wall**")
         if r["step"] == "export FILE" and r.get("export_bytes"):
