@@ -19,7 +19,7 @@
 /* The functions' signatures' version: native.py uses a build of its own version only (a build
  * left from an older checkout would be called with other arguments). */
 EXPORT int64_t introspect_graphc_abi(void) {
-    return 4;
+    return 5;
 }
 
 static uint64_t mix(uint64_t a) {
@@ -266,4 +266,44 @@ EXPORT int64_t introspect_bfs(const int32_t *offsets32, const int64_t *offsets64
         free(queue);
     *nbounds = nb;
     return order == NULL ? 0 : tail;
+}
+
+/* Decimal text of rows of non-negative ints (a dump's counts "[p,c]" and labels "\"[i]\""):
+ * per row pre, a[i], mid, b[i] (b NULL: neither mid nor b), suf, the rows joined by commas;
+ * what dumplabels._rows writes. Returns the bytes written, -1 if out's cap is too small, -2 for
+ * a negative number. */
+static char *put_u(char *o, uint64_t v) {
+    char tmp[20];
+    int k = 0;
+    do {
+        tmp[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (k)
+        *o++ = tmp[--k];
+    return o;
+}
+
+EXPORT int64_t introspect_rows(const int64_t *a, const int64_t *b, int64_t n, const char *pre,
+                               const char *mid, const char *suf, char *out, int64_t cap) {
+    size_t lp = strlen(pre), lm = strlen(mid), ls = strlen(suf);
+    int64_t per = (int64_t)(lp + lm + ls) + 2 * 20 + 1, i;
+    char *o = out;
+    if (n > 0 && cap / n < per)
+        return -1;
+    for (i = 0; i < n; i++) {
+        if (a[i] < 0 || (b != NULL && b[i] < 0))
+            return -2;
+        if (i)
+            *o++ = ',';
+        memcpy(o, pre, lp);
+        o = put_u(o + lp, (uint64_t)a[i]);
+        if (b != NULL) {
+            memcpy(o, mid, lm);
+            o = put_u(o + lm, (uint64_t)b[i]);
+        }
+        memcpy(o, suf, ls);
+        o += ls;
+    }
+    return (int64_t)(o - out);
 }

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.snapshot import records
+from introspect.snapshot import native, records
 from introspect.snapshot.dumpformat import CHUNK, labels_ok
 from introspect.snapshot.dumpout import _no_key, _Out
 from introspect.snapshot.dumpspill import Ranges, pread, pwrite
@@ -97,11 +97,15 @@ def _rows(*parts: bytes | np.ndarray) -> bytes:
 
 def _pairs_text(a: np.ndarray, b: np.ndarray) -> bytes:
     """``[a0,b0],[a1,b1],...`` of non-negative ints: a counts frame's items."""
+    if native.lib() is not None:
+        return native.rows(a, b, b"[", b",", b"]")
     return _rows(b"[", a, b",", b, b"]")
 
 
 def _index_json(idx: np.ndarray) -> bytes:
     """``"[i]","[j]",...``: the labels of indices as the items of a JSON list."""
+    if native.lib() is not None:
+        return native.rows(idx, None, b'"[', b"", b']"')
     return _rows(b'"[', idx, b']"')
 
 
@@ -113,6 +117,15 @@ def _index_labels(idx: np.ndarray) -> list[str]:
         out: list[str] = _INDEX[idx].tolist()
         return out
     return list(map("[{}]".format, idx.tolist()))
+
+
+def _strings_json(labels: list[str]) -> bytes:
+    """The items of a JSON list of ``labels`` (what json.dumps writes between its brackets): joined
+    at once when no label has anything to escape (printable ASCII, no quote or backslash)."""
+    raw = "".join(labels)
+    if raw.isascii() and raw.isprintable() and '"' not in raw and "\\" not in raw:
+        return ('"' + '","'.join(labels) + '"').encode()
+    return json.dumps(labels, separators=(",", ":"))[1:-1].encode()
 
 
 def _first_index(holder: np.ndarray, child: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -275,7 +288,7 @@ class _Labeller:
 
     def _put(self, labels: list[str]) -> None:
         if labels:
-            self._put_text(json.dumps(labels, separators=(",", ":"))[1:-1].encode(), len(labels))
+            self._put_text(_strings_json(labels), len(labels))
 
     def _put_index(self, idx: np.ndarray) -> None:
         """The labels ``[i]`` of indices ``idx``, written as JSON at once (numpy)."""

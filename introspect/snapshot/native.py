@@ -14,7 +14,7 @@ import numpy as np
 
 _LIB: Any = None
 _TRIED = False
-_ABI = 4  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
+_ABI = 5  # _graphc.c's introspect_graphc_abi(): another build's functions take other arguments
 
 
 def lib() -> Any:
@@ -48,6 +48,9 @@ def lib() -> Any:
         so.introspect_table_get.argtypes = [p, p, i64, u64, i32, u64, i32, p]
         so.introspect_table_free.restype = None
         so.introspect_table_free.argtypes = [p]
+        c = ctypes.c_char_p
+        so.introspect_rows.restype = i64
+        so.introspect_rows.argtypes = [p, p, i64, c, c, c, p, i64]
         _LIB = so
         break
     return _LIB
@@ -134,3 +137,21 @@ class Table:
         if self.h:
             lib().introspect_table_free(self.h)
             self.h = None
+
+
+def rows(a: np.ndarray, b: np.ndarray | None, pre: bytes, mid: bytes, suf: bytes) -> bytes:
+    """``pre a mid b suf`` per row (b None: ``pre a suf``), rows joined by commas, the ints in
+    decimal: dumplabels._rows' text. ``a`` and ``b`` hold non-negative ints."""
+    so = lib()
+    a = np.ascontiguousarray(a, np.int64)
+    if b is not None:
+        b = np.ascontiguousarray(b, np.int64)
+        if b.shape[0] != a.shape[0]:
+            raise ValueError("two columns of different lengths")
+    n = int(a.shape[0])
+    cap = n * (len(pre) + len(mid) + len(suf) + 41)
+    buf = np.empty(max(cap, 1), np.uint8)
+    got = so.introspect_rows(_ptr(a), _ptr(b), n, pre, mid, suf, _ptr(buf), cap)
+    if got < 0:
+        raise ValueError("a negative number in a dump's rows")
+    return buf[:got].tobytes()

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from introspect.agent import AGENT_PATH
-from introspect.snapshot.dumplabels import _index_json, _line, _pairs_text
+from introspect.snapshot import native
+from introspect.snapshot.dumplabels import _index_json, _line, _pairs_text, _strings_json
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +135,15 @@ def test_counts_as_int64s_are_the_counts(ag: dict[str, Any]) -> None:
     assert np.frombuffer(raw, "<i8").tolist() == want
 
 
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
 @pytest.mark.parametrize("seed", range(5))
-def test_counts_and_indices_text_is_what_format_writes(seed: int) -> None:
+def test_counts_and_indices_text_is_what_format_writes(
+    seed: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both writers of the text (_graphc.c's introspect_rows, numpy's _rows) write "%d"'s."""
+    assert native.lib() is not None, "introspect/snapshot/_graphc.c is not built: run scripts/setup"
+    if path == "numpy":
+        monkeypatch.setattr(native, "_LIB", None)
     rng = np.random.default_rng(seed)
     for _ in range(200):
         k = int(rng.integers(1, 40))
@@ -149,3 +157,19 @@ def test_counts_and_indices_text_is_what_format_writes(seed: int) -> None:
     for idx in ([0], [9, 10, 0, 1234567], list(range(200)), [(1 << 40) + 1, 3]):
         want = json.dumps([f"[{i}]" for i in idx], separators=(",", ":"))[1:-1]
         assert _index_json(np.array(idx, np.int64)) == want.encode()
+
+
+def test_labels_text_is_what_json_writes() -> None:
+    """Labels joined at once (nothing to escape) or by json.dumps: json.dumps's text either way."""
+    rng = np.random.default_rng(3)
+    alphabet = list("abc[]'().0189 _-") + ['"', "\\", "\n", "\x00", "\x7f", "é", "\u2028", "😀"]
+    for _ in range(2000):
+        labels = [
+            "".join(rng.choice(alphabet, int(rng.integers(0, 6))).tolist())
+            for _ in range(int(rng.integers(1, 6)))
+        ]
+        if rng.random() < 0.5:  # most labels: plain text
+            labels = [lab for lab in labels if lab.isascii() and lab.isprintable()] or ["[0]"]
+            labels = [lab.replace('"', "").replace("\\", "") for lab in labels]
+        want = json.dumps(labels, separators=(",", ":"))[1:-1].encode()
+        assert _strings_json(labels) == want, labels
