@@ -15,7 +15,7 @@ size and bytes per object. The ratios issue 19 sets goals for: dump wall / walk-
 against `top PID --by retained` (no slower).
 
 With --base COMMIT the same steps run for main at COMMIT too (a `git worktree` of it in a
-temporary directory, removed at the end), each step for both trees in turn on the same heap, so a
+temporary directory, removed at the end, given this tree's compiled builds), each step for both trees in turn on the same heap, so a
 loaded host slows both alike; each tree's ratios are to its own walk and live analysis.
 
 The walk alone and the dump run --repeat times (3), in turn, after one look not counted (the
@@ -89,6 +89,10 @@ def base_tree(tmp: Path, commit: str) -> tuple[Path, str]:
         check=True,
         capture_output=True,
     )
+    # this tree's compiled parts (a worktree has no builds): the base's loaders refuse a build
+    # of another ABI, and its Python and numpy versions run, as on a host without a compiler
+    for so in REPO.glob("introspect/**/*.so"):
+        shutil.copy(so, tree / so.relative_to(REPO))
     wrapper = tmp / "python-base"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{tree}" exec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o700)
