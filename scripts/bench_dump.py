@@ -15,8 +15,9 @@ size and bytes per object. The ratios issue 19 sets goals for: dump wall / walk-
 against `top PID --by retained` (no slower).
 
 With --base COMMIT the same steps run for main at COMMIT too (a `git worktree` of it in a
-temporary directory, removed at the end, given this tree's compiled builds), each step for both trees in turn on the same heap, so a
-loaded host slows both alike; each tree's ratios are to its own walk and live analysis.
+temporary directory, removed at the end, given this tree's compiled builds), each step for both
+trees in turn on the same heap, so a loaded host slows both alike; each tree's ratios are to its
+own walk and live analysis.
 
 The walk alone and the dump run --repeat times (3), in turn, after one look not counted (the
 first look at a new target walks slower); the table gives each step's median run, the range of
