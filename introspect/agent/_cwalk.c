@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CWALK_ABI 4
+#define CWALK_ABI 5
 
 typedef int (*visit_fn)(PyObject *, void *);
 typedef int (*traverse_fn)(PyObject *, visit_fn, void *);
@@ -700,6 +700,74 @@ fail:
     return NULL;
 }
 
+/* firstindex(holder, kids) -> list: "[i]", the first index of each kid among the items of a
+ * list or tuple (exact types), or "(item)" (labels.py _snap_first_index): one pass over the
+ * items, the kids found through a small open-addressing table of their addresses */
+static PyObject *cw_firstindex(PyObject *self, PyObject *args) {
+    PyObject *holder, *kids, *out = NULL;
+    Py_ssize_t n, k, cap = 16, i, left;
+    PyObject **keys = NULL;
+    Py_ssize_t *first = NULL, *slot = NULL;
+    int is_list;
+    if (!PyArg_ParseTuple(args, "OO!", &holder, &PyList_Type, &kids))
+        return NULL;
+    is_list = Py_TYPE(holder) == &PyList_Type;
+    if (!is_list && Py_TYPE(holder) != &PyTuple_Type) {
+        PyErr_SetString(PyExc_TypeError, "a list or a tuple is needed");
+        return NULL;
+    }
+    n = is_list ? PyList_Size(holder) : PyTuple_Size(holder);
+    k = PyList_Size(kids);
+    while (cap < 2 * k)
+        cap *= 2;
+    keys = calloc((size_t)cap, sizeof(PyObject *));
+    first = malloc((size_t)cap * sizeof(Py_ssize_t));
+    slot = malloc((size_t)(k ? k : 1) * sizeof(Py_ssize_t));
+    if (keys == NULL || first == NULL || slot == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    left = 0;
+    for (i = 0; i < k; i++) { /* each kid's slot; a kid asked twice shares one */
+        PyObject *c = PyList_GetItem(kids, i);
+        size_t h = hash_of((uint64_t)(uintptr_t)c) & (size_t)(cap - 1);
+        while (keys[h] != NULL && keys[h] != c)
+            h = (h + 1) & (size_t)(cap - 1);
+        if (keys[h] == NULL) {
+            keys[h] = c;
+            first[h] = -1;
+            left++;
+        }
+        slot[i] = (Py_ssize_t)h;
+    }
+    for (i = 0; i < n && left; i++) {
+        PyObject *item = is_list ? PyList_GetItem(holder, i) : PyTuple_GetItem(holder, i);
+        size_t h = hash_of((uint64_t)(uintptr_t)item) & (size_t)(cap - 1);
+        while (keys[h] != NULL && keys[h] != item)
+            h = (h + 1) & (size_t)(cap - 1);
+        if (keys[h] != NULL && first[h] < 0) {
+            first[h] = i;
+            left--;
+        }
+    }
+    out = PyList_New(k);
+    for (i = 0; out != NULL && i < k; i++) {
+        Py_ssize_t at = first[slot[i]];
+        PyObject *lab =
+            at < 0 ? PyUnicode_FromString("(item)") : PyUnicode_FromFormat("[%zd]", at);
+        if (lab == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SetItem(out, i, lab);
+    }
+done:
+    free(keys);
+    free(first);
+    free(slot);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"mark", cw_mark, METH_VARARGS, "mark(objects, which, ids=0): seen (0) or ours (1)"},
     {"walk", cw_walk, METH_VARARGS, "walk(keep, start, stop, overrides)"},
@@ -712,6 +780,7 @@ static PyMethodDef methods[] = {
     {"offsets", cw_offsets, METH_VARARGS, "offsets(keep, start, stop, type)"},
     {"counts", cw_counts, METH_VARARGS, "counts(keep, raw): a dump's container counts"},
     {"labels", cw_labels, METH_VARARGS, "labels(keep, raw, keys, keylabel, small)"},
+    {"firstindex", cw_firstindex, METH_VARARGS, "firstindex(holder, kids): [i] of each"},
     {NULL, NULL, 0, NULL}};
 
 static int exec_module(PyObject *m) {

@@ -27,7 +27,7 @@ if MYPY:  # the type checker's view of the shared namespace: nothing is imported
 # build) and never overlap, so id >> _SNAP_SHIFT is unique to each; such units are grouped in
 # chunks of 256, each chunk an int32 slot per unit (-1: none) in one array.
 _SNAP_SHIFT = 4 if sys.maxsize > 2 ** 32 else 3
-_CW_ABI = 4  # _cwalk.c's CWALK_ABI: a build of another version is not used
+_CW_ABI = 5  # _cwalk.c's CWALK_ABI: a build of another version is not used
 
 
 class _SnapIndex(object):

@@ -242,12 +242,12 @@ def _snap_label_raw(mod, keep, raw, cache):  # type: (Any, list, bytes, list) ->
         sub = []  # type: list
         for i in miss:
             sub += nums[2 * i:2 * i + 2]
-        for i, lab in zip(miss, _snap_label_pairs(keep, sub, cache)):
+        for i, lab in zip(miss, _snap_label_pairs(keep, sub, cache, mod)):
             out[i] = lab
     return out
 
 
-def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
+def _snap_label_pairs(keep, nums, cache, mod=None):  # type: (list, list, list, Any) -> list
     """The labels of the pairs (holder, child) of an "L" question, each as _snap_via answers it.
     A run of _SNAP_RUN pairs or more of one dict, list or tuple (the references of a big
     container, asked in order) is answered from a map of its items made once per holder
@@ -291,15 +291,18 @@ def _snap_label_pairs(keep, nums, cache):  # type: (list, list, list) -> list
             out.extend(_snap_mapped(holder, cache[1], kids, keys))
         else:  # a few of a big list's or tuple's items: one pass, mapped if asked again
             cache[3] = holder
-            out.extend(_snap_first_index(holder, kids))
+            out.extend(_snap_first_index(holder, kids, mod))
     if n > at:
         out.extend(_snap_pairs_via(map(get, holders[at:n]), map(get, children[at:n]), keys))
     return out
 
 
-def _snap_first_index(holder, kids):  # type: (Any, list) -> list
+def _snap_first_index(holder, kids, mod=None):  # type: (Any, list, Any) -> list
     """_snap_via's labels of a few ``kids`` of a big list or tuple: the first index of each, in
-    one pass over its items at C level (no map of all its items: a probe of its order)."""
+    one pass over its items at C level (no map of all its items: a probe of its order); by the
+    compiled step (``mod``, _cwalk.c firstindex) when it is loaded."""
+    if mod is not None:
+        return mod.firstindex(holder, kids)  # type: ignore[no-any-return]
     itertools = _builtin("itertools")
     want = set(map(id, kids))
     first = {}  # type: dict

@@ -520,7 +520,7 @@ def _snap_answer(fd, params, keep, mod):  # type: (int, dict, list, Any) -> None
             nums = _snap_nums(parts)  # decimal, or the hex of int32s (a dump's questions)
             answer = []  # type: Any  # a list, or bytes ("I")
             if parts[0] == b"L":
-                answer = _snap_label_pairs(keep, nums, cache)
+                answer = _snap_label_pairs(keep, nums, cache, mod)
             elif parts[0] == b"V":  # a function's free variable names (closure cells are unnamed)
                 answer = [list(getattr(getattr(keep[p], "__code__", None), "co_freevars", ()))
                           for p in nums]

@@ -67,6 +67,8 @@ for i in range(3000):
     heap.append(tuple([shared, i, "s"]))
     heap.append({shared[0], i})
     heap.append(frozenset([i, "f"]))
+bigs = [[shared] * 3 + [[i] for i in range(6000)] + [shared], tuple([i] for i in range(7000))]
+heap.extend(bigs)
 gc.collect()
 keep = list(heap)
 seen = set(map(id, keep))
@@ -87,6 +89,12 @@ rng.shuffle(pairs)  # short runs everywhere; then a few long runs of one big dic
 big = next(p for p, h in enumerate(keep) if type(h) is dict and len(h) >= 200)
 pairs += [(big, where[id(r)]) for r in gc.get_referents(keep[big]) if id(r) in where]
 
+# a few items of a big list or tuple asked together (a probe: one pass over its items)
+for b in bigs:
+    p = where[id(b)]
+    kids = [where[id(r)] for r in gc.get_referents(b)][::-1][:3000:97] + [0, where[id(shared)]]
+    pairs += [(p, c) for c in kids]
+
 differ = []
 array = __import__("array").array
 CH = 2000
@@ -95,6 +103,9 @@ for k in range(0, len(pairs), CH):
     raw = array("i", flat).tobytes()
     c = agent["_snap_label_raw"](m, keep, raw, [])
     py = agent["_snap_label_pairs"](keep, flat, [])
+    mixed = agent["_snap_label_pairs"](keep, flat, [], m)  # a question in decimal
+    differ += [[flat[2 * i], flat[2 * i + 1], a, b, "decimal"]
+               for i, (a, b) in enumerate(zip(mixed, py)) if a != b]
     differ += [[flat[2 * i], flat[2 * i + 1], a, b] for i, (a, b) in enumerate(zip(c, py))
                if a != b]
     if len(c) != len(py):
