@@ -140,10 +140,11 @@ class Spill:
         step = self.block
         dups = dropped = w = 0
         compiled = native.lib() is not None  # a table of each range (_graphc.c), no sort
+        sizes = self._range_sizes(fa, n, cuts)
         for p in range(len(cuts) + 1):
             lo = int(cuts[p - 1]) if p else None
             hi = int(cuts[p]) if p < len(cuts) else None
-            keys, pos = self._objects_in(fa, n, lo, hi, not compiled)
+            keys, pos = self._objects_in(fa, n, lo, hi, int(sizes[p]), not compiled)
             table = native.Table(keys, pos) if compiled else None
             dups += table.dups if table is not None else first_wins(keys, pos)
             last = p == len(cuts)
@@ -208,18 +209,20 @@ class Spill:
         at = (np.arange(1, passes) * sample.shape[0]) // passes
         return np.unique(sample[at])
 
+    def _range_sizes(self, fa: int, n: int, cuts: np.ndarray) -> np.ndarray:
+        """The number of objects in each range the ``cuts`` make, counted in one read."""
+        sizes = np.zeros(cuts.shape[0] + 1, np.int64)
+        for a in range(0, n, self.block):
+            part = pread(fa, "<u8", a, min(n, a + self.block))
+            sizes += np.bincount(np.searchsorted(cuts, part, "right"), minlength=sizes.shape[0])
+        return sizes
+
     def _objects_in(
-        self, fa: int, n: int, lo: int | None, hi: int | None, sort: bool = True
+        self, fa: int, n: int, lo: int | None, hi: int | None, total: int, sort: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The addresses in lo..hi-1 (None: unbounded), sorted (``sort``; else in the order of
-        their positions), and their positions (int32)."""
-        total, step = 0, self.block
-        if lo is None and hi is None:
-            total = n
-        else:
-            for a in range(0, n, step):
-                sel = _within(pread(fa, "<u8", a, min(n, a + step)), lo, hi)
-                total += int(np.count_nonzero(sel)) if sel is not None else 0
+        """The ``total`` addresses in lo..hi-1 (None: unbounded), sorted (``sort``; else in the
+        order of their positions), and their positions (int32)."""
+        step = self.block
         keys = np.empty(total, "<u8")
         pos = np.empty(total, np.int32)
         w = 0
@@ -236,6 +239,8 @@ class Spill:
                 idx += a
                 pos[w : w + idx.shape[0]] = idx
                 w += idx.shape[0]
+        if w != total:  # (the file changed between two reads)
+            raise OSError("a dump's spill file changed while it was read")
         if not sort:
             return keys, pos
         # introsort (no buffer); the positions follow by the order, which lives a moment
