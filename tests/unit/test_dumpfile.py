@@ -30,6 +30,7 @@ from introspect.snapshot import (
     native,
     records,
 )
+from introspect.snapshot.dumpout import adler32_combine
 from scripts.fuzz_records import TAKE, VICTIM
 
 HEAD = len(dumpformat.DUMP_MAGIC)
@@ -601,14 +602,14 @@ def test_the_walkers_bulk_answers_are_its_pair_by_pair_ones() -> None:
     assert ag["_snap_counts"](keep, [0, 3, len(holders)]) == [60, 12, -1]  # one by one
 
 
-def test_a_write_error_of_the_writer_thread_ends_the_dump() -> None:
-    # GIVEN a dump's compressed output going to a full disk (the writer thread compresses and
-    # writes while the CLI makes the next frames)
+def test_a_write_error_ends_the_dump_and_its_threads() -> None:
+    # GIVEN a dump's compressed output going to a full disk (threads compress while the CLI
+    # makes the next frames and writes what they compressed)
     fd = os.open("/dev/full", os.O_WRONLY)
     out = dumpwrite._Out(fd)
     try:
         # THEN the error reaches the CLI's thread (at a later put, or at the end), and the
-        # thread is gone once stopped
+        # threads are gone once stopped
         with pytest.raises(OSError) as caught:
             for _ in range(64):
                 out.put(os.urandom(1 << 20))
@@ -617,7 +618,29 @@ def test_a_write_error_of_the_writer_thread_ends_the_dump() -> None:
     finally:
         out.stop()
         os.close(fd)
-    assert out.thread is None
+    assert out.threads == []
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [3], [100] * 10000, [5 << 20, 4, 1 << 18, 7]])
+def test_pieces_compressed_apart_are_one_zlib_stream(sizes: list[int], tmp_path: Path) -> None:
+    """What _Out writes is one zlib stream (its Adler-32 checked by zlib) of what was put, in
+    order, whether put as small frames gathered or big ones cut into pieces."""
+    rng = np.random.default_rng(len(sizes))
+    parts = [
+        rng.integers(0, 4, k, np.uint8).tobytes() if k % 2 else bytes(k) for k in sizes
+    ]
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    out = dumpwrite._Out(fd)
+    for p in parts:
+        out.put(p)
+    out.finish()
+    os.close(fd)
+    data = (tmp_path / "out").read_bytes()
+    assert zlib.decompress(data) == b"".join(parts)
+    assert out.written == len(data) and out.raw == sum(sizes)
+    for _ in range(300):  # the pieces' checksums combined as zlib combines them
+        a, b = rng.bytes(int(rng.integers(0, 100))), rng.bytes(int(rng.integers(0, 1 << 17)))
+        assert adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
 
 
 def test_pair_notes_say_other_process_and_order() -> None:
