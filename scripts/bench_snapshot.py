@@ -6,6 +6,7 @@ For each size, on the same process and heap, in one run:
   introspect top / growth (2nd call) / backrefs BenchLeaf (tracked) / backrefs bytes (untracked)
       with the forked snapshot (the default): the target's pause, the fork's share of it, the
       injector's own stop, the walker's walk time
+  introspect dump (the forked walk written to a file: its pause should be top's)
   introspect top --in-process
   guppy3 hpy().heap() and objgraph.most_common_types(), in the target (a command on its stdin)
 
@@ -105,6 +106,8 @@ def _measure(target: Target, intro: Introspect, args: list[str]) -> dict[str, An
     doc: dict[str, Any] = {}
 
     def op() -> None:
+        if args[0] == "dump" and os.path.lexists(args[-1]):  # a dump never overwrites a file
+            os.unlink(args[-1])
         got, err = intro.run([args[0], str(target.pid), *args[1:]])
         doc.update(got or {"error": err})
 
@@ -135,7 +138,8 @@ def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, An
         intro = Introspect(opts.python_cli, "auto", workdir, opts.timeout)
         ops = [("top", ["top"]), ("growth (2nd call)", ["growth"]), ("backrefs BenchLeaf", ["backrefs", "BenchLeaf"]),
                ("backrefs bytes", ["backrefs", "bytes"]), ("top --in-process", ["top", "--in-process"]),
-               ("memory (top's walk + the breakdown)", ["memory"])]
+               ("memory (top's walk + the breakdown)", ["memory"]),
+               ("dump (the heap to a file)", ["dump", "-o", str(workdir / "bench.pydump")])]
         if opts.only:
             only = opts.only.split(",")
             ops = [(name, args) for name, args in ops
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--only", default="", metavar="CMDS",
                    help="only these introspect commands, comma separated (top, growth, backrefs, "
-                        "memory, in-process: top --in-process), and no guppy3/objgraph")
+                        "memory, dump, in-process: top --in-process), and no guppy3/objgraph")
     p.add_argument("--rt", action="store_true",
                    help="the target's main thread at SCHED_FIFO 10, reset on fork (needs root or "
                         "CAP_SYS_NICE): the pause without waits for a CPU on a loaded machine")
