@@ -205,6 +205,8 @@ class Introspect:
         except subprocess.TimeoutExpired:
             return None, f"timed out after {self.timeout + 60:g} s"
         finally:
+            if out.is_file():  # a dump's file (-o names it)
+                out.unlink()
             shutil.rmtree(out, ignore_errors=True)
         if proc.returncode != 0:
             return None, _cli_error(proc)

@@ -106,8 +106,6 @@ def _measure(target: Target, intro: Introspect, args: list[str]) -> dict[str, An
     doc: dict[str, Any] = {}
 
     def op() -> None:
-        if args[0] == "dump" and os.path.lexists(args[-1]):  # a dump never overwrites a file
-            os.unlink(args[-1])
         got, err = intro.run([args[0], str(target.pid), *args[1:]])
         doc.update(got or {"error": err})
 
@@ -139,7 +137,7 @@ def run_size(size: int, opts: argparse.Namespace, workdir: Path) -> dict[str, An
         ops = [("top", ["top"]), ("growth (2nd call)", ["growth"]), ("backrefs BenchLeaf", ["backrefs", "BenchLeaf"]),
                ("backrefs bytes", ["backrefs", "bytes"]), ("top --in-process", ["top", "--in-process"]),
                ("memory (top's walk + the breakdown)", ["memory"]),
-               ("dump (the heap to a file)", ["dump", "-o", str(workdir / "bench.pydump")])]
+               ("dump (the heap to a file: the run's -o)", ["dump"])]
         if opts.only:
             only = opts.only.split(",")
             ops = [(name, args) for name, args in ops
