@@ -580,6 +580,16 @@ static PyObject *at(PyObject *keep, Py_ssize_t n, int32_t p) {
     return PyList_GetItem(keep, j);
 }
 
+/* raw's int32s, ``per`` to an entry (1: positions, 2: pairs), and their entries (count) */
+static const int32_t *entries(PyObject *raw, Py_ssize_t per, Py_ssize_t *count) {
+    if (PyBytes_Size(raw) % (4 * per)) {
+        PyErr_SetString(PyExc_ValueError, "a question's numbers are int32s, in pairs for 'L'");
+        return NULL;
+    }
+    *count = PyBytes_Size(raw) / (4 * per);
+    return (const int32_t *)PyBytes_AsString(raw);
+}
+
 /* counts(keep, raw) -> bytes: per position, an int64: the items of a dict, list, tuple, set or
  * frozenset (an instance of a subclass: the base's C-level length, never a Python __len__), -1
  * for any other object (labels.py _snap_counts) */
@@ -591,13 +601,10 @@ static PyObject *cw_counts(PyObject *self, PyObject *args) {
     Py_ssize_t n, k, i;
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &keep, &PyBytes_Type, &raw))
         return NULL;
-    if (PyBytes_Size(raw) % 4) {
-        PyErr_SetString(PyExc_ValueError, "positions are int32s");
+    pos = entries(raw, 1, &k);
+    if (pos == NULL)
         return NULL;
-    }
-    k = PyBytes_Size(raw) / 4;
     n = PyList_Size(keep);
-    pos = (const int32_t *)PyBytes_AsString(raw);
     out = PyBytes_FromStringAndSize(NULL, k * 8);
     if (out == NULL)
         return NULL;
@@ -637,13 +644,10 @@ static PyObject *cw_labels(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &keep, &PyBytes_Type, &raw,
                           &PyDict_Type, &keys, &keylabel, &small))
         return NULL;
-    if (PyBytes_Size(raw) % 8) {
-        PyErr_SetString(PyExc_ValueError, "pairs of positions are two int32s");
+    pos = entries(raw, 2, &k);
+    if (pos == NULL)
         return NULL;
-    }
-    k = PyBytes_Size(raw) / 8;
     n = PyList_Size(keep);
-    pos = (const int32_t *)PyBytes_AsString(raw);
     out = PyList_New(k);
     is_key = PyUnicode_FromString("(key)");
     is_item = PyUnicode_FromString("(item)");
