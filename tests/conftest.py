@@ -84,7 +84,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # Seconds each long file takes on one test process in a CI-like run (2 cores, `-n 3 --dist
 # loadfile`), measured with INTROSPECT_TEST_TIMELINE in a fresh clone on 2026-12-07 at 17:27
-# (the compiled walk step in); refresh them from a timeline (docs/testing.md). Only their order
+# (the compiled walk step in; test_cwalk.py: 114 s alone at 20:10, with its answers' tests);
+# refresh them from a timeline (docs/testing.md). Only their order
 # matters: with --dist loadfile a worker takes a whole file at a time, and pytest-xdist hands them
 # out by number of tests, which left files of a few long tests (the flower and Celery programs,
 # dumps) for the end, one worker running them while the other idled. Longest first instead (files
@@ -95,7 +96,7 @@ FILE_SECONDS = {
     "tests/integration/test_celery_e2e.py": 115, "tests/integration/test_real_programs.py": 90,
     "tests/integration/test_ptrace.py": 86, "tests/integration/test_oncall_polish.py": 79,
     "tests/integration/test_suspects.py": 67, "tests/integration/test_grpc.py": 59,
-    "tests/integration/test_cwalk.py": 50, "tests/integration/test_budget.py": 50,
+    "tests/integration/test_cwalk.py": 114, "tests/integration/test_budget.py": 50,
     "tests/integration/test_gunicorn_app.py": 46, "tests/integration/test_memory.py": 43,
     "tests/integration/test_hostile_code.py": 40, "tests/integration/test_hostile.py": 29,
     "tests/integration/test_agent_code.py": 27, "tests/integration/test_remote.py": 27,
