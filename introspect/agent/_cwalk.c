@@ -704,6 +704,15 @@ fail:
     return NULL;
 }
 
+/* the slot of address p in an open-addressing table of cap (a power of two) addresses: its
+ * own, or the empty one where it would go */
+static size_t slot_in(PyObject **keys, Py_ssize_t cap, PyObject *p) {
+    size_t h = hash_of((uint64_t)(uintptr_t)p) & (size_t)(cap - 1);
+    while (keys[h] != NULL && keys[h] != p)
+        h = (h + 1) & (size_t)(cap - 1);
+    return h;
+}
+
 /* firstindex(holder, kids) -> list: "[i]", the first index of each kid among the items of a
  * list or tuple (exact types), or "(item)" (labels.py _snap_first_index): one pass over the
  * items, the kids found through a small open-addressing table of their addresses */
@@ -734,9 +743,7 @@ static PyObject *cw_firstindex(PyObject *self, PyObject *args) {
     left = 0;
     for (i = 0; i < k; i++) { /* each kid's slot; a kid asked twice shares one */
         PyObject *c = PyList_GetItem(kids, i);
-        size_t h = hash_of((uint64_t)(uintptr_t)c) & (size_t)(cap - 1);
-        while (keys[h] != NULL && keys[h] != c)
-            h = (h + 1) & (size_t)(cap - 1);
+        size_t h = slot_in(keys, cap, c);
         if (keys[h] == NULL) {
             keys[h] = c;
             first[h] = -1;
@@ -746,9 +753,7 @@ static PyObject *cw_firstindex(PyObject *self, PyObject *args) {
     }
     for (i = 0; i < n && left; i++) {
         PyObject *item = is_list ? PyList_GetItem(holder, i) : PyTuple_GetItem(holder, i);
-        size_t h = hash_of((uint64_t)(uintptr_t)item) & (size_t)(cap - 1);
-        while (keys[h] != NULL && keys[h] != item)
-            h = (h + 1) & (size_t)(cap - 1);
+        size_t h = slot_in(keys, cap, item);
         if (keys[h] != NULL && first[h] < 0) {
             first[h] = i;
             left--;

@@ -224,15 +224,20 @@ def _snap_raw(parts):  # type: (list) -> Any
 _CW_SMALL = 64  # items of a plain dict whose labels the compiled step finds by a scan per pair
 
 
-def _snap_label_raw(mod, keep, raw, cache):  # type: (Any, list, bytes, list) -> list
-    """_snap_label_pairs' answer to an "L" question of int32s (``raw``): the pairs of plain dicts
-    of at most _CW_SMALL items labelled by the compiled step (``mod``, _cwalk.c labels), the
-    rest, and the runs of bigger holders, here."""
+def _snap_keys(cache):  # type: (list) -> dict
+    """The keys' labels kept in ``cache`` (its four slots made; a new table past _SNAP_KEYS)."""
     while len(cache) < 4:
         cache.append(None)
     if cache[2] is None or len(cache[2]) > _SNAP_KEYS:
         cache[2] = {}
-    out = mod.labels(keep, raw, cache[2], _snap_key_label, _CW_SMALL)
+    return cache[2]  # type: ignore[no-any-return]
+
+
+def _snap_label_raw(mod, keep, raw, cache):  # type: (Any, list, bytes, list) -> list
+    """_snap_label_pairs' answer to an "L" question of int32s (``raw``): the pairs of plain dicts
+    of at most _CW_SMALL items labelled by the compiled step (``mod``, _cwalk.c labels), the
+    rest, and the runs of bigger holders, here."""
+    out = mod.labels(keep, raw, _snap_keys(cache), _snap_key_label, _CW_SMALL)
     if None in out:
         ops = _builtin("_operator")
         itertools = _builtin("itertools")
@@ -260,11 +265,7 @@ def _snap_label_pairs(keep, nums, cache, mod=None):  # type: (list, list, list, 
     holders = nums[0:len(nums) - 1:2]
     children = nums[1::2]
     n = len(holders)
-    while len(cache) < 4:
-        cache.append(None)
-    if cache[2] is None or len(cache[2]) > _SNAP_KEYS:
-        cache[2] = {}
-    keys = cache[2]
+    keys = _snap_keys(cache)
     # where each run of one holder starts (C-level), then the long runs (a loop over runs)
     starts = [0]
     starts.extend(itertools.compress(range(1, n), map(ops.ne, holders[1:], holders[:-1])))
